@@ -1,0 +1,1 @@
+//! ferroplane-api (being built).

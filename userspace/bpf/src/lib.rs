@@ -1,0 +1,1 @@
+//! ferroplane-bpf (being built).

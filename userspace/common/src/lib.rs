@@ -1,0 +1,1 @@
+//! ferroplane-common (being built).

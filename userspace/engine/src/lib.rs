@@ -1,0 +1,1 @@
+//! ferroplane-engine (being built).

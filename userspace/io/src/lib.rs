@@ -1,0 +1,86 @@
+//! Packet I/O backends for the ferroplane vector engine.
+//!
+//! Every backend owns one packet memory (a pool of fixed-size frames, e.g. an
+//! AF_XDP UMEM) and a set of *ports* (one interface queue each). The engine
+//! only ever sees frame indices ([`BufIdx`]) and descriptors ([`Desc`]);
+//! ownership of a frame moves with its index: a frame received by
+//! [`PacketIo::rx_burst`] or allocated by [`PacketIo::alloc`] belongs to the
+//! caller until it is handed back through [`PacketIo::tx_burst`] (accepted
+//! frames) or [`PacketIo::free`].
+
+use std::time::Duration;
+
+/// Index of a frame in the backend's packet memory.
+pub type BufIdx = u32;
+
+/// Index of a port (an interface queue) served by a backend.
+pub type PortId = u16;
+
+/// A packet inside a frame: `len` bytes starting `offset` bytes into frame `buf`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Desc {
+    /// Frame index.
+    pub buf: BufIdx,
+    /// Offset of the first packet byte from the start of the frame.
+    pub offset: u16,
+    /// Packet length in bytes.
+    pub len: u16,
+}
+
+/// Errors of I/O backends.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad configuration or argument.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The AF_XDP library reported an error.
+    #[error("af_xdp: {0}")]
+    Xsk(String),
+}
+
+/// The frames of a backend, addressable by index.
+pub trait FrameMemory {
+    /// Size of one frame in bytes.
+    fn frame_size(&self) -> usize;
+    /// Number of frames.
+    fn num_frames(&self) -> u32;
+    /// The whole frame `buf` (panics only if `buf >= num_frames()`, a caller bug).
+    fn frame(&self, buf: BufIdx) -> &[u8];
+    /// The whole frame `buf`, writable.
+    fn frame_mut(&mut self, buf: BufIdx) -> &mut [u8];
+}
+
+/// A packet I/O backend: a frame pool plus ports.
+pub trait PacketIo {
+    /// The backend's packet memory.
+    type Memory: FrameMemory;
+
+    /// Access to the frames.
+    fn memory(&mut self) -> &mut Self::Memory;
+    /// Number of ports; valid ports are `0..num_ports()`.
+    fn num_ports(&self) -> usize;
+    /// Receive up to `out.len()` packets from `port`; returns how many were written.
+    fn rx_burst(&mut self, port: PortId, out: &mut [Desc]) -> usize;
+    /// Queue packets for transmission on `port`. Returns how many (a prefix of
+    /// `pkts`) were accepted; those frames now belong to the backend. The rest
+    /// still belong to the caller (who usually frees them and counts a drop).
+    fn tx_burst(&mut self, port: PortId, pkts: &[Desc]) -> usize;
+    /// Allocate up to `out.len()` free frames; returns how many.
+    fn alloc(&mut self, out: &mut [BufIdx]) -> usize;
+    /// Return frames to the pool.
+    fn free(&mut self, bufs: &[BufIdx]);
+    /// Housekeeping after a round of bursts: kick transmission, reap completed
+    /// frames back into the pool, refill receive (fill) rings.
+    fn flush(&mut self) -> Result<(), IoError>;
+    /// Block until some port may have packets to receive, or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
+}

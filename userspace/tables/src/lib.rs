@@ -1,0 +1,1 @@
+//! ferroplane-tables (being built).

@@ -1,0 +1,1 @@
+//! ferroplane-wire (being built).
