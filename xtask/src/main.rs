@@ -1,1 +1,108 @@
-fn main() {}
+//! `cargo xtask`: the project's build, run, demo, test and bench entry points.
+//!
+//! Run `cargo xtask --help`. Everything that touches the network needs root; commands say so
+//! clearly and exit non-zero when they need it and do not have it.
+
+mod bench;
+mod demo;
+mod deps;
+mod load;
+mod progress;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// ferroplane developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install the system packages the build, tests and benches need (apt-get; root).
+    Deps,
+    /// Build the XDP programs (release build of ferroplane-bpf) and list the objects.
+    BuildEbpf,
+    /// Install deps, build agent and ferroctl (release), and run the agent on IFACE in the
+    /// foreground.
+    BuildAndLoad {
+        /// The node's uplink interface.
+        #[arg(long)]
+        iface: String,
+        /// Agent YAML spec; default: generated from IFACE's current IPv4 address.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Agent API socket (ferroctl --socket).
+        #[arg(long, default_value = load::DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+        /// Pod CIDR for the generated spec.
+        #[arg(long, default_value = "10.244.0.0/24")]
+        pod_cidr: String,
+    },
+    /// Build, then run one emulated node with 3 pods in network namespaces and check it.
+    Demo {
+        /// Keep the topology and the agent up until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Everything CI runs: deps, fmt, clippy, release build, unit tests, root e2e suites.
+    Test,
+    /// Benchmarks.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = BenchKind::All)]
+        kind: BenchKind,
+        /// Measured runs per path (forward).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run (forward).
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Only measure the kernel IP forwarding baseline (forward).
+        #[arg(long)]
+        kernel_only: bool,
+    },
+}
+
+/// Benchmark selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchKind {
+    /// trafgen through the node: ferroplane vs kernel IP forwarding (root).
+    Forward,
+    /// The engine's criterion benches (cargo bench -p ferroplane-engine).
+    Engine,
+    /// Both.
+    All,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Cmd::Deps => deps::run_deps(),
+        Cmd::BuildEbpf => load::build_ebpf(),
+        Cmd::BuildAndLoad {
+            iface,
+            config,
+            api_socket,
+            pod_cidr,
+        } => load::build_and_load(&iface, config, &api_socket, &pod_cidr),
+        Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Test => test::run(),
+        Cmd::Bench {
+            kind,
+            runs,
+            secs,
+            kernel_only,
+        } => bench::run(kind, runs, secs, kernel_only),
+    };
+    if let Err(e) = result {
+        eprintln!("\nxtask failed: {e:#}");
+        std::process::exit(1);
+    }
+}

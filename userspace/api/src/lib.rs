@@ -1,1 +1,52 @@
-//! ferroplane-api (being built).
+//! ferroplane-api: the versioned local API between the ferroplane agent and
+//! `ferroctl`.
+//!
+//! # Protocol
+//!
+//! A unix stream socket (default [`DEFAULT_SOCKET`], mode 0600) carrying
+//! line-delimited JSON. The client writes one [`RequestEnvelope`] per line and
+//! reads one [`Response`] per line; a connection may carry any number of
+//! request/response pairs, strictly in turn.
+//!
+//! ```text
+//! -> {"api_version":1,"request":{"kind":"show_interfaces"}}
+//! <- {"api_version":1,"ok":true,"data":[{"name":"up0", ...}]}
+//! -> {"api_version":2,"request":{"kind":"version"}}
+//! <- {"api_version":1,"ok":false,"error":"unsupported api_version 2: this agent speaks api_version 1"}
+//! ```
+//!
+//! Field names are snake_case and stable within an [`API_VERSION`]; any change
+//! that an older peer could misread bumps the version. The payload of `data`
+//! depends on the request kind (see [`Request`]).
+//!
+//! # Parts
+//!
+//! - [`Request`], [`RequestEnvelope`], [`Response`]: the envelope.
+//! - [`InterfaceInfo`], [`RouteInfo`], [`CountersReport`], [`ErrorCounter`],
+//!   [`XdpReport`], [`VersionInfo`]: the data types.
+//! - [`ApiServer`] + [`Handler`]: the blocking server the agent runs.
+//! - [`Client`]: the blocking client `ferroctl` uses.
+
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod server;
+mod types;
+
+pub use client::{Client, DEFAULT_TIMEOUT};
+pub use error::{ApiError, Result};
+pub use server::{ApiServer, Handler, MAX_CONNECTIONS, MAX_LINE_LEN};
+pub use types::{
+    CountersReport, ErrorCounter, InterfaceInfo, InterfaceKind, NamedCount, NodeCounters, Request,
+    RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+};
+
+/// Version of the wire protocol spoken by this crate.
+///
+/// Both sides put it in every message; the agent refuses requests carrying
+/// another value and the client refuses responses carrying another value.
+pub const API_VERSION: u32 = 1;
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ferroplane/api.sock";

@@ -1,1 +1,213 @@
-//! ferroplane-common (being built).
+//! Types shared between ferroplane's XDP programs (C, `ebpf/include/ferroplane.h`)
+//! and userspace.
+//!
+//! The enums ([`FpVerdict`], [`FpDropReason`], [`FpSteerKind`], [`FpIfaceFlags`])
+//! and the `FP_*` limits are generated from the header by `build.rs`; the
+//! `#[repr(C)]` structs are written here and a test checks their layout
+//! against the header as compiled by the host C compiler.
+//!
+//! With the default feature `user`, the structs implement [`aya::Pod`] so they
+//! can be used as map keys and values.
+#![cfg_attr(all(not(feature = "user"), not(test)), no_std)]
+#![deny(missing_docs)]
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
+}
+
+pub use generated::*;
+
+/// Value of the `ifaces` map (`struct fp_iface`): how the programs steer one interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpIface {
+    /// First `xsks` slot of the interface; the program adds the rx queue index.
+    pub xsk_slot: u32,
+    /// [`FpIfaceFlags`] bits ([`FpIface::UPLINK`], [`FpIface::POD`]).
+    pub flags: u32,
+}
+
+impl FpIface {
+    /// Flag bit of the node's uplink.
+    pub const UPLINK: u32 = FpIfaceFlags::Uplink.as_u32();
+    /// Flag bit of a pod veth's host side.
+    pub const POD: u32 = FpIfaceFlags::Pod.as_u32();
+
+    /// An uplink entry whose queues start at `xsk_slot`.
+    pub const fn uplink(xsk_slot: u32) -> Self {
+        Self {
+            xsk_slot,
+            flags: Self::UPLINK,
+        }
+    }
+
+    /// A pod veth entry whose queues start at `xsk_slot`.
+    pub const fn pod(xsk_slot: u32) -> Self {
+        Self {
+            xsk_slot,
+            flags: Self::POD,
+        }
+    }
+}
+
+/// Key of the `steer4` LPM trie (`struct fp_lpm4`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpLpm4 {
+    /// Number of significant leading bits of `addr` (0..=32).
+    pub prefixlen: u32,
+    /// IPv4 address octets (network byte order, `__be32` in C).
+    pub addr: [u8; 4],
+}
+
+// SAFETY: both structs are #[repr(C)], made only of integers (every bit pattern
+// is valid) and have no padding (checked by the layout test).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpIface {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpLpm4 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    /// Layout of one struct of ferroplane.h as the C compiler sees it.
+    struct CStructLayout {
+        name: &'static str,
+        size: usize,
+        align: usize,
+        /// (field, offset, size) in declaration order.
+        fields: &'static [(&'static str, usize, usize)],
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/c_layout.rs"));
+
+    macro_rules! rust_layout {
+        ($c:literal, $ty:ty, [$($field:ident),* $(,)?]) => {
+            (
+                $c,
+                size_of::<$ty>(),
+                align_of::<$ty>(),
+                vec![$((stringify!($field), offset_of!($ty, $field), {
+                    let v = <$ty>::default();
+                    size_of_val(&v.$field)
+                })),*],
+            )
+        };
+    }
+
+    #[test]
+    fn struct_layout_matches_c() {
+        let rust = [
+            rust_layout!("fp_iface", FpIface, [xsk_slot, flags]),
+            rust_layout!("fp_lpm4", FpLpm4, [prefixlen, addr]),
+        ];
+        // Every struct of the header has a mirror, and no mirror is left over.
+        let mut c_names: Vec<_> = C_STRUCTS.iter().map(|s| s.name).collect();
+        let mut r_names: Vec<_> = rust.iter().map(|r| r.0).collect();
+        c_names.sort_unstable();
+        r_names.sort_unstable();
+        assert_eq!(c_names, r_names, "structs in ferroplane.h vs Rust mirrors");
+        for (name, size, align, fields) in rust {
+            let c = C_STRUCTS.iter().find(|s| s.name == name).unwrap();
+            assert_eq!(size, c.size, "sizeof(struct {name})");
+            assert_eq!(align, c.align, "alignof(struct {name})");
+            assert_eq!(fields, c.fields.to_vec(), "fields of struct {name}");
+            // No padding: Pod requires every byte to be initialised.
+            assert_eq!(
+                fields.iter().map(|f| f.2).sum::<usize>(),
+                size,
+                "struct {name} has padding"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_enums_match_c_values() {
+        let mut rust: Vec<(&str, i64)> = Vec::new();
+        rust.extend(
+            FpVerdict::ALL
+                .iter()
+                .map(|v| (v.c_name(), i64::from(v.as_u32()))),
+        );
+        rust.push(("FP_VERDICT_MAX", FpVerdict::COUNT as i64));
+        rust.extend(
+            FpDropReason::ALL
+                .iter()
+                .map(|v| (v.c_name(), i64::from(v.as_u32()))),
+        );
+        rust.push(("FP_DROP_MAX", FpDropReason::COUNT as i64));
+        rust.extend(
+            FpSteerKind::ALL
+                .iter()
+                .map(|v| (v.c_name(), i64::from(v.as_u32()))),
+        );
+        rust.extend(
+            FpIfaceFlags::ALL
+                .iter()
+                .map(|v| (v.c_name(), i64::from(v.as_u32()))),
+        );
+        let mut c = C_ENUM_VALUES.to_vec();
+        rust.sort_unstable();
+        c.sort_unstable();
+        assert_eq!(rust, c);
+    }
+
+    #[test]
+    fn generated_defines_match_c() {
+        let rust = [
+            ("FP_MAX_XSKS", FP_MAX_XSKS),
+            ("FP_MAX_IFACES", FP_MAX_IFACES),
+            ("FP_MAX_STEER4", FP_MAX_STEER4),
+            ("FP_MAX_HOST4", FP_MAX_HOST4),
+        ];
+        assert_eq!(C_DEFINES.len(), rust.len());
+        for (name, v) in rust {
+            let (_, c) = C_DEFINES.iter().find(|d| d.0 == name).unwrap();
+            assert_eq!(u64::from(v), *c, "{name}");
+        }
+    }
+
+    #[test]
+    fn counter_enums_are_dense_and_described() {
+        for (i, v) in FpVerdict::ALL.iter().enumerate() {
+            assert_eq!(v.as_u32() as usize, i);
+            assert_eq!(FpVerdict::from_u32(v.as_u32()), Some(*v));
+            assert!(!v.description().is_empty());
+        }
+        assert_eq!(FpVerdict::ALL.len(), FpVerdict::COUNT);
+        for (i, r) in FpDropReason::ALL.iter().enumerate() {
+            assert_eq!(r.as_u32() as usize, i);
+            assert_eq!(FpDropReason::from_u32(r.as_u32()), Some(*r));
+            assert!(!r.description().is_empty());
+        }
+        assert_eq!(FpDropReason::ALL.len(), FpDropReason::COUNT);
+        assert_eq!(FpDropReason::from_u32(FpDropReason::COUNT as u32), None);
+    }
+
+    #[test]
+    fn names_and_descriptions_come_from_the_header() {
+        assert_eq!(FpVerdict::RedirectFailed.name(), "redirect_failed");
+        assert_eq!(
+            FpVerdict::RedirectFailed.c_name(),
+            "FP_VERDICT_REDIRECT_FAILED"
+        );
+        assert_eq!(FpDropReason::TruncatedEth.name(), "truncated_eth");
+        assert_eq!(
+            FpDropReason::TruncatedEth.description(),
+            "frame shorter than an Ethernet header"
+        );
+        assert_eq!(FpSteerKind::PodCidr.as_u32(), 1);
+        assert_eq!(
+            FpIface::uplink(3),
+            FpIface {
+                xsk_slot: 3,
+                flags: 1
+            }
+        );
+        assert_eq!(FpIface::pod(0).flags, 2);
+        assert_eq!(FpDropReason::NoXsk.to_string(), "no_xsk");
+    }
+}

@@ -7,6 +7,24 @@
 //! [`PacketIo::rx_burst`] or allocated by [`PacketIo::alloc`] belongs to the
 //! caller until it is handed back through [`PacketIo::tx_burst`] (accepted
 //! frames) or [`PacketIo::free`].
+//!
+//! Backends:
+//! - [`MemIo`]: frames in a `Vec`, packets injected and collected by the
+//!   caller; for engine unit tests and benchmarks (no system calls).
+//! - [`XskIo`]: AF_XDP sockets sharing one UMEM across all ports (devices),
+//!   so a frame received on one port can be sent on another without a copy.
+//! - [`TunDevice`] is not a [`PacketIo`]: it hands IPv4 packets to the host
+//!   kernel (punt path).
+
+#![deny(missing_docs)]
+
+mod mem;
+mod tun;
+mod xsk;
+
+pub use mem::{MemFrames, MemIo};
+pub use tun::TunDevice;
+pub use xsk::{PoolStats, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats};
 
 use std::time::Duration;
 

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ferroplane.h: types shared between the XDP programs and userspace.
+ *
+ * This header is the single source of truth. ferroplane-common (Rust):
+ *   - generates its enums (FpVerdict, FpDropReason, FpSteerKind, FpIfaceFlag) and
+ *     FP_* limit constants from this file in build.rs, so they are never kept in
+ *     sync by hand;
+ *   - mirrors the structs with #[repr(C)] types and checks their size and field
+ *     offsets against this header (compiled with the host C compiler) in a test.
+ *
+ * Parser rules (userspace/common/build.rs): one enumerator per line, optional
+ * "= value", then a one-line C comment that becomes the description. Counter
+ * enums end with a <PREFIX>MAX entry that sizes the counter array.
+ * Fields in network byte order are __be16/__be32.
+ */
+#ifndef FERROPLANE_H
+#define FERROPLANE_H
+
+#include <linux/types.h>
+
+/* Number of slots in the xsks XSKMAP (interface base slot + rx queue). */
+#define FP_MAX_XSKS 256
+/* Capacity of the ifaces hash (ifindex -> struct fp_iface). */
+#define FP_MAX_IFACES 1024
+/* Capacity of the steer4 LPM trie. */
+#define FP_MAX_STEER4 4096
+/* Capacity of the host4 hash (node's own IPv4 addresses). */
+#define FP_MAX_HOST4 256
+
+/* Value of the ifaces map: how the engine sees one interface. */
+struct fp_iface {
+	__u32 xsk_slot; /* first xsks slot; the program adds ctx->rx_queue_index */
+	__u32 flags;    /* enum fp_iface_flags bits */
+};
+
+/* Key of the steer4 LPM trie (layout required by BPF_MAP_TYPE_LPM_TRIE). */
+struct fp_lpm4 {
+	__u32 prefixlen; /* 0..=32 significant leading bits of addr */
+	__be32 addr;     /* IPv4 address, network byte order */
+};
+
+/* Bits of struct fp_iface.flags. */
+enum fp_iface_flags {
+	FP_IF_UPLINK = 1, /* the node's uplink (xdp_uplink attached) */
+	FP_IF_POD = 2,    /* host side of a pod veth (xdp_pod attached) */
+};
+
+/* Values of the steer4 map: why a destination prefix goes to the engine. */
+enum fp_steer_kind {
+	FP_STEER_POD_CIDR = 1, /* a pod CIDR of this node */
+	FP_STEER_SERVICE = 2,  /* a service (virtual) address range; reserved */
+	FP_STEER_TUNNEL = 3,   /* overlay tunnel endpoint traffic; reserved */
+};
+
+/* Index of the verdicts per-CPU counters: exactly one per packet seen. */
+enum fp_verdict {
+	FP_VERDICT_PASS = 0,        /* handed to the kernel network stack */
+	FP_VERDICT_REDIRECT,        /* redirected to the engine's AF_XDP socket */
+	FP_VERDICT_DROP,            /* dropped in XDP (malformed frame from a pod) */
+	FP_VERDICT_REDIRECT_FAILED, /* meant for the engine, no usable socket: passed to the kernel */
+	FP_VERDICT_MAX,
+};
+
+/*
+ * Index of the drops (reason) per-CPU counters: why a packet was dropped, or
+ * was not handled as intended (on the uplink, malformed frames are passed to
+ * the kernel and only counted here).
+ */
+enum fp_drop_reason {
+	FP_DROP_NONE = 0,        /* no reason (never counted) */
+	FP_DROP_TRUNCATED_ETH,   /* frame shorter than an Ethernet header */
+	FP_DROP_TRUNCATED_IP,    /* IPv4 header or total length beyond the end of the frame */
+	FP_DROP_BAD_IP_HEADER,   /* IPv4 version not 4, IHL below 5, or total length below header length */
+	FP_DROP_TRUNCATED_ARP,   /* ARP header beyond the end of the frame */
+	FP_DROP_NO_IFACE,        /* ingress interface not in the ifaces map */
+	FP_DROP_XSK_SLOT_RANGE,  /* xsk_slot + rx queue index outside the xsks map */
+	FP_DROP_NO_XSK,          /* no AF_XDP socket in the xsks slot */
+	FP_DROP_MAX,
+};
+
+#endif /* FERROPLANE_H */

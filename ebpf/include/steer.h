@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * steer.h: counting and steering helpers shared by the XDP programs
+ * (verdict/reason counters, host address test, redirect to the engine).
+ */
+#ifndef FP_STEER_H
+#define FP_STEER_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ferroplane.h"
+#include "maps.h"
+
+/* Counts one packet under verdict v. */
+static __always_inline void fp_count_verdict(__u32 v)
+{
+	__u64 *c = bpf_map_lookup_elem(&verdicts, &v);
+
+	if (c)
+		*c += 1;
+}
+
+/* Counts one packet under drop reason r. */
+static __always_inline void fp_count_reason(__u32 r)
+{
+	__u64 *c = bpf_map_lookup_elem(&drops, &r);
+
+	if (c)
+		*c += 1;
+}
+
+/* Counts verdict v and returns the XDP action xdp_action (for "return fp_finish(...)"). */
+static __always_inline int fp_finish(__u32 v, int xdp_action)
+{
+	fp_count_verdict(v);
+	return xdp_action;
+}
+
+/* True if the IPv4 address (network order) is one of the node's own. */
+static __always_inline int fp_is_host4(__be32 addr)
+{
+	return bpf_map_lookup_elem(&host4, &addr) != NULL;
+}
+
+/*
+ * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue].
+ * Falls back to XDP_PASS (the kernel) when the interface is not configured or
+ * the slot has no socket; counts the verdict and reason either way.
+ */
+static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct fp_iface *iface = bpf_map_lookup_elem(&ifaces, &ifindex);
+	__u32 slot;
+	long rc;
+
+	if (!iface) {
+		fp_count_reason(FP_DROP_NO_IFACE);
+		return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+	}
+	slot = iface->xsk_slot + ctx->rx_queue_index;
+	if (slot >= FP_MAX_XSKS) {
+		fp_count_reason(FP_DROP_XSK_SLOT_RANGE);
+		return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+	}
+	rc = bpf_redirect_map(&xsks, slot, XDP_PASS);
+	if (rc == XDP_REDIRECT)
+		return fp_finish(FP_VERDICT_REDIRECT, XDP_REDIRECT);
+	fp_count_reason(FP_DROP_NO_XSK);
+	return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+}
+
+#endif /* FP_STEER_H */

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * xdp_pod: attached to the host side of every pod veth.
+ *
+ * The engine handles pod traffic, except what the kernel must see:
+ *   - ARP reply                       -> PASS (the kernel's neighbour resolution toward pods)
+ *   - IPv4 to one of the node's addresses -> PASS
+ *   - everything else (ARP requests, IPv4, IPv6, ...) -> REDIRECT (fallback PASS)
+ *   - truncated/malformed Ethernet, ARP or IPv4 -> DROP, reason counted
+ *     (the kernel would drop these frames too; pods are not trusted).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ferroplane.h"
+#include "maps.h"
+#include "parse.h"
+#include "steer.h"
+
+SEC("xdp")
+int xdp_pod(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct fp_cursor cur = { .pos = (void *)(long)ctx->data };
+	struct fp_arphdr *arp;
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	int rc;
+
+	if (fp_parse_eth(&cur, data_end, &eth) != FP_PARSE_OK) {
+		fp_count_reason(FP_DROP_TRUNCATED_ETH);
+		return fp_finish(FP_VERDICT_DROP, XDP_DROP);
+	}
+
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		if (fp_parse_arp(&cur, data_end, &arp) != FP_PARSE_OK) {
+			fp_count_reason(FP_DROP_TRUNCATED_ARP);
+			return fp_finish(FP_VERDICT_DROP, XDP_DROP);
+		}
+		if (arp->op == bpf_htons(FP_ARPOP_REPLY))
+			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+		return fp_redirect_to_engine(ctx);
+	}
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		rc = fp_parse_ipv4(&cur, data_end, &iph);
+		if (rc != FP_PARSE_OK) {
+			fp_count_reason(rc == FP_PARSE_TRUNCATED ? FP_DROP_TRUNCATED_IP
+								 : FP_DROP_BAD_IP_HEADER);
+			return fp_finish(FP_VERDICT_DROP, XDP_DROP);
+		}
+		if (fp_is_host4(iph->daddr))
+			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+	}
+	return fp_redirect_to_engine(ctx);
+}
+
+/* The project licence; the programs use no GPL-only helpers. */
+char LICENSE[] SEC("license") = "Apache-2.0";

@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * xdp_uplink: attached to the node's uplink.
+ *
+ * IPv4 whose destination matches steer4 (a pod CIDR, ...) goes to the engine
+ * through the xsks AF_XDP socket of the ingress queue; everything else goes to
+ * the kernel:
+ *   - non-IPv4 (ARP, IPv6, VLAN, ...)        -> PASS
+ *   - IPv4 to one of the node's addresses     -> PASS
+ *   - IPv4 matching steer4                    -> REDIRECT (fallback PASS)
+ *   - other IPv4                              -> PASS
+ *   - truncated/malformed                     -> PASS (the kernel decides), reason counted
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ferroplane.h"
+#include "maps.h"
+#include "parse.h"
+#include "steer.h"
+
+SEC("xdp")
+int xdp_uplink(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct fp_cursor cur = { .pos = (void *)(long)ctx->data };
+	struct fp_lpm4 key = { .prefixlen = 32 };
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	int rc;
+
+	if (fp_parse_eth(&cur, data_end, &eth) != FP_PARSE_OK) {
+		fp_count_reason(FP_DROP_TRUNCATED_ETH);
+		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+
+	rc = fp_parse_ipv4(&cur, data_end, &iph);
+	if (rc != FP_PARSE_OK) {
+		fp_count_reason(rc == FP_PARSE_TRUNCATED ? FP_DROP_TRUNCATED_IP : FP_DROP_BAD_IP_HEADER);
+		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+	}
+	if (fp_is_host4(iph->daddr))
+		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+
+	key.addr = iph->daddr;
+	if (!bpf_map_lookup_elem(&steer4, &key))
+		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+	return fp_redirect_to_engine(ctx);
+}
+
+/* The project licence; the programs use no GPL-only helpers. */
+char LICENSE[] SEC("license") = "Apache-2.0";

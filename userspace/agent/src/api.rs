@@ -1,0 +1,219 @@
+//! The agent's answers to `ferroctl` (the local API).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use ferroplane_api::{
+    CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount,
+    NodeCounters, Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+};
+use ferroplane_bpf::{Dataplane, FpDropReason, FpVerdict};
+use ferroplane_engine::counters::WorkerStats;
+use ferroplane_engine::graph::GraphInfo;
+use ferroplane_engine::{IfKind, Shared, WorkerControl};
+use ferroplane_tables::{AdjKind, RouteSource as TableSource};
+use serde_json::Value;
+
+/// Formats a MAC address.
+pub fn mac_str(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// What the API handler reads.
+pub struct AgentView {
+    /// Engine tables.
+    pub shared: Arc<Shared>,
+    /// Per-worker counters.
+    pub workers: Vec<Arc<WorkerStats>>,
+    /// Worker knobs.
+    pub controls: Vec<Arc<WorkerControl>>,
+    /// Node and error names.
+    pub info: GraphInfo,
+    /// The BPF side.
+    pub bpf: Arc<Mutex<Dataplane>>,
+}
+
+impl AgentView {
+    fn interfaces(&self) -> Vec<InterfaceInfo> {
+        let snap = self.shared.load();
+        snap.ifaces
+            .iter()
+            .map(|i| {
+                let sum = |f: &dyn Fn(&ferroplane_engine::counters::IfCounters) -> u64| {
+                    self.workers.iter().map(|w| f(w.iface(i.sw_if))).sum::<u64>()
+                };
+                InterfaceInfo {
+                    name: i.name.clone(),
+                    sw_if_index: i.sw_if as u32,
+                    kind: match i.kind {
+                        IfKind::Uplink => InterfaceKind::Uplink,
+                        IfKind::Pod => InterfaceKind::Pod,
+                        IfKind::Punt => InterfaceKind::Punt,
+                    },
+                    ifindex: i.ifindex,
+                    mac: mac_str(&i.mac),
+                    ipv4: i.ip4.map(|(a, l)| format!("{a}/{l}")),
+                    mtu: i.mtu as u32,
+                    xdp_mode: i.xdp_mode.clone(),
+                    port: i.port,
+                    rx_packets: sum(&|c| c.rx_packets.get()),
+                    rx_bytes: sum(&|c| c.rx_bytes.get()),
+                    tx_packets: sum(&|c| c.tx_packets.get()),
+                    tx_bytes: sum(&|c| c.tx_bytes.get()),
+                    drops: sum(&|c| c.tx_drops.get()),
+                    pod: i.pod.as_ref().map(|p| format!("{} ({})", p.name, p.ip)),
+                }
+            })
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        let snap = self.shared.load();
+        let fib = &snap.fib;
+        let name = |sw_if: u16| {
+            snap.ifaces
+                .get(sw_if)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("sw_if {sw_if}"))
+        };
+        fib.route_table()
+            .map(|(r, adjs)| RouteInfo {
+                prefix: r.prefix.to_string(),
+                source: match r.source {
+                    TableSource::Connected => RouteSource::Connected,
+                    TableSource::Pod => RouteSource::Pod,
+                    TableSource::Static if r.prefix.is_default() => RouteSource::Default,
+                    TableSource::Static => RouteSource::Static,
+                    TableSource::Local => RouteSource::Local,
+                    TableSource::Neighbour => RouteSource::Neighbour,
+                },
+                paths: adjs
+                    .iter()
+                    .filter_map(|a| match a.kind {
+                        AdjKind::Drop => None,
+                        AdjKind::Local => Some(RoutePath {
+                            via: None,
+                            interface: "host".into(),
+                            resolved_mac: None,
+                        }),
+                        AdjKind::Rewrite | AdjKind::Incomplete => Some(RoutePath {
+                            via: a.next_hop.map(|n| n.to_string()),
+                            interface: name(a.sw_if),
+                            resolved_mac: (a.kind == AdjKind::Rewrite)
+                                .then(|| mac_str(&a.dst_mac)),
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn counters(&self) -> CountersReport {
+        let nodes = self
+            .info
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let sum = |f: &dyn Fn(&ferroplane_engine::counters::NodeCounters) -> u64| {
+                    self.workers
+                        .iter()
+                        .filter_map(|w| w.nodes.get(i))
+                        .map(f)
+                        .sum::<u64>()
+                };
+                NodeCounters::from_totals(
+                    n.name,
+                    sum(&|c| c.calls.get()),
+                    sum(&|c| c.vectors.get()),
+                    sum(&|c| c.packets.get()),
+                    sum(&|c| c.nanos.get()),
+                )
+            })
+            .collect();
+        CountersReport {
+            worker_count: self.workers.len() as u32,
+            nodes,
+        }
+    }
+
+    fn errors(&self) -> Vec<ErrorCounter> {
+        self.info
+            .errors
+            .iter()
+            .enumerate()
+            .map(|(code, (node, e))| ErrorCounter {
+                node: self
+                    .info
+                    .nodes
+                    .get(*node as usize)
+                    .map(|n| n.name.to_string())
+                    .unwrap_or_default(),
+                reason: e.name.to_string(),
+                description: e.description.to_string(),
+                count: self
+                    .workers
+                    .iter()
+                    .filter_map(|w| w.errors.get(code))
+                    .map(|c| c.get())
+                    .sum(),
+                severity: match e.severity {
+                    ferroplane_engine::Severity::Error => Severity::Error,
+                    ferroplane_engine::Severity::Info => Severity::Info,
+                },
+            })
+            .collect()
+    }
+
+    fn xdp(&self) -> Result<XdpReport, String> {
+        let dp = self.bpf.lock().map_err(|_| "BPF state lock poisoned".to_string())?;
+        let s = dp.stats().map_err(|e| format!("reading BPF counters: {e}"))?;
+        Ok(XdpReport {
+            verdicts: FpVerdict::ALL
+                .iter()
+                .map(|v| NamedCount {
+                    name: v.name().to_string(),
+                    description: v.description().to_string(),
+                    count: s.verdict(*v),
+                })
+                .collect(),
+            drops: FpDropReason::ALL
+                .iter()
+                .map(|r| NamedCount {
+                    name: r.name().to_string(),
+                    description: r.description().to_string(),
+                    count: s.reason(*r),
+                })
+                .collect(),
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+impl Handler for AgentView {
+    fn handle(&self, req: &Request) -> Result<Value, String> {
+        match req {
+            Request::ShowInterfaces => json(self.interfaces()),
+            Request::ShowRoutes => json(self.routes()),
+            Request::ShowCounters => json(self.counters()),
+            Request::ShowErrors => json(self.errors()),
+            Request::ShowXdp => json(self.xdp()?),
+            Request::ClearCounters => {
+                for c in &self.controls {
+                    c.clear.store(true, Ordering::Relaxed);
+                }
+                if let Ok(mut dp) = self.bpf.lock() {
+                    dp.clear_stats().map_err(|e| format!("clearing BPF counters: {e}"))?;
+                }
+                json(serde_json::json!({"cleared": true}))
+            }
+            Request::Version => json(VersionInfo::new(env!("CARGO_PKG_VERSION"))),
+        }
+    }
+}

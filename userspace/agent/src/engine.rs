@@ -1,0 +1,147 @@
+//! The engine worker thread and the handle the control plane drives it with.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ferroplane_engine::counters::WorkerStats;
+use ferroplane_engine::graph::GraphInfo;
+use ferroplane_engine::worker::Command;
+use ferroplane_engine::{Shared, Snapshot, Worker, WorkerControl};
+use ferroplane_io::{PortId, TunDevice, XskConfig, XskIo};
+
+/// Errors of the engine thread.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The AF_XDP backend failed.
+    #[error("{0}")]
+    Io(#[from] ferroplane_io::IoError),
+    /// The graph could not be built.
+    #[error("graph: {0}")]
+    Graph(String),
+    /// The worker thread is gone.
+    #[error("engine worker thread is not running")]
+    Gone,
+    /// The worker did not answer in time.
+    #[error("engine worker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A running engine worker.
+pub struct Engine {
+    /// Published tables.
+    pub shared: Arc<Shared>,
+    /// Shared knobs (stop, trace, clear).
+    pub control: Arc<WorkerControl>,
+    /// The worker's counters.
+    pub stats: Arc<WorkerStats>,
+    /// Node and error names.
+    pub info: GraphInfo,
+    commands: Sender<Command<XskIo>>,
+    misses: Receiver<(u16, Ipv4Addr)>,
+    thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
+}
+
+const ANSWER: Duration = Duration::from_secs(5);
+
+impl Engine {
+    /// Start the worker thread with an AF_XDP backend; punted packets go to `punt`.
+    pub fn start(cfg: XskConfig, punt: Option<TunDevice>) -> Result<Engine, EngineError> {
+        let shared = Arc::new(Shared::new(Snapshot::default()));
+        let control = Arc::new(WorkerControl::default());
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command<XskIo>>();
+        let (miss_tx, miss_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (s, c) = (shared.clone(), control.clone());
+        let thread = std::thread::Builder::new()
+            .name("fp-worker-0".into())
+            .spawn(move || {
+                let io = match XskIo::new(cfg) {
+                    Ok(io) => io,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(EngineError::Io(e)));
+                        return Ok(());
+                    }
+                };
+                let mut worker = match Worker::new(io, s, c) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(EngineError::Graph(e.to_string())));
+                        return Ok(());
+                    }
+                };
+                worker.set_commands(cmd_rx);
+                worker.set_miss_reports(miss_tx);
+                if let Some(tun) = punt {
+                    worker.set_punt(Box::new(move |pkt: &[u8]| tun.write(pkt).is_ok()));
+                }
+                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info())));
+                let r = worker.run();
+                if let Err(e) = &r {
+                    tracing::error!("engine worker stopped: {e:?}");
+                }
+                r
+            })
+            .map_err(|e| EngineError::Io(ferroplane_io::IoError::Os { op: "spawn worker", source: e }))?;
+        let (stats, info) = ready_rx
+            .recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))??;
+        Ok(Engine {
+            shared,
+            control,
+            stats,
+            info,
+            commands: cmd_tx,
+            misses: miss_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Run `f` on the worker thread with its backend and wait for the result.
+    pub fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut XskIo) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Box::new(move |io: &mut XskIo| {
+                let _ = tx.send(f(io));
+            }))
+            .map_err(|_| EngineError::Gone)?;
+        rx.recv_timeout(ANSWER).map_err(|_| EngineError::Timeout(ANSWER))
+    }
+
+    /// Open an AF_XDP socket on `ifname` queue 0; returns its port and fd (for the XSKMAP).
+    pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
+        let name = ifname.to_string();
+        Ok(self.exec(move |io| io.add_port(&name, 0))??)
+    }
+
+    /// Close a port.
+    pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
+        Ok(self.exec(move |io| io.remove_port(port))??)
+    }
+
+    /// Next hops the engine asked to resolve since the last call.
+    pub fn take_misses(&self) -> Vec<(u16, Ipv4Addr)> {
+        self.misses.try_iter().collect()
+    }
+
+    /// Stop the worker and wait for it.
+    pub fn stop(&mut self) {
+        self.control.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,771 @@
+//! Pod plumbing and link/neighbour queries over rtnetlink.
+//!
+//! A [`Plumber`] talks to the kernel of the network namespace it was created in (the
+//! agent's). Work inside a pod's namespace runs on a short-lived dedicated thread that
+//! `setns()`s into it and opens its own rtnetlink socket on a current-thread tokio runtime,
+//! so the agent's own threads never change namespace.
+//!
+//! Pod plumbing (see CONTRACTS.md): a veth pair whose host side is named
+//! [`host_ifname`]`(namespace, name)`, up, without addresses, in the agent's namespace; the
+//! peer is created directly inside the pod's namespace under its final name (`eth0`), with
+//! `ip/32`, the MTU, up, `lo` up, `GATEWAY dev eth0 scope link` and
+//! `default via GATEWAY dev eth0`. In the agent's namespace: `ip/32 dev fpXXXX scope link`
+//! and a permanent neighbour `ip -> pod MAC` on the host side.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage,
+    NeighbourState as NlNeighbourState,
+};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::config::PodSpec;
+
+/// The pods' default gateway: answered (ARP) by the engine with the host veth's MAC.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+const ENODEV: i32 = libc::ENODEV;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
+
+/// An error from the plumbing layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbError {
+    /// Opening an rtnetlink socket failed.
+    #[error("opening an rtnetlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused a request (or the connection broke).
+    #[error("{context}: {source}")]
+    Netlink {
+        /// What was being done.
+        context: String,
+        /// The rtnetlink error (its errno via [`PlumbError::errno`]).
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// No interface of that name in the namespace asked.
+    #[error("interface {0} not found")]
+    LinkNotFound(String),
+    /// A network namespace could not be opened or entered.
+    #[error("network namespace {}: {source}", path.display())]
+    Netns {
+        /// The namespace file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel state is not what it should be after a request that succeeded.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl PlumbError {
+    /// The (positive) errno of a kernel refusal, if this is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            PlumbError::Netlink {
+                source: rtnetlink::Error::NetlinkError(msg),
+                ..
+            } => msg.code.map(|c| c.get().abs()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T, E = PlumbError> = std::result::Result<T, E>;
+
+trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, rtnetlink::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| PlumbError::Netlink {
+            context: context(),
+            source,
+        })
+    }
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().abs()),
+        _ => None,
+    }
+}
+
+/// What [`Plumber::link_info`] reports about an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Hardware address (zero when the link has no 6-byte address, e.g. TUN).
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
+    /// IPv4 addresses with their prefix lengths.
+    pub ipv4: Vec<(Ipv4Addr, u8)>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+}
+
+/// The result of [`Plumber::create_pod`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLink {
+    /// Host-side veth name (`fp` + 11 hex chars).
+    pub host_ifname: String,
+    /// Host-side veth index (agent's namespace).
+    pub host_ifindex: u32,
+    /// Host-side veth MAC: what the engine answers ARP for the gateway with.
+    pub host_mac: [u8; 6],
+    /// Pod-side veth MAC.
+    pub pod_mac: [u8; 6],
+    /// Pod-side veth index (inside the pod's namespace).
+    pub pod_ifindex: u32,
+    /// Whether an existing, matching veth was reused rather than created.
+    pub reused: bool,
+}
+
+/// A neighbour cache state (NUD_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourState {
+    /// Confirmed recently.
+    Reachable,
+    /// Usable, not confirmed recently.
+    Stale,
+    /// Usable, waiting before probing.
+    Delay,
+    /// Usable, being probed.
+    Probe,
+    /// Static entry.
+    Permanent,
+    /// No resolution needed.
+    Noarp,
+    /// Any other state that came with a link-layer address (raw NUD_* value).
+    Other(u16),
+}
+
+/// A resolved IPv4 neighbour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Cache state.
+    pub state: NeighbourState,
+    /// Whether the entry is kernel-managed (NTF_EXT_MANAGED).
+    pub managed: bool,
+}
+
+/// Host-side veth name for a pod: `fp` + the first 11 hex digits of the FNV-1a 64 hash of
+/// `namespace/name` (13 chars, within IFNAMSIZ).
+pub fn host_ifname(namespace: &str, name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(name.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fp{:011x}", h >> 20)
+}
+
+/// A parsed link message: the parts the plumbing uses.
+#[derive(Debug, Clone)]
+struct RawLink {
+    index: u32,
+    name: String,
+    mac: [u8; 6],
+    mtu: u32,
+    up: bool,
+    veth: bool,
+    /// IFLA_LINK: the peer's ifindex for a veth.
+    peer_index: Option<u32>,
+    /// IFLA_LINK_NETNSID: the peer's namespace id, if the peer is in another namespace.
+    peer_netnsid: Option<i32>,
+}
+
+impl RawLink {
+    fn parse(msg: &LinkMessage) -> RawLink {
+        let mut link = RawLink {
+            index: msg.header.index,
+            name: String::new(),
+            mac: [0; 6],
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            veth: false,
+            peer_index: None,
+            peer_netnsid: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => {
+                    if let Ok(mac) = <[u8; 6]>::try_from(a.as_slice()) {
+                        link.mac = mac;
+                    }
+                }
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Link(i) => link.peer_index = Some(*i),
+                LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.veth = infos
+                        .iter()
+                        .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Veth)));
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<RawLink>> {
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some(RawLink::parse(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("looking up interface {name}")),
+    }
+}
+
+async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<RawLink>> {
+    let mut stream = handle.link().get().match_index(index).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some(RawLink::parse(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("looking up interface #{index}")),
+    }
+}
+
+async fn require_link(handle: &Handle, name: &str) -> Result<RawLink> {
+    link_by_name(handle, name)
+        .await?
+        .ok_or_else(|| PlumbError::LinkNotFound(name.to_string()))
+}
+
+fn ipv4_of(msg: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            _ => {}
+        }
+    }
+    local.or(address).map(|a| (a, msg.header.prefix_len))
+}
+
+async fn ipv4_addrs(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let msgs: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .ctx(|| format!("listing addresses of interface #{index}"))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == index)
+        .filter_map(ipv4_of)
+        .collect())
+}
+
+/// Sends a request whose only expected answer is an ACK (or an error).
+async fn request_ack(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> std::result::Result<Vec<RouteNetlinkMessage>, rtnetlink::Error> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = flags;
+    let mut handle = handle.clone();
+    let mut responses = handle.request(req)?;
+    let mut out = Vec::new();
+    while let Some(resp) = responses.next().await {
+        match resp.payload {
+            NetlinkPayload::Error(err) => return Err(rtnetlink::Error::NetlinkError(err)),
+            NetlinkPayload::InnerMessage(m) => out.push(m),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The id the namespace of `handle` gives to the namespace open as `netns`, if any.
+async fn nsid_of(handle: &Handle, netns: &File) -> Result<Option<i32>> {
+    let mut msg = NsidMessage::default();
+    // The kernel reads the fd as a u32 attribute.
+    msg.attributes = vec![NsidAttribute::Fd(netns.as_raw_fd().unsigned_abs())];
+    let answers = request_ack(
+        handle,
+        RouteNetlinkMessage::GetNsId(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+    )
+    .await
+    .ctx(|| "RTM_GETNSID".to_string())?;
+    for answer in answers {
+        if let RouteNetlinkMessage::NewNsId(m) = answer {
+            for attr in m.attributes {
+                if let NsidAttribute::Id(id) = attr {
+                    return Ok((id >= 0).then_some(id));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn open_netns(path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| PlumbError::Netns {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs `f` with an rtnetlink handle bound to the network namespace at `netns`, on a
+/// dedicated thread that enters that namespace (the calling threads never switch).
+///
+/// The thread has its own current-thread tokio runtime, so `f`'s future need not be `Send`.
+pub async fn in_netns<T, F, Fut>(netns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let path = netns.to_path_buf();
+    let file = open_netns(&path)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    std::thread::Builder::new()
+        .name("fp-netns".to_string())
+        .spawn(move || {
+            let result = (|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    PlumbError::Netns {
+                        path: thread_path.clone(),
+                        source: std::io::Error::from(e),
+                    }
+                })?;
+                drop(file);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| PlumbError::Unexpected(format!("building a runtime: {e}")))?;
+                rt.block_on(async move {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(PlumbError::Socket)?;
+                    let conn_task = tokio::spawn(conn);
+                    let r = f(handle).await;
+                    conn_task.abort();
+                    r
+                })
+            })();
+            // The receiver only goes away if the caller was cancelled: nothing to tell then.
+            let _ = tx.send(result);
+        })
+        .map_err(|e| PlumbError::Unexpected(format!("spawning a netns thread: {e}")))?;
+    rx.await.map_err(|_| {
+        PlumbError::Unexpected(format!("the thread working in {} died", path.display()))
+    })?
+}
+
+/// Configures the pod side inside the pod's namespace; returns (ifindex, MAC).
+async fn configure_pod_side(
+    handle: Handle,
+    interface: String,
+    ip: Ipv4Addr,
+    mtu: u32,
+    gateway: Ipv4Addr,
+) -> Result<(u32, [u8; 6])> {
+    let link = require_link(&handle, &interface).await?;
+    let idx = link.index;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+        .execute()
+        .await
+        .ctx(|| format!("pod: setting {interface} mtu {mtu} up"))?;
+    let lo = require_link(&handle, "lo").await?;
+    if !lo.up {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(lo.index).up().build())
+            .execute()
+            .await
+            .ctx(|| "pod: setting lo up".to_string())?;
+    }
+    handle
+        .address()
+        .add(idx, IpAddr::V4(ip), 32)
+        .replace()
+        .execute()
+        .await
+        .ctx(|| format!("pod: adding {ip}/32 to {interface}"))?;
+    let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(gateway, 32)
+        .output_interface(idx)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(gw_route)
+        .replace()
+        .execute()
+        .await
+        .ctx(|| format!("pod: route {gateway} dev {interface} scope link"))?;
+    let default_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .gateway(gateway)
+        .output_interface(idx)
+        .build();
+    handle
+        .route()
+        .add(default_route)
+        .replace()
+        .execute()
+        .await
+        .ctx(|| format!("pod: route default via {gateway} dev {interface}"))?;
+    // The MAC, as the kernel now reports it.
+    let link = link_by_index(&handle, idx).await?.ok_or_else(|| {
+        PlumbError::Unexpected(format!("pod: {interface} vanished while configuring it"))
+    })?;
+    Ok((idx, link.mac))
+}
+
+fn nud_to_state(state: NlNeighbourState) -> Option<NeighbourState> {
+    Some(match state {
+        NlNeighbourState::Reachable => NeighbourState::Reachable,
+        NlNeighbourState::Stale => NeighbourState::Stale,
+        NlNeighbourState::Delay => NeighbourState::Delay,
+        NlNeighbourState::Probe => NeighbourState::Probe,
+        NlNeighbourState::Permanent => NeighbourState::Permanent,
+        NlNeighbourState::Noarp => NeighbourState::Noarp,
+        NlNeighbourState::Incomplete | NlNeighbourState::Failed | NlNeighbourState::None => {
+            return None
+        }
+        other => NeighbourState::Other(u16::from(other)),
+    })
+}
+
+/// Parses an IPv4 neighbour entry: (ip, lladdr if 6 bytes, managed flag).
+fn parse_neighbour(msg: &NeighbourMessage) -> Option<(Ipv4Addr, Option<[u8; 6]>, bool)> {
+    let mut ip = None;
+    let mut mac = None;
+    let mut managed = false;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            NeighbourAttribute::ExtFlags(f) => managed = f.contains(NeighbourExtFlags::Managed),
+            _ => {}
+        }
+    }
+    ip.map(|ip| (ip, mac, managed))
+}
+
+/// Plumbs pods and answers link/neighbour questions for the agent's network namespace.
+#[derive(Clone)]
+pub struct Plumber {
+    handle: Handle,
+}
+
+impl std::fmt::Debug for Plumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plumber").finish_non_exhaustive()
+    }
+}
+
+impl Plumber {
+    /// Opens an rtnetlink socket in the calling thread's network namespace and spawns its
+    /// connection task on the current tokio runtime (must be called inside one).
+    pub fn new() -> Result<Plumber> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            PlumbError::Unexpected(format!("Plumber::new outside a tokio runtime: {e}"))
+        })?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(PlumbError::Socket)?;
+        runtime.spawn(conn);
+        Ok(Plumber { handle })
+    }
+
+    /// The underlying rtnetlink handle, for requests this module does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Index, MAC, MTU, IPv4 addresses and admin state of an interface.
+    pub async fn link_info(&self, name: &str) -> Result<LinkInfo> {
+        let link = require_link(&self.handle, name).await?;
+        let ipv4 = ipv4_addrs(&self.handle, link.index).await?;
+        Ok(LinkInfo {
+            name: link.name,
+            ifindex: link.index,
+            mac: link.mac,
+            mtu: link.mtu,
+            ipv4,
+            up: link.up,
+        })
+    }
+
+    /// Whether `host` (a link in our namespace) is a veth whose peer is `pod.interface` in the
+    /// pod's namespace, carrying `pod.ip/32`.
+    async fn reusable(&self, host: &RawLink, netns: &File, pod: &PodSpec) -> Result<bool> {
+        let (true, Some(peer_index), Some(peer_nsid)) =
+            (host.veth, host.peer_index, host.peer_netnsid)
+        else {
+            return Ok(false);
+        };
+        if nsid_of(&self.handle, netns).await? != Some(peer_nsid) {
+            return Ok(false);
+        }
+        let interface = pod.interface.clone();
+        let ip = pod.ip;
+        let host_index = host.index;
+        in_netns(&pod.netns_path(), move |h| async move {
+            let Some(peer) = link_by_index(&h, peer_index).await? else {
+                return Ok(false);
+            };
+            if peer.name != interface || !peer.veth || peer.peer_index != Some(host_index) {
+                return Ok(false);
+            }
+            Ok(ipv4_addrs(&h, peer_index).await?.contains(&(ip, 32)))
+        })
+        .await
+    }
+
+    /// Plumbs a pod (idempotently): see the module documentation for the resulting state.
+    ///
+    /// If the host veth already exists (agent restart) it is reused when its peer is the
+    /// pod's interface in the pod's namespace with the pod's address; the whole configuration
+    /// is then re-applied (replace semantics). Otherwise it is deleted and recreated.
+    /// `gateway` is normally [`POD_GATEWAY`].
+    pub async fn create_pod(&self, pod: &PodSpec, mtu: u32, gateway: Ipv4Addr) -> Result<PodLink> {
+        let host_name = host_ifname(&pod.namespace, &pod.name);
+        let netns_path = pod.netns_path();
+        let netns = open_netns(&netns_path)?;
+        let key = pod.key();
+
+        let mut reused = false;
+        if let Some(existing) = link_by_name(&self.handle, &host_name).await? {
+            if self.reusable(&existing, &netns, pod).await? {
+                reused = true;
+            } else {
+                self.delete_link(existing.index, &host_name).await?;
+            }
+        }
+
+        if !reused {
+            let peer = LinkUnspec::new_with_name(&pod.interface)
+                .mtu(mtu)
+                .setns_by_fd(netns.as_raw_fd())
+                .build();
+            let veth = LinkVeth::new(&host_name, &pod.interface)
+                .mtu(mtu)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build();
+            self.handle.link().add(veth).execute().await.ctx(|| {
+                format!(
+                    "{key}: creating veth {host_name} <-> {} in {}",
+                    pod.interface,
+                    netns_path.display()
+                )
+            })?;
+        }
+        drop(netns);
+
+        let host = require_link(&self.handle, &host_name).await?;
+
+        let (interface, ip) = (pod.interface.clone(), pod.ip);
+        let (pod_ifindex, pod_mac) = in_netns(&netns_path, move |h| {
+            configure_pod_side(h, interface, ip, mtu, gateway)
+        })
+        .await
+        .map_err(|e| match e {
+            PlumbError::Netlink { context, source } => PlumbError::Netlink {
+                context: format!("{key}: {context}"),
+                source,
+            },
+            other => other,
+        })?;
+
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(host.index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .ctx(|| format!("{key}: setting {host_name} mtu {mtu} up"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(pod.ip, 32)
+            .output_interface(host.index)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .ctx(|| format!("{key}: route {}/32 dev {host_name}", pod.ip))?;
+        self.handle
+            .neighbours()
+            .add(host.index, IpAddr::V4(pod.ip))
+            .link_layer_address(&pod_mac)
+            .state(NlNeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .ctx(|| format!("{key}: neighbour {} on {host_name}", pod.ip))?;
+
+        Ok(PodLink {
+            host_ifname: host_name,
+            host_ifindex: host.index,
+            host_mac: host.mac,
+            pod_mac,
+            pod_ifindex,
+            reused,
+        })
+    }
+
+    async fn delete_link(&self, index: u32, name: &str) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
+            r => r.ctx(|| format!("deleting {name}")),
+        }
+    }
+
+    /// Removes a pod's veth pair (the route and neighbour go with it). Returns whether there
+    /// was one.
+    pub async fn delete_pod(&self, pod: &PodSpec) -> Result<bool> {
+        let host_name = host_ifname(&pod.namespace, &pod.name);
+        match link_by_name(&self.handle, &host_name).await? {
+            Some(link) => {
+                self.delete_link(link.index, &host_name).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn neighbour_messages(&self) -> Result<Vec<NeighbourMessage>> {
+        self.handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .ctx(|| "listing IPv4 neighbours".to_string())
+    }
+
+    /// The resolved IPv4 neighbours on an interface: entries that have a 6-byte link-layer
+    /// address and a usable state (incomplete and failed entries are left out).
+    pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
+        let msgs = self.neighbour_messages().await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == ifindex)
+            .filter_map(|m| {
+                let state = nud_to_state(m.header.state)?;
+                let (ip, mac, managed) = parse_neighbour(m)?;
+                Some(Neighbour {
+                    ip,
+                    mac: mac?,
+                    state,
+                    managed,
+                })
+            })
+            .collect())
+    }
+
+    /// Asks the kernel to resolve `ip` on `ifindex` and keep it resolved without traffic:
+    /// a "managed" neighbour entry (NTF_EXT_MANAGED in NDA_FLAGS_EXT, Linux >= 5.16), the
+    /// same request as `ip neigh replace IP dev IF managed`. Poll [`Plumber::neighbours`] for
+    /// the result.
+    ///
+    /// Idempotent and cheap to repeat: an entry that is already managed is not touched; an
+    /// existing resolved entry keeps its MAC (it becomes managed and stale, so the kernel
+    /// re-confirms it); an admin's permanent or noarp entry is left alone.
+    pub async fn ensure_managed_neighbour(&self, ip: Ipv4Addr, ifindex: u32) -> Result<()> {
+        let existing = self.neighbour_messages().await?;
+        let current = existing.iter().find_map(|m| {
+            let (addr, mac, managed) = parse_neighbour(m)?;
+            (m.header.ifindex == ifindex && addr == ip).then_some((m.header.state, mac, managed))
+        });
+        let mut req = self.handle.neighbours().add(ifindex, IpAddr::V4(ip));
+        match current {
+            Some((_, _, true)) => return Ok(()),
+            Some((NlNeighbourState::Permanent | NlNeighbourState::Noarp, _, _)) => return Ok(()),
+            Some((state, Some(mac), false)) if nud_to_state(state).is_some() => {
+                req = req.link_layer_address(&mac).state(NlNeighbourState::Stale);
+            }
+            _ => req = req.state(NlNeighbourState::None),
+        }
+        let mut req = req.replace();
+        req.message_mut()
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        req.execute()
+            .await
+            .ctx(|| format!("managed neighbour {ip} on interface #{ifindex}"))
+    }
+
+    /// Removes the neighbour entry for `ip` on `ifindex`, if any.
+    pub async fn delete_neighbour(&self, ip: Ipv4Addr, ifindex: u32) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = ifindex;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            r => r.ctx(|| format!("deleting neighbour {ip} on interface #{ifindex}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_and_short() {
+        let a = host_ifname("default", "a");
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with("fp"));
+        assert!(a[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, host_ifname("default", "a"));
+        assert_ne!(a, host_ifname("default", "b"));
+        assert_ne!(a, host_ifname("other", "a"));
+        // FNV-1a 64 of "default/a", top 44 bits.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in b"default/a" {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        assert_eq!(a, format!("fp{:011x}", h >> 20));
+    }
+}

@@ -1,0 +1,261 @@
+//! The node's desired state turned into engine tables.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ferroplane_engine::{IfKind, Interface, Interfaces, PodInfo, Snapshot};
+use ferroplane_tables::{
+    FibBuilder, FibError, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource,
+};
+
+use crate::config::NodeSpec;
+
+/// The uplink as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkState {
+    /// Kernel name.
+    pub name: String,
+    /// Kernel ifindex.
+    pub ifindex: u32,
+    /// MAC.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// AF_XDP port.
+    pub port: Option<u16>,
+    /// XDP attach mode.
+    pub xdp_mode: Option<String>,
+}
+
+/// A plumbed pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// `namespace/name`.
+    pub key: String,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Pod MAC.
+    pub pod_mac: [u8; 6],
+    /// Host veth name.
+    pub host_ifname: String,
+    /// Host veth ifindex.
+    pub host_ifindex: u32,
+    /// Host veth MAC (answers ARP for the gateway).
+    pub host_mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// Engine interface index.
+    pub sw_if: u16,
+    /// AF_XDP port.
+    pub port: Option<u16>,
+    /// XDP attach mode.
+    pub xdp_mode: Option<String>,
+}
+
+/// Everything the tables are computed from.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The spec.
+    pub spec: NodeSpec,
+    /// The uplink (engine sw_if 0).
+    pub uplink: UplinkState,
+    /// Pods by key.
+    pub pods: BTreeMap<String, PodState>,
+    /// Resolved neighbours on the uplink.
+    pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+}
+
+/// Engine index of the uplink.
+pub const UPLINK_SW_IF: u16 = 0;
+
+impl NodeState {
+    /// The first engine index not used by a pod.
+    pub fn free_sw_if(&self) -> u16 {
+        let mut i = 1;
+        while self.pods.values().any(|p| p.sw_if == i) {
+            i += 1;
+        }
+        i
+    }
+
+    /// Next hops the FIB needs resolved on the uplink.
+    pub fn uplink_next_hops(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self.spec.node.gateway.into_iter().collect();
+        v.extend(self.spec.routes.iter().map(|r| r.via));
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Compute the engine snapshot.
+    pub fn snapshot(&self) -> Result<Snapshot, FibError> {
+        let node = &self.spec.node;
+        let mut ifaces = Interfaces::new();
+        ifaces.insert(Interface {
+            sw_if: UPLINK_SW_IF,
+            name: self.uplink.name.clone(),
+            kind: IfKind::Uplink,
+            ifindex: self.uplink.ifindex,
+            mac: self.uplink.mac,
+            ip4: Some((node.address.addr, node.address.prefix_len)),
+            mtu: self.uplink.mtu,
+            port: self.uplink.port,
+            xdp_mode: self.uplink.xdp_mode.clone(),
+            pod: None,
+        });
+        let mut b = FibBuilder::new();
+        b.interface(UPLINK_SW_IF, self.uplink.mac, self.uplink.mtu);
+        for (ip, mac) in &self.neighbours {
+            b.neighbour(UPLINK_SW_IF, *ip, *mac);
+        }
+        let prefix = |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
+        b.route(RouteEntry {
+            prefix: prefix(node.address.addr, node.address.prefix_len),
+            source: RouteSource::Connected,
+            action: RouteAction::Forward(vec![Path {
+                via: None,
+                sw_if: UPLINK_SW_IF,
+            }]),
+        });
+        b.route(RouteEntry {
+            prefix: Ipv4Prefix::host(node.address.addr),
+            source: RouteSource::Local,
+            action: RouteAction::Local,
+        });
+        if let Some(gw) = node.gateway {
+            b.route(RouteEntry {
+                prefix: Ipv4Prefix::DEFAULT,
+                source: RouteSource::Static,
+                action: RouteAction::Forward(vec![Path {
+                    via: Some(gw),
+                    sw_if: UPLINK_SW_IF,
+                }]),
+            });
+        }
+        for r in &self.spec.routes {
+            b.route(RouteEntry {
+                prefix: prefix(r.prefix.addr, r.prefix.prefix_len),
+                source: RouteSource::Static,
+                action: RouteAction::Forward(vec![Path {
+                    via: Some(r.via),
+                    sw_if: UPLINK_SW_IF,
+                }]),
+            });
+        }
+        // Addresses of the pod CIDR without a pod are dropped here, not sent back to the gateway.
+        b.route(RouteEntry {
+            prefix: prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+            source: RouteSource::Pod,
+            action: RouteAction::Drop,
+        });
+        for p in self.pods.values() {
+            ifaces.insert(Interface {
+                sw_if: p.sw_if,
+                name: p.host_ifname.clone(),
+                kind: IfKind::Pod,
+                ifindex: p.host_ifindex,
+                mac: p.host_mac,
+                ip4: None,
+                mtu: p.mtu,
+                port: p.port,
+                xdp_mode: p.xdp_mode.clone(),
+                pod: Some(PodInfo {
+                    name: p.key.clone(),
+                    ip: p.ip,
+                    mac: p.pod_mac,
+                }),
+            });
+            b.interface(p.sw_if, p.host_mac, p.mtu);
+            b.neighbour(p.sw_if, p.ip, p.pod_mac);
+            b.route(RouteEntry {
+                prefix: Ipv4Prefix::host(p.ip),
+                source: RouteSource::Pod,
+                action: RouteAction::Forward(vec![Path {
+                    via: None,
+                    sw_if: p.sw_if,
+                }]),
+            });
+        }
+        Ok(Snapshot {
+            version: 0,
+            fib: Arc::new(b.build()?),
+            ifaces: Arc::new(ifaces),
+            node_ip: Some(node.address.addr),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroplane_tables::AdjKind;
+
+    const SPEC: &str = r#"
+node:
+  name: n1
+  uplink: up0
+  address: 192.168.100.2/24
+  gateway: 192.168.100.1
+  podCIDR: 10.244.1.0/24
+pods:
+  - name: a
+    netns: x
+    ip: 10.244.1.10
+"#;
+
+    fn state() -> NodeState {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let mut pods = BTreeMap::new();
+        pods.insert(
+            "default/a".to_string(),
+            PodState {
+                key: "default/a".into(),
+                ip: "10.244.1.10".parse().unwrap(),
+                pod_mac: [2, 0, 0, 0, 0, 0xa],
+                host_ifname: "fpabc".into(),
+                host_ifindex: 7,
+                host_mac: [2, 0, 0, 0, 1, 0xa],
+                mtu: 1500,
+                sw_if: 1,
+                port: Some(1),
+                xdp_mode: Some("native".into()),
+            },
+        );
+        NodeState {
+            spec,
+            uplink: UplinkState {
+                name: "up0".into(),
+                ifindex: 2,
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1500,
+                port: Some(0),
+                xdp_mode: Some("native".into()),
+            },
+            pods,
+            neighbours: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn tables_follow_the_spec() {
+        let mut s = state();
+        let snap = s.snapshot().unwrap();
+        let fib = &snap.fib;
+        let adj = |ip: &str| *fib.adj(fib.resolve(ip.parse().unwrap(), || 0));
+        assert_eq!(adj("10.244.1.10").kind, AdjKind::Rewrite);
+        assert_eq!(adj("10.244.1.10").sw_if, 1);
+        assert_eq!(adj("10.244.1.99").kind, AdjKind::Drop, "unknown pod address");
+        assert_eq!(adj("192.168.100.2").kind, AdjKind::Local);
+        assert_eq!(adj("8.8.8.8").kind, AdjKind::Incomplete, "gateway unresolved");
+        assert_eq!(s.uplink_next_hops(), vec!["192.168.100.1".parse::<Ipv4Addr>().unwrap()]);
+        s.neighbours
+            .insert("192.168.100.1".parse().unwrap(), [2, 9, 9, 9, 9, 9]);
+        let snap = s.snapshot().unwrap();
+        let a = *snap.fib.adj(snap.fib.resolve("8.8.8.8".parse().unwrap(), || 0));
+        assert_eq!(a.kind, AdjKind::Rewrite);
+        assert_eq!(a.dst_mac, [2, 9, 9, 9, 9, 9]);
+        assert_eq!(snap.ifaces.sw_if_of_port(1), 1);
+        assert_eq!(s.free_sw_if(), 2);
+    }
+}

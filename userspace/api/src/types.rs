@@ -1,0 +1,489 @@
+//! Serde types of the API: the envelope and the data each request returns.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::API_VERSION;
+
+/// One request to the agent, tagged by `kind` on the wire:
+/// `{"kind":"show_interfaces"}`.
+///
+/// The comment on each variant names the type of the `data` the agent answers
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// `show_interfaces`: answers `Vec<InterfaceInfo>`.
+    ShowInterfaces,
+    /// `show_routes`: answers `Vec<RouteInfo>`.
+    ShowRoutes,
+    /// `show_counters`: answers [`CountersReport`] (per-node runtime counters).
+    ShowCounters,
+    /// `show_errors`: answers `Vec<ErrorCounter>`, zero counters included.
+    ShowErrors,
+    /// `show_xdp`: answers [`XdpReport`] (the XDP programs' counters).
+    ShowXdp,
+    /// `clear_counters`: resets node, error and interface counters; answers `null`.
+    ClearCounters,
+    /// `version`: answers [`VersionInfo`].
+    Version,
+}
+
+impl Request {
+    /// Every request kind, in declaration order.
+    pub const ALL: [Request; 7] = [
+        Request::ShowInterfaces,
+        Request::ShowRoutes,
+        Request::ShowCounters,
+        Request::ShowErrors,
+        Request::ShowXdp,
+        Request::ClearCounters,
+        Request::Version,
+    ];
+
+    /// The wire name of the request (the value of `kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::ShowInterfaces => "show_interfaces",
+            Request::ShowRoutes => "show_routes",
+            Request::ShowCounters => "show_counters",
+            Request::ShowErrors => "show_errors",
+            Request::ShowXdp => "show_xdp",
+            Request::ClearCounters => "clear_counters",
+            Request::Version => "version",
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+/// What a client sends, one per line: `{"api_version":1,"request":{...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    /// The protocol version the client speaks ([`API_VERSION`]).
+    pub api_version: u32,
+    /// The request itself.
+    pub request: Request,
+}
+
+impl RequestEnvelope {
+    /// Wraps `request` with this crate's [`API_VERSION`].
+    pub fn new(request: Request) -> Self {
+        RequestEnvelope {
+            api_version: API_VERSION,
+            request,
+        }
+    }
+}
+
+/// What the agent answers, one per line:
+/// `{"api_version":1,"ok":true,"data":...}` or
+/// `{"api_version":1,"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The protocol version the agent speaks ([`API_VERSION`]).
+    pub api_version: u32,
+    /// Whether the request succeeded; decides which of `data`/`error` is set.
+    pub ok: bool,
+    /// The answer when `ok` is true (its type depends on the request; absent
+    /// or `null` for requests without a result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// A human-readable reason when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A successful response carrying `data`.
+    pub fn success(data: serde_json::Value) -> Self {
+        Response {
+            api_version: API_VERSION,
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    /// A failed response carrying `message`.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Response {
+            api_version: API_VERSION,
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// The role of an interface in the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceKind {
+    /// `uplink`: the node's NIC toward the fabric.
+    Uplink,
+    /// `pod`: the host side of a pod's veth pair.
+    Pod,
+    /// `punt`: the TUN device handing packets to the host kernel.
+    Punt,
+}
+
+impl InterfaceKind {
+    /// The wire name (`uplink`, `pod`, `punt`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InterfaceKind::Uplink => "uplink",
+            InterfaceKind::Pod => "pod",
+            InterfaceKind::Punt => "punt",
+        }
+    }
+}
+
+impl fmt::Display for InterfaceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One interface known to the engine (`show_interfaces`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceInfo {
+    /// Kernel interface name, e.g. `up0` or `fp1a2b3c4d5e6`.
+    pub name: String,
+    /// The engine's own interface index (VPP's sw_if_index).
+    pub sw_if_index: u32,
+    /// Role of the interface.
+    pub kind: InterfaceKind,
+    /// Kernel ifindex in the agent's network namespace.
+    pub ifindex: u32,
+    /// MAC address, lower-case `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// IPv4 address with prefix length (`192.168.100.2/24`), if any.
+    pub ipv4: Option<String>,
+    /// MTU in bytes (L3).
+    pub mtu: u32,
+    /// How the XDP program is attached: `native` or `skb`; `None` when none is.
+    pub xdp_mode: Option<String>,
+    /// The engine's AF_XDP port id, when the interface has one.
+    pub port: Option<u16>,
+    /// Packets received by the engine on this interface.
+    pub rx_packets: u64,
+    /// Bytes received by the engine on this interface.
+    pub rx_bytes: u64,
+    /// Packets sent by the engine on this interface.
+    pub tx_packets: u64,
+    /// Bytes sent by the engine on this interface.
+    pub tx_bytes: u64,
+    /// Packets dropped on this interface (rx or tx).
+    pub drops: u64,
+    /// For pod interfaces: the pod as `namespace/name`.
+    pub pod: Option<String>,
+}
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// `connected`: the uplink's subnet.
+    Connected,
+    /// `pod`: a pod's /32.
+    Pod,
+    /// `static`: configured by the admin.
+    Static,
+    /// `local`: one of the node's own addresses (punted to the kernel).
+    Local,
+    /// `default`: the default route toward the gateway.
+    Default,
+    /// `neighbour`: a /32 for a resolved neighbour inside a connected subnet.
+    Neighbour,
+}
+
+impl RouteSource {
+    /// The wire name (`connected`, `pod`, `static`, `local`, `default`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteSource::Connected => "connected",
+            RouteSource::Pod => "pod",
+            RouteSource::Static => "static",
+            RouteSource::Local => "local",
+            RouteSource::Default => "default",
+            RouteSource::Neighbour => "neighbour",
+        }
+    }
+}
+
+impl fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One next hop of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePath {
+    /// The next-hop IPv4 address; `None` for an attached (on-link) path.
+    pub via: Option<String>,
+    /// Name of the outgoing interface.
+    pub interface: String,
+    /// The next hop's MAC once resolved (ARP); `None` while unresolved.
+    pub resolved_mac: Option<String>,
+}
+
+/// One entry of the engine's FIB (`show_routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The destination prefix, `10.244.1.0/24`.
+    pub prefix: String,
+    /// Where the route came from.
+    pub source: RouteSource,
+    /// Its paths (several for ECMP; empty for a drop route).
+    pub paths: Vec<RoutePath>,
+}
+
+/// Runtime counters of one graph node, summed over workers (like VPP's
+/// `show runtime`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCounters {
+    /// The node's name, e.g. `ip4-lookup`.
+    pub name: String,
+    /// How many times the node ran.
+    pub calls: u64,
+    /// Vectors processed (a call processes one vector).
+    pub vectors: u64,
+    /// Packets processed.
+    pub packets: u64,
+    /// CPU clocks (TSC ticks) spent in the node.
+    pub clocks: u64,
+    /// Average vector size, `packets / calls` (VPP's "Vectors/Call", whose
+    /// "vectors" are packets); 0 when there was no call.
+    pub vectors_per_call: f64,
+    /// `clocks / packets` (0 when there was no packet).
+    pub clocks_per_packet: f64,
+}
+
+impl NodeCounters {
+    /// Builds the counters of `name` from raw totals, computing the ratios.
+    pub fn from_totals(
+        name: impl Into<String>,
+        calls: u64,
+        vectors: u64,
+        packets: u64,
+        clocks: u64,
+    ) -> Self {
+        let ratio = |num: u64, den: u64| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        NodeCounters {
+            name: name.into(),
+            calls,
+            vectors,
+            packets,
+            clocks,
+            vectors_per_call: ratio(packets, calls),
+            clocks_per_packet: ratio(clocks, packets),
+        }
+    }
+}
+
+/// Answer to `show_counters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountersReport {
+    /// Number of engine workers the counters were summed over.
+    pub worker_count: u32,
+    /// One entry per graph node.
+    pub nodes: Vec<NodeCounters>,
+}
+
+/// How bad an error counter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// `error`: a packet was dropped for a reason worth looking at.
+    Error,
+    /// `info`: an expected event that is only counted.
+    Info,
+}
+
+impl Severity {
+    /// The wire name (`error`, `info`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One error/event counter of a node (like VPP's `show errors`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounter {
+    /// The node counting it, e.g. `ip4-input`.
+    pub node: String,
+    /// Short machine name of the reason, e.g. `ttl_expired`.
+    pub reason: String,
+    /// Human description, e.g. `ip4 ttl <= 1`.
+    pub description: String,
+    /// Count summed over workers since start or the last `clear_counters`.
+    pub count: u64,
+    /// How bad it is.
+    pub severity: Severity,
+}
+
+/// A named counter with a description (XDP verdicts and drop reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedCount {
+    /// Short machine name, e.g. `redirect` or `truncated_ip`.
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// Count summed over CPUs.
+    pub count: u64,
+}
+
+/// Answer to `show_xdp`: the counters kept by the XDP programs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpReport {
+    /// One entry per verdict (`pass`, `redirect`, `drop`, `redirect_failed`).
+    pub verdicts: Vec<NamedCount>,
+    /// One entry per drop/anomaly reason, zero counts included.
+    pub drops: Vec<NamedCount>,
+}
+
+/// Answer to `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The agent's crate version, e.g. `0.1.0`.
+    pub agent_version: String,
+    /// The API version the agent speaks.
+    pub api_version: u32,
+}
+
+impl VersionInfo {
+    /// The version info of a program built with this crate: `agent_version`
+    /// as given, `api_version` = [`API_VERSION`].
+    pub fn new(agent_version: impl Into<String>) -> Self {
+        VersionInfo {
+            agent_version: agent_version.into(),
+            api_version: API_VERSION,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_wire_names() {
+        for req in Request::ALL {
+            let v = serde_json::to_value(req).unwrap();
+            assert_eq!(v, json!({ "kind": req.kind() }));
+            let back: Request = serde_json::from_value(v).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn envelope_shape() {
+        let s = serde_json::to_string(&RequestEnvelope::new(Request::ShowInterfaces)).unwrap();
+        assert_eq!(
+            s,
+            r#"{"api_version":1,"request":{"kind":"show_interfaces"}}"#
+        );
+    }
+
+    #[test]
+    fn response_shapes() {
+        let ok = serde_json::to_string(&Response::success(json!([1]))).unwrap();
+        assert_eq!(ok, r#"{"api_version":1,"ok":true,"data":[1]}"#);
+        let err = serde_json::to_string(&Response::failure("boom")).unwrap();
+        assert_eq!(err, r#"{"api_version":1,"ok":false,"error":"boom"}"#);
+    }
+
+    #[test]
+    fn interface_field_names() {
+        let i = InterfaceInfo {
+            name: "up0".into(),
+            sw_if_index: 1,
+            kind: InterfaceKind::Uplink,
+            ifindex: 7,
+            mac: "02:00:00:00:00:01".into(),
+            ipv4: Some("192.168.100.2/24".into()),
+            mtu: 1500,
+            xdp_mode: Some("native".into()),
+            port: Some(0),
+            rx_packets: 1,
+            rx_bytes: 2,
+            tx_packets: 3,
+            tx_bytes: 4,
+            drops: 5,
+            pod: None,
+        };
+        let v = serde_json::to_value(&i).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "name": "up0", "sw_if_index": 1, "kind": "uplink", "ifindex": 7,
+                "mac": "02:00:00:00:00:01", "ipv4": "192.168.100.2/24", "mtu": 1500,
+                "xdp_mode": "native", "port": 0, "rx_packets": 1, "rx_bytes": 2,
+                "tx_packets": 3, "tx_bytes": 4, "drops": 5, "pod": null
+            })
+        );
+        assert_eq!(serde_json::from_value::<InterfaceInfo>(v).unwrap(), i);
+    }
+
+    #[test]
+    fn enum_wire_names() {
+        assert_eq!(
+            serde_json::to_value(InterfaceKind::Punt).unwrap(),
+            json!("punt")
+        );
+        assert_eq!(
+            serde_json::to_value(RouteSource::Default).unwrap(),
+            json!("default")
+        );
+        assert_eq!(serde_json::to_value(Severity::Info).unwrap(), json!("info"));
+        for k in [
+            InterfaceKind::Uplink,
+            InterfaceKind::Pod,
+            InterfaceKind::Punt,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+        }
+        for s in [
+            RouteSource::Connected,
+            RouteSource::Pod,
+            RouteSource::Static,
+            RouteSource::Local,
+            RouteSource::Default,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn node_counter_ratios() {
+        let n = NodeCounters::from_totals("ip4-lookup", 4, 4, 512, 10240);
+        assert_eq!(n.vectors_per_call, 128.0);
+        assert_eq!(n.clocks_per_packet, 20.0);
+        let idle = NodeCounters::from_totals("idle", 0, 0, 0, 0);
+        assert_eq!(idle.vectors_per_call, 0.0);
+        assert_eq!(idle.clocks_per_packet, 0.0);
+    }
+}

@@ -1,0 +1,618 @@
+//! BPF_PROG_TEST_RUN fixture tables for xdp_uplink and xdp_pod (root only).
+//!
+//! Each fixture: a frame, a map setup, the expected XDP action, the one
+//! verdict counter that must move (by exactly 1) and the reason counter that
+//! must move (or none). The frame must come out unmodified.
+//!
+//! Frames shorter than an Ethernet header are refused by the kernel (EINVAL,
+//! since 6.18 also when padded with XDP metadata), so for those the fixture
+//! asserts the refusal and that no counter moved: the program did not run.
+//! Their bounds check is still required by the verifier.
+//!
+//! Kernel behaviour relied on (6.18, `bpf_prog_test_run_xdp`): the program
+//! runs as if received on loopback queue 0; `bpf_redirect_map` into an XSKMAP
+//! slot without a socket returns the fallback action from its flags
+//! (XDP_PASS here); with a socket it returns XDP_REDIRECT, which test_run
+//! reports as is without delivering the frame.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::*;
+use ferroplane_bpf::{
+    xdp_action, Dataplane, FpDropReason, FpIface, FpSteerKind, FpVerdict, XdpProg,
+};
+
+/// Loopback: test runs without an explicit ifindex see ingress_ifindex 1.
+const LO_IFINDEX: u32 = 1;
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 7);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+/// A node address inside the pod CIDR (host4 must win over steer4).
+const NODE_IN_CIDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const INTERNET: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
+
+/// Map contents before the frame is run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Setup {
+    /// ifaces[lo] = slot 0, steer4 10.244.1.0/24, host4 {NODE, NODE_IN_CIDR}, no socket.
+    Standard,
+    /// Standard plus an AF_XDP socket in slot 0.
+    WithSocket,
+    /// Standard without the ifaces entry for lo.
+    NoIface,
+    /// Standard with ifaces[lo].xsk_slot = FP_MAX_XSKS (slot + queue out of range).
+    SlotOutOfRange,
+}
+
+/// What the kernel must return.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// The program ran and returned this XDP action.
+    Action(u32),
+    /// BPF_PROG_TEST_RUN refused the frame with EINVAL (shorter than ETH_HLEN).
+    Refused,
+}
+
+struct Fixture {
+    name: &'static str,
+    prog: XdpProg,
+    frame: Vec<u8>,
+    setup: Setup,
+    outcome: Outcome,
+    /// The verdict counted (None when the program does not run).
+    verdict: Option<FpVerdict>,
+    reason: Option<FpDropReason>,
+}
+
+fn fx(
+    name: &'static str,
+    prog: XdpProg,
+    frame: Vec<u8>,
+    setup: Setup,
+    action: u32,
+    verdict: FpVerdict,
+    reason: Option<FpDropReason>,
+) -> Fixture {
+    Fixture {
+        name,
+        prog,
+        frame,
+        setup,
+        outcome: Outcome::Action(action),
+        verdict: Some(verdict),
+        reason,
+    }
+}
+
+/// A frame the kernel must refuse to run the program on.
+fn refused(name: &'static str, prog: XdpProg, frame: Vec<u8>) -> Fixture {
+    Fixture {
+        name,
+        prog,
+        frame,
+        setup: Setup::WithSocket,
+        outcome: Outcome::Refused,
+        verdict: None,
+        reason: None,
+    }
+}
+
+/// Ethernet + IPv4 with the given IHL/version byte and total length, and
+/// `len` bytes of IP header/payload actually present.
+fn raw_ipv4(ver_ihl: u8, total_len: u16, len: usize) -> Vec<u8> {
+    let mut ip = ipv4_with(PEER, POD_A, 5, 64);
+    ip[0] = ver_ihl;
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    ip.truncate(len);
+    eth(0x0800, &ip)
+}
+
+fn fixtures() -> Vec<Fixture> {
+    use FpDropReason as R;
+    use FpVerdict as V;
+    use Setup::*;
+    use XdpProg::{Pod, Uplink};
+    const PASS: u32 = xdp_action::PASS;
+    const REDIRECT: u32 = xdp_action::REDIRECT;
+    const DROP: u32 = xdp_action::DROP;
+
+    // A minimum-size Ethernet frame: 20 + 8 bytes of IPv4 padded to 46.
+    let mut padded = ipv4_frame(PEER, POD_A);
+    padded.resize(60, 0);
+
+    vec![
+        // xdp_uplink: steering.
+        fx(
+            "uplink: IPv4 to pod CIDR, socket -> REDIRECT",
+            Uplink,
+            ipv4_frame(PEER, POD_A),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: IPv4 to pod CIDR, no socket -> fallback PASS",
+            Uplink,
+            ipv4_frame(PEER, POD_A),
+            Standard,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "uplink: IPv4 to pod CIDR, iface not configured -> PASS",
+            Uplink,
+            ipv4_frame(PEER, POD_A),
+            NoIface,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoIface),
+        ),
+        fx(
+            "uplink: IPv4 to pod CIDR, slot out of range -> PASS",
+            Uplink,
+            ipv4_frame(PEER, POD_A),
+            SlotOutOfRange,
+            PASS,
+            V::RedirectFailed,
+            Some(R::XskSlotRange),
+        ),
+        fx(
+            "uplink: padded minimum frame to pod CIDR -> REDIRECT",
+            Uplink,
+            padded,
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: IPv4 to host address -> PASS",
+            Uplink,
+            ipv4_frame(PEER, NODE),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: IPv4 to host address inside pod CIDR -> PASS",
+            Uplink,
+            ipv4_frame(PEER, NODE_IN_CIDR),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: IPv4 to other pod CIDR -> PASS",
+            Uplink,
+            ipv4_frame(PEER, REMOTE_POD),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: IPv4 to internet -> PASS",
+            Uplink,
+            ipv4_frame(PEER, INTERNET),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: ARP request -> PASS",
+            Uplink,
+            arp_frame(1, PEER, NODE),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: ARP request for a pod -> PASS",
+            Uplink,
+            arp_frame(1, PEER, POD_A),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: IPv6 -> PASS",
+            Uplink,
+            ipv6_frame(),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        // xdp_uplink: malformed frames are passed and counted.
+        refused(
+            "uplink: empty frame -> refused by the kernel",
+            Uplink,
+            Vec::new(),
+        ),
+        refused(
+            "uplink: 13-byte frame -> refused by the kernel",
+            Uplink,
+            eth(0x0800, &[])[..13].to_vec(),
+        ),
+        fx(
+            "uplink: Ethernet only, IPv4 type -> PASS, truncated_ip",
+            Uplink,
+            eth(0x0800, &[]),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::TruncatedIp),
+        ),
+        fx(
+            "uplink: 19 bytes of IPv4 header -> PASS, truncated_ip",
+            Uplink,
+            raw_ipv4(0x45, 84, 19),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::TruncatedIp),
+        ),
+        fx(
+            "uplink: IHL 4 -> PASS, bad_ip_header",
+            Uplink,
+            raw_ipv4(0x44, 84, 84),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::BadIpHeader),
+        ),
+        fx(
+            "uplink: version 6 in IPv4 frame -> PASS, bad_ip_header",
+            Uplink,
+            raw_ipv4(0x65, 84, 84),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::BadIpHeader),
+        ),
+        fx(
+            "uplink: IHL 15, options missing -> PASS, truncated_ip",
+            Uplink,
+            raw_ipv4(0x4f, 84, 40),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::TruncatedIp),
+        ),
+        fx(
+            "uplink: total length beyond frame -> PASS, truncated_ip",
+            Uplink,
+            raw_ipv4(0x45, 1500, 84),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::TruncatedIp),
+        ),
+        fx(
+            "uplink: total length below header -> PASS, bad_ip_header",
+            Uplink,
+            raw_ipv4(0x45, 19, 84),
+            WithSocket,
+            PASS,
+            V::Pass,
+            Some(R::BadIpHeader),
+        ),
+        // xdp_pod.
+        fx(
+            "pod: ARP request -> REDIRECT (engine answers)",
+            Pod,
+            arp_frame(1, POD_A, Ipv4Addr::new(169, 254, 1, 1)),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "pod: ARP request, no socket -> fallback PASS",
+            Pod,
+            arp_frame(1, POD_A, Ipv4Addr::new(169, 254, 1, 1)),
+            Standard,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: ARP reply -> PASS (kernel neighbour resolution)",
+            Pod,
+            arp_frame(2, POD_A, NODE),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "pod: IPv4 to host address -> PASS",
+            Pod,
+            ipv4_frame(POD_A, NODE),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "pod: IPv4 to host address inside pod CIDR -> PASS",
+            Pod,
+            ipv4_frame(POD_A, NODE_IN_CIDR),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "pod: IPv4 to another pod -> REDIRECT",
+            Pod,
+            ipv4_frame(POD_A, POD_B),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "pod: IPv4 to internet -> REDIRECT",
+            Pod,
+            ipv4_frame(POD_A, INTERNET),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "pod: IPv4, iface not configured -> PASS",
+            Pod,
+            ipv4_frame(POD_A, POD_B),
+            NoIface,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoIface),
+        ),
+        fx(
+            "pod: IPv6 -> REDIRECT",
+            Pod,
+            ipv6_frame(),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        refused(
+            "pod: 10-byte frame -> refused by the kernel",
+            Pod,
+            vec![0xff; 10],
+        ),
+        fx(
+            "pod: truncated ARP -> DROP, truncated_arp",
+            Pod,
+            arp_frame(2, POD_A, NODE)[..20].to_vec(),
+            WithSocket,
+            DROP,
+            V::Drop,
+            Some(R::TruncatedArp),
+        ),
+        fx(
+            "pod: 19 bytes of IPv4 header -> DROP, truncated_ip",
+            Pod,
+            raw_ipv4(0x45, 84, 19),
+            WithSocket,
+            DROP,
+            V::Drop,
+            Some(R::TruncatedIp),
+        ),
+        fx(
+            "pod: IHL 4 -> DROP, bad_ip_header",
+            Pod,
+            raw_ipv4(0x44, 84, 84),
+            WithSocket,
+            DROP,
+            V::Drop,
+            Some(R::BadIpHeader),
+        ),
+        fx(
+            "pod: total length beyond frame -> DROP, truncated_ip",
+            Pod,
+            raw_ipv4(0x45, 1500, 84),
+            WithSocket,
+            DROP,
+            V::Drop,
+            Some(R::TruncatedIp),
+        ),
+    ]
+}
+
+fn prepare(setup: Setup) -> (Dataplane, Option<XskSocket>) {
+    let mut dp = Dataplane::load(None).expect("load");
+    let slot = if setup == Setup::SlotOutOfRange {
+        ferroplane_common::FP_MAX_XSKS
+    } else {
+        0
+    };
+    if setup != Setup::NoIface {
+        dp.set_iface(LO_IFINDEX, FpIface::uplink(slot)).unwrap();
+    }
+    dp.add_steer4(Ipv4Addr::new(10, 244, 1, 0), 24, FpSteerKind::PodCidr)
+        .unwrap();
+    dp.add_host4(NODE).unwrap();
+    dp.add_host4(NODE_IN_CIDR).unwrap();
+    let sock = (setup == Setup::WithSocket).then(|| {
+        let s = XskSocket::new().expect("AF_XDP socket");
+        dp.set_xsk(0, s.raw_fd()).expect("socket into xsks");
+        s
+    });
+    (dp, sock)
+}
+
+#[test]
+fn fixture_table() {
+    if !require_root("fixture_table") {
+        return;
+    }
+    let table = fixtures();
+    assert!(table.len() >= 12);
+    let mut failures = Vec::new();
+    for f in &table {
+        let (dp, _sock) = prepare(f.setup);
+        let before = dp.stats().unwrap();
+        let result = dp.prog_test_run(f.prog, &f.frame);
+        let delta = dp.stats().unwrap().since(&before);
+
+        let mut expected = ferroplane_bpf::XdpStats::default();
+        if let Some(v) = f.verdict {
+            expected.verdicts[v as usize] = 1;
+        }
+        if let Some(r) = f.reason {
+            expected.drops[r as usize] = 1;
+        }
+        let problem = match (f.outcome, result) {
+            (Outcome::Action(want), Ok((action, out))) => {
+                (action != want || out != f.frame).then(|| {
+                    format!(
+                        "action {action} (want {want}), frame changed: {}",
+                        out != f.frame
+                    )
+                })
+            }
+            (Outcome::Refused, Err(ferroplane_bpf::Error::TestRun { source, .. }))
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                None
+            }
+            (want, got) => Some(format!("got {got:?}, want {want:?}")),
+        };
+        if problem.is_some() || delta != expected {
+            failures.push(format!(
+                "{}: {}; counters {:?} (want {:?})",
+                f.name,
+                problem.unwrap_or_default(),
+                delta.nonzero(),
+                expected.nonzero(),
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Counters accumulate per CPU and are summed; clear_stats resets them.
+#[test]
+fn counters_accumulate_and_clear() {
+    if !require_root("counters_accumulate_and_clear") {
+        return;
+    }
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    let frame = ipv4_frame(PEER, POD_A);
+    for _ in 0..5 {
+        let (action, _) = dp.prog_test_run(XdpProg::Uplink, &frame).unwrap();
+        assert_eq!(action, xdp_action::REDIRECT);
+    }
+    let (action, _) = dp
+        .prog_test_run(XdpProg::Pod, &arp_frame(2, POD_A, NODE))
+        .unwrap();
+    assert_eq!(action, xdp_action::PASS);
+    let s = dp.stats().unwrap();
+    assert_eq!(s.verdict(FpVerdict::Redirect), 5);
+    assert_eq!(s.verdict(FpVerdict::Pass), 1);
+    dp.clear_stats().unwrap();
+    assert_eq!(dp.stats().unwrap(), ferroplane_bpf::XdpStats::default());
+}
+
+/// Map edits take effect on the next packet; removal reports presence.
+#[test]
+fn map_edits_change_steering() {
+    if !require_root("map_edits_change_steering") {
+        return;
+    }
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    let frame = ipv4_frame(PEER, REMOTE_POD);
+    let run = |dp: &Dataplane| dp.prog_test_run(XdpProg::Uplink, &frame).unwrap().0;
+    assert_eq!(run(&dp), xdp_action::PASS);
+
+    // Host bits are ignored: 10.244.2.99/24 is stored as 10.244.2.0/24.
+    dp.add_steer4(Ipv4Addr::new(10, 244, 2, 99), 24, FpSteerKind::PodCidr)
+        .unwrap();
+    assert_eq!(run(&dp), xdp_action::REDIRECT);
+    let entries = dp.steer4().unwrap();
+    assert!(entries.contains(&ferroplane_bpf::Steer4Entry {
+        addr: Ipv4Addr::new(10, 244, 2, 0),
+        prefixlen: 24,
+        kind: FpSteerKind::PodCidr,
+    }));
+
+    dp.add_host4(REMOTE_POD).unwrap();
+    assert_eq!(run(&dp), xdp_action::PASS);
+    assert!(dp.host4().unwrap().contains(&REMOTE_POD));
+    assert!(dp.remove_host4(REMOTE_POD).unwrap());
+    assert!(!dp.remove_host4(REMOTE_POD).unwrap());
+    assert_eq!(run(&dp), xdp_action::REDIRECT);
+
+    dp.clear_xsk(0).unwrap();
+    assert_eq!(run(&dp), xdp_action::PASS);
+    assert_eq!(dp.stats().unwrap().reason(FpDropReason::NoXsk), 1);
+
+    assert!(dp.remove_steer4(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap());
+    assert!(!dp.remove_steer4(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap());
+    assert_eq!(dp.ifaces().unwrap(), vec![(LO_IFINDEX, FpIface::uplink(0))]);
+    assert!(dp.remove_iface(LO_IFINDEX).unwrap());
+    assert!(!dp.remove_iface(LO_IFINDEX).unwrap());
+    assert!(dp.add_steer4(NODE, 33, FpSteerKind::PodCidr).is_err());
+}
+
+/// Two loads without a pin directory do not share maps.
+#[test]
+fn unpinned_loads_are_independent() {
+    if !require_root("unpinned_loads_are_independent") {
+        return;
+    }
+    let mut a = Dataplane::load(None).unwrap();
+    let b = Dataplane::load(None).unwrap();
+    a.add_host4(NODE).unwrap();
+    assert_eq!(a.host4().unwrap(), vec![NODE]);
+    assert!(b.host4().unwrap().is_empty());
+    assert!(a.pin_dir().is_none());
+}
+
+/// With a pin directory the maps are pinned by name and shared by the next load.
+#[test]
+fn pinned_maps_are_shared_across_loads() {
+    if !require_root("pinned_maps_are_shared_across_loads") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-bpf-test-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Ok(rd) = std::fs::read_dir(&self.0) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let mut a = Dataplane::load(Some(&dir)).unwrap();
+    for name in ferroplane_bpf::MAP_NAMES {
+        assert!(dir.join(name).exists(), "{name} not pinned");
+    }
+    a.add_host4(NODE).unwrap();
+    let b = Dataplane::load(Some(&dir)).unwrap();
+    assert_eq!(b.host4().unwrap(), vec![NODE]);
+    assert_eq!(b.pin_dir(), Some(dir.as_path()));
+}

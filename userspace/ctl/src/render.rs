@@ -1,0 +1,266 @@
+//! Human (table) rendering of the API's data.
+
+use ferroplane_api::{
+    CountersReport, ErrorCounter, InterfaceInfo, NamedCount, RouteInfo, VersionInfo, XdpReport,
+    API_VERSION,
+};
+
+use crate::table::{Align, Table};
+
+/// Placeholder for an absent value.
+const NONE: &str = "-";
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| NONE.to_string(), |v| v.to_string())
+}
+
+/// `show interfaces`.
+pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("Name", Left),
+        ("Idx", Right),
+        ("Kind", Left),
+        ("Ifindex", Right),
+        ("MAC", Left),
+        ("IPv4", Left),
+        ("MTU", Right),
+        ("XDP", Left),
+        ("Port", Right),
+        ("Rx-pkts", Right),
+        ("Rx-bytes", Right),
+        ("Tx-pkts", Right),
+        ("Tx-bytes", Right),
+        ("Drops", Right),
+        ("Pod", Left),
+    ]);
+    for i in ifaces {
+        t.row([
+            i.name.clone(),
+            i.sw_if_index.to_string(),
+            i.kind.to_string(),
+            i.ifindex.to_string(),
+            i.mac.clone(),
+            opt(i.ipv4.as_deref()),
+            i.mtu.to_string(),
+            opt(i.xdp_mode.as_deref()),
+            opt(i.port),
+            i.rx_packets.to_string(),
+            i.rx_bytes.to_string(),
+            i.tx_packets.to_string(),
+            i.tx_bytes.to_string(),
+            i.drops.to_string(),
+            opt(i.pod.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `show routes`: one line per path, prefix and source on the first.
+pub fn routes(routes: &[RouteInfo]) -> String {
+    use Align::Left;
+    let mut t = Table::new(&[
+        ("Prefix", Left),
+        ("Source", Left),
+        ("Via", Left),
+        ("Interface", Left),
+        ("MAC", Left),
+    ]);
+    for r in routes {
+        if r.paths.is_empty() {
+            t.row([r.prefix.clone(), r.source.to_string(), "drop".into()]);
+        }
+        for (n, p) in r.paths.iter().enumerate() {
+            let (prefix, source) = if n == 0 {
+                (r.prefix.clone(), r.source.to_string())
+            } else {
+                (String::new(), String::new())
+            };
+            t.row([
+                prefix,
+                source,
+                opt(p.via.as_deref()),
+                p.interface.clone(),
+                opt(p.resolved_mac.as_deref()),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// A ratio with two decimals, or in scientific notation when that would
+/// hide it (below 0.01) or make it very wide (1e7 and above).
+fn ratio(v: f64) -> String {
+    if v == 0.0 || (0.01..1e7).contains(&v.abs()) {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// `show counters`, like VPP's `show runtime`.
+pub fn counters(report: &CountersReport) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("Name", Left),
+        ("Calls", Right),
+        ("Vectors", Right),
+        ("Packets", Right),
+        ("Clocks/pkt", Right),
+        ("Vectors/Call", Right),
+    ]);
+    for n in &report.nodes {
+        t.row([
+            n.name.clone(),
+            n.calls.to_string(),
+            n.vectors.to_string(),
+            n.packets.to_string(),
+            ratio(n.clocks_per_packet),
+            ratio(n.vectors_per_call),
+        ]);
+    }
+    format!("Workers: {}\n{}", report.worker_count, t.render())
+}
+
+/// `show errors`, like VPP's: zero counters only with `all`.
+pub fn errors(errors: &[ErrorCounter], all: bool) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("Count", Right),
+        ("Node", Left),
+        ("Reason", Left),
+        ("Severity", Left),
+        ("Description", Left),
+    ]);
+    for e in errors.iter().filter(|e| all || e.count != 0) {
+        t.row([
+            e.count.to_string(),
+            e.node.clone(),
+            e.reason.clone(),
+            e.severity.to_string(),
+            e.description.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// `show xdp`: the verdicts, then the drop reasons (zero ones only with `all`).
+pub fn xdp(report: &XdpReport, all: bool) -> String {
+    fn table(first: &str, counts: &[NamedCount], all: bool) -> String {
+        let mut t = Table::new(&[
+            (first, Align::Left),
+            ("Count", Align::Right),
+            ("Description", Align::Left),
+        ]);
+        for c in counts.iter().filter(|c| all || c.count != 0) {
+            t.row([c.name.clone(), c.count.to_string(), c.description.clone()]);
+        }
+        t.render()
+    }
+    format!(
+        "{}\n{}",
+        table("Verdict", &report.verdicts, true),
+        table("Drop reason", &report.drops, all)
+    )
+}
+
+/// First line of `ferroctl version`.
+pub fn client_version() -> String {
+    format!(
+        "ferroctl {} (api_version {API_VERSION})\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Second line of `ferroctl version`.
+pub fn agent_version(v: &VersionInfo) -> String {
+    format!(
+        "agent    {} (api_version {})\n",
+        v.agent_version, v.api_version
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroplane_api::{NodeCounters, RoutePath, RouteSource, Severity};
+
+    #[test]
+    fn routes_one_line_per_path() {
+        let r = vec![
+            RouteInfo {
+                prefix: "10.0.0.0/8".into(),
+                source: RouteSource::Static,
+                paths: vec![
+                    RoutePath {
+                        via: Some("192.168.100.1".into()),
+                        interface: "up0".into(),
+                        resolved_mac: Some("02:00:00:00:00:09".into()),
+                    },
+                    RoutePath {
+                        via: Some("192.168.100.3".into()),
+                        interface: "up0".into(),
+                        resolved_mac: None,
+                    },
+                ],
+            },
+            RouteInfo {
+                prefix: "10.9.0.0/16".into(),
+                source: RouteSource::Static,
+                paths: vec![],
+            },
+        ];
+        assert_eq!(
+            routes(&r),
+            "Prefix       Source  Via            Interface  MAC\n\
+             10.0.0.0/8   static  192.168.100.1  up0        02:00:00:00:00:09\n\
+             \x20                    192.168.100.3  up0        -\n\
+             10.9.0.0/16  static  drop\n"
+        );
+    }
+
+    #[test]
+    fn counters_like_show_runtime() {
+        let c = CountersReport {
+            worker_count: 1,
+            nodes: vec![NodeCounters::from_totals("ip4-lookup", 3, 3, 300, 4500)],
+        };
+        assert_eq!(
+            counters(&c),
+            "Workers: 1\n\
+             Name        Calls  Vectors  Packets  Clocks/pkt  Vectors/Call\n\
+             ip4-lookup      3        3      300       15.00        100.00\n"
+        );
+    }
+
+    #[test]
+    fn ratios_stay_readable() {
+        assert_eq!(ratio(0.0), "0.00");
+        assert_eq!(ratio(64.0), "64.00");
+        assert_eq!(ratio(0.001), "1.00e-3");
+        assert_eq!(ratio(12_345_678.0), "1.23e7");
+    }
+
+    #[test]
+    fn errors_skip_zero_unless_all() {
+        let e = vec![
+            ErrorCounter {
+                node: "ip4-input".into(),
+                reason: "ttl_expired".into(),
+                description: "ip4 ttl <= 1".into(),
+                count: 0,
+                severity: Severity::Error,
+            },
+            ErrorCounter {
+                node: "arp-input".into(),
+                reason: "replies_sent".into(),
+                description: "ARP replies sent".into(),
+                count: 2,
+                severity: Severity::Info,
+            },
+        ];
+        assert!(!errors(&e, false).contains("ttl_expired"));
+        assert!(errors(&e, false).contains("replies_sent"));
+        assert!(errors(&e, true).contains("ttl_expired"));
+    }
+}

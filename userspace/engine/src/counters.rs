@@ -1,0 +1,112 @@
+//! Per-worker counters.
+//!
+//! Each counter has a single writer (its worker), so an increment is a plain
+//! load and store on an atomic (no locked instruction); readers (the API)
+//! sum over workers at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A single-writer counter readable from other threads.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n` (only the owning worker may call this).
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Reset to zero.
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one graph node.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Calls of the node's process function.
+    pub calls: Counter,
+    /// Non-empty vectors processed.
+    pub vectors: Counter,
+    /// Packets processed.
+    pub packets: Counter,
+    /// Time spent in the node, in nanoseconds.
+    pub nanos: Counter,
+}
+
+/// Counters of one interface, as seen by the engine.
+#[derive(Debug, Default)]
+pub struct IfCounters {
+    /// Packets received from the interface.
+    pub rx_packets: Counter,
+    /// Bytes received.
+    pub rx_bytes: Counter,
+    /// Packets handed to the interface for transmission.
+    pub tx_packets: Counter,
+    /// Bytes transmitted.
+    pub tx_bytes: Counter,
+    /// Packets that could not be queued for transmission (ring full).
+    pub tx_drops: Counter,
+}
+
+/// Maximum number of interfaces (`sw_if_index` values) a worker counts.
+pub const MAX_IFACES: usize = 1024;
+
+/// All counters of one worker.
+#[derive(Debug)]
+pub struct WorkerStats {
+    /// Per node, in graph order.
+    pub nodes: Vec<NodeCounters>,
+    /// Per global error code.
+    pub errors: Vec<Counter>,
+    /// Per interface.
+    pub ifaces: Vec<IfCounters>,
+    /// Loop iterations of the worker.
+    pub loops: Counter,
+}
+
+impl WorkerStats {
+    /// Counters for `nodes` nodes and `errors` error codes.
+    pub fn new(nodes: usize, errors: usize) -> Self {
+        WorkerStats {
+            nodes: (0..nodes).map(|_| NodeCounters::default()).collect(),
+            errors: (0..errors).map(|_| Counter::default()).collect(),
+            ifaces: (0..MAX_IFACES).map(|_| IfCounters::default()).collect(),
+            loops: Counter::default(),
+        }
+    }
+
+    /// Interface counters for `sw_if` (a spare slot past the table for unknown ones).
+    #[inline(always)]
+    pub fn iface(&self, sw_if: u16) -> &IfCounters {
+        let i = (sw_if as usize).min(MAX_IFACES - 1);
+        &self.ifaces[i]
+    }
+
+    /// Zero every counter.
+    pub fn clear(&self) {
+        for n in &self.nodes {
+            n.calls.clear();
+            n.vectors.clear();
+            n.packets.clear();
+            n.nanos.clear();
+        }
+        for e in &self.errors {
+            e.clear();
+        }
+        for i in &self.ifaces {
+            i.rx_packets.clear();
+            i.rx_bytes.clear();
+            i.tx_packets.clear();
+            i.tx_bytes.clear();
+            i.tx_drops.clear();
+        }
+    }
+}

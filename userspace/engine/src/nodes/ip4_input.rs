@@ -1,0 +1,110 @@
+use ferroplane_io::{BufIdx, FrameMemory};
+use ferroplane_wire::Ipv4Packet;
+
+use crate::node::{Ctx, Node, NodeInfo};
+use crate::trace::TraceData;
+use crate::{node_errors, node_nexts};
+
+use super::{be16, ip_at};
+
+node_nexts! {
+    /// Next arcs of `ip4-input`.
+    pub enum Ip4InputNext { Drop = "error-drop", Lookup = "ip4-lookup" }
+}
+
+node_errors! {
+    /// Error reasons of `ip4-input`.
+    pub enum Ip4InputError {
+        Truncated = (Error, "truncated", "shorter than its IPv4 header or its total length"),
+        BadVersion = (Error, "bad-version", "IP version is not 4"),
+        BadHeaderLength = (Error, "bad-header-length", "IHL below 5 (20 bytes)"),
+        BadLength = (Error, "bad-length", "total length below the header length"),
+        BadChecksum = (Error, "bad-checksum", "IPv4 header checksum is wrong"),
+        BadSource = (Error, "bad-source", "source address is multicast, broadcast or 0.0.0.0"),
+    }
+}
+
+static INFO: NodeInfo = NodeInfo {
+    name: "ip4-input",
+    nexts: Ip4InputNext::NAMES,
+    errors: Ip4InputError::INFO,
+};
+
+/// Validates IPv4 headers (version, lengths, checksum, source) and trims Ethernet padding.
+#[derive(Debug, Default)]
+pub struct Ip4Input;
+
+impl<M: FrameMemory> Node<M> for Ip4Input {
+    fn info(&self) -> &'static NodeInfo {
+        &INFO
+    }
+
+    fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]) {
+        for (i, &b) in bufs.iter().enumerate() {
+            let pkt = cx.packet(b);
+            let l3 = pkt.get(14..).unwrap_or(&[]);
+            let verdict = check(l3);
+            let (total, src, dst, proto, ttl) = match verdict {
+                Ok(total) => (
+                    total,
+                    ip_at(l3, 12),
+                    ip_at(l3, 16),
+                    l3[9],
+                    l3[8],
+                ),
+                Err(e) => {
+                    nexts[i] = cx.drop_with(b, e);
+                    continue;
+                }
+            };
+            if src.is_multicast() || src.is_broadcast() || src.is_unspecified() {
+                nexts[i] = cx.drop_with(b, Ip4InputError::BadSource);
+                continue;
+            }
+            cx.meta_mut(b).len = 14 + total;
+            if cx.traced(b) {
+                cx.trace(
+                    b,
+                    TraceData::Ip4 {
+                        src,
+                        dst,
+                        proto,
+                        ttl,
+                        len: total,
+                    },
+                );
+            }
+            nexts[i] = Ip4InputNext::Lookup.into();
+        }
+    }
+}
+
+/// Returns the total length of a valid header, or the reason it is not.
+#[inline(always)]
+fn check(l3: &[u8]) -> Result<u16, Ip4InputError> {
+    if l3.len() < 20 {
+        return Err(Ip4InputError::Truncated);
+    }
+    if l3[0] >> 4 != 4 {
+        return Err(Ip4InputError::BadVersion);
+    }
+    let hl = ((l3[0] & 0x0f) as usize) * 4;
+    if hl < 20 {
+        return Err(Ip4InputError::BadHeaderLength);
+    }
+    if hl > l3.len() {
+        return Err(Ip4InputError::Truncated);
+    }
+    let total = be16(l3, 2);
+    if (total as usize) < hl {
+        return Err(Ip4InputError::BadLength);
+    }
+    if total as usize > l3.len() {
+        return Err(Ip4InputError::Truncated);
+    }
+    match Ipv4Packet::new_checked(l3) {
+        Ok(p) if p.verify_checksum() => Ok(total),
+        Ok(_) => Err(Ip4InputError::BadChecksum),
+        Err(_) => Err(Ip4InputError::Truncated),
+    }
+}

@@ -1,0 +1,280 @@
+//! The worker loop: receive a vector per port, run the graph, transmit.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferroplane_io::{BufIdx, Desc, FrameMemory, IoError, PacketIo};
+
+use crate::buffer::{BufMeta, FLAG_TRACED};
+use crate::counters::WorkerStats;
+use crate::graph::{Graph, GraphError, GraphInfo};
+use crate::node::Outputs;
+use crate::nodes::{standard_graph, ENTRY};
+use crate::snapshot::Shared;
+use crate::trace::{TraceBuffer, TraceData, TraceRecord};
+use crate::VECTOR_SIZE;
+
+/// A command run on the worker's thread with its I/O backend (e.g. open a port).
+pub type Command<P> = Box<dyn FnOnce(&mut P) + Send>;
+
+/// Knobs and mailboxes shared between a worker and the control plane.
+#[derive(Debug, Default)]
+pub struct WorkerControl {
+    /// Ask the worker to return from [`Worker::run`].
+    pub stop: AtomicBool,
+    /// Number of packets still to trace.
+    pub trace_remaining: AtomicU32,
+    /// Trace records taken so far (bounded).
+    pub traces: Mutex<Vec<TraceRecord>>,
+    /// Ask the worker to zero its counters.
+    pub clear: AtomicBool,
+}
+
+/// Receives punted packets (IPv4, Ethernet header stripped); returns false if not delivered.
+pub type PuntSink = Box<dyn FnMut(&[u8]) -> bool>;
+
+/// One engine worker: owns an I/O backend and a graph.
+pub struct Worker<P: PacketIo> {
+    io: P,
+    graph: Graph<P::Memory>,
+    meta: Vec<BufMeta>,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    control: Arc<WorkerControl>,
+    entry: u16,
+    rx: Vec<Desc>,
+    bufs: Vec<BufIdx>,
+    out: Outputs,
+    trace: TraceBuffer,
+    next_trace_id: u32,
+    commands: Option<Receiver<Command<P>>>,
+    punt: Option<PuntSink>,
+    misses: Option<Sender<(u16, Ipv4Addr)>>,
+    asked: HashMap<(u16, Ipv4Addr), Instant>,
+    idle_wait: Duration,
+}
+
+impl<P: PacketIo> Worker<P>
+where
+    P::Memory: 'static,
+{
+    /// A worker over `io` running the standard graph on the tables in `shared`.
+    pub fn new(io: P, shared: Arc<Shared>, control: Arc<WorkerControl>) -> Result<Self, GraphError> {
+        let mut io = io;
+        let graph = standard_graph::<P::Memory>()?;
+        let stats = Arc::new(graph.new_stats());
+        let entry = graph.info().node_index(ENTRY).unwrap_or(0);
+        let frames = io.memory().num_frames() as usize;
+        Ok(Worker {
+            io,
+            graph,
+            meta: vec![BufMeta::default(); frames.max(1)],
+            shared,
+            stats,
+            control,
+            entry,
+            rx: vec![Desc::default(); VECTOR_SIZE],
+            bufs: Vec::with_capacity(VECTOR_SIZE),
+            out: Outputs::default(),
+            trace: TraceBuffer::default(),
+            next_trace_id: 1,
+            commands: None,
+            punt: None,
+            misses: None,
+            asked: HashMap::new(),
+            idle_wait: Duration::from_millis(5),
+        })
+    }
+
+    /// Receive commands to run on the worker thread from this channel.
+    pub fn set_commands(&mut self, rx: Receiver<Command<P>>) {
+        self.commands = Some(rx);
+    }
+
+    /// Where packets for the host go.
+    pub fn set_punt(&mut self, sink: PuntSink) {
+        self.punt = Some(sink);
+    }
+
+    /// Where next hops that need resolution are reported (at most once a second each).
+    pub fn set_miss_reports(&mut self, tx: Sender<(u16, Ipv4Addr)>) {
+        self.misses = Some(tx);
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// The graph's description (node names, error table).
+    pub fn graph_info(&self) -> GraphInfo {
+        self.graph.info().clone()
+    }
+
+    /// The I/O backend.
+    pub fn io_mut(&mut self) -> &mut P {
+        &mut self.io
+    }
+
+    /// One round: a burst from every port through the graph, then transmit.
+    /// Returns the number of packets received.
+    pub fn poll(&mut self) -> Result<usize, IoError> {
+        let snap = self.shared.load();
+        let mut total = 0;
+        let ports = self.io.num_ports();
+        for port in 0..ports {
+            let port = port as u16;
+            let n = self.io.rx_burst(port, &mut self.rx[..]);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            let sw_if = snap.ifaces.sw_if_of_port(port);
+            let mut tracing = self.control.trace_remaining.load(Ordering::Relaxed);
+            self.bufs.clear();
+            let mut bytes = 0u64;
+            for d in &self.rx[..n] {
+                let mut m = BufMeta {
+                    offset: d.offset,
+                    len: d.len,
+                    rx_if: sw_if,
+                    tx_if: u16::MAX,
+                    ..BufMeta::default()
+                };
+                if tracing > 0 {
+                    tracing -= 1;
+                    m.flags |= FLAG_TRACED;
+                    m.trace_id = self.next_trace_id;
+                    self.next_trace_id = self.next_trace_id.wrapping_add(1);
+                    self.trace.push(
+                        m.trace_id,
+                        self.entry,
+                        TraceData::Rx {
+                            sw_if,
+                            len: d.len,
+                        },
+                    );
+                }
+                bytes += d.len as u64;
+                if let Some(slot) = self.meta.get_mut(d.buf as usize) {
+                    *slot = m;
+                    self.bufs.push(d.buf);
+                }
+            }
+            if tracing != self.control.trace_remaining.load(Ordering::Relaxed) {
+                self.control
+                    .trace_remaining
+                    .store(tracing, Ordering::Relaxed);
+            }
+            let c = self.stats.iface(sw_if);
+            c.rx_packets.add(n as u64);
+            c.rx_bytes.add(bytes);
+            self.graph.enqueue(self.entry, &self.bufs);
+            self.graph.run(
+                self.io.memory(),
+                &mut self.meta,
+                &snap,
+                &self.stats,
+                &mut self.trace,
+                &mut self.out,
+            );
+        }
+        self.drain_outputs(&snap);
+        self.io.flush()?;
+        Ok(total)
+    }
+
+    fn drain_outputs(&mut self, snap: &crate::snapshot::Snapshot) {
+        for port in 0..self.out.tx.len() {
+            if self.out.tx[port].is_empty() {
+                continue;
+            }
+            let list = std::mem::take(&mut self.out.tx[port]);
+            let sent = self.io.tx_burst(port as u16, &list);
+            if sent < list.len() {
+                let sw_if = snap.ifaces.sw_if_of_port(port as u16);
+                self.stats
+                    .iface(sw_if)
+                    .tx_drops
+                    .add((list.len() - sent) as u64);
+                for d in &list[sent..] {
+                    self.out.free.push(d.buf);
+                }
+            }
+            let mut list = list;
+            list.clear();
+            self.out.tx[port] = list;
+        }
+        if !self.out.punt.is_empty() {
+            let punts = std::mem::take(&mut self.out.punt);
+            for &b in &punts {
+                let m = self.meta.get(b as usize).copied().unwrap_or_default();
+                let start = m.offset as usize + 14;
+                let end = m.offset as usize + m.len as usize;
+                let frame = self.io.memory().frame(b);
+                if let (Some(sink), Some(ip)) = (self.punt.as_mut(), frame.get(start..end)) {
+                    sink(ip);
+                }
+                self.out.free.push(b);
+            }
+            let mut punts = punts;
+            punts.clear();
+            self.out.punt = punts;
+        }
+        if !self.out.free.is_empty() {
+            self.io.free(&self.out.free);
+            self.out.free.clear();
+        }
+        if !self.out.misses.is_empty() {
+            let now = Instant::now();
+            for key in self.out.misses.drain(..) {
+                let fresh = match self.asked.get(&key) {
+                    Some(t) => now.duration_since(*t) >= Duration::from_secs(1),
+                    None => true,
+                };
+                if fresh {
+                    self.asked.insert(key, now);
+                    if let Some(tx) = &self.misses {
+                        let _ = tx.send(key);
+                    }
+                }
+            }
+            if self.asked.len() > 4096 {
+                self.asked
+                    .retain(|_, t| now.duration_since(*t) < Duration::from_secs(1));
+            }
+        }
+        if !self.trace.records.is_empty() {
+            if let Ok(mut t) = self.control.traces.lock() {
+                if t.len() < TraceBuffer::CAPACITY {
+                    t.append(&mut self.trace.records);
+                }
+            }
+            self.trace.records.clear();
+        }
+    }
+
+    /// Run until [`WorkerControl::stop`] is set: poll, run commands, sleep in
+    /// the backend's `wait` when idle.
+    pub fn run(&mut self) -> Result<(), IoError> {
+        while !self.control.stop.load(Ordering::Relaxed) {
+            if let Some(rx) = &self.commands {
+                while let Ok(cmd) = rx.try_recv() {
+                    cmd(&mut self.io);
+                }
+            }
+            if self.control.clear.swap(false, Ordering::Relaxed) {
+                self.stats.clear();
+            }
+            self.stats.loops.add(1);
+            if self.poll()? == 0 {
+                self.io.wait(self.idle_wait)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! The foundation graph on the memory backend: forwarding, ARP, errors, ICMP.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use ferroplane_engine::testutil::*;
+use ferroplane_engine::{Shared, Worker, WorkerControl};
+use ferroplane_io::MemIo;
+use ferroplane_wire::{checksum, Ipv4Packet};
+
+struct Rig {
+    worker: Worker<MemIo>,
+    info: ferroplane_engine::graph::GraphInfo,
+}
+
+fn rig(pods: u16) -> Rig {
+    let io = MemIo::new(1024, 2048, pods as usize + 1);
+    let shared = Arc::new(Shared::new(node_snapshot(pods, 0)));
+    let worker = Worker::new(io, shared, Arc::new(WorkerControl::default())).unwrap();
+    let info = worker.graph_info();
+    Rig { worker, info }
+}
+
+impl Rig {
+    fn send(&mut self, port: u16, frame: &[u8]) {
+        assert!(self.worker.io_mut().inject(port, frame));
+        self.worker.poll().unwrap();
+    }
+    fn tx(&mut self, port: u16) -> Vec<Vec<u8>> {
+        self.worker.io_mut().take_tx(port)
+    }
+    fn errors(&self, node: &str, reason: &str) -> u64 {
+        let code = self
+            .info
+            .error_code(node, reason)
+            .unwrap_or_else(|| panic!("no error {node}: {reason}"));
+        self.worker.stats().errors[code as usize].get()
+    }
+}
+
+#[test]
+fn pod_to_pod_is_rewritten_and_ttl_decremented() {
+    let mut r = rig(2);
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 100);
+    r.send(1, &f);
+    let out = r.tx(2);
+    assert_eq!(out.len(), 1);
+    let o = &out[0];
+    assert_eq!(&o[0..6], &pod_mac(2));
+    assert_eq!(&o[6..12], &host_mac(2));
+    let ip = Ipv4Packet::new_checked(&o[14..]).unwrap();
+    assert_eq!(ip.ttl(), 63);
+    assert!(ip.verify_checksum());
+    assert_eq!(&o[14 + 20..], &f[14 + 20..], "payload unchanged");
+    assert!(r.tx(0).is_empty() && r.tx(1).is_empty());
+}
+
+#[test]
+fn pod_to_outside_goes_to_router() {
+    let mut r = rig(1);
+    let f = udp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        "8.8.4.4".parse().unwrap(),
+        64,
+        10,
+    );
+    r.send(1, &f);
+    let out = r.tx(0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][0..6], &ROUTER_MAC);
+    assert_eq!(&out[0][6..12], &UPLINK_MAC);
+}
+
+#[test]
+fn router_to_pod() {
+    let mut r = rig(1);
+    let f = udp_frame(UPLINK_MAC, ROUTER_MAC, ROUTER_IP, pod_ip(1), 64, 10);
+    r.send(0, &f);
+    let out = r.tx(1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][0..6], &pod_mac(1));
+}
+
+#[test]
+fn arp_for_gateway_is_answered() {
+    let mut r = rig(1);
+    let req = arp_request(pod_mac(1), pod_ip(1), ferroplane_engine::POD_GATEWAY);
+    r.send(1, &req);
+    let out = r.tx(1);
+    assert_eq!(out.len(), 1);
+    let a = &out[0];
+    assert_eq!(&a[0..6], &pod_mac(1));
+    assert_eq!(&a[6..12], &host_mac(1));
+    assert_eq!(&a[14 + 6..14 + 8], &2u16.to_be_bytes(), "reply");
+    assert_eq!(&a[14 + 8..14 + 14], &host_mac(1), "sender hw = gateway mac");
+    assert_eq!(&a[14 + 14..14 + 18], &[169, 254, 1, 1]);
+    assert_eq!(&a[14 + 18..14 + 24], &pod_mac(1));
+    assert_eq!(&a[14 + 24..14 + 28], &pod_ip(1).octets());
+    assert_eq!(r.errors("arp-input", "replied"), 1);
+    // DAD probe for its own address is not answered.
+    let dad = arp_request(pod_mac(1), pod_ip(1), pod_ip(1));
+    r.send(1, &dad);
+    assert!(r.tx(1).is_empty());
+    assert_eq!(r.errors("arp-input", "own-address"), 1);
+}
+
+#[test]
+fn malformed_frames_are_counted_and_dropped() {
+    let mut r = rig(2);
+    let good = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 20);
+
+    r.send(1, &good[..10]);
+    assert_eq!(r.errors("ethernet-input", "truncated"), 1);
+
+    r.send(1, &good[..14 + 12]);
+    assert_eq!(r.errors("ip4-input", "truncated"), 1);
+
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x43;
+    r.send(1, &bad_ihl);
+    assert_eq!(r.errors("ip4-input", "bad-header-length"), 1);
+
+    let mut bad_ver = good.clone();
+    bad_ver[14] = 0x65;
+    r.send(1, &bad_ver);
+    assert_eq!(r.errors("ip4-input", "bad-version"), 1);
+
+    let mut bad_sum = good.clone();
+    bad_sum[14 + 10] ^= 0xff;
+    r.send(1, &bad_sum);
+    assert_eq!(r.errors("ip4-input", "bad-checksum"), 1);
+
+    let mut bad_len = good.clone();
+    bad_len[14 + 2..14 + 4].copy_from_slice(&2000u16.to_be_bytes());
+    let c = {
+        bad_len[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        checksum::checksum(&bad_len[14..34])
+    };
+    bad_len[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    r.send(1, &bad_len);
+    assert_eq!(r.errors("ip4-input", "truncated"), 2);
+
+    let mut ipv6 = good.clone();
+    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    r.send(1, &ipv6);
+    assert_eq!(r.errors("ethernet-input", "unknown-ethertype"), 1);
+
+    let mut other_mac = good.clone();
+    other_mac[0..6].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+    r.send(1, &other_mac);
+    assert_eq!(r.errors("ethernet-input", "not-for-us"), 1);
+
+    assert!(r.tx(2).is_empty(), "nothing malformed forwarded");
+    // Every byte length of a truncated frame is handled without panicking.
+    for len in 0..good.len() {
+        r.send(1, &good[..len]);
+    }
+    r.tx(2);
+}
+
+#[test]
+fn ttl_expiry_returns_time_exceeded() {
+    let mut r = rig(2);
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 1, 20);
+    r.send(1, &f);
+    assert!(r.tx(2).is_empty());
+    let back = r.tx(1);
+    assert_eq!(back.len(), 1, "ICMP error goes back to the sender's port");
+    let o = &back[0];
+    assert_eq!(&o[0..6], &pod_mac(1));
+    let ip = Ipv4Packet::new_checked(&o[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(ip.protocol().0, 1);
+    assert_eq!(ip.src_addr(), NODE_IP);
+    assert_eq!(ip.dst_addr(), pod_ip(1));
+    let icmp = &o[14 + 20..];
+    assert_eq!(icmp[0], 11, "time exceeded");
+    assert_eq!(icmp[1], 0);
+    assert_eq!(checksum::checksum(icmp), 0, "ICMP checksum valid");
+    assert_eq!(&icmp[8..8 + 20 + 8], &f[14..14 + 28], "quotes header + 8 bytes");
+    assert_eq!(r.errors("ip4-rewrite", "ttl-expired"), 1);
+    assert_eq!(r.errors("ip4-icmp-error", "sent"), 1);
+}
+
+#[test]
+fn df_packet_over_mtu_gets_frag_needed() {
+    let mut r = rig(2);
+    // Pod MTU is 1500: a 1600-byte IP packet with DF.
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 1572);
+    r.send(1, &f);
+    assert!(r.tx(2).is_empty());
+    let back = r.tx(1);
+    assert_eq!(back.len(), 1);
+    let icmp = &back[0][14 + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1500);
+}
+
+#[test]
+fn no_icmp_error_about_icmp_errors() {
+    let mut r = rig(2);
+    let mut f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 1, 20);
+    f[14 + 9] = 1; // ICMP
+    f[14 + 20] = 3; // destination unreachable
+    f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&f[14..34]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    r.send(1, &f);
+    assert!(r.tx(1).is_empty() && r.tx(2).is_empty());
+    assert_eq!(r.errors("ip4-icmp-error", "suppressed"), 1);
+}
+
+#[test]
+fn unresolved_neighbour_is_reported_once() {
+    let mut r = rig(1);
+    let (tx, rx) = mpsc::channel();
+    r.worker.set_miss_reports(tx);
+    let dst = "192.168.100.77".parse().unwrap();
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), dst, 64, 10);
+    r.send(1, &f);
+    r.send(1, &f);
+    assert_eq!(r.errors("ip4-lookup", "neighbour-miss"), 2);
+    assert_eq!(rx.try_recv().unwrap(), (0, dst));
+    assert!(rx.try_recv().is_err(), "rate limited");
+}
+
+#[test]
+fn traffic_to_node_is_punted() {
+    let mut r = rig(1);
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    r.worker.set_punt(Box::new(move |p: &[u8]| {
+        g.lock().unwrap().push(p.to_vec());
+        true
+    }));
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), NODE_IP, 64, 10);
+    r.send(1, &f);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0][..], &f[14..], "IPv4 packet without Ethernet header");
+    assert_eq!(r.errors("host-punt", "punted"), 1);
+}
+
+#[test]
+fn counters_and_trace() {
+    let control = Arc::new(WorkerControl::default());
+    control
+        .trace_remaining
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let io = MemIo::new(1024, 2048, 3);
+    let shared = Arc::new(Shared::new(node_snapshot(2, 0)));
+    let mut w = Worker::new(io, shared, control.clone()).unwrap();
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 10);
+    for _ in 0..3 {
+        assert!(w.io_mut().inject(1, &f));
+    }
+    w.poll().unwrap();
+    assert_eq!(w.io_mut().take_tx(2).len(), 3);
+    let stats = w.stats();
+    let info = w.graph_info();
+    let lookup = info.node_index("ip4-lookup").unwrap() as usize;
+    assert_eq!(stats.nodes[lookup].packets.get(), 3);
+    assert_eq!(stats.nodes[lookup].vectors.get(), 1);
+    assert_eq!(stats.iface(1).rx_packets.get(), 3);
+    assert_eq!(stats.iface(2).tx_packets.get(), 3);
+    let traces = control.traces.lock().unwrap();
+    let nodes: Vec<&str> = traces
+        .iter()
+        .map(|t| info.nodes[t.node as usize].name)
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "ethernet-input",
+            "ethernet-input",
+            "ip4-input",
+            "ip4-lookup",
+            "ip4-rewrite",
+            "interface-output"
+        ],
+        "one packet traced through the graph"
+    );
+    assert!(traces.iter().all(|t| t.id == traces[0].id));
+}

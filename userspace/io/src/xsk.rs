@@ -1,0 +1,937 @@
+//! AF_XDP backend: one UMEM shared by every port (interface queue).
+//!
+//! # Shared UMEM layout
+//!
+//! The UMEM is registered on an *anchor* socket that is bound (copy mode,
+//! need-wakeup) to queue 0 of a device that never receives redirected
+//! traffic (`lo` by default). Every port is its own AF_XDP socket, bound
+//! with `XDP_SHARED_UMEM` to the anchor; because each port is a different
+//! (device, queue) pair, the kernel gives each one its own fill and
+//! completion rings (kernel >= 5.10). The anchor exists so that ports can
+//! be removed in any order: the socket that registered a UMEM cannot be
+//! closed while others share it, and no socket can ever be unbound.
+//! Shared sockets inherit the anchor's bind mode, so all ports run in copy
+//! mode (veth has no zero-copy anyway).
+//!
+//! # Frame ownership
+//!
+//! Every frame has one owner at any time: the free pool, the caller (the
+//! engine), the fill/RX rings of one port, or the TX/completion rings of
+//! one port. Frames received on port A come from A's fill ring; frames sent
+//! on port B come back on B's completion ring, whatever port they were
+//! received on, so forwarding between ports never copies. Removing a port
+//! closes its socket and returns everything that port's rings held.
+
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+use crate::{BufIdx, Desc, FrameMemory, IoError, PacketIo, PortId};
+
+/// Headroom the kernel reserves in front of received packets (`XDP_PACKET_HEADROOM`).
+const XDP_PACKET_HEADROOM: u32 = 256;
+/// Descriptors the kernel transmits per `sendto` in copy mode (`TX_BATCH_SIZE`);
+/// it answers EAGAIN while more are queued.
+const KERNEL_TX_BATCH: u32 = 32;
+/// How long `add_port` retries while the kernel still holds a removed
+/// socket's queue (EBUSY).
+const BIND_BUSY_RETRY: Duration = Duration::from_secs(2);
+/// Completion descriptors read per pass.
+const COMP_BATCH: u32 = 256;
+
+/// Sizes of an [`XskIo`]. Ring sizes must be powers of two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Frames in the shared UMEM (the whole pool, all ports together).
+    pub num_frames: u32,
+    /// Bytes per frame: 2048 or 4096 (aligned chunk mode).
+    pub frame_size: u32,
+    /// Extra headroom before the kernel's 256 bytes of XDP headroom;
+    /// received packets start at `headroom + 256` (see [`XskIo::rx_offset`]).
+    pub headroom: u32,
+    /// Fill ring entries per port.
+    pub fill_size: u32,
+    /// Completion ring entries per port.
+    pub comp_size: u32,
+    /// RX ring entries per port.
+    pub rx_size: u32,
+    /// TX ring entries per port.
+    pub tx_size: u32,
+    /// Frames kept in each port's fill ring (at most `fill_size`). The pool
+    /// must hold `ports * fill_target` plus what is in flight; with too
+    /// few, fill rings are topped up only as far as the pool allows.
+    pub fill_target: u32,
+    /// Device whose queue 0 anchors the UMEM (it receives nothing).
+    pub anchor_ifname: String,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            num_frames: 16384,
+            frame_size: 2048,
+            headroom: 0,
+            fill_size: 2048,
+            comp_size: 2048,
+            rx_size: 2048,
+            tx_size: 2048,
+            fill_target: 1024,
+            anchor_ifname: "lo".to_string(),
+        }
+    }
+}
+
+/// Where frames are, summed over the pool (see [`XskIo::pool_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Frames in the UMEM.
+    pub total: u32,
+    /// In the free pool.
+    pub free: u32,
+    /// Owned by the caller (received or allocated, not sent or freed yet).
+    pub user: u32,
+    /// Given to fill rings, or received by the kernel and not read yet.
+    pub fill: u32,
+    /// In TX rings or waiting for their completion.
+    pub tx: u32,
+}
+
+/// Counters of one port, kept by [`XskIo`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskPortStats {
+    /// Packets returned by `rx_burst`.
+    pub rx_packets: u64,
+    /// Bytes returned by `rx_burst`.
+    pub rx_bytes: u64,
+    /// Packets accepted by `tx_burst`.
+    pub tx_packets: u64,
+    /// Bytes accepted by `tx_burst`.
+    pub tx_bytes: u64,
+    /// Packets `tx_burst` refused because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// Descriptors `tx_burst` refused as invalid (frame not owned by the
+    /// caller, empty, or not inside its frame).
+    pub tx_invalid: u64,
+    /// `sendto` wake-ups issued for TX.
+    pub tx_kicks: u64,
+    /// RX or completion descriptors naming a frame this port did not own
+    /// (never expected; skipped).
+    pub ring_invalid: u64,
+    /// Frames currently in this port's fill/RX rings.
+    pub fill_frames: u32,
+    /// Frames currently in this port's TX ring or awaiting completion.
+    pub tx_in_flight: u32,
+}
+
+/// The kernel's `XDP_STATISTICS` of one port socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskKernelStats {
+    /// Packets dropped for reasons other than the two below.
+    pub rx_dropped: u64,
+    /// Invalid descriptors seen on the fill ring.
+    pub rx_invalid_descs: u64,
+    /// Invalid descriptors seen on the TX ring.
+    pub tx_invalid_descs: u64,
+    /// Packets dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a packet arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty when the kernel looked.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// The shared UMEM: an anonymous mapping of `num_frames * frame_size` bytes.
+#[derive(Debug)]
+pub struct XskMemory {
+    base: NonNull<u8>,
+    len: usize,
+    frame_size: usize,
+    num_frames: u32,
+}
+
+impl XskMemory {
+    fn map(num_frames: u32, frame_size: u32) -> Result<Self, IoError> {
+        let len = (num_frames as usize)
+            .checked_mul(frame_size as usize)
+            .ok_or_else(|| IoError::Config("UMEM size overflows".into()))?;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // affected. The result is checked against MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(IoError::Os {
+                op: "mmap UMEM",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| IoError::Os {
+            op: "mmap UMEM",
+            source: io::Error::other("null mapping"),
+        })?;
+        Ok(XskMemory {
+            base,
+            len,
+            frame_size: frame_size as usize,
+            num_frames,
+        })
+    }
+
+    fn area(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.base, self.len)
+    }
+}
+
+impl Drop for XskMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping created in `map`,
+        // unmapped only here. No slice into it outlives `self` (they borrow
+        // it), and the kernel keeps its own page references while a socket
+        // still uses the UMEM (XskIo drops all sockets before this).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+impl FrameMemory for XskMemory {
+    #[inline]
+    fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+
+    #[inline]
+    fn num_frames(&self) -> u32 {
+        self.num_frames
+    }
+
+    #[inline]
+    fn frame(&self, buf: BufIdx) -> &[u8] {
+        assert!(buf < self.num_frames, "frame {buf} out of range");
+        // SAFETY: `buf < num_frames`, so the range lies inside the live
+        // mapping owned by `self`, and the shared borrow of `self` keeps
+        // `frame_mut` from aliasing it. The kernel writes only into frames
+        // it owns (fill ring); by the `PacketIo` ownership contract the
+        // caller reads only frames it owns, which the kernel does not touch.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(buf as usize * self.frame_size),
+                self.frame_size,
+            )
+        }
+    }
+
+    #[inline]
+    fn frame_mut(&mut self, buf: BufIdx) -> &mut [u8] {
+        assert!(buf < self.num_frames, "frame {buf} out of range");
+        // SAFETY: in bounds as in `frame`; the exclusive borrow of `self`
+        // makes this the only slice into the mapping. The kernel reads or
+        // writes only frames it owns (fill/TX rings), not the caller's.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().add(buf as usize * self.frame_size),
+                self.frame_size,
+            )
+        }
+    }
+}
+
+// SAFETY: `XskMemory` exclusively owns its mapping (like a `Box<[u8]>`);
+// access goes through `&self`/`&mut self` borrows, so moving it to, or
+// sharing it with, another thread is as safe as for a boxed slice.
+unsafe impl Send for XskMemory {}
+// SAFETY: see `Send`; `&XskMemory` only hands out shared slices.
+unsafe impl Sync for XskMemory {}
+
+/// Who holds a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Free,
+    User,
+    Fill(PortId),
+    Tx(PortId),
+}
+
+/// One AF_XDP socket bound to (device, queue).
+struct Port {
+    rx: RingRx,
+    tx: RingTx,
+    /// This (device, queue)'s own fill and completion rings.
+    fcq: DeviceQueue,
+    user: User,
+    _socket: Socket,
+    fd: RawFd,
+    ifname: String,
+    queue_id: u32,
+    stats: XskPortStats,
+}
+
+/// The socket that registered the UMEM, bound to the anchor device.
+struct Anchor {
+    _user: User,
+    _fcq: DeviceQueue,
+    _socket: Socket,
+}
+
+/// AF_XDP [`PacketIo`] backend: ports added at run time share one frame pool.
+///
+/// The XDP program that redirects into the sockets is not loaded here: put
+/// the fd returned by [`XskIo::add_port`] into the XSKMAP.
+pub struct XskIo {
+    // Field order is drop order: sockets and their rings first, the UMEM
+    // registration next, the memory last.
+    ports: Vec<Option<Port>>,
+    _anchor: Anchor,
+    umem: Umem,
+    owner: Vec<Owner>,
+    /// Free frames, used as a stack (capacity `num_frames`: never reallocates).
+    free: Vec<BufIdx>,
+    pollfds: Vec<libc::pollfd>,
+    pollfds_stale: bool,
+    cfg: XskConfig,
+    rx_offset: u16,
+    mem: XskMemory,
+}
+
+// SAFETY: `XskIo` exclusively owns everything its raw pointers reach: the
+// UMEM mapping (`XskMemory`), and, through xdpilone's `Umem`, `User`,
+// `DeviceQueue` and ring values, the ring mappings and socket fds of its own
+// sockets. Nothing is shared with other values or tied to a thread (no
+// thread-locals; xdpilone's internal `Arc`s are only shared among the values
+// stored here), and every use needs `&mut self`, so moving it to another
+// thread (e.g. an engine worker) is sound. It is deliberately not `Sync`.
+unsafe impl Send for XskIo {}
+
+fn xsk_err(op: &str, what: &str, err: xdpilone::Errno) -> IoError {
+    // Debug shows the errno number as well as its text.
+    IoError::Xsk(format!("{op} {what}: {err:?}"))
+}
+
+/// A failed port setup; `busy` when the kernel answered EBUSY.
+struct OpenError {
+    error: IoError,
+    busy: bool,
+}
+
+impl OpenError {
+    fn new(op: &str, what: &str, err: xdpilone::Errno) -> Self {
+        OpenError {
+            busy: err.get_raw() == libc::EBUSY,
+            error: xsk_err(op, what, err),
+        }
+    }
+}
+
+fn ring_size(name: &str, n: u32) -> Result<NonZeroU32, IoError> {
+    match NonZeroU32::new(n) {
+        Some(v) if n.is_power_of_two() => Ok(v),
+        _ => Err(IoError::Config(format!(
+            "{name} must be a power of two, got {n}"
+        ))),
+    }
+}
+
+fn if_info(ifname: &str, queue_id: u32) -> Result<IfInfo, IoError> {
+    let cname = CString::new(ifname)
+        .map_err(|_| IoError::Config(format!("interface name {ifname:?} contains NUL")))?;
+    let mut info = IfInfo::invalid();
+    info.from_name(&cname)
+        .map_err(|e| xsk_err("interface", ifname, e))?;
+    info.set_queue(queue_id);
+    Ok(info)
+}
+
+impl XskIo {
+    /// Map the UMEM and register it on the anchor socket.
+    pub fn new(cfg: XskConfig) -> Result<Self, IoError> {
+        if !(cfg.frame_size == 2048 || cfg.frame_size == 4096) {
+            return Err(IoError::Config(format!(
+                "frame_size must be 2048 or 4096, got {}",
+                cfg.frame_size
+            )));
+        }
+        let rx_offset = cfg.headroom.saturating_add(XDP_PACKET_HEADROOM);
+        if rx_offset.saturating_add(1500) > cfg.frame_size {
+            return Err(IoError::Config(format!(
+                "headroom {} leaves less than 1500 bytes of a {}-byte frame",
+                cfg.headroom, cfg.frame_size
+            )));
+        }
+        if cfg.num_frames == 0 {
+            return Err(IoError::Config("num_frames must not be 0".into()));
+        }
+        ring_size("fill_size", cfg.fill_size)?;
+        ring_size("comp_size", cfg.comp_size)?;
+        ring_size("rx_size", cfg.rx_size)?;
+        ring_size("tx_size", cfg.tx_size)?;
+        if cfg.fill_target > cfg.fill_size {
+            return Err(IoError::Config(format!(
+                "fill_target {} exceeds fill_size {}",
+                cfg.fill_target, cfg.fill_size
+            )));
+        }
+
+        let mem = XskMemory::map(cfg.num_frames, cfg.frame_size)?;
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.fill_size,
+            complete_size: cfg.comp_size,
+            frame_size: cfg.frame_size,
+            headroom: cfg.headroom,
+            flags: 0,
+        };
+        // SAFETY: the area is a page-aligned private mapping of exactly this
+        // length, owned by `mem`, which is declared last in `XskIo` and so
+        // outlives the `Umem` and every socket using it.
+        let umem = unsafe { Umem::new(umem_cfg, mem.area()) }
+            .map_err(|e| xsk_err("register UMEM", "", e))?;
+
+        let anchor_info = if_info(&cfg.anchor_ifname, 0)?;
+        let what = format!("anchor {}", cfg.anchor_ifname);
+        let socket = Socket::with_shared(&anchor_info, &umem)
+            .map_err(|e| xsk_err("socket", &what, e))?;
+        let fcq = umem
+            .fq_cq(&socket)
+            .map_err(|e| xsk_err("fill/completion rings", &what, e))?;
+        let user = umem
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: None,
+                    tx_size: NonZeroU32::new(64),
+                    bind_flags: SocketConfig::XDP_BIND_COPY | SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(|e| xsk_err("tx ring", &what, e))?;
+        umem.bind(&user).map_err(|e| xsk_err("bind", &what, e))?;
+
+        let mut free = Vec::with_capacity(cfg.num_frames as usize);
+        free.extend((0..cfg.num_frames).rev());
+        Ok(XskIo {
+            ports: Vec::new(),
+            _anchor: Anchor {
+                _user: user,
+                _fcq: fcq,
+                _socket: socket,
+            },
+            umem,
+            owner: vec![Owner::Free; cfg.num_frames as usize],
+            free,
+            pollfds: Vec::new(),
+            pollfds_stale: false,
+            // Checked above: fits in the frame, hence in u16.
+            rx_offset: rx_offset as u16,
+            cfg,
+            mem,
+        })
+    }
+
+    /// Open an AF_XDP socket on `ifname` queue `queue_id`, sharing the UMEM,
+    /// and fill its fill ring. Returns the port and the socket fd to put
+    /// into the XSKMAP (the fd stays owned by this `XskIo`; it is closed by
+    /// [`XskIo::remove_port`] or on drop, which also removes it from any
+    /// XSKMAP). A removed port's id may be reused.
+    pub fn add_port(&mut self, ifname: &str, queue_id: u32) -> Result<(PortId, RawFd), IoError> {
+        let slot = self
+            .ports
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.ports.len());
+        let id = PortId::try_from(slot)
+            .map_err(|_| IoError::Config(format!("too many ports ({slot})")))?;
+        let info = if_info(ifname, queue_id)?;
+        // The kernel releases a closed socket's hold on its (device, queue)
+        // from a work queue, so re-adding a queue right after `remove_port`
+        // can briefly see EBUSY: retry for a while.
+        let deadline = Instant::now() + BIND_BUSY_RETRY;
+        let mut port = loop {
+            match self.open_port(&info, ifname, queue_id) {
+                Err(OpenError { busy: true, .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.error),
+                Ok(port) => break port,
+            }
+        };
+        let fd = port.fd;
+        self.refill(id, &mut port);
+        if slot == self.ports.len() {
+            self.ports.push(Some(port));
+        } else {
+            self.ports[slot] = Some(port);
+        }
+        self.pollfds_stale = true;
+        Ok((id, fd))
+    }
+
+    /// Create, map and bind one port socket sharing the UMEM.
+    fn open_port(&self, info: &IfInfo, ifname: &str, queue_id: u32) -> Result<Port, OpenError> {
+        let what = format!("{ifname} queue {queue_id}");
+        let socket = Socket::new(info).map_err(|e| OpenError::new("socket", &what, e))?;
+        let fcq = self
+            .umem
+            .fq_cq(&socket)
+            .map_err(|e| OpenError::new("fill/completion rings", &what, e))?;
+        let sizes = SocketConfig {
+            rx_size: NonZeroU32::new(self.cfg.rx_size),
+            tx_size: NonZeroU32::new(self.cfg.tx_size),
+            // A socket sharing a UMEM takes its mode from the anchor; the
+            // kernel refuses flags here (xdpilone adds XDP_SHARED_UMEM).
+            bind_flags: 0,
+        };
+        let user = self
+            .umem
+            .rx_tx(&socket, &sizes)
+            .map_err(|e| OpenError::new("rx/tx rings", &what, e))?;
+        let rx = user
+            .map_rx()
+            .map_err(|e| OpenError::new("map rx ring", &what, e))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| OpenError::new("map tx ring", &what, e))?;
+        self.umem
+            .bind(&user)
+            .map_err(|e| OpenError::new("bind (shared UMEM)", &what, e))?;
+        let fd = user.as_raw_fd();
+        Ok(Port {
+            rx,
+            tx,
+            fcq,
+            user,
+            _socket: socket,
+            fd,
+            ifname: ifname.to_string(),
+            queue_id,
+            stats: XskPortStats::default(),
+        })
+    }
+
+    /// Close the socket of `port` (for pod deletion). Every frame its rings
+    /// held (fill, RX, TX, completion) returns to the pool; frames the
+    /// caller received from it stay the caller's. Its fd is invalid after
+    /// this and was removed from XSKMAPs by the kernel.
+    pub fn remove_port(&mut self, port: PortId) -> Result<(), IoError> {
+        let p = self
+            .ports
+            .get_mut(usize::from(port))
+            .and_then(Option::take)
+            .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
+        // Closing the last reference to the socket unbinds it synchronously
+        // (the kernel waits for in-flight receive paths), so nothing writes
+        // into its frames afterwards.
+        drop(p);
+        for (buf, owner) in self.owner.iter_mut().enumerate() {
+            if matches!(*owner, Owner::Fill(q) | Owner::Tx(q) if q == port) {
+                *owner = Owner::Free;
+                self.free.push(buf as BufIdx);
+            }
+        }
+        while self.ports.last().is_some_and(Option::is_none) {
+            self.ports.pop();
+        }
+        self.pollfds_stale = true;
+        Ok(())
+    }
+
+    /// The socket fd of `port` (for the XSKMAP), if the port exists.
+    pub fn port_fd(&self, port: PortId) -> Option<RawFd> {
+        self.port(port).map(|p| p.fd)
+    }
+
+    /// Interface name and queue of `port`, if it exists.
+    pub fn port_info(&self, port: PortId) -> Option<(&str, u32)> {
+        self.port(port).map(|p| (p.ifname.as_str(), p.queue_id))
+    }
+
+    /// Counters of `port`, if it exists.
+    pub fn port_stats(&self, port: PortId) -> Option<XskPortStats> {
+        self.port(port).map(|p| p.stats)
+    }
+
+    /// The kernel's statistics for the socket of `port`.
+    pub fn kernel_stats(&self, port: PortId) -> Result<XskKernelStats, IoError> {
+        let p = self
+            .port(port)
+            .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
+        let s = p
+            .user
+            .statistics_v2()
+            .map_err(|e| xsk_err("XDP_STATISTICS", &p.ifname, e))?;
+        Ok(XskKernelStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Where all frames are (computed from the per-frame owner table).
+    pub fn pool_stats(&self) -> PoolStats {
+        let mut s = PoolStats {
+            total: self.cfg.num_frames,
+            ..PoolStats::default()
+        };
+        for o in &self.owner {
+            match o {
+                Owner::Free => s.free += 1,
+                Owner::User => s.user += 1,
+                Owner::Fill(_) => s.fill += 1,
+                Owner::Tx(_) => s.tx += 1,
+            }
+        }
+        s
+    }
+
+    /// Frames in the free pool.
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Offset of the first byte of received packets in their frame
+    /// (`headroom + 256`); the engine may prepend up to this many bytes.
+    pub fn rx_offset(&self) -> u16 {
+        self.rx_offset
+    }
+
+    /// The configuration this backend was created with.
+    pub fn config(&self) -> &XskConfig {
+        &self.cfg
+    }
+
+    fn port(&self, port: PortId) -> Option<&Port> {
+        self.ports.get(usize::from(port)).and_then(Option::as_ref)
+    }
+
+    /// Top the fill ring of `p` up to `fill_target` from the free pool.
+    fn refill(&mut self, id: PortId, p: &mut Port) {
+        refill_port(
+            id,
+            p,
+            &mut self.owner,
+            &mut self.free,
+            self.cfg.fill_target,
+            self.mem.frame_size as u64,
+        );
+    }
+}
+
+/// Top the fill ring of port `id` up to `target` frames from the free pool.
+fn refill_port(
+    id: PortId,
+    p: &mut Port,
+    owner: &mut [Owner],
+    free: &mut Vec<BufIdx>,
+    target: u32,
+    frame_size: u64,
+) {
+    let want = target.saturating_sub(p.stats.fill_frames);
+    let n = (want as usize).min(free.len());
+    if n == 0 {
+        return;
+    }
+    let mut writer = p.fcq.fill(n as u32);
+    // Take from the top of the stack so the inserted frames are its last `k`.
+    let k = writer.insert(free.iter().rev().take(n).map(|&b| u64::from(b) * frame_size)) as usize;
+    writer.commit();
+    drop(writer);
+    for &b in &free[free.len() - k..] {
+        owner[b as usize] = Owner::Fill(id);
+    }
+    free.truncate(free.len() - k);
+    p.stats.fill_frames += k as u32;
+    if k > 0 && p.fcq.needs_wakeup() {
+        p.fcq.wake();
+    }
+}
+
+/// Move completed TX frames of port `id` back to the free pool.
+fn reap_completions(id: PortId, p: &mut Port, owner: &mut [Owner], free: &mut Vec<BufIdx>, fs: u64) {
+    loop {
+        let mut reader = p.fcq.complete(COMP_BATCH);
+        let mut k = 0;
+        while let Some(addr) = reader.read() {
+            k += 1;
+            let buf = addr / fs;
+            match owner.get_mut(buf as usize) {
+                Some(o) if *o == Owner::Tx(id) => {
+                    *o = Owner::Free;
+                    free.push(buf as BufIdx);
+                    p.stats.tx_in_flight -= 1;
+                }
+                _ => p.stats.ring_invalid += 1,
+            }
+        }
+        reader.release();
+        if k == 0 {
+            break;
+        }
+    }
+}
+
+impl Port {
+    /// Wake the kernel to transmit what is queued in the TX ring. In copy
+    /// mode it sends at most 32 descriptors per call (EAGAIN: more left).
+    fn kick_tx(&mut self, budget: u32) -> Result<(), IoError> {
+        let mut budget = budget;
+        while budget > 0 && self.tx.pending() > 0 && self.tx.needs_wakeup() {
+            budget -= 1;
+            self.stats.tx_kicks += 1;
+            // SAFETY: `fd` is this port's open AF_XDP socket (owned by
+            // `self`); a zero-length sendto with null buffer and address is
+            // the documented TX wake-up and reads no user memory.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if rc >= 0 {
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Batch limit hit with more queued, or completion ring full
+                // (the caller reaps between kicks), or a signal.
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                // Device queue busy or full, or the device is down: try again
+                // at the next flush; descriptors stay queued.
+                Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::ENETDOWN)
+                | Some(libc::ENXIO) => break,
+                _ => {
+                    return Err(IoError::Os {
+                        op: "sendto (AF_XDP TX wake-up)",
+                        source: err,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PacketIo for XskIo {
+    type Memory = XskMemory;
+
+    #[inline]
+    fn memory(&mut self) -> &mut XskMemory {
+        &mut self.mem
+    }
+
+    fn num_ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    #[inline]
+    fn rx_burst(&mut self, port: PortId, out: &mut [Desc]) -> usize {
+        let Some(Some(p)) = self.ports.get_mut(usize::from(port)) else {
+            return 0;
+        };
+        let fs = self.mem.frame_size as u64;
+        let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        if want == 0 {
+            return 0;
+        }
+        let mut reader = p.rx.receive(want);
+        let mut n = 0;
+        while let Some(XdpDesc { addr, len, .. }) = reader.read() {
+            let buf = addr / fs;
+            let offset = addr % fs;
+            let owned = self.owner.get_mut(buf as usize);
+            match owned {
+                Some(o) if *o == Owner::Fill(port) && offset + u64::from(len) <= fs => {
+                    *o = Owner::User;
+                    p.stats.fill_frames -= 1;
+                    // offset < frame size <= 4096 and len <= frame size.
+                    out[n] = Desc {
+                        buf: buf as BufIdx,
+                        offset: offset as u16,
+                        len: len as u16,
+                    };
+                    n += 1;
+                    p.stats.rx_bytes += u64::from(len);
+                }
+                _ => p.stats.ring_invalid += 1,
+            }
+        }
+        reader.release();
+        p.stats.rx_packets += n as u64;
+        n
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, port: PortId, pkts: &[Desc]) -> usize {
+        let Some(Some(p)) = self.ports.get_mut(usize::from(port)) else {
+            return 0;
+        };
+        let fs = self.mem.frame_size;
+        // Validate and claim the prefix of valid descriptors. Claiming right
+        // away also rejects the same frame appearing twice.
+        let mut valid = 0;
+        for d in pkts {
+            let ok = d.len > 0 && usize::from(d.offset) + usize::from(d.len) <= fs;
+            match self.owner.get_mut(d.buf as usize) {
+                Some(o) if ok && *o == Owner::User => *o = Owner::Tx(port),
+                _ => {
+                    p.stats.tx_invalid += 1;
+                    break;
+                }
+            }
+            valid += 1;
+        }
+        let to_desc = |d: &Desc| XdpDesc {
+            addr: u64::from(d.buf) * fs as u64 + u64::from(d.offset),
+            len: u32::from(d.len),
+            options: 0,
+        };
+        let mut sent = 0;
+        for attempt in 0..2 {
+            if sent == valid {
+                break;
+            }
+            let mut writer = p.tx.transmit((valid - sent) as u32);
+            sent += writer.insert(pkts[sent..valid].iter().map(to_desc)) as usize;
+            writer.commit();
+            drop(writer);
+            if sent == valid || attempt == 1 {
+                break;
+            }
+            // Ring full: reap what completed and let the kernel drain some.
+            reap_completions(port, p, &mut self.owner, &mut self.free, fs as u64);
+            if p.kick_tx(self.cfg.tx_size / KERNEL_TX_BATCH + 1).is_err() {
+                break;
+            }
+        }
+        for d in &pkts[sent..valid] {
+            self.owner[d.buf as usize] = Owner::User;
+        }
+        p.stats.tx_ring_full += (valid - sent) as u64;
+        p.stats.tx_packets += sent as u64;
+        p.stats.tx_bytes += pkts[..sent].iter().map(|d| u64::from(d.len)).sum::<u64>();
+        p.stats.tx_in_flight += sent as u32;
+        sent
+    }
+
+    #[inline]
+    fn alloc(&mut self, out: &mut [BufIdx]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(buf) = self.free.pop() else { break };
+            self.owner[buf as usize] = Owner::User;
+            out[n] = buf;
+            n += 1;
+        }
+        n
+    }
+
+    #[inline]
+    fn free(&mut self, bufs: &[BufIdx]) {
+        for &buf in bufs {
+            // Frames the caller does not own (double free, bad index) are
+            // ignored rather than corrupting the pool.
+            if let Some(o) = self.owner.get_mut(buf as usize) {
+                if *o == Owner::User {
+                    *o = Owner::Free;
+                    self.free.push(buf);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        let fs = self.mem.frame_size as u64;
+        let kick_budget = self.cfg.tx_size / KERNEL_TX_BATCH + 1;
+        let mut first_err = None;
+        for (i, slot) in self.ports.iter_mut().enumerate() {
+            let Some(p) = slot else { continue };
+            // Ports are at most u16::MAX + 1 (checked in add_port).
+            let id = i as PortId;
+            reap_completions(id, p, &mut self.owner, &mut self.free, fs);
+            if let Err(e) = p.kick_tx(kick_budget) {
+                first_err.get_or_insert(e);
+            }
+            reap_completions(id, p, &mut self.owner, &mut self.free, fs);
+            refill_port(
+                id,
+                p,
+                &mut self.owner,
+                &mut self.free,
+                self.cfg.fill_target,
+                fs,
+            );
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
+        if self.pollfds_stale {
+            self.pollfds.clear();
+            self.pollfds
+                .extend(self.ports.iter().flatten().map(|p| libc::pollfd {
+                    fd: p.fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }));
+            self.pollfds_stale = false;
+        }
+        if self.pollfds.is_empty() {
+            std::thread::sleep(timeout);
+            return Ok(());
+        }
+        // Round up so that a sub-millisecond timeout still blocks briefly.
+        let ms = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: `pollfds` is a live, exclusively borrowed array of
+        // `pollfds.len()` initialised pollfd structs; the fds belong to our
+        // open sockets.
+        let rc = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                ms,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(IoError::Os {
+                    op: "poll AF_XDP sockets",
+                    source: err,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for XskIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<_> = self
+            .ports
+            .iter()
+            .map(|p| p.as_ref().map(|p| (p.ifname.as_str(), p.queue_id, p.fd)))
+            .collect();
+        f.debug_struct("XskIo")
+            .field("config", &self.cfg)
+            .field("ports", &ports)
+            .field("pool", &self.pool_stats())
+            .finish_non_exhaustive()
+    }
+}

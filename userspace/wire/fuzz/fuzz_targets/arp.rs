@@ -1,0 +1,27 @@
+//! ARP: view, every accessor, Repr parse and emit round trip.
+#![no_main]
+
+use ferroplane_wire::{ArpPacket, ArpRepr};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(packet) = ArpPacket::new_checked(data) else {
+        let _ = ArpRepr::parse(&ArpPacket::new_unchecked(data));
+        return;
+    };
+    let _ = (
+        packet.hardware_type(),
+        packet.protocol_type(),
+        packet.hardware_len(),
+        packet.protocol_len(),
+        packet.operation(),
+        packet.sender_hw_addr(),
+        packet.sender_proto_addr(),
+        packet.target_hw_addr(),
+        packet.target_proto_addr(),
+    );
+    let repr = ArpRepr::parse(&packet).expect("checked packet parses");
+    let mut buf = [0u8; 28];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
+    assert_eq!(&buf[..], &data[..28]);
+});

@@ -1,0 +1,109 @@
+//! `cargo xtask bench [forward|engine|all]`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use ferroplane_e2e::bench::{self, BenchTools, RunConfig};
+use ferroplane_e2e::{TempDir, Topology};
+
+use crate::load::build_binaries;
+use crate::progress::{cargo, require_root, run as run_cmd, Progress};
+use crate::BenchKind;
+
+/// `cargo xtask bench`.
+pub fn run(kind: BenchKind, runs: usize, secs: u64, kernel_only: bool) -> Result<()> {
+    if matches!(kind, BenchKind::Forward | BenchKind::All) {
+        forward(runs, secs, kernel_only)?;
+    }
+    if matches!(kind, BenchKind::Engine | BenchKind::All) {
+        engine()?;
+    }
+    Ok(())
+}
+
+/// The engine's own benches (criterion, memory I/O backend).
+fn engine() -> Result<()> {
+    let mut p = Progress::new(1);
+    p.step("engine benches (cargo bench -p ferroplane-engine)", || {
+        run_cmd(cargo().args(["bench", "-p", "ferroplane-engine"]))
+    })
+}
+
+/// trafgen through the node: kernel IP forwarding, then ferroplane, same namespaces.
+fn forward(runs: usize, secs: u64, kernel_only: bool) -> Result<()> {
+    require_root("bench forward")?;
+    if runs == 0 || secs == 0 {
+        bail!("--runs and --secs must be at least 1");
+    }
+    let cfg = RunConfig {
+        runs,
+        duration: Duration::from_secs(secs),
+        warmup: Duration::from_secs(1),
+    };
+    let mut p = Progress::new(if kernel_only { 4 } else { 6 });
+    p.step("system packages", crate::deps::ensure)?;
+    if !kernel_only {
+        p.step(
+            "building release binaries (agent, ferroctl, BPF objects)",
+            build_binaries,
+        )?;
+    }
+    let tools_dir = TempDir::new("bench-tools")?;
+    let tools = p.step(
+        "compiling the trafgen LD_PRELOAD shim (cc) and the XDP_DROP sink (clang-19)",
+        || {
+            Ok(BenchTools::build(
+                &BenchTools::source_dir(),
+                tools_dir.path(),
+            )?)
+        },
+    )?;
+    let topo = p.step(
+        "creating router (generator), node and pod0 (sink) namespaces",
+        || Ok(Topology::single_node(1)?),
+    )?;
+    let kernel = p.step(
+        &format!("kernel IP forwarding: {runs} x {secs} s of 60-byte UDP, router -> node -> pod0"),
+        || {
+            let rates = bench::kernel_forward(&topo, &tools, &cfg)?;
+            println!("  runs (Mpps): {}", fmt_rates(&rates));
+            Ok(rates)
+        },
+    )?;
+    let ferroplane = if kernel_only {
+        Err(ferroplane_e2e::Error::Setup(
+            "skipped (--kernel-only)".into(),
+        ))
+    } else {
+        let r = p.step(
+            &format!("ferroplane (XDP + engine): {runs} x {secs} s, same namespaces"),
+            || {
+                let rates =
+                    bench::ferroplane_forward(&topo, &tools, &cfg, &ferroplane_e2e::bin_dir())?;
+                println!("  runs (Mpps): {}", fmt_rates(&rates));
+                Ok(rates)
+            },
+        );
+        r.map_err(|e| ferroplane_e2e::Error::Setup(format!("{e:#}").replace('\n', " | ")))
+    };
+    println!(
+        "\n=== forwarding, 60-byte UDP frames, medians of {runs} x {secs} s (sink: XDP_DROP rx count) ===\n{}",
+        bench::report(&kernel, ferroplane.as_deref().map_err(clone_err))
+    );
+    if !kernel_only && ferroplane.is_err() {
+        bail!("the ferroplane half of the benchmark failed (see above)");
+    }
+    Ok(())
+}
+
+fn clone_err(e: &ferroplane_e2e::Error) -> ferroplane_e2e::Error {
+    ferroplane_e2e::Error::Setup(e.to_string())
+}
+
+fn fmt_rates(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| format!("{:.3}", r / 1e6))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

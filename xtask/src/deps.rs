@@ -1,0 +1,111 @@
+//! `cargo xtask deps`: the Debian packages from RECIPES.md, installed only when missing.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::progress::{is_root, run};
+
+/// Everything the build (clang/libbpf/libxdp C builds), the e2e suites and the benches use.
+pub const PACKAGES: &[&str] = &[
+    // eBPF C programs and the libbpf/libxdp C builds of xsk-rs.
+    "clang-19",
+    "llvm-19",
+    "libbpf-dev",
+    "bpftool",
+    "libelf-dev",
+    "zlib1g-dev",
+    "pkg-config",
+    "linux-libc-dev",
+    "m4",
+    "gcc",
+    "libc6-dev",
+    // Namespaces, probes, captures.
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "util-linux",
+    "tcpdump",
+    "ethtool",
+    "python3-scapy",
+    "tshark",
+    // Traffic generators.
+    "netsniff-ng",
+    "iperf3",
+];
+
+fn installed(pkg: &str) -> Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stdin(Stdio::null())
+        .output()
+        .context("running dpkg-query (is this a Debian system?)")?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+/// The packages of [`PACKAGES`] not installed.
+pub fn missing() -> Result<Vec<&'static str>> {
+    let mut missing = Vec::new();
+    for pkg in PACKAGES {
+        if !installed(pkg)? {
+            missing.push(*pkg);
+        }
+    }
+    Ok(missing)
+}
+
+fn apt_get(args: &[&str]) -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .env("NEEDRESTART_MODE", "a")
+        .args([
+            "-q",
+            "-y",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+        ])
+        .args(args);
+    cmd
+}
+
+/// Installs what is missing (`apt-get update` once, install retried once), or does nothing.
+pub fn ensure() -> Result<()> {
+    let todo = missing()?;
+    if todo.is_empty() {
+        println!("all {} system packages present", PACKAGES.len());
+        return Ok(());
+    }
+    println!("missing system packages: {}", todo.join(" "));
+    if !is_root() {
+        bail!(
+            "installing {} needs root: run `sudo cargo xtask deps` (or the same command as root)",
+            todo.join(" ")
+        );
+    }
+    run(&mut apt_get(&["update"])).context("apt-get update")?;
+    let mut install = vec!["install"];
+    install.extend(todo.iter().copied());
+    if let Err(first) = run(&mut apt_get(&install)) {
+        // RECIPES: one run failed with "rename failed" fetching libllvm19; the same
+        // command again worked.
+        println!("apt-get install failed ({first:#}); retrying once");
+        std::thread::sleep(Duration::from_secs(2));
+        run(&mut apt_get(&install)).context("apt-get install (second attempt)")?;
+    }
+    let still = missing()?;
+    if !still.is_empty() {
+        bail!("still missing after apt-get install: {}", still.join(" "));
+    }
+    println!("installed: {}", todo.join(" "));
+    Ok(())
+}
+
+/// `cargo xtask deps`.
+pub fn run_deps() -> Result<()> {
+    let mut p = crate::progress::Progress::new(1);
+    p.step("system packages (dpkg-query, apt-get if missing)", ensure)
+}
