@@ -6,8 +6,10 @@
  *   - ARP reply                       -> PASS (the kernel's neighbour resolution toward pods)
  *   - IPv4 to one of the node's addresses -> PASS
  *   - everything else (ARP requests, IPv4, IPv6, ...) -> REDIRECT (fallback PASS)
- *   - truncated/malformed Ethernet, ARP or IPv4 -> DROP, reason counted
- *     (the kernel would drop these frames too; pods are not trusted).
+ *   - truncated/malformed ARP or IPv4 -> REDIRECT too, with the reason counted
+ *     here: the engine validates every pod packet and drops these with its own
+ *     per-node error counter, so `ferroctl show errors` names the exact fault.
+ *   - a frame shorter than an Ethernet header -> DROP (nothing to steer by).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -38,7 +40,7 @@ int xdp_pod(struct xdp_md *ctx)
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		if (fp_parse_arp(&cur, data_end, &arp) != FP_PARSE_OK) {
 			fp_count_reason(FP_DROP_TRUNCATED_ARP);
-			return fp_finish(FP_VERDICT_DROP, XDP_DROP);
+			return fp_redirect_to_engine(ctx);
 		}
 		if (arp->op == bpf_htons(FP_ARPOP_REPLY))
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
@@ -50,7 +52,7 @@ int xdp_pod(struct xdp_md *ctx)
 		if (rc != FP_PARSE_OK) {
 			fp_count_reason(rc == FP_PARSE_TRUNCATED ? FP_DROP_TRUNCATED_IP
 								 : FP_DROP_BAD_IP_HEADER);
-			return fp_finish(FP_VERDICT_DROP, XDP_DROP);
+			return fp_redirect_to_engine(ctx);
 		}
 		if (fp_is_host4(iph->daddr))
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);

@@ -11,6 +11,7 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -158,6 +159,8 @@ pub fn measure_pps(
         "--no-cpu-stats",
     ]);
     cmd.env("LD_PRELOAD", &tools.shim);
+    // trafgen forks its workers: its own process group lets stop() signal all of them.
+    cmd.process_group(0);
     let file = std::fs::File::create(&log)
         .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
     let file2 = file

@@ -30,9 +30,9 @@
 
 pub mod bench;
 mod cmd;
-mod netns;
-mod probe;
-mod topology;
+pub mod netns;
+pub mod probe;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

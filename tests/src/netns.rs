@@ -145,8 +145,10 @@ impl Netns {
         self.spawn_command(cmd)
     }
 
-    /// Starts a command built with [`Netns::command`] (stdin is set to /dev/null) and records
-    /// it so that dropping the namespace stops it too.
+    /// Starts a command built with [`Netns::command`] (stdin is set to /dev/null), records it
+    /// so that dropping the namespace stops it too, and returns once it is inside the
+    /// namespace. If the command was made a process
+    /// group leader (`CommandExt::process_group(0)`), stopping it signals the whole group.
     pub fn spawn_command(&self, mut cmd: Command) -> Result<ChildGuard> {
         let line = command_line(&cmd);
         cmd.stdin(Stdio::null());
@@ -156,11 +158,31 @@ impl Netns {
         let pid = child.id();
         let shared = Arc::new(Mutex::new(Some(child)));
         lock(&self.children).push(Arc::clone(&shared));
-        Ok(ChildGuard {
+        let guard = ChildGuard {
             child: shared,
             pid,
             cmd: line,
-        })
+        };
+        self.wait_entered(&guard);
+        Ok(guard)
+    }
+
+    /// Waits (up to 2 s) until `child` has entered this namespace (`ip netns exec` does that
+    /// right after it starts), so that callers see it there; returns early if it exits.
+    fn wait_entered(&self, child: &ChildGuard) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns) = std::fs::metadata(&self.path) else {
+            return;
+        };
+        let want = format!("net:[{}]", ns.ino());
+        let link = format!("/proc/{}/ns/net", child.pid);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && child.is_running() {
+            if std::fs::read_link(&link).is_ok_and(|l| l.as_os_str() == want.as_str()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Runs `f` on a new thread that has entered this namespace (`setns`), so `f` can use
@@ -477,24 +499,48 @@ fn exited_marker() -> ExitStatus {
     ExitStatus::from_raw(0)
 }
 
+/// Stops `child` (and, if it leads its own process group, the whole group: e.g. trafgen's
+/// worker processes): `sig`, up to `grace` to exit, then SIGKILL. Reaps it.
 fn stop_child(child: &mut Child, sig: Signal, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }
-    // Not reaped yet, so the PID still names our child.
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(pid), sig);
-    }
+    // Not reaped yet, so the PID still names our child (a zombie at worst).
+    let Ok(raw) = i32::try_from(child.id()) else {
+        let _ = child.kill();
+        return child.wait().ok();
+    };
+    let pid = Pid::from_raw(raw);
+    let group_leader = nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid);
+    let target = if group_leader {
+        Pid::from_raw(-raw)
+    } else {
+        pid
+    };
+    let _ = kill(target, sig);
     let deadline = Instant::now() + grace;
+    let mut status = None;
     while Instant::now() < deadline {
         match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
+            Ok(Some(s)) => {
+                status = Some(s);
+                break;
+            }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(_) => break,
         }
     }
-    let _ = child.kill();
-    child.wait().ok()
+    if group_leader {
+        // Whatever is left of the group (the leader may be gone already, the group not).
+        let _ = kill(target, Signal::SIGKILL);
+    }
+    match status {
+        Some(s) => Some(s),
+        None => {
+            let _ = child.kill();
+            child.wait().ok()
+        }
+    }
 }
 
 #[cfg(test)]

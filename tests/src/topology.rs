@@ -79,6 +79,10 @@ impl Topology {
             ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
         link_veth(&router, Self::ROUTER_IF, &node, Self::UPLINK_IF)?;
+        // The router stands in for a physical network: frames on a real wire carry
+        // full checksums, while a veth leaves them to offload (CHECKSUM_PARTIAL),
+        // which the engine's AF_XDP path cannot see.
+        router.exec_ok(&["ethtool", "-K", Self::ROUTER_IF, "tx", "off"])?;
         let plen = Self::UPLINK_PREFIX_LEN;
         router.add_addr(Self::ROUTER_IF, &format!("{}/{plen}", Self::ROUTER_IP))?;
         node.add_addr(Self::UPLINK_IF, &format!("{}/{plen}", Self::NODE_IP))?;

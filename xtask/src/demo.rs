@@ -95,7 +95,7 @@ fn run_checks(topo: &Topology) -> Vec<Check> {
 
 fn created(topo: &Topology) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "  {:<8} {:<22} {}", "role", "netns", "addresses");
+    let _ = writeln!(s, "  {:<8} {:<22} addresses", "role", "netns");
     let _ = writeln!(
         s,
         "  {:<8} {:<22} {} {}/{} (route {} via node)",
@@ -161,6 +161,22 @@ fn summary(topo: &Topology, agent: &AgentGuard, checks: &[Check]) -> String {
         }
         Err(e) => {
             let _ = writeln!(s, "  (ferroctl failed: {e})");
+        }
+    }
+    if checks.iter().any(|c| !c.ok) {
+        let _ = writeln!(
+            s,
+            "\nerror counters (ferroctl show errors), since a check failed:"
+        );
+        match agent.ctl(&["show", "errors"]) {
+            Ok(text) => {
+                for line in text.lines() {
+                    let _ = writeln!(s, "  {line}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  (ferroctl failed: {e})");
+            }
         }
     }
     let ctl = agent.ctl_bin().display().to_string();

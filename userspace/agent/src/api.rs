@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use ferroplane_api::{
-    CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount,
-    NodeCounters, Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+    CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount, NodeCounters,
+    Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
 };
 use ferroplane_bpf::{Dataplane, FpDropReason, FpVerdict};
 use ferroplane_engine::counters::WorkerStats;
@@ -43,7 +43,10 @@ impl AgentView {
             .iter()
             .map(|i| {
                 let sum = |f: &dyn Fn(&ferroplane_engine::counters::IfCounters) -> u64| {
-                    self.workers.iter().map(|w| f(w.iface(i.sw_if))).sum::<u64>()
+                    self.workers
+                        .iter()
+                        .map(|w| f(w.iface(i.sw_if)))
+                        .sum::<u64>()
                 };
                 InterfaceInfo {
                     name: i.name.clone(),
@@ -102,8 +105,7 @@ impl AgentView {
                         AdjKind::Rewrite | AdjKind::Incomplete => Some(RoutePath {
                             via: a.next_hop.map(|n| n.to_string()),
                             interface: name(a.sw_if),
-                            resolved_mac: (a.kind == AdjKind::Rewrite)
-                                .then(|| mac_str(&a.dst_mac)),
+                            resolved_mac: (a.kind == AdjKind::Rewrite).then(|| mac_str(&a.dst_mac)),
                         }),
                     })
                     .collect(),
@@ -169,8 +171,13 @@ impl AgentView {
     }
 
     fn xdp(&self) -> Result<XdpReport, String> {
-        let dp = self.bpf.lock().map_err(|_| "BPF state lock poisoned".to_string())?;
-        let s = dp.stats().map_err(|e| format!("reading BPF counters: {e}"))?;
+        let dp = self
+            .bpf
+            .lock()
+            .map_err(|_| "BPF state lock poisoned".to_string())?;
+        let s = dp
+            .stats()
+            .map_err(|e| format!("reading BPF counters: {e}"))?;
         Ok(XdpReport {
             verdicts: FpVerdict::ALL
                 .iter()
@@ -209,7 +216,8 @@ impl Handler for AgentView {
                     c.clear.store(true, Ordering::Relaxed);
                 }
                 if let Ok(mut dp) = self.bpf.lock() {
-                    dp.clear_stats().map_err(|e| format!("clearing BPF counters: {e}"))?;
+                    dp.clear_stats()
+                        .map_err(|e| format!("clearing BPF counters: {e}"))?;
                 }
                 json(serde_json::json!({"cleared": true}))
             }

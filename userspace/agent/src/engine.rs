@@ -86,7 +86,12 @@ impl Engine {
                 }
                 r
             })
-            .map_err(|e| EngineError::Io(ferroplane_io::IoError::Os { op: "spawn worker", source: e }))?;
+            .map_err(|e| {
+                EngineError::Io(ferroplane_io::IoError::Os {
+                    op: "spawn worker",
+                    source: e,
+                })
+            })?;
         let (stats, info) = ready_rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??;
@@ -112,7 +117,8 @@ impl Engine {
                 let _ = tx.send(f(io));
             }))
             .map_err(|_| EngineError::Gone)?;
-        rx.recv_timeout(ANSWER).map_err(|_| EngineError::Timeout(ANSWER))
+        rx.recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))
     }
 
     /// Open an AF_XDP socket on `ifname` queue 0; returns its port and fd (for the XSKMAP).

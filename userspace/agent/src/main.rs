@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
     /// Frames in the AF_XDP UMEM.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 32768)]
     frames: u32,
 }
 
@@ -47,7 +47,10 @@ fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -97,7 +100,11 @@ impl Agent {
     }
 
     async fn add_pod(&mut self, pod: &PodSpec) -> Result<()> {
-        let mtu = self.state.spec.node.pod_mtu_or(self.state.uplink.mtu as u32);
+        let mtu = self
+            .state
+            .spec
+            .node
+            .pod_mtu_or(self.state.uplink.mtu as u32);
         let link = self
             .plumber
             .create_pod(pod, mtu, POD_GATEWAY)
@@ -287,7 +294,7 @@ async fn run(args: Args) -> Result<()> {
                     agent.resolve(*ip).await;
                 }
                 refresh += 1;
-                if !misses.is_empty() || refresh % 5 == 0 {
+                if !misses.is_empty() || refresh.is_multiple_of(5) {
                     if let Err(e) = agent.refresh_neighbours().await {
                         warn!("{e:#}");
                     }

@@ -109,7 +109,8 @@ impl NodeState {
         for (ip, mac) in &self.neighbours {
             b.neighbour(UPLINK_SW_IF, *ip, *mac);
         }
-        let prefix = |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
+        let prefix =
+            |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
         b.route(RouteEntry {
             prefix: prefix(node.address.addr, node.address.prefix_len),
             source: RouteSource::Connected,
@@ -245,14 +246,27 @@ pods:
         let adj = |ip: &str| *fib.adj(fib.resolve(ip.parse().unwrap(), || 0));
         assert_eq!(adj("10.244.1.10").kind, AdjKind::Rewrite);
         assert_eq!(adj("10.244.1.10").sw_if, 1);
-        assert_eq!(adj("10.244.1.99").kind, AdjKind::Drop, "unknown pod address");
+        assert_eq!(
+            adj("10.244.1.99").kind,
+            AdjKind::Drop,
+            "unknown pod address"
+        );
         assert_eq!(adj("192.168.100.2").kind, AdjKind::Local);
-        assert_eq!(adj("8.8.8.8").kind, AdjKind::Incomplete, "gateway unresolved");
-        assert_eq!(s.uplink_next_hops(), vec!["192.168.100.1".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            adj("8.8.8.8").kind,
+            AdjKind::Incomplete,
+            "gateway unresolved"
+        );
+        assert_eq!(
+            s.uplink_next_hops(),
+            vec!["192.168.100.1".parse::<Ipv4Addr>().unwrap()]
+        );
         s.neighbours
             .insert("192.168.100.1".parse().unwrap(), [2, 9, 9, 9, 9, 9]);
         let snap = s.snapshot().unwrap();
-        let a = *snap.fib.adj(snap.fib.resolve("8.8.8.8".parse().unwrap(), || 0));
+        let a = *snap
+            .fib
+            .adj(snap.fib.resolve("8.8.8.8".parse().unwrap(), || 0));
         assert_eq!(a.kind, AdjKind::Rewrite);
         assert_eq!(a.dst_mac, [2, 9, 9, 9, 9, 9]);
         assert_eq!(snap.ifaces.sw_if_of_port(1), 1);

@@ -208,7 +208,7 @@ pub enum Error {
         prog: XdpProg,
         /// The cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing from the object or has an unexpected type.
     #[error("map {map}: {}", chain(source))]
@@ -217,7 +217,7 @@ pub enum Error {
         map: &'static str,
         /// The cause.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     /// A map holds a value this version does not know.
     #[error("map {map}: unexpected value {value}")]
@@ -247,7 +247,7 @@ pub enum Error {
         mode: AttachedMode,
         /// The cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Attaching in [`AttachMode::Auto`] failed in both modes.
     #[error(
@@ -261,10 +261,10 @@ pub enum Error {
         /// The interface.
         ifname: String,
         /// Why native mode failed.
-        native: ProgramError,
+        native: Box<ProgramError>,
         /// Why skb mode failed.
         #[source]
-        skb: ProgramError,
+        skb: Box<ProgramError>,
     },
     /// Detaching failed.
     #[error("detaching {prog} from {ifname}: {}", chain(source))]
@@ -275,7 +275,7 @@ pub enum Error {
         ifname: String,
         /// The cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// The number of possible CPUs could not be read.
     #[error("reading the number of CPUs: {0}")]
@@ -340,7 +340,10 @@ impl fmt::Debug for Dataplane {
 
 /// Maps an aya map error to [`Error::Map`].
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { map, source }
+    move |source| Error::Map {
+        map,
+        source: Box::new(source),
+    }
 }
 
 /// `Ok(false)` for a delete of a missing key, `Ok(true)` for a delete.
@@ -351,7 +354,10 @@ fn removed(map: &'static str, r: std::result::Result<(), MapError>) -> Result<bo
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
             Ok(false)
         }
-        Err(source) => Err(Error::Map { map, source }),
+        Err(source) => Err(Error::Map {
+            map,
+            source: Box::new(source),
+        }),
     }
 }
 
@@ -361,9 +367,9 @@ where
 {
     let map = ebpf.take_map(name).ok_or(Error::Map {
         map: name,
-        source: MapError::InvalidName {
+        source: Box::new(MapError::InvalidName {
             name: name.to_string(),
-        },
+        }),
     })?;
     T::try_from(map).map_err(map_err(name))
 }
@@ -380,13 +386,17 @@ fn load_object(prog: XdpProg, pin_dir: &Path) -> Result<Ebpf> {
         .program_mut(prog.name())
         .ok_or(Error::Program {
             prog,
-            source: ProgramError::UnexpectedProgramType,
+            source: Box::new(ProgramError::UnexpectedProgramType),
         })?
         .try_into()
-        .map_err(|source| Error::Program { prog, source })?;
-    program
-        .load()
-        .map_err(|source| Error::Program { prog, source })?;
+        .map_err(|source| Error::Program {
+            prog,
+            source: Box::new(source),
+        })?;
+    program.load().map_err(|source| Error::Program {
+        prog,
+        source: Box::new(source),
+    })?;
     Ok(ebpf)
 }
 
@@ -454,10 +464,13 @@ impl Dataplane {
         ebpf.program(prog.name())
             .ok_or(Error::Program {
                 prog,
-                source: ProgramError::UnexpectedProgramType,
+                source: Box::new(ProgramError::UnexpectedProgramType),
             })?
             .try_into()
-            .map_err(|source| Error::Program { prog, source })
+            .map_err(|source| Error::Program {
+                prog,
+                source: Box::new(source),
+            })
     }
 
     fn xdp_mut(&mut self, prog: XdpProg) -> Result<&mut Xdp> {
@@ -468,10 +481,13 @@ impl Dataplane {
         ebpf.program_mut(prog.name())
             .ok_or(Error::Program {
                 prog,
-                source: ProgramError::UnexpectedProgramType,
+                source: Box::new(ProgramError::UnexpectedProgramType),
             })?
             .try_into()
-            .map_err(|source| Error::Program { prog, source })
+            .map_err(|source| Error::Program {
+                prog,
+                source: Box::new(source),
+            })
     }
 
     /// Attaches `prog` to the interface `ifname` (in the calling thread's
@@ -499,7 +515,7 @@ impl Dataplane {
                     prog,
                     ifname: ifname.to_string(),
                     mode: m,
-                    source,
+                    source: Box::new(source),
                 })?;
                 (link, m)
             }
@@ -511,8 +527,8 @@ impl Dataplane {
                         return Err(Error::AttachAuto {
                             prog,
                             ifname: ifname.to_string(),
-                            native,
-                            skb,
+                            native: Box::new(native),
+                            skb: Box::new(skb),
                         })
                     }
                 },
@@ -541,7 +557,7 @@ impl Dataplane {
             .map_err(|source| Error::Detach {
                 prog,
                 ifname: ifname.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -717,10 +733,10 @@ impl Dataplane {
         ingress_ifindex: u32,
         rx_queue_index: u32,
     ) -> Result<(u32, Vec<u8>)> {
-        let fd = self
-            .xdp(prog)?
-            .fd()
-            .map_err(|source| Error::Program { prog, source })?;
+        let fd = self.xdp(prog)?.fd().map_err(|source| Error::Program {
+            prog,
+            source: Box::new(source),
+        })?;
         test_run::xdp(fd, frame, ingress_ifindex, rx_queue_index)
             .map_err(|source| Error::TestRun { prog, source })
     }

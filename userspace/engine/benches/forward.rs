@@ -85,14 +85,22 @@ fn summary() {
     println!();
     println!("== engine forward (memory backend, 64-byte UDP, 1 core) ==");
     println!("graph, FIB with 10k routes : {r10k:8.2} Mpps   (target >= 10)");
-    println!("graph, FIB with 1 route    : {r1:8.2} Mpps   ratio 10k/1 = {:.3}", r10k / r1);
-    println!("I/O backend alone (baseline): {rio:8.2} Mpps   graph/baseline = {:.3}", r10k / rio);
+    println!(
+        "graph, FIB with 1 route    : {r1:8.2} Mpps   ratio 10k/1 = {:.3}",
+        r10k / r1
+    );
+    println!(
+        "I/O backend alone (baseline): {rio:8.2} Mpps   graph/baseline = {:.3}",
+        r10k / rio
+    );
 }
 
 criterion_group!(benches, bench);
 
 fn main() {
     benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
     summary();
 }

@@ -103,14 +103,13 @@ impl<M: FrameMemory> Graph<M> {
             }
             let mut a = Vec::with_capacity(info.nexts.len());
             for (arc, target) in info.nexts.iter().enumerate() {
-                let t = infos
-                    .iter()
-                    .position(|n| n.name == *target)
-                    .ok_or(GraphError::UnknownNext {
+                let t = infos.iter().position(|n| n.name == *target).ok_or(
+                    GraphError::UnknownNext {
                         node: info.name,
                         arc,
                         target,
-                    })?;
+                    },
+                )?;
                 a.push(t as u16);
             }
             arcs.push(a);
@@ -128,7 +127,9 @@ impl<M: FrameMemory> Graph<M> {
             },
             arcs,
             error_base,
-            pending: (0..n).map(|_| Vec::with_capacity(VECTOR_SIZE * 2)).collect(),
+            pending: (0..n)
+                .map(|_| Vec::with_capacity(VECTOR_SIZE * 2))
+                .collect(),
             scratch: Vec::with_capacity(VECTOR_SIZE),
             nexts: vec![0; VECTOR_SIZE],
         })

@@ -22,8 +22,8 @@ pub mod interfaces;
 pub mod node;
 pub mod nodes;
 pub mod snapshot;
-pub mod trace;
 pub mod testutil;
+pub mod trace;
 pub mod worker;
 
 pub use buffer::BufMeta;

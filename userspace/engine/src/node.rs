@@ -191,7 +191,11 @@ impl<M: FrameMemory> Ctx<'_, M> {
     /// Count `n` occurrences of reason `code` of the current node without dropping.
     #[inline(always)]
     pub fn count(&self, code: impl Into<u16>, n: u64) {
-        if let Some(c) = self.stats.errors.get((self.error_base + code.into()) as usize) {
+        if let Some(c) = self
+            .stats
+            .errors
+            .get((self.error_base + code.into()) as usize)
+        {
             c.add(n);
         }
     }

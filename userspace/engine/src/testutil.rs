@@ -55,7 +55,10 @@ pub fn node_snapshot(pods: u16, extra_routes: u32) -> Snapshot {
     b.route(RouteEntry {
         prefix: Ipv4Prefix::new(NODE_IP, 24).unwrap_or(Ipv4Prefix::DEFAULT),
         source: RouteSource::Connected,
-        action: RouteAction::Forward(vec![Path { via: None, sw_if: 0 }]),
+        action: RouteAction::Forward(vec![Path {
+            via: None,
+            sw_if: 0,
+        }]),
     });
     b.route(RouteEntry {
         prefix: Ipv4Prefix::host(NODE_IP),
@@ -92,7 +95,10 @@ pub fn node_snapshot(pods: u16, extra_routes: u32) -> Snapshot {
         b.route(RouteEntry {
             prefix: Ipv4Prefix::host(pod_ip(i)),
             source: RouteSource::Pod,
-            action: RouteAction::Forward(vec![Path { via: None, sw_if: i }]),
+            action: RouteAction::Forward(vec![Path {
+                via: None,
+                sw_if: i,
+            }]),
         });
     }
     for r in 0..extra_routes {

@@ -63,7 +63,11 @@ where
     P::Memory: 'static,
 {
     /// A worker over `io` running the standard graph on the tables in `shared`.
-    pub fn new(io: P, shared: Arc<Shared>, control: Arc<WorkerControl>) -> Result<Self, GraphError> {
+    pub fn new(
+        io: P,
+        shared: Arc<Shared>,
+        control: Arc<WorkerControl>,
+    ) -> Result<Self, GraphError> {
         let mut io = io;
         let graph = standard_graph::<P::Memory>()?;
         let stats = Arc::new(graph.new_stats());
@@ -150,14 +154,8 @@ where
                     m.flags |= FLAG_TRACED;
                     m.trace_id = self.next_trace_id;
                     self.next_trace_id = self.next_trace_id.wrapping_add(1);
-                    self.trace.push(
-                        m.trace_id,
-                        self.entry,
-                        TraceData::Rx {
-                            sw_if,
-                            len: d.len,
-                        },
-                    );
+                    self.trace
+                        .push(m.trace_id, self.entry, TraceData::Rx { sw_if, len: d.len });
                 }
                 bytes += d.len as u64;
                 if let Some(slot) = self.meta.get_mut(d.buf as usize) {

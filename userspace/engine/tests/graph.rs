@@ -179,7 +179,11 @@ fn ttl_expiry_returns_time_exceeded() {
     assert_eq!(icmp[0], 11, "time exceeded");
     assert_eq!(icmp[1], 0);
     assert_eq!(checksum::checksum(icmp), 0, "ICMP checksum valid");
-    assert_eq!(&icmp[8..8 + 20 + 8], &f[14..14 + 28], "quotes header + 8 bytes");
+    assert_eq!(
+        &icmp[8..8 + 20 + 8],
+        &f[14..14 + 28],
+        "quotes header + 8 bytes"
+    );
     assert_eq!(r.errors("ip4-rewrite", "ttl-expired"), 1);
     assert_eq!(r.errors("ip4-icmp-error", "sent"), 1);
 }

@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod ethtool;
 mod mem;
 mod tun;
 mod xsk;

@@ -424,7 +424,11 @@ mod tests {
         io.free(&b[..2]);
         assert_eq!(io.free_frames(), 2);
         io.free(&[0, 7, 99]);
-        assert_eq!(io.invalid_frees(), 3, "double free and out of range are ignored");
+        assert_eq!(
+            io.invalid_frees(),
+            3,
+            "double free and out of range are ignored"
+        );
         assert_eq!(io.free_frames(), 2);
         io.free(&b[2..4]);
         assert_eq!(io.free_frames(), 4);
@@ -435,16 +439,36 @@ mod tests {
         let mut io = MemIo::new(4, 1024, 1);
         let mut b = [0; 3];
         assert_eq!(io.alloc(&mut b), 3);
-        let good = Desc { buf: b[0], offset: 0, len: 1024 };
-        let too_long = Desc { buf: b[1], offset: 1, len: 1024 };
-        let last = Desc { buf: b[2], offset: 0, len: 1 };
+        let good = Desc {
+            buf: b[0],
+            offset: 0,
+            len: 1024,
+        };
+        let too_long = Desc {
+            buf: b[1],
+            offset: 1,
+            len: 1024,
+        };
+        let last = Desc {
+            buf: b[2],
+            offset: 0,
+            len: 1,
+        };
         assert_eq!(io.tx_burst(0, &[good, too_long, last]), 1);
         assert_eq!(io.invalid_tx(), 1);
         // The rejected frames still belong to the caller.
         assert_eq!(io.free_frames(), 2);
-        let free_frame = Desc { buf: b[0], offset: 0, len: 1 };
+        let free_frame = Desc {
+            buf: b[0],
+            offset: 0,
+            len: 1,
+        };
         assert_eq!(io.tx_burst(0, &[free_frame]), 0, "frame already given back");
-        let empty = Desc { buf: b[1], offset: 0, len: 0 };
+        let empty = Desc {
+            buf: b[1],
+            offset: 0,
+            len: 0,
+        };
         assert_eq!(io.tx_burst(0, &[empty]), 0);
         assert_eq!(io.tx_burst(0, &[last]), 1);
         io.free(&[b[1]]);

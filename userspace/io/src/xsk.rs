@@ -74,14 +74,15 @@ pub struct XskConfig {
 impl Default for XskConfig {
     fn default() -> Self {
         XskConfig {
-            num_frames: 16384,
+            // 64 MiB: room for ~60 ports' fill rings plus traffic in flight.
+            num_frames: 32768,
             frame_size: 2048,
             headroom: 0,
             fill_size: 2048,
             comp_size: 2048,
             rx_size: 2048,
             tx_size: 2048,
-            fill_target: 1024,
+            fill_target: 512,
             anchor_ifname: "lo".to_string(),
         }
     }
@@ -398,8 +399,8 @@ impl XskIo {
 
         let anchor_info = if_info(&cfg.anchor_ifname, 0)?;
         let what = format!("anchor {}", cfg.anchor_ifname);
-        let socket = Socket::with_shared(&anchor_info, &umem)
-            .map_err(|e| xsk_err("socket", &what, e))?;
+        let socket =
+            Socket::with_shared(&anchor_info, &umem).map_err(|e| xsk_err("socket", &what, e))?;
         let fcq = umem
             .fq_cq(&socket)
             .map_err(|e| xsk_err("fill/completion rings", &what, e))?;
@@ -643,7 +644,12 @@ fn refill_port(
     }
     let mut writer = p.fcq.fill(n as u32);
     // Take from the top of the stack so the inserted frames are its last `k`.
-    let k = writer.insert(free.iter().rev().take(n).map(|&b| u64::from(b) * frame_size)) as usize;
+    let k = writer.insert(
+        free.iter()
+            .rev()
+            .take(n)
+            .map(|&b| u64::from(b) * frame_size),
+    ) as usize;
     writer.commit();
     drop(writer);
     for &b in &free[free.len() - k..] {
@@ -657,7 +663,13 @@ fn refill_port(
 }
 
 /// Move completed TX frames of port `id` back to the free pool.
-fn reap_completions(id: PortId, p: &mut Port, owner: &mut [Owner], free: &mut Vec<BufIdx>, fs: u64) {
+fn reap_completions(
+    id: PortId,
+    p: &mut Port,
+    owner: &mut [Owner],
+    free: &mut Vec<BufIdx>,
+    fs: u64,
+) {
     loop {
         let mut reader = p.fcq.complete(COMP_BATCH);
         let mut k = 0;
@@ -894,10 +906,7 @@ impl PacketIo for XskIo {
             return Ok(());
         }
         // Round up so that a sub-millisecond timeout still blocks briefly.
-        let ms = timeout
-            .as_micros()
-            .div_ceil(1000)
-            .min(i32::MAX as u128) as libc::c_int;
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `pollfds` is a live, exclusively borrowed array of
         // `pollfds.len()` initialised pollfd structs; the fds belong to our
         // open sockets.

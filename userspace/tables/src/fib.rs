@@ -433,11 +433,7 @@ impl Fib {
         let Some(l) = self.lbs.get(lb as usize) else {
             return 0;
         };
-        let pick = if l.len <= 1 {
-            0
-        } else {
-            flow_hash() % l.len
-        };
+        let pick = if l.len <= 1 { 0 } else { flow_hash() % l.len };
         self.buckets
             .get((l.start + pick) as usize)
             .copied()
@@ -537,7 +533,12 @@ mod tests {
     fn longest_match_wins() {
         let mut b = FibBuilder::new();
         b.interface(0, MAC_A, 1500).interface(1, MAC_A, 1500);
-        b.route(fwd("0.0.0.0/0", Some("192.168.100.1"), 0, RouteSource::Static));
+        b.route(fwd(
+            "0.0.0.0/0",
+            Some("192.168.100.1"),
+            0,
+            RouteSource::Static,
+        ));
         b.route(fwd("10.244.1.0/24", None, 1, RouteSource::Connected));
         b.route(fwd("10.244.1.10/32", None, 1, RouteSource::Pod));
         b.neighbour(0, ip("192.168.100.1"), MAC_N);
@@ -568,7 +569,10 @@ mod tests {
             action: RouteAction::Local,
         });
         let fib = b.build().unwrap();
-        assert_eq!(fib.adj(fib.resolve(ip("1.1.1.1"), || 0)).kind, AdjKind::Drop);
+        assert_eq!(
+            fib.adj(fib.resolve(ip("1.1.1.1"), || 0)).kind,
+            AdjKind::Drop
+        );
         assert_eq!(
             fib.adj(fib.resolve(ip("192.168.100.2"), || 0)).kind,
             AdjKind::Local

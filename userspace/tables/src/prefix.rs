@@ -59,6 +59,7 @@ impl Ipv4Prefix {
     }
 
     /// The prefix length.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u8 {
         self.len
     }

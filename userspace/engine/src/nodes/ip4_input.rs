@@ -45,13 +45,7 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
             let l3 = pkt.get(14..).unwrap_or(&[]);
             let verdict = check(l3);
             let (total, src, dst, proto, ttl) = match verdict {
-                Ok(total) => (
-                    total,
-                    ip_at(l3, 12),
-                    ip_at(l3, 16),
-                    l3[9],
-                    l3[8],
-                ),
+                Ok(total) => (total, ip_at(l3, 12), ip_at(l3, 16), l3[9], l3[8]),
                 Err(e) => {
                     nexts[i] = cx.drop_with(b, e);
                     continue;

@@ -80,8 +80,26 @@ impl NetNs {
     /// A veth pair `a`/`b` with fixed MACs, one queue each, both up.
     pub fn veth(&self, a: &str, mac_a: &str, b: &str, mac_b: &str) {
         self.ip(&[
-            "link", "add", a, "address", mac_a, "numtxqueues", "1", "numrxqueues", "1", "type",
-            "veth", "peer", "name", b, "address", mac_b, "numtxqueues", "1", "numrxqueues", "1",
+            "link",
+            "add",
+            a,
+            "address",
+            mac_a,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "address",
+            mac_b,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
         ]);
         self.ip(&["link", "set", a, "up"]);
         self.ip(&["link", "set", b, "up"]);
@@ -111,7 +129,14 @@ pub fn xdp_object() -> &'static Path {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("fp-io-to-xsk-{}.o", std::process::id()));
         run(Command::new("clang-19")
-            .args(["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-I/usr/include/x86_64-linux-gnu",
+                "-c",
+            ])
             .arg(&src)
             .arg("-o")
             .arg(&out));
@@ -159,7 +184,11 @@ impl RawSock {
                 i32::from(proto),
             )
         };
-        assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            raw >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: `raw` is a freshly created fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.

@@ -1,0 +1,287 @@
+//! Foundation suite: one emulated node (router netns —uplink veth— node netns
+//! with three pod namespaces), the real agent, real XDP and AF_XDP.
+//!
+//! Every test builds its own topology (unique namespace names), so the tests
+//! run in parallel.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ferroplane_e2e::probe::{ping, scapy, tcp_transfer};
+use ferroplane_e2e::topology::{AgentGuard, Topology};
+use ferroplane_e2e::{bin_dir, require_root};
+use serde_json::Value;
+
+const MB: u64 = 1024 * 1024;
+
+fn setup(pods: usize) -> (Topology, AgentGuard) {
+    let topo = Topology::single_node(pods).expect("topology");
+    let agent = topo.start_agent(&bin_dir()).expect("agent start");
+    (topo, agent)
+}
+
+fn pod_ip(topo: &Topology, i: usize) -> Ipv4Addr {
+    topo.pods[i].ip
+}
+
+fn error_count(agent: &AgentGuard, node: &str, reason: &str) -> u64 {
+    let v = agent
+        .ctl_json(&["show", "errors", "--all"])
+        .expect("show errors");
+    v.as_array()
+        .expect("errors array")
+        .iter()
+        .find(|e| e["node"] == node && e["reason"] == reason)
+        .unwrap_or_else(|| panic!("no error counter {node}: {reason} in {v}"))["count"]
+        .as_u64()
+        .expect("count")
+}
+
+fn node_packets(agent: &AgentGuard, node: &str) -> u64 {
+    let v = agent
+        .ctl_json(&["show", "counters"])
+        .expect("show counters");
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("no node {node} in {v}"))["packets"]
+        .as_u64()
+        .expect("packets")
+}
+
+fn xdp_attached(ns: &ferroplane_e2e::netns::Netns) -> Vec<String> {
+    let out = ns.ip(&["-j", "link", "show"]).expect("ip link");
+    let links: Value = serde_json::from_str(&out).expect("ip -j link");
+    links
+        .as_array()
+        .expect("links")
+        .iter()
+        .filter(|l| l.get("xdp").is_some())
+        .map(|l| l["ifname"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn pod_traffic_crosses_the_engine() {
+    if !require_root() {
+        return;
+    }
+    let (topo, agent) = setup(3);
+    assert_eq!(
+        topo.node.sysctl("net.ipv4.ip_forward").expect("sysctl"),
+        "0",
+        "kernel forwarding on the node must be off: only the engine forwards"
+    );
+    let before = node_packets(&agent, "ip4-lookup");
+
+    // pod <-> pod
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 3).expect("pod0 -> pod1");
+    ping(&topo.pods[2].ns, pod_ip(&topo, 0), 3).expect("pod2 -> pod0");
+    let t = tcp_transfer(
+        &topo.pods[0].ns,
+        &topo.pods[1].ns,
+        pod_ip(&topo, 1),
+        5201,
+        10 * MB,
+    )
+    .expect("10 MB pod0 -> pod1");
+    assert_eq!(t.bytes, 10 * MB);
+    eprintln!("pod->pod 10 MB: {:.0} Mbit/s", t.mbit_per_s());
+
+    // pod -> outside the node and back
+    ping(&topo.pods[1].ns, Topology::ROUTER_IP, 3).expect("pod1 -> router");
+    ping(&topo.router, pod_ip(&topo, 2), 3).expect("router -> pod2");
+    let t = tcp_transfer(
+        &topo.pods[2].ns,
+        &topo.router,
+        Topology::ROUTER_IP,
+        5202,
+        2 * MB,
+    )
+    .expect("2 MB pod2 -> router");
+    assert_eq!(t.bytes, 2 * MB);
+    let t = tcp_transfer(
+        &topo.router,
+        &topo.pods[0].ns,
+        pod_ip(&topo, 0),
+        5203,
+        2 * MB,
+    )
+    .expect("2 MB router -> pod0");
+    assert_eq!(t.bytes, 2 * MB);
+
+    let after = node_packets(&agent, "ip4-lookup");
+    assert!(
+        after > before + 10 * MB / 1500,
+        "engine ip4-lookup counted {before} -> {after} packets: traffic did not cross the engine"
+    );
+    let ifs = agent.ctl_json(&["show", "interfaces"]).expect("interfaces");
+    for i in ifs.as_array().expect("array") {
+        assert!(
+            i["rx_packets"].as_u64().unwrap_or(0) > 0,
+            "interface {} received nothing through AF_XDP: {i}",
+            i["name"]
+        );
+        assert!(i["xdp_mode"].is_string(), "attach mode reported: {i}");
+    }
+    let table = agent.ctl(&["show", "counters"]).expect("table");
+    assert!(table.contains("ip4-rewrite"), "{table}");
+}
+
+#[test]
+fn host_traffic_stays_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let (topo, agent) = setup(1);
+    let pass_before = xdp_verdict(&agent, "pass");
+    ping(&topo.router, Topology::NODE_IP, 3).expect("router -> node address");
+    let t = tcp_transfer(&topo.router, &topo.node, Topology::NODE_IP, 5301, MB)
+        .expect("TCP router -> node");
+    assert_eq!(t.bytes, MB);
+    let t = tcp_transfer(&topo.node, &topo.router, Topology::ROUTER_IP, 5302, MB)
+        .expect("TCP node -> router");
+    assert_eq!(t.bytes, MB);
+    let pass_after = xdp_verdict(&agent, "pass");
+    assert!(
+        pass_after >= pass_before + 3,
+        "host traffic must be passed to the kernel by xdp_uplink ({pass_before} -> {pass_after})"
+    );
+}
+
+fn xdp_verdict(agent: &AgentGuard, name: &str) -> u64 {
+    let v = agent.ctl_json(&["show", "xdp"]).expect("show xdp");
+    v["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("no verdict {name} in {v}"))["count"]
+        .as_u64()
+        .expect("count")
+}
+
+#[test]
+fn node_and_pods_reach_each_other() {
+    if !require_root() {
+        return;
+    }
+    let (topo, _agent) = setup(3);
+    for (i, pod) in topo.pods.iter().enumerate() {
+        // The kubelet's probes: node -> pod.
+        ping(&topo.node, pod.ip, 2).unwrap_or_else(|e| panic!("node -> pod{i}: {e}"));
+        let t = tcp_transfer(&topo.node, &pod.ns, pod.ip, 5400 + i as u16, MB)
+            .unwrap_or_else(|e| panic!("TCP node -> pod{i}: {e}"));
+        assert_eq!(t.bytes, MB);
+        // Pod -> node.
+        ping(&pod.ns, Topology::NODE_IP, 2).unwrap_or_else(|e| panic!("pod{i} -> node: {e}"));
+        let t = tcp_transfer(&pod.ns, &topo.node, Topology::NODE_IP, 5410 + i as u16, MB)
+            .unwrap_or_else(|e| panic!("TCP pod{i} -> node: {e}"));
+        assert_eq!(t.bytes, MB);
+    }
+}
+
+#[test]
+fn malformed_frames_are_counted_and_ttl_expiry_answered() {
+    if !require_root() {
+        return;
+    }
+    let (topo, agent) = setup(2);
+    // Resolve the gateway first so scapy can address the engine's MAC.
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).expect("warm-up ping");
+    let dst = pod_ip(&topo, 1);
+    let src = pod_ip(&topo, 0);
+    let script = format!(
+        r#"
+from scapy.all import *
+conf.verb = 0
+gw = getmacbyip("169.254.1.1")
+me = get_if_hwaddr("eth0")
+assert gw, "no gateway MAC"
+e = Ether(dst=gw, src=me, type=0x0800)
+good = IP(src="{src}", dst="{dst}")/UDP(sport=4000, dport=9)/Raw(b"x"*20)
+raw = bytes(good)
+frames = [
+    e/raw[:10],                                   # truncated IP header
+    e/Raw(bytes([0x43]) + raw[1:]),               # IHL 3
+    e/Raw(bytes([0x65]) + raw[1:]),               # version 6 in an IPv4 ethertype
+    e/IP(src="{src}", dst="{dst}", chksum=0x1234)/UDP(sport=4000, dport=9),  # bad checksum
+    e/Raw(raw[:2] + (2000).to_bytes(2, "big") + raw[4:]),  # total length past the frame
+    Ether(dst=gw, src=me, type=0x0800)/Raw(b""),  # Ethernet header only
+]
+for f in frames:
+    sendp(f, iface="eth0")
+# TTL 1 to a pod: expect ICMP time exceeded from the node
+ans = srp1(e/IP(src="{src}", dst="{dst}", ttl=1)/UDP(sport=4001, dport=9), iface="eth0", timeout=3)
+assert ans is not None and ICMP in ans, "no ICMP answer to TTL 1"
+print("icmp", ans[ICMP].type, ans[ICMP].code, ans[IP].src)
+"#
+    );
+    let out = scapy(&topo.pods[0].ns, &script).expect("scapy");
+    assert!(
+        out.contains(&format!("icmp 11 0 {}", Topology::NODE_IP)),
+        "expected time-exceeded from the node: {out}"
+    );
+    let want = [
+        ("ip4-input", "truncated", 2),
+        ("ip4-input", "bad-header-length", 1),
+        ("ip4-input", "bad-version", 1),
+        ("ip4-input", "bad-checksum", 1),
+        ("ip4-rewrite", "ttl-expired", 1),
+        ("ip4-icmp-error", "sent", 1),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|(n, r, c)| error_count(&agent, n, r) < *c)
+            .map(|(n, r, c)| format!("{n}: {r} < {c}"))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters not reached: {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.is_running(), "agent survived malformed input");
+    ping(&topo.pods[0].ns, dst, 1).expect("still forwarding");
+}
+
+#[test]
+fn agent_restart_detaches_and_recovers() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(2).expect("topology");
+    let agent = topo.start_agent(&bin_dir()).expect("agent start");
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 2).expect("before restart");
+    let status = agent.stop();
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "agent exits cleanly on SIGTERM: {status:?}\n{}",
+        agent.log_tail(20)
+    );
+    drop(agent);
+    assert!(
+        xdp_attached(&topo.node).is_empty(),
+        "no XDP program left attached after stop: {:?}",
+        xdp_attached(&topo.node)
+    );
+    assert!(
+        ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).is_err(),
+        "without the engine (kernel forwarding off) pods cannot reach each other"
+    );
+    // Host networking is untouched while the agent is down.
+    ping(&topo.router, Topology::NODE_IP, 1).expect("node address while agent is down");
+
+    let agent = topo.start_agent(&bin_dir()).expect("agent restart");
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 2).expect("pods regain connectivity");
+    ping(&topo.router, pod_ip(&topo, 0), 2).expect("router reaches pod again");
+    assert_eq!(xdp_attached(&topo.node).len(), 3, "uplink + 2 pod veths");
+    drop(agent);
+}
