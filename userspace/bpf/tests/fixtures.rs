@@ -118,7 +118,6 @@ fn fixtures() -> Vec<Fixture> {
     use XdpProg::{Pod, Uplink};
     const PASS: u32 = xdp_action::PASS;
     const REDIRECT: u32 = xdp_action::REDIRECT;
-    const DROP: u32 = xdp_action::DROP;
 
     // A minimum-size Ethernet frame: 20 + 8 bytes of IPv4 padded to 46.
     let mut padded = ipv4_frame(PEER, POD_A);
@@ -396,39 +395,39 @@ fn fixtures() -> Vec<Fixture> {
             vec![0xff; 10],
         ),
         fx(
-            "pod: truncated ARP -> DROP, truncated_arp",
+            "pod: truncated ARP -> REDIRECT (the engine drops it), truncated_arp",
             Pod,
             arp_frame(2, POD_A, NODE)[..20].to_vec(),
             WithSocket,
-            DROP,
-            V::Drop,
+            REDIRECT,
+            V::Redirect,
             Some(R::TruncatedArp),
         ),
         fx(
-            "pod: 19 bytes of IPv4 header -> DROP, truncated_ip",
+            "pod: 19 bytes of IPv4 header -> REDIRECT (the engine drops it), truncated_ip",
             Pod,
             raw_ipv4(0x45, 84, 19),
             WithSocket,
-            DROP,
-            V::Drop,
+            REDIRECT,
+            V::Redirect,
             Some(R::TruncatedIp),
         ),
         fx(
-            "pod: IHL 4 -> DROP, bad_ip_header",
+            "pod: IHL 4 -> REDIRECT (the engine drops it), bad_ip_header",
             Pod,
             raw_ipv4(0x44, 84, 84),
             WithSocket,
-            DROP,
-            V::Drop,
+            REDIRECT,
+            V::Redirect,
             Some(R::BadIpHeader),
         ),
         fx(
-            "pod: total length beyond frame -> DROP, truncated_ip",
+            "pod: total length beyond frame -> REDIRECT (the engine drops it), truncated_ip",
             Pod,
             raw_ipv4(0x45, 1500, 84),
             WithSocket,
-            DROP,
-            V::Drop,
+            REDIRECT,
+            V::Redirect,
             Some(R::TruncatedIp),
         ),
     ]
