@@ -454,7 +454,9 @@ async fn configure_pod_side(
     // Frames reach the engine without checksum metadata: the pod must compute
     // its own TCP/UDP checksums instead of leaving them to (veth) offload.
     ferroplane_io::ethtool::set_tx_checksum(&interface, false).map_err(|e| {
-        PlumbError::Unexpected(format!("pod: turning TX checksum offload off on {interface}: {e}"))
+        PlumbError::Unexpected(format!(
+            "pod: turning TX checksum offload off on {interface}: {e}"
+        ))
     })?;
     // The MAC, as the kernel now reports it.
     let link = link_by_index(&handle, idx).await?.ok_or_else(|| {
