@@ -6,6 +6,8 @@
  * through the xsks AF_XDP socket of the ingress queue; everything else goes to
  * the kernel:
  *   - non-IPv4 (ARP, IPv6, VLAN, ...)        -> PASS
+ *   - IPIP / UDP to a tunnel4 port, to the node -> REDIRECT (decap in the engine)
+ *   - TCP/UDP/ICMP echo reply to a ports4 port, to the node -> REDIRECT (NodePort, SNAT return)
  *   - IPv4 to one of the node's addresses     -> PASS
  *   - IPv4 matching steer4                    -> REDIRECT (fallback PASS)
  *   - other IPv4                              -> PASS
@@ -21,6 +23,8 @@
 #include "maps.h"
 #include "parse.h"
 #include "steer.h"
+#include "tunnel.h"
+#include "services.h"
 
 SEC("xdp")
 int xdp_uplink(struct xdp_md *ctx)
@@ -44,8 +48,15 @@ int xdp_uplink(struct xdp_md *ctx)
 		fp_count_reason(rc == FP_PARSE_TRUNCATED ? FP_DROP_TRUNCATED_IP : FP_DROP_BAD_IP_HEADER);
 		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
 	}
-	if (fp_is_host4(iph->daddr))
+	if (fp_is_host4(iph->daddr)) {
+		/* Overlay traffic to the node (IPIP, VXLAN, WireGuard) is decapsulated by the engine. */
+		if (fp_is_tunnel4(iph, cur.pos, data_end))
+			return fp_redirect_to_engine(ctx);
+		/* NodePorts and the return traffic of SNATed flows are the engine's. */
+		if (fp_is_service_port4(iph, cur.pos, data_end))
+			return fp_redirect_to_engine(ctx);
 		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+	}
 
 	key.addr = iph->daddr;
 	if (!bpf_map_lookup_elem(&steer4, &key))

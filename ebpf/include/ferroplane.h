@@ -27,6 +27,14 @@
 #define FP_MAX_STEER4 4096
 /* Capacity of the host4 hash (node's own IPv4 addresses). */
 #define FP_MAX_HOST4 256
+/* Capacity of the tunnel4 hash (tunnel protocols/ports decapsulated by the engine). */
+#define FP_MAX_TUNNEL4 16
+/* Capacity of the ports4 hash (NodePorts and SNAT ports on the node's addresses). */
+#define FP_MAX_PORTS4 32768
+/* ports4 value: a service NodePort. */
+#define FP_PORT_NODEPORT 1
+/* ports4 value: a port of the SNAT range (return traffic of translated flows). */
+#define FP_PORT_SNAT 2
 
 /* Value of the ifaces map: how the engine sees one interface. */
 struct fp_iface {

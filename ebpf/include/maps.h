@@ -70,4 +70,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } drops SEC(".maps");
 
+/* tunnel4: (IP protocol << 16 | UDP port) -> unused value; such traffic to a host4 address is steered to the engine (decap). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_TUNNEL4);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnel4 SEC(".maps");
+
+/* ports4: (IP protocol << 16 | destination port, host order; ICMP: echo id) -> FP_PORT_*; such traffic to a host4 address is steered to the engine (NodePorts, SNAT return traffic). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_PORTS4);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ports4 SEC(".maps");
+
 #endif /* FP_MAPS_H */

@@ -28,8 +28,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod apiserver;
 pub mod bench;
+pub mod cluster;
 mod cmd;
+pub mod cni;
 pub mod netns;
 pub mod probe;
 pub mod topology;
@@ -38,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub use cluster::{Cluster, ClusterNode, ExternalPeer, OverlayMode, WgKeys};
 pub use cmd::{command_line, run_with_timeout};
 pub use netns::{cleanup_stale_namespaces, link_veth, ChildGuard, LinkStats, Netns};
 pub use nix::sys::signal::Signal;

@@ -170,6 +170,11 @@ impl Topology {
     /// namespace (output to `agent.log` in the temp dir) and waits up to 10 s until
     /// `ferroctl version` answers. On failure the error carries the end of the log.
     pub fn start_agent(&self, bin_dir: &Path) -> Result<AgentGuard> {
+        self.start_agent_with(bin_dir, &[])
+    }
+
+    /// [`Topology::start_agent`] with extra agent arguments (e.g. `--cni-socket PATH`).
+    pub fn start_agent_with(&self, bin_dir: &Path, extra: &[&str]) -> Result<AgentGuard> {
         let agent = bin_path(bin_dir, "ferroplane-agent")?;
         let ctl = bin_path(bin_dir, "ferroctl")?;
         let log_path = self.dir.path().join("agent.log");
@@ -180,6 +185,7 @@ impl Topology {
         let mut cmd = self
             .node
             .command(&[&agent_s, "--config", &spec_s, "--api-socket", &sock_s]);
+        cmd.args(extra);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -242,6 +248,21 @@ pub struct AgentGuard {
 }
 
 impl AgentGuard {
+    /// Wraps an agent process started elsewhere (e.g. by [`crate::cluster::Cluster`]).
+    pub(crate) fn from_parts(
+        child: ChildGuard,
+        socket: PathBuf,
+        ctl_bin: PathBuf,
+        log_path: PathBuf,
+    ) -> AgentGuard {
+        AgentGuard {
+            child,
+            socket,
+            ctl_bin,
+            log_path,
+        }
+    }
+
     /// Runs `ferroctl --socket SOCK args...` (10 s limit); returns stdout, a non-zero exit is
     /// an error carrying stderr.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {

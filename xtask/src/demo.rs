@@ -77,6 +77,12 @@ fn run_checks(topo: &Topology) -> Vec<Check> {
             ping_check(&topo.node, p0.ip)
         }),
     ];
+    for (name, r) in crate::demo_services::checks(topo) {
+        checks.push(check(name, || r));
+    }
+    for (name, r) in crate::demo_policy::checks(topo) {
+        checks.push(check(name, || r));
+    }
     checks.push(check(
         format!(
             "tcp {} -> {} ({}:5201), {} MB byte-checked",
@@ -212,8 +218,8 @@ fn wait_for_ctrl_c() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo [--keep]`.
-pub fn run(keep: bool) -> Result<()> {
+/// `cargo xtask demo [--keep] [--nodes N] [--mode M]`.
+pub fn run(keep: bool, nodes: u8, mode: ferroplane_e2e::cluster::OverlayMode) -> Result<()> {
     require_root("demo")?;
     let mut p = Progress::new(5);
     p.step("system packages", crate::deps::ensure)?;
@@ -226,6 +232,16 @@ pub fn run(keep: bool) -> Result<()> {
         || Ok(Topology::single_node(PODS)?),
     )?;
     print!("{}", created(&topo));
+    // A ClusterIP + NodePort service in front of pods 1 and 2 (see demo_services).
+    topo.write_spec(&format!(
+        "{}{}",
+        topo.spec_yaml(),
+        crate::demo_services::spec(&topo)
+    ))?;
+    // A default-deny namespace with one pod and one allow rule (see demo_policy).
+    let secure = crate::demo_policy::Secure::start()?;
+    topo.write_spec(&secure.spec(&topo, &std::fs::read_to_string(topo.spec_path())?))?;
+    let _backends = crate::demo_services::Backends::start(&topo)?;
     let bin_dir = ferroplane_e2e::bin_dir();
     let agent = p.step("starting ferroplane-agent in the node namespace", || {
         Ok(topo.start_agent(&bin_dir)?)
@@ -249,7 +265,17 @@ pub fn run(keep: bool) -> Result<()> {
             agent.log_tail(30)
         );
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
+    let mut failed = checks.iter().filter(|c| !c.ok).count();
+    // The CNI path: one pod added by ferroplane-cni as a container runtime does (demo_cni).
+    failed += crate::demo_cni::run()?;
+    // The multi-node part: pods on several nodes, each with its own agent (demo_cluster).
+    let _cluster = if nodes >= 2 {
+        let (cluster, f) = crate::demo_cluster::run(nodes, mode)?;
+        failed += f;
+        Some(cluster)
+    } else {
+        None
+    };
     if keep {
         println!("\n--keep: topology and agent stay up; press Ctrl-C to tear down");
         wait_for_ctrl_c()?;

@@ -30,9 +30,18 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
     "python3-scapy",
     "tshark",
+    "prometheus",
     // Traffic generators.
     "netsniff-ng",
     "iperf3",
+    // Overlay interop peers (WireGuard without a kernel module).
+    "wireguard-go",
+    "wireguard-tools",
+    // Reference CNI plugins (bridge + host-local): the CNI ADD latency baseline.
+    "containernetworking-plugins",
+    // BGP interop peers and the `bench bgp` baseline.
+    "bird2",
+    "gobgpd",
 ];
 
 fn installed(pkg: &str) -> Result<bool> {
@@ -72,8 +81,40 @@ fn apt_get(args: &[&str]) -> Command {
     cmd
 }
 
+/// Python tools from PyPI: (command it provides, pip package).
+pub const PIP_TOOLS: &[(&str, &str)] = &[
+    // Offline manifest validation (`kubernetes-validate --strict -k 1.30.0`).
+    ("kubernetes-validate", "kubernetes-validate"),
+];
+
+fn on_path(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs the [`PIP_TOOLS`] whose command is not on PATH (`pip install`).
+pub fn ensure_pip() -> Result<()> {
+    for (cmd, pkg) in PIP_TOOLS {
+        if on_path(cmd) {
+            continue;
+        }
+        println!("installing {pkg} from PyPI (pip)");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", pkg]))
+            .with_context(|| format!("pip install {pkg}"))?;
+        if !on_path(cmd) {
+            bail!("{cmd} still not on PATH after pip install {pkg}");
+        }
+    }
+    Ok(())
+}
+
 /// Installs what is missing (`apt-get update` once, install retried once), or does nothing.
 pub fn ensure() -> Result<()> {
+    ensure_pip()?;
     let todo = missing()?;
     if todo.is_empty() {
         println!("all {} system packages present", PACKAGES.len());

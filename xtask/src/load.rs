@@ -21,6 +21,8 @@ pub fn build_binaries() -> Result<()> {
         "ferroplane-agent",
         "-p",
         "ferroplane-ctl",
+        "-p",
+        "ferroplane-cni",
     ]))
 }
 

@@ -4,7 +4,15 @@
 //! clearly and exit non-zero when they need it and do not have it.
 
 mod bench;
+mod bench_bgp;
+mod bench_cni;
+mod bench_overlay;
+mod bench_policy;
 mod demo;
+mod demo_cluster;
+mod demo_cni;
+mod demo_policy;
+mod demo_services;
 mod deps;
 mod load;
 mod progress;
@@ -50,6 +58,12 @@ enum Cmd {
         /// Keep the topology and the agent up until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Nodes of the cluster part of the demo (0: single node only).
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        /// Overlay mode between the nodes: direct, ipip, vxlan or wireguard.
+        #[arg(long, default_value = "vxlan")]
+        mode: ferroplane_e2e::cluster::OverlayMode,
     },
     /// Everything CI runs: deps, fmt, clippy, release build, unit tests, root e2e suites.
     Test,
@@ -67,6 +81,12 @@ enum Cmd {
         /// Only measure the kernel IP forwarding baseline (forward).
         #[arg(long)]
         kernel_only: bool,
+        /// Pods per plugin (cni).
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Prefixes GoBGP injects (bgp).
+        #[arg(long, default_value_t = 100_000)]
+        prefixes: usize,
     },
 }
 
@@ -79,6 +99,14 @@ enum BenchKind {
     Engine,
     /// Both.
     All,
+    /// CNI ADD latency: ferroplane-cni vs the reference bridge + host-local plugins (root).
+    Cni,
+    /// Pod-to-pod across nodes per overlay mode vs kernel routing / kernel VXLAN / wireguard-go (root).
+    Overlay,
+    /// GoBGP injects --prefixes IPv4 routes: time to Loc-RIB / engine FIB and RSS, BIRD 2 as baseline (root).
+    Bgp,
+    /// Forwarding with 1 / 1,000 / 10,000 rules: NetworkPolicy in ferroplane vs iptables-nft FORWARD (root).
+    Policy,
 }
 
 fn main() {
@@ -92,13 +120,35 @@ fn main() {
             api_socket,
             pod_cidr,
         } => load::build_and_load(&iface, config, &api_socket, &pod_cidr),
-        Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Demo { keep, nodes, mode } => demo::run(keep, nodes, mode),
         Cmd::Test => test::run(),
+        Cmd::Bench {
+            kind: BenchKind::Cni,
+            pods,
+            ..
+        } => bench_cni::run(pods),
+        Cmd::Bench {
+            kind: BenchKind::Bgp,
+            prefixes,
+            ..
+        } => bench_bgp::run(prefixes),
+        Cmd::Bench {
+            kind: BenchKind::Overlay,
+            secs,
+            ..
+        } => bench_overlay::run(secs),
+        Cmd::Bench {
+            kind: BenchKind::Policy,
+            runs,
+            secs,
+            ..
+        } => bench_policy::run(runs, secs),
         Cmd::Bench {
             kind,
             runs,
             secs,
             kernel_only,
+            ..
         } => bench::run(kind, runs, secs, kernel_only),
     };
     if let Err(e) = result {

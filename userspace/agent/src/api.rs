@@ -34,10 +34,18 @@ pub struct AgentView {
     pub info: GraphInfo,
     /// The BPF side.
     pub bpf: Arc<Mutex<Dataplane>>,
+    /// The overlay (remote nodes, tunnels).
+    pub overlay: Arc<crate::overlay::Overlay>,
+    /// The BGP speaker, when `bgp:` is configured.
+    pub bgp: Option<Arc<ferroplane_bgp::Speaker>>,
+    /// The workers' session tables.
+    pub sessions: Vec<Arc<Mutex<ferroplane_tables::Conntrack>>>,
+    /// The service tables.
+    pub services: crate::services::ServiceCacheHandle,
 }
 
 impl AgentView {
-    fn interfaces(&self) -> Vec<InterfaceInfo> {
+    pub(crate) fn interfaces(&self) -> Vec<InterfaceInfo> {
         let snap = self.shared.load();
         snap.ifaces
             .iter()
@@ -55,6 +63,7 @@ impl AgentView {
                         IfKind::Uplink => InterfaceKind::Uplink,
                         IfKind::Pod => InterfaceKind::Pod,
                         IfKind::Punt => InterfaceKind::Punt,
+                        IfKind::Tunnel => InterfaceKind::Tunnel,
                     },
                     ifindex: i.ifindex,
                     mac: mac_str(&i.mac),
@@ -73,7 +82,7 @@ impl AgentView {
             .collect()
     }
 
-    fn routes(&self) -> Vec<RouteInfo> {
+    pub(crate) fn routes(&self) -> Vec<RouteInfo> {
         let snap = self.shared.load();
         let fib = &snap.fib;
         let name = |sw_if: u16| {
@@ -92,6 +101,7 @@ impl AgentView {
                     TableSource::Static => RouteSource::Static,
                     TableSource::Local => RouteSource::Local,
                     TableSource::Neighbour => RouteSource::Neighbour,
+                    TableSource::Bgp => RouteSource::Bgp,
                 },
                 paths: adjs
                     .iter()
@@ -113,7 +123,7 @@ impl AgentView {
             .collect()
     }
 
-    fn counters(&self) -> CountersReport {
+    pub(crate) fn counters(&self) -> CountersReport {
         let nodes = self
             .info
             .nodes
@@ -142,7 +152,7 @@ impl AgentView {
         }
     }
 
-    fn errors(&self) -> Vec<ErrorCounter> {
+    pub(crate) fn errors(&self) -> Vec<ErrorCounter> {
         self.info
             .errors
             .iter()
@@ -170,7 +180,7 @@ impl AgentView {
             .collect()
     }
 
-    fn xdp(&self) -> Result<XdpReport, String> {
+    pub(crate) fn xdp(&self) -> Result<XdpReport, String> {
         let dp = self
             .bpf
             .lock()
@@ -222,6 +232,51 @@ impl Handler for AgentView {
                 json(serde_json::json!({"cleared": true}))
             }
             Request::Version => json(VersionInfo::new(env!("CARGO_PKG_VERSION"))),
+            Request::TraceAdd {
+                iface,
+                count,
+                filter,
+            } => {
+                crate::observe::trace_add(
+                    &self.shared,
+                    &self.controls,
+                    iface.as_deref(),
+                    *count,
+                    filter.as_deref(),
+                )?;
+                Ok(Value::Null)
+            }
+            Request::ShowTrace => json(crate::observe::show_trace(&self.info, &self.controls)),
+            Request::ClearTrace => {
+                crate::observe::clear_trace(&self.controls);
+                Ok(Value::Null)
+            }
+            Request::CaptureStart {
+                iface,
+                node,
+                count,
+                filter,
+            } => {
+                crate::observe::capture_start(
+                    &self.shared,
+                    &self.info,
+                    &self.controls,
+                    iface.as_deref(),
+                    node.as_deref(),
+                    *count,
+                    filter.as_deref(),
+                )?;
+                Ok(Value::Null)
+            }
+            Request::CaptureTake => json(crate::observe::capture_take(&self.controls)?),
+            Request::ShowTunnels => json(self.overlay.report(&self.shared.load())),
+            Request::ShowBgp => json(crate::bgp::report(self.bgp.as_deref())),
+            Request::ShowBgpRoutes => json(crate::bgp::routes_report(self.bgp.as_deref())),
+            Request::ShowServices => json(crate::services::services_report(&self.services)),
+            Request::ShowPolicies { pod } => json(crate::policy::report(pod.as_deref())?),
+            Request::ShowSessions { filter } => {
+                json(crate::services::sessions_report(&self.sessions, filter)?)
+            }
         }
     }
 }

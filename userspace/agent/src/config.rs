@@ -236,6 +236,27 @@ pub struct NodeSpec {
     /// Extra static routes for the engine FIB.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The other nodes of the cluster and how their pods are reached (overlay).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterSpec>,
+    /// Services (Kubernetes `Service` shape; see [`crate::services`]).
+    #[serde(default)]
+    pub services: Vec<crate::services::ServiceSpec>,
+    /// Their endpoints (Kubernetes `EndpointSlice` shape).
+    #[serde(default, rename = "endpointSlices")]
+    pub endpoint_slices: Vec<crate::services::EndpointSliceSpec>,
+    /// Service proxy settings: masquerade, SNAT ports, session table.
+    #[serde(default, rename = "serviceProxy")]
+    pub service_proxy: crate::services::ServiceProxyConfig,
+    /// BGP speaker (see [`crate::bgp`]).
+    #[serde(default)]
+    pub bgp: Option<crate::bgp::BgpSpec>,
+    /// Namespaces and their labels (see [`crate::policy`]).
+    #[serde(default)]
+    pub namespaces: Vec<crate::policy::NamespaceSpec>,
+    /// NetworkPolicies (networking.k8s.io/v1 objects).
+    #[serde(default, rename = "networkPolicies")]
+    pub network_policies: Vec<crate::policy::PolicyObject>,
 }
 
 /// The `node:` section.
@@ -293,6 +314,12 @@ pub struct PodSpec {
     /// Interface name inside the pod (default `eth0`).
     #[serde(default = "default_interface")]
     pub interface: String,
+    /// Labels (NetworkPolicy selectors).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Container ports (NetworkPolicy named ports).
+    #[serde(default)]
+    pub ports: Vec<crate::policy::ContainerPort>,
 }
 
 impl PodSpec {
@@ -304,6 +331,8 @@ impl PodSpec {
             netns: netns.into(),
             ip,
             interface: default_interface(),
+            labels: Default::default(),
+            ports: Vec::new(),
         }
     }
 
@@ -519,6 +548,14 @@ impl NodeSpec {
                     ),
                 ));
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self)?;
+        }
+        crate::services::validate(self)?;
+        crate::policy::validate(self)?;
+        if let Some(bgp) = &self.bgp {
+            bgp.validate(self)?;
         }
         Ok(())
     }

@@ -41,6 +41,8 @@ pub struct Engine {
     pub stats: Arc<WorkerStats>,
     /// Node and error names.
     pub info: GraphInfo,
+    /// The worker's session table (`ip4-nat`).
+    pub sessions: Option<Arc<std::sync::Mutex<ferroplane_tables::Conntrack>>>,
     commands: Sender<Command<XskIo>>,
     misses: Receiver<(u16, Ipv4Addr)>,
     thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
@@ -79,7 +81,11 @@ impl Engine {
                 if let Some(tun) = punt {
                     worker.set_punt(Box::new(move |pkt: &[u8]| tun.write(pkt).is_ok()));
                 }
-                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info())));
+                let sessions = worker.shared_state("ip4-nat").and_then(|s| {
+                    s.downcast::<std::sync::Mutex<ferroplane_tables::Conntrack>>()
+                        .ok()
+                });
+                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info(), sessions)));
                 let r = worker.run();
                 if let Err(e) = &r {
                     tracing::error!("engine worker stopped: {e:?}");
@@ -92,10 +98,11 @@ impl Engine {
                     source: e,
                 })
             })?;
-        let (stats, info) = ready_rx
+        let (stats, info, sessions) = ready_rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??;
         Ok(Engine {
+            sessions,
             shared,
             control,
             stats,

@@ -3,7 +3,18 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bgp;
+pub mod cluster;
+pub mod cni_server;
 pub mod config;
 pub mod engine;
+pub mod health;
+pub mod ipam;
+pub mod k8s;
+pub mod metrics;
 pub mod netlink;
+pub mod observe;
+pub mod overlay;
+pub mod policy;
+pub mod services;
 pub mod state;

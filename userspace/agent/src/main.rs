@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferroplane_agent::api::AgentView;
+use ferroplane_agent::cni_server::{self, CniContext, CniServer, PlumbedPod, PodOp};
 use ferroplane_agent::config::{NodeSpec, PodSpec, XdpMode};
 use ferroplane_agent::engine::Engine;
+use ferroplane_agent::health::{self, Health};
+use ferroplane_agent::ipam::Ipam;
 use ferroplane_agent::netlink::{Plumber, POD_GATEWAY};
 use ferroplane_agent::state::{NodeState, PodState, UplinkState};
 use ferroplane_api::ApiServer;
@@ -31,15 +34,38 @@ struct Args {
     /// Unix socket of the local API (ferroctl).
     #[arg(long, default_value = ferroplane_api::DEFAULT_SOCKET)]
     api_socket: PathBuf,
-    /// Pin BPF maps under this directory (bpffs is mounted there if needed).
+    /// Pin BPF maps under this directory (bpffs is mounted there if needed), so
+    /// `ferroctl map list|dump` and the next agent find them.
+    #[arg(long, default_value = "/sys/fs/bpf/ferroplane")]
+    pin_dir: PathBuf,
+    /// Do not pin the BPF maps.
     #[arg(long)]
-    pin_dir: Option<PathBuf>,
+    no_pin: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
     /// Frames in the AF_XDP UMEM.
     #[arg(long, default_value_t = 32768)]
     frames: u32,
+    /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
+    /// Persistent state (IPAM reservations under `ipam/`).
+    #[arg(long, default_value = "/var/lib/ferroplane")]
+    state_dir: PathBuf,
+    /// Serve `/healthz` and `/readyz` over HTTP on this address (e.g. 127.0.0.1:9644).
+    #[arg(long)]
+    health_addr: Option<std::net::SocketAddr>,
+    /// Kubernetes mode: `--config` is the agent config (ConfigMap file); the node, its pod
+    /// CIDR, the other nodes and the services come from the API server.
+    #[arg(long)]
+    k8s: bool,
+    /// Kubeconfig for Kubernetes mode (default: $KUBECONFIG, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -100,11 +126,12 @@ impl Agent {
     }
 
     async fn add_pod(&mut self, pod: &PodSpec) -> Result<()> {
-        let mtu = self
-            .state
-            .spec
-            .node
-            .pod_mtu_or(self.state.uplink.mtu as u32);
+        let mtu = self.state.spec.node.pod_mtu_or(u32::from(
+            self.state
+                .uplink
+                .mtu
+                .saturating_sub(self.state.overlay.overhead()),
+        ));
         let link = self
             .plumber
             .create_pod(pod, mtu, POD_GATEWAY)
@@ -131,9 +158,86 @@ impl Agent {
         Ok(())
     }
 
+    /// Tears a pod down: tables first, then its AF_XDP port, XDP and the veth pair.
+    /// Returns whether anything was there.
+    async fn remove_pod(&mut self, pod: &PodSpec) -> Result<bool> {
+        let key = pod.key();
+        let known = self.state.pods.remove(&key);
+        if let Some(p) = &known {
+            self.publish()?;
+            {
+                let mut bpf = self.bpf()?;
+                if let Some(port) = p.port {
+                    let _ = bpf.clear_xsk(u32::from(port));
+                }
+                let _ = bpf.remove_iface(p.host_ifindex);
+                if let Err(e) = bpf.detach(&p.host_ifname) {
+                    warn!(pod = %key, "detaching XDP: {e}");
+                }
+            }
+            if let Some(port) = p.port {
+                self.engine
+                    .remove_port(port)
+                    .with_context(|| format!("closing the AF_XDP port of {key}"))?;
+            }
+        }
+        let deleted = self
+            .plumber
+            .delete_pod(pod)
+            .await
+            .with_context(|| format!("deleting the veth of {key}"))?;
+        if known.is_some() || deleted {
+            info!(pod = %key, "pod removed");
+        }
+        Ok(known.is_some() || deleted)
+    }
+
+    /// Carries out a CNI server request (same add/remove path as the YAML spec's pods).
+    async fn pod_op(&mut self, op: PodOp) {
+        let plumbed = |s: &PodState| PlumbedPod {
+            host_ifname: s.host_ifname.clone(),
+            host_mac: s.host_mac,
+            pod_mac: s.pod_mac,
+            ip: s.ip,
+            mtu: s.mtu,
+        };
+        match op {
+            PodOp::Add { pod, reply } => {
+                // A repeated ADD of a plumbed attachment answers what is there.
+                if let Some(p) = self.state.pods.get(&pod.key()).filter(|p| p.ip == pod.ip) {
+                    let _ = reply.send(Ok(plumbed(p)));
+                    return;
+                }
+                let r = match self.add_pod(&pod).await.and_then(|()| self.publish()) {
+                    Ok(()) => self
+                        .state
+                        .pods
+                        .get(&pod.key())
+                        .map(plumbed)
+                        .ok_or_else(|| "pod vanished after plumbing".to_string()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                let _ = reply.send(r);
+            }
+            PodOp::Del { pod, reply } => {
+                let r = self.remove_pod(&pod).await.map_err(|e| format!("{e:#}"));
+                let _ = reply.send(r);
+            }
+            PodOp::Get { key, reply } => {
+                let _ = reply.send(self.state.pods.get(&key).map(plumbed));
+            }
+            PodOp::Keys { reply } => {
+                let _ = reply.send(self.state.pods.keys().cloned().collect());
+            }
+        }
+    }
+
     fn publish(&self) -> Result<()> {
         let snap = self.state.snapshot().context("building the FIB")?;
         self.engine.shared.publish(snap);
+        let mut bpf = self.bpf()?;
+        ferroplane_agent::services::apply_steering(&self.state.services, &mut bpf)
+            .context("steering services to the engine")?;
         Ok(())
     }
 
@@ -164,8 +268,25 @@ impl Agent {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let spec = NodeSpec::load(&args.config)
-        .with_context(|| format!("reading node spec {}", args.config.display()))?;
+    let (spec, kube) = if args.k8s {
+        let plumber = Plumber::new().context("opening netlink")?;
+        let b =
+            ferroplane_agent::k8s::bootstrap(&args.config, args.kubeconfig.as_deref(), &plumber)
+                .await
+                .with_context(|| {
+                    format!("Kubernetes mode (agent config {})", args.config.display())
+                })?;
+        info!(node = %b.node_name, pod_cidr = %b.spec.node.pod_cidr, uplink = %b.spec.node.uplink, "node spec from Kubernetes");
+        (b.spec.clone(), Some(b))
+    } else {
+        let spec = NodeSpec::load(&args.config)
+            .with_context(|| format!("reading node spec {}", args.config.display()))?;
+        (spec, None)
+    };
+    let overlay = Arc::new(
+        ferroplane_agent::overlay::Overlay::from_spec(&spec, spec.cluster.as_ref())
+            .context("setting up the overlay (cluster:)")?,
+    );
     let plumber = Plumber::new().context("opening netlink")?;
     let up = plumber
         .link_info(&spec.node.uplink)
@@ -189,7 +310,8 @@ async fn run(args: Args) -> Result<()> {
         XdpMode::Skb => AttachMode::Skb,
     };
 
-    let bpf = Dataplane::load(args.pin_dir.as_deref()).context("loading the XDP programs")?;
+    let bpf = Dataplane::load((!args.no_pin).then_some(args.pin_dir.as_path()))
+        .context("loading the XDP programs")?;
     let bpf = Arc::new(Mutex::new(bpf));
 
     // Packets the engine hands to the host arrive on this TUN.
@@ -234,6 +356,9 @@ async fn run(args: Args) -> Result<()> {
             },
             pods: BTreeMap::new(),
             neighbours: BTreeMap::new(),
+            overlay: overlay.clone(),
+            bgp_routes: BTreeMap::new(),
+            services: Default::default(),
         },
         attach,
     };
@@ -248,6 +373,16 @@ async fn run(args: Args) -> Result<()> {
             FpSteerKind::PodCidr,
         )
         .context("steer4: pod CIDR")?;
+        let (ipip, vxlan, wg) = overlay.decap_ports();
+        let steer = ipip
+            .then_some((4u8, 0u16))
+            .into_iter()
+            .chain(vxlan.map(|p| (17, p)))
+            .chain(wg.map(|p| (17, p)));
+        for (proto, port) in steer {
+            bpf.add_tunnel4(proto, port)
+                .with_context(|| format!("tunnel4: protocol {proto} port {port}"))?;
+        }
         for (a, _) in &up.ipv4 {
             bpf.add_host4(*a).context("host4")?;
         }
@@ -264,19 +399,106 @@ async fn run(args: Args) -> Result<()> {
     agent.refresh_neighbours().await?;
     agent.publish()?;
 
+    let mut bgp = match &spec.bgp {
+        Some(b) => Some(
+            ferroplane_agent::bgp::BgpRuntime::start(b, &spec, agent.plumber.handle().clone())
+                .await
+                .context("starting BGP (bgp:)")?,
+        ),
+        None => None,
+    };
     let view = AgentView {
         shared: agent.engine.shared.clone(),
         workers: vec![agent.engine.stats.clone()],
         controls: vec![agent.engine.control.clone()],
         info: agent.engine.info.clone(),
         bpf: agent.bpf.clone(),
+        overlay: overlay.clone(),
+        bgp: bgp.as_ref().map(|b| b.speaker.clone()),
+        sessions: agent.engine.sessions.iter().cloned().collect(),
+        services: agent.state.services.clone(),
     };
-    let server = ApiServer::bind(&args.api_socket, Arc::new(view))
+    let view = Arc::new(view);
+    let server = ApiServer::bind(&args.api_socket, view.clone())
         .with_context(|| format!("API socket {}", args.api_socket.display()))?;
+    let _metrics = match args.metrics_addr {
+        Some(addr) => {
+            let m = ferroplane_agent::metrics::MetricsServer::start(addr, view.clone())
+                .with_context(|| format!("metrics endpoint {addr}"))?;
+            info!(addr = %m.addr(), "Prometheus metrics on /metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    // CNI: IPAM on the node's pod CIDR, attachments of a previous run plumbed again, then
+    // the socket the plugin talks to.
+    let health = Arc::new(Health::default());
+    let _health_task = match args.health_addr {
+        Some(addr) => Some(
+            health::serve(addr, health.clone())
+                .await
+                .with_context(|| format!("health endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    let (pod_ops_tx, mut pod_ops) = tokio::sync::mpsc::channel::<PodOp>(256);
+    let _cni_server = match &args.cni_socket {
+        Some(path) => {
+            let ipam_dir = args.state_dir.join("ipam");
+            let ipam = Ipam::open(&ipam_dir, spec.node.pod_cidr)
+                .with_context(|| format!("IPAM store {}", ipam_dir.display()))?;
+            for pod in cni_server::pods_to_restore(&ipam)? {
+                if let Err(e) = agent.add_pod(&pod).await {
+                    warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}");
+                }
+            }
+            agent.publish()?;
+            let ctx = CniContext {
+                ipam: Arc::new(ipam),
+                ops: pod_ops_tx.clone(),
+            };
+            Some(CniServer::bind(path, ctx).context("CNI socket")?)
+        }
+        None => None,
+    };
+    // Kubernetes: watchers, this node's annotations; ready once every watcher has listed.
+    let mut k8s_source = match &kube {
+        Some(b) => {
+            let wg_key = match spec.cluster.as_ref().filter(|c| c.uses_wireguard()) {
+                Some(c) => {
+                    let (private, _) = ferroplane_agent::overlay::load_or_create_key(
+                        &c.wireguard.private_key_file,
+                    )
+                    .context("WireGuard key")?;
+                    Some(ferroplane_agent::cluster::encode_key(
+                        &ferroplane_engine::tunnel::wg_public_key(private),
+                    ))
+                }
+                None => None,
+            };
+            let ann = ferroplane_agent::k8s::own_annotations(&spec, wg_key);
+            ferroplane_agent::k8s::source::publish_annotations(
+                &b.client,
+                &b.node_name,
+                &b.config.annotation_prefix,
+                &ann,
+            )
+            .await
+            .context("publishing the Node annotations")?;
+            Some(ferroplane_agent::k8s::K8sSource::start(
+                b.client.clone(),
+                &b.node_name,
+                &b.config.annotation_prefix,
+            ))
+        }
+        None => None,
+    };
+    health.set_ready(k8s_source.is_none());
     info!(
         node = %spec.node.name,
         pods = spec.pods.len(),
         api = %args.api_socket.display(),
+        cni = ?args.cni_socket,
         "ferroplane agent ready"
     );
 
@@ -284,14 +506,103 @@ async fn run(args: Args) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut refresh = 0u32;
+    // Services: health-check node ports, and (standalone) the spec file's services re-read
+    // when it changes.
+    let _hc_task = tokio::spawn(ferroplane_agent::services::serve_health_checks(
+        spec.node.address.addr,
+        agent
+            .state
+            .services
+            .lock()
+            .map(|c| c.health.clone())
+            .unwrap_or_default(),
+    ));
+    let mut spec_watch =
+        (!args.k8s).then(|| ferroplane_agent::services::SpecWatch::new(&args.config));
+    // WireGuard handshake retries, rekeys and keepalives leave through the kernel.
+    let wg_sock = if overlay.has_wireguard() {
+        let addr = std::net::SocketAddrV4::new(spec.node.address.addr, overlay.wg_port());
+        let s = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("WireGuard timer socket {addr}"))?;
+        s.set_nonblocking(true).context("WireGuard timer socket")?;
+        Some(s)
+    } else {
+        None
+    };
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            Some(op) = pod_ops.recv() => agent.pod_op(op).await,
+            Ok(()) = async {
+                match k8s_source.as_mut() {
+                    Some(s) => s.desired.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(src) = &k8s_source {
+                    let desired = src.desired.borrow().clone();
+                    let mut next = agent.state.spec.clone();
+                    desired.apply_to(&mut next);
+                    if next != agent.state.spec {
+                        match next.validate() {
+                            Ok(()) => {
+                                agent.state.spec = next;
+                                if let Err(e) = agent.publish() {
+                                    warn!("applying the Kubernetes desired state: {e:#}");
+                                }
+                            }
+                            Err(e) => warn!("desired state from Kubernetes rejected: {e}"),
+                        }
+                    }
+                    info!(
+                        services = desired.services.len(),
+                        endpoint_slices = desired.endpoint_slices.len(),
+                        remote_nodes = desired.remote_nodes.len(),
+                        pods = desired.policy.pods().len(),
+                        policies = desired.policy.policy_count(),
+                        "Kubernetes desired state"
+                    );
+                    health.set_ready(true);
+                }
+            }
             _ = tick.tick() => {
+                match spec_watch.as_mut().and_then(|w| w.poll()) {
+                    Some(Ok(new)) => {
+                        if ferroplane_agent::policy::take_policies(&mut agent.state.spec, &new) {
+                            info!("spec file changed: network policies re-applied");
+                            if let Err(e) = agent.publish() {
+                                warn!("applying network policies: {e:#}");
+                            }
+                        }
+                        if ferroplane_agent::services::take_services(&mut agent.state.spec, new) {
+                            info!("spec file changed: services re-applied");
+                            if let Err(e) = agent.publish() {
+                                warn!("applying services: {e:#}");
+                            }
+                        }
+                    }
+                    Some(Err(e)) => warn!("spec file change rejected: {e}"),
+                    None => {}
+                }
                 let misses = agent.engine.take_misses();
                 for (_, ip) in &misses {
                     agent.resolve(*ip).await;
+                }
+                if let Some(s) = &wg_sock {
+                    overlay.tick(s);
+                }
+                if let Some(b) = bgp.as_mut() {
+                    let changes = b.poll().await;
+                    if !changes.is_empty() {
+                        let hops = ferroplane_agent::bgp::apply_changes(&mut agent.state.bgp_routes, changes);
+                        for h in hops.iter().filter(|h| !agent.state.neighbours.contains_key(h)) {
+                            agent.resolve(*h).await;
+                        }
+                        if let Err(e) = agent.publish() {
+                            warn!("BGP routes: {e:#}");
+                        }
+                    }
                 }
                 refresh += 1;
                 if !misses.is_empty() || refresh.is_multiple_of(5) {
@@ -303,6 +614,9 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    if let Some(b) = bgp.as_mut() {
+        b.stop().await;
+    }
     drop(server);
     agent.engine.stop();
     let mut bpf = agent.bpf()?;

@@ -64,6 +64,13 @@ pub struct NodeState {
     pub pods: BTreeMap<String, PodState>,
     /// Resolved neighbours on the uplink.
     pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Remote nodes: tunnels and the remote pod CIDR table.
+    pub overlay: Arc<crate::overlay::Overlay>,
+    /// Routes learnt over BGP with their ECMP next hops on the uplink (the overlay's
+    /// tunnel routes win for the same prefix).
+    pub bgp_routes: BTreeMap<Ipv4Prefix, Vec<Ipv4Addr>>,
+    /// Service tables (rebuilt when the spec's services change) and their XDP steering.
+    pub services: crate::services::ServiceCacheHandle,
 }
 
 /// Engine index of the uplink.
@@ -83,6 +90,8 @@ impl NodeState {
     pub fn uplink_next_hops(&self) -> Vec<Ipv4Addr> {
         let mut v: Vec<Ipv4Addr> = self.spec.node.gateway.into_iter().collect();
         v.extend(self.spec.routes.iter().map(|r| r.via));
+        v.extend(self.overlay.uplink_next_hops());
+        v.extend(self.bgp_routes.values().flatten());
         v.sort();
         v.dedup();
         v
@@ -178,11 +187,39 @@ impl NodeState {
                 }]),
             });
         }
+        let own = [
+            prefix(node.address.addr, node.address.prefix_len),
+            prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+        ];
+        for (p, hops) in &self.bgp_routes {
+            if hops.is_empty() || own.contains(p) {
+                continue;
+            }
+            b.route(RouteEntry {
+                prefix: *p,
+                source: RouteSource::Bgp,
+                action: RouteAction::Forward(
+                    hops.iter()
+                        .map(|h| Path {
+                            via: Some(*h),
+                            sw_if: UPLINK_SW_IF,
+                        })
+                        .collect(),
+                ),
+            });
+        }
+        self.overlay
+            .contribute(&mut b, &mut ifaces, UPLINK_SW_IF, self.uplink.mtu);
+        let (services, nat) = crate::services::tables(&self.services, &self.spec);
         Ok(Snapshot {
+            services,
+            nat,
+            tunnels: self.overlay.table(),
             version: 0,
             fib: Arc::new(b.build()?),
             ifaces: Arc::new(ifaces),
             node_ip: Some(node.address.addr),
+            policy: crate::policy::compile(&self.spec),
         })
     }
 }
@@ -235,6 +272,9 @@ pods:
             },
             pods,
             neighbours: BTreeMap::new(),
+            overlay: Default::default(),
+            bgp_routes: BTreeMap::new(),
+            services: Default::default(),
         }
     }
 

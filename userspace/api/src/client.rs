@@ -101,7 +101,7 @@ impl Client {
 
     /// One request/answer exchange on the current connection.
     fn exchange(&mut self, req: &Request) -> Result<serde_json::Value> {
-        let mut line = serde_json::to_vec(&RequestEnvelope::new(*req))
+        let mut line = serde_json::to_vec(&RequestEnvelope::new(req.clone()))
             .map_err(|e| ApiError::io("encoding the request", io::Error::other(e)))?;
         line.push(b'\n');
         self.writer

@@ -29,14 +29,23 @@
 
 #![deny(missing_docs)]
 
+mod bgp;
 mod client;
 mod error;
+mod overlay;
+mod policy;
 mod server;
+mod services;
 mod types;
 
+pub use bgp::{BgpPath, BgpPeer, BgpReport, BgpRoute};
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::{ApiError, Result};
+pub use overlay::{TunnelPeer, TunnelsReport};
+pub use policy::{AclInfo, AclRuleInfo, PodPolicyInfo, PoliciesReport};
 pub use server::{ApiServer, Handler, MAX_CONNECTIONS, MAX_LINE_LEN};
+pub use services::{BackendInfo, ServiceInfo, SessionFilter, SessionInfo, SessionsReport};
+pub use types::{CaptureReport, CapturedPacket, TracePacket, TraceStep};
 pub use types::{
     CountersReport, ErrorCounter, InterfaceInfo, InterfaceKind, NamedCount, NodeCounters, Request,
     RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,

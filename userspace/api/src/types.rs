@@ -11,7 +11,7 @@ use crate::API_VERSION;
 ///
 /// The comment on each variant names the type of the `data` the agent answers
 /// with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Request {
     /// `show_interfaces`: answers `Vec<InterfaceInfo>`.
@@ -28,11 +28,65 @@ pub enum Request {
     ClearCounters,
     /// `version`: answers [`VersionInfo`].
     Version,
+    /// `show_tunnels`: answers [`crate::TunnelsReport`] (overlay peers, modes, WireGuard state).
+    ShowTunnels,
+    /// `show_bgp`: answers [`crate::BgpReport`] (speaker and peers).
+    ShowBgp,
+    /// `show_bgp_routes`: answers `Vec<crate::BgpRoute>` (the Loc-RIB, best path first).
+    ShowBgpRoutes,
+    /// `trace_add`: trace the next `count` packets received (on `iface`, matching
+    /// `filter`, e.g. `dst 10.244.1.11 and proto tcp`); answers `null`.
+    TraceAdd {
+        /// Interface name (any when absent).
+        #[serde(default)]
+        iface: Option<String>,
+        /// How many packets.
+        count: u32,
+        /// Filter expression (all when absent).
+        #[serde(default)]
+        filter: Option<String>,
+    },
+    /// `show_trace`: answers `Vec<TracePacket>`, the path of each traced packet.
+    ShowTrace,
+    /// `clear_trace`: drops the trace records; answers `null`.
+    ClearTrace,
+    /// `capture_start`: copy the next `count` packets seen on `iface` (rx and tx) or
+    /// entering graph node `node`, matching `filter`; answers `null`.
+    CaptureStart {
+        /// Interface name.
+        #[serde(default)]
+        iface: Option<String>,
+        /// Graph node name (e.g. `error-drop`).
+        #[serde(default)]
+        node: Option<String>,
+        /// How many packets.
+        count: u32,
+        /// Filter expression.
+        #[serde(default)]
+        filter: Option<String>,
+    },
+    /// `capture_take`: answers [`CaptureReport`] with what the capture took so far.
+    CaptureTake,
+    /// `show_services`: answers `Vec<crate::ServiceInfo>` (frontends, backends, Maglev fill).
+    ShowServices,
+    /// `show_sessions`: answers [`crate::SessionsReport`] (sessions matching `filter`).
+    ShowSessions {
+        /// Filters.
+        #[serde(default)]
+        filter: crate::SessionFilter,
+    },
+    /// `show_policies`: answers [`crate::PoliciesReport`] (compiled NetworkPolicy ACLs of
+    /// every pod, or of `pod` given as `namespace/name`).
+    ShowPolicies {
+        /// Only this pod (`namespace/name`).
+        #[serde(default)]
+        pod: Option<String>,
+    },
 }
 
 impl Request {
     /// Every request kind, in declaration order.
-    pub const ALL: [Request; 7] = [
+    pub const ALL: &'static [Request] = &[
         Request::ShowInterfaces,
         Request::ShowRoutes,
         Request::ShowCounters,
@@ -40,6 +94,33 @@ impl Request {
         Request::ShowXdp,
         Request::ClearCounters,
         Request::Version,
+        Request::ShowTunnels,
+        Request::ShowBgp,
+        Request::ShowBgpRoutes,
+        Request::TraceAdd {
+            iface: None,
+            count: 0,
+            filter: None,
+        },
+        Request::ShowTrace,
+        Request::ClearTrace,
+        Request::CaptureStart {
+            iface: None,
+            node: None,
+            count: 0,
+            filter: None,
+        },
+        Request::CaptureTake,
+        Request::ShowServices,
+        Request::ShowSessions {
+            filter: crate::SessionFilter {
+                addr: None,
+                port: None,
+                proto: None,
+                limit: None,
+            },
+        },
+        Request::ShowPolicies { pod: None },
     ];
 
     /// The wire name of the request (the value of `kind`).
@@ -52,6 +133,17 @@ impl Request {
             Request::ShowXdp => "show_xdp",
             Request::ClearCounters => "clear_counters",
             Request::Version => "version",
+            Request::ShowTunnels => "show_tunnels",
+            Request::ShowBgp => "show_bgp",
+            Request::ShowBgpRoutes => "show_bgp_routes",
+            Request::TraceAdd { .. } => "trace_add",
+            Request::ShowTrace => "show_trace",
+            Request::ClearTrace => "clear_trace",
+            Request::CaptureStart { .. } => "capture_start",
+            Request::CaptureTake => "capture_take",
+            Request::ShowServices => "show_services",
+            Request::ShowSessions { .. } => "show_sessions",
+            Request::ShowPolicies { .. } => "show_policies",
         }
     }
 }
@@ -131,6 +223,8 @@ pub enum InterfaceKind {
     Pod,
     /// `punt`: the TUN device handing packets to the host kernel.
     Punt,
+    /// `tunnel`: an overlay tunnel to a remote node (virtual).
+    Tunnel,
 }
 
 impl InterfaceKind {
@@ -140,6 +234,7 @@ impl InterfaceKind {
             InterfaceKind::Uplink => "uplink",
             InterfaceKind::Pod => "pod",
             InterfaceKind::Punt => "punt",
+            InterfaceKind::Tunnel => "tunnel",
         }
     }
 }
@@ -201,6 +296,8 @@ pub enum RouteSource {
     Default,
     /// `neighbour`: a /32 for a resolved neighbour inside a connected subnet.
     Neighbour,
+    /// `bgp`: learnt over BGP.
+    Bgp,
 }
 
 impl RouteSource {
@@ -213,6 +310,7 @@ impl RouteSource {
             RouteSource::Local => "local",
             RouteSource::Default => "default",
             RouteSource::Neighbour => "neighbour",
+            RouteSource::Bgp => "bgp",
         }
     }
 }
@@ -393,9 +491,9 @@ mod tests {
     fn request_wire_names() {
         for req in Request::ALL {
             let v = serde_json::to_value(req).unwrap();
-            assert_eq!(v, json!({ "kind": req.kind() }));
+            assert_eq!(v["kind"], json!(req.kind()));
             let back: Request = serde_json::from_value(v).unwrap();
-            assert_eq!(back, req);
+            assert_eq!(&back, req);
         }
     }
 
@@ -486,4 +584,40 @@ mod tests {
         assert_eq!(idle.vectors_per_call, 0.0);
         assert_eq!(idle.clocks_per_packet, 0.0);
     }
+}
+
+/// One step of a traced packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// Graph node.
+    pub node: String,
+    /// What the node recorded (its decision).
+    pub text: String,
+}
+
+/// A traced packet: its steps through the graph, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePacket {
+    /// Trace id.
+    pub id: u32,
+    /// Steps.
+    pub steps: Vec<TraceStep>,
+}
+
+/// One captured packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedPacket {
+    /// Capture time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// The frame, hex-encoded (Ethernet header first).
+    pub hex: String,
+}
+
+/// What a capture took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureReport {
+    /// Whether the capture took all it asked for.
+    pub done: bool,
+    /// Packets (taken out of the agent: each is returned once).
+    pub packets: Vec<CapturedPacket>,
 }

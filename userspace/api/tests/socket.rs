@@ -134,6 +134,7 @@ impl Handler for TestHandler {
             Request::ShowXdp => serde_json::to_value(xdp()),
             Request::ClearCounters => return Ok(Value::Null),
             Request::Version => serde_json::to_value(VersionInfo::new("9.9.9")),
+            other => return Err(format!("{other} is not served by this test agent")),
         };
         v.map_err(|e| e.to_string())
     }

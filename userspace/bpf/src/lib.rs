@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod bpffs;
+pub mod pinned;
 mod test_run;
 
 use std::collections::HashMap;
@@ -43,7 +44,9 @@ pub fn pod_object() -> &'static [u8] {
 }
 
 /// Names of the maps every program shares (pinned under these names).
-pub const MAP_NAMES: [&str; 6] = ["xsks", "ifaces", "steer4", "host4", "verdicts", "drops"];
+pub const MAP_NAMES: [&str; 8] = [
+    "xsks", "ifaces", "steer4", "host4", "verdicts", "drops", "tunnel4", "ports4",
+];
 
 /// One of ferroplane's XDP programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +283,9 @@ pub enum Error {
     /// The number of possible CPUs could not be read.
     #[error("reading the number of CPUs: {0}")]
     Cpus(#[source] io::Error),
+    /// Reading pinned maps or loaded programs failed.
+    #[error("{0}")]
+    Pinned(String),
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("BPF_PROG_TEST_RUN of {prog}: {source}")]
     TestRun {
@@ -323,6 +329,8 @@ pub struct Dataplane {
     ifaces: BpfHashMap<MapData, u32, FpIface>,
     steer4: LpmTrie<MapData, [u8; 4], u32>,
     host4: BpfHashMap<MapData, [u8; 4], u32>,
+    tunnel4: BpfHashMap<MapData, u32, u32>,
+    ports4: BpfHashMap<MapData, u32, u32>,
     verdicts: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     attached: HashMap<String, Attachment>,
@@ -442,6 +450,8 @@ impl Dataplane {
             ifaces: take_map(&mut uplink, "ifaces")?,
             steer4: take_map(&mut uplink, "steer4")?,
             host4: take_map(&mut uplink, "host4")?,
+            tunnel4: take_map(&mut uplink, "tunnel4")?,
+            ports4: take_map(&mut uplink, "ports4")?,
             verdicts: take_map(&mut uplink, "verdicts")?,
             drops: take_map(&mut uplink, "drops")?,
             uplink,
@@ -655,6 +665,65 @@ impl Dataplane {
     /// Removes `addr` from `host4`; `false` if it was not there.
     pub fn remove_host4(&mut self, addr: Ipv4Addr) -> Result<bool> {
         removed("host4", self.host4.remove(&addr.octets()))
+    }
+
+    /// Steers overlay traffic addressed to a `host4` address to the engine:
+    /// IP protocol `proto` (4 = IPIP; `port` 0) or UDP (17) to destination `port`.
+    pub fn add_tunnel4(&mut self, proto: u8, port: u16) -> Result<()> {
+        self.tunnel4
+            .insert((u32::from(proto) << 16) | u32::from(port), 1, 0)
+            .map_err(map_err("tunnel4"))
+    }
+
+    /// Stops steering `proto`/`port` (see [`Dataplane::add_tunnel4`]); `false` if it was not there.
+    pub fn remove_tunnel4(&mut self, proto: u8, port: u16) -> Result<bool> {
+        removed(
+            "tunnel4",
+            self.tunnel4
+                .remove(&((u32::from(proto) << 16) | u32::from(port))),
+        )
+    }
+
+    /// The steered tunnel (protocol, port) pairs, sorted.
+    pub fn tunnel4(&self) -> Result<Vec<(u8, u16)>> {
+        let mut v = self
+            .tunnel4
+            .keys()
+            .map(|k| k.map(|k| ((k >> 16) as u8, k as u16)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("tunnel4"))?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Steers traffic to a `host4` address with IP protocol `proto` and destination `port`
+    /// (ICMP: echo replies with that id) to the engine; `kind` is `FP_PORT_NODEPORT` or
+    /// `FP_PORT_SNAT`.
+    pub fn add_port4(&mut self, proto: u8, port: u16, kind: u32) -> Result<()> {
+        self.ports4
+            .insert((u32::from(proto) << 16) | u32::from(port), kind, 0)
+            .map_err(map_err("ports4"))
+    }
+
+    /// Stops steering `proto`/`port` (see [`Dataplane::add_port4`]); `false` if it was not there.
+    pub fn remove_port4(&mut self, proto: u8, port: u16) -> Result<bool> {
+        removed(
+            "ports4",
+            self.ports4
+                .remove(&((u32::from(proto) << 16) | u32::from(port))),
+        )
+    }
+
+    /// The steered (protocol, port, kind) entries, sorted.
+    pub fn ports4(&self) -> Result<Vec<(u8, u16, u32)>> {
+        let mut v = self
+            .ports4
+            .iter()
+            .map(|r| r.map(|(k, kind)| ((k >> 16) as u8, k as u16, kind)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("ports4"))?;
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// The `host4` addresses, sorted.

@@ -38,7 +38,8 @@ const INTERNET: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 /// Map contents before the frame is run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Setup {
-    /// ifaces[lo] = slot 0, steer4 10.244.1.0/24, host4 {NODE, NODE_IN_CIDR}, no socket.
+    /// ifaces[lo] = slot 0, steer4 10.244.1.0/24, host4 {NODE, NODE_IN_CIDR},
+    /// tunnel4 {IPIP, UDP 4789, UDP 51820}, no socket.
     Standard,
     /// Standard plus an AF_XDP socket in slot 0.
     WithSocket,
@@ -108,6 +109,37 @@ fn raw_ipv4(ver_ihl: u8, total_len: u16, len: usize) -> Vec<u8> {
     ip[0] = ver_ihl;
     ip[2..4].copy_from_slice(&total_len.to_be_bytes());
     ip.truncate(len);
+    eth(0x0800, &ip)
+}
+
+/// Ethernet + IPv4 `src -> dst` with protocol `proto`; for UDP (17) a UDP header to `dport`
+/// and 8 payload bytes, for IPIP (4) an inner IPv4 header; `cut` bytes removed from the end.
+fn tunnel_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16, cut: usize) -> Vec<u8> {
+    let inner = if proto == 4 {
+        ipv4_with(POD_B, POD_A, 5, 8)
+    } else {
+        let mut u = vec![0u8; 16];
+        u[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        u[4..6].copy_from_slice(&16u16.to_be_bytes());
+        u
+    };
+    let mut ip = ipv4_with(src, dst, 5, inner.len());
+    ip[20..].copy_from_slice(&inner);
+    ip[9] = proto;
+    let new_len = ip.len() - cut;
+    ip.truncate(new_len);
+    ip[2..4].copy_from_slice(&(new_len as u16).to_be_bytes());
+    // Protocol and length changed: recompute the header checksum.
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = ip[..20]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     eth(0x0800, &ip)
 }
 
@@ -228,6 +260,79 @@ fn fixtures() -> Vec<Fixture> {
             "uplink: IPv6 -> PASS",
             Uplink,
             ipv6_frame(),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        // xdp_uplink: overlay traffic to the node goes to the engine for decapsulation.
+        fx(
+            "uplink: IPIP to host address -> REDIRECT (decap)",
+            Uplink,
+            tunnel_frame(PEER, NODE, 4, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: VXLAN (UDP 4789) to host address -> REDIRECT (decap)",
+            Uplink,
+            tunnel_frame(PEER, NODE, 17, 4789, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: WireGuard (UDP 51820) to host address -> REDIRECT (decap)",
+            Uplink,
+            tunnel_frame(PEER, NODE, 17, 51820, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: WireGuard to host address, no socket -> fallback PASS",
+            Uplink,
+            tunnel_frame(PEER, NODE, 17, 51820, 0),
+            Standard,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "uplink: UDP 53 to host address -> PASS (host traffic)",
+            Uplink,
+            tunnel_frame(PEER, NODE, 17, 53, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: TCP to host address -> PASS",
+            Uplink,
+            tunnel_frame(PEER, NODE, 6, 4789, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: UDP 4789 to host, UDP header truncated -> PASS",
+            Uplink,
+            tunnel_frame(PEER, NODE, 17, 4789, 12),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: VXLAN to internet (not for the node) -> PASS",
+            Uplink,
+            tunnel_frame(PEER, INTERNET, 17, 4789, 0),
             WithSocket,
             PASS,
             V::Pass,
@@ -447,6 +552,10 @@ fn prepare(setup: Setup) -> (Dataplane, Option<XskSocket>) {
         .unwrap();
     dp.add_host4(NODE).unwrap();
     dp.add_host4(NODE_IN_CIDR).unwrap();
+    // Overlay decapsulation in the engine: IPIP, VXLAN 4789, WireGuard 51820.
+    dp.add_tunnel4(4, 0).unwrap();
+    dp.add_tunnel4(17, 4789).unwrap();
+    dp.add_tunnel4(17, 51820).unwrap();
     let sock = (setup == Setup::WithSocket).then(|| {
         let s = XskSocket::new().expect("AF_XDP socket");
         dp.set_xsk(0, s.raw_fd()).expect("socket into xsks");
@@ -571,6 +680,18 @@ fn map_edits_change_steering() {
     assert!(dp.remove_iface(LO_IFINDEX).unwrap());
     assert!(!dp.remove_iface(LO_IFINDEX).unwrap());
     assert!(dp.add_steer4(NODE, 33, FpSteerKind::PodCidr).is_err());
+
+    // Tunnel steering follows tunnel4.
+    let wg = tunnel_frame(PEER, NODE, 17, 51820, 0);
+    dp.set_iface(LO_IFINDEX, FpIface::uplink(0)).unwrap();
+    let sock = XskSocket::new().expect("AF_XDP socket");
+    dp.set_xsk(0, sock.raw_fd()).unwrap();
+    let run = |dp: &Dataplane| dp.prog_test_run(XdpProg::Uplink, &wg).unwrap().0;
+    assert_eq!(run(&dp), xdp_action::REDIRECT);
+    assert!(dp.remove_tunnel4(17, 51820).unwrap());
+    assert!(!dp.remove_tunnel4(17, 51820).unwrap());
+    assert_eq!(run(&dp), xdp_action::PASS);
+    assert_eq!(dp.tunnel4().unwrap(), vec![(4, 0), (17, 4789)]);
 }
 
 /// Two loads without a pin directory do not share maps.

@@ -162,6 +162,10 @@ mod tests {
             ("FP_MAX_IFACES", FP_MAX_IFACES),
             ("FP_MAX_STEER4", FP_MAX_STEER4),
             ("FP_MAX_HOST4", FP_MAX_HOST4),
+            ("FP_MAX_TUNNEL4", FP_MAX_TUNNEL4),
+            ("FP_MAX_PORTS4", FP_MAX_PORTS4),
+            ("FP_PORT_NODEPORT", FP_PORT_NODEPORT),
+            ("FP_PORT_SNAT", FP_PORT_SNAT),
         ];
         assert_eq!(C_DEFINES.len(), rust.len());
         for (name, v) in rust {

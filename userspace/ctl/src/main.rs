@@ -3,11 +3,18 @@
 //!
 //! ```text
 //! ferroctl [--socket PATH] [-o table|json] show interfaces|routes|counters|errors|xdp
+//! ferroctl show bgp [routes [PREFIX]]
+//! ferroctl show policies [--pod NS/NAME]
 //! ferroctl clear counters
 //! ferroctl version
 //! ```
 
+mod bgp;
+mod bpfcmd;
+mod observe;
+mod policy;
 mod render;
+mod services;
 mod table;
 
 use std::io::{self, Write};
@@ -61,10 +68,29 @@ enum Command {
     },
     /// Print the versions of ferroctl and of the agent.
     Version,
+    /// Trace packets through the graph (`show trace` prints the paths).
+    Trace {
+        #[command(subcommand)]
+        what: observe::TraceCmd,
+    },
+    /// Capture packets to a pcap file.
+    Capture(observe::CaptureArgs),
+    /// Pinned BPF maps (works without the agent).
+    Map {
+        #[command(subcommand)]
+        what: bpfcmd::MapCmd,
+    },
+    /// Loaded XDP programs (works without the agent).
+    Prog {
+        #[command(subcommand)]
+        what: bpfcmd::ProgCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum Show {
+    /// Traced packets, node by node, with each node's decision.
+    Trace,
     /// Interfaces known to the engine, with their counters.
     Interfaces,
     /// The engine's FIB.
@@ -82,6 +108,36 @@ enum Show {
         /// Also list drop reasons that are zero.
         #[arg(long)]
         all: bool,
+    },
+    /// Overlay peers: mode (direct, IPIP, VXLAN, WireGuard), state, handshake age, traffic.
+    Tunnels,
+    /// BGP peers: state, uptime, prefixes received/accepted/advertised.
+    Bgp {
+        #[command(subcommand)]
+        what: Option<bgp::BgpShow>,
+    },
+    /// Services: frontends, backends with state and Maglev slots.
+    Services,
+    /// Sessions (connection tracking / NAT), filtered.
+    Sessions {
+        /// Only sessions with this address in either tuple.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Only sessions with this port in either tuple.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only this protocol (tcp, udp, icmp).
+        #[arg(long)]
+        proto: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// NetworkPolicy: each pod's compiled ACLs, the policies they came from, hit counts.
+    Policies {
+        /// Only this pod (NAMESPACE/NAME).
+        #[arg(long)]
+        pod: Option<String>,
     },
 }
 
@@ -104,12 +160,41 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<()> {
     let request = match &cli.command {
+        Command::Trace { what } => {
+            let mut client = Client::connect(&cli.socket)?;
+            return emit(&observe::trace(&mut client, what)?);
+        }
+        Command::Capture(args) => {
+            let mut client = Client::connect(&cli.socket)?;
+            return emit(&observe::capture(&mut client, args)?);
+        }
+        Command::Map { what } => return emit_local(cli, bpfcmd::map(what)?),
+        Command::Prog { what } => return emit_local(cli, bpfcmd::prog(what)?),
         Command::Show { what } => match what {
+            Show::Trace => Request::ShowTrace,
             Show::Interfaces => Request::ShowInterfaces,
             Show::Routes => Request::ShowRoutes,
             Show::Counters => Request::ShowCounters,
             Show::Errors { .. } => Request::ShowErrors,
             Show::Xdp { .. } => Request::ShowXdp,
+            Show::Tunnels => Request::ShowTunnels,
+            Show::Services => Request::ShowServices,
+            Show::Sessions {
+                addr,
+                port,
+                proto,
+                limit,
+            } => Request::ShowSessions {
+                filter: ferroplane_api::SessionFilter {
+                    addr: addr.clone(),
+                    port: *port,
+                    proto: proto.clone(),
+                    limit: Some(*limit),
+                },
+            },
+            Show::Bgp { what: None } => Request::ShowBgp,
+            Show::Bgp { what: Some(_) } => Request::ShowBgpRoutes,
+            Show::Policies { pod } => Request::ShowPolicies { pod: pod.clone() },
         },
         Command::Clear {
             what: Clear::Counters,
@@ -122,6 +207,15 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut client = Client::connect(&cli.socket)?;
     let data = client.call(&request)?;
+    let data = match &cli.command {
+        Command::Show {
+            what:
+                Show::Bgp {
+                    what: Some(bgp::BgpShow::Routes { prefix: Some(p) }),
+                },
+        } => bgp::filter_routes(data, p)?,
+        _ => data,
+    };
     if cli.output == Output::Json {
         let mut text = serde_json::to_string_pretty(&data).context("formatting JSON")?;
         text.push('\n');
@@ -129,15 +223,37 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let text = match &cli.command {
         Command::Show { what } => match what {
+            Show::Trace => observe::render_trace(&decode::<Vec<_>>(request, data)?),
             Show::Interfaces => render::interfaces(&decode::<Vec<_>>(request, data)?),
             Show::Routes => render::routes(&decode::<Vec<_>>(request, data)?),
             Show::Counters => render::counters(&decode(request, data)?),
             Show::Errors { all } => render::errors(&decode::<Vec<_>>(request, data)?, *all),
             Show::Xdp { all } => render::xdp(&decode(request, data)?, *all),
+            Show::Tunnels => render::tunnels(&decode(request, data)?),
+            Show::Services => services::services(&decode::<Vec<_>>(request, data)?),
+            Show::Sessions { .. } => services::sessions(&decode(request, data)?),
+            Show::Bgp { what: None } => bgp::peers(&decode(request, data)?),
+            Show::Bgp { what: Some(_) } => bgp::routes(&decode::<Vec<_>>(request, data)?),
+            Show::Policies { .. } => policy::policies(&decode(request, data)?),
         },
         Command::Clear { .. } => "counters cleared\n".to_string(),
         Command::Version => render::agent_version(&decode(request, data)?),
+        // Answered before the request was built.
+        Command::Trace { .. }
+        | Command::Capture(_)
+        | Command::Map { .. }
+        | Command::Prog { .. } => String::new(),
     };
+    emit(&text)
+}
+
+/// Prints what a local (agent-less) command produced, as JSON or as its table.
+fn emit_local(cli: &Cli, (data, text): (serde_json::Value, String)) -> Result<()> {
+    if cli.output == Output::Json {
+        let mut text = serde_json::to_string_pretty(&data).context("formatting JSON")?;
+        text.push('\n');
+        return emit(&text);
+    }
     emit(&text)
 }
 

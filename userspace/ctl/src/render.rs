@@ -180,6 +180,54 @@ pub fn agent_version(v: &VersionInfo) -> String {
     )
 }
 
+/// `show tunnels`: the node's overlay settings, then one line per remote node.
+pub fn tunnels(r: &ferroplane_api::TunnelsReport) -> String {
+    use Align::{Left, Right};
+    let mut out = format!(
+        "node {} address {} default-mode {} vni {} vxlan-port {} vtep-mac {} wireguard-port {} public-key {}\n",
+        r.node,
+        r.local_address,
+        r.default_mode,
+        r.vni,
+        r.vxlan_port,
+        r.vtep_mac,
+        r.wireguard_port,
+        opt(r.public_key.as_deref()),
+    );
+    let mut t = Table::new(&[
+        ("Peer", Left),
+        ("Address", Left),
+        ("Pod-CIDRs", Left),
+        ("Mode", Left),
+        ("Idx", Right),
+        ("MTU", Right),
+        ("State", Left),
+        ("Handshake", Right),
+        ("Rx-pkts", Right),
+        ("Rx-bytes", Right),
+        ("Tx-pkts", Right),
+        ("Tx-bytes", Right),
+    ]);
+    for p in &r.peers {
+        t.row([
+            p.name.clone(),
+            p.address.clone(),
+            p.pod_cidrs.join(","),
+            p.mode.clone(),
+            opt(p.sw_if_index),
+            p.mtu.to_string(),
+            p.state.clone(),
+            opt(p.handshake_age_secs.map(|s| format!("{s:.0}s ago"))),
+            p.rx_packets.to_string(),
+            p.rx_bytes.to_string(),
+            p.tx_packets.to_string(),
+            p.tx_bytes.to_string(),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,7 @@ impl Handler for Fake {
                 return Ok(Value::Null);
             }
             Request::Version => serde_json::to_value(VersionInfo::new("1.2.3")),
+            other => return Err(format!("{other} is not faked")),
         };
         v.map_err(|e| e.to_string())
     }

@@ -2,6 +2,9 @@
 
 /// Buffer flag: this packet is traced.
 pub const FLAG_TRACED: u16 = 1;
+/// Buffer flag: `ip4-nat` matched the packet to a session that has seen a reply (or in the
+/// reply direction): an established connection, which `ip4-policy` lets through.
+pub const FLAG_CT_ESTABLISHED: u16 = 2;
 
 /// Metadata the engine keeps for every frame, indexed by frame number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

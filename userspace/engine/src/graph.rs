@@ -11,6 +11,9 @@ use crate::snapshot::Snapshot;
 use crate::trace::TraceBuffer;
 use crate::VECTOR_SIZE;
 
+/// Most packets held at a tap between two drains.
+const TAP_LIMIT: usize = 4096;
+
 /// Errors building a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -81,6 +84,8 @@ pub struct Graph<M: FrameMemory> {
     pending: Vec<Vec<BufIdx>>,
     scratch: Vec<BufIdx>,
     nexts: Vec<u16>,
+    tap: Option<u16>,
+    tapped: Vec<Vec<u8>>,
 }
 
 impl<M: FrameMemory> Graph<M> {
@@ -132,12 +137,33 @@ impl<M: FrameMemory> Graph<M> {
                 .collect(),
             scratch: Vec::with_capacity(VECTOR_SIZE),
             nexts: vec![0; VECTOR_SIZE],
+            tap: None,
+            tapped: Vec::new(),
         })
     }
 
     /// The graph's description.
     pub fn info(&self) -> &GraphInfo {
         &self.info
+    }
+
+    /// The state node `name` shares with the control plane (see [`Node::shared_state`]).
+    pub fn shared_state(
+        &self,
+        name: &str,
+    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        let i = self.info.node_index(name)?;
+        self.nodes.get(i as usize)?.shared_state()
+    }
+
+    /// Copy every packet entering node `node` (a capture point), or stop with `None`.
+    pub fn set_tap(&mut self, node: Option<u16>) {
+        self.tap = node;
+    }
+
+    /// Packets copied at the tap since the last call.
+    pub fn take_tapped(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.tapped)
     }
 
     /// Fresh counters sized for this graph.
@@ -172,6 +198,15 @@ impl<M: FrameMemory> Graph<M> {
                     self.scratch.clear();
                     self.scratch.extend(self.pending[ni].drain(..take));
                     let n = self.scratch.len();
+                    if self.tap == Some(ni as u16) && self.tapped.len() < TAP_LIMIT {
+                        for &b in &self.scratch {
+                            let m = meta.get(b as usize).copied().unwrap_or_default();
+                            let start = m.offset as usize;
+                            if let Some(p) = mem.frame(b).get(start..start + m.len as usize) {
+                                self.tapped.push(p.to_vec());
+                            }
+                        }
+                    }
                     let mut cx = Ctx {
                         mem: &mut *mem,
                         meta: &mut *meta,

@@ -13,6 +13,8 @@ pub enum IfKind {
     Pod,
     /// The TUN device packets for the host are written to.
     Punt,
+    /// An overlay tunnel to a remote node (virtual: `tunnel-encap` sends on the uplink).
+    Tunnel,
 }
 
 impl IfKind {
@@ -22,6 +24,7 @@ impl IfKind {
             IfKind::Uplink => "uplink",
             IfKind::Pod => "pod",
             IfKind::Punt => "punt",
+            IfKind::Tunnel => "tunnel",
         }
     }
 }

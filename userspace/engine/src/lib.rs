@@ -17,13 +17,16 @@
 
 pub mod buffer;
 pub mod counters;
+pub mod filter;
 pub mod graph;
 pub mod interfaces;
 pub mod node;
 pub mod nodes;
 pub mod snapshot;
 pub mod testutil;
+pub mod testutil_services;
 pub mod trace;
+pub mod tunnel;
 pub mod worker;
 
 pub use buffer::BufMeta;

@@ -103,6 +103,10 @@ pub trait Node<M: FrameMemory> {
     fn info(&self) -> &'static NodeInfo;
     /// Process `bufs` (at most [`crate::VECTOR_SIZE`]); write each packet's next arc into `nexts[i]`.
     fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]);
+    /// State the node shares with the control plane (e.g. its session table), if any.
+    fn shared_state(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
 }
 
 /// Where terminal nodes put packets: transmit queues, frames to free, punts.

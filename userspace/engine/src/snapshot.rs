@@ -19,6 +19,14 @@ pub struct Snapshot {
     pub ifaces: Arc<Interfaces>,
     /// The node's primary address (source of ICMP errors when the receiving interface has none).
     pub node_ip: Option<Ipv4Addr>,
+    /// Overlay tunnels (IPIP, VXLAN, WireGuard) to remote nodes.
+    pub tunnels: Arc<crate::tunnel::TunnelTable>,
+    /// Services (VIPs, NodePorts, backends, Maglev tables).
+    pub services: Arc<ferroplane_tables::ServiceTable>,
+    /// NAT settings (masquerade, SNAT ports, session table bounds).
+    pub nat: Arc<ferroplane_tables::NatConfig>,
+    /// NetworkPolicy: compiled per-pod ACLs (empty: no pod isolated).
+    pub policy: Arc<ferroplane_tables::policy::PolicyTables>,
 }
 
 /// The published snapshot, shared by the control plane and the workers.

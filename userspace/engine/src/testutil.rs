@@ -121,6 +121,7 @@ pub fn node_snapshot(pods: u16, extra_routes: u32) -> Snapshot {
         fib: Arc::new(b.build().unwrap_or_default()),
         ifaces: Arc::new(ifaces),
         node_ip: Some(NODE_IP),
+        ..Snapshot::default()
     }
 }
 

@@ -11,6 +11,7 @@ use ferroplane_io::{BufIdx, Desc, FrameMemory, IoError, PacketIo};
 
 use crate::buffer::{BufMeta, FLAG_TRACED};
 use crate::counters::WorkerStats;
+use crate::filter::PacketFilter;
 use crate::graph::{Graph, GraphError, GraphInfo};
 use crate::node::Outputs;
 use crate::nodes::{standard_graph, ENTRY};
@@ -32,6 +33,75 @@ pub struct WorkerControl {
     pub traces: Mutex<Vec<TraceRecord>>,
     /// Ask the worker to zero its counters.
     pub clear: AtomicBool,
+    /// Which packets to trace: (interface, filter); `None` traces any.
+    pub trace_filter: Mutex<Option<(Option<u16>, PacketFilter)>>,
+    /// Set while a capture runs (checked once per vector).
+    pub capture_active: AtomicBool,
+    /// The capture in progress and what it took.
+    pub capture: Mutex<CaptureState>,
+}
+
+/// Where a capture copies packets from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CapturePoint {
+    /// Received on and sent to this interface (`sw_if`).
+    Interface(u16),
+    /// Entering this graph node (index), e.g. `error-drop` to see drops.
+    Node(u16),
+}
+
+/// A capture request.
+#[derive(Clone, Debug)]
+pub struct CaptureSpec {
+    /// Where.
+    pub point: CapturePoint,
+    /// Which packets.
+    pub filter: PacketFilter,
+    /// How many more to take.
+    pub remaining: u32,
+}
+
+/// One captured packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedPacket {
+    /// Wall-clock time (nanoseconds since the Unix epoch).
+    pub ts_ns: u64,
+    /// The frame (Ethernet header first).
+    pub data: Vec<u8>,
+}
+
+/// The state of the capture.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureState {
+    /// The capture in progress (None when idle or done).
+    pub spec: Option<CaptureSpec>,
+    /// Packets taken so far.
+    pub packets: Vec<CapturedPacket>,
+}
+
+impl CaptureState {
+    fn take(&mut self, frame: &[u8]) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        if spec.remaining == 0 || !spec.filter.matches(frame) {
+            return;
+        }
+        spec.remaining -= 1;
+        let ts_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.packets.push(CapturedPacket {
+            ts_ns,
+            data: frame.to_vec(),
+        });
+    }
+
+    /// True when the capture took all it asked for.
+    pub fn done(&self) -> bool {
+        self.spec.as_ref().is_none_or(|s| s.remaining == 0)
+    }
 }
 
 /// Receives punted packets (IPv4, Ethernet header stripped); returns false if not delivered.
@@ -56,6 +126,7 @@ pub struct Worker<P: PacketIo> {
     misses: Option<Sender<(u16, Ipv4Addr)>>,
     asked: HashMap<(u16, Ipv4Addr), Instant>,
     idle_wait: Duration,
+    capture_was_active: bool,
 }
 
 impl<P: PacketIo> Worker<P>
@@ -91,6 +162,7 @@ where
             misses: None,
             asked: HashMap::new(),
             idle_wait: Duration::from_millis(5),
+            capture_was_active: false,
         })
     }
 
@@ -119,6 +191,11 @@ where
         self.graph.info().clone()
     }
 
+    /// The state node `name` shares with the control plane (see [`crate::Node::shared_state`]).
+    pub fn shared_state(&self, name: &str) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.graph.shared_state(name)
+    }
+
     /// The I/O backend.
     pub fn io_mut(&mut self) -> &mut P {
         &mut self.io
@@ -139,6 +216,25 @@ where
             total += n;
             let sw_if = snap.ifaces.sw_if_of_port(port);
             let mut tracing = self.control.trace_remaining.load(Ordering::Relaxed);
+            let mut trace_filter = None;
+            if tracing > 0 {
+                let (iface, filter) = self
+                    .control
+                    .trace_filter
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.clone())
+                    .unwrap_or_default();
+                if iface.is_some_and(|i| i != sw_if) {
+                    tracing = 0; // tracing another interface
+                } else if !filter.is_empty() {
+                    trace_filter = Some(filter);
+                }
+            }
+            let tracing_before = tracing;
+            if self.control.capture_active.load(Ordering::Relaxed) {
+                self.capture_rx(sw_if, n);
+            }
             self.bufs.clear();
             let mut bytes = 0u64;
             for d in &self.rx[..n] {
@@ -149,7 +245,15 @@ where
                     tx_if: u16::MAX,
                     ..BufMeta::default()
                 };
-                if tracing > 0 {
+                let wanted = tracing > 0
+                    && trace_filter.as_ref().is_none_or(|f| {
+                        let frame = self.io.memory().frame(d.buf);
+                        let start = d.offset as usize;
+                        frame
+                            .get(start..start + d.len as usize)
+                            .is_some_and(|p| f.matches(p))
+                    });
+                if wanted {
                     tracing -= 1;
                     m.flags |= FLAG_TRACED;
                     m.trace_id = self.next_trace_id;
@@ -163,10 +267,13 @@ where
                     self.bufs.push(d.buf);
                 }
             }
-            if tracing != self.control.trace_remaining.load(Ordering::Relaxed) {
-                self.control
-                    .trace_remaining
-                    .store(tracing, Ordering::Relaxed);
+            if tracing != tracing_before {
+                let taken = tracing_before - tracing;
+                let _ = self.control.trace_remaining.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |r| Some(r.saturating_sub(taken)),
+                );
             }
             let c = self.stats.iface(sw_if);
             c.rx_packets.add(n as u64);
@@ -186,7 +293,69 @@ where
         Ok(total)
     }
 
+    /// Copy received packets into the capture when it watches `sw_if`.
+    fn capture_rx(&mut self, sw_if: u16, n: usize) {
+        let Ok(mut cap) = self.control.capture.lock() else {
+            return;
+        };
+        if cap.spec.as_ref().map(|s| &s.point) != Some(&CapturePoint::Interface(sw_if)) {
+            return;
+        }
+        for d in &self.rx[..n] {
+            let frame = self.io.memory().frame(d.buf);
+            let start = d.offset as usize;
+            if let Some(p) = frame.get(start..start + d.len as usize) {
+                cap.take(p);
+            }
+        }
+        if cap.done() {
+            self.control.capture_active.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Capture bookkeeping once per round: transmitted packets, the node tap.
+    fn capture_out(&mut self, snap: &crate::snapshot::Snapshot) {
+        let active = self.control.capture_active.load(Ordering::Relaxed);
+        let Ok(mut cap) = self.control.capture.lock() else {
+            return;
+        };
+        let point = cap
+            .spec
+            .as_ref()
+            .map(|s| s.point.clone())
+            .filter(|_| active);
+        self.graph.set_tap(match point {
+            Some(CapturePoint::Node(n)) => Some(n),
+            _ => None,
+        });
+        for p in self.graph.take_tapped() {
+            cap.take(&p);
+        }
+        if let Some(CapturePoint::Interface(sw_if)) = point {
+            for (port, list) in self.out.tx.iter().enumerate() {
+                if snap.ifaces.sw_if_of_port(port as u16) != sw_if {
+                    continue;
+                }
+                for d in list {
+                    let frame = self.io.memory().frame(d.buf);
+                    let start = d.offset as usize;
+                    if let Some(p) = frame.get(start..start + d.len as usize) {
+                        cap.take(p);
+                    }
+                }
+            }
+        }
+        if active && cap.done() {
+            self.control.capture_active.store(false, Ordering::Relaxed);
+            self.graph.set_tap(None);
+        }
+    }
+
     fn drain_outputs(&mut self, snap: &crate::snapshot::Snapshot) {
+        if self.control.capture_active.load(Ordering::Relaxed) || self.capture_was_active {
+            self.capture_was_active = self.control.capture_active.load(Ordering::Relaxed);
+            self.capture_out(snap);
+        }
         for port in 0..self.out.tx.len() {
             if self.out.tx[port].is_empty() {
                 continue;

@@ -30,6 +30,8 @@ pub enum RouteSource {
     Local,
     /// A /32 for a resolved neighbour inside a connected subnet.
     Neighbour,
+    /// Learnt over BGP.
+    Bgp,
 }
 
 impl RouteSource {
@@ -41,6 +43,7 @@ impl RouteSource {
             RouteSource::Static => "static",
             RouteSource::Local => "local",
             RouteSource::Neighbour => "neighbour",
+            RouteSource::Bgp => "bgp",
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{be16, ip_at};
 
 node_nexts! {
     /// Next arcs of `ip4-input`.
-    pub enum Ip4InputNext { Drop = "error-drop", Lookup = "ip4-lookup" }
+    pub enum Ip4InputNext { Drop = "error-drop", Lookup = "ip4-lookup", Nat = "ip4-nat" }
 }
 
 node_errors! {
@@ -68,7 +68,7 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
                     },
                 );
             }
-            nexts[i] = Ip4InputNext::Lookup.into();
+            nexts[i] = Ip4InputNext::Nat.into();
         }
     }
 }

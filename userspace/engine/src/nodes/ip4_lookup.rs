@@ -9,7 +9,7 @@ use super::ip_at;
 
 node_nexts! {
     /// Next arcs of `ip4-lookup`.
-    pub enum LookupNext { Drop = "error-drop", Rewrite = "ip4-rewrite", Punt = "host-punt" }
+    pub enum LookupNext { Drop = "error-drop", Rewrite = "ip4-rewrite", Punt = "host-punt", Decap = "tunnel-decap" }
 }
 
 node_errors! {
@@ -60,12 +60,14 @@ impl<M: FrameMemory> Node<M> for Ip4Lookup {
 
     fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]) {
         let fib = cx.snap.fib.clone();
+        let tunnels = cx.snap.tunnels.clone();
         for (i, &b) in bufs.iter().enumerate() {
             let pkt = cx.packet(b);
             let l3 = pkt.get(14..).unwrap_or(&[]);
             let dst = ip_at(l3, 16);
             let adj_idx = fib.resolve(dst, || flow_hash(l3));
             let adj = fib.adj(adj_idx);
+            let decap = adj.kind == AdjKind::Local && tunnels.wants(l3);
             cx.meta_mut(b).adj = adj_idx;
             if cx.traced(b) {
                 let lb = fib.lookup(dst);
@@ -85,6 +87,7 @@ impl<M: FrameMemory> Node<M> for Ip4Lookup {
             }
             nexts[i] = match adj.kind {
                 AdjKind::Rewrite => LookupNext::Rewrite.into(),
+                AdjKind::Local if decap => LookupNext::Decap.into(),
                 AdjKind::Local => LookupNext::Punt.into(),
                 AdjKind::Drop => cx.drop_with(b, LookupError::NoRoute),
                 AdjKind::Incomplete => {

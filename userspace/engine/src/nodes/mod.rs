@@ -17,8 +17,12 @@ mod icmp_error;
 mod ip4_input;
 mod ip4_lookup;
 mod ip4_rewrite;
+mod nat;
 mod output;
+mod policy;
 mod punt;
+mod tunnel_decap;
+mod tunnel_encap;
 
 pub use arp::{ArpError, ArpInput, ArpNext};
 pub use drop::ErrorDrop;
@@ -27,8 +31,12 @@ pub use icmp_error::{IcmpError, IcmpErrorNode, IcmpNext};
 pub use ip4_input::{Ip4Input, Ip4InputError, Ip4InputNext};
 pub use ip4_lookup::{Ip4Lookup, LookupError, LookupNext};
 pub use ip4_rewrite::{Ip4Rewrite, RewriteError, RewriteNext};
+pub use nat::{Ip4Nat, NatError, NatNext, SharedSessions};
 pub use output::{InterfaceOutput, OutputError};
+pub use policy::{Ip4Policy, PolicyError, PolicyNext};
 pub use punt::{HostPunt, PuntError};
+pub use tunnel_decap::{DecapError, DecapNext, TunnelDecap};
+pub use tunnel_encap::{EncapError, EncapNext, TunnelEncap};
 
 use ferroplane_io::FrameMemory;
 
@@ -44,10 +52,14 @@ pub fn standard_graph<M: FrameMemory + 'static>() -> Result<Graph<M>, GraphError
         Box::new(EthernetInput),
         Box::new(ArpInput),
         Box::new(Ip4Input),
+        Box::new(Ip4Nat::default()),
+        Box::new(Ip4Policy::default()),
         Box::new(Ip4Lookup),
         Box::new(Ip4Rewrite),
         Box::new(IcmpErrorNode),
         Box::new(HostPunt),
+        Box::new(TunnelDecap::default()),
+        Box::new(TunnelEncap::default()),
         Box::new(InterfaceOutput),
         Box::new(ErrorDrop),
     ];

@@ -13,7 +13,7 @@ node_errors! {
 
 static INFO: NodeInfo = NodeInfo {
     name: "interface-output",
-    nexts: &["error-drop"],
+    nexts: &["error-drop", "tunnel-encap"],
     errors: OutputError::INFO,
 };
 
@@ -30,6 +30,10 @@ impl<M: FrameMemory> Node<M> for InterfaceOutput {
         let ifaces = cx.snap.ifaces.clone();
         for (i, &b) in bufs.iter().enumerate() {
             let m = cx.meta(b);
+            if ifaces.get(m.tx_if).map(|f| f.kind) == Some(crate::IfKind::Tunnel) {
+                nexts[i] = 1; // tunnel-encap: it comes back here on the uplink
+                continue;
+            }
             let Some(port) = ifaces.get(m.tx_if).and_then(|f| f.port) else {
                 nexts[i] = cx.drop_with(b, OutputError::NoPort);
                 continue;

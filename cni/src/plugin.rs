@@ -1,0 +1,699 @@
+//! What `ferroplane-cni` does with one invocation: validate `CNI_*` and the network
+//! configuration, forward to the agent, and turn the answer into the spec's output.
+//!
+//! [`run`] takes the environment and stdin as values so it is testable without a process.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::{code, CniError};
+use crate::proto::{AgentRequest, AgentResponse, Attachment, Command, PROTO_VERSION};
+use crate::types::{is_supported, CniResult, Dns, CNI_VERSION, SUPPORTED_VERSIONS, VERBS_1_1};
+
+/// Default time the plugin waits for the agent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest `timeoutSeconds` accepted.
+pub const MAX_TIMEOUT_SECS: u64 = 600;
+
+/// Keys of the network configuration the plugin understands. Anything else is an
+/// "unsupported field" (code 2).
+pub const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "disableCheck",
+    "disableGC",
+    "args",
+    "runtimeConfig",
+    "capabilities",
+    "prevResult",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "agentSocket",
+    "timeoutSeconds",
+    "cni.dev/valid-attachments",
+    "cni.dev/attachments",
+];
+
+/// The validated network configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    /// `cniVersion`.
+    pub cni_version: String,
+    /// `name`.
+    pub name: String,
+    /// DNS to report.
+    pub dns: Dns,
+    /// `prevResult`, as given.
+    pub prev_result: Option<Map<String, Value>>,
+    /// The agent's CNI socket.
+    pub agent_socket: PathBuf,
+    /// How long to wait for the agent.
+    pub timeout: Duration,
+    /// GC: attachments to keep.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// What the process should print and exit with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// JSON for stdout (none for a silent success).
+    pub stdout: Option<Value>,
+    /// Process exit code.
+    pub exit_code: i32,
+}
+
+impl Outcome {
+    fn ok(v: Option<Value>) -> Self {
+        Outcome {
+            stdout: v,
+            exit_code: 0,
+        }
+    }
+
+    fn err(e: &CniError, version: &str) -> Self {
+        Outcome {
+            stdout: Some(e.to_json(version)),
+            exit_code: 1,
+        }
+    }
+}
+
+fn env_err(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_ENV, msg)
+}
+
+fn conf_err(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_NETWORK_CONFIG, msg)
+}
+
+/// Whether `s` is a valid container id / network name: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn valid_id(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Whether `s` is a valid interface name (spec: at most 15 bytes, not `.`/`..`, no `/`, `:`
+/// or whitespace).
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+}
+
+/// Parses and validates the network configuration from stdin bytes.
+pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODING_FAILURE,
+            "the network configuration on stdin is not valid JSON",
+        )
+        .with_details(e.to_string())
+    })?;
+    let Value::Object(obj) = v else {
+        return Err(CniError::new(
+            code::DECODING_FAILURE,
+            "the network configuration on stdin is not a JSON object",
+        ));
+    };
+    let version = match obj.get("cniVersion") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(conf_err(format!(
+                "cniVersion: expected a string, got {other}"
+            )))
+        }
+        None => return Err(conf_err("cniVersion: missing")),
+    };
+    if !is_supported(&version) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("cniVersion {version:?} is not supported"),
+        )
+        .with_details(format!("supported: {}", SUPPORTED_VERSIONS.join(", "))));
+    }
+    for (k, v) in &obj {
+        if !KNOWN_KEYS.contains(&k.as_str()) {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("unsupported field {k:?} = {v}"),
+            ));
+        }
+    }
+    let name = match obj.get("name") {
+        Some(Value::String(s)) if valid_id(s) => s.clone(),
+        Some(other) => {
+            return Err(conf_err(format!(
+                "name: {other} is not a valid network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )))
+        }
+        None => return Err(conf_err("name: missing")),
+    };
+    match obj.get("type") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(other) => {
+            return Err(conf_err(format!(
+                "type: expected a plugin name, got {other}"
+            )))
+        }
+        None => return Err(conf_err("type: missing")),
+    }
+    if let Some(ipam) = obj.get("ipam") {
+        if ipam.as_object().is_none_or(|m| !m.is_empty()) {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("unsupported field \"ipam\" = {ipam}"),
+            )
+            .with_details("ferroplane allocates pod addresses itself (node pod CIDR); omit ipam"));
+        }
+    }
+    for key in ["disableCheck", "disableGC", "ipMasq"] {
+        if let Some(v) = obj.get(key) {
+            if !v.is_boolean() {
+                return Err(conf_err(format!("{key}: expected true or false, got {v}")));
+            }
+        }
+    }
+    let dns = match obj.get("dns") {
+        Some(v) => {
+            serde_json::from_value::<Dns>(v.clone()).map_err(|e| conf_err(format!("dns: {e}")))?
+        }
+        None => Dns::default(),
+    };
+    let prev_result = match obj.get("prevResult") {
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => {
+            return Err(conf_err(format!(
+                "prevResult: expected an object, got {other}"
+            )))
+        }
+    };
+    let agent_socket = match obj.get("agentSocket") {
+        Some(Value::String(s)) if s.starts_with('/') => PathBuf::from(s),
+        Some(other) => {
+            return Err(conf_err(format!(
+                "agentSocket: expected an absolute path, got {other}"
+            )))
+        }
+        None => PathBuf::from(crate::proto::DEFAULT_CNI_SOCKET),
+    };
+    let timeout = match obj.get("timeoutSeconds") {
+        Some(v) => match v.as_u64() {
+            Some(s) if (1..=MAX_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s),
+            _ => {
+                return Err(conf_err(format!(
+                    "timeoutSeconds: expected 1..={MAX_TIMEOUT_SECS}, got {v}"
+                )))
+            }
+        },
+        None => DEFAULT_TIMEOUT,
+    };
+    let valid_attachments = match obj.get("cni.dev/valid-attachments") {
+        Some(v) => Some(
+            serde_json::from_value::<Vec<Attachment>>(v.clone())
+                .map_err(|e| conf_err(format!("cni.dev/valid-attachments: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(NetConf {
+        cni_version: version,
+        name,
+        dns,
+        prev_result,
+        agent_socket,
+        timeout,
+        valid_attachments,
+    })
+}
+
+/// `CNI_ARGS` (`K=V;K=V`) as pairs.
+pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
+    let mut out = Vec::new();
+    for part in s.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| env_err(format!("CNI_ARGS: {part:?} is not KEY=VALUE")))?;
+        if k.is_empty() {
+            return Err(env_err(format!("CNI_ARGS: {part:?} has an empty key")));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+fn required<'a>(
+    env: &'a HashMap<String, String>,
+    key: &str,
+    cmd: Command,
+) -> Result<&'a str, CniError> {
+    match env.get(key).map(String::as_str) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(env_err(format!("{key} is required for {}", cmd.name()))),
+    }
+}
+
+/// Sends `req` to the agent at `socket` and reads its answer.
+pub fn call_agent(
+    socket: &std::path::Path,
+    timeout: Duration,
+    req: &AgentRequest,
+) -> Result<AgentResponse, CniError> {
+    let down = |what: &str, e: &dyn std::fmt::Display| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the ferroplane agent is not available; try again later",
+        )
+        .with_details(format!("{what} {}: {e}", socket.display()))
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|e| down("connecting to", &e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| down("setting timeouts on", &e))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| {
+        CniError::new(code::IO_FAILURE, "encoding the agent request").with_details(e.to_string())
+    })?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .and_then(|()| stream.flush())
+        .map_err(|e| down("writing to", &e))?;
+    let mut answer = String::new();
+    let n = BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => down(
+                &format!("no answer within {}s from", timeout.as_secs()),
+                &"timed out",
+            ),
+            _ => down("reading from", &e),
+        })?;
+    if n == 0 {
+        return Err(down("reading from", &"connection closed before an answer"));
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        CniError::new(code::IO_FAILURE, "the agent's answer is not valid")
+            .with_details(format!("{e}: {answer}"))
+    })
+}
+
+/// Appends ferroplane's result to a `prevResult` (chaining): interfaces and IPs appended with
+/// shifted interface indices, routes appended, DNS kept unless empty.
+pub fn merge_prev(prev: &Map<String, Value>, ours: &CniResult, version: &str) -> Value {
+    let ours = ours.to_json_for(version);
+    let mut out = prev.clone();
+    let arr = |m: &Map<String, Value>, k: &str| -> Vec<Value> {
+        m.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut ifaces = arr(prev, "interfaces");
+    let offset = ifaces.len() as u64;
+    ifaces.extend(ours["interfaces"].as_array().cloned().unwrap_or_default());
+    let mut ips = arr(prev, "ips");
+    for mut ip in ours["ips"].as_array().cloned().unwrap_or_default() {
+        if let Some(i) = ip.get("interface").and_then(Value::as_u64) {
+            ip["interface"] = Value::from(i + offset);
+        }
+        ips.push(ip);
+    }
+    let mut routes = arr(prev, "routes");
+    routes.extend(ours["routes"].as_array().cloned().unwrap_or_default());
+    out.insert("cniVersion".into(), Value::String(version.into()));
+    out.insert("interfaces".into(), Value::Array(ifaces));
+    out.insert("ips".into(), Value::Array(ips));
+    out.insert("routes".into(), Value::Array(routes));
+    let prev_dns_empty = prev
+        .get("dns")
+        .and_then(Value::as_object)
+        .is_none_or(Map::is_empty);
+    if prev_dns_empty {
+        out.insert("dns".into(), ours["dns"].clone());
+    }
+    Value::Object(out)
+}
+
+/// The address (without prefix) `prevResult` gives the interface `ifname` in `netns`.
+pub fn prev_ip_of(prev: &Map<String, Value>, ifname: &str, netns: &str) -> Option<String> {
+    let ifaces = prev.get("interfaces")?.as_array()?;
+    prev.get("ips")?.as_array()?.iter().find_map(|ip| {
+        let idx = usize::try_from(ip.get("interface")?.as_u64()?).ok()?;
+        let iface = ifaces.get(idx)?;
+        let sandbox_ok = iface
+            .get("sandbox")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s == netns);
+        (iface.get("name")?.as_str()? == ifname && sandbox_ok).then(|| {
+            let a = ip.get("address")?.as_str()?;
+            Some(a.split('/').next().unwrap_or(a).to_string())
+        })?
+    })
+}
+
+/// One plugin invocation: `env` holds the `CNI_*` variables, `stdin` the configuration.
+pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
+    let cmd = match env.get("CNI_COMMAND").map(String::as_str) {
+        Some(c) => match Command::parse(c) {
+            Some(c) => c,
+            None => {
+                return Outcome::err(
+                    &env_err(format!(
+                        "CNI_COMMAND {c:?} is not one of ADD, DEL, CHECK, STATUS, VERSION, GC"
+                    )),
+                    CNI_VERSION,
+                )
+            }
+        },
+        None => return Outcome::err(&env_err("CNI_COMMAND is not set"), CNI_VERSION),
+    };
+    if cmd == Command::Version {
+        return Outcome::ok(Some(serde_json::json!({
+            "cniVersion": CNI_VERSION,
+            "supportedVersions": SUPPORTED_VERSIONS,
+        })));
+    }
+    let conf = match parse_conf(stdin) {
+        Ok(c) => c,
+        Err(e) => return Outcome::err(&e, CNI_VERSION),
+    };
+    let version = conf.cni_version.clone();
+    match run_conf(cmd, env, &conf) {
+        Ok(v) => Outcome::ok(v),
+        Err(e) => Outcome::err(&e, &version),
+    }
+}
+
+fn run_conf(
+    cmd: Command,
+    env: &HashMap<String, String>,
+    conf: &NetConf,
+) -> Result<Option<Value>, CniError> {
+    if matches!(cmd, Command::Status | Command::Gc)
+        && !VERBS_1_1.contains(&conf.cni_version.as_str())
+    {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "{} needs cniVersion 1.1.0, the configuration says {}",
+                cmd.name(),
+                conf.cni_version
+            ),
+        ));
+    }
+    let mut req = AgentRequest {
+        proto: PROTO_VERSION,
+        command: cmd,
+        network: conf.name.clone(),
+        container_id: String::new(),
+        ifname: String::new(),
+        netns: String::new(),
+        pod_namespace: None,
+        pod_name: None,
+        dns: conf.dns.clone(),
+        expect_ip: None,
+        valid_attachments: Vec::new(),
+    };
+    if matches!(cmd, Command::Add | Command::Del | Command::Check) {
+        let cid = required(env, "CNI_CONTAINERID", cmd)?;
+        if !valid_id(cid) {
+            return Err(env_err(format!(
+                "CNI_CONTAINERID {cid:?} is not a valid container id ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )));
+        }
+        let ifname = required(env, "CNI_IFNAME", cmd)?;
+        if !valid_ifname(ifname) {
+            return Err(env_err(format!(
+                "CNI_IFNAME {ifname:?} is not a valid interface name"
+            )));
+        }
+        let netns = if cmd == Command::Del {
+            env.get("CNI_NETNS").cloned().unwrap_or_default()
+        } else {
+            required(env, "CNI_NETNS", cmd)?.to_string()
+        };
+        if !netns.is_empty() && !netns.starts_with('/') {
+            return Err(env_err(format!(
+                "CNI_NETNS {netns:?} is not an absolute path"
+            )));
+        }
+        for (k, v) in parse_cni_args(env.get("CNI_ARGS").map_or("", String::as_str))? {
+            match k.as_str() {
+                "K8S_POD_NAMESPACE" => req.pod_namespace = Some(v),
+                "K8S_POD_NAME" => req.pod_name = Some(v),
+                _ => {}
+            }
+        }
+        req.container_id = cid.to_string();
+        req.ifname = ifname.to_string();
+        req.netns = netns;
+    }
+    match cmd {
+        Command::Check => {
+            let prev = conf.prev_result.as_ref().ok_or_else(|| {
+                conf_err("prevResult: CHECK needs the result of the ADD (prevResult)")
+            })?;
+            let ip = prev_ip_of(prev, &req.ifname, &req.netns).ok_or_else(|| {
+                CniError::new(
+                    code::CHECK_FAILED,
+                    format!("prevResult has no address for interface {}", req.ifname),
+                )
+            })?;
+            req.expect_ip = Some(ip);
+        }
+        Command::Gc => {
+            req.valid_attachments = conf.valid_attachments.clone().ok_or_else(|| {
+                conf_err("cni.dev/valid-attachments: GC needs the list of attachments to keep")
+            })?;
+        }
+        _ => {}
+    }
+    let answer = call_agent(&conf.agent_socket, conf.timeout, &req).map_err(|e| {
+        if cmd == Command::Status {
+            CniError {
+                code: code::PLUGIN_NOT_AVAILABLE,
+                ..e
+            }
+        } else {
+            e
+        }
+    })?;
+    match answer {
+        AgentResponse::Error(e) => Err(e),
+        AgentResponse::Ok { result } => match (cmd, result) {
+            (Command::Add, Some(r)) => Ok(Some(match &conf.prev_result {
+                Some(prev) => merge_prev(prev, &r, &conf.cni_version),
+                None => r.to_json_for(&conf.cni_version),
+            })),
+            (Command::Add, None) => Err(CniError::new(
+                code::IO_FAILURE,
+                "the agent answered ADD without a result",
+            )),
+            _ => Ok(None),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Interface, IpConfig, Route};
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const CONF: &str = r#"{"cniVersion":"1.1.0","name":"fp","type":"ferroplane-cni","agentSocket":"/nonexistent/cni.sock"}"#;
+
+    fn code_of(o: &Outcome) -> u64 {
+        assert_eq!(o.exit_code, 1, "{o:?}");
+        o.stdout.as_ref().unwrap()["code"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn version_needs_nothing() {
+        let o = run(&env(&[("CNI_COMMAND", "VERSION")]), b"");
+        assert_eq!(o.exit_code, 0);
+        let v = o.stdout.unwrap();
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn env_errors() {
+        assert_eq!(code_of(&run(&env(&[]), CONF.as_bytes())), 4);
+        assert_eq!(
+            code_of(&run(&env(&[("CNI_COMMAND", "FOO")]), CONF.as_bytes())),
+            4
+        );
+        let add = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let o = run(&env(&add), CONF.as_bytes());
+        assert_eq!(code_of(&o), 4);
+        assert!(o.stdout.unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("CNI_NETNS"));
+        let mut bad = add.to_vec();
+        bad.push(("CNI_NETNS", "/var/run/netns/x"));
+        bad[1] = ("CNI_CONTAINERID", "-bad id");
+        assert_eq!(code_of(&run(&env(&bad), CONF.as_bytes())), 4);
+        bad[1] = ("CNI_CONTAINERID", "c1");
+        bad[2] = ("CNI_IFNAME", "a/b");
+        assert_eq!(code_of(&run(&env(&bad), CONF.as_bytes())), 4);
+        bad[2] = ("CNI_IFNAME", "eth0");
+        bad.push(("CNI_ARGS", "K8S_POD_NAME"));
+        assert_eq!(code_of(&run(&env(&bad), CONF.as_bytes())), 4);
+    }
+
+    #[test]
+    fn config_errors() {
+        let e = env(&[("CNI_COMMAND", "STATUS")]);
+        assert_eq!(code_of(&run(&e, b"{not json")), 6);
+        assert_eq!(code_of(&run(&e, b"[1]")), 6);
+        assert_eq!(
+            code_of(&run(
+                &e,
+                br#"{"cniVersion":"9.9.9","name":"fp","type":"x"}"#
+            )),
+            1
+        );
+        let o = run(
+            &e,
+            br#"{"cniVersion":"1.1.0","name":"fp","type":"x","bogus":42}"#,
+        );
+        assert_eq!(code_of(&o), 2);
+        assert!(o.stdout.unwrap()["msg"].as_str().unwrap().contains("bogus"));
+        assert_eq!(
+            code_of(&run(&e, br#"{"cniVersion":"1.1.0","type":"x"}"#)),
+            7
+        );
+        assert_eq!(
+            code_of(&run(&e, br#"{"cniVersion":"1.1.0","name":"fp"}"#)),
+            7
+        );
+        assert_eq!(
+            code_of(&run(
+                &e,
+                br#"{"cniVersion":"1.1.0","name":"fp","type":"x","timeoutSeconds":0}"#
+            )),
+            7
+        );
+        assert_eq!(
+            code_of(&run(
+                &e,
+                br#"{"cniVersion":"1.1.0","name":"fp","type":"x","ipam":{"type":"host-local"}}"#
+            )),
+            2
+        );
+        // STATUS and GC are 1.1.0 verbs.
+        assert_eq!(
+            code_of(&run(
+                &e,
+                br#"{"cniVersion":"1.0.0","name":"fp","type":"x"}"#
+            )),
+            1
+        );
+    }
+
+    #[test]
+    fn agent_down() {
+        let o = run(&env(&[("CNI_COMMAND", "STATUS")]), CONF.as_bytes());
+        assert_eq!(code_of(&o), 50);
+        let o = run(
+            &env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+            ]),
+            CONF.as_bytes(),
+        );
+        assert_eq!(code_of(&o), 11);
+        assert!(o.stdout.unwrap()["details"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/cni.sock"));
+    }
+
+    #[test]
+    fn chaining_and_prev_ip() {
+        let ours = CniResult {
+            cni_version: "1.1.0".into(),
+            interfaces: vec![
+                Interface {
+                    name: "fpx".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    mtu: None,
+                    sandbox: None,
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    mtu: None,
+                    sandbox: Some("/n".into()),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: "10.0.0.5/32".into(),
+                gateway: Some("169.254.1.1".into()),
+                interface: Some(1),
+            }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("169.254.1.1".into()),
+            }],
+            dns: Dns::default(),
+        };
+        let prev: Map<String, Value> = serde_json::from_str(
+            r#"{"cniVersion":"1.1.0","interfaces":[{"name":"lo","sandbox":"/n"}],"ips":[],"dns":{"nameservers":["10.96.0.10"]},"custom":1}"#,
+        )
+        .unwrap();
+        let m = merge_prev(&prev, &ours, "1.1.0");
+        assert_eq!(m["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(m["ips"][0]["interface"], 2);
+        assert_eq!(m["dns"]["nameservers"][0], "10.96.0.10");
+        assert_eq!(m["custom"], 1);
+        let m = m.as_object().unwrap().clone();
+        assert_eq!(prev_ip_of(&m, "eth0", "/n").as_deref(), Some("10.0.0.5"));
+        assert_eq!(prev_ip_of(&m, "eth0", "/other"), None);
+        assert_eq!(prev_ip_of(&m, "eth1", "/n"), None);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("abc-1.2_3"));
+        assert!(!valid_id("-a"));
+        assert!(!valid_id(""));
+        assert!(valid_ifname("eth0"));
+        assert!(!valid_ifname("0123456789abcdef"));
+        assert!(!valid_ifname(".."));
+        assert!(!valid_ifname("a b"));
+        assert_eq!(
+            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=a").unwrap(),
+            vec![
+                ("IgnoreUnknown".to_string(), "1".to_string()),
+                ("K8S_POD_NAME".to_string(), "a".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,629 @@
+//! BGP interop (issue 6): the agent's speaker against BIRD 2 and GoBGP running in the
+//! "router" namespace of the single-node topology, and against a tiny hand-written peer
+//! that sends malformed UPDATEs (RFC 7606).
+//!
+//! Layout: router ns `rtr0` 192.168.100.1 (BIRD, AS 65001) and 192.168.100.3 (GoBGP,
+//! AS 65002, only in the first test); node ns `up0` 192.168.100.2 (agent, AS 64512).
+//! Ports: BGP 179 inside the namespaces; GoBGP's API on 50000 + pid % 1000 (router ns).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferroplane_bgp::msg::{Capability, Ctx, Message, Open};
+use ferroplane_bgp::prefix::Afi;
+use ferroplane_e2e::netns::Netns;
+use ferroplane_e2e::probe::ping;
+use ferroplane_e2e::topology::{AgentGuard, Topology};
+use ferroplane_e2e::{bin_dir, require_root, ChildGuard};
+use serde_json::Value;
+
+const AGENT_AS: u32 = 64512;
+const BIRD_AS: u32 = 65001;
+const GOBGP_AS: u32 = 65002;
+const ROUTER: &str = "192.168.100.1";
+const ROUTER2: &str = "192.168.100.3";
+const NODE: &str = "192.168.100.2";
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out ({secs} s) waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Ping until one round of `count` fully succeeds (the first packets toward a fresh
+/// next hop wait for neighbour resolution), at most 10 s.
+fn ping_ok(ns: &Netns, ip: &str, count: u32, what: &str) {
+    let ip: Ipv4Addr = ip.parse().expect("address");
+    let t = Instant::now();
+    loop {
+        match ping(ns, ip, count) {
+            Ok(_) => return,
+            Err(e) if t.elapsed() > Duration::from_secs(10) => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+fn bgp_yaml(peers: &[(&str, u32)], gr: bool) -> String {
+    let mut y = format!(
+        "bgp:\n  localAS: {AGENT_AS}\n  holdTime: 9\n  connectRetry: 1\n  gracefulRestart:\n    enabled: {gr}\n    restartTime: 30\n  peers:\n"
+    );
+    for (a, asn) in peers {
+        y.push_str(&format!("    - address: {a}\n      as: {asn}\n"));
+    }
+    y
+}
+
+/// Single-node topology, the router's static route to the pod CIDR removed (BGP
+/// provides it), the node's default route and gateway removed (so forwarding to the
+/// router's networks depends on BGP), agent started with `bgp`.
+fn setup(bgp: &str, pods: usize) -> Topology {
+    let topo = Topology::single_node(pods).expect("topology");
+    topo.router
+        .ip(&["route", "del", Topology::POD_CIDR])
+        .expect("route del");
+    topo.node
+        .ip(&["route", "del", "default"])
+        .expect("route del default");
+    topo.router
+        .exec_ok(&["ip", "link", "set", "lo", "up"])
+        .expect("lo");
+    for a in ["10.99.0.1/32", "10.98.0.1/32"] {
+        topo.router.add_addr("lo", a).expect("lo address");
+    }
+    topo.router
+        .set_sysctl("net.ipv4.ip_forward", "1")
+        .expect("forwarding");
+    let yaml = topo.spec_yaml().replace("  gateway: 192.168.100.1\n", "") + bgp;
+    topo.write_spec(&yaml).expect("spec");
+    topo
+}
+
+fn start_agent(topo: &Topology) -> AgentGuard {
+    topo.start_agent(&bin_dir()).expect("agent start")
+}
+
+struct Bird {
+    _child: ChildGuard,
+    ctl: PathBuf,
+}
+
+impl Bird {
+    fn start(ns: &Netns, dir: &Path, name: &str, conf: &str, recover: bool) -> Bird {
+        let cfg = dir.join(format!("{name}.conf"));
+        let ctl = dir.join(format!("{name}.ctl"));
+        std::fs::write(&cfg, conf).expect("bird conf");
+        let log = dir.join(format!("{name}.log"));
+        let (c, s, pid) = (
+            cfg.display().to_string(),
+            ctl.display().to_string(),
+            dir.join(format!("{name}.pid")),
+        );
+        let pid = pid.display().to_string();
+        let mut args = vec!["bird", "-f", "-c", &c, "-s", &s, "-P", &pid];
+        if recover {
+            args.push("-R");
+        }
+        let child = ns.spawn_logged(&args, &log).expect("bird");
+        Bird { _child: child, ctl }
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(args)
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn established(&self, proto: &str) -> bool {
+        self.cmd(&["show", "protocols", proto])
+            .contains("Established")
+    }
+}
+
+fn bird_conf(exports: &[&str], gr: bool) -> String {
+    let routes: String = exports
+        .iter()
+        .map(|p| format!(" route {p} blackhole;"))
+        .collect();
+    format!(
+        "router id {ROUTER};
+protocol device {{ }}
+protocol kernel k4 {{ ipv4 {{ import none; export where proto = \"agent\"; }}; learn no; }}
+protocol static st4 {{ ipv4;{routes} }}
+protocol bgp agent {{
+  local {ROUTER} as {BIRD_AS}; neighbor {NODE} as {AGENT_AS}; strict bind yes;
+  hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  graceful restart {};
+  ipv4 {{ import all; export where proto = \"st4\"; }};
+}}
+",
+        if gr { "on" } else { "off" }
+    )
+}
+
+fn bgp_report(agent: &AgentGuard) -> Value {
+    agent.ctl_json(&["show", "bgp"]).expect("show bgp")
+}
+
+fn peer_state(agent: &AgentGuard, addr: &str) -> Value {
+    bgp_report(agent)["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["address"] == addr)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn fib_paths(agent: &AgentGuard, prefix: &str) -> Vec<String> {
+    let v = agent.ctl_json(&["show", "routes"]).expect("show routes");
+    v.as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["prefix"] == prefix && r["source"] == "bgp")
+        .map(|r| {
+            let mut hops: Vec<String> = r["paths"]
+                .as_array()
+                .expect("paths")
+                .iter()
+                .map(|p| p["via"].as_str().unwrap_or("").to_string())
+                .collect();
+            hops.sort();
+            hops
+        })
+        .unwrap_or_default()
+}
+
+fn kernel_routes(ns: &Netns, proto: &str) -> String {
+    ns.ip(&["route", "show", "proto", proto]).expect("ip route")
+}
+
+fn gobgp(ns: &Netns, port: u16, args: &[&str]) -> String {
+    let p = port.to_string();
+    let mut a = vec!["gobgp", "-p", &p];
+    a.extend_from_slice(args);
+    match ns.exec(&a) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("{e}"),
+    }
+}
+
+#[test]
+fn bird_and_gobgp_routes_both_ways_ecmp_and_withdraw() {
+    if !require_root() {
+        return;
+    }
+    let yaml = bgp_yaml(&[(ROUTER, BIRD_AS), (ROUTER2, GOBGP_AS)], false);
+    let topo = setup(&yaml, 1);
+    topo.router
+        .add_addr(Topology::ROUTER_IF, &format!("{ROUTER2}/24"))
+        .expect("second address");
+    let bird = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird",
+        &bird_conf(&["10.99.0.0/24", "10.98.0.0/24"], false),
+        false,
+    );
+    let api = 50000 + (std::process::id() % 1000) as u16;
+    let toml = format!(
+        "[global.config]\n  as = {GOBGP_AS}\n  router-id = \"{ROUTER2}\"\n  local-address-list = [\"{ROUTER2}\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE}\"\n    peer-as = {AGENT_AS}\n\
+         [neighbors.transport.config]\n    local-address = \"{ROUTER2}\"\n\
+         [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n\
+         [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n"
+    );
+    let tpath = topo.dir().join("gobgp.toml");
+    std::fs::write(&tpath, toml).expect("gobgp toml");
+    let t = tpath.display().to_string();
+    let hosts = format!("127.0.0.1:{api}");
+    let _gobgpd = topo
+        .router
+        .spawn_logged(
+            &[
+                "gobgpd",
+                "-f",
+                &t,
+                "-p",
+                "--api-hosts",
+                &hosts,
+                "--pprof-disable",
+            ],
+            &topo.dir().join("gobgpd.log"),
+        )
+        .expect("gobgpd");
+    let agent = start_agent(&topo);
+
+    wait_for("BIRD session", 20, || bird.established("agent"));
+    wait_for("GoBGP session", 30, || {
+        serde_json::from_str::<Value>(&gobgp(&topo.router, api, &["neighbor", NODE, "-j"]))
+            .map(|v| v["state"]["session_state"] == 6)
+            .unwrap_or(false)
+    });
+    wait_for("agent sees both Established", 10, || {
+        peer_state(&agent, ROUTER)["state"] == "Established"
+            && peer_state(&agent, ROUTER2)["state"] == "Established"
+    });
+    wait_for("gobgp route add", 15, || {
+        topo.router
+            .exec(&[
+                "gobgp",
+                "-p",
+                &api.to_string(),
+                "global",
+                "rib",
+                "add",
+                "-a",
+                "ipv4",
+                "10.98.0.0/24",
+                "nexthop",
+                ROUTER2,
+                "origin",
+                "igp",
+            ])
+            .is_ok()
+    });
+
+    // Ours at BIRD (into its kernel table) and at GoBGP.
+    wait_for("BIRD installs the pod CIDR", 10, || {
+        kernel_routes(&topo.router, "bird").contains("10.244.1.0/24 via 192.168.100.2")
+    });
+    wait_for("GoBGP has the pod CIDR", 15, || {
+        let v: Value = serde_json::from_str(&gobgp(
+            &topo.router,
+            api,
+            &["global", "rib", "-a", "ipv4", "10.244.1.0/24", "-j"],
+        ))
+        .unwrap_or(Value::Null);
+        v.as_object().is_some_and(|o| !o.is_empty())
+    });
+    ping_ok(
+        &topo.router,
+        &topo.pods[0].ip.to_string(),
+        2,
+        "router -> pod over the BGP-learnt kernel route",
+    );
+
+    // Theirs in our FIB and kernel; two equal paths → ECMP.
+    wait_for("BIRD route in the FIB", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    wait_for("ECMP group", 15, || {
+        fib_paths(&agent, "10.98.0.0/24") == vec![ROUTER.to_string(), ROUTER2.to_string()]
+    });
+    let k = kernel_routes(&topo.node, "196");
+    assert!(k.contains("10.99.0.0/24 via 192.168.100.1"), "{k}");
+    assert!(
+        k.contains("10.98.0.0/24") && k.contains("nexthop via 192.168.100.3"),
+        "{k}"
+    );
+    let r = agent
+        .ctl_json(&["show", "bgp", "routes", "10.98.0.7"])
+        .expect("show bgp routes");
+    let paths = r[0]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "{r}");
+    assert!(paths.iter().all(|p| p["multipath"] == true), "{r}");
+    let bird_peer = peer_state(&agent, ROUTER);
+    assert_eq!(
+        (
+            bird_peer["received"].as_u64(),
+            bird_peer["advertised"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{bird_peer}"
+    );
+    ping_ok(
+        &topo.pods[0].ns,
+        "10.99.0.1",
+        2,
+        "pod -> BIRD-announced network through the engine",
+    );
+    ping_ok(
+        &topo.node,
+        "10.99.0.1",
+        2,
+        "node host -> BIRD network via the kernel route",
+    );
+    let table = agent.ctl(&["show", "bgp"]).expect("show bgp table");
+    assert!(table.contains("Established"), "{table}");
+
+    // Withdrawals propagate to the FIB and the kernel.
+    gobgp(
+        &topo.router,
+        api,
+        &["global", "rib", "del", "-a", "ipv4", "10.98.0.0/24"],
+    );
+    wait_for("ECMP shrinks", 10, || {
+        fib_paths(&agent, "10.98.0.0/24") == vec![ROUTER.to_string()]
+    });
+    bird.cmd(&["disable", "st4"]);
+    wait_for("BIRD withdraw", 10, || {
+        fib_paths(&agent, "10.99.0.0/24").is_empty()
+    });
+    wait_for("kernel route gone", 5, || {
+        !kernel_routes(&topo.node, "196").contains("10.99.0.0/24")
+    });
+
+    // Our withdrawal: the agent stops (no graceful restart): Cease, BIRD drops the route.
+    agent.stop();
+    wait_for("BIRD removes our route", 10, || {
+        !kernel_routes(&topo.router, "bird").contains("10.244.1.0/24")
+    });
+    wait_for("GoBGP removes our route", 15, || {
+        let v: Value = serde_json::from_str(&gobgp(
+            &topo.router,
+            api,
+            &["global", "rib", "-a", "ipv4", "10.244.1.0/24", "-j"],
+        ))
+        .unwrap_or(Value::Null);
+        v.as_object().is_some_and(|o| o.is_empty())
+    });
+    assert!(
+        kernel_routes(&topo.node, "196").trim().is_empty(),
+        "no kernel routes left without graceful restart"
+    );
+}
+
+#[test]
+fn bird_graceful_restart_keeps_forwarding() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, BIRD_AS)], true), 1);
+    let conf = bird_conf(&["10.99.0.0/24"], true);
+    let bird = Bird::start(&topo.router, topo.dir(), "bird", &conf, false);
+    let agent = start_agent(&topo);
+    wait_for("session", 20, || bird.established("agent"));
+    wait_for("route", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let pod = &topo.pods[0].ns;
+    ping_ok(pod, "10.99.0.1", 1, "pod -> BIRD network");
+
+    // BIRD restarts gracefully: the session drops, we keep its routes as stale.
+    bird.cmd(&["graceful", "restart"]);
+    wait_for("session down", 10, || {
+        peer_state(&agent, ROUTER)["state"] != "Established"
+    });
+    drop(bird);
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(st["stale"].as_u64(), Some(1), "{st}");
+    assert_eq!(
+        fib_paths(&agent, "10.99.0.0/24"),
+        vec![ROUTER.to_string()],
+        "kept in the FIB"
+    );
+    assert!(kernel_routes(&topo.node, "196").contains("10.99.0.0/24"));
+    ping(pod, "10.99.0.1".parse().unwrap(), 2).expect("forwarding continues while BIRD is down");
+
+    let bird = Bird::start(&topo.router, topo.dir(), "bird", &conf, true);
+    wait_for("session back", 20, || bird.established("agent"));
+    wait_for("stale cleared after End-of-RIB", 15, || {
+        peer_state(&agent, ROUTER)["stale"] == 0
+    });
+    assert_eq!(fib_paths(&agent, "10.99.0.0/24"), vec![ROUTER.to_string()]);
+    let r = agent
+        .ctl_json(&["show", "bgp", "routes", "10.99.0.0/24"])
+        .expect("routes");
+    assert_eq!(r[0]["paths"][0]["stale"], false, "{r}");
+}
+
+#[test]
+fn agent_graceful_restart_keeps_routes_at_the_peer() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, BIRD_AS)], true), 1);
+    let bird = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird",
+        &bird_conf(&["10.99.0.0/24"], true),
+        false,
+    );
+    let agent = start_agent(&topo);
+    wait_for("session", 20, || bird.established("agent"));
+    wait_for("BIRD installs the pod CIDR", 10, || {
+        kernel_routes(&topo.router, "bird").contains("10.244.1.0/24")
+    });
+    wait_for("our kernel route", 10, || {
+        kernel_routes(&topo.node, "196").contains("10.99.0.0/24")
+    });
+
+    // Graceful stop: no NOTIFICATION, BIRD keeps our route (stale), our kernel route stays.
+    agent.stop();
+    drop(agent);
+    wait_for("BIRD session down", 10, || !bird.established("agent"));
+    let r = bird.cmd(&["show", "route", "for", "10.244.1.10", "all"]);
+    assert!(
+        r.contains("10.244.1.0/24"),
+        "BIRD withdrew our route during the restart:\n{r}"
+    );
+    assert!(kernel_routes(&topo.router, "bird").contains("10.244.1.0/24"));
+    assert!(
+        kernel_routes(&topo.node, "196").contains("10.99.0.0/24"),
+        "kernel routes kept across the restart"
+    );
+
+    let agent = start_agent(&topo);
+    wait_for("session back", 20, || bird.established("agent"));
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(st["state"], "Established", "{st}");
+    let r = bird.cmd(&["show", "protocols", "all", "agent"]);
+    assert!(
+        kernel_routes(&topo.router, "bird").contains("10.244.1.0/24"),
+        "{r}"
+    );
+    wait_for("FIB", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    ping_ok(
+        &topo.pods[0].ns,
+        "10.99.0.1",
+        2,
+        "forwarding after the restart",
+    );
+}
+
+// ---- RFC 7606 against a hand-written peer ----------------------------------------
+
+fn send(s: &mut TcpStream, m: &[u8]) {
+    s.write_all(m).expect("send");
+}
+
+/// Read one message (skipping KEEPALIVEs when `skip_keepalive`).
+fn recv(s: &mut TcpStream, skip_keepalive: bool) -> Option<Message> {
+    loop {
+        let mut h = [0u8; 19];
+        s.read_exact(&mut h).ok()?;
+        let len = u16::from_be_bytes([h[16], h[17]]) as usize;
+        let mut b = h.to_vec();
+        b.resize(len, 0);
+        s.read_exact(&mut b[19..]).ok()?;
+        let m = Message::decode(&b, &Ctx::default()).ok()?;
+        if !(skip_keepalive && m == Message::Keepalive) {
+            return Some(m);
+        }
+    }
+}
+
+fn raw_update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut b = vec![0xff; 16];
+    b.extend_from_slice(&((23 + attrs.len() + nlri.len()) as u16).to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    b.extend_from_slice(attrs);
+    b.extend_from_slice(nlri);
+    b
+}
+
+const TEST_AS: u32 = 65010;
+
+fn attrs(origin: &[u8], next_hop: &[u8], extra: &[u8]) -> Vec<u8> {
+    let asn = TEST_AS.to_be_bytes();
+    let mut a = origin.to_vec();
+    a.extend_from_slice(&[0x40, 2, 6, 2, 1, asn[0], asn[1], asn[2], asn[3]]);
+    a.extend_from_slice(next_hop);
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn malformed_updates_get_rfc7606_treatment() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, TEST_AS)], false), 0);
+    let listener = topo
+        .router
+        .run(|| TcpListener::bind(format!("{ROUTER}:179")))
+        .expect("netns")
+        .expect("bind 179 in the router namespace");
+    let agent = start_agent(&topo);
+    let (mut s, _) = listener.accept().expect("agent connects");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let Some(Message::Open(theirs)) = recv(&mut s, true) else {
+        panic!("no OPEN")
+    };
+    assert_eq!(theirs.asn(), AGENT_AS);
+    let open = Open::new(
+        TEST_AS,
+        30,
+        Ipv4Addr::new(192, 168, 100, 1),
+        vec![
+            Capability::Multiprotocol(Afi::Ipv4),
+            Capability::FourOctetAs(TEST_AS),
+        ],
+    );
+    send(&mut s, &Message::Open(open).to_bytes(&Ctx::default()));
+    send(&mut s, &Message::Keepalive.to_bytes(&Ctx::default()));
+    wait_for("Established", 10, || {
+        peer_state(&agent, ROUTER)["state"] == "Established"
+    });
+    let keepalive = Message::Keepalive.to_bytes(&Ctx::default());
+    let origin = [0x40, 1, 1, 0];
+    let nh = [0x40, 3, 4, 192, 168, 100, 1];
+    let p50 = [24, 10, 50, 0];
+    let p51 = [24, 10, 51, 0];
+
+    // A good route first.
+    send(&mut s, &raw_update(&attrs(&origin, &nh, &[]), &p50));
+    wait_for("good route", 10, || {
+        fib_paths(&agent, "10.50.0.0/24") == vec![ROUTER.to_string()]
+    });
+
+    // Attribute length error (NEXT_HOP of 5 octets) on the same prefix: treat-as-withdraw.
+    send(&mut s, &keepalive);
+    send(
+        &mut s,
+        &raw_update(
+            &attrs(&origin, &[0x40, 3, 5, 192, 168, 100, 1, 0], &[]),
+            &p50,
+        ),
+    );
+    wait_for("treat-as-withdraw removes it", 10, || {
+        fib_paths(&agent, "10.50.0.0/24").is_empty()
+    });
+    // Bad NEXT_HOP value (0.0.0.0), invalid ORIGIN, bad COMMUNITIES length: not installed.
+    send(
+        &mut s,
+        &raw_update(&attrs(&origin, &[0x40, 3, 4, 0, 0, 0, 0], &[]), &p51),
+    );
+    send(
+        &mut s,
+        &raw_update(&attrs(&[0x40, 1, 1, 9], &nh, &[]), &p51),
+    );
+    send(
+        &mut s,
+        &raw_update(&attrs(&origin, &nh, &[0xc0, 8, 3, 1, 2, 3]), &p51),
+    );
+    // Attribute-discard (ATOMIC_AGGREGATE with a value): the route is installed.
+    send(
+        &mut s,
+        &raw_update(&attrs(&origin, &nh, &[0x40, 6, 1, 0]), &p50),
+    );
+    wait_for("attribute-discard keeps the route", 10, || {
+        fib_paths(&agent, "10.50.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(st["state"], "Established", "session survives: {st}");
+    assert_eq!(st["treat_as_withdraw"].as_u64(), Some(4), "{st}");
+    assert_eq!(st["attributes_discarded"].as_u64(), Some(1), "{st}");
+    assert!(fib_paths(&agent, "10.51.0.0/24").is_empty());
+
+    // Unrecognized well-known attribute: RFC 4271 §6.3 NOTIFICATION 3/2, session reset.
+    send(&mut s, &keepalive);
+    send(
+        &mut s,
+        &raw_update(&attrs(&origin, &nh, &[0x40, 99, 0]), &p51),
+    );
+    let mut got = recv(&mut s, true);
+    while let Some(Message::Update(_)) = got {
+        got = recv(&mut s, true); // our own advertisement may come first
+    }
+    match got {
+        Some(Message::Notification(n)) => {
+            assert_eq!((n.code, n.subcode, n.data), (3, 2, vec![0x40, 99, 0]))
+        }
+        other => panic!("expected NOTIFICATION 3/2, got {other:?}"),
+    }
+    wait_for("session reset", 10, || {
+        peer_state(&agent, ROUTER)["state"] != "Established"
+    });
+    wait_for("its routes withdrawn", 10, || {
+        fib_paths(&agent, "10.50.0.0/24").is_empty()
+    });
+}

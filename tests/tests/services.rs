@@ -1,0 +1,888 @@
+//! Services suite: ClusterIP, NodePort, LoadBalancer and external IPs through
+//! the real agent (XDP + AF_XDP + engine), with backends that answer with
+//! their own name and the client address they saw.
+//!
+//! Topology: the foundation's single node (router — node — pods) plus a
+//! "remote" namespace behind the router standing in for a pod on another node
+//! (10.244.2.10, endpoint `nodeName: node-2`). Ports used by this suite:
+//! services 80/53, targets 8080/8081/5353, node ports 30080-30095, health
+//! check node ports 32100-32101, router server 7000.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferroplane_e2e::topology::{AgentGuard, Topology};
+use ferroplane_e2e::{bin_dir, link_veth, require_root, Netns};
+use serde_json::Value;
+
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Backend servers running on threads inside namespaces; stopped on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn new() -> Self {
+        Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    fn enter(path: &PathBuf) {
+        let f = std::fs::File::open(path).expect("open netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    /// TCP: every line read is answered with "NAME PEER\n".
+    fn tcp(&mut self, ns: &Netns, name: &str, port: u16) {
+        let (path, name, stop) = (ns.path().to_path_buf(), name.to_string(), self.stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        self.threads.push(std::thread::spawn(move || {
+            Self::enter(&path);
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            l.set_nonblocking(true).expect("nonblocking");
+            let _ = ready_tx.send(());
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, peer)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                            let mut w = match s.try_clone() {
+                                Ok(w) => w,
+                                Err(_) => return,
+                            };
+                            for line in BufReader::new(s).lines() {
+                                if line.is_err() {
+                                    break;
+                                }
+                                if w.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+    }
+
+    /// UDP: every datagram is answered with "NAME PEER".
+    fn udp(&mut self, ns: &Netns, name: &str, port: u16) {
+        let (path, name, stop) = (ns.path().to_path_buf(), name.to_string(), self.stop.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        self.threads.push(std::thread::spawn(move || {
+            Self::enter(&path);
+            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(format!("{name} {peer}").as_bytes(), peer);
+                }
+            }
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP connection from `src_port` (0: any) that closes with RST (no TIME_WAIT).
+fn connect(dst: SocketAddrV4, src_port: u16) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(1, 500_000),
+    )?;
+    socket::setsockopt(
+        &fd,
+        sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )?;
+    if src_port != 0 {
+        socket::bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, src_port))?;
+    }
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// One question on a connection: the answer "NAME PEER".
+fn ask(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"hi\n")?;
+    let mut line = String::new();
+    let mut r = BufReader::new(s.try_clone()?);
+    r.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::other("connection closed"));
+    }
+    Ok(line.trim().to_string())
+}
+
+/// Connect, ask once, close: (backend name, address it saw).
+fn tcp_once(dst: SocketAddrV4, src_port: u16) -> std::io::Result<(String, String)> {
+    let mut s = connect(dst, src_port)?;
+    let a = ask(&mut s)?;
+    split(&a)
+}
+
+fn split(a: &str) -> std::io::Result<(String, String)> {
+    let (n, p) = a
+        .split_once(' ')
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {a:?}")))?;
+    Ok((n.to_string(), p.to_string()))
+}
+
+fn udp_once(dst: SocketAddrV4) -> std::io::Result<(String, String)> {
+    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    s.connect(dst)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.send(b"hi")?;
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf)?;
+    split(&String::from_utf8_lossy(&buf[..n]))
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse().expect("ip"), port)
+}
+
+fn host(peer: &str) -> &str {
+    peer.split(':').next().unwrap_or(peer)
+}
+
+fn error_count(agent: &AgentGuard, node: &str, reason: &str) -> u64 {
+    let v = agent
+        .ctl_json(&["show", "errors", "--all"])
+        .expect("show errors");
+    v.as_array()
+        .expect("errors array")
+        .iter()
+        .find(|e| e["node"] == node && e["reason"] == reason)
+        .unwrap_or_else(|| panic!("no error counter {node}: {reason} in {v}"))["count"]
+        .as_u64()
+        .expect("count")
+}
+
+/// A service (YAML list item) and its EndpointSlice(s).
+struct Svc {
+    yaml: String,
+    slices: String,
+}
+
+fn endpoint(ip: Ipv4Addr, node: &str, target: &str) -> String {
+    format!(
+        "      - addresses: [{ip}]\n        conditions: {{ ready: true, serving: true, terminating: false }}\n        nodeName: {node}\n        targetRef: {{ kind: Pod, namespace: default, name: {target} }}\n"
+    )
+}
+
+fn slice(svc: &str, suffix: &str, ports: &str, endpoints: &[String]) -> String {
+    format!(
+        "  - metadata: {{ name: {svc}-{suffix}, namespace: default, labels: {{ kubernetes.io/service-name: {svc} }} }}\n    addressType: IPv4\n    ports: {ports}\n    endpoints:\n{}",
+        endpoints.concat()
+    )
+}
+
+struct Rig {
+    topo: Topology,
+    agent: Option<AgentGuard>,
+    _remote: Netns,
+    _servers: Servers,
+}
+
+impl Rig {
+    /// Node with `pods` pods, the remote namespace, and servers: every pod i>=1 and the
+    /// remote one serve TCP 8080, 8081 and UDP 5353.
+    fn new(pods: usize) -> Rig {
+        let topo = Topology::single_node(pods).expect("topology");
+        let remote = Netns::new("remote").expect("remote ns");
+        link_veth(&topo.router, "rtr9", &remote, "eth0").expect("veth");
+        topo.router
+            .add_addr("rtr9", "192.168.101.1/24")
+            .expect("addr");
+        remote.add_addr("eth0", "192.168.101.2/24").expect("addr");
+        remote
+            .add_addr("lo", &format!("{REMOTE_POD}/32"))
+            .expect("addr");
+        remote.add_route("default", "192.168.101.1").expect("route");
+        let _ = remote.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        let _ = topo.router.exec(&["ethtool", "-K", "rtr9", "tx", "off"]);
+        topo.router
+            .add_route("10.244.2.0/24", "192.168.101.2")
+            .expect("route");
+        topo.router
+            .add_route("203.0.113.0/24", &Topology::NODE_IP.to_string())
+            .expect("route");
+        topo.router
+            .set_sysctl("net.ipv4.ip_forward", "1")
+            .expect("forwarding");
+        let mut servers = Servers::new();
+        for p in topo.pods.iter().skip(1) {
+            servers.tcp(&p.ns, &p.name, 8080);
+            servers.tcp(&p.ns, &p.name, 8081);
+            servers.udp(&p.ns, &p.name, 5353);
+        }
+        servers.tcp(&remote, "remote", 8080);
+        servers.udp(&remote, "remote", 5353);
+        Rig {
+            topo,
+            agent: None,
+            _remote: remote,
+            _servers: servers,
+        }
+    }
+
+    fn spec(&self, proxy: &str, services: &[Svc]) -> String {
+        let mut y = self.topo.spec_yaml();
+        y.push_str(proxy);
+        y.push_str("services:\n");
+        for s in services {
+            y.push_str(&s.yaml);
+        }
+        y.push_str("endpointSlices:\n");
+        for s in services {
+            y.push_str(&s.slices);
+        }
+        y
+    }
+
+    fn start(&mut self, yaml: &str) {
+        self.topo.write_spec(yaml).expect("spec");
+        self.agent = Some(self.topo.start_agent(&bin_dir()).expect("agent start"));
+    }
+
+    fn agent(&self) -> &AgentGuard {
+        self.agent.as_ref().expect("agent")
+    }
+
+    fn pod(&self, i: usize) -> &Netns {
+        &self.topo.pods[i].ns
+    }
+
+    fn pod_ip(&self, i: usize) -> Ipv4Addr {
+        self.topo.pods[i].ip
+    }
+}
+
+const PROXY: &str = "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n";
+
+fn svc_yaml(name: &str, body: &str) -> String {
+    format!("  - metadata: {{ name: {name}, namespace: default }}\n    spec:\n{body}")
+}
+
+/// pods 1..=3 as endpoints of `svc`, pod 3 in its own slice with port `http` = 8081.
+fn three_backends(rig: &Rig, svc: &str) -> String {
+    let a = slice(
+        svc,
+        "a",
+        "[ { name: http, protocol: TCP, port: 8080 }, { name: dns, protocol: UDP, port: 5353 } ]",
+        &[
+            endpoint(rig.pod_ip(1), "node-1", "pod1"),
+            endpoint(rig.pod_ip(2), "node-1", "pod2"),
+        ],
+    );
+    let b = slice(
+        svc,
+        "b",
+        "[ { name: http, protocol: TCP, port: 8081 }, { name: dns, protocol: UDP, port: 5353 } ]",
+        &[endpoint(rig.pod_ip(3), "node-1", "pod3")],
+    );
+    a + &b
+}
+
+#[test]
+fn cluster_ip_node_port_load_balancer_and_spread() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new(4);
+    let web = Svc {
+        yaml: svc_yaml(
+            "web",
+            "      type: LoadBalancer\n      clusterIP: 10.96.0.10\n      externalIPs: [203.0.113.20]\n      ports:\n        - { name: http, protocol: TCP, port: 80, targetPort: http, nodePort: 30080 }\n        - { name: dns, protocol: UDP, port: 53, targetPort: dns, nodePort: 30053 }\n    status: { loadBalancer: { ingress: [ { ip: 203.0.113.10 } ] } }\n",
+        ),
+        slices: three_backends(&rig, "web"),
+    };
+    let yaml = rig.spec(PROXY, &[web]);
+    rig.start(&yaml);
+    let client = rig.pod_ip(0);
+    let names = ["pod1", "pod2", "pod3"];
+
+    // ClusterIP TCP and UDP from a pod: a backend answers, it saw the pod's address.
+    let (n, peer) = rig
+        .pod(0)
+        .run(|| tcp_once(addr("10.96.0.10", 80), 0))
+        .expect("run")
+        .expect("ClusterIP TCP");
+    assert!(names.contains(&n.as_str()), "{n}");
+    assert_eq!(host(&peer), client.to_string(), "backend saw the client");
+    let (n, peer) = rig
+        .pod(0)
+        .run(|| udp_once(addr("10.96.0.10", 53)))
+        .expect("run")
+        .expect("ClusterIP UDP");
+    assert!(names.contains(&n.as_str()), "{n}");
+    assert_eq!(host(&peer), client.to_string());
+
+    // 1000 new connections spread over the 3 backends within ±15% of even.
+    let counts: HashMap<String, u32> = rig
+        .pod(0)
+        .run(|| {
+            let mut m = HashMap::new();
+            for _ in 0..1000 {
+                let (n, _) = tcp_once(addr("10.96.0.10", 80), 0).expect("connection");
+                *m.entry(n).or_insert(0u32) += 1;
+            }
+            m
+        })
+        .expect("run");
+    eprintln!("1000 connections: {counts:?}");
+    assert_eq!(counts.values().sum::<u32>(), 1000);
+    for n in names {
+        let c = *counts.get(n).unwrap_or(&0);
+        assert!((283..=383).contains(&c), "{n} got {c} of 1000: {counts:?}");
+    }
+
+    // From outside: NodePort, load-balancer IP, external IP (TCP), NodePort UDP.
+    for (what, dst) in [
+        ("NodePort", addr("192.168.100.2", 30080)),
+        ("LoadBalancer IP", addr("203.0.113.10", 80)),
+        ("external IP", addr("203.0.113.20", 80)),
+    ] {
+        let (n, peer) = rig
+            .topo
+            .router
+            .run(move || tcp_once(dst, 0))
+            .expect("run")
+            .unwrap_or_else(|e| panic!("{what} {dst}: {e}"));
+        assert!(names.contains(&n.as_str()), "{what}: {n}");
+        assert_eq!(
+            host(&peer),
+            "192.168.100.1",
+            "{what}: local backend sees the client"
+        );
+    }
+    let (n, _) = rig
+        .topo
+        .router
+        .run(|| udp_once(addr("192.168.100.2", 30053)))
+        .expect("run")
+        .expect("NodePort UDP");
+    assert!(names.contains(&n.as_str()));
+
+    // The host's own traffic is untouched: ping the node.
+    ferroplane_e2e::ping(&rig.topo.router, Topology::NODE_IP, 1).expect("ping node");
+
+    // ferroctl views.
+    let svcs = rig
+        .agent()
+        .ctl_json(&["show", "services"])
+        .expect("services");
+    let http = svcs
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|s| s["port_name"] == "http")
+        .expect("http port")
+        .clone();
+    let backends: BTreeMap<String, u64> = http["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap_or("").to_string(),
+                b["maglev_slots"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        backends.contains_key(&format!("{}:8081", rig.pod_ip(3))),
+        "named port resolved per endpoint: {backends:?}"
+    );
+    assert_eq!(
+        backends.values().sum::<u64>(),
+        http["maglev_size"].as_u64().unwrap_or(0)
+    );
+    let table = rig.agent().ctl(&["show", "services"]).expect("table");
+    assert!(
+        table.contains("default/web") && table.contains("node-port 30080"),
+        "{table}"
+    );
+    let sessions = rig
+        .agent()
+        .ctl_json(&[
+            "show",
+            "sessions",
+            "--addr",
+            &client.to_string(),
+            "--proto",
+            "tcp",
+            "--limit",
+            "5",
+        ])
+        .expect("sessions");
+    assert!(sessions["total"].as_u64().unwrap_or(0) >= 1, "{sessions}");
+    assert!(sessions["sessions"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty() && s.len() <= 5));
+    let text = rig
+        .agent()
+        .ctl(&["show", "sessions", "--port", "80"])
+        .expect("table");
+    assert!(text.contains("10.96.0.10:80"), "{text}");
+}
+
+#[test]
+fn traffic_policies_snat_rejects_and_health_checks() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new(3);
+    let local_and_remote = |svc: &str| {
+        slice(
+            svc,
+            "a",
+            "[ { name: http, protocol: TCP, port: 8080 } ]",
+            &[
+                endpoint(rig.pod_ip(1), "node-1", "pod1"),
+                endpoint(REMOTE_POD, "node-2", "remote"),
+            ],
+        )
+    };
+    let only_remote = |svc: &str| {
+        slice(
+            svc,
+            "a",
+            "[ { name: http, protocol: TCP, port: 8080 } ]",
+            &[endpoint(REMOTE_POD, "node-2", "remote")],
+        )
+    };
+    let lb = |np: u16, hc: u16, ip: u8, etp: &str| {
+        format!("      type: LoadBalancer\n      externalTrafficPolicy: {etp}\n{}      ports: [ {{ name: http, port: 80, targetPort: 8080, nodePort: {np} }} ]\n    status: {{ loadBalancer: {{ ingress: [ {{ ip: 203.0.113.{ip} }} ] }} }}\n",
+            if hc > 0 { format!("      healthCheckNodePort: {hc}\n") } else { String::new() })
+    };
+    let services = [
+        Svc {
+            yaml: svc_yaml("local", &lb(30090, 32100, 30, "Local")),
+            slices: local_and_remote("local"),
+        },
+        Svc {
+            yaml: svc_yaml("remote-local", &lb(30091, 32101, 31, "Local")),
+            slices: only_remote("remote-local"),
+        },
+        Svc {
+            yaml: svc_yaml("cluster", &lb(30092, 0, 32, "Cluster")),
+            slices: only_remote("cluster"),
+        },
+        Svc {
+            yaml: svc_yaml(
+                "itp",
+                "      clusterIP: 10.96.0.20\n      internalTrafficPolicy: Local\n      ports: [ { name: http, port: 80, targetPort: 8080 } ]\n",
+            ),
+            slices: local_and_remote("itp"),
+        },
+        Svc {
+            yaml: svc_yaml(
+                "empty",
+                "      clusterIP: 10.96.0.30\n      ports: [ { name: http, port: 80, targetPort: 8080 }, { name: dns, protocol: UDP, port: 53, targetPort: 5353 } ]\n",
+            ),
+            slices: String::new(),
+        },
+    ];
+    let yaml = rig.spec(PROXY, &services);
+    rig.start(&yaml);
+
+    // eTP=Local: only the local endpoint, the client address preserved end to end.
+    for _ in 0..10 {
+        let (n, peer) = rig
+            .topo
+            .router
+            .run(|| tcp_once(addr("192.168.100.2", 30090), 0))
+            .expect("run")
+            .expect("eTP=Local node port");
+        assert_eq!(n, "pod1");
+        assert_eq!(host(&peer), "192.168.100.1", "client address preserved");
+    }
+    let (n, peer) = rig
+        .topo
+        .router
+        .run(|| tcp_once(addr("203.0.113.30", 80), 0))
+        .expect("run")
+        .expect("eTP=Local LB IP");
+    assert_eq!((n.as_str(), host(&peer)), ("pod1", "192.168.100.1"));
+
+    // eTP=Local on a node without a local endpoint: refused (dropped) and counted.
+    let before = error_count(rig.agent(), "ip4-nat", "no-local-endpoints");
+    let r = rig
+        .topo
+        .router
+        .run(|| tcp_once(addr("192.168.100.2", 30091), 0))
+        .expect("run");
+    assert!(r.is_err(), "no local endpoint must not answer: {r:?}");
+    assert!(error_count(rig.agent(), "ip4-nat", "no-local-endpoints") > before);
+
+    // eTP=Cluster to a backend on another node: SNAT to the node address.
+    let (n, peer) = rig
+        .topo
+        .router
+        .run(|| tcp_once(addr("192.168.100.2", 30092), 0))
+        .expect("run")
+        .expect("eTP=Cluster to remote");
+    assert_eq!(n, "remote");
+    assert_eq!(
+        host(&peer),
+        "192.168.100.2",
+        "remote backend sees the node address"
+    );
+    assert!(error_count(rig.agent(), "ip4-nat", "external-snat") >= 1);
+
+    // Health check node ports: 200 with the local endpoint count, 503 without.
+    let hc = |port: u16| -> String {
+        rig.topo
+            .router
+            .run(move || {
+                let mut s = TcpStream::connect_timeout(
+                    &std::net::SocketAddr::V4(addr("192.168.100.2", port)),
+                    IO_TIMEOUT,
+                )?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                let mut out = String::new();
+                std::io::Read::read_to_string(&mut s, &mut out)?;
+                Ok::<String, std::io::Error>(out)
+            })
+            .expect("run")
+            .unwrap_or_else(|e| format!("error {e}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ok = hc(32100);
+    while !ok.starts_with("HTTP/1.1 200") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        ok = hc(32100);
+    }
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("\"localEndpoints\":1"), "{ok}");
+    let bad = hc(32101);
+    assert!(bad.starts_with("HTTP/1.1 503"), "{bad}");
+
+    // internalTrafficPolicy=Local: pods only reach the local endpoint.
+    for _ in 0..10 {
+        let (n, _) = rig
+            .pod(0)
+            .run(|| tcp_once(addr("10.96.0.20", 80), 0))
+            .expect("run")
+            .expect("iTP=Local");
+        assert_eq!(n, "pod1");
+    }
+
+    // No endpoints: TCP reset, UDP port unreachable (both seen as "refused"), counted.
+    let before = error_count(rig.agent(), "ip4-nat", "no-endpoints");
+    let t0 = Instant::now();
+    let e = rig
+        .pod(0)
+        .run(|| tcp_once(addr("10.96.0.30", 80), 0))
+        .expect("run")
+        .expect_err("no endpoints");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "rejected at once");
+    let e = rig
+        .pod(0)
+        .run(|| udp_once(addr("10.96.0.30", 53)))
+        .expect("run")
+        .expect_err("no endpoints");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(error_count(rig.agent(), "ip4-nat", "no-endpoints") >= before + 2);
+}
+
+#[test]
+fn affinity_hairpin_and_masquerade() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new(4);
+    let services = [
+        Svc {
+            yaml: svc_yaml(
+                "sticky",
+                "      clusterIP: 10.96.0.40\n      sessionAffinity: ClientIP\n      sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } }\n      ports: [ { name: http, port: 80, targetPort: http } ]\n",
+            ),
+            slices: three_backends(&rig, "sticky"),
+        },
+        Svc {
+            yaml: svc_yaml(
+                "self",
+                "      clusterIP: 10.96.0.41\n      ports: [ { name: http, port: 80, targetPort: 8080 } ]\n",
+            ),
+            slices: slice(
+                "self",
+                "a",
+                "[ { name: http, protocol: TCP, port: 8080 } ]",
+                &[endpoint(rig.pod_ip(1), "node-1", "pod1")],
+            ),
+        },
+    ];
+    let proxy = format!("{PROXY}  masquerade: true\n");
+    let yaml = rig.spec(&proxy, &services);
+    rig.start(&yaml);
+
+    // ClientIP affinity: one client, one backend.
+    let seen: std::collections::BTreeSet<String> = rig
+        .pod(0)
+        .run(|| {
+            (0..20)
+                .map(|_| tcp_once(addr("10.96.0.40", 80), 0).expect("sticky").0)
+                .collect()
+        })
+        .expect("run");
+    assert_eq!(seen.len(), 1, "affinity pins: {seen:?}");
+
+    // Hairpin: pod1 reaches its own service and is chosen.
+    let (n, peer) = rig
+        .pod(1)
+        .run(|| tcp_once(addr("10.96.0.41", 80), 0))
+        .expect("run")
+        .expect("hairpin");
+    assert_eq!(n, "pod1");
+    assert_eq!(
+        host(&peer),
+        "10.96.0.41",
+        "hairpin is SNATed (to the service address)"
+    );
+
+    // Masquerade: pods reaching the router leave with the node address, replies restored.
+    let mut servers = Servers::new();
+    servers.tcp(&rig.topo.router, "router", 7000);
+    servers.udp(&rig.topo.router, "router", 7000);
+    for i in [0usize, 2] {
+        let (n, peer) = rig
+            .pod(i)
+            .run(|| tcp_once(addr("192.168.100.1", 7000), 0))
+            .expect("run")
+            .expect("masqueraded TCP");
+        assert_eq!(n, "router");
+        assert_eq!(
+            host(&peer),
+            "192.168.100.2",
+            "masqueraded to the node address"
+        );
+        let port: u16 = peer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert!((61000..=65535).contains(&port), "SNAT port {port}");
+    }
+    let (_, peer) = rig
+        .pod(0)
+        .run(|| udp_once(addr("192.168.100.1", 7000)))
+        .expect("run")
+        .expect("masqueraded UDP");
+    assert_eq!(host(&peer), "192.168.100.2");
+    // Several flows at once get distinct ports.
+    let peers: Vec<String> = rig
+        .pod(3)
+        .run(|| {
+            let mut conns: Vec<TcpStream> = (0..20)
+                .map(|_| connect(addr("192.168.100.1", 7000), 0).expect("connect"))
+                .collect();
+            conns.iter_mut().map(|c| ask(c).expect("ask")).collect()
+        })
+        .expect("run");
+    let mut ports: Vec<&str> = peers
+        .iter()
+        .map(|p| p.rsplit(':').next().unwrap_or(""))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 20, "distinct SNAT ports: {peers:?}");
+    // Pod to pod is not masqueraded.
+    let (_, peer) = rig
+        .pod(0)
+        .run(|| tcp_once(SocketAddrV4::new(rig.pod_ip(2), 8080), 0))
+        .expect("run")
+        .expect("pod to pod");
+    assert_eq!(host(&peer), rig.pod_ip(0).to_string());
+    assert!(error_count(rig.agent(), "ip4-nat", "masquerade-sessions") >= 23);
+}
+
+#[test]
+fn backend_removed_mid_run() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new(4);
+    let body = "      clusterIP: 10.96.0.50\n      ports: [ { name: http, port: 80, targetPort: http } ]\n";
+    let all = Svc {
+        yaml: svc_yaml("web", body),
+        slices: three_backends(&rig, "web"),
+    };
+    let yaml = rig.spec(PROXY, &[all]);
+    rig.start(&yaml);
+    let vip = addr("10.96.0.50", 80);
+    const PORTS: std::ops::Range<u16> = 40000..40300;
+
+    let result = rig
+        .pod(0)
+        .run(|| {
+            // Long-lived connections, at least one per backend.
+            let mut held: Vec<(String, TcpStream)> = Vec::new();
+            for _ in 0..30 {
+                let mut s = connect(vip, 0).expect("connect");
+                let (n, _) = split(&ask(&mut s).expect("ask")).expect("answer");
+                held.push((n, s));
+            }
+            let before: HashMap<u16, String> = PORTS
+                .map(|p| (p, tcp_once(vip, p).expect("before").0))
+                .collect();
+            (held, before)
+        })
+        .expect("run");
+    let (mut held, before) = result;
+
+    // Remove pod2 from the EndpointSlice; the agent re-reads the spec file.
+    let without = Svc {
+        yaml: svc_yaml("web", body),
+        slices: slice(
+            "web",
+            "a",
+            "[ { name: http, protocol: TCP, port: 8080 } ]",
+            &[endpoint(rig.pod_ip(1), "node-1", "pod1")],
+        ) + &slice(
+            "web",
+            "b",
+            "[ { name: http, protocol: TCP, port: 8081 } ]",
+            &[endpoint(rig.pod_ip(3), "node-1", "pod3")],
+        ),
+    };
+    std::thread::sleep(Duration::from_millis(1100)); // a distinct file mtime
+    rig.topo
+        .write_spec(&rig.spec(PROXY, &[without]))
+        .expect("spec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = rig
+            .agent()
+            .ctl_json(&["show", "services"])
+            .expect("services");
+        if v[0]["backends"].as_array().is_some_and(|b| b.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend not removed: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (undisturbed, after) = rig
+        .pod(0)
+        .run(move || {
+            let mut ok = 0;
+            for (n, s) in held.iter_mut().filter(|(n, _)| n != "pod2") {
+                let (n2, _) =
+                    split(&ask(s).expect("held connection still answers")).expect("answer");
+                assert_eq!(&n2, n, "held connection moved");
+                ok += 1;
+            }
+            let after: HashMap<u16, String> = PORTS
+                .map(|p| (p, tcp_once(vip, p).expect("after").0))
+                .collect();
+            (ok, after)
+        })
+        .expect("run");
+    assert!(undisturbed > 0);
+    let mut moved = 0;
+    let mut survivors = 0;
+    for p in PORTS {
+        assert_ne!(after[&p], "pod2", "removed backend still chosen");
+        if before[&p] != "pod2" {
+            survivors += 1;
+            if before[&p] != after[&p] {
+                moved += 1;
+            }
+        }
+    }
+    eprintln!("{undisturbed} held connections undisturbed; {moved} of {survivors} flows of surviving backends moved");
+    assert!(
+        moved * 25 <= survivors,
+        "Maglev moved {moved} of {survivors} surviving flows"
+    );
+}
+
+#[test]
+fn conntrack_full_drops_new_flows_keeps_established() {
+    if !require_root() {
+        return;
+    }
+    let mut rig = Rig::new(4);
+    let svc = Svc {
+        yaml: svc_yaml(
+            "web",
+            "      clusterIP: 10.96.0.60\n      ports: [ { name: http, port: 80, targetPort: http } ]\n",
+        ),
+        slices: three_backends(&rig, "web"),
+    };
+    let proxy = format!("{PROXY}  conntrackMax: 16\n");
+    let yaml = rig.spec(&proxy, &[svc]);
+    rig.start(&yaml);
+    let vip = addr("10.96.0.60", 80);
+    let (answered, refused) = rig
+        .pod(0)
+        .run(|| {
+            let mut held = Vec::new();
+            for _ in 0..16 {
+                held.push(connect(vip, 0).expect("within the limit"));
+            }
+            let refused = connect(vip, 0).is_err();
+            let answered = held.iter_mut().map(ask).filter(Result::is_ok).count();
+            (answered, refused)
+        })
+        .expect("run");
+    assert!(refused, "a new flow beyond the limit must not connect");
+    assert_eq!(answered, 16, "established flows keep working");
+    assert!(error_count(rig.agent(), "ip4-nat", "conntrack-full") >= 1);
+    assert!(rig.agent().is_running(), "no crash");
+    let s = rig
+        .agent()
+        .ctl_json(&["show", "sessions"])
+        .expect("sessions");
+    assert!(s["full"].as_u64().unwrap_or(0) >= 1, "{s}");
+}

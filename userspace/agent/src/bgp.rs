@@ -1,0 +1,699 @@
+//! BGP in the agent: the `bgp:` section of the node spec, the speaker
+//! ([`ferroplane_bgp::Speaker`]) it starts, and the kernel routes it keeps in the
+//! node's namespace.
+//!
+//! ```yaml
+//! bgp:
+//!   localAS: 64512
+//!   routerID: 192.168.100.2        # optional, default node.address
+//!   listenPort: 179                # optional
+//!   holdTime: 90                   # optional (0 or >= 3)
+//!   connectRetry: 5                # optional, seconds
+//!   multipath: true                # optional: equal paths become ECMP groups
+//!   gracefulRestart: { enabled: true, restartTime: 120 }
+//!   fullMesh: true                 # optional: iBGP to every cluster.nodes[] address
+//!   kernelRoutes: true             # optional: learnt routes into the node's kernel table
+//!   advertise:
+//!     podCIDR: true                # optional
+//!     serviceClusterIPRange: 10.96.0.0/12   # optional
+//!     externalIPs: false           # optional: services' externalIPs as /32
+//!     loadBalancerIPs: false       # optional: LoadBalancer ingress IPs as /32
+//!   peers:
+//!     - address: 192.168.100.1
+//!       as: 64500
+//!       passive: false             # optional
+//!       holdTime: 9                # optional
+//!       routeReflectorClient: false
+//!       nextHopSelf: false
+//!       export: all                # all | originated | none
+//! ```
+//!
+//! For `externalTrafficPolicy: Local` services the external and load-balancer IPs are
+//! only advertised while this node has a ready endpoint of the service.
+//!
+//! Learnt IPv4 routes become engine FIB routes (source `bgp`, one path per ECMP next
+//! hop) through [`crate::state::NodeState::bgp_routes`]; learnt IPv4 and IPv6 routes go
+//! into the kernel with protocol [`RTPROT_FERROPLANE`] (`ip route show proto 196`),
+//! replaced in place, removed when withdrawn. On a graceful stop the kernel routes are
+//! left in place and the sessions closed without NOTIFICATION, so peers keep our routes
+//! (RFC 4724); on the next start the agent finds them, announces the Restart State bit
+//! and removes the leftovers only once the peers have sent End-of-RIB.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteProtocol,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use ferroplane_bgp::{PeerConfig, Prefix, Speaker, SpeakerConfig};
+use ferroplane_tables::Ipv4Prefix;
+
+use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
+
+/// Protocol number of the kernel routes the agent installs (`/etc/iproute2/rt_protos`).
+pub const RTPROT_FERROPLANE: u8 = 196;
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_port() -> u16 {
+    179
+}
+fn default_hold() -> u16 {
+    90
+}
+fn default_retry() -> u32 {
+    5
+}
+fn default_restart_time() -> u16 {
+    120
+}
+
+/// `bgp.gracefulRestart`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GracefulRestartSpec {
+    /// Announce the capability (restarting and receiving speaker).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds peers keep our routes while we restart (<= 4095).
+    #[serde(default = "default_restart_time")]
+    pub restart_time: u16,
+}
+
+impl Default for GracefulRestartSpec {
+    fn default() -> Self {
+        GracefulRestartSpec {
+            enabled: true,
+            restart_time: default_restart_time(),
+        }
+    }
+}
+
+/// `bgp.advertise`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdvertiseSpec {
+    /// The node's pod CIDR.
+    #[serde(default = "yes", rename = "podCIDR")]
+    pub pod_cidr: bool,
+    /// The service ClusterIP range.
+    #[serde(default, rename = "serviceClusterIPRange")]
+    pub service_cluster_ip_range: Option<Ipv4Cidr>,
+    /// Services' externalIPs.
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: bool,
+    /// LoadBalancer ingress IPs.
+    #[serde(default, rename = "loadBalancerIPs")]
+    pub load_balancer_ips: bool,
+}
+
+impl Default for AdvertiseSpec {
+    fn default() -> Self {
+        AdvertiseSpec {
+            pod_cidr: true,
+            service_cluster_ip_range: None,
+            external_ips: false,
+            load_balancer_ips: false,
+        }
+    }
+}
+
+/// The `bgp:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BgpSpec {
+    /// Our AS.
+    #[serde(rename = "localAS")]
+    pub local_as: u32,
+    /// BGP identifier (default: node.address).
+    #[serde(default, rename = "routerID")]
+    pub router_id: Option<Ipv4Addr>,
+    /// TCP port to listen on.
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// Hold time we propose.
+    #[serde(default = "default_hold")]
+    pub hold_time: u16,
+    /// ConnectRetryTime (seconds).
+    #[serde(default = "default_retry")]
+    pub connect_retry: u32,
+    /// ECMP across equal paths.
+    #[serde(default = "yes")]
+    pub multipath: bool,
+    /// Graceful restart.
+    #[serde(default)]
+    pub graceful_restart: GracefulRestartSpec,
+    /// iBGP sessions to every `cluster.nodes[]` address.
+    #[serde(default = "yes")]
+    pub full_mesh: bool,
+    /// Install learnt routes in the kernel.
+    #[serde(default = "yes")]
+    pub kernel_routes: bool,
+    /// What the node originates.
+    #[serde(default)]
+    pub advertise: AdvertiseSpec,
+    /// Explicit neighbours.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+impl BgpSpec {
+    /// Semantic checks (field-named errors).
+    pub fn validate(&self, spec: &NodeSpec) -> Result<(), ConfigError> {
+        if self.local_as == 0 {
+            return Err(invalid("bgp.localAS", "must not be 0"));
+        }
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(invalid("bgp.holdTime", "must be 0 or >= 3"));
+        }
+        if self.graceful_restart.restart_time > 4095 {
+            return Err(invalid(
+                "bgp.gracefulRestart.restartTime",
+                "must be <= 4095 (12 bits)",
+            ));
+        }
+        if let Some(r) = self.router_id {
+            if r.is_unspecified() || r.is_multicast() {
+                return Err(invalid("bgp.routerID", format!("{r} is not usable")));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let f = |x: &str| format!("bgp.peers[{i}].{x}");
+            if p.address == IpAddr::V4(spec.node.address.addr) {
+                return Err(invalid(&f("address"), "is this node's address"));
+            }
+            if !seen.insert(p.address) {
+                return Err(invalid(
+                    &f("address"),
+                    format!("{} listed twice", p.address),
+                ));
+            }
+            if p.remote_as == 0 {
+                return Err(invalid(&f("as"), "must not be 0"));
+            }
+            if p.hold_time.is_some_and(|h| h == 1 || h == 2) {
+                return Err(invalid(&f("holdTime"), "must be 0 or >= 3"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Explicit peers plus the full mesh (iBGP to every cluster node not listed).
+    pub fn peers(&self, spec: &NodeSpec) -> Vec<PeerConfig> {
+        let mut v = self.peers.clone();
+        if self.full_mesh {
+            if let Some(c) = &spec.cluster {
+                for n in &c.nodes {
+                    let a = IpAddr::V4(n.address);
+                    if !v.iter().any(|p| p.address == a) {
+                        v.push(PeerConfig::new(a, self.local_as));
+                    }
+                }
+            }
+        }
+        for p in &mut v {
+            p.local_address
+                .get_or_insert(IpAddr::V4(spec.node.address.addr));
+        }
+        v
+    }
+
+    /// The speaker configuration for this node.
+    pub fn speaker_config(&self, spec: &NodeSpec, restarting: bool) -> SpeakerConfig {
+        let mut c = SpeakerConfig::new(
+            self.local_as,
+            self.router_id.unwrap_or(spec.node.address.addr),
+        );
+        c.listen = Some(std::net::SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            self.listen_port,
+        ));
+        c.hold_time = self.hold_time;
+        c.connect_retry = self.connect_retry;
+        c.multipath = self.multipath;
+        c.graceful_restart = self
+            .graceful_restart
+            .enabled
+            .then_some(self.graceful_restart.restart_time);
+        c.restarting = restarting && self.graceful_restart.enabled;
+        c.peers = self.peers(spec);
+        c
+    }
+
+    /// Prefixes this node originates.
+    pub fn originated(&self, spec: &NodeSpec) -> BTreeSet<Prefix> {
+        let mut s = BTreeSet::new();
+        let pfx = |a: Ipv4Addr, l: u8| Prefix::v4(a, l).ok();
+        if self.advertise.pod_cidr {
+            s.extend(pfx(spec.node.pod_cidr.addr, spec.node.pod_cidr.prefix_len));
+        }
+        if let Some(r) = self.advertise.service_cluster_ip_range {
+            s.extend(pfx(r.addr, r.prefix_len));
+        }
+        for svc in &spec.services {
+            let local_only =
+                svc.spec.external_traffic_policy == Some(crate::services::TrafficPolicy::Local);
+            if local_only
+                && !has_local_ready_endpoint(spec, &svc.metadata.namespace, &svc.metadata.name)
+            {
+                continue;
+            }
+            if self.advertise.external_ips {
+                s.extend(svc.spec.external_ips.iter().filter_map(|a| pfx(*a, 32)));
+            }
+            if self.advertise.load_balancer_ips {
+                let ingress = svc
+                    .status
+                    .iter()
+                    .filter_map(|st| st.load_balancer.as_ref())
+                    .flat_map(|lb| lb.ingress.iter())
+                    .filter_map(|i| i.ip);
+                s.extend(ingress.filter_map(|a| pfx(a, 32)));
+            }
+        }
+        s
+    }
+}
+
+/// True when an EndpointSlice of `namespace/name` has a ready endpoint on this node.
+fn has_local_ready_endpoint(spec: &NodeSpec, namespace: &str, name: &str) -> bool {
+    spec.endpoint_slices
+        .iter()
+        .filter(|es| {
+            es.metadata.namespace == namespace
+                && es
+                    .metadata
+                    .labels
+                    .get("kubernetes.io/service-name")
+                    .map(String::as_str)
+                    == Some(name)
+        })
+        .flat_map(|es| es.endpoints.iter())
+        .any(|e| {
+            e.node_name.as_deref() == Some(spec.node.name.as_str())
+                && e.conditions.ready != Some(false)
+        })
+}
+
+/// The BGP side of a running agent.
+pub struct BgpRuntime {
+    /// The speaker (shared with the API handler).
+    pub speaker: Arc<Speaker>,
+    kernel: Option<tokio::sync::mpsc::UnboundedSender<KernelCmd>>,
+    kernel_task: Option<tokio::task::JoinHandle<()>>,
+    stale_kernel: bool,
+    graceful: bool,
+}
+
+/// Work for the kernel route task (netlink round trips never delay the engine FIB).
+enum KernelCmd {
+    Apply(Vec<(Prefix, Vec<IpAddr>)>),
+    RemoveUnwanted(BTreeMap<Prefix, Vec<IpAddr>>),
+}
+
+impl BgpRuntime {
+    /// Start the speaker. Kernel routes with our protocol left by a previous run mean we
+    /// are restarting (Restart State bit set, leftovers kept until convergence).
+    pub async fn start(
+        bgp: &BgpSpec,
+        spec: &NodeSpec,
+        handle: Handle,
+    ) -> anyhow::Result<BgpRuntime> {
+        let mut kernel = None;
+        let mut restarting = false;
+        if bgp.kernel_routes {
+            let k = KernelRoutes::load(handle).await?;
+            restarting = !k.installed.is_empty();
+            if restarting {
+                info!(
+                    routes = k.installed.len(),
+                    "kernel routes from a previous run: graceful restart"
+                );
+            }
+            kernel = Some(k);
+        }
+        let cfg = bgp.speaker_config(spec, restarting);
+        let originate: Vec<Prefix> = bgp.originated(spec).into_iter().collect();
+        let speaker = Speaker::start(cfg, originate).await?;
+        let (tx, task) = match kernel {
+            Some(mut k) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let task = tokio::spawn(async move {
+                    while let Some(cmd) = rx.recv().await {
+                        match cmd {
+                            KernelCmd::Apply(c) => k.apply(&c).await,
+                            KernelCmd::RemoveUnwanted(w) => k.remove_unwanted(&w).await,
+                        }
+                    }
+                });
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        Ok(BgpRuntime {
+            speaker: Arc::new(speaker),
+            kernel: tx,
+            kernel_task: task,
+            stale_kernel: restarting,
+            graceful: bgp.graceful_restart.enabled,
+        })
+    }
+
+    /// Forwarding changes since the last call: IPv4 routes for the engine FIB
+    /// (empty next hops: remove). Kernel routes are brought in line on the way.
+    pub async fn poll(&mut self) -> Vec<(Ipv4Prefix, Vec<Ipv4Addr>)> {
+        let changes = self.speaker.take_fib_changes();
+        if let Some(k) = &self.kernel {
+            if !changes.is_empty() {
+                let _ = k.send(KernelCmd::Apply(changes.clone()));
+            }
+            if self.stale_kernel && self.speaker.converged() {
+                self.stale_kernel = false;
+                let want: BTreeMap<Prefix, Vec<IpAddr>> =
+                    self.speaker.fib_routes().into_iter().collect();
+                let _ = k.send(KernelCmd::RemoveUnwanted(want));
+            }
+        }
+        changes
+            .into_iter()
+            .filter_map(|(p, nhs)| {
+                let IpAddr::V4(a) = p.addr() else { return None };
+                let prefix = Ipv4Prefix::new(a, p.len()).ok()?;
+                let v4 = nhs
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        IpAddr::V4(v) => Some(v),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                Some((prefix, v4))
+            })
+            .collect()
+    }
+
+    /// Stop. With graceful restart the sessions close without NOTIFICATION and the
+    /// kernel routes stay; otherwise peers get Cease and the kernel routes go.
+    pub async fn stop(&mut self) {
+        self.speaker.shutdown(self.graceful).await;
+        if let Some(k) = self.kernel.take() {
+            if !self.graceful {
+                let _ = k.send(KernelCmd::RemoveUnwanted(BTreeMap::new()));
+            }
+            drop(k); // the task drains its queue, then ends
+        }
+        if let Some(t) = self.kernel_task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), t).await;
+        }
+    }
+}
+
+/// Apply FIB changes to the node's BGP route table; returns the next hops now in use.
+pub fn apply_changes(
+    routes: &mut BTreeMap<Ipv4Prefix, Vec<Ipv4Addr>>,
+    changes: Vec<(Ipv4Prefix, Vec<Ipv4Addr>)>,
+) -> BTreeSet<Ipv4Addr> {
+    let mut hops = BTreeSet::new();
+    for (p, nhs) in changes {
+        if nhs.is_empty() {
+            routes.remove(&p);
+        } else {
+            hops.extend(nhs.iter().copied());
+            routes.insert(p, nhs);
+        }
+    }
+    hops
+}
+
+/// `show_bgp` data.
+pub fn report(speaker: Option<&Speaker>) -> ferroplane_api::BgpReport {
+    let Some(s) = speaker else {
+        return ferroplane_api::BgpReport::default();
+    };
+    let (local_as, router_id) = s.identity();
+    ferroplane_api::BgpReport {
+        enabled: true,
+        local_as,
+        router_id: router_id.to_string(),
+        loc_rib: s.loc_rib_len(),
+        originated: s.originated().iter().map(|p| p.to_string()).collect(),
+        peers: s
+            .peers()
+            .into_iter()
+            .map(|p| ferroplane_api::BgpPeer {
+                address: p.address.to_string(),
+                remote_as: p.remote_as,
+                kind: p.kind,
+                state: p.state,
+                uptime_secs: p.uptime_secs,
+                router_id: p.router_id.map(|r| r.to_string()),
+                hold_time: p.hold_time,
+                received: p.received,
+                accepted: p.accepted,
+                advertised: p.advertised,
+                stale: p.stale,
+                treat_as_withdraw: p.treat_as_withdraw,
+                attributes_discarded: p.attributes_discarded,
+                capabilities: p.capabilities,
+                last_error: p.last_error,
+            })
+            .collect(),
+    }
+}
+
+/// `show_bgp_routes` data (the whole Loc-RIB; `ferroctl` filters by prefix).
+pub fn routes_report(speaker: Option<&Speaker>) -> Vec<ferroplane_api::BgpRoute> {
+    let Some(s) = speaker else {
+        return Vec::new();
+    };
+    s.routes(None)
+        .into_iter()
+        .map(|r| ferroplane_api::BgpRoute {
+            prefix: r.prefix.to_string(),
+            paths: r
+                .paths
+                .into_iter()
+                .map(|p| ferroplane_api::BgpPath {
+                    from: p.from,
+                    next_hop: p.next_hop.to_string(),
+                    as_path: p.as_path,
+                    origin: p.origin,
+                    local_pref: p.local_pref,
+                    med: p.med,
+                    communities: p.communities,
+                    best: p.best,
+                    multipath: p.multipath,
+                    stale: p.stale,
+                    reason: p.reason,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Our routes in the kernel's main table.
+struct KernelRoutes {
+    handle: Handle,
+    installed: BTreeMap<Prefix, Vec<IpAddr>>,
+}
+
+fn gateway_of(attrs: &[RouteAttribute]) -> Option<IpAddr> {
+    attrs.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
+}
+
+impl KernelRoutes {
+    async fn load(handle: Handle) -> anyhow::Result<KernelRoutes> {
+        let mut installed = BTreeMap::new();
+        for msg in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let mut s = handle.route().get(msg).execute();
+            while let Some(r) = s.try_next().await? {
+                if r.header.protocol != RouteProtocol::Other(RTPROT_FERROPLANE) {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                });
+                let Some(p) =
+                    dst.and_then(|d| Prefix::new(d, r.header.destination_prefix_length).ok())
+                else {
+                    continue;
+                };
+                let mut nhs: Vec<IpAddr> = gateway_of(&r.attributes).into_iter().collect();
+                for a in &r.attributes {
+                    if let RouteAttribute::MultiPath(hops) = a {
+                        nhs.extend(hops.iter().filter_map(|h| gateway_of(&h.attributes)));
+                    }
+                }
+                installed.insert(p, nhs);
+            }
+        }
+        Ok(KernelRoutes { handle, installed })
+    }
+
+    fn message(p: &Prefix, nhs: &[IpAddr]) -> RouteMessage {
+        let mut m = match p.addr() {
+            IpAddr::V4(a) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(a, p.len())
+                    .protocol(RouteProtocol::Other(RTPROT_FERROPLANE));
+                if let [IpAddr::V4(g)] = nhs {
+                    b = b.gateway(*g);
+                }
+                b.build()
+            }
+            IpAddr::V6(a) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(a, p.len())
+                    .protocol(RouteProtocol::Other(RTPROT_FERROPLANE));
+                if let [IpAddr::V6(g)] = nhs {
+                    b = b.gateway(*g);
+                }
+                b.build()
+            }
+        };
+        if nhs.len() > 1 {
+            let hops = nhs
+                .iter()
+                .map(|n| {
+                    let mut h = RouteNextHop::default();
+                    h.attributes.push(RouteAttribute::Gateway(match n {
+                        IpAddr::V4(v) => RouteAddress::Inet(*v),
+                        IpAddr::V6(v) => RouteAddress::Inet6(*v),
+                    }));
+                    h
+                })
+                .collect();
+            m.attributes.push(RouteAttribute::MultiPath(hops));
+        }
+        m
+    }
+
+    async fn apply(&mut self, changes: &[(Prefix, Vec<IpAddr>)]) {
+        for (p, nhs) in changes {
+            let nhs: Vec<IpAddr> = nhs
+                .iter()
+                .copied()
+                .filter(|n| n.is_ipv4() == p.addr().is_ipv4())
+                .collect();
+            if nhs.is_empty() {
+                if let Some(old) = self.installed.remove(p) {
+                    let m = Self::message(p, &old);
+                    if let Err(e) = self.handle.route().del(m).execute().await {
+                        warn!(prefix = %p, "removing kernel route: {e}");
+                    }
+                }
+                continue;
+            }
+            if self.installed.get(p) == Some(&nhs) {
+                continue;
+            }
+            let m = Self::message(p, &nhs);
+            match self.handle.route().add(m).replace().execute().await {
+                Ok(()) => {
+                    self.installed.insert(*p, nhs);
+                }
+                Err(e) => warn!(prefix = %p, "installing kernel route: {e}"),
+            }
+        }
+    }
+
+    async fn remove_unwanted(&mut self, want: &BTreeMap<Prefix, Vec<IpAddr>>) {
+        let gone: Vec<(Prefix, Vec<IpAddr>)> = self
+            .installed
+            .iter()
+            .filter(|(p, _)| !want.contains_key(p))
+            .map(|(p, n)| (*p, n.clone()))
+            .collect();
+        if !gone.is_empty() {
+            info!(
+                routes = gone.len(),
+                "removing kernel routes no peer announces any more"
+            );
+        }
+        let empty: Vec<(Prefix, Vec<IpAddr>)> =
+            gone.into_iter().map(|(p, _)| (p, Vec::new())).collect();
+        self.apply(&empty).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+node:
+  name: n1
+  uplink: up0
+  address: 192.168.100.2/24
+  podCIDR: 10.244.1.0/24
+cluster:
+  nodes:
+    - name: n2
+      address: 192.168.100.3
+      podCIDR: 10.244.2.0/24
+bgp:
+  localAS: 64512
+  holdTime: 9
+  advertise:
+    serviceClusterIPRange: 10.96.0.0/12
+  peers:
+    - address: 192.168.100.1
+      as: 64500
+      passive: true
+"#;
+
+    #[test]
+    fn spec_to_speaker_config() {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let b = spec.bgp.as_ref().unwrap();
+        let c = b.speaker_config(&spec, false);
+        assert_eq!(c.router_id, Ipv4Addr::new(192, 168, 100, 2));
+        assert_eq!(c.peers.len(), 2, "explicit peer + full mesh");
+        assert_eq!(c.peers[1].remote_as, 64512);
+        assert!(c.peers[0].passive);
+        assert_eq!(
+            c.peers[0].local_address,
+            Some("192.168.100.2".parse().unwrap())
+        );
+        assert_eq!(c.hold_time, 9);
+        assert_eq!(c.graceful_restart, Some(120));
+        let o: Vec<String> = b.originated(&spec).iter().map(|p| p.to_string()).collect();
+        assert_eq!(o, vec!["10.96.0.0/12", "10.244.1.0/24"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = SPEC.replace("holdTime: 9", "holdTime: 2");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.holdTime"), "{e}");
+        let bad = SPEC.replace("address: 192.168.100.1", "address: 192.168.100.2");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.peers[0].address"), "{e}");
+        let bad = SPEC.replace("passive: true", "passive: true\n      bogus: 1");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.peers[0]"), "{e}");
+    }
+}

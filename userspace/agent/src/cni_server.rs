@@ -1,0 +1,662 @@
+//! The agent's CNI socket: what `ferroplane-cni` forwards ADD/DEL/CHECK/STATUS/GC to.
+//!
+//! The server owns IPAM ([`crate::ipam`]) and hands the plumbing to the agent's main loop as
+//! [`PodOp`]s, which calls the same pod add/remove code the standalone YAML spec uses. A CNI
+//! attachment becomes a pod spec keyed `cni/<container id>/<ifname>`
+//! ([`attachment_pod`]), so its host veth name is stable and derived from the container id
+//! and interface name alone (DEL needs nothing else to find it).
+//!
+//! Protocol: one JSON [`AgentRequest`] line, one JSON [`AgentResponse`] line
+//! (see [`ferroplane_cni::proto`]). The socket is mode 0600 (root only).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroplane_cni::proto::PROTO_VERSION;
+use ferroplane_cni::types::mac_string;
+use ferroplane_cni::{
+    code, AgentRequest, AgentResponse, CniError, CniResult, Command, Interface, IpConfig, Route,
+    CNI_VERSION,
+};
+use futures::TryStreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::PodSpec;
+use crate::ipam::{Ipam, IpamError, Owner, Record};
+use crate::netlink::{in_netns, PlumbError, POD_GATEWAY};
+
+/// Kubernetes-namespace part of the pod key of CNI attachments.
+pub const CNI_POD_NAMESPACE: &str = "cni";
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 1 << 20;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the agent reports back about a plumbed pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlumbedPod {
+    /// Host-side veth name.
+    pub host_ifname: String,
+    /// Host-side veth MAC.
+    pub host_mac: [u8; 6],
+    /// Pod-side MAC.
+    pub pod_mac: [u8; 6],
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// MTU.
+    pub mtu: u16,
+}
+
+/// Work for the agent's main loop (it owns the engine, the BPF maps and the node state).
+#[derive(Debug)]
+pub enum PodOp {
+    /// Plumb a pod (idempotent) and report it.
+    Add {
+        /// The pod.
+        pod: PodSpec,
+        /// The answer.
+        reply: oneshot::Sender<Result<PlumbedPod, String>>,
+    },
+    /// Tear a pod down (veth, engine port, XDP, tables); `Ok(true)` if anything was there.
+    Del {
+        /// The pod (only its key, hence its veth name, matters).
+        pod: PodSpec,
+        /// The answer.
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Report a plumbed pod by key.
+    Get {
+        /// `namespace/name`.
+        key: String,
+        /// The answer.
+        reply: oneshot::Sender<Option<PlumbedPod>>,
+    },
+    /// Keys of every plumbed pod.
+    Keys {
+        /// The answer.
+        reply: oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// The pod spec of a CNI attachment.
+pub fn attachment_pod(container_id: &str, ifname: &str, netns: &str, ip: Ipv4Addr) -> PodSpec {
+    PodSpec {
+        name: format!("{container_id}/{ifname}"),
+        namespace: CNI_POD_NAMESPACE.to_string(),
+        netns: netns.to_string(),
+        ip,
+        interface: ifname.to_string(),
+        labels: Default::default(),
+        ports: Vec::new(),
+    }
+}
+
+/// The pod spec of a reservation.
+pub fn record_pod(r: &Record) -> PodSpec {
+    attachment_pod(&r.container_id, &r.ifname, &r.netns, r.ip)
+}
+
+/// Pods to plumb again when the agent starts: reservations whose network namespace still
+/// exists (the others wait for DEL or GC).
+pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<PodSpec>, IpamError> {
+    Ok(ipam
+        .records()?
+        .iter()
+        .filter(|r| {
+            !r.container_id.is_empty() && !r.netns.is_empty() && Path::new(&r.netns).exists()
+        })
+        .map(record_pod)
+        .collect())
+}
+
+/// Everything a request handler needs.
+#[derive(Debug, Clone)]
+pub struct CniContext {
+    /// The node's pool.
+    pub ipam: Arc<Ipam>,
+    /// The agent's main loop.
+    pub ops: mpsc::Sender<PodOp>,
+}
+
+/// A bound CNI socket; dropping it stops accepting and removes the socket file.
+#[derive(Debug)]
+pub struct CniServer {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// CNI server errors.
+#[derive(Debug, thiserror::Error)]
+#[error("CNI socket {}: {what}: {source}", path.display())]
+pub struct CniServerError {
+    path: PathBuf,
+    what: &'static str,
+    #[source]
+    source: io::Error,
+}
+
+impl CniServer {
+    /// Binds `path` (mode 0600; a stale socket is replaced) and serves on the current tokio
+    /// runtime.
+    pub fn bind(path: &Path, ctx: CniContext) -> Result<CniServer, CniServerError> {
+        let err = |what| {
+            let path = path.to_path_buf();
+            move |source| CniServerError { path, what, source }
+        };
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(err("creating its directory"))?;
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "cni.sock".into());
+        // Bind under a temporary name, restrict, then move into place: the socket is never
+        // reachable with looser permissions.
+        let tmp = parent.join(format!(".{file}.{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(err("binding"))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err("chmod 0600"))?;
+        fs::rename(&tmp, path).map_err(err("moving into place"))?;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = serve(stream, ctx).await {
+                                warn!("CNI connection: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!("CNI socket accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(CniServer {
+            path: path.to_path_buf(),
+            task,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CniServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+async fn serve(stream: UnixStream, ctx: CniContext) -> io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64);
+    let n = tokio::time::timeout(READ_TIMEOUT, rd.read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line in time"))??;
+    if n == 0 {
+        return Ok(());
+    }
+    let response = match serde_json::from_str::<AgentRequest>(&line) {
+        Ok(req) if req.proto != PROTO_VERSION => AgentResponse::Error(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "ferroplane-cni speaks protocol {} but the agent speaks {PROTO_VERSION}: install the matching plugin binary",
+                req.proto
+            ),
+        )),
+        Ok(req) => handle(&ctx, req).await,
+        Err(e) => AgentResponse::Error(
+            CniError::new(code::DECODING_FAILURE, "bad request on the agent's CNI socket")
+                .with_details(e.to_string()),
+        ),
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    wr.shutdown().await
+}
+
+fn agent_err(msg: impl Into<String>) -> CniError {
+    CniError::new(code::AGENT_FAILURE, msg)
+}
+
+fn ipam_err(e: IpamError) -> CniError {
+    match e {
+        IpamError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+        other => CniError::new(code::IO_FAILURE, other.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IpamError> + Send + 'static,
+) -> Result<T, CniError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| agent_err(format!("IPAM task failed: {e}")))?
+        .map_err(ipam_err)
+}
+
+async fn op<T>(
+    ctx: &CniContext,
+    make: impl FnOnce(oneshot::Sender<T>) -> PodOp,
+) -> Result<T, CniError> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the agent is shutting down; try again later",
+        )
+    };
+    ctx.ops.send(make(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+/// Answers one request.
+pub async fn handle(ctx: &CniContext, req: AgentRequest) -> AgentResponse {
+    let started = std::time::Instant::now();
+    let cmd = req.command;
+    let cid = req.container_id.clone();
+    let r = match cmd {
+        Command::Add => add(ctx, req).await.map(Some),
+        Command::Del => del(ctx, req).await.map(|()| None),
+        Command::Check => check(ctx, req).await.map(|()| None),
+        Command::Status => status(ctx).await.map(|()| None),
+        Command::Gc => gc(ctx, req).await.map(|()| None),
+        Command::Version => Ok(None),
+    };
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match r {
+        Ok(result) => {
+            info!(command = cmd.name(), container = %cid, ms, "CNI request done");
+            AgentResponse::Ok { result }
+        }
+        Err(e) => {
+            warn!(command = cmd.name(), container = %cid, ms, code = e.code, "CNI request failed: {}", e.msg);
+            AgentResponse::Error(e)
+        }
+    }
+}
+
+async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError> {
+    if !Path::new(&req.netns).exists() {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} does not exist", req.netns),
+        ));
+    }
+    let owner = Owner {
+        network: req.network.clone(),
+        netns: req.netns.clone(),
+        pod_namespace: req.pod_namespace.clone(),
+        pod_name: req.pod_name.clone(),
+    };
+    let ipam = ctx.ipam.clone();
+    let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
+    let (record, fresh) = blocking(move || ipam.reserve(&cid, &ifname, &owner)).await?;
+    if !fresh && record.netns != req.netns {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "container {} interface {} is already attached in {}, not {}",
+                req.container_id, req.ifname, record.netns, req.netns
+            ),
+        ));
+    }
+    let pod = record_pod(&record);
+    let plumbed = op(ctx, |reply| PodOp::Add { pod, reply })
+        .await?
+        .map_err(|e| agent_err(format!("plumbing {}: {e}", req.container_id)))?;
+    Ok(CniResult {
+        cni_version: CNI_VERSION.to_string(),
+        interfaces: vec![
+            Interface {
+                name: plumbed.host_ifname,
+                mac: mac_string(plumbed.host_mac),
+                mtu: Some(u32::from(plumbed.mtu)),
+                sandbox: None,
+            },
+            Interface {
+                name: req.ifname.clone(),
+                mac: mac_string(plumbed.pod_mac),
+                mtu: Some(u32::from(plumbed.mtu)),
+                sandbox: Some(req.netns.clone()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: format!("{}/32", record.ip),
+            gateway: Some(POD_GATEWAY.to_string()),
+            interface: Some(1),
+        }],
+        routes: vec![Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(POD_GATEWAY.to_string()),
+        }],
+        dns: req.dns,
+    })
+}
+
+async fn del(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
+    let ipam = ctx.ipam.clone();
+    let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
+    let record = blocking(move || ipam.get(&cid, &ifname)).await?;
+    let ip = record.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |r| r.ip);
+    // Tear down first, release after: the address is never reused while still configured.
+    let pod = attachment_pod(&req.container_id, &req.ifname, &req.netns, ip);
+    op(ctx, |reply| PodOp::Del { pod, reply })
+        .await?
+        .map_err(|e| agent_err(format!("tearing down {}: {e}", req.container_id)))?;
+    let ipam = ctx.ipam.clone();
+    let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
+    blocking(move || ipam.release(&cid, &ifname)).await?;
+    Ok(())
+}
+
+async fn status(ctx: &CniContext) -> Result<(), CniError> {
+    let ipam = ctx.ipam.clone();
+    if blocking(move || ipam.free()).await? == 0 {
+        return Err(CniError::new(
+            code::LIMITED_IPAM,
+            format!("no free address in pod CIDR {}", ctx.ipam.pool()),
+        ));
+    }
+    Ok(())
+}
+
+async fn gc(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
+    let keep: BTreeSet<(String, String)> = req
+        .valid_attachments
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    // Pods plumbed for this network but not valid any more (with or without a reservation).
+    let ipam = ctx.ipam.clone();
+    let records = blocking(move || ipam.records()).await?;
+    let keys = op(ctx, |reply| PodOp::Keys { reply }).await?;
+    let mut doomed: Vec<PodSpec> = records
+        .iter()
+        .filter(|r| {
+            (r.container_id.is_empty() || r.network == req.network)
+                && !keep.contains(&(r.container_id.clone(), r.ifname.clone()))
+        })
+        .filter(|r| !r.container_id.is_empty())
+        .map(record_pod)
+        .collect();
+    let prefix = format!("{CNI_POD_NAMESPACE}/");
+    for key in keys {
+        let Some((cid, ifname)) = key.strip_prefix(&prefix).and_then(|k| k.split_once('/')) else {
+            continue;
+        };
+        let owned_elsewhere = records
+            .iter()
+            .any(|r| r.key() == (cid, ifname) && r.network != req.network);
+        if !owned_elsewhere
+            && !keep.contains(&(cid.to_string(), ifname.to_string()))
+            && !doomed.iter().any(|p| p.key() == key)
+        {
+            doomed.push(attachment_pod(cid, ifname, "", Ipv4Addr::UNSPECIFIED));
+        }
+    }
+    for pod in doomed {
+        let key = pod.key();
+        if let Err(e) = op(ctx, |reply| PodOp::Del { pod, reply }).await? {
+            return Err(agent_err(format!("GC: tearing down {key}: {e}")));
+        }
+    }
+    let ipam = ctx.ipam.clone();
+    let network = req.network.clone();
+    let gone = blocking(move || ipam.gc(&network, &keep)).await?;
+    if !gone.is_empty() {
+        info!(network = %req.network, released = gone.len(), "CNI GC released addresses");
+    }
+    Ok(())
+}
+
+async fn check(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
+    let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg);
+    let ipam = ctx.ipam.clone();
+    let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
+    let record = blocking(move || ipam.get(&cid, &ifname))
+        .await?
+        .ok_or_else(|| {
+            failed(format!(
+                "no address is reserved for container {} interface {}",
+                req.container_id, req.ifname
+            ))
+        })?;
+    if req.expect_ip.as_deref() != Some(record.ip.to_string().as_str()) {
+        return Err(failed(format!(
+            "prevResult says {} but the reservation is {}",
+            req.expect_ip.as_deref().unwrap_or("nothing"),
+            record.ip
+        )));
+    }
+    if record.netns != req.netns {
+        return Err(failed(format!(
+            "attached in {}, not {}",
+            record.netns, req.netns
+        )));
+    }
+    let key = record_pod(&record).key();
+    let plumbed = op(ctx, |reply| PodOp::Get {
+        key: key.clone(),
+        reply,
+    })
+    .await?
+    .ok_or_else(|| failed(format!("{key} is not plumbed in the dataplane")))?;
+    let (ifname, ip, mtu) = (req.ifname.clone(), record.ip, plumbed.mtu);
+    let seen = in_netns(Path::new(&req.netns), move |h| async move {
+        inspect_pod_side(h, ifname, ip, mtu).await
+    })
+    .await
+    .map_err(|e| failed(format!("inspecting {}: {e}", req.netns)))?;
+    if let Some(problem) = seen {
+        return Err(failed(problem));
+    }
+    Ok(())
+}
+
+/// `None` when the pod side is as ADD left it, else what differs.
+async fn inspect_pod_side(
+    h: rtnetlink::Handle,
+    ifname: String,
+    ip: Ipv4Addr,
+    mtu: u16,
+) -> Result<Option<String>, PlumbError> {
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let nl = |context: &str| {
+        let context = context.to_string();
+        move |source| PlumbError::Netlink { context, source }
+    };
+    let links: Vec<_> = match h
+        .link()
+        .get()
+        .match_name(ifname.clone())
+        .execute()
+        .try_collect()
+        .await
+    {
+        Ok(l) => l,
+        Err(_) => return Ok(Some(format!("interface {ifname} is missing"))),
+    };
+    let Some(link) = links.first() else {
+        return Ok(Some(format!("interface {ifname} is missing")));
+    };
+    if !link.header.flags.contains(LinkFlags::Up) {
+        return Ok(Some(format!("interface {ifname} is down")));
+    }
+    let link_mtu = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    });
+    if link_mtu != Some(u32::from(mtu)) {
+        return Ok(Some(format!(
+            "interface {ifname} has MTU {link_mtu:?}, expected {mtu}"
+        )));
+    }
+    let index = link.header.index;
+    let addrs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing addresses"))?;
+    let has_ip = addrs.iter().any(|m| {
+        m.header.prefix_len == 32
+            && m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(std::net::IpAddr::V4(x)) if *x == ip))
+    });
+    if !has_ip {
+        return Ok(Some(format!("interface {ifname} does not carry {ip}/32")));
+    }
+    let routes: Vec<_> = h
+        .route()
+        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing routes"))?;
+    let default_ok = routes.iter().any(|r| {
+        r.header.destination_prefix_length == 0
+            && r.attributes.iter().any(|a| {
+                matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == POD_GATEWAY)
+            })
+            && r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+    });
+    if !default_ok {
+        return Ok(Some(format!(
+            "no default route via {POD_GATEWAY} dev {ifname}"
+        )));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Ipv4Cidr;
+
+    #[test]
+    fn attachment_keys_are_stable() {
+        let ip: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let a = attachment_pod("abc123", "eth0", "/var/run/netns/x", ip);
+        assert_eq!(a.key(), "cni/abc123/eth0");
+        let b = attachment_pod("abc123", "eth0", "", Ipv4Addr::UNSPECIFIED);
+        // DEL without netns or address finds the same veth.
+        assert_eq!(
+            crate::netlink::host_ifname(&a.namespace, &a.name),
+            crate::netlink::host_ifname(&b.namespace, &b.name)
+        );
+        assert_ne!(
+            crate::netlink::host_ifname(&a.namespace, &a.name),
+            crate::netlink::host_ifname("cni", "abc123/eth1")
+        );
+    }
+
+    #[tokio::test]
+    async fn status_and_del_without_plumbing() {
+        let dir = std::env::temp_dir().join(format!("fp-cni-srv-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pool: Ipv4Cidr = "10.3.0.0/30".parse().unwrap();
+        let ipam = Arc::new(Ipam::open(&dir, pool).unwrap());
+        let (tx, mut rx) = mpsc::channel(4);
+        // A stand-in for the main loop: DEL finds nothing, keys are empty.
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                match op {
+                    PodOp::Del { reply, .. } => {
+                        let _ = reply.send(Ok(false));
+                    }
+                    PodOp::Keys { reply } => {
+                        let _ = reply.send(Vec::new());
+                    }
+                    PodOp::Get { reply, .. } => {
+                        let _ = reply.send(None);
+                    }
+                    PodOp::Add { reply, .. } => {
+                        let _ = reply.send(Err("no dataplane in this test".into()));
+                    }
+                }
+            }
+        });
+        let ctx = CniContext {
+            ipam: ipam.clone(),
+            ops: tx,
+        };
+        let req = |command, cid: &str| AgentRequest {
+            proto: PROTO_VERSION,
+            command,
+            network: "fp".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: String::new(),
+            pod_namespace: None,
+            pod_name: None,
+            dns: Default::default(),
+            expect_ip: None,
+            valid_attachments: Vec::new(),
+        };
+        assert_eq!(
+            handle(&ctx, req(Command::Status, "")).await,
+            AgentResponse::Ok { result: None }
+        );
+        // DEL of an unknown container succeeds.
+        assert_eq!(
+            handle(&ctx, req(Command::Del, "nope")).await,
+            AgentResponse::Ok { result: None }
+        );
+        // ADD into a namespace that does not exist: code 3.
+        let mut add = req(Command::Add, "c1");
+        add.netns = "/nonexistent/netns".into();
+        match handle(&ctx, add).await {
+            AgentResponse::Error(e) => assert_eq!(e.code, code::UNKNOWN_CONTAINER),
+            other => panic!("{other:?}"),
+        }
+        let owner = Owner {
+            network: "fp".into(),
+            ..Owner::default()
+        };
+        ipam.reserve("a", "eth0", &owner).unwrap();
+        ipam.reserve("b", "eth0", &owner).unwrap();
+        match handle(&ctx, req(Command::Status, "")).await {
+            AgentResponse::Error(e) => assert_eq!(e.code, code::LIMITED_IPAM),
+            other => panic!("{other:?}"),
+        }
+        // GC with only "a" valid frees "b".
+        let mut g = req(Command::Gc, "");
+        g.valid_attachments = vec![ferroplane_cni::Attachment {
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        }];
+        assert_eq!(handle(&ctx, g).await, AgentResponse::Ok { result: None });
+        assert_eq!(ipam.free().unwrap(), 1);
+        assert!(ipam.get("a", "eth0").unwrap().is_some());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

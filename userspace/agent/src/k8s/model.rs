@@ -1,0 +1,382 @@
+//! Kubernetes objects turned into the agent's desired-state model: the same types the
+//! standalone YAML spec produces ([`RemoteNodeSpec`] for `cluster.nodes`,
+//! the `services:`/`endpointSlices:` entries the service table is built from) plus the
+//! pod/namespace/policy view
+//! ([`PolicyModel`]) that policy enforcement consumes.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ferroplane_tables::service::{PROTO_TCP, PROTO_UDP};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::Value;
+
+use super::policy::{PodView, PolicyModel};
+use crate::cluster::{MacAddr, RemoteNodeSpec};
+use crate::config::{Ipv4Cidr, NodeSpec};
+use crate::services::{EndpointSliceSpec, ServiceSpec, SERVICE_NAME_LABEL};
+
+/// Node annotation suffixes the agent publishes and reads (prefixed `<prefix>/`).
+pub mod annotation {
+    /// The node's VTEP MAC (VXLAN).
+    pub const VTEP_MAC: &str = "vtep-mac";
+    /// The node's WireGuard public key (base64).
+    pub const WIREGUARD_PUBLIC_KEY: &str = "wireguard-public-key";
+    /// The node's WireGuard listen port.
+    pub const WIREGUARD_PORT: &str = "wireguard-port";
+    /// The address other nodes send tunnel traffic to.
+    pub const TUNNEL_ADDRESS: &str = "tunnel-address";
+    /// The pod CIDR the agent took from the cluster pool (when Node.spec has none).
+    pub const POD_CIDR: &str = "pod-cidr";
+}
+
+/// What the watchers have seen, as plain object lists.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// NetworkPolicies.
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// The desired state computed from [`Objects`] for one node.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    /// This node's pod CIDR from its Node object (or its pool annotation), if any.
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The other nodes (`cluster.nodes`).
+    pub remote_nodes: Vec<RemoteNodeSpec>,
+    /// Services (the node spec's `services:`).
+    pub services: Vec<ServiceSpec>,
+    /// Their endpoints (the node spec's `endpointSlices:`).
+    pub endpoint_slices: Vec<EndpointSliceSpec>,
+    /// Pods, namespaces and policies.
+    pub policy: PolicyModel,
+    /// Namespaces with their labels (the node spec's `namespaces:`).
+    pub namespaces: Vec<crate::policy::NamespaceSpec>,
+    /// NetworkPolicies (the node spec's `networkPolicies:`).
+    pub network_policies: Vec<crate::policy::PolicyObject>,
+}
+
+impl DesiredState {
+    /// Every pod with an address, as the policy compiler takes them (`local`: runs on `me`).
+    /// Pods on other nodes are policy peers; local ones (plumbed through CNI) get ACLs.
+    pub fn policy_pods(&self, me: &str) -> Vec<ferroplane_policy::PodInfo> {
+        self.policy
+            .pods()
+            .iter()
+            .map(|p| ferroplane_policy::PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ip: p.ip,
+                labels: p.labels.clone(),
+                named_ports: p.named_ports.clone(),
+                local: p.node == me,
+            })
+            .collect()
+    }
+}
+
+/// The InternalIP (IPv4) of a Node.
+pub fn node_internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    addrs
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+}
+
+/// The IPv4 pod CIDR of a Node: `spec.podCIDRs`/`spec.podCIDR`, else the agent's
+/// `<prefix>/pod-cidr` annotation.
+pub fn node_pod_cidr(node: &Node, prefix: &str) -> Option<Ipv4Cidr> {
+    let spec = node.spec.as_ref();
+    let from_spec = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.and_then(|s| s.pod_cidr.clone()))
+        .find_map(|c| c.parse::<Ipv4Cidr>().ok());
+    from_spec
+        .or_else(|| annotation_of(node, prefix, annotation::POD_CIDR).and_then(|c| c.parse().ok()))
+}
+
+fn annotation_of<'a>(node: &'a Node, prefix: &str, key: &str) -> Option<&'a String> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(&format!("{prefix}/{key}"))
+}
+
+fn name_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    m.name.clone().unwrap_or_default()
+}
+
+fn ns_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    m.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+impl DesiredState {
+    /// Computes the desired state of node `me`.
+    pub fn compute(objects: &Objects, me: &str, prefix: &str) -> DesiredState {
+        let pod_cidr = objects
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(me))
+            .and_then(|n| node_pod_cidr(n, prefix));
+        let mut remote_nodes: Vec<RemoteNodeSpec> = objects
+            .nodes
+            .iter()
+            .filter(|n| n.metadata.name.as_deref() != Some(me))
+            .filter_map(|n| remote_node(n, prefix))
+            .collect();
+        remote_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        DesiredState {
+            pod_cidr,
+            remote_nodes,
+            endpoint_slices: {
+                // A slice may outlive its Service (or come first): only slices of known
+                // services are part of the desired state.
+                let svcs = services(objects);
+                let known: std::collections::BTreeSet<(String, String)> = svcs
+                    .iter()
+                    .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
+                    .collect();
+                endpoint_slices(objects)
+                    .into_iter()
+                    .filter(|e| {
+                        e.metadata.labels.get(SERVICE_NAME_LABEL).is_some_and(|n| {
+                            known.contains(&(e.metadata.namespace.clone(), n.clone()))
+                        })
+                    })
+                    .collect()
+            },
+            services: services(objects),
+            policy: policy_model(objects),
+            namespaces: {
+                let mut v: Vec<_> = objects
+                    .namespaces
+                    .iter()
+                    .map(|n| crate::policy::NamespaceSpec {
+                        api_version: Some("v1".into()),
+                        kind: Some("Namespace".into()),
+                        metadata: crate::policy::NamespaceMeta {
+                            name: name_of(&n.metadata),
+                            labels: n.metadata.labels.clone().unwrap_or_default(),
+                        },
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                v
+            },
+            network_policies: {
+                let mut v: Vec<_> = objects
+                    .network_policies
+                    .iter()
+                    .map(|p| crate::policy::PolicyObject(p.clone()))
+                    .collect();
+                v.sort_by(|a, b| {
+                    (&a.0.metadata.namespace, &a.0.metadata.name)
+                        .cmp(&(&b.0.metadata.namespace, &b.0.metadata.name))
+                });
+                v
+            },
+        }
+    }
+}
+
+impl DesiredState {
+    /// Writes what the watchers decide into a node spec: services, endpoint slices and the
+    /// other nodes (`cluster.nodes`, keeping the cluster settings). The caller validates
+    /// the result and feeds it to the same reconciler as a YAML spec.
+    pub fn apply_to(&self, spec: &mut NodeSpec) {
+        spec.services = self.services.clone();
+        spec.endpoint_slices = self.endpoint_slices.clone();
+        spec.namespaces = self.namespaces.clone();
+        spec.network_policies = self.network_policies.clone();
+        if let Some(c) = spec.cluster.as_mut() {
+            c.nodes = self.remote_nodes.clone();
+        }
+    }
+}
+
+/// A remote Node as `cluster.nodes` has it; `None` without an InternalIP or a pod CIDR.
+pub fn remote_node(node: &Node, prefix: &str) -> Option<RemoteNodeSpec> {
+    let address = node_internal_ip(node)?;
+    let pod_cidr = node_pod_cidr(node, prefix)?;
+    Some(RemoteNodeSpec {
+        name: name_of(&node.metadata),
+        address: annotation_of(node, prefix, annotation::TUNNEL_ADDRESS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(address),
+        pod_cidr,
+        mode: None,
+        vtep_mac: annotation_of(node, prefix, annotation::VTEP_MAC)
+            .and_then(|m| m.parse::<MacAddr>().ok()),
+        public_key: annotation_of(node, prefix, annotation::WIREGUARD_PUBLIC_KEY).cloned(),
+        wireguard_port: annotation_of(node, prefix, annotation::WIREGUARD_PORT)
+            .and_then(|p| p.parse().ok()),
+    })
+}
+
+fn proto_of(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// The fields of a Service the standalone spec's `services:` entries carry.
+const SERVICE_FIELDS: &str = r#"{"apiVersion":1,"kind":1,
+ "metadata":{"name":1,"namespace":1,"labels":1},
+ "spec":{"type":1,"clusterIP":1,"clusterIPs":1,
+   "ports":[{"name":1,"protocol":1,"port":1,"targetPort":1,"nodePort":1,"appProtocol":1}],
+   "externalIPs":1,"sessionAffinity":1,"sessionAffinityConfig":{"clientIP":{"timeoutSeconds":1}},
+   "externalTrafficPolicy":1,"internalTrafficPolicy":1,"healthCheckNodePort":1,"selector":1,
+   "ipFamilies":1,"ipFamilyPolicy":1,"allocateLoadBalancerNodePorts":1},
+ "status":{"loadBalancer":{"ingress":[{"ip":1,"hostname":1,"ipMode":1}]}}}"#;
+
+/// The fields of an EndpointSlice the standalone spec's `endpointSlices:` entries carry.
+const SLICE_FIELDS: &str = r#"{"apiVersion":1,"kind":1,
+ "metadata":{"name":1,"namespace":1,"labels":1},
+ "addressType":1,"ports":[{"name":1,"protocol":1,"port":1,"appProtocol":1}],
+ "endpoints":[{"addresses":1,"conditions":{"ready":1,"serving":1,"terminating":1},
+   "nodeName":1,"hostname":1,"zone":1,"targetRef":{"kind":1,"namespace":1,"name":1,"uid":1}}]}"#;
+
+/// Keeps the parts of `v` that `schema` lists (objects: listed keys, recursively; arrays:
+/// each element against the schema's single element; `1`: the value as is). Nulls go.
+pub fn project(v: &Value, schema: &Value) -> Value {
+    match (v, schema) {
+        (Value::Object(o), Value::Object(s)) => Value::Object(
+            o.iter()
+                .filter(|(_, x)| !x.is_null())
+                .filter_map(|(k, x)| s.get(k).map(|sub| (k.clone(), project(x, sub))))
+                .collect(),
+        ),
+        (Value::Array(a), Value::Array(s)) => match s.first() {
+            Some(sub) => Value::Array(a.iter().map(|x| project(x, sub)).collect()),
+            None => v.clone(),
+        },
+        _ => v.clone(),
+    }
+}
+
+fn convert<T: serde::de::DeserializeOwned, K: serde::Serialize>(
+    obj: &K,
+    fields: &str,
+    what: &str,
+) -> Option<T> {
+    let schema: Value = serde_json::from_str(fields).ok()?;
+    let v = serde_json::to_value(obj).ok()?;
+    match serde_json::from_value(project(&v, &schema)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                "{what} {}/{} left out: {e}",
+                v["metadata"]["namespace"],
+                v["metadata"]["name"]
+            );
+            None
+        }
+    }
+}
+
+/// Services in the node spec's shape (ExternalName services are left out).
+pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
+    let mut v: Vec<ServiceSpec> = objects
+        .services
+        .iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName"))
+        .filter_map(|s| convert(s, SERVICE_FIELDS, "Service"))
+        .collect();
+    v.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    v
+}
+
+/// IPv4 EndpointSlices in the node spec's shape.
+pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
+    let mut v: Vec<EndpointSliceSpec> = objects
+        .endpoint_slices
+        .iter()
+        .filter(|s| s.address_type == "IPv4")
+        .filter_map(|s| convert(s, SLICE_FIELDS, "EndpointSlice"))
+        .collect();
+    v.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    v
+}
+
+fn policy_model(objects: &Objects) -> PolicyModel {
+    let namespaces: BTreeMap<String, BTreeMap<String, String>> = objects
+        .namespaces
+        .iter()
+        .map(|n| {
+            (
+                name_of(&n.metadata),
+                n.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let pods = objects
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let ip: Ipv4Addr = status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|i| i.ip.as_str())
+                .chain(status.pod_ip.as_deref())
+                .find_map(|a| a.parse().ok())?;
+            if p.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                return None;
+            }
+            let ports = p
+                .spec
+                .as_ref()
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .filter_map(|cp| {
+                            Some((
+                                cp.name.clone()?,
+                                (
+                                    proto_of(cp.protocol.as_deref())?,
+                                    u16::try_from(cp.container_port).ok()?,
+                                ),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(PodView {
+                namespace: ns_of(&p.metadata),
+                name: name_of(&p.metadata),
+                ip,
+                node: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                named_ports: ports,
+            })
+        })
+        .collect();
+    PolicyModel::new(namespaces, pods, &objects.network_policies)
+}

@@ -1,0 +1,308 @@
+//! Prometheus metrics: `GET /metrics` on a local address, text exposition
+//! (prometheus-client), computed from the same counters `ferroctl show` reads.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::api::AgentView;
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, u64)>,
+) {
+    let fam = Family::<Labels, Counter>::default();
+    for (labels, v) in values {
+        fam.get_or_create(&labels).inc_by(v);
+    }
+    reg.register(name, help, fam);
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The exposition text of every metric.
+pub fn render(view: &AgentView) -> String {
+    let mut reg = Registry::with_prefix("ferroplane");
+    let ifs = view.interfaces();
+    let by_if = |f: &dyn Fn(&ferroplane_api::InterfaceInfo) -> u64| {
+        ifs.iter()
+            .map(|i| {
+                (
+                    l(&[("interface", &i.name), ("kind", i.kind.as_str())]),
+                    f(i),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    counter_family(
+        &mut reg,
+        "interface_rx_packets",
+        "Packets the engine received from the interface",
+        by_if(&|i| i.rx_packets),
+    );
+    counter_family(
+        &mut reg,
+        "interface_rx_bytes",
+        "Bytes the engine received from the interface",
+        by_if(&|i| i.rx_bytes),
+    );
+    counter_family(
+        &mut reg,
+        "interface_tx_packets",
+        "Packets the engine sent on the interface",
+        by_if(&|i| i.tx_packets),
+    );
+    counter_family(
+        &mut reg,
+        "interface_tx_bytes",
+        "Bytes the engine sent on the interface",
+        by_if(&|i| i.tx_bytes),
+    );
+    counter_family(
+        &mut reg,
+        "interface_drops",
+        "Packets that could not be queued on the interface",
+        by_if(&|i| i.drops),
+    );
+    gauge(
+        &mut reg,
+        "interfaces",
+        "Interfaces in the engine's table",
+        ifs.len() as i64,
+    );
+
+    let c = view.counters();
+    let by_node = |f: &dyn Fn(&ferroplane_api::NodeCounters) -> u64| {
+        c.nodes
+            .iter()
+            .map(|n| (l(&[("node", &n.name)]), f(n)))
+            .collect::<Vec<_>>()
+    };
+    counter_family(
+        &mut reg,
+        "node_calls",
+        "Calls of the graph node",
+        by_node(&|n| n.calls),
+    );
+    counter_family(
+        &mut reg,
+        "node_vectors",
+        "Vectors processed by the graph node",
+        by_node(&|n| n.vectors),
+    );
+    counter_family(
+        &mut reg,
+        "node_packets",
+        "Packets processed by the graph node",
+        by_node(&|n| n.packets),
+    );
+    let seconds = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for n in &c.nodes {
+        seconds
+            .get_or_create(&l(&[("node", &n.name)]))
+            .inc_by(n.clocks as f64 / 1e9);
+    }
+    reg.register("node_seconds", "Time spent in the graph node", seconds);
+    gauge(&mut reg, "workers", "Engine workers", c.worker_count as i64);
+
+    let errors = view.errors();
+    counter_family(
+        &mut reg,
+        "errors",
+        "Packets dropped (severity error) or events counted (info) per graph node and reason",
+        errors.iter().map(|e| {
+            (
+                l(&[
+                    ("node", &e.node),
+                    ("reason", &e.reason),
+                    ("severity", e.severity.as_str()),
+                ]),
+                e.count,
+            )
+        }),
+    );
+    if let Ok(x) = view.xdp() {
+        counter_family(
+            &mut reg,
+            "xdp_verdicts",
+            "Verdicts of the XDP programs",
+            x.verdicts
+                .iter()
+                .map(|v| (l(&[("verdict", &v.name)]), v.count)),
+        );
+        counter_family(
+            &mut reg,
+            "xdp_reasons",
+            "Reason counters of the XDP programs",
+            x.drops.iter().map(|v| (l(&[("reason", &v.name)]), v.count)),
+        );
+    }
+    let snap = view.shared.load();
+    gauge(
+        &mut reg,
+        "routes",
+        "Routes in the engine FIB",
+        snap.fib.routes().count() as i64,
+    );
+    gauge(
+        &mut reg,
+        "tables_version",
+        "Version of the tables the engine runs",
+        snap.version as i64,
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        out.clear();
+    }
+    to_prometheus_text(&out)
+}
+
+/// OpenMetrics (what prometheus-client writes) to the Prometheus 0.0.4 text
+/// format that Prometheus' classic parser and `promtool check metrics` read:
+/// a counter family's HELP/TYPE lines name its `_total` samples, and there is
+/// no `# EOF` line.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len() + 256);
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((tag, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{tag}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn answer(mut stream: TcpStream, view: &AgentView) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut first = String::new();
+    let mut reader = BufReader::new(&stream);
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    // Drain the request headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+        line.clear();
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or("");
+    let (status, ctype, body) =
+        if first.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                render(view),
+            )
+        } else if first.starts_with("GET ") && path == "/healthz" {
+            ("200 OK", "text/plain", "ok\n".to_string())
+        } else {
+            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+        };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A running metrics endpoint; dropping it stops the listener.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Listen on `addr` and answer `/metrics` (and `/healthz`) from `view`.
+    pub fn start(addr: SocketAddr, view: Arc<AgentView>) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("fp-metrics".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            answer(stream, &view);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

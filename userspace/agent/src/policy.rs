@@ -1,0 +1,391 @@
+//! NetworkPolicy in the standalone node spec: namespaces with labels, pod labels and named
+//! container ports, `networkPolicies:` (networking.k8s.io/v1 objects), compiled by
+//! [`ferroplane_policy::Compiler`] into the snapshot's per-pod ACLs.
+//!
+//! ```yaml
+//! namespaces:
+//!   - metadata: {name: x, labels: {ns: x}}
+//! pods:
+//!   - name: a
+//!     namespace: x
+//!     labels: {pod: a}
+//!     ports: [{name: http, containerPort: 80, protocol: TCP}]
+//!     ...
+//! networkPolicies:
+//!   - apiVersion: networking.k8s.io/v1
+//!     kind: NetworkPolicy
+//!     metadata: {name: deny, namespace: x}
+//!     spec: {podSelector: {}, policyTypes: [Ingress]}
+//! ```
+//!
+//! The compiler lives as long as the agent ([`compile`] keeps it), so unchanged ACLs keep
+//! their identity and hit counters across snapshot rebuilds, and changes recompile only
+//! what they affect.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ferroplane_policy::{Compiler, NetworkPolicy, PodInfo};
+use ferroplane_tables::policy::PolicyTables;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, NodeSpec};
+
+/// A named container port (`pods[].ports[]`, the shape of a Kubernetes ContainerPort).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Name (what policies' named ports refer to).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Port number.
+    pub container_port: u16,
+    /// TCP (default), UDP or SCTP.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// Object metadata of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceMeta {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A namespace (`namespaces:`), in Kubernetes object shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSpec {
+    /// `v1` (optional).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `Namespace` (optional).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Name and labels.
+    pub metadata: NamespaceMeta,
+}
+
+/// A NetworkPolicy object of the node spec.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct PolicyObject(pub NetworkPolicy);
+
+// NetworkPolicy has no NaN-like values: equality is total.
+impl Eq for PolicyObject {}
+
+fn proto(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(6),
+        "UDP" => Some(17),
+        "SCTP" => Some(132),
+        _ => None,
+    }
+}
+
+fn cfg_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Validate the policy parts of the spec (field-named errors).
+pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
+    for (i, ns) in spec.namespaces.iter().enumerate() {
+        if ns.metadata.name.is_empty() {
+            return Err(cfg_err(
+                format!("namespaces[{i}].metadata.name"),
+                "must not be empty",
+            ));
+        }
+    }
+    for (i, pod) in spec.pods.iter().enumerate() {
+        for (j, p) in pod.ports.iter().enumerate() {
+            if proto(p.protocol.as_deref()).is_none() {
+                return Err(cfg_err(
+                    format!("pods[{i}].ports[{j}].protocol"),
+                    "must be TCP, UDP or SCTP",
+                ));
+            }
+            if p.container_port == 0 {
+                return Err(cfg_err(
+                    format!("pods[{i}].ports[{j}].containerPort"),
+                    "must be 1-65535",
+                ));
+            }
+        }
+    }
+    for (i, np) in spec.network_policies.iter().enumerate() {
+        ferroplane_policy::validate(&np.0)
+            .map_err(|e| cfg_err(format!("networkPolicies[{i}].{}", e.field), e.message))?;
+    }
+    Ok(())
+}
+
+/// The compiler input of the spec's pods (all local in standalone mode).
+pub fn pods(spec: &NodeSpec) -> Vec<PodInfo> {
+    spec.pods
+        .iter()
+        .map(|p| PodInfo {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            ip: p.ip,
+            labels: p.labels.clone(),
+            named_ports: p
+                .ports
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.name.clone()?,
+                        (proto(c.protocol.as_deref())?, c.container_port),
+                    ))
+                })
+                .collect(),
+            local: true,
+        })
+        .collect()
+}
+
+/// The agent's compiler.
+pub fn compiler() -> Arc<Mutex<Compiler>> {
+    static C: OnceLock<Arc<Mutex<Compiler>>> = OnceLock::new();
+    C.get_or_init(|| Arc::new(Mutex::new(Compiler::new())))
+        .clone()
+}
+
+/// Compile the spec's policies (incrementally against the previous call) into the tables
+/// for the snapshot. Namespaces named by pods but not listed get no labels. The spec is
+/// validated before it gets here ([`validate`]); should a policy still be refused, the error
+/// is logged and the tables in force are kept (never fail open to "no policy").
+pub fn compile(spec: &NodeSpec) -> Arc<PolicyTables> {
+    let c = compiler();
+    let mut c = match c.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = spec
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), BTreeMap::new()))
+        .collect();
+    for ns in &spec.namespaces {
+        namespaces.insert(ns.metadata.name.clone(), ns.metadata.labels.clone());
+    }
+    let policies: Vec<NetworkPolicy> = spec.network_policies.iter().map(|p| p.0.clone()).collect();
+    if let Err(e) = c.sync(&namespaces, &pods(spec), &policies) {
+        tracing::error!(error = %e, "network policies refused; keeping the tables in force");
+        return c.tables();
+    }
+    let s = c.commit();
+    tracing::debug!(?s, "network policies compiled");
+    c.tables()
+}
+
+/// Copy the policy parts of `from` (a re-read spec file) into `into`: namespaces with their
+/// labels, NetworkPolicies, and the labels and named ports of pods present in both (pods
+/// themselves are not added or removed here). True when something changed.
+pub fn take_policies(into: &mut NodeSpec, from: &NodeSpec) -> bool {
+    let mut changed =
+        into.namespaces != from.namespaces || into.network_policies != from.network_policies;
+    into.namespaces = from.namespaces.clone();
+    into.network_policies = from.network_policies.clone();
+    for pod in &mut into.pods {
+        if let Some(new) = from
+            .pods
+            .iter()
+            .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+        {
+            if pod.labels != new.labels || pod.ports != new.ports {
+                pod.labels = new.labels.clone();
+                pod.ports = new.ports.clone();
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn acl_info(acl: &ferroplane_tables::policy::Acl, shared_by: usize) -> ferroplane_api::AclInfo {
+    let hits = acl.hits();
+    let rules = acl
+        .spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut ports = Vec::new();
+            let mut peers = Vec::new();
+            for e in acl.spec.entries.iter().filter(|e| e.rule as usize == i) {
+                let p = e.ports.to_string();
+                if !ports.contains(&p) {
+                    ports.push(p);
+                }
+                for b in &e.addrs.blocks {
+                    let mut s = b.cidr.to_string();
+                    if !b.except.is_empty() {
+                        let ex: Vec<String> = b.except.iter().map(|x| x.to_string()).collect();
+                        s.push_str(&format!(" except {}", ex.join(",")));
+                    }
+                    if !peers.contains(&s) {
+                        peers.push(s);
+                    }
+                }
+                for h in &e.addrs.hosts {
+                    let s = h.to_string();
+                    if !peers.contains(&s) {
+                        peers.push(s);
+                    }
+                }
+            }
+            ferroplane_api::AclRuleInfo {
+                policy: format!("{}/{}", r.namespace, r.policy),
+                index: r.index,
+                ports,
+                peers,
+                hits: hits.get(i).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    ferroplane_api::AclInfo {
+        shared_by,
+        denied: acl.denied(),
+        rules,
+    }
+}
+
+/// The answer of `show_policies`: every pod's compiled ACLs (or those of `pod`,
+/// `namespace/name`), with the policies they came from and their counters.
+pub fn report(pod: Option<&str>) -> Result<ferroplane_api::PoliciesReport, String> {
+    let c = compiler();
+    let c = match c.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let keys: Vec<(String, String)> = match pod {
+        Some(p) => {
+            let (ns, name) = p
+                .split_once('/')
+                .ok_or_else(|| format!("pod {p:?}: expected NAMESPACE/NAME"))?;
+            vec![(ns.to_string(), name.to_string())]
+        }
+        None => c
+            .pods()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect(),
+    };
+    let mut pods = Vec::with_capacity(keys.len());
+    for (ns, name) in keys {
+        let v = c
+            .pod_view(&ns, &name)
+            .ok_or_else(|| format!("no pod {ns}/{name} on this node"))?;
+        pods.push(ferroplane_api::PodPolicyInfo {
+            namespace: v.pod.namespace.clone(),
+            name: v.pod.name.clone(),
+            ip: v.pod.ip.to_string(),
+            policies: v.policies,
+            ingress: v.ingress.as_ref().map(|(a, n)| acl_info(a, *n)),
+            egress: v.egress.as_ref().map(|(a, n)| acl_info(a, *n)),
+        });
+    }
+    Ok(ferroplane_api::PoliciesReport {
+        generation: c.tables().generation,
+        policies: c.policy_count(),
+        acls: c.acl_count(),
+        pods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+node: {name: n1, uplink: up0, address: 192.168.100.2/24, podCIDR: 10.244.1.0/24}
+namespaces:
+  - metadata: {name: x, labels: {ns: x}}
+pods:
+  - {name: a, namespace: x, netns: pa, ip: 10.244.1.10, labels: {pod: a}, ports: [{name: http, containerPort: 8080}]}
+  - {name: b, namespace: x, netns: pb, ip: 10.244.1.11, labels: {pod: b}}
+networkPolicies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: a-from-b, namespace: x}
+    spec:
+      podSelector: {matchLabels: {pod: a}}
+      ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: http}]}]
+"#;
+
+    #[test]
+    fn spec_compiles_to_tables() {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let pods = pods(&spec);
+        assert_eq!(pods[0].named_ports.get("http"), Some(&(6, 8080)));
+        let t = compile(&spec);
+        let (a, b) = (pods[0].ip, pods[1].ip);
+        use ferroplane_tables::policy::Verdict;
+        assert_eq!(t.check(b, a, 6, 8080), Verdict::Allow);
+        assert_eq!(t.check(b, a, 6, 80), Verdict::DenyIngress);
+        assert_eq!(t.check(a, b, 6, 80), Verdict::Allow);
+    }
+
+    #[test]
+    fn take_policies_copies_policy_parts_only() {
+        let mut cur = NodeSpec::from_yaml(SPEC).unwrap();
+        let same = cur.clone();
+        assert!(!take_policies(&mut cur, &same));
+        let mut next = NodeSpec::from_yaml(&SPEC.replace("{pod: b}}", "{pod: bb}}")).unwrap();
+        next.network_policies.clear();
+        next.pods[0].ip = "10.244.1.99".parse().unwrap();
+        assert!(take_policies(&mut cur, &next));
+        assert!(cur.network_policies.is_empty());
+        assert_eq!(
+            cur.pods[1].labels.get("pod").map(String::as_str),
+            Some("bb")
+        );
+        assert_eq!(cur.pods[0].ip.to_string(), "10.244.1.10");
+    }
+
+    #[test]
+    fn report_shows_rules_and_hits() {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let t = compile(&spec);
+        let ps = pods(&spec);
+        t.check(ps[1].ip, ps[0].ip, 6, 8080);
+        t.check(ps[1].ip, ps[0].ip, 6, 81);
+        let r = report(Some("x/a")).unwrap();
+        assert_eq!(r.pods.len(), 1);
+        let p = &r.pods[0];
+        assert_eq!(p.policies, vec!["x/a-from-b".to_string()]);
+        assert!(p.egress.is_none());
+        let ing = p.ingress.as_ref().unwrap();
+        assert_eq!(ing.rules.len(), 1);
+        assert_eq!(ing.rules[0].ports, vec!["tcp/8080".to_string()]);
+        assert_eq!(ing.rules[0].peers, vec!["10.244.1.11".to_string()]);
+        assert!(ing.rules[0].hits >= 1);
+        assert!(ing.denied >= 1);
+        assert!(report(Some("x/zz")).is_err());
+        assert!(report(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = SPEC.replace("ports: [{port: http}]", "ports: [{port: 90, endPort: 80}]");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err();
+        assert_eq!(
+            e.field(),
+            "networkPolicies[0].spec.ingress[0].ports[0].endPort",
+            "{e}"
+        );
+        let bad = SPEC.replace(
+            "containerPort: 8080}",
+            "containerPort: 8080, protocol: ICMP}",
+        );
+        let e = NodeSpec::from_yaml(&bad).unwrap_err();
+        assert_eq!(e.field(), "pods[0].ports[0].protocol", "{e}");
+    }
+}

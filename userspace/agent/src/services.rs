@@ -1,0 +1,1426 @@
+//! Services in the standalone spec, in the shape of Kubernetes `Service` and
+//! `EndpointSlice` objects (so the Kubernetes watcher maps them 1:1), their
+//! validation, and what they become: the engine's service table and NAT
+//! settings, the XDP steering entries, and the health-check node ports.
+//!
+//! ```yaml
+//! serviceProxy:                      # optional
+//!   clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]  # never masqueraded (default: node.podCIDR)
+//!   masquerade: true                 # pod traffic leaving the cluster gets the node address
+//!   masqueradeAddress: 192.168.100.2 # default node.address
+//!   snatPorts: 61000-65535           # ports SNATed flows use on that address
+//!   conntrackMax: 262144             # sessions per engine worker
+//!   maglevTableSize: 65537           # largest Maglev table (a prime)
+//! services:
+//!   - metadata: { name: web, namespace: default }
+//!     spec:
+//!       type: NodePort               # ClusterIP | NodePort | LoadBalancer
+//!       clusterIP: 10.96.0.10
+//!       ports:
+//!         - { name: http, protocol: TCP, port: 80, targetPort: http, nodePort: 30080 }
+//!       externalIPs: [203.0.113.5]
+//!       sessionAffinity: ClientIP
+//!       sessionAffinityConfig: { clientIP: { timeoutSeconds: 10800 } }
+//!       externalTrafficPolicy: Local
+//!       internalTrafficPolicy: Cluster
+//!       healthCheckNodePort: 32000
+//!     status: { loadBalancer: { ingress: [ { ip: 203.0.113.10 } ] } }
+//! endpointSlices:
+//!   - metadata: { name: web-abc, namespace: default, labels: { kubernetes.io/service-name: web } }
+//!     addressType: IPv4
+//!     ports: [ { name: http, protocol: TCP, port: 8080 } ]
+//!     endpoints:
+//!       - addresses: [10.244.1.10]
+//!         conditions: { ready: true, serving: true, terminating: false }
+//!         nodeName: node-1
+//!         targetRef: { kind: Pod, namespace: default, name: a }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ferroplane_tables::conntrack::Timeouts;
+use ferroplane_tables::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use ferroplane_tables::{
+    Backend, EndpointState, Ipv4Prefix, NatConfig, ServicePortDef, ServiceTable, DEFAULT_TABLE_SIZE,
+};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
+
+/// The label of an EndpointSlice naming its service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Kubernetes' default NodePort range.
+pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `metadata` of a Service or EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Name.
+    pub name: String,
+    /// Namespace (default `default`).
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (ignored).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// UID (ignored).
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// Resource version (ignored).
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+
+/// A Kubernetes `Service` (the fields the dataplane uses).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `apiVersion` (ignored; `v1`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `kind` (ignored; `Service`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Spec.
+    pub spec: ServiceSpecBody,
+    /// Status.
+    #[serde(default)]
+    pub status: Option<ServiceStatus>,
+}
+
+/// `Service.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpecBody {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// The cluster IP (`None` for a headless service).
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    /// All cluster IPs (IPv4 ones are used).
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePortSpec>,
+    /// External IPs.
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `None` (default) or `ClientIP`.
+    #[serde(default)]
+    pub session_affinity: Option<String>,
+    /// Affinity settings.
+    #[serde(default)]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `Cluster` (default) or `Local`.
+    #[serde(default)]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    /// `Cluster` (default) or `Local`.
+    #[serde(default)]
+    pub internal_traffic_policy: Option<TrafficPolicy>,
+    /// Health check node port (LoadBalancer with externalTrafficPolicy Local).
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
+    /// Selector (ignored: endpoints come from EndpointSlices).
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// IP families (ignored).
+    #[serde(default)]
+    pub ip_families: Vec<String>,
+    /// IP family policy (ignored).
+    #[serde(default)]
+    pub ip_family_policy: Option<String>,
+    /// Whether NodePorts are allocated for LoadBalancer services (default true).
+    #[serde(default)]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+}
+
+/// Service type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ServiceType {
+    /// Cluster IP only.
+    #[default]
+    ClusterIP,
+    /// Plus a NodePort on every node.
+    NodePort,
+    /// Plus load-balancer ingress IPs.
+    LoadBalancer,
+    /// DNS alias: no dataplane.
+    ExternalName,
+}
+
+/// Traffic policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TrafficPolicy {
+    /// All endpoints.
+    Cluster,
+    /// Endpoints on this node only.
+    Local,
+}
+
+/// `sessionAffinityConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    /// ClientIP settings.
+    #[serde(rename = "clientIP")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Timeout (default 10800 s, at most 86400).
+    pub timeout_seconds: Option<u32>,
+}
+
+/// One service port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePortSpec {
+    /// Name (required when there are several ports).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Service port.
+    pub port: u16,
+    /// Target port: number or name (default: `port`).
+    #[serde(default)]
+    pub target_port: Option<TargetPort>,
+    /// NodePort.
+    #[serde(default)]
+    pub node_port: Option<u16>,
+    /// Application protocol (ignored).
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// `targetPort`: a number or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A port name, resolved per endpoint from its EndpointSlice.
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for TargetPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u16),
+            S(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::N(n) => TargetPort::Number(n),
+            Raw::S(s) => match s.parse::<u16>() {
+                Ok(n) => TargetPort::Number(n),
+                Err(_) => TargetPort::Name(s),
+            },
+        })
+    }
+}
+
+/// `Service.status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Load balancer status.
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+/// `status.loadBalancer`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerStatus {
+    /// Ingress points.
+    #[serde(default)]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+/// One ingress point.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    /// IP.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Hostname (ignored).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `VIP` (default) or `Proxy` (ignored).
+    #[serde(default)]
+    pub ip_mode: Option<String>,
+}
+
+/// A Kubernetes `EndpointSlice`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSliceSpec {
+    /// `apiVersion` (ignored).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `kind` (ignored).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Metadata; `labels["kubernetes.io/service-name"]` names the service.
+    pub metadata: ObjectMeta,
+    /// `IPv4` (others are ignored).
+    #[serde(default = "ipv4")]
+    pub address_type: String,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn ipv4() -> String {
+    "IPv4".into()
+}
+
+/// An EndpointSlice port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// Name (matches the service port's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Protocol.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Port number on the endpoints.
+    pub port: Option<u16>,
+    /// Application protocol (ignored).
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// One endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Addresses (the first is used, as kube-proxy does).
+    pub addresses: Vec<Ipv4Addr>,
+    /// Conditions.
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+    /// Node.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Hostname (ignored).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Zone (ignored).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Target reference, for display.
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+}
+
+/// Endpoint conditions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConditions {
+    /// Ready.
+    pub ready: Option<bool>,
+    /// Serving.
+    pub serving: Option<bool>,
+    /// Terminating.
+    pub terminating: Option<bool>,
+}
+
+/// `targetRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TargetRef {
+    /// Kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// UID (ignored).
+    #[serde(default)]
+    pub uid: Option<String>,
+}
+
+/// `serviceProxy:` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceProxyConfig {
+    /// Destinations never masqueraded (default: `node.podCIDR`).
+    #[serde(default, rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// Masquerade pod traffic leaving the cluster.
+    #[serde(default)]
+    pub masquerade: bool,
+    /// Address for SNAT (default `node.address`).
+    #[serde(default)]
+    pub masquerade_address: Option<Ipv4Addr>,
+    /// SNAT port range `LO-HI`.
+    #[serde(default)]
+    pub snat_ports: Option<String>,
+    /// Sessions per worker.
+    #[serde(default)]
+    pub conntrack_max: Option<usize>,
+    /// Largest Maglev table.
+    #[serde(default)]
+    pub maglev_table_size: Option<u32>,
+}
+
+impl ServiceProxyConfig {
+    /// The SNAT range, parsed.
+    pub fn snat_range(&self) -> Result<(u16, u16), String> {
+        let Some(s) = &self.snat_ports else {
+            return Ok(ferroplane_tables::nat::DEFAULT_SNAT_PORTS);
+        };
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected LO-HI"))?;
+        let lo: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?} is not a port"))?;
+        let hi: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{b:?} is not a port"))?;
+        if lo == 0 || lo > hi {
+            return Err(format!("{s}: need 1 <= LO <= HI"));
+        }
+        Ok((lo, hi))
+    }
+}
+
+fn proto_of(p: &Option<String>) -> Result<u8, String> {
+    match p.as_deref().unwrap_or("TCP") {
+        "TCP" => Ok(PROTO_TCP),
+        "UDP" => Ok(PROTO_UDP),
+        other => Err(format!("{other:?} is not supported (TCP or UDP)")),
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n > 2
+        && n % 2 == 1
+        && (3..)
+            .step_by(2)
+            .take_while(|d: &u32| d * d <= n)
+            .all(|d| n % d != 0)
+}
+
+impl ServiceSpec {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+
+    /// The IPv4 cluster IPs (none for headless services).
+    pub fn cluster_ipv4s(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = Vec::new();
+        for s in self
+            .spec
+            .cluster_ip
+            .iter()
+            .chain(self.spec.cluster_ips.iter())
+        {
+            if let Ok(a) = s.parse::<Ipv4Addr>() {
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+            }
+        }
+        v
+    }
+
+    /// The load-balancer ingress IPs (LoadBalancer services only).
+    pub fn lb_ips(&self) -> Vec<Ipv4Addr> {
+        if self.spec.type_ != ServiceType::LoadBalancer {
+            return Vec::new();
+        }
+        self.status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|l| l.ingress.iter())
+            .filter_map(|i| i.ip)
+            .collect()
+    }
+
+    fn has_node_ports(&self) -> bool {
+        match self.spec.type_ {
+            ServiceType::NodePort => true,
+            ServiceType::LoadBalancer => self.spec.allocate_load_balancer_node_ports != Some(false),
+            _ => false,
+        }
+    }
+
+    fn external_local(&self) -> bool {
+        self.spec.external_traffic_policy == Some(TrafficPolicy::Local)
+            && (self.has_node_ports()
+                || !self.spec.external_ips.is_empty()
+                || self.spec.type_ == ServiceType::LoadBalancer)
+    }
+
+    /// The health check node port in force (LoadBalancer + externalTrafficPolicy Local).
+    pub fn health_check_node_port(&self) -> Option<u16> {
+        if self.spec.type_ == ServiceType::LoadBalancer && self.external_local() {
+            self.spec.health_check_node_port
+        } else {
+            None
+        }
+    }
+}
+
+/// Validate `services`, `endpointSlices` and `serviceProxy` of a spec.
+pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
+    let px = &spec.service_proxy;
+    px.snat_range()
+        .map_err(|m| invalid("serviceProxy.snatPorts", m))?;
+    if let Some(n) = px.maglev_table_size {
+        if !is_prime(n) || n > 131071 {
+            return Err(invalid(
+                "serviceProxy.maglevTableSize",
+                format!("{n} is not an odd prime up to 131071 (e.g. 65537)"),
+            ));
+        }
+    }
+    if px.conntrack_max == Some(0) {
+        return Err(invalid("serviceProxy.conntrackMax", "must be at least 1"));
+    }
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut frontends: HashMap<(Ipv4Addr, u8, u16), String> = HashMap::new();
+    let mut node_ports: HashMap<(u8, u16), String> = HashMap::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        let f = |x: &str| format!("services[{i}].{x}");
+        if s.metadata.name.is_empty() {
+            return Err(invalid(f("metadata.name"), "must not be empty"));
+        }
+        if let Some(j) = keys.insert(s.key(), i) {
+            return Err(invalid(
+                f("metadata.name"),
+                format!("{} is already defined by services[{j}]", s.key()),
+            ));
+        }
+        for (k, ip) in s
+            .spec
+            .cluster_ip
+            .iter()
+            .chain(&s.spec.cluster_ips)
+            .enumerate()
+        {
+            if ip != "None"
+                && !ip.is_empty()
+                && ip.parse::<Ipv4Addr>().is_err()
+                && !ip.contains(':')
+            {
+                let field = if k == 0 && s.spec.cluster_ip.is_some() {
+                    f("spec.clusterIP")
+                } else {
+                    f("spec.clusterIPs")
+                };
+                return Err(invalid(
+                    field,
+                    format!("{ip:?} is not an IP address or None"),
+                ));
+            }
+        }
+        if let Some(a) = &s.spec.session_affinity {
+            if a != "None" && a != "ClientIP" {
+                return Err(invalid(
+                    f("spec.sessionAffinity"),
+                    format!("{a:?}: expected None or ClientIP"),
+                ));
+            }
+        }
+        if let Some(t) = s
+            .spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+        {
+            if t == 0 || t > 86400 {
+                return Err(invalid(
+                    f("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+                    format!("{t} is outside 1..=86400"),
+                ));
+            }
+        }
+        if let Some(hc) = s.spec.health_check_node_port {
+            if s.spec.type_ != ServiceType::LoadBalancer
+                || s.spec.external_traffic_policy != Some(TrafficPolicy::Local)
+            {
+                return Err(invalid(
+                    f("spec.healthCheckNodePort"),
+                    "only for type LoadBalancer with externalTrafficPolicy Local",
+                ));
+            }
+            if hc == 0 {
+                return Err(invalid(f("spec.healthCheckNodePort"), "must not be 0"));
+            }
+        }
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for (j, p) in s.spec.ports.iter().enumerate() {
+            let pf = |x: &str| format!("services[{i}].spec.ports[{j}].{x}");
+            let proto = proto_of(&p.protocol).map_err(|m| invalid(pf("protocol"), m))?;
+            if p.port == 0 {
+                return Err(invalid(pf("port"), "must be 1..=65535"));
+            }
+            let name = p.name.as_deref().unwrap_or("");
+            if s.spec.ports.len() > 1 && name.is_empty() {
+                return Err(invalid(
+                    pf("name"),
+                    "required when a service has several ports",
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid(pf("name"), format!("{name:?} is used twice")));
+            }
+            if let Some(TargetPort::Number(0)) = p.target_port {
+                return Err(invalid(
+                    pf("targetPort"),
+                    "must be 1..=65535 or a port name",
+                ));
+            }
+            if let Some(np) = p.node_port {
+                if !s.has_node_ports() {
+                    return Err(invalid(
+                        pf("nodePort"),
+                        "only for types NodePort and LoadBalancer",
+                    ));
+                }
+                if !(NODE_PORT_RANGE.0..=NODE_PORT_RANGE.1).contains(&np) {
+                    return Err(invalid(
+                        pf("nodePort"),
+                        format!(
+                            "{np} is outside {}-{}",
+                            NODE_PORT_RANGE.0, NODE_PORT_RANGE.1
+                        ),
+                    ));
+                }
+                if let Some(o) = node_ports.insert((proto, np), s.key()) {
+                    return Err(invalid(
+                        pf("nodePort"),
+                        format!("{np} is already used by {o}"),
+                    ));
+                }
+            } else if s.has_node_ports() {
+                return Err(invalid(
+                    pf("nodePort"),
+                    "required for this service type in standalone mode (no allocator)",
+                ));
+            }
+            let addrs = s
+                .cluster_ipv4s()
+                .into_iter()
+                .chain(s.spec.external_ips.iter().copied())
+                .chain(s.lb_ips());
+            for a in addrs {
+                if let Some(o) = frontends.insert((a, proto, p.port), s.key()) {
+                    if o != s.key() {
+                        return Err(invalid(
+                            pf("port"),
+                            format!("{a}:{} is already used by {o}", p.port),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (i, es) in spec.endpoint_slices.iter().enumerate() {
+        let f = |x: &str| format!("endpointSlices[{i}].{x}");
+        let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL) else {
+            return Err(invalid(
+                f("metadata.labels"),
+                format!("missing {SERVICE_NAME_LABEL}"),
+            ));
+        };
+        let key = format!("{}/{}", es.metadata.namespace, svc);
+        if !keys.contains_key(&key) {
+            return Err(invalid(
+                format!("endpointSlices[{i}].metadata.labels.{SERVICE_NAME_LABEL}"),
+                format!("no service {key} in services"),
+            ));
+        }
+        if es.address_type != "IPv4" && es.address_type != "IPv6" && es.address_type != "FQDN" {
+            return Err(invalid(
+                f("addressType"),
+                format!("{:?}: expected IPv4, IPv6 or FQDN", es.address_type),
+            ));
+        }
+        for (j, p) in es.ports.iter().enumerate() {
+            proto_of(&p.protocol)
+                .map_err(|m| invalid(format!("endpointSlices[{i}].ports[{j}].protocol"), m))?;
+            if p.port == Some(0) {
+                return Err(invalid(
+                    format!("endpointSlices[{i}].ports[{j}].port"),
+                    "must be 1..=65535",
+                ));
+            }
+        }
+        for (j, e) in es.endpoints.iter().enumerate() {
+            if e.addresses.is_empty() {
+                return Err(invalid(
+                    format!("endpointSlices[{i}].endpoints[{j}].addresses"),
+                    "must list at least one address",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The service port definitions of a spec for the node `node_name`.
+pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
+    let node_name = spec.node.name.as_str();
+    let mut slices: HashMap<String, Vec<&EndpointSliceSpec>> = HashMap::new();
+    for es in &spec.endpoint_slices {
+        if es.address_type != "IPv4" {
+            continue;
+        }
+        if let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL) {
+            slices
+                .entry(format!("{}/{}", es.metadata.namespace, svc))
+                .or_default()
+                .push(es);
+        }
+    }
+    let mut defs = Vec::new();
+    for s in &spec.services {
+        if s.spec.type_ == ServiceType::ExternalName {
+            continue;
+        }
+        let cluster_ips = s.cluster_ipv4s();
+        let key = s.key();
+        let affinity_secs = (s.spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            s.spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800)
+        });
+        for p in &s.spec.ports {
+            let Ok(proto) = proto_of(&p.protocol) else {
+                continue;
+            };
+            let name = p.name.clone().unwrap_or_default();
+            let mut backends: Vec<Backend> = Vec::new();
+            for es in slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                // The slice port for this service port: same name and protocol (kube-proxy).
+                let sp = es.ports.iter().find(|ep| {
+                    ep.name.clone().unwrap_or_default() == name
+                        && proto_of(&ep.protocol).ok() == Some(proto)
+                });
+                let port = match (sp.and_then(|x| x.port), &p.target_port) {
+                    (Some(n), _) => n,
+                    (None, Some(TargetPort::Number(n))) if es.ports.is_empty() => *n,
+                    (None, None) if es.ports.is_empty() => p.port,
+                    _ => continue,
+                };
+                for e in &es.endpoints {
+                    let Some(&addr) = e.addresses.first() else {
+                        continue;
+                    };
+                    let c = &e.conditions;
+                    let node = e.node_name.clone().unwrap_or_default();
+                    backends.push(Backend {
+                        addr,
+                        port,
+                        local: node == node_name,
+                        state: EndpointState::from_conditions(c.ready, c.serving, c.terminating),
+                        weight: 1,
+                        target: e
+                            .target_ref
+                            .as_ref()
+                            .map(|t| {
+                                format!(
+                                    "{}/{}",
+                                    t.namespace.as_deref().unwrap_or(&es.metadata.namespace),
+                                    t.name.as_deref().unwrap_or("")
+                                )
+                            })
+                            .unwrap_or_default(),
+                        node,
+                    });
+                }
+            }
+            backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+            backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+            defs.push(ServicePortDef {
+                service: key.clone(),
+                port_name: name,
+                proto,
+                port: p.port,
+                node_port: if s.has_node_ports() {
+                    p.node_port
+                } else {
+                    None
+                },
+                cluster_ips: cluster_ips.clone(),
+                external_ips: s.spec.external_ips.clone(),
+                lb_ips: s.lb_ips(),
+                backends,
+                internal_local: s.spec.internal_traffic_policy == Some(TrafficPolicy::Local),
+                external_local: s.external_local(),
+                affinity_secs,
+                health_check_node_port: s.health_check_node_port(),
+            });
+        }
+    }
+    defs
+}
+
+/// The NAT settings of a spec.
+pub fn nat_config(spec: &NodeSpec) -> NatConfig {
+    let px = &spec.service_proxy;
+    let prefix = |c: &Ipv4Cidr| Ipv4Prefix::new(c.network().addr, c.prefix_len).ok();
+    let mut cluster: Vec<Ipv4Prefix> = px.cluster_cidrs.iter().filter_map(prefix).collect();
+    if cluster.is_empty() {
+        cluster.extend(prefix(&spec.node.pod_cidr));
+    }
+    NatConfig {
+        masquerade: px.masquerade,
+        masquerade_addr: Some(px.masquerade_address.unwrap_or(spec.node.address.addr)),
+        cluster_cidrs: cluster,
+        snat_ports: px
+            .snat_range()
+            .unwrap_or(ferroplane_tables::nat::DEFAULT_SNAT_PORTS),
+        conntrack_max: px
+            .conntrack_max
+            .unwrap_or(ferroplane_tables::nat::DEFAULT_CONNTRACK_MAX),
+        timeouts: Timeouts::default(),
+    }
+}
+
+/// What XDP must steer to the engine for the services of a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    /// /32 addresses on the uplink (external and load-balancer IPs).
+    pub vips: BTreeSet<Ipv4Addr>,
+    /// (protocol, port, kind) on the node's addresses: NodePorts and the SNAT range.
+    pub ports: BTreeMap<(u8, u16), u32>,
+}
+
+/// `ports4` kind of a NodePort.
+pub const PORT_NODEPORT: u32 = 1;
+/// `ports4` kind of a SNAT port.
+pub const PORT_SNAT: u32 = 2;
+
+/// Steering entries for a service table and NAT settings.
+pub fn steering(table: &ServiceTable, nat: &NatConfig) -> Steering {
+    let mut s = Steering::default();
+    for p in table.ports() {
+        s.vips.extend(p.def.external_ips.iter().copied());
+        s.vips.extend(p.def.lb_ips.iter().copied());
+    }
+    for (proto, port) in table.node_ports() {
+        s.ports.insert((proto, port), PORT_NODEPORT);
+    }
+    // SNATed flows come back to these ports (masquerade, hairpin, eTP=Cluster).
+    let (lo, hi) = nat.snat_ports;
+    for port in lo..=hi {
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
+            s.ports.entry((proto, port)).or_insert(PORT_SNAT);
+        }
+    }
+    s
+}
+
+/// The service side of the node state.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceState {
+    /// The table published to the engine.
+    pub table: Arc<ServiceTable>,
+    /// NAT settings published to the engine.
+    pub nat: Arc<NatConfig>,
+}
+
+impl ServiceState {
+    /// Rebuild from `spec` (sharing unchanged Maglev tables with the current one).
+    pub fn rebuild(&mut self, spec: &NodeSpec) -> Result<(), ferroplane_tables::ServiceError> {
+        let max = spec
+            .service_proxy
+            .maglev_table_size
+            .unwrap_or(DEFAULT_TABLE_SIZE);
+        let table = ServiceTable::build(
+            service_defs(spec),
+            vec![spec.node.address.addr],
+            max,
+            Some(&self.table),
+        )?;
+        self.table = Arc::new(table);
+        self.nat = Arc::new(nat_config(spec));
+        Ok(())
+    }
+}
+
+/// Local endpoint counts per health-check node port, read by the health-check server.
+pub type HealthChecks = Arc<Mutex<BTreeMap<u16, (String, usize)>>>;
+
+/// The health-check node ports of a table: port → (service, local endpoints).
+pub fn health_checks(table: &ServiceTable) -> BTreeMap<u16, (String, usize)> {
+    let mut m: BTreeMap<u16, (String, usize)> = BTreeMap::new();
+    for p in table.ports() {
+        if let Some(hc) = p.def.health_check_node_port {
+            let e = m.entry(hc).or_insert_with(|| (p.def.service.clone(), 0));
+            e.1 = e.1.max(p.local_endpoints);
+        }
+    }
+    m
+}
+
+/// The HTTP answer of a health-check node port (as kube-proxy: 200 with local
+/// endpoints, 503 without).
+pub fn health_response(service: &str, local: usize) -> String {
+    let (ns, name) = service.split_once('/').unwrap_or(("default", service));
+    let body = format!(
+        "{{\"service\":{{\"namespace\":\"{ns}\",\"name\":\"{name}\"}},\"localEndpoints\":{local},\"serviceProxyHealthy\":true}}\n"
+    );
+    let status = if local > 0 {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serve health-check node ports on `addr`: keeps one listener per port in `checks`
+/// (re-read every second), answering with [`health_response`].
+pub async fn serve_health_checks(addr: Ipv4Addr, checks: HealthChecks) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut running: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let want: BTreeSet<u16> = match checks.lock() {
+            Ok(m) => m.keys().copied().collect(),
+            Err(_) => BTreeSet::new(),
+        };
+        running.retain(|port, h| {
+            let keep = want.contains(port) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for port in want {
+            if running.contains_key(&port) {
+                continue;
+            }
+            let listener = match tokio::net::TcpListener::bind((addr, port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%addr, port, "health check node port: {e}");
+                    continue;
+                }
+            };
+            let checks = checks.clone();
+            running.insert(
+                port,
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((mut sock, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let checks = checks.clone();
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 1024];
+                            let mut got = 0;
+                            while got < buf.len() {
+                                match tokio::time::timeout(
+                                    std::time::Duration::from_secs(2),
+                                    sock.read(&mut buf[got..]),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                                    Ok(Ok(n)) => got += n,
+                                }
+                                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                                    break;
+                                }
+                            }
+                            let (svc, n) = checks
+                                .lock()
+                                .ok()
+                                .and_then(|m| m.get(&port).cloned())
+                                .unwrap_or_default();
+                            let _ = sock.write_all(health_response(&svc, n).as_bytes()).await;
+                            let _ = sock.shutdown().await;
+                        });
+                    }
+                }),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// What the service tables were last built from.
+type Source = (
+    Vec<ServiceSpec>,
+    Vec<EndpointSliceSpec>,
+    ServiceProxyConfig,
+    Ipv4Addr,
+    String,
+);
+
+/// The service tables of the node, rebuilt only when their inputs change, and
+/// the XDP steering last applied for them.
+#[derive(Debug, Default)]
+pub struct ServiceCache {
+    source: Option<Source>,
+    /// Tables in force.
+    pub state: ServiceState,
+    applied: Steering,
+    /// Health-check node ports, read by [`serve_health_checks`].
+    pub health: HealthChecks,
+    /// How long the last rebuild took.
+    pub last_build: Option<std::time::Duration>,
+}
+
+/// Shared handle on the [`ServiceCache`].
+pub type ServiceCacheHandle = Arc<Mutex<ServiceCache>>;
+
+/// The tables for `spec`, rebuilt if its services, endpoint slices or settings changed.
+/// A table that cannot be built (the spec validation catches what would fail) keeps the
+/// previous one in force and is logged.
+pub fn tables(cache: &ServiceCacheHandle, spec: &NodeSpec) -> (Arc<ServiceTable>, Arc<NatConfig>) {
+    let mut c = match cache.lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    };
+    let same = matches!(&c.source, Some((s, e, p, a, n))
+        if s == &spec.services && e == &spec.endpoint_slices && p == &spec.service_proxy
+            && *a == spec.node.address.addr && n == &spec.node.name);
+    if !same {
+        let t0 = std::time::Instant::now();
+        match c.state.rebuild(spec) {
+            Ok(()) => {
+                c.last_build = Some(t0.elapsed());
+                let hc = health_checks(&c.state.table);
+                if let Ok(mut h) = c.health.lock() {
+                    *h = hc;
+                }
+                tracing::info!(
+                    service_ports = c.state.table.len(),
+                    took_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "service table built"
+                );
+            }
+            Err(e) => tracing::warn!("service table not rebuilt: {e}"),
+        }
+        c.source = Some((
+            spec.services.clone(),
+            spec.endpoint_slices.clone(),
+            spec.service_proxy.clone(),
+            spec.node.address.addr,
+            spec.node.name.clone(),
+        ));
+    }
+    (c.state.table.clone(), c.state.nat.clone())
+}
+
+/// Bring the XDP steering maps in line with the tables in force (only the difference is
+/// written).
+pub fn apply_steering(
+    cache: &ServiceCacheHandle,
+    bpf: &mut ferroplane_bpf::Dataplane,
+) -> Result<(), ferroplane_bpf::Error> {
+    let mut c = match cache.lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    };
+    let want = steering(&c.state.table, &c.state.nat);
+    if want == c.applied {
+        return Ok(());
+    }
+    for a in c.applied.vips.difference(&want.vips) {
+        bpf.remove_steer4(*a, 32)?;
+    }
+    for a in want.vips.difference(&c.applied.vips) {
+        bpf.add_steer4(*a, 32, ferroplane_bpf::FpSteerKind::Service)?;
+    }
+    for k in c.applied.ports.keys() {
+        if !want.ports.contains_key(k) {
+            bpf.remove_port4(k.0, k.1)?;
+        }
+    }
+    for (k, kind) in &want.ports {
+        if c.applied.ports.get(k) != Some(kind) {
+            bpf.add_port4(k.0, k.1, *kind)?;
+        }
+    }
+    c.applied = want;
+    Ok(())
+}
+
+/// Watches the standalone spec file: a changed file is re-read and its services,
+/// endpoint slices and service proxy settings applied (the rest needs a restart).
+#[derive(Debug)]
+pub struct SpecWatch {
+    path: std::path::PathBuf,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl SpecWatch {
+    /// Watch `path`.
+    pub fn new(path: &std::path::Path) -> Self {
+        let seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        SpecWatch {
+            path: path.to_path_buf(),
+            seen,
+        }
+    }
+
+    /// If the file changed since the last call: the new spec (or why it was rejected).
+    pub fn poll(&mut self) -> Option<Result<NodeSpec, ConfigError>> {
+        let m = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if m.is_none() || m == self.seen {
+            return None;
+        }
+        self.seen = m;
+        Some(NodeSpec::load(&self.path))
+    }
+}
+
+/// Copy the service parts of `from` into `into`; true when something changed.
+pub fn take_services(into: &mut NodeSpec, from: NodeSpec) -> bool {
+    let changed = into.services != from.services
+        || into.endpoint_slices != from.endpoint_slices
+        || into.service_proxy != from.service_proxy;
+    into.services = from.services;
+    into.endpoint_slices = from.endpoint_slices;
+    into.service_proxy = from.service_proxy;
+    changed
+}
+
+/// `show_services`: every service port with its frontends, backends and Maglev fill.
+pub fn services_report(cache: &ServiceCacheHandle) -> Vec<ferroplane_api::ServiceInfo> {
+    let table = match cache.lock() {
+        Ok(c) => c.state.table.clone(),
+        Err(p) => p.into_inner().state.table.clone(),
+    };
+    let policy = |local: bool| if local { "Local" } else { "Cluster" }.to_string();
+    table
+        .ports()
+        .iter()
+        .map(|p| {
+            let d = &p.def;
+            let mut frontends = Vec::new();
+            for a in &d.cluster_ips {
+                frontends.push(format!("cluster-ip {a}:{}", d.port));
+            }
+            for a in &d.external_ips {
+                frontends.push(format!("external-ip {a}:{}", d.port));
+            }
+            for a in &d.lb_ips {
+                frontends.push(format!("load-balancer {a}:{}", d.port));
+            }
+            if let Some(np) = d.node_port {
+                frontends.push(format!("node-port {np}"));
+            }
+            let fill_i = p.internal.maglev.fill();
+            let fill_e = p.external.maglev.fill();
+            let slots = |sel: &ferroplane_tables::service::Selection, fill: &[u32], i: usize| {
+                sel.backends
+                    .iter()
+                    .position(|&b| b as usize == i)
+                    .and_then(|k| fill.get(k).copied())
+                    .unwrap_or(0)
+            };
+            ferroplane_api::ServiceInfo {
+                name: d.service.clone(),
+                port_name: d.port_name.clone(),
+                protocol: ferroplane_tables::service::proto_name(d.proto),
+                port: d.port,
+                frontends,
+                external_policy: policy(d.external_local),
+                internal_policy: policy(d.internal_local),
+                affinity_secs: d.affinity_secs,
+                health_check_node_port: d.health_check_node_port,
+                maglev_size: p.internal.maglev.size(),
+                maglev_size_external: p.external.maglev.size(),
+                backends: d
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ferroplane_api::BackendInfo {
+                        address: format!("{}:{}", b.addr, b.port),
+                        state: b.state.as_str().to_string(),
+                        local: b.local,
+                        node: b.node.clone(),
+                        target: b.target.clone(),
+                        weight: b.weight,
+                        maglev_slots: slots(&p.internal, &fill_i, i),
+                        maglev_slots_external: slots(&p.external, &fill_e, i),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// `show_sessions`: the sessions of every worker matching `filter`.
+pub fn sessions_report(
+    tables: &[Arc<Mutex<ferroplane_tables::Conntrack>>],
+    filter: &ferroplane_api::SessionFilter,
+) -> Result<ferroplane_api::SessionsReport, String> {
+    use ferroplane_tables::FlowKey;
+    let addr: Option<Ipv4Addr> = match &filter.addr {
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| format!("addr: {a:?} is not an IPv4 address"))?,
+        ),
+        None => None,
+    };
+    let proto: Option<u8> = match filter.proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(PROTO_TCP),
+        Some("udp") => Some(PROTO_UDP),
+        Some("icmp") => Some(PROTO_ICMP),
+        Some(p) => return Err(format!("proto: {p:?} is not tcp, udp or icmp")),
+    };
+    let limit = filter.limit.unwrap_or(1000);
+    let tuple = |k: &FlowKey| format!("{}:{} -> {}:{}", k.src, k.sport, k.dst, k.dport);
+    let mut r = ferroplane_api::SessionsReport::default();
+    for t in tables {
+        let ct = match t.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let now = ct.now_ms();
+        r.total += ct.len();
+        r.limit = ct.limit();
+        r.created += ct.stats.created;
+        r.full += ct.stats.full;
+        for (_, s) in ct.iter() {
+            if s.expires <= now {
+                continue;
+            }
+            let keys = [s.orig, s.reply];
+            if let Some(a) = addr {
+                if !keys.iter().any(|k| k.src == a || k.dst == a) {
+                    continue;
+                }
+            }
+            if let Some(p) = filter.port {
+                if !keys.iter().any(|k| k.sport == p || k.dport == p) {
+                    continue;
+                }
+            }
+            if proto.is_some_and(|p| p != s.orig.proto) {
+                continue;
+            }
+            if r.sessions.len() >= limit {
+                continue;
+            }
+            r.sessions.push(ferroplane_api::SessionInfo {
+                protocol: ferroplane_tables::service::proto_name(s.orig.proto),
+                original: tuple(&s.orig),
+                reply: tuple(&s.reply),
+                nat: s.nat.as_str().to_string(),
+                state: s.state.as_str().to_string(),
+                service: s.frontend.map(|f| format!("{}:{}", f.addr, f.port)),
+                expires_in_secs: (s.expires - now) as f64 / 1000.0,
+                packets_orig: s.packets[0],
+                packets_reply: s.packets[1],
+            });
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+node:
+  name: node-1
+  uplink: up0
+  address: 192.168.100.2/24
+  podCIDR: 10.244.1.0/24
+"#;
+
+    fn spec(extra: &str) -> Result<NodeSpec, ConfigError> {
+        NodeSpec::from_yaml(&format!("{BASE}{extra}"))
+    }
+
+    const WEB: &str = r#"
+serviceProxy:
+  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
+  masquerade: true
+services:
+  - metadata: { name: web }
+    spec:
+      type: LoadBalancer
+      clusterIP: 10.96.0.10
+      ports:
+        - { name: http, protocol: TCP, port: 80, targetPort: http, nodePort: 30080 }
+        - { name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30053 }
+      externalTrafficPolicy: Local
+      healthCheckNodePort: 32000
+      sessionAffinity: ClientIP
+    status: { loadBalancer: { ingress: [ { ip: 203.0.113.10 } ] } }
+endpointSlices:
+  - metadata: { name: web-a, labels: { kubernetes.io/service-name: web } }
+    addressType: IPv4
+    ports: [ { name: http, protocol: TCP, port: 8080 }, { name: dns, protocol: UDP, port: 5353 } ]
+    endpoints:
+      - addresses: [10.244.1.10]
+        nodeName: node-1
+      - addresses: [10.244.2.10]
+        nodeName: node-2
+        conditions: { ready: false, serving: true, terminating: true }
+  - metadata: { name: web-b, labels: { kubernetes.io/service-name: web } }
+    ports: [ { name: http, protocol: TCP, port: 9090 } ]
+    endpoints:
+      - addresses: [10.244.1.11]
+        nodeName: node-1
+"#;
+
+    #[test]
+    fn kubernetes_shapes_become_service_ports() {
+        let s = spec(WEB).unwrap();
+        let defs = service_defs(&s);
+        assert_eq!(defs.len(), 2);
+        let http = &defs[0];
+        assert_eq!(http.port_name, "http");
+        assert_eq!(http.node_port, Some(30080));
+        assert_eq!(
+            http.lb_ips,
+            vec!["203.0.113.10".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(http.external_local && !http.internal_local);
+        assert_eq!(http.affinity_secs, Some(10800));
+        assert_eq!(http.health_check_node_port, Some(32000));
+        // Named target port resolved per slice: 8080 in web-a, 9090 in web-b.
+        let ports: Vec<(String, u16, bool)> = http
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.port, b.local))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("10.244.1.10".into(), 8080, true),
+                ("10.244.1.11".into(), 9090, true),
+                ("10.244.2.10".into(), 8080, false),
+            ]
+        );
+        assert_eq!(http.backends[2].state, EndpointState::ServingTerminating);
+        let dns = &defs[1];
+        assert_eq!(dns.backends.len(), 2, "web-b has no dns port");
+        let mut st = ServiceState::default();
+        st.rebuild(&s).unwrap();
+        let steer = steering(&st.table, &st.nat);
+        assert!(steer.vips.contains(&"203.0.113.10".parse().unwrap()));
+        assert_eq!(steer.ports.get(&(PROTO_TCP, 30080)), Some(&PORT_NODEPORT));
+        assert_eq!(steer.ports.get(&(PROTO_TCP, 61000)), Some(&PORT_SNAT));
+        assert_eq!(
+            health_checks(&st.table).get(&32000),
+            Some(&("default/web".into(), 2))
+        );
+        assert!(st.nat.masquerade);
+        assert!(st.nat.in_cluster("10.96.5.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80, protocol: SCTP}]}\n",
+                "services[0].spec.ports[0].protocol",
+                "SCTP",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}\n",
+                "services[0].spec.ports[0].nodePort",
+                "outside",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {type: NodePort, ports: [{port: 80}]}\n",
+                "services[0].spec.ports[0].nodePort",
+                "required",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n  - metadata: {name: b}\n    spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+                "services[1].spec.ports[0].port",
+                "default/a",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}], sessionAffinity: Sticky}\n",
+                "services[0].spec.sessionAffinity",
+                "Sticky",
+            ),
+            (
+                "endpointSlices:\n  - metadata: {name: a, labels: {kubernetes.io/service-name: nope}}\n",
+                "endpointSlices[0].metadata.labels.kubernetes.io/service-name",
+                "no service default/nope",
+            ),
+            (
+                "serviceProxy: {snatPorts: 5-1}\n",
+                "serviceProxy.snatPorts",
+                "LO <= HI",
+            ),
+            (
+                "serviceProxy: {maglevTableSize: 65536}\n",
+                "serviceProxy.maglevTableSize",
+                "prime",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}], bogus: 1}\n",
+                "services[0].spec.bogus",
+                "unknown field",
+            ),
+        ];
+        for (yaml, field, needle) in cases {
+            let e = spec(yaml).unwrap_err();
+            assert_eq!(e.field(), *field, "{yaml}: {e}");
+            assert!(e.to_string().contains(needle), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn health_response_codes() {
+        assert!(health_response("default/web", 2).starts_with("HTTP/1.1 200"));
+        assert!(health_response("default/web", 2).contains("\"localEndpoints\":2"));
+        assert!(health_response("default/web", 0).starts_with("HTTP/1.1 503"));
+    }
+}

@@ -1,0 +1,600 @@
+//! Routing information bases (RFC 4271 §3.2, §9): Adj-RIB-In per peer, the Loc-RIB
+//! with the decision process and ECMP multipath, and the export rules that build each
+//! peer's Adj-RIB-Out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::prefix::Prefix;
+use crate::update::PathAttributes;
+
+/// Index of a configured peer.
+pub type PeerId = usize;
+
+/// LOCAL_PREF assumed when a path has none (RFC 4271 leaves it to policy; 100 by custom).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// Where a path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Originated by this node.
+    Local,
+    /// Learnt from a peer.
+    Peer(PeerId),
+}
+
+/// One candidate path for a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// Origin of the path.
+    pub source: Source,
+    /// Attributes as received (after import).
+    pub attrs: Arc<PathAttributes>,
+    /// Next hop (IPv4 NEXT_HOP or MP_REACH next hop; unspecified for local routes).
+    pub next_hop: IpAddr,
+    /// Learnt over eBGP.
+    pub ebgp: bool,
+    /// The advertising peer's BGP identifier (ours for local routes).
+    pub router_id: Ipv4Addr,
+    /// The advertising peer's address.
+    pub peer_addr: IpAddr,
+    /// IGP cost to the next hop, when known.
+    pub igp_cost: Option<u32>,
+    /// Retained under graceful restart while the peer restarts.
+    pub stale: bool,
+}
+
+impl Path {
+    fn local_pref(&self) -> u32 {
+        self.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+    }
+
+    fn neighbour_as(&self, local_as: u32) -> u32 {
+        if self.ebgp {
+            self.attrs.as_path.first_as().unwrap_or(0)
+        } else {
+            // RFC 4271 §9.1.2.2 c: internal routes' neighbour AS is the first AS of the
+            // path, or ours when the path is empty.
+            self.attrs.as_path.first_as().unwrap_or(local_as)
+        }
+    }
+
+    fn tiebreak_id(&self) -> Ipv4Addr {
+        self.attrs.originator_id.unwrap_or(self.router_id)
+    }
+}
+
+/// The step of the decision process at which a path lost (RFC 4271 §9.1.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// A locally originated path exists.
+    NotLocal,
+    /// Lower LOCAL_PREF.
+    LocalPref,
+    /// Longer AS_PATH.
+    AsPathLength,
+    /// Higher ORIGIN.
+    Origin,
+    /// Higher MED than another path from the same neighbour AS.
+    Med,
+    /// iBGP path while an eBGP one exists.
+    PeerType,
+    /// Higher IGP cost to the next hop.
+    IgpCost,
+    /// Higher BGP identifier (ORIGINATOR_ID when reflected).
+    RouterId,
+    /// Longer CLUSTER_LIST.
+    ClusterListLength,
+    /// Higher peer address.
+    PeerAddress,
+}
+
+impl Reason {
+    /// Human text for `show bgp routes`.
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::NotLocal => "locally originated path preferred",
+            Reason::LocalPref => "lower local-pref",
+            Reason::AsPathLength => "longer AS path",
+            Reason::Origin => "worse origin",
+            Reason::Med => "higher MED",
+            Reason::PeerType => "iBGP path, eBGP preferred",
+            Reason::IgpCost => "higher IGP cost",
+            Reason::RouterId => "higher router id",
+            Reason::ClusterListLength => "longer cluster list",
+            Reason::PeerAddress => "higher peer address",
+        }
+    }
+}
+
+/// The result of the decision process for one prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Index of the best path.
+    pub best: Option<usize>,
+    /// Paths equal to the best through the IGP cost step (ECMP set, best included).
+    pub multipath: Vec<usize>,
+    /// For each path, the step where it lost (`None` for the best and multipath peers).
+    pub reasons: Vec<Option<Reason>>,
+}
+
+/// Run the decision process (RFC 4271 §9.1.2.2, elimination by steps) over `paths`.
+pub fn select(paths: &[Path], local_as: u32) -> Selection {
+    let mut reasons: Vec<Option<Reason>> = vec![None; paths.len()];
+    let mut alive: Vec<usize> = (0..paths.len()).collect();
+    // Keep only the candidates minimising `key`; the others lose with `r`.
+    fn keep_min<K: Ord + Copy>(
+        alive: &mut Vec<usize>,
+        reasons: &mut [Option<Reason>],
+        r: Reason,
+        key: impl Fn(usize) -> K,
+    ) {
+        if let Some(m) = alive.iter().map(|&i| key(i)).min() {
+            alive.retain(|&i| {
+                let keep = key(i) == m;
+                if !keep {
+                    reasons[i] = Some(r);
+                }
+                keep
+            });
+        }
+    }
+    keep_min(&mut alive, &mut reasons, Reason::NotLocal, |i| {
+        u8::from(paths[i].source != Source::Local)
+    });
+    keep_min(&mut alive, &mut reasons, Reason::LocalPref, |i| {
+        u32::MAX - paths[i].local_pref()
+    });
+    keep_min(&mut alive, &mut reasons, Reason::AsPathLength, |i| {
+        paths[i].attrs.as_path.len()
+    });
+    keep_min(&mut alive, &mut reasons, Reason::Origin, |i| {
+        paths[i].attrs.origin
+    });
+    // MED: compared only between paths from the same neighbouring AS.
+    let mut min_med: HashMap<u32, u32> = HashMap::new();
+    for &i in &alive {
+        let e = min_med
+            .entry(paths[i].neighbour_as(local_as))
+            .or_insert(u32::MAX);
+        *e = (*e).min(paths[i].attrs.med.unwrap_or(0));
+    }
+    alive.retain(|&i| {
+        let keep = paths[i].attrs.med.unwrap_or(0) == min_med[&paths[i].neighbour_as(local_as)];
+        if !keep {
+            reasons[i] = Some(Reason::Med);
+        }
+        keep
+    });
+    keep_min(&mut alive, &mut reasons, Reason::PeerType, |i| {
+        u8::from(!paths[i].ebgp)
+    });
+    keep_min(&mut alive, &mut reasons, Reason::IgpCost, |i| {
+        paths[i].igp_cost.unwrap_or(0)
+    });
+    let multipath = alive.clone();
+    let mut tb = alive.clone();
+    keep_min(&mut tb, &mut reasons, Reason::RouterId, |i| {
+        paths[i].tiebreak_id()
+    });
+    keep_min(&mut tb, &mut reasons, Reason::ClusterListLength, |i| {
+        paths[i].attrs.cluster_list.len()
+    });
+    keep_min(&mut tb, &mut reasons, Reason::PeerAddress, |i| {
+        paths[i].peer_addr
+    });
+    let best = tb.first().copied();
+    // Multipath members keep no reason: they forward too.
+    for &i in &multipath {
+        reasons[i] = None;
+    }
+    Selection {
+        best,
+        multipath,
+        reasons,
+    }
+}
+
+/// All paths for one prefix and the selection among them.
+#[derive(Debug, Clone, Default)]
+pub struct Dest {
+    /// Candidate paths (one per source).
+    pub paths: Vec<Path>,
+    /// Decision process result.
+    pub selection: Selection,
+}
+
+impl Dest {
+    /// The best path.
+    pub fn best(&self) -> Option<&Path> {
+        self.selection.best.and_then(|i| self.paths.get(i))
+    }
+
+    /// Distinct next hops of the ECMP set (the best path's first); `multipath = false`
+    /// gives the best path's alone.
+    pub fn next_hops(&self, multipath: bool) -> Vec<IpAddr> {
+        let Some(best) = self.best() else {
+            return Vec::new();
+        };
+        let mut v = vec![best.next_hop];
+        if multipath {
+            for &i in &self.selection.multipath {
+                let nh = self.paths[i].next_hop;
+                if !v.contains(&nh) {
+                    v.push(nh);
+                }
+            }
+        }
+        v
+    }
+
+    fn fingerprint(&self, multipath: bool) -> Option<(Source, Arc<PathAttributes>, Vec<IpAddr>)> {
+        self.best()
+            .map(|b| (b.source, b.attrs.clone(), self.next_hops(multipath)))
+    }
+}
+
+/// The Loc-RIB: every prefix with its candidate paths and selection.
+#[derive(Debug, Default)]
+pub struct LocRib {
+    /// Destinations by prefix.
+    pub table: BTreeMap<Prefix, Dest>,
+    /// Our AS (MED grouping of internal paths).
+    pub local_as: u32,
+    /// Install equal paths as ECMP.
+    pub multipath: bool,
+}
+
+impl LocRib {
+    /// An empty Loc-RIB.
+    pub fn new(local_as: u32, multipath: bool) -> LocRib {
+        LocRib {
+            table: BTreeMap::new(),
+            local_as,
+            multipath,
+        }
+    }
+
+    /// Add or replace `path` (keyed by its source). Returns true when the best path or
+    /// the ECMP set changed.
+    pub fn insert(&mut self, prefix: Prefix, path: Path) -> bool {
+        let (la, mp) = (self.local_as, self.multipath);
+        let d = self.table.entry(prefix).or_default();
+        let before = d.fingerprint(mp);
+        match d.paths.iter_mut().find(|p| p.source == path.source) {
+            Some(p) => *p = path,
+            None => d.paths.push(path),
+        }
+        d.selection = select(&d.paths, la);
+        before != d.fingerprint(mp)
+    }
+
+    /// Remove the path from `source`. Returns true when the selection changed.
+    pub fn remove(&mut self, prefix: &Prefix, source: Source) -> bool {
+        let (la, mp) = (self.local_as, self.multipath);
+        let Some(d) = self.table.get_mut(prefix) else {
+            return false;
+        };
+        let before = d.fingerprint(mp);
+        d.paths.retain(|p| p.source != source);
+        if d.paths.is_empty() {
+            self.table.remove(prefix);
+            return before.is_some();
+        }
+        d.selection = select(&d.paths, la);
+        before != d.fingerprint(mp)
+    }
+
+    /// The destination of a prefix.
+    pub fn get(&self, prefix: &Prefix) -> Option<&Dest> {
+        self.table.get(prefix)
+    }
+
+    /// Number of prefixes with a best path.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// One route in a peer's Adj-RIB-In.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InRoute {
+    /// Attributes as received.
+    pub attrs: Arc<PathAttributes>,
+    /// Next hop.
+    pub next_hop: IpAddr,
+    /// Passed import policy (else kept for `show` but not in the Loc-RIB).
+    pub accepted: bool,
+    /// Retained under graceful restart, waiting for a refresh or End-of-RIB.
+    pub stale: bool,
+}
+
+/// Routes received from one peer.
+pub type AdjRibIn = HashMap<Prefix, InRoute>;
+
+/// What this speaker last advertised to a peer.
+pub type AdjRibOut = HashMap<Prefix, (Arc<PathAttributes>, IpAddr)>;
+
+/// Which Loc-RIB routes a peer gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExportPolicy {
+    /// Every best path the BGP rules allow (iBGP split horizon, reflection).
+    #[default]
+    All,
+    /// Only routes this node originates.
+    Originated,
+    /// Nothing.
+    None,
+}
+
+/// What the export rules need to know about the receiving peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportTarget {
+    /// The peer's id.
+    pub id: PeerId,
+    /// eBGP session.
+    pub ebgp: bool,
+    /// The peer is a route-reflector client of ours.
+    pub rr_client: bool,
+    /// Our address on the session (next-hop-self).
+    pub local_addr: IpAddr,
+    /// Always set ourselves as next hop.
+    pub next_hop_self: bool,
+    /// Policy.
+    pub policy: ExportPolicy,
+}
+
+/// What the export rules need to know about the source of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// eBGP-learnt.
+    pub ebgp: bool,
+    /// Learnt from a route-reflector client.
+    pub rr_client: bool,
+    /// The source peer's identifier (for ORIGINATOR_ID).
+    pub router_id: Ipv4Addr,
+}
+
+/// Export rules (RFC 4271 §9.1.3 and §5, RFC 4456 reflection): the attributes and next
+/// hop to advertise `path` with to `to`, or `None` when it must not be advertised.
+/// `src` describes the peer the path came from (`None` for local routes).
+pub fn export(
+    path: &Path,
+    src: Option<SourceInfo>,
+    to: &ExportTarget,
+    local_as: u32,
+    cluster_id: Ipv4Addr,
+) -> Option<(PathAttributes, IpAddr)> {
+    if path.source == Source::Peer(to.id) {
+        return None; // never back to where it came from
+    }
+    match to.policy {
+        ExportPolicy::None => return None,
+        ExportPolicy::Originated if path.source != Source::Local => return None,
+        _ => {}
+    }
+    let mut reflect = false;
+    if let Some(s) = src {
+        if !s.ebgp && !to.ebgp {
+            // iBGP to iBGP only through reflection (RFC 4456 §6).
+            if !(s.rr_client || to.rr_client) {
+                return None;
+            }
+            reflect = true;
+        }
+    }
+    let mut a = (*path.attrs).clone();
+    let local_nh = if path.source == Source::Local || path.next_hop.is_unspecified() {
+        true
+    } else {
+        to.next_hop_self && !reflect
+    };
+    let mut nh = if local_nh || to.ebgp {
+        to.local_addr
+    } else {
+        path.next_hop
+    };
+    if nh.is_ipv4() != path.next_hop.is_ipv4() && !path.next_hop.is_unspecified() {
+        // A next hop of the other family cannot be rewritten to ours: keep it.
+        nh = path.next_hop;
+    }
+    if to.ebgp {
+        a.as_path.prepend(local_as);
+        a.local_pref = None;
+        if path.source != Source::Local {
+            a.med = None; // RFC 4271 §5.1.4: not propagated to other ASes
+        }
+        a.originator_id = None;
+        a.cluster_list.clear();
+    } else {
+        a.local_pref = Some(a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
+        if reflect {
+            if let Some(s) = src {
+                a.originator_id.get_or_insert(s.router_id);
+            }
+            a.cluster_list.insert(0, cluster_id);
+        }
+    }
+    Some((a, nh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::{AsPath, AsSegment, Origin, SegmentKind};
+
+    fn path(src: Source, lp: u32, asns: &[u32], nh: &str, ebgp: bool, id: u8) -> Path {
+        Path {
+            source: src,
+            attrs: Arc::new(PathAttributes {
+                local_pref: Some(lp),
+                as_path: AsPath(if asns.is_empty() {
+                    vec![]
+                } else {
+                    vec![AsSegment {
+                        kind: SegmentKind::Sequence,
+                        asns: asns.to_vec(),
+                    }]
+                }),
+                ..PathAttributes::default()
+            }),
+            next_hop: nh.parse().unwrap(),
+            ebgp,
+            router_id: Ipv4Addr::new(id, id, id, id),
+            peer_addr: nh.parse().unwrap(),
+            igp_cost: None,
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn decision_steps_in_rfc_order() {
+        let a = path(Source::Peer(0), 100, &[65001, 65010], "10.0.0.1", true, 1);
+        let b = path(
+            Source::Peer(1),
+            200,
+            &[65002, 65010, 65011],
+            "10.0.0.2",
+            true,
+            2,
+        );
+        let s = select(&[a.clone(), b.clone()], 65000);
+        assert_eq!(s.best, Some(1), "local-pref beats path length");
+        assert_eq!(s.reasons[0], Some(Reason::LocalPref));
+
+        let b2 = path(
+            Source::Peer(1),
+            100,
+            &[65002, 65010, 65011],
+            "10.0.0.2",
+            true,
+            2,
+        );
+        let s = select(&[a.clone(), b2], 65000);
+        assert_eq!(
+            (s.best, s.reasons[1]),
+            (Some(0), Some(Reason::AsPathLength))
+        );
+
+        let mut c = path(Source::Peer(1), 100, &[65002, 65010], "10.0.0.2", true, 2);
+        Arc::make_mut(&mut c.attrs).origin = Origin::Incomplete;
+        let s = select(&[a.clone(), c], 65000);
+        assert_eq!((s.best, s.reasons[1]), (Some(0), Some(Reason::Origin)));
+
+        let ibgp = path(Source::Peer(1), 100, &[65002, 65010], "10.0.0.2", false, 0);
+        let s = select(&[a.clone(), ibgp], 65000);
+        assert_eq!((s.best, s.reasons[1]), (Some(0), Some(Reason::PeerType)));
+    }
+
+    #[test]
+    fn med_only_within_the_same_neighbour_as() {
+        let mut a = path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1);
+        let mut b = path(Source::Peer(1), 100, &[65001], "10.0.0.2", true, 2);
+        let mut c = path(Source::Peer(2), 100, &[65002], "10.0.0.3", true, 3);
+        Arc::make_mut(&mut a.attrs).med = Some(50);
+        Arc::make_mut(&mut b.attrs).med = Some(10);
+        Arc::make_mut(&mut c.attrs).med = Some(99);
+        let s = select(&[a, b, c], 65000);
+        assert_eq!(s.reasons[0], Some(Reason::Med));
+        assert_eq!(
+            s.multipath,
+            vec![1, 2],
+            "different neighbour AS: MED not compared"
+        );
+        assert_eq!(s.best, Some(1), "lower router id breaks the tie");
+        assert_eq!(s.reasons[2], None, "multipath members carry no reason");
+    }
+
+    #[test]
+    fn equal_paths_make_an_ecmp_set_and_changes_are_reported() {
+        let mut rib = LocRib::new(65000, true);
+        let p: Prefix = "10.244.9.0/24".parse().unwrap();
+        assert!(rib.insert(p, path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1)));
+        assert!(rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)));
+        let d = rib.get(&p).unwrap();
+        assert_eq!(d.next_hops(true).len(), 2);
+        assert_eq!(
+            d.next_hops(false),
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(
+            !rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)),
+            "same path again: no change"
+        );
+        assert!(rib.remove(&p, Source::Peer(0)));
+        assert_eq!(
+            rib.get(&p).unwrap().next_hops(true),
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(rib.remove(&p, Source::Peer(1)));
+        assert!(rib.is_empty());
+        assert!(!rib.remove(&p, Source::Peer(1)));
+    }
+
+    #[test]
+    fn local_routes_win_and_export_rules() {
+        let local = path(Source::Local, 100, &[], "0.0.0.0", false, 9);
+        let learnt = path(Source::Peer(0), 300, &[], "10.0.0.1", false, 1);
+        let s = select(&[learnt.clone(), local.clone()], 65000);
+        assert_eq!(s.best, Some(1));
+        let ebgp = ExportTarget {
+            id: 1,
+            ebgp: true,
+            rr_client: false,
+            local_addr: "192.168.1.1".parse().unwrap(),
+            next_hop_self: false,
+            policy: ExportPolicy::All,
+        };
+        let (a, nh) = export(&local, None, &ebgp, 65000, Ipv4Addr::new(9, 9, 9, 9)).unwrap();
+        assert_eq!(a.as_path.to_string(), "65000");
+        assert_eq!(a.local_pref, None);
+        assert_eq!(nh, ebgp.local_addr);
+        let ibgp = ExportTarget {
+            ebgp: false,
+            ..ebgp
+        };
+        let src = SourceInfo {
+            ebgp: false,
+            rr_client: false,
+            router_id: Ipv4Addr::new(1, 1, 1, 1),
+        };
+        assert!(
+            export(&learnt, Some(src), &ibgp, 65000, Ipv4Addr::new(9, 9, 9, 9)).is_none(),
+            "iBGP split horizon"
+        );
+        let client = ExportTarget {
+            rr_client: true,
+            ..ibgp
+        };
+        let (a, nh) = export(
+            &learnt,
+            Some(src),
+            &client,
+            65000,
+            Ipv4Addr::new(9, 9, 9, 9),
+        )
+        .unwrap();
+        assert_eq!(a.originator_id, Some(Ipv4Addr::new(1, 1, 1, 1)));
+        assert_eq!(a.cluster_list, vec![Ipv4Addr::new(9, 9, 9, 9)]);
+        assert_eq!(nh, learnt.next_hop, "reflection keeps the next hop");
+        let back = ExportTarget { id: 0, ..client };
+        assert!(export(&learnt, Some(src), &back, 65000, Ipv4Addr::new(9, 9, 9, 9)).is_none());
+        let orig = ExportTarget {
+            policy: ExportPolicy::Originated,
+            ..client
+        };
+        assert!(export(&learnt, Some(src), &orig, 65000, Ipv4Addr::new(9, 9, 9, 9)).is_none());
+        assert!(export(&local, None, &orig, 65000, Ipv4Addr::new(9, 9, 9, 9)).is_some());
+    }
+}

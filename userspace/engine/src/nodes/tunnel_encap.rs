@@ -1,0 +1,247 @@
+use std::net::Ipv4Addr;
+
+use boringtun::noise::TunnResult;
+use ferroplane_io::{BufIdx, FrameMemory};
+use ferroplane_tables::AdjKind;
+
+use crate::node::{Ctx, Node, NodeInfo};
+use crate::tunnel::{flow_source_port, TunnelMode, VXLAN_HDR};
+use crate::{node_errors, node_nexts};
+
+use super::ip4_lookup::flow_hash;
+
+node_nexts! {
+    /// Next arcs of `tunnel-encap`.
+    pub enum EncapNext { Drop = "error-drop", Output = "interface-output" }
+}
+
+node_errors! {
+    /// Error reasons of `tunnel-encap`.
+    pub enum EncapError {
+        NoTunnel = (Error, "no-tunnel", "output interface is not a tunnel"),
+        NoRoute = (Error, "no-route", "no route to the tunnel's remote address"),
+        NeighbourMiss = (Error, "neighbour-miss", "next hop toward the remote node unresolved; resolution requested"),
+        NoRoom = (Error, "no-room", "not enough headroom or tailroom for the outer headers"),
+        Malformed = (Error, "malformed", "no IPv4 packet to encapsulate"),
+        WgNoSession = (Info, "wg-handshake-sent", "no WireGuard session: packet queued, handshake initiation sent"),
+        WgQueued = (Info, "wg-queued", "no WireGuard session yet, handshake in progress: packet queued in the state machine"),
+        WgError = (Error, "wg-error", "the WireGuard state machine refused the packet"),
+    }
+}
+
+static INFO: NodeInfo = NodeInfo {
+    name: "tunnel-encap",
+    nexts: EncapNext::NAMES,
+    errors: EncapError::INFO,
+};
+
+/// Bytes of Ethernet + IPv4 + UDP outer headers.
+pub(crate) const OUTER_UDP: usize = 14 + 20 + 8;
+
+/// Encapsulates packets routed into a tunnel interface (IPIP, VXLAN,
+/// WireGuard) and sends them toward the remote node on the uplink.
+#[derive(Debug)]
+pub struct TunnelEncap {
+    scratch: Vec<u8>,
+}
+
+impl Default for TunnelEncap {
+    fn default() -> Self {
+        TunnelEncap {
+            scratch: vec![0; 65536 + 64],
+        }
+    }
+}
+
+/// Write an outer IPv4 header (20 bytes, DF clear, TTL 64) at `h[0..20]`.
+#[inline(always)]
+pub(crate) fn write_ip4(
+    h: &mut [u8],
+    tos: u8,
+    total: u16,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) {
+    h[0] = 0x45;
+    h[1] = tos;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+    h[8] = 64;
+    h[9] = proto;
+    h[10..12].copy_from_slice(&[0, 0]);
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let c = ferroplane_wire::checksum::checksum(&h[..20]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Write a UDP header (checksum 0: none, allowed over IPv4) at `h[0..8]`.
+#[inline(always)]
+pub(crate) fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: u16) {
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..6].copy_from_slice(&len.to_be_bytes());
+    h[6..8].copy_from_slice(&[0, 0]);
+}
+
+impl<M: FrameMemory> Node<M> for TunnelEncap {
+    fn info(&self) -> &'static NodeInfo {
+        &INFO
+    }
+
+    fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]) {
+        let tunnels = cx.snap.tunnels.clone();
+        let fib = cx.snap.fib.clone();
+        for (i, &b) in bufs.iter().enumerate() {
+            let m = cx.meta(b);
+            let Some(t) = tunnels.get(m.tx_if) else {
+                nexts[i] = cx.drop_with(b, EncapError::NoTunnel);
+                continue;
+            };
+            let pkt = cx.packet(b);
+            let Some(l3) = pkt.get(14..).filter(|l| l.len() >= 20) else {
+                nexts[i] = cx.drop_with(b, EncapError::Malformed);
+                continue;
+            };
+            let hash = flow_hash(l3);
+            let tos = l3[1];
+            let inner_len = l3.len();
+            let adj = *fib.adj(fib.resolve(t.remote, || hash));
+            match adj.kind {
+                AdjKind::Rewrite if tunnels.get(adj.sw_if).is_none() => {}
+                AdjKind::Incomplete => {
+                    cx.out
+                        .misses
+                        .push((adj.sw_if, adj.next_hop.unwrap_or(t.remote)));
+                    nexts[i] = cx.drop_with(b, EncapError::NeighbourMiss);
+                    continue;
+                }
+                _ => {
+                    nexts[i] = cx.drop_with(b, EncapError::NoRoute);
+                    continue;
+                }
+            }
+            let off = m.offset as usize;
+            let end = off + m.len as usize;
+            // (new offset, new length) of the outer frame.
+            let placed = match t.mode {
+                TunnelMode::Ipip => {
+                    // [eth 14][outer ip 20] in front of the inner IPv4 header (at off + 14).
+                    let Some(start) = (off + 14).checked_sub(34) else {
+                        nexts[i] = cx.drop_with(b, EncapError::NoRoom);
+                        continue;
+                    };
+                    let frame = cx.frame(b);
+                    write_ip4(
+                        &mut frame[start + 14..start + 34],
+                        tos,
+                        (20 + inner_len) as u16,
+                        4,
+                        t.local,
+                        t.remote,
+                    );
+                    Some((start, end - start))
+                }
+                TunnelMode::Vxlan => {
+                    // [eth][ip][udp][vxlan] in front of the inner Ethernet frame (at off).
+                    let Some(start) = off.checked_sub(OUTER_UDP + VXLAN_HDR) else {
+                        nexts[i] = cx.drop_with(b, EncapError::NoRoom);
+                        continue;
+                    };
+                    let frame = cx.frame(b);
+                    let inner_frame = m.len as usize;
+                    let udp_len = 8 + VXLAN_HDR + inner_frame;
+                    write_ip4(
+                        &mut frame[start + 14..start + 34],
+                        tos,
+                        (20 + udp_len) as u16,
+                        17,
+                        t.local,
+                        t.remote,
+                    );
+                    write_udp(
+                        &mut frame[start + 34..start + 42],
+                        flow_source_port(hash),
+                        tunnels.vxlan_port,
+                        udp_len as u16,
+                    );
+                    let v = &mut frame[start + 42..start + 50];
+                    v[0] = 0x08;
+                    v[1..4].copy_from_slice(&[0, 0, 0]);
+                    v[4..7].copy_from_slice(&tunnels.vni.to_be_bytes()[1..4]);
+                    v[7] = 0;
+                    Some((start, end - start))
+                }
+                TunnelMode::WireGuard => {
+                    let Some(wg) = t.wg.as_ref() else {
+                        nexts[i] = cx.drop_with(b, EncapError::WgError);
+                        continue;
+                    };
+                    let Some(start) = (off + 14).checked_sub(OUTER_UDP) else {
+                        nexts[i] = cx.drop_with(b, EncapError::NoRoom);
+                        continue;
+                    };
+                    let (no_session, n) = {
+                        let src = &cx.packet(b)[14..];
+                        let mut tunn = wg.lock();
+                        let had = tunn.time_since_last_handshake().is_some();
+                        match tunn.encapsulate(src, &mut self.scratch) {
+                            TunnResult::WriteToNetwork(p) => (!had, Ok(p.len())),
+                            TunnResult::Done => (true, Err(EncapError::WgQueued)),
+                            _ => (false, Err(EncapError::WgError)),
+                        }
+                    };
+                    let n = match n {
+                        Ok(n) => n,
+                        Err(e) => {
+                            nexts[i] = cx.drop_with(b, e);
+                            continue;
+                        }
+                    };
+                    let frame = cx.frame(b);
+                    if start + OUTER_UDP + n > frame.len() {
+                        nexts[i] = cx.drop_with(b, EncapError::NoRoom);
+                        continue;
+                    }
+                    frame[start + OUTER_UDP..start + OUTER_UDP + n]
+                        .copy_from_slice(&self.scratch[..n]);
+                    write_ip4(
+                        &mut frame[start + 14..start + 34],
+                        0,
+                        (28 + n) as u16,
+                        17,
+                        t.local,
+                        t.remote,
+                    );
+                    write_udp(
+                        &mut frame[start + 34..start + 42],
+                        tunnels.wg_port,
+                        wg.port,
+                        (8 + n) as u16,
+                    );
+                    if no_session {
+                        // The packet is queued inside the state machine; this frame carries the handshake.
+                        cx.count(EncapError::WgNoSession, 1);
+                    }
+                    Some((start, OUTER_UDP + n))
+                }
+                TunnelMode::Direct => None,
+            };
+            let Some((start, len)) = placed else {
+                nexts[i] = cx.drop_with(b, EncapError::NoTunnel);
+                continue;
+            };
+            let frame = cx.frame(b);
+            frame[start..start + 6].copy_from_slice(&adj.dst_mac);
+            frame[start + 6..start + 12].copy_from_slice(&adj.src_mac);
+            frame[start + 12..start + 14].copy_from_slice(&[0x08, 0x00]);
+            t.counters.tx(inner_len);
+            let mm = cx.meta_mut(b);
+            mm.offset = start as u16;
+            mm.len = len as u16;
+            mm.tx_if = adj.sw_if;
+            nexts[i] = EncapNext::Output.into();
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Overlay nodes on the memory backend: two engines ("node 1" and "node 2") whose uplink
+//! outputs are fed into each other, in IPIP, VXLAN and WireGuard; PMTU; decap checks.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ferroplane_engine::testutil::udp_frame;
+use ferroplane_engine::tunnel::{
+    wg_public_key, Tunnel, TunnelCounters, TunnelMode, TunnelTable, WgPeer, TUNNEL_SW_IF_BASE,
+};
+use ferroplane_engine::{
+    IfKind, Interface, Interfaces, PodInfo, Shared, Snapshot, Worker, WorkerControl,
+};
+use ferroplane_io::MemIo;
+use ferroplane_tables::{FibBuilder, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource};
+use ferroplane_wire::Ipv4Packet;
+
+const TUN: u16 = TUNNEL_SW_IF_BASE;
+
+fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, 10 + i)
+}
+fn uplink_mac(i: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, i]
+}
+fn vtep_mac(i: u8) -> [u8; 6] {
+    [2, 0xfe, 0, 0, 0, i]
+}
+fn host_mac(i: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 1, i]
+}
+fn pod_mac(i: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 2, i]
+}
+fn pod_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, i, 10)
+}
+fn key(i: u8) -> [u8; 32] {
+    let mut k = [i.wrapping_mul(37).wrapping_add(1); 32];
+    k[0] &= 248;
+    k[31] = (k[31] & 127) | 64;
+    k
+}
+
+struct Node {
+    worker: Worker<MemIo>,
+    counters: Arc<TunnelCounters>,
+    wg: Option<Arc<WgPeer>>,
+}
+
+impl Node {
+    fn new(me: u8, mode: TunnelMode) -> Node {
+        let other = 3 - me;
+        let mtu = 1500 - mode.overhead();
+        let mut ifaces = Interfaces::new();
+        let mut b = FibBuilder::new();
+        ifaces.insert(Interface {
+            sw_if: 0,
+            name: "up0".into(),
+            kind: IfKind::Uplink,
+            ifindex: 2,
+            mac: uplink_mac(me),
+            ip4: Some((node_ip(me), 24)),
+            mtu: 1500,
+            port: Some(0),
+            xdp_mode: None,
+            pod: None,
+        });
+        ifaces.insert(Interface {
+            sw_if: 1,
+            name: "fppod".into(),
+            kind: IfKind::Pod,
+            ifindex: 3,
+            mac: host_mac(me),
+            ip4: None,
+            mtu: 1500,
+            port: Some(1),
+            xdp_mode: None,
+            pod: Some(PodInfo {
+                name: "default/p".into(),
+                ip: pod_ip(me),
+                mac: pod_mac(me),
+            }),
+        });
+        ifaces.insert(Interface {
+            sw_if: TUN,
+            name: "tun".into(),
+            kind: IfKind::Tunnel,
+            ifindex: 0,
+            mac: vtep_mac(me),
+            ip4: None,
+            mtu,
+            port: None,
+            xdp_mode: None,
+            pod: None,
+        });
+        b.interface(0, uplink_mac(me), 1500)
+            .interface(1, host_mac(me), 1500)
+            .interface(TUN, vtep_mac(me), mtu);
+        b.neighbour(0, node_ip(other), uplink_mac(other))
+            .neighbour(1, pod_ip(me), pod_mac(me))
+            .neighbour(TUN, node_ip(other), vtep_mac(other));
+        let route = |prefix: Ipv4Prefix, source, action| RouteEntry {
+            prefix,
+            source,
+            action,
+        };
+        b.route(route(
+            Ipv4Prefix::new(node_ip(me), 24).unwrap(),
+            RouteSource::Connected,
+            RouteAction::Forward(vec![Path {
+                via: None,
+                sw_if: 0,
+            }]),
+        ));
+        b.route(route(
+            Ipv4Prefix::host(node_ip(me)),
+            RouteSource::Local,
+            RouteAction::Local,
+        ));
+        b.route(route(
+            Ipv4Prefix::host(pod_ip(me)),
+            RouteSource::Pod,
+            RouteAction::Forward(vec![Path {
+                via: None,
+                sw_if: 1,
+            }]),
+        ));
+        let remote = Ipv4Prefix::new(Ipv4Addr::new(10, 244, other, 0), 24).unwrap();
+        b.route(route(
+            remote,
+            RouteSource::Static,
+            RouteAction::Forward(vec![Path {
+                via: Some(node_ip(other)),
+                sw_if: TUN,
+            }]),
+        ));
+        let counters = Arc::new(TunnelCounters::default());
+        let wg = (mode == TunnelMode::WireGuard).then(|| {
+            Arc::new(WgPeer::new(
+                key(me),
+                wg_public_key(key(other)),
+                u32::from(me),
+                51820,
+                None,
+            ))
+        });
+        let mut tunnels = TunnelTable::new(42, 4789, 51820);
+        tunnels
+            .insert(Tunnel {
+                sw_if: TUN,
+                name: format!("node-{other}"),
+                mode,
+                local: node_ip(me),
+                remote: node_ip(other),
+                allowed: vec![remote],
+                vtep_mac: vtep_mac(other),
+                counters: counters.clone(),
+                wg: wg.clone(),
+            })
+            .unwrap();
+        let snap = Snapshot {
+            fib: Arc::new(b.build().unwrap()),
+            ifaces: Arc::new(ifaces),
+            node_ip: Some(node_ip(me)),
+            tunnels: Arc::new(tunnels),
+            ..Snapshot::default()
+        };
+        let io = MemIo::new(512, 4096, 2);
+        let worker = Worker::new(
+            io,
+            Arc::new(Shared::new(snap)),
+            Arc::new(WorkerControl::default()),
+        )
+        .unwrap();
+        Node {
+            worker,
+            counters,
+            wg,
+        }
+    }
+
+    fn send(&mut self, port: u16, frame: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        assert!(self.worker.io_mut().inject(port, frame));
+        self.worker.poll().unwrap();
+        (
+            self.worker.io_mut().take_tx(0),
+            self.worker.io_mut().take_tx(1),
+        )
+    }
+
+    fn error(&self, node: &str, reason: &str) -> u64 {
+        let info = self.worker.graph_info();
+        let code = info.error_code(node, reason).unwrap();
+        self.worker.stats().errors[code as usize].get()
+    }
+}
+
+fn from_pod(me: u8, len: usize) -> Vec<u8> {
+    udp_frame(
+        host_mac(me),
+        pod_mac(me),
+        pod_ip(me),
+        pod_ip(3 - me),
+        64,
+        len,
+    )
+}
+
+/// node 1's pod -> node 2's pod; returns what node 2's pod receives and the wire frame.
+fn across(n1: &mut Node, n2: &mut Node, len: usize) -> (Vec<u8>, Vec<u8>) {
+    let (up, _) = n1.send(1, &from_pod(1, len));
+    assert_eq!(up.len(), 1, "one frame on node 1's uplink");
+    let wire = up[0].clone();
+    assert_eq!(&wire[0..6], &uplink_mac(2));
+    assert_eq!(&wire[6..12], &uplink_mac(1));
+    let outer = Ipv4Packet::new_checked(&wire[14..]).unwrap();
+    assert!(outer.verify_checksum());
+    assert_eq!(outer.src_addr(), node_ip(1));
+    assert_eq!(outer.dst_addr(), node_ip(2));
+    let (_, pod) = n2.send(0, &wire);
+    assert_eq!(pod.len(), 1, "one frame to node 2's pod");
+    (pod[0].clone(), wire)
+}
+
+fn check_delivery(sent: &[u8], got: &[u8]) {
+    assert_eq!(&got[0..6], &pod_mac(2));
+    assert_eq!(&got[6..12], &host_mac(2));
+    let ip = Ipv4Packet::new_checked(&got[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(ip.src_addr(), pod_ip(1));
+    assert_eq!(ip.dst_addr(), pod_ip(2));
+    assert_eq!(ip.ttl(), 62, "one hop per engine");
+    assert_eq!(&got[34..], &sent[34..], "payload intact");
+}
+
+#[test]
+fn ipip_round_trip() {
+    let (mut n1, mut n2) = (
+        Node::new(1, TunnelMode::Ipip),
+        Node::new(2, TunnelMode::Ipip),
+    );
+    let sent = from_pod(1, 200);
+    let (got, wire) = across(&mut n1, &mut n2, 200);
+    check_delivery(&sent, &got);
+    assert_eq!(wire[14 + 9], 4, "outer protocol IPIP");
+    assert_eq!(wire.len(), sent.len() + 20);
+    // The inner header follows the outer one.
+    let inner = Ipv4Packet::new_checked(&wire[34..]).unwrap();
+    assert_eq!(inner.src_addr(), pod_ip(1));
+    assert_eq!(n1.counters.get().2, 1);
+    assert_eq!(n2.counters.get().0, 1);
+}
+
+#[test]
+fn vxlan_round_trip_and_format() {
+    let (mut n1, mut n2) = (
+        Node::new(1, TunnelMode::Vxlan),
+        Node::new(2, TunnelMode::Vxlan),
+    );
+    let sent = from_pod(1, 300);
+    let (got, wire) = across(&mut n1, &mut n2, 300);
+    check_delivery(&sent, &got);
+    assert_eq!(wire[14 + 9], 17);
+    let udp = &wire[34..42];
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 4789);
+    assert!(
+        u16::from_be_bytes([udp[0], udp[1]]) >= 49152,
+        "source port from the flow hash"
+    );
+    assert_eq!(
+        &wire[42..50],
+        &[0x08, 0, 0, 0, 0, 0, 42, 0],
+        "flags I, VNI 42"
+    );
+    assert_eq!(
+        &wire[50..56],
+        &vtep_mac(2),
+        "inner destination: remote VTEP MAC"
+    );
+    assert_eq!(&wire[56..62], &vtep_mac(1), "inner source: our VTEP MAC");
+    assert_eq!(wire.len(), sent.len() + 50);
+    // Same flow, same source port; another flow (other UDP port) usually another.
+    let (again, _) = n1.send(1, &from_pod(1, 300));
+    assert_eq!(&again[0][34..36], &wire[34..36]);
+}
+
+#[test]
+fn vxlan_with_another_vni_is_dropped() {
+    let (mut n1, mut n2) = (
+        Node::new(1, TunnelMode::Vxlan),
+        Node::new(2, TunnelMode::Vxlan),
+    );
+    let (up, _) = n1.send(1, &from_pod(1, 64));
+    let mut wire = up[0].clone();
+    wire[48] = 43;
+    let (_, pod) = n2.send(0, &wire);
+    assert!(pod.is_empty());
+    assert_eq!(n2.error("tunnel-decap", "bad-vxlan"), 1);
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped() {
+    let (mut n1, mut n2) = (
+        Node::new(1, TunnelMode::Ipip),
+        Node::new(2, TunnelMode::Ipip),
+    );
+    // A pod on node 1 claiming an address outside node 1's pod CIDR.
+    let mut f = from_pod(1, 64);
+    f[26..30].copy_from_slice(&[10, 9, 9, 9]);
+    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    ip.fill_checksum();
+    let (up, _) = n1.send(1, &f);
+    let (_, pod) = n2.send(0, &up[0]);
+    assert!(pod.is_empty());
+    assert_eq!(n2.error("tunnel-decap", "inner-source-not-allowed"), 1);
+}
+
+#[test]
+fn wireguard_handshake_data_and_replay() {
+    let (mut n1, mut n2) = (
+        Node::new(1, TunnelMode::WireGuard),
+        Node::new(2, TunnelMode::WireGuard),
+    );
+    // No session: the packet is queued and a handshake initiation leaves instead.
+    let (up, _) = n1.send(1, &from_pod(1, 100));
+    assert_eq!(up.len(), 1);
+    let init = up[0].clone();
+    assert_eq!(init.len(), 42 + 148, "handshake initiation");
+    assert_eq!(n1.error("tunnel-encap", "wg-handshake-sent"), 1);
+    // Node 2 answers from the data path.
+    let (resp, pod) = n2.send(0, &init);
+    assert!(pod.is_empty());
+    assert_eq!(resp.len(), 1);
+    assert_eq!(resp[0].len(), 42 + 92, "handshake response");
+    assert_eq!(&resp[0][0..6], &uplink_mac(1));
+    // Node 1 completes the handshake (and answers with a keepalive).
+    let (ka, _) = n1.send(0, &resp[0]);
+    assert_eq!(ka.len(), 1, "keepalive confirming the session");
+    n2.send(0, &ka[0]);
+    assert!(n1.wg.as_ref().unwrap().handshake_age().is_some());
+    // Now data flows, encrypted.
+    let sent = from_pod(1, 400);
+    let (got, wire) = across(&mut n1, &mut n2, 400);
+    check_delivery(&sent, &got);
+    assert_eq!(wire.len(), 42 + (sent.len() - 14) + 32);
+    assert!(
+        !wire.windows(16).any(|w| w == &sent[50..66]),
+        "payload not in clear"
+    );
+    // A replayed packet is refused.
+    let (_, pod) = n2.send(0, &wire);
+    assert!(pod.is_empty());
+    assert_eq!(n2.error("tunnel-decap", "wg-replay"), 1);
+    // And the reverse direction works on the same session.
+    let back = udp_frame(host_mac(2), pod_mac(2), pod_ip(2), pod_ip(1), 64, 50);
+    let (up, _) = n2.send(1, &back);
+    let (_, pod) = n1.send(0, &up[0]);
+    assert_eq!(pod.len(), 1);
+    assert!(n2.wg.as_ref().unwrap().handshake_age().is_some());
+}
+
+#[test]
+fn oversized_df_packet_gets_icmp_with_the_tunnel_mtu() {
+    let mut n1 = Node::new(1, TunnelMode::Vxlan);
+    let mut f = from_pod(1, 1472);
+    f[20] |= 0x40; // DF
+    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    ip.fill_checksum();
+    let (up, pod) = n1.send(1, &f);
+    assert!(up.is_empty(), "nothing tunnelled");
+    assert_eq!(pod.len(), 1, "ICMP back to the pod");
+    let icmp = &pod[0][34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
+    assert_eq!(n1.error("ip4-rewrite", "mtu-exceeded"), 1);
+    // Without DF the engine does not fragment: dropped and counted.
+    let mut f = from_pod(1, 1472);
+    f[20] &= !0x40;
+    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    ip.fill_checksum();
+    let (up, _) = n1.send(1, &f);
+    assert!(up.is_empty());
+    assert_eq!(n1.error("ip4-rewrite", "mtu-exceeded-no-frag"), 1);
+}
+
+#[test]
+fn tunnel_packets_from_unknown_peers_are_dropped() {
+    let (mut n1, _) = (Node::new(1, TunnelMode::Ipip), ());
+    let mut n3 = Node::new(2, TunnelMode::Ipip);
+    // node 2's frame, but with another outer source.
+    let (up, _) = n1.send(1, &from_pod(1, 64));
+    let mut wire = up[0].clone();
+    wire[26..30].copy_from_slice(&[192, 168, 100, 99]);
+    let mut ip = Ipv4Packet::new_checked(&mut wire[14..]).unwrap();
+    ip.fill_checksum();
+    let (_, pod) = n3.send(0, &wire);
+    assert!(pod.is_empty());
+    assert_eq!(n3.error("tunnel-decap", "unknown-peer"), 1);
+}

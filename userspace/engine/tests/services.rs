@@ -1,0 +1,624 @@
+//! Services on the memory backend: DNAT to Maglev-chosen backends, reverse
+//! NAT of replies, rejection without endpoints, traffic policies, SNAT
+//! (hairpin, externalTrafficPolicy=Cluster, masquerade), ICMP error
+//! translation, affinity and a full session table.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ferroplane_engine::testutil::*;
+use ferroplane_engine::testutil_services::*;
+use ferroplane_engine::{Shared, Worker, WorkerControl};
+use ferroplane_io::MemIo;
+use ferroplane_tables::{Conntrack, Ipv4Prefix, NatConfig, ServicePortDef};
+use ferroplane_wire::{checksum, Ipv4Packet, TcpPacket, UdpPacket};
+
+struct Rig {
+    worker: Worker<MemIo>,
+    shared: Arc<Shared>,
+    info: ferroplane_engine::graph::GraphInfo,
+}
+
+fn rig(pods: u16, defs: Vec<ServicePortDef>, nat: NatConfig) -> Rig {
+    let io = MemIo::new(1024, 2048, pods as usize + 1);
+    let shared = Arc::new(Shared::new(snapshot_with(pods, defs, nat)));
+    let worker = Worker::new(io, shared.clone(), Arc::new(WorkerControl::default())).unwrap();
+    let info = worker.graph_info();
+    Rig {
+        worker,
+        shared,
+        info,
+    }
+}
+
+fn nat_default() -> NatConfig {
+    NatConfig {
+        masquerade_addr: Some(NODE_IP),
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse::<Ipv4Prefix>().unwrap(),
+            "10.96.0.0/12".parse().unwrap(),
+        ],
+        ..NatConfig::default()
+    }
+}
+
+impl Rig {
+    fn send(&mut self, port: u16, frame: &[u8]) {
+        assert!(self.worker.io_mut().inject(port, frame));
+        self.worker.poll().unwrap();
+    }
+    fn tx(&mut self, port: u16) -> Vec<Vec<u8>> {
+        self.worker.io_mut().take_tx(port)
+    }
+    fn one(&mut self, port: u16) -> Vec<u8> {
+        let mut v = self.tx(port);
+        assert_eq!(v.len(), 1, "one frame on port {port}");
+        v.remove(0)
+    }
+    fn errors(&self, node: &str, reason: &str) -> u64 {
+        let code = self
+            .info
+            .error_code(node, reason)
+            .unwrap_or_else(|| panic!("no error {node}: {reason}"));
+        self.worker.stats().errors[code as usize].get()
+    }
+    fn sessions(&self) -> Arc<Mutex<Conntrack>> {
+        self.worker
+            .shared_state("ip4-nat")
+            .unwrap()
+            .downcast::<Mutex<Conntrack>>()
+            .unwrap()
+    }
+}
+
+/// (src, dst, sport, dport) of a TCP or UDP frame; asserts valid checksums.
+fn tuple(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+    assert!(ip.verify_checksum(), "ip checksum");
+    let (s, d) = (ip.src_addr(), ip.dst_addr());
+    match ip.protocol().0 {
+        6 => {
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(t.verify_checksum(s, d), "tcp checksum");
+            (s, d, t.src_port(), t.dst_port())
+        }
+        17 => {
+            let u = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert!(u.verify_checksum(s, d), "udp checksum");
+            (s, d, u.src_port(), u.dst_port())
+        }
+        p => panic!("proto {p}"),
+    }
+}
+
+fn three_local() -> Vec<ferroplane_tables::Backend> {
+    (2..=4).map(|p| backend(pod_ip(p), 8080, true)).collect()
+}
+
+#[test]
+fn cluster_ip_tcp_dnat_and_reverse_nat() {
+    let mut r = rig(
+        4,
+        vec![tcp_service("default/web", vip(0), None, three_local())],
+        nat_default(),
+    );
+    let syn = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(0),
+        40000,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &syn);
+    let mut out = None;
+    for p in 2..=4 {
+        let v = r.tx(p);
+        if !v.is_empty() {
+            out = Some((p, v[0].clone()));
+        }
+    }
+    let (port, f) = out.expect("forwarded to a backend");
+    let (s, d, sp, dp) = tuple(&f);
+    assert_eq!((s, sp), (pod_ip(1), 40000), "client address kept");
+    assert_eq!((d, dp), (pod_ip(port), 8080));
+    assert_eq!(&f[0..6], &pod_mac(port));
+    // Same flow, same backend.
+    let ack = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(0),
+        40000,
+        80,
+        ACK,
+        10,
+    );
+    r.send(1, &ack);
+    assert_eq!(tuple(&r.one(port)).1, pod_ip(port));
+    // Reply: source restored to the VIP.
+    let synack = tcp_frame(
+        host_mac(port),
+        pod_mac(port),
+        pod_ip(port),
+        pod_ip(1),
+        8080,
+        40000,
+        SYN | ACK,
+        0,
+    );
+    r.send(port, &synack);
+    let back = r.one(1);
+    assert_eq!(tuple(&back), (vip(0), pod_ip(1), 80, 40000));
+    assert_eq!(r.errors("ip4-nat", "service-sessions"), 1);
+    let ct = r.sessions();
+    let ct = ct.lock().unwrap();
+    assert_eq!(ct.len(), 1);
+    let s = ct.iter().next().unwrap().1;
+    assert_eq!(s.state, ferroplane_tables::CtState::Established);
+}
+
+#[test]
+fn cluster_ip_udp_and_spread() {
+    let mut r = rig(
+        4,
+        vec![udp_service("default/dns", vip(1), three_local())],
+        nat_default(),
+    );
+    let mut per: HashMap<u16, u32> = HashMap::new();
+    for sport in 0..3000u16 {
+        let f = udp_frame_ports(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(1),
+            10000 + sport,
+            53,
+            8,
+        );
+        r.send(1, &f);
+        for p in 2..=4 {
+            for o in r.tx(p) {
+                let (_, d, _, dp) = tuple(&o);
+                assert_eq!((d, dp), (pod_ip(p), 8080));
+                *per.entry(p).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(per.values().sum::<u32>(), 3000);
+    for (p, n) in &per {
+        assert!((850..=1150).contains(n), "backend {p} got {n} of 3000");
+    }
+    // A reply from the backend comes back from the VIP.
+    let sport = 10000;
+    let f = udp_frame_ports(host_mac(1), pod_mac(1), pod_ip(1), vip(1), sport, 53, 8);
+    r.send(1, &f);
+    let (p, _) = (2..=4u16)
+        .map(|p| (p, r.tx(p)))
+        .find(|(_, v)| !v.is_empty())
+        .unwrap();
+    let reply = udp_frame_ports(
+        host_mac(p),
+        pod_mac(p),
+        pod_ip(p),
+        pod_ip(1),
+        8080,
+        sport,
+        8,
+    );
+    r.send(p, &reply);
+    assert_eq!(tuple(&r.one(1)), (vip(1), pod_ip(1), 53, sport));
+}
+
+#[test]
+fn no_endpoints_reject_tcp_rst_and_udp_port_unreachable() {
+    let mut r = rig(
+        2,
+        vec![
+            tcp_service("default/empty", vip(2), None, vec![]),
+            udp_service("default/empty-dns", vip(3), vec![]),
+        ],
+        nat_default(),
+    );
+    let syn = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(2),
+        40001,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &syn);
+    let rst = r.one(1);
+    let ip = Ipv4Packet::new_checked(&rst[14..]).unwrap();
+    assert_eq!(tuple(&rst), (vip(2), pod_ip(1), 80, 40001));
+    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(t.flags() & 0x14, 0x14, "RST+ACK");
+    assert_eq!(t.ack_number(), 1001);
+    let udp = udp_frame_ports(host_mac(1), pod_mac(1), pod_ip(1), vip(3), 5000, 53, 8);
+    r.send(1, &udp);
+    let icmp = r.one(1);
+    let ip = Ipv4Packet::new_checked(&icmp[14..]).unwrap();
+    assert_eq!(ip.protocol().0, 1);
+    assert_eq!(ip.dst_addr(), pod_ip(1));
+    assert_eq!(&ip.payload()[0..2], &[3, 3], "port unreachable");
+    assert_eq!(r.errors("ip4-nat", "no-endpoints"), 2);
+}
+
+#[test]
+fn node_port_local_keeps_client_and_cluster_snat_for_remote() {
+    let remote: Ipv4Addr = "10.244.2.10".parse().unwrap();
+    let client: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let mut local = tcp_service(
+        "default/local",
+        vip(4),
+        Some(30080),
+        vec![backend(pod_ip(2), 8080, true), backend(remote, 8080, false)],
+    );
+    local.external_local = true;
+    let cluster = tcp_service(
+        "default/cluster",
+        vip(5),
+        Some(30081),
+        vec![backend(remote, 8080, false)],
+    );
+    let mut only_remote = tcp_service(
+        "default/only-remote",
+        vip(6),
+        Some(30082),
+        vec![backend(remote, 8080, false)],
+    );
+    only_remote.external_local = true;
+    let mut r = rig(2, vec![local, cluster, only_remote], nat_default());
+    // eTP=Local: the local backend, client address preserved.
+    let syn = tcp_frame(UPLINK_MAC, ROUTER_MAC, client, NODE_IP, 1234, 30080, SYN, 0);
+    r.send(0, &syn);
+    assert_eq!(tuple(&r.one(2)), (client, pod_ip(2), 1234, 8080));
+    let back = tcp_frame(
+        host_mac(2),
+        pod_mac(2),
+        pod_ip(2),
+        client,
+        8080,
+        1234,
+        SYN | ACK,
+        0,
+    );
+    r.send(2, &back);
+    assert_eq!(tuple(&r.one(0)), (NODE_IP, client, 30080, 1234));
+    // The same service from a pod (internal policy Cluster) may use the remote one too.
+    // eTP=Cluster to a remote backend: SNAT to the node address from the SNAT range.
+    let syn = tcp_frame(UPLINK_MAC, ROUTER_MAC, client, NODE_IP, 1235, 30081, SYN, 0);
+    r.send(0, &syn);
+    let out = r.one(0);
+    let (s, d, sp, dp) = tuple(&out);
+    assert_eq!((s, d, dp), (NODE_IP, remote, 8080));
+    assert!((61000..=65535).contains(&sp), "snat port {sp}");
+    assert_eq!(r.errors("ip4-nat", "external-snat"), 1);
+    let back = tcp_frame(
+        UPLINK_MAC,
+        ROUTER_MAC,
+        remote,
+        NODE_IP,
+        8080,
+        sp,
+        SYN | ACK,
+        0,
+    );
+    r.send(0, &back);
+    assert_eq!(tuple(&r.one(0)), (NODE_IP, client, 30081, 1235));
+    // eTP=Local without a local endpoint: dropped and counted.
+    let syn = tcp_frame(UPLINK_MAC, ROUTER_MAC, client, NODE_IP, 1236, 30082, SYN, 0);
+    r.send(0, &syn);
+    assert!(r.tx(0).is_empty() && r.tx(1).is_empty() && r.tx(2).is_empty());
+    assert_eq!(r.errors("ip4-nat", "no-local-endpoints"), 1);
+}
+
+#[test]
+fn hairpin_snat_to_the_vip() {
+    let mut r = rig(
+        1,
+        vec![tcp_service(
+            "default/self",
+            vip(7),
+            None,
+            vec![backend(pod_ip(1), 8080, true)],
+        )],
+        nat_default(),
+    );
+    let syn = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(7),
+        40002,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &syn);
+    let (s, d, sp, dp) = tuple(&r.one(1));
+    assert_eq!((s, d, dp), (vip(7), pod_ip(1), 8080));
+    let back = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(7),
+        8080,
+        sp,
+        SYN | ACK,
+        0,
+    );
+    r.send(1, &back);
+    assert_eq!(tuple(&r.one(1)), (vip(7), pod_ip(1), 80, 40002));
+    assert_eq!(r.errors("ip4-nat", "hairpin"), 1);
+}
+
+#[test]
+fn masquerade_outside_the_cluster_only() {
+    let mut nat = nat_default();
+    nat.masquerade = true;
+    let mut r = rig(2, vec![], nat);
+    let ext: Ipv4Addr = "8.8.8.8".parse().unwrap();
+    let mut ports = std::collections::HashSet::new();
+    for i in 0..2u16 {
+        for sport in [5000u16, 5001] {
+            let syn = tcp_frame(
+                host_mac(1 + i),
+                pod_mac(1 + i),
+                pod_ip(1 + i),
+                ext,
+                sport,
+                443,
+                SYN,
+                0,
+            );
+            r.send(1 + i, &syn);
+            let (s, d, sp, dp) = tuple(&r.one(0));
+            assert_eq!((s, d, dp), (NODE_IP, ext, 443));
+            assert!(ports.insert(sp), "port {sp} allocated twice");
+        }
+    }
+    // Reply restored.
+    let syn = tcp_frame(host_mac(1), pod_mac(1), pod_ip(1), ext, 6000, 443, SYN, 0);
+    r.send(1, &syn);
+    let (_, _, sp, _) = tuple(&r.one(0));
+    let back = tcp_frame(UPLINK_MAC, ROUTER_MAC, ext, NODE_IP, 443, sp, SYN | ACK, 0);
+    r.send(0, &back);
+    assert_eq!(tuple(&r.one(1)), (ext, pod_ip(1), 443, 6000));
+    // Pod to pod is not translated.
+    let f = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        pod_ip(2),
+        7000,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &f);
+    assert_eq!(tuple(&r.one(2)), (pod_ip(1), pod_ip(2), 7000, 80));
+    assert_eq!(r.errors("ip4-nat", "masquerade-sessions"), 5);
+}
+
+#[test]
+fn icmp_error_about_a_translated_flow_is_rewritten() {
+    let mut r = rig(
+        2,
+        vec![udp_service(
+            "default/dns",
+            vip(8),
+            vec![backend(pod_ip(2), 5353, true)],
+        )],
+        nat_default(),
+    );
+    let f = udp_frame_ports(host_mac(1), pod_mac(1), pod_ip(1), vip(8), 5000, 53, 8);
+    r.send(1, &f);
+    let fwd = r.one(2);
+    // The backend answers port unreachable quoting the translated datagram.
+    let quote = &fwd[14..14 + 28];
+    let mut l3 = vec![0u8; 20 + 8 + 28];
+    l3[0] = 0x45;
+    let n = l3.len() as u16;
+    l3[2..4].copy_from_slice(&n.to_be_bytes());
+    l3[8] = 64;
+    l3[9] = 1;
+    l3[12..16].copy_from_slice(&pod_ip(2).octets());
+    l3[16..20].copy_from_slice(&pod_ip(1).octets());
+    l3[20] = 3;
+    l3[21] = 3;
+    l3[28..].copy_from_slice(quote);
+    let c = checksum::checksum(&l3[20..]);
+    l3[22..24].copy_from_slice(&c.to_be_bytes());
+    let c = checksum::checksum(&l3[..20]);
+    l3[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&host_mac(2));
+    frame.extend_from_slice(&pod_mac(2));
+    frame.extend_from_slice(&[8, 0]);
+    frame.extend_from_slice(&l3);
+    r.send(2, &frame);
+    let out = r.one(1);
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(ip.src_addr(), vip(8), "outer source is the VIP");
+    assert_eq!(ip.dst_addr(), pod_ip(1));
+    let icmp = ip.payload();
+    assert_eq!(checksum::checksum(icmp), 0, "icmp checksum");
+    let inner = Ipv4Packet::new_checked(&icmp[8..])
+        .unwrap_or_else(|_| Ipv4Packet::new_unchecked(&icmp[8..]));
+    assert!(inner.verify_checksum(), "inner checksum");
+    assert_eq!(inner.src_addr(), pod_ip(1));
+    assert_eq!(inner.dst_addr(), vip(8));
+    assert_eq!(&icmp[8 + 20 + 2..8 + 20 + 4], &53u16.to_be_bytes());
+    assert_eq!(r.errors("ip4-nat", "icmp-error-translated"), 1);
+}
+
+#[test]
+fn client_ip_affinity_pins() {
+    let mut def = tcp_service("default/sticky", vip(9), None, three_local());
+    def.affinity_secs = Some(60);
+    let mut r = rig(4, vec![def], nat_default());
+    let mut seen = std::collections::HashSet::new();
+    for sport in 0..50u16 {
+        let syn = tcp_frame(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(9),
+            30000 + sport,
+            80,
+            SYN,
+            0,
+        );
+        r.send(1, &syn);
+        for p in 2..=4 {
+            if !r.tx(p).is_empty() {
+                seen.insert(p);
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "all connections of one client on one backend"
+    );
+}
+
+#[test]
+fn full_table_drops_new_flows_and_keeps_established() {
+    let mut nat = nat_default();
+    nat.conntrack_max = 8;
+    let mut r = rig(
+        4,
+        vec![tcp_service("default/web", vip(0), None, three_local())],
+        nat,
+    );
+    let mut first = None;
+    for sport in 0..8u16 {
+        let syn = tcp_frame(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(0),
+            20000 + sport,
+            80,
+            SYN,
+            0,
+        );
+        r.send(1, &syn);
+        for p in 2..=4 {
+            if !r.tx(p).is_empty() && first.is_none() {
+                first = Some(p);
+            }
+        }
+    }
+    let syn = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(0),
+        29999,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &syn);
+    assert!((2..=4).all(|p| r.tx(p).is_empty()), "new flow dropped");
+    assert_eq!(r.errors("ip4-nat", "conntrack-full"), 1);
+    let ack = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(0),
+        20000,
+        80,
+        ACK,
+        10,
+    );
+    r.send(1, &ack);
+    assert_eq!(
+        r.tx(first.unwrap()).len(),
+        1,
+        "established flow still forwarded"
+    );
+}
+
+#[test]
+fn backend_removal_moves_only_its_flows() {
+    let backends = three_local();
+    let mut r = rig(
+        4,
+        vec![udp_service("default/dns", vip(1), backends.clone())],
+        nat_default(),
+    );
+    let mut before = HashMap::new();
+    for sport in 0..600u16 {
+        let f = udp_frame_ports(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(1),
+            10000 + sport,
+            53,
+            8,
+        );
+        r.send(1, &f);
+        for p in 2..=4 {
+            if !r.tx(p).is_empty() {
+                before.insert(sport, p);
+            }
+        }
+    }
+    // Remove backend on pod 3; clear sessions so new packets pick again.
+    let prev = r.shared.load();
+    let defs = vec![udp_service(
+        "default/dns",
+        vip(1),
+        backends
+            .iter()
+            .filter(|b| b.addr != pod_ip(3))
+            .cloned()
+            .collect(),
+    )];
+    let table =
+        ferroplane_tables::ServiceTable::build(defs, vec![NODE_IP], 65537, Some(&prev.services))
+            .unwrap();
+    r.shared.update(|s| s.services = Arc::new(table));
+    {
+        let ct = r.sessions();
+        let mut ct = ct.lock().unwrap();
+        let ids: Vec<u32> = ct.iter().map(|(i, _)| i).collect();
+        for i in ids {
+            ct.remove(i);
+        }
+    }
+    let mut moved_survivors = 0;
+    for sport in 0..600u16 {
+        let f = udp_frame_ports(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(1),
+            10000 + sport,
+            53,
+            8,
+        );
+        r.send(1, &f);
+        let now = (2..=4).find(|&p| !r.tx(p).is_empty()).unwrap();
+        assert_ne!(now, 3);
+        if before[&sport] != 3 && before[&sport] != now {
+            moved_survivors += 1;
+        }
+    }
+    assert!(
+        moved_survivors <= 12,
+        "{moved_survivors} flows of surviving backends moved"
+    );
+}

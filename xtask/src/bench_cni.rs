@@ -1,0 +1,207 @@
+//! `cargo xtask bench cni`: CNI ADD latency, ferroplane-cni (through the agent: IPAM, veth,
+//! AF_XDP port, XDP attach, tables) against the reference `bridge` + `host-local` plugins,
+//! in the same run, from the same "host" namespace, alternating pod by pod.
+//!
+//! Each sample is the plugin process's wall time (spawn to exit), the way a runtime waits for
+//! it. Printed: p50, p99, mean and max per plugin, and the p50 ratio (target: <= 1).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferroplane_e2e::cni::{
+    bridge_conf, ferroplane_conf, invoke, percentile_ms, reference_plugin, CniCall, CniEnv,
+};
+use ferroplane_e2e::{bin_dir, bin_path, Netns, Topology};
+
+use crate::load::build_binaries;
+use crate::progress::{require_root, Progress};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Pods added (and deleted) before measuring, per plugin.
+const WARMUP: usize = 3;
+
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+fn ok(call: CniCall, what: &str) -> Result<Duration> {
+    if !call.ok() {
+        bail!(
+            "{what} failed: exit {} {}{}",
+            call.exit,
+            call.stdout,
+            call.stderr
+        );
+    }
+    Ok(call.elapsed)
+}
+
+fn line(name: &str, s: &[Duration]) -> String {
+    let mean = s.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / s.len().max(1) as f64;
+    let max = s.iter().max().copied().unwrap_or_default().as_secs_f64() * 1e3;
+    format!(
+        "{name:<34} p50 {:7.2} ms   p99 {:7.2} ms   mean {:7.2} ms   max {:7.2} ms   (n={})",
+        percentile_ms(s, 50.0),
+        percentile_ms(s, 99.0),
+        mean,
+        max,
+        s.len()
+    )
+}
+
+/// `cargo xtask bench cni`.
+pub fn run(pods: usize) -> Result<()> {
+    require_root("bench cni")?;
+    if pods == 0 {
+        bail!("--pods must be at least 1");
+    }
+    let mut p = Progress::new(5);
+    p.step("system packages", crate::deps::ensure)?;
+    p.step(
+        "building release binaries (agent, ferroctl, ferroplane-cni)",
+        build_binaries,
+    )?;
+    let bridge = reference_plugin("bridge")?;
+    reference_plugin("host-local")?;
+    let plugin = bin_path(&bin_dir(), "ferroplane-cni")?;
+    let topo = p.step("node namespace + agent with its CNI socket", || {
+        Ok(Topology::single_node(0)?)
+    })?;
+    let socket = topo.dir().join("cni.sock");
+    let state = topo.dir().join("state");
+    let frames = (((pods + WARMUP) as u32 + 8) * 512)
+        .next_power_of_two()
+        .max(32768);
+    let frames_s = frames.to_string();
+    let agent = topo.start_agent_with(
+        &bin_dir(),
+        &[
+            "--cni-socket",
+            socket.to_str().context("socket path")?,
+            "--state-dir",
+            state.to_str().context("state path")?,
+            "--frames",
+            &frames_s,
+        ],
+    )?;
+    let fp_conf = ferroplane_conf("ferroplane", &socket).to_string();
+    let br_conf = bridge_conf(
+        "refbridge",
+        "fpbench0",
+        "10.250.0.0/16",
+        &topo.dir().join("host-local"),
+    )
+    .to_string();
+    // The CNI socket answers once the agent is up.
+    let start = std::time::Instant::now();
+    while !invoke(
+        &topo.node,
+        &plugin,
+        &CniEnv::command_only("STATUS"),
+        &fp_conf,
+        TIMEOUT,
+    )?
+    .ok()
+    {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("ferroplane CNI socket not ready:\n{}", agent.log_tail(30));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let total = pods + WARMUP;
+    let (fp_ns, br_ns) = p.step(&format!("creating 2 x {total} pod namespaces"), || {
+        let mk = |tag: &str| -> Result<Vec<Netns>> {
+            (0..total)
+                .map(|i| Ok(Netns::new(&format!("{tag}{i}"))?))
+                .collect()
+        };
+        Ok((mk("bf")?, mk("bb")?))
+    })?;
+    let (fp, br) = p.step(
+        &format!("ADD then DEL of {pods} pods per plugin (+{WARMUP} warm-up), alternating"),
+        || {
+            let mut fp = Samples {
+                add: Vec::new(),
+                del: Vec::new(),
+            };
+            let mut br = Samples {
+                add: Vec::new(),
+                del: Vec::new(),
+            };
+            for i in 0..total {
+                let id = format!("bench{i:04}");
+                let t = ok(
+                    invoke(
+                        &topo.node,
+                        &plugin,
+                        &CniEnv::new("ADD", &id, fp_ns[i].path()),
+                        &fp_conf,
+                        TIMEOUT,
+                    )?,
+                    "ferroplane ADD",
+                )?;
+                if i >= WARMUP {
+                    fp.add.push(t);
+                }
+                let t = ok(
+                    invoke(
+                        &topo.node,
+                        &bridge,
+                        &CniEnv::new("ADD", &id, br_ns[i].path()),
+                        &br_conf,
+                        TIMEOUT,
+                    )?,
+                    "bridge ADD",
+                )?;
+                if i >= WARMUP {
+                    br.add.push(t);
+                }
+            }
+            for i in 0..total {
+                let id = format!("bench{i:04}");
+                let t = ok(
+                    invoke(
+                        &topo.node,
+                        &plugin,
+                        &CniEnv::new("DEL", &id, fp_ns[i].path()),
+                        &fp_conf,
+                        TIMEOUT,
+                    )?,
+                    "ferroplane DEL",
+                )?;
+                if i >= WARMUP {
+                    fp.del.push(t);
+                }
+                let t = ok(
+                    invoke(
+                        &topo.node,
+                        &bridge,
+                        &CniEnv::new("DEL", &id, br_ns[i].path()),
+                        &br_conf,
+                        TIMEOUT,
+                    )?,
+                    "bridge DEL",
+                )?;
+                if i >= WARMUP {
+                    br.del.push(t);
+                }
+            }
+            Ok((fp, br))
+        },
+    )?;
+    drop(agent);
+    let ratio = percentile_ms(&fp.add, 50.0) / percentile_ms(&br.add, 50.0);
+    println!(
+        "\n=== CNI ADD latency, {pods} pods, plugin process wall time (same run, alternating) ==="
+    );
+    println!("{}", line("ferroplane-cni ADD (agent)", &fp.add));
+    println!("{}", line("bridge + host-local ADD (reference)", &br.add));
+    println!("{}", line("ferroplane-cni DEL", &fp.del));
+    println!("{}", line("bridge + host-local DEL", &br.del));
+    println!(
+        "ADD p50 ratio ferroplane / reference: {ratio:.2} (target <= 1.00: {})",
+        if ratio <= 1.0 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
