@@ -179,15 +179,15 @@ fn gobgp_count(router: &Netns, api: u16) -> usize {
 
 /// What GoBGP ends up holding after `mrt inject` (it does not always take every
 /// record of the file): poll until the count is stable for 2 s.
-fn injected(router: &Netns, api: u16) -> Result<usize> {
+fn injected(router: &Netns, api: u16, before: usize) -> Result<usize> {
     let (mut last, mut since) = (usize::MAX, Instant::now());
     let t = Instant::now();
     loop {
         let c = gobgp_count(router, api);
         if c != last {
             (last, since) = (c, Instant::now());
-        } else if since.elapsed() > Duration::from_secs(2) && c > 0 {
-            return Ok(c);
+        } else if since.elapsed() > Duration::from_secs(2) && c > before {
+            return Ok(c - before);
         }
         if t.elapsed() > TIMEOUT {
             bail!("GoBGP's table never settled (last count {last})");
@@ -237,14 +237,18 @@ fn ferroplane(mrt: &Path) -> Result<Figures> {
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = rss_mib(agent.pid());
+    // GoBGP's table holds our pod CIDR too: count only what the injection adds.
+    wait("our route at GoBGP", || {
+        Ok(gobgp_count(&topo.router, api) >= 1)
+    })?;
+    let before = gobgp_count(&topo.router, api);
     let t0 = inject(&topo.router, api, mrt)?;
-    // What GoBGP actually took from the file.
-    let n = injected(&topo.router, api)?;
+    let n = injected(&topo.router, api, before)?;
     let loc_rib = wait("Loc-RIB", || {
         Ok(agent.ctl_json(&["show", "bgp"])?["loc_rib"]
             .as_u64()
             .unwrap_or(0) as usize
-            >= n + 1)
+            > n)
     });
     if let Err(e) = loc_rib {
         let show = agent.ctl(&["show", "bgp"]).unwrap_or_default();
@@ -311,7 +315,7 @@ fn bird(mrt: &Path) -> Result<Figures> {
             .unwrap_or(0))
     };
     let t0 = inject(&topo.router, api, mrt)?;
-    let n = injected(&topo.router, api)?;
+    let n = injected(&topo.router, api, 0)?;
     wait("BIRD RIB", || Ok(count()? >= n))?;
     let rib = t0.elapsed().as_secs_f64();
     wait("BIRD kernel table", || {
