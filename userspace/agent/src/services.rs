@@ -437,7 +437,7 @@ fn is_prime(n: u32) -> bool {
         && (3..)
             .step_by(2)
             .take_while(|d: &u32| d * d <= n)
-            .all(|d| n % d != 0)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 impl ServiceSpec {
@@ -776,7 +776,7 @@ pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
                     });
                 }
             }
-            backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+            backends.sort_by_key(|b| (b.addr, b.port));
             backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
             defs.push(ServicePortDef {
                 service: key.clone(),
