@@ -92,12 +92,30 @@ impl Secure {
         );
         let mut y = yaml.replacen("pods:\n", &pod, 1);
         let client = topo.pods[0].ip;
-        y.push_str(&format!(
-            "namespaces:\n  - metadata: {{name: secure, labels: {{tier: secure}}}}\n\
-networkPolicies:\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {{name: default-deny, namespace: secure}}\n    spec: {{podSelector: {{}}, policyTypes: [Ingress]}}\n\
-  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {{name: allow-{}, namespace: secure}}\n    spec:\n      podSelector: {{matchLabels: {{app: web}}}}\n      ingress: [{{from: [{{ipBlock: {{cidr: {client}/32}}}}], ports: [{{port: http}}]}}]\n",
-            topo.pods[0].name
-        ));
+        let lines = [
+            "namespaces:".to_string(),
+            "  - metadata: {name: secure, labels: {tier: secure}}".to_string(),
+            "networkPolicies:".to_string(),
+            "  - apiVersion: networking.k8s.io/v1".to_string(),
+            "    kind: NetworkPolicy".to_string(),
+            "    metadata: {name: default-deny, namespace: secure}".to_string(),
+            "    spec: {podSelector: {}, policyTypes: [Ingress]}".to_string(),
+            "  - apiVersion: networking.k8s.io/v1".to_string(),
+            "    kind: NetworkPolicy".to_string(),
+            format!(
+                "    metadata: {{name: allow-{}, namespace: secure}}",
+                topo.pods[0].name
+            ),
+            "    spec:".to_string(),
+            "      podSelector: {matchLabels: {app: web}}".to_string(),
+            format!(
+                "      ingress: [{{from: [{{ipBlock: {{cidr: {client}/32}}}}], ports: [{{port: http}}]}}]"
+            ),
+        ];
+        for l in lines {
+            y.push_str(&l);
+            y.push('\n');
+        }
         y
     }
 }
