@@ -23,10 +23,6 @@ fn service_yaml(port: u16) -> String {
 
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 
-fn cluster(mode: OverlayMode) -> Cluster {
-    cluster_with_service(mode, None)
-}
-
 fn cluster_with_service(mode: OverlayMode, service_port: Option<u16>) -> Cluster {
     let mut c = Cluster::new(3, 2, mode).expect("cluster");
     if let Some(port) = service_port {
