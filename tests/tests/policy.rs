@@ -403,7 +403,7 @@ fn established_connection_survives_policy_change() {
                 apply(
                     &topo,
                     &agent,
-                    &spec(&topo, &[deny.clone()], &none, &BTreeMap::new()),
+                    &spec(&topo, std::slice::from_ref(&deny), &none, &BTreeMap::new()),
                 );
                 for _ in 0..10 {
                     assert!(
