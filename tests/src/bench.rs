@@ -141,11 +141,31 @@ pub fn measure_pps(
     sink: Endpoint<'_>,
     cfg: &RunConfig,
 ) -> Result<f64> {
-    let conf = work_dir.join("trafgen.cfg");
-    std::fs::write(&conf, trafgen_config(flow))
-        .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+    measure_pps_conf(tools, work_dir, gen, &trafgen_config(flow), &[sink], cfg)
+}
+
+/// [`measure_pps`] with a trafgen configuration written by the caller (`conf`, trafgen's
+/// packet syntax) and several sinks: the rate is the sum of their rx counters.
+pub fn measure_pps_conf(
+    tools: &BenchTools,
+    work_dir: &Path,
+    gen: Endpoint<'_>,
+    conf: &str,
+    sinks: &[Endpoint<'_>],
+    cfg: &RunConfig,
+) -> Result<f64> {
+    let rx = |sinks: &[Endpoint<'_>]| -> Result<u64> {
+        let mut total = 0u64;
+        for s in sinks {
+            total = total.saturating_add(s.ns.link_stats(s.ifname)?.rx_packets);
+        }
+        Ok(total)
+    };
+    let conf_path = work_dir.join("trafgen.cfg");
+    std::fs::write(&conf_path, conf)
+        .map_err(|e| Error::io(format!("writing {}", conf_path.display()), e))?;
     let log = work_dir.join("trafgen.log");
-    let conf_s = conf.to_string_lossy();
+    let conf_s = conf_path.to_string_lossy();
     let mut cmd = gen.ns.command(&[
         "trafgen",
         "--dev",
@@ -169,10 +189,10 @@ pub fn measure_pps(
     cmd.stdout(file).stderr(file2);
     let trafgen = gen.ns.spawn_command(cmd)?;
     std::thread::sleep(cfg.warmup);
-    let before = sink.ns.link_stats(sink.ifname)?.rx_packets;
+    let before = rx(sinks)?;
     let t0 = Instant::now();
     std::thread::sleep(cfg.duration);
-    let after = sink.ns.link_stats(sink.ifname)?.rx_packets;
+    let after = rx(sinks)?;
     let elapsed = t0.elapsed();
     if let Ok(Some(status)) = trafgen.try_wait() {
         return Err(Error::Probe(format!(

@@ -10,7 +10,9 @@
 //!
 //! Every node's spec lists the other nodes under `cluster.nodes` (with their VTEP MAC and
 //! WireGuard public key; the harness writes each node's private key file, 0600, which the
-//! agent reuses). Extra peers that are not ferroplane nodes (a kernel VXLAN namespace, a
+//! agent reuses). With [`Cluster::bgp`] set, every spec also gets a `bgp:` section (iBGP
+//! full mesh between the nodes) and, with [`ClusterBgp::omit_pod_cidrs`], lists the other
+//! nodes without their `podCIDR`: the routes to remote pods then come from BGP only. Extra peers that are not ferroplane nodes (a kernel VXLAN namespace, a
 //! wireguard-go namespace) are added with [`Cluster::add_external_peer`] before
 //! [`Cluster::start`]. Drop stops the agents, then deletes pods, nodes, the fabric and the
 //! temp dir, also when a test panics.
@@ -127,6 +129,30 @@ pub struct ExternalPeer {
     pub public_key: Option<String>,
 }
 
+/// BGP between the nodes of a [`Cluster`] (set [`Cluster::bgp`] before [`Cluster::start`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBgp {
+    /// The AS of every node (iBGP full mesh).
+    pub local_as: u32,
+    /// List the other nodes without `podCIDR` (learnt over BGP).
+    pub omit_pod_cidrs: bool,
+    /// Hold time the nodes propose (seconds).
+    pub hold_time: u16,
+    /// Graceful restart (peers keep a stopped node's routes for 120 s).
+    pub graceful_restart: bool,
+}
+
+impl Default for ClusterBgp {
+    fn default() -> Self {
+        ClusterBgp {
+            local_as: 64512,
+            omit_pod_cidrs: true,
+            hold_time: 9,
+            graceful_restart: true,
+        }
+    }
+}
+
 /// One ferroplane node of a [`Cluster`].
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -172,6 +198,8 @@ pub struct Cluster {
     pub fabric: Netns,
     /// The mode toward every node.
     pub mode: OverlayMode,
+    /// BGP between the nodes (none by default).
+    pub bgp: Option<ClusterBgp>,
     external: Vec<ExternalPeer>,
     dir: TempDir,
 }
@@ -213,6 +241,7 @@ impl Cluster {
             extra: Vec::new(),
             fabric,
             mode,
+            bgp: None,
             external: Vec::new(),
             dir,
         };
@@ -335,7 +364,9 @@ impl Cluster {
             }
             let _ = writeln!(y, "    - name: {}", o.name);
             let _ = writeln!(y, "      address: {}", o.address);
-            let _ = writeln!(y, "      podCIDR: {}", o.pod_cidr);
+            if !self.bgp.as_ref().is_some_and(|b| b.omit_pod_cidrs) {
+                let _ = writeln!(y, "      podCIDR: {}", o.pod_cidr);
+            }
             let _ = writeln!(y, "      vtepMAC: {}", o.vtep_mac);
             let _ = writeln!(y, "      publicKey: {}", o.wg.public);
         }
@@ -352,6 +383,13 @@ impl Cluster {
             if let Some(k) = &p.public_key {
                 let _ = writeln!(y, "      publicKey: {k}");
             }
+        }
+        if let Some(b) = &self.bgp {
+            let _ = writeln!(
+                y,
+                "bgp:\n  localAS: {}\n  holdTime: {}\n  connectRetry: 1\n  fullMesh: true\n  gracefulRestart:\n    enabled: {}",
+                b.local_as, b.hold_time, b.graceful_restart
+            );
         }
         y.push_str(&n.extra_yaml);
         y
@@ -385,6 +423,13 @@ impl Cluster {
     /// The agent of node `i` (0-based); panics if the cluster was not started.
     pub fn agent(&self, i: usize) -> &AgentGuard {
         &self.agents[i]
+    }
+
+    /// Stops the agent of node `i` (0-based) now; its namespace and pods stay.
+    pub fn stop_node(&self, i: usize) {
+        if let Some(a) = self.agents.get(i) {
+            a.stop();
+        }
     }
 
     /// Stops every agent now (they are also stopped on drop).

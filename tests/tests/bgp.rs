@@ -5,6 +5,10 @@
 //! Layout: router ns `rtr0` 192.168.100.1 (BIRD, AS 65001) and 192.168.100.3 (GoBGP,
 //! AS 65002, only in the first test); node ns `up0` 192.168.100.2 (agent, AS 64512).
 //! Ports: BGP 179 inside the namespaces; GoBGP's API on 50000 + pid % 1000 (router ns).
+//!
+//! The full-mesh tests use the cluster harness instead: 3 ferroplane nodes on a fabric
+//! bridge whose specs list each other without `podCIDR`, so remote pod CIDRs come from
+//! iBGP only (TCP ports 47300-47399 for transfers).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -13,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use ferroplane_bgp::msg::{Capability, Ctx, Message, Open};
 use ferroplane_bgp::prefix::Afi;
+use ferroplane_e2e::cluster::{Cluster, ClusterBgp, OverlayMode};
 use ferroplane_e2e::netns::Netns;
-use ferroplane_e2e::probe::ping;
+use ferroplane_e2e::probe::{ping, tcp_transfer};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, require_root, ChildGuard};
 use serde_json::Value;
@@ -626,4 +631,155 @@ fn malformed_updates_get_rfc7606_treatment() {
     wait_for("its routes withdrawn", 10, || {
         fib_paths(&agent, "10.50.0.0/24").is_empty()
     });
+}
+
+// ---- 3 ferroplane nodes in an iBGP full mesh ---------------------------------------
+
+/// The FIB route for `prefix` on `agent`: (source, [(via, interface)]).
+fn fib_route(agent: &AgentGuard, prefix: &str) -> Option<(String, Vec<(String, String)>)> {
+    let v = agent.ctl_json(&["show", "routes"]).expect("show routes");
+    v.as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["prefix"] == prefix)
+        .map(|r| {
+            let paths = r["paths"]
+                .as_array()
+                .expect("paths")
+                .iter()
+                .map(|p| {
+                    (
+                        p["via"].as_str().unwrap_or("").to_string(),
+                        p["interface"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            (r["source"].as_str().unwrap_or("").to_string(), paths)
+        })
+}
+
+/// 3 nodes, 2 pods each, `mode`; the specs carry no remote pod CIDR. Sessions come up,
+/// every node learns the other two pod CIDRs (source `bgp`, next hop per the overlay),
+/// pods ping across nodes both ways and a TCP transfer goes through byte-exact.
+fn full_mesh(mode: OverlayMode, port: u16) {
+    let mut c = Cluster::new(3, 2, mode).expect("cluster");
+    c.bgp = Some(ClusterBgp {
+        graceful_restart: false, // a stopped node's routes go at once (checked at the end)
+        ..ClusterBgp::default()
+    });
+    c.start(&bin_dir()).expect("agents");
+    for (i, n) in c.nodes.iter().enumerate() {
+        let spec = std::fs::read_to_string(&n.spec_path).expect("spec");
+        for o in c.nodes.iter().filter(|o| o.index != n.index) {
+            assert!(
+                !spec.contains(&o.pod_cidr),
+                "node {i}'s spec names {}'s pod CIDR:\n{spec}",
+                o.name
+            );
+        }
+        assert!(spec.contains("routes: []") || !spec.contains("routes:"));
+    }
+
+    wait_for("full mesh Established", 30, || {
+        (0..3).all(|i| {
+            let r = bgp_report(c.agent(i));
+            let peers = r["peers"].as_array().cloned().unwrap_or_default();
+            peers.len() == 2 && peers.iter().all(|p| p["state"] == "Established")
+        })
+    });
+    for (i, n) in c.nodes.iter().enumerate() {
+        for o in c.nodes.iter().filter(|o| o.index != n.index) {
+            let want_if = match mode {
+                OverlayMode::Direct => Cluster::UPLINK_IF.to_string(),
+                m => format!("{}-{}", m.as_str(), o.name),
+            };
+            wait_for(&format!("{} learns {}", n.name, o.pod_cidr), 15, || {
+                fib_route(c.agent(i), &o.pod_cidr)
+                    == Some((
+                        "bgp".to_string(),
+                        vec![(o.address.to_string(), want_if.clone())],
+                    ))
+            });
+            let p = peer_state(c.agent(i), &o.address.to_string());
+            assert_eq!(
+                (p["received"].as_u64(), p["accepted"].as_u64()),
+                (Some(1), Some(1)),
+                "{p}"
+            );
+            assert_eq!(p["advertised"].as_u64(), Some(1), "{p}");
+        }
+    }
+    let table = c.agent(0).ctl(&["show", "routes"]).expect("show routes");
+    let line = table
+        .lines()
+        .find(|l| l.contains("10.244.2.0/24"))
+        .unwrap_or_else(|| panic!("no route to node-2's pods:\n{table}"));
+    assert!(line.contains("bgp"), "{line}");
+
+    // Pods across nodes, every pair of nodes, both ways.
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                let to = c.nodes[b].pods[a % 2].ip.to_string();
+                ping_ok(
+                    &c.nodes[a].pods[b % 2].ns,
+                    &to,
+                    2,
+                    &format!("node-{} pod -> node-{} pod", a + 1, b + 1),
+                );
+            }
+        }
+    }
+    const MB: u64 = 1024 * 1024;
+    let (a, d) = (&c.nodes[0], &c.nodes[2]);
+    let s = tcp_transfer(&a.pods[0].ns, &d.pods[1].ns, d.pods[1].ip, port, 4 * MB)
+        .expect("TCP node-1 pod -> node-3 pod");
+    assert_eq!(s.bytes, 4 * MB);
+    if mode != OverlayMode::Direct {
+        // The bytes went through node-1's tunnel toward node-3.
+        let r = c.agent(0).ctl_json(&["show", "tunnels"]).expect("tunnels");
+        let p = r["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .find(|p| p["name"] == "node-3")
+            .cloned()
+            .unwrap_or(Value::Null);
+        assert!(p["tx_bytes"].as_u64().unwrap_or(0) >= 4 * MB, "{r}");
+    }
+    // The node hosts reach remote pods through the kernel routes BGP installed.
+    let k = kernel_routes(&c.nodes[0].ns, "196");
+    assert!(
+        k.contains(&format!("10.244.3.0/24 via {}", c.nodes[2].address)),
+        "{k}"
+    );
+    ping_ok(
+        &c.nodes[0].ns,
+        &c.nodes[2].pods[0].ip.to_string(),
+        2,
+        "node-1 host -> node-3 pod",
+    );
+
+    // A node that goes away takes its pod CIDR with it.
+    c.stop_node(2);
+    wait_for("node-3's route withdrawn at node-1", 20, || {
+        fib_route(c.agent(0), "10.244.3.0/24").is_none()
+    });
+    assert!(fib_route(c.agent(0), "10.244.2.0/24").is_some());
+}
+
+#[test]
+fn full_mesh_of_three_nodes_direct() {
+    if !require_root() {
+        return;
+    }
+    full_mesh(OverlayMode::Direct, 47300);
+}
+
+#[test]
+fn full_mesh_of_three_nodes_vxlan() {
+    if !require_root() {
+        return;
+    }
+    full_mesh(OverlayMode::Vxlan, 47310);
 }

@@ -347,3 +347,174 @@ fn pinned_maps_and_programs_are_listed_even_with_the_agent_down() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("verdicts (PerCpuArray"));
     let _ = std::fs::remove_dir_all(&pin_dir);
 }
+
+/// The node spec of the decision-trace test: pod0 (client), pod1 and pod2 (backends of
+/// ClusterIP services `web` and `db`); pod1 admits TCP 8080 from the client only, pod2
+/// admits nothing (deny-all ingress).
+fn decision_spec(topo: &Topology) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::from("# written by the observe suite\nnode:\n");
+    let _ = writeln!(y, "  name: node-1\n  uplink: {}", Topology::UPLINK_IF);
+    let _ = writeln!(
+        y,
+        "  address: {}/{}\n  gateway: {}\n  podCIDR: {}\n  xdpMode: auto",
+        Topology::NODE_IP,
+        Topology::UPLINK_PREFIX_LEN,
+        Topology::ROUTER_IP,
+        Topology::POD_CIDR
+    );
+    y.push_str("serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n");
+    y.push_str("namespaces:\n  - metadata: {name: default, labels: {ns: default}}\n");
+    y.push_str("pods:\n");
+    for (p, app) in topo.pods.iter().zip(["client", "web", "db"]) {
+        let _ = writeln!(
+            y,
+            "  - {{name: {}, namespace: default, netns: {}, ip: {}, interface: {}, labels: {{app: {app}}}}}",
+            p.name,
+            p.ns.name(),
+            p.ip,
+            Topology::POD_IF
+        );
+    }
+    y.push_str("services:\n");
+    for (name, vip) in [("web", "10.96.0.10"), ("db", "10.96.0.20")] {
+        let _ = writeln!(
+            y,
+            "  - metadata: {{ name: {name}, namespace: default }}\n    spec:\n      clusterIP: {vip}\n      ports:\n        - {{ name: http, protocol: TCP, port: 80, targetPort: 8080 }}"
+        );
+    }
+    y.push_str("endpointSlices:\n");
+    for (name, pod) in [("web", &topo.pods[1]), ("db", &topo.pods[2])] {
+        let _ = writeln!(
+            y,
+            "  - metadata: {{ name: {name}-a, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n    addressType: IPv4\n    ports: [ {{ name: http, protocol: TCP, port: 8080 }} ]\n    endpoints:\n      - addresses: [{}]\n        conditions: {{ ready: true, serving: true, terminating: false }}\n        nodeName: node-1\n        targetRef: {{ kind: Pod, namespace: default, name: {} }}",
+            pod.ip, pod.name
+        );
+    }
+    let policies = serde_json::json!([
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "web-from-client", "namespace": "default"},
+         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                               "ports": [{"protocol": "TCP", "port": 8080}]}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "db-deny-all", "namespace": "default"},
+         "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}}
+    ]);
+    let _ = writeln!(y, "networkPolicies: {policies}");
+    y
+}
+
+/// One TCP connection attempt from `ns` to `to` (refused, reset or timed out: all fine,
+/// the first SYN is what the trace follows).
+fn syn(ns: &ferroplane_e2e::Netns, to: std::net::SocketAddrV4) {
+    let _ = ns.run(move || {
+        std::net::TcpStream::connect_timeout(&to.into(), std::time::Duration::from_millis(300))
+    });
+}
+
+/// The steps of the only traced packet: (node, text, fields).
+fn traced_steps(agent: &ferroplane_e2e::topology::AgentGuard) -> Vec<serde_json::Value> {
+    let v = agent.ctl_json(&["show", "trace"]).expect("show trace");
+    let packets = v.as_array().expect("array");
+    assert_eq!(packets.len(), 1, "exactly one packet traced: {v}");
+    packets[0]["steps"].as_array().expect("steps").clone()
+}
+
+/// Index of the first step at `node` whose `fields.decision` is `decision`.
+fn step_at(steps: &[serde_json::Value], node: &str, decision: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| s["node"] == node && s["fields"]["decision"] == decision)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {decision} step at {node}: {}",
+                serde_json::to_string_pretty(steps).unwrap_or_default()
+            )
+        })
+}
+
+#[test]
+fn trace_of_a_cluster_ip_packet_shows_service_policy_and_route_decisions() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(3).expect("topology");
+    topo.write_spec(&decision_spec(&topo)).expect("spec");
+    let agent = topo.start_agent(&bin_dir()).expect("agent");
+    let (web, db) = (topo.pods[1].ip, topo.pods[2].ip);
+
+    // Allowed: client -> web's ClusterIP.
+    agent
+        .ctl(&[
+            "trace",
+            "add",
+            "--count",
+            "1",
+            "--filter",
+            "dst 10.96.0.10 and proto tcp",
+        ])
+        .expect("trace add");
+    syn(&topo.pods[0].ns, "10.96.0.10:80".parse().expect("addr"));
+    let steps = traced_steps(&agent);
+    let eth = step_at(&steps, "ethernet-input", "ethernet");
+    let nat = step_at(&steps, "ip4-nat", "service-dnat");
+    let pol = step_at(&steps, "ip4-policy", "policy");
+    let route = step_at(&steps, "ip4-lookup", "route");
+    let tx = step_at(&steps, "interface-output", "tx");
+    assert!(eth < nat && nat < pol && pol < route && route < tx, "order: {steps:?}");
+    let f = &steps[nat]["fields"];
+    assert_eq!(f["service"], "default/web:http", "{f}");
+    assert_eq!(f["frontend"], "10.96.0.10:80/tcp", "{f}");
+    assert_eq!(f["frontend_kind"], "cluster-ip", "{f}");
+    assert_eq!(f["backend"], format!("{web}:8080"), "{f}");
+    let f = &steps[pol]["fields"];
+    assert_eq!(f["verdict"], "allow", "{f}");
+    assert_eq!(f["step"], "classified", "{f}");
+    assert_eq!(f["dst"], web.to_string(), "policy sees the backend, not the VIP: {f}");
+    assert_eq!(f["ingress"], "allow", "{f}");
+    assert_eq!(f["egress"], "not-isolated", "{f}");
+    assert_eq!(f["rules"], "default/web-from-client ingress rule 0", "{f}");
+    assert_eq!(steps[route]["fields"]["prefix"], format!("{web}/32"));
+    // The table shows the same decisions.
+    let text = agent.ctl(&["show", "trace"]).expect("show trace");
+    for want in [
+        format!("service-dnat default/web:http cluster-ip 10.96.0.10:80/tcp -> backend {web}:8080"),
+        "allowed by default/web-from-client ingress rule 0".to_string(),
+        format!("route {web}/32"),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from:\n{text}");
+    }
+
+    // Denied: client -> db's ClusterIP; the trace ends at the policy drop.
+    agent.ctl(&["trace", "clear"]).expect("clear");
+    agent
+        .ctl(&[
+            "trace",
+            "add",
+            "--count",
+            "1",
+            "--filter",
+            "dst 10.96.0.20 and proto tcp",
+        ])
+        .expect("trace add");
+    syn(&topo.pods[0].ns, "10.96.0.20:80".parse().expect("addr"));
+    let steps = traced_steps(&agent);
+    let nat = step_at(&steps, "ip4-nat", "service-dnat");
+    assert_eq!(steps[nat]["fields"]["backend"], format!("{db}:8080"));
+    let pol = step_at(&steps, "ip4-policy", "policy");
+    let f = &steps[pol]["fields"];
+    assert_eq!(f["verdict"], "deny", "{f}");
+    assert_eq!(f["denied_by"], "ingress", "{f}");
+    assert_eq!(f["policies"], "default/db-deny-all", "{f}");
+    let last = steps.last().expect("steps");
+    assert_eq!(last["node"], "ip4-policy", "ends at the policy: {steps:?}");
+    assert_eq!(last["fields"]["decision"], "drop");
+    assert_eq!(last["fields"]["reason"], "ip4-policy: policy-denied-ingress");
+    let text = agent.ctl(&["show", "trace"]).expect("show trace");
+    assert!(
+        text.contains("default deny (isolated by default/db-deny-all)")
+            && text.trim_end().ends_with("drop: ip4-policy: policy-denied-ingress"),
+        "{text}"
+    );
+}

@@ -135,6 +135,15 @@ fn cross_node_traffic(mode: OverlayMode, port: u16) {
         );
         assert_eq!(p["public_key"], c.nodes[2].wg.public);
     }
+    // The remote pod CIDR is a cluster route toward node-3.
+    let routes = c.agent(0).ctl_json(&["show", "routes"]).expect("routes");
+    let remote = routes
+        .as_array()
+        .expect("route list")
+        .iter()
+        .find(|r| r["prefix"] == "10.244.3.0/24")
+        .unwrap_or_else(|| panic!("no route to node-3's pods: {routes}"));
+    assert_eq!(remote["source"], "cluster", "{remote}");
     let table = c.agent(0).ctl(&["show", "tunnels"]).expect("table");
     assert!(
         table.contains("node-3") && table.contains(mode.as_str()),
@@ -623,4 +632,31 @@ fn oversized_df_packet_gets_fragmentation_needed() {
         .ip(&["route", "get", &b.pods[0].ip.to_string()])
         .expect("route get");
     assert!(route.contains("mtu 1450"), "{route}");
+}
+
+#[test]
+fn mss_clamping_fits_tcp_segments_into_the_tunnel() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Cluster::new(2, 1, OverlayMode::Vxlan).expect("cluster");
+    for n in &mut c.nodes {
+        // Both pods believe they have the uplink's full MTU: without clamping their
+        // SYNs announce MSS 1460 and full-size segments would not fit the tunnel.
+        n.pod_mtu = Some(Cluster::MTU);
+        n.extra_yaml = "  mssClamp: true\n".into();
+    }
+    c.start(&bin_dir()).expect("agents");
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    ping_eventually(&a.pods[0].ns, b.pods[0].ip);
+    let too_big = |n| error_count(&c, n, "ip4-rewrite", "mtu-exceeded");
+    let before = (too_big(0), too_big(1));
+    let s = tcp_transfer(&a.pods[0].ns, &b.pods[0].ns, b.pods[0].ip, 47160, 2 * MB)
+        .expect("2 MB node-1 -> node-2");
+    assert_eq!(s.bytes, 2 * MB);
+    // The SYN was clamped on node-1, the SYN-ACK on node-2 ...
+    assert!(error_count(&c, 0, "tunnel-encap", "mss-clamped") >= 1);
+    assert!(error_count(&c, 1, "tunnel-encap", "mss-clamped") >= 1);
+    // ... so no segment needed a fragmentation-needed error on the way.
+    assert_eq!((too_big(0), too_big(1)), before);
 }

@@ -190,7 +190,9 @@ pub fn run(pods: usize) -> Result<()> {
             Ok((fp, br))
         },
     )?;
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     drop(agent);
+    let breakdown = phase_breakdown(&log, WARMUP);
     let ratio = percentile_ms(&fp.add, 50.0) / percentile_ms(&br.add, 50.0);
     println!(
         "\n=== CNI ADD latency, {pods} pods, plugin process wall time (same run, alternating) ==="
@@ -203,5 +205,78 @@ pub fn run(pods: usize) -> Result<()> {
         "ADD p50 ratio ferroplane / reference: {ratio:.2} (target <= 1.00: {})",
         if ratio <= 1.0 { "met" } else { "NOT met" }
     );
+    if breakdown.is_empty() {
+        println!("(no `CNI ADD phases` lines in the agent log: no per-phase breakdown)");
+    } else {
+        let agent_p50: f64 = breakdown.iter().map(|(_, p50, _)| p50).sum();
+        println!("\nWhere a ferroplane ADD's time goes (agent log, ms; sum of p50s {agent_p50:.2} of the {:.2} p50 wall time; the rest is the plugin process and its socket round trip):",
+            percentile_ms(&fp.add, 50.0));
+        for (name, p50, mean) in &breakdown {
+            println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
+        }
+    }
     Ok(())
+}
+
+/// Removes ANSI colour escapes (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Per phase (in first-seen order): p50 and mean in ms over the agent's
+/// `CNI ADD phases (ms) ... phases=name=ms name=ms ...` lines, skipping the first `skip`.
+fn phase_breakdown(log: &str, skip: usize) -> Vec<(String, f64, f64)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    let lines = log
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("CNI ADD phases"))
+        .skip(skip)
+        .collect::<Vec<_>>();
+    let n = lines.len();
+    for line in &lines {
+        let Some((_, rest)) = line.split_once("phases=") else {
+            continue;
+        };
+        for item in rest.split_whitespace() {
+            let Some((name, v)) = item.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.trim_matches('"').parse::<f64>() else {
+                continue;
+            };
+            if !samples.contains_key(name) {
+                order.push(name.to_string());
+            }
+            samples.entry(name.to_string()).or_default().push(v);
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let mut v = samples.remove(&name).unwrap_or_default();
+            // A phase absent from some ADDs counts as 0 there.
+            v.resize(n.max(v.len()), 0.0);
+            let d: Vec<Duration> = v
+                .iter()
+                .map(|ms| Duration::from_secs_f64(ms / 1e3))
+                .collect();
+            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            (name, percentile_ms(&d, 50.0), mean)
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@ mod bench_bgp;
 mod bench_cni;
 mod bench_overlay;
 mod bench_policy;
+mod bench_services;
 mod demo;
 mod demo_cluster;
 mod demo_cni;
@@ -107,6 +108,8 @@ enum BenchKind {
     Bgp,
     /// Forwarding with 1 / 1,000 / 10,000 rules: NetworkPolicy in ferroplane vs iptables-nft FORWARD (root).
     Policy,
+    /// New connections to 1 / 1,000 / 10,000 ClusterIP services: ferroplane vs iptables-nft in kube-proxy's layout (root).
+    Services,
 }
 
 fn main() {
@@ -143,6 +146,12 @@ fn main() {
             secs,
             ..
         } => bench_policy::run(runs, secs),
+        Cmd::Bench {
+            kind: BenchKind::Services,
+            runs,
+            secs,
+            ..
+        } => bench_services::run(runs, secs),
         Cmd::Bench {
             kind,
             runs,

@@ -102,6 +102,7 @@ impl AgentView {
                     TableSource::Local => RouteSource::Local,
                     TableSource::Neighbour => RouteSource::Neighbour,
                     TableSource::Bgp => RouteSource::Bgp,
+                    TableSource::Cluster => RouteSource::Cluster,
                 },
                 paths: adjs
                     .iter()

@@ -14,12 +14,16 @@
 //!   nodes:
 //!     - name: node-2
 //!       address: 192.168.200.3   # the node's uplink address (next hop / outer destination)
-//!       podCIDR: 10.244.2.0/24
+//!       podCIDR: 10.244.2.0/24   # optional with `bgp:` (then learnt over BGP from the node)
 //!       mode: ipip               # optional per-node override
 //!       vtepMAC: 02:fe:c0:a8:c8:03   # optional (VXLAN inner destination MAC)
 //!       publicKey: BASE64        # WireGuard public key (required in wireguard mode)
 //!       wireguardPort: 51820     # optional, default cluster.wireguard.port
 //! ```
+//!
+//! A node listed without `podCIDR` is still a peer of the overlay (its tunnel, and with
+//! `bgp:` an iBGP session of the full mesh): the pod CIDR(s) it announces over BGP are routed
+//! toward it, through its tunnel or directly per its mode.
 //!
 //! Errors name the field: `cluster.nodes[1].publicKey: required when the mode is wireguard`.
 
@@ -182,9 +186,9 @@ pub struct RemoteNodeSpec {
     pub name: String,
     /// Its uplink address.
     pub address: Ipv4Addr,
-    /// Its pod network.
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Cidr,
+    /// Its pod network; `None`: learnt over BGP (needs the `bgp:` section).
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<Ipv4Cidr>,
     /// Per-node mode (default `cluster.mode`).
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -215,6 +219,10 @@ pub struct ClusterSpec {
     /// WireGuard parameters.
     #[serde(default)]
     pub wireguard: WireguardSpec,
+    /// Lower the MSS option of TCP SYNs entering a tunnel so that segments fit the
+    /// tunnel MTU (for senders whose interface MTU is larger than the tunnel's).
+    #[serde(default, rename = "mssClamp")]
+    pub mss_clamp: bool,
     /// The other nodes.
     #[serde(default)]
     pub nodes: Vec<RemoteNodeSpec>,
@@ -298,26 +306,37 @@ impl ClusterSpec {
                     format!("{a} is already cluster.nodes[{j}]"),
                 ));
             }
-            let c = n.pod_cidr;
-            if !c.is_network() || c.prefix_len == 0 {
-                return Err(invalid(
-                    f("podCIDR"),
-                    format!("{c} is not a network (the network is {})", c.network()),
-                ));
+            match n.pod_cidr {
+                None if spec.bgp.is_none() => {
+                    return Err(invalid(
+                        f("podCIDR"),
+                        "required without a bgp: section (with one it is learnt from the node)"
+                            .into(),
+                    ))
+                }
+                None => {}
+                Some(c) => {
+                    if !c.is_network() || c.prefix_len == 0 {
+                        return Err(invalid(
+                            f("podCIDR"),
+                            format!("{c} is not a network (the network is {})", c.network()),
+                        ));
+                    }
+                    if c.overlaps(&own_cidr) {
+                        return Err(invalid(
+                            f("podCIDR"),
+                            format!("{c} overlaps node.podCIDR {own_cidr}"),
+                        ));
+                    }
+                    if let Some((o, j)) = cidrs.iter().find(|(o, _)| o.overlaps(&c)) {
+                        return Err(invalid(
+                            f("podCIDR"),
+                            format!("{c} overlaps cluster.nodes[{j}].podCIDR {o}"),
+                        ));
+                    }
+                    cidrs.push((c, i));
+                }
             }
-            if c.overlaps(&own_cidr) {
-                return Err(invalid(
-                    f("podCIDR"),
-                    format!("{c} overlaps node.podCIDR {own_cidr}"),
-                ));
-            }
-            if let Some((o, j)) = cidrs.iter().find(|(o, _)| o.overlaps(&c)) {
-                return Err(invalid(
-                    f("podCIDR"),
-                    format!("{c} overlaps cluster.nodes[{j}].podCIDR {o}"),
-                ));
-            }
-            cidrs.push((c, i));
             let mode = self.mode_of(n);
             if mode == Mode::Direct && !spec.node.address.network().contains(a) {
                 return Err(invalid(
@@ -433,6 +452,10 @@ mod tests {
             ),
             ("  mode: gre\n", "cluster.mode"),
             (
+                "  nodes:\n    - name: b\n      address: 192.168.200.12\n",
+                "cluster.nodes[0].podCIDR",
+            ),
+            (
                 "  nodes:\n    - name: b\n      address: 192.168.200.12\n      podCIDR: 10.244.2.0/24\n      vtepMAC: 02:zz:00:00:00:01\n",
                 "cluster.nodes[0].vtepMAC",
             ),
@@ -441,6 +464,18 @@ mod tests {
             let e = spec(yaml).expect_err(yaml);
             assert_eq!(e.field(), field, "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn pod_cidr_is_optional_with_bgp() {
+        let s = spec("  nodes:\n    - name: b\n      address: 192.168.200.12\nbgp:\n  localAS: 64512\n")
+            .unwrap();
+        let c = s.cluster.as_ref().unwrap();
+        assert_eq!(c.nodes[0].pod_cidr, None);
+        let peers = s.bgp.as_ref().unwrap().peers(&s);
+        assert_eq!(peers.len(), 1, "full mesh toward the listed node");
+        assert_eq!(peers[0].address, "192.168.200.12".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(peers[0].remote_as, 64512, "iBGP");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct PlumbedPod {
     pub ip: Ipv4Addr,
     /// MTU.
     pub mtu: u16,
+    /// Where the plumbing time went (empty when nothing was plumbed).
+    pub phases: crate::timing::Phases,
 }
 
 /// Work for the agent's main loop (it owns the engine, the BPF maps and the node state).
@@ -310,9 +312,11 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
         pod_namespace: req.pod_namespace.clone(),
         pod_name: req.pod_name.clone(),
     };
+    let mut phases = crate::timing::Phases::new();
     let ipam = ctx.ipam.clone();
     let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
     let (record, fresh) = blocking(move || ipam.reserve(&cid, &ifname, &owner)).await?;
+    phases.mark("ipam");
     if !fresh && record.netns != req.netns {
         return Err(CniError::new(
             code::INVALID_ENV,
@@ -326,6 +330,12 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
     let plumbed = op(ctx, |reply| PodOp::Add { pod, reply })
         .await?
         .map_err(|e| agent_err(format!("plumbing {}: {e}", req.container_id)))?;
+    // Time in the main loop's queue: the round trip minus the plumbing itself.
+    let round_trip = phases.since_mark();
+    phases.push("queue", round_trip.saturating_sub(plumbed.phases.total()));
+    phases.extend(&plumbed.phases);
+    phases.skip();
+    info!(container = %req.container_id, phases = %phases, "CNI ADD phases (ms)");
     Ok(CniResult {
         cni_version: CNI_VERSION.to_string(),
         interfaces: vec![

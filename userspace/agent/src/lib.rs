@@ -18,3 +18,4 @@ pub mod overlay;
 pub mod policy;
 pub mod services;
 pub mod state;
+pub mod timing;

@@ -16,6 +16,7 @@ use ferroplane_agent::health::{self, Health};
 use ferroplane_agent::ipam::Ipam;
 use ferroplane_agent::netlink::{Plumber, POD_GATEWAY};
 use ferroplane_agent::state::{NodeState, PodState, UplinkState};
+use ferroplane_agent::timing::Phases;
 use ferroplane_api::ApiServer;
 use ferroplane_bpf::{AttachMode, Dataplane, FpIface, FpSteerKind, XdpProg};
 use ferroplane_io::{TunDevice, XskConfig};
@@ -104,10 +105,23 @@ impl Agent {
 
     /// Open the AF_XDP socket, program the maps, attach XDP. Returns (port, mode).
     fn plug(&self, ifname: &str, ifindex: u32, prog: XdpProg) -> Result<(u16, String)> {
+        self.plug_timed(ifname, ifindex, prog, &mut Phases::new())
+    }
+
+    /// [`Agent::plug`], recording its phases.
+    fn plug_timed(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        prog: XdpProg,
+        phases: &mut Phases,
+    ) -> Result<(u16, String)> {
+        phases.skip();
         let (port, fd) = self
             .engine
             .add_port(ifname)
             .with_context(|| format!("opening AF_XDP socket on {ifname}"))?;
+        phases.mark("af_xdp");
         let slot = port as u32;
         let mut bpf = self.bpf()?;
         bpf.set_xsk(slot, fd)
@@ -118,14 +132,17 @@ impl Agent {
         };
         bpf.set_iface(ifindex, entry)
             .with_context(|| format!("ifaces map entry for {ifname}"))?;
+        phases.mark("bpf_maps");
         let mode = bpf
             .attach(prog, ifname, self.attach)
             .with_context(|| format!("attaching {prog} to {ifname}"))?;
+        phases.mark("xdp_attach");
         info!(iface = ifname, port, mode = %mode, "XDP attached, AF_XDP socket open");
         Ok((port, mode.name().to_string()))
     }
 
-    async fn add_pod(&mut self, pod: &PodSpec) -> Result<()> {
+    /// Plumbs and plugs a pod; returns where the time went.
+    async fn add_pod(&mut self, pod: &PodSpec) -> Result<Phases> {
         let mtu = self.state.spec.node.pod_mtu_or(u32::from(
             self.state
                 .uplink
@@ -137,7 +154,13 @@ impl Agent {
             .create_pod(pod, mtu, POD_GATEWAY)
             .await
             .with_context(|| format!("plumbing pod {}", pod.key()))?;
-        let (port, mode) = self.plug(&link.host_ifname, link.host_ifindex, XdpProg::Pod)?;
+        let mut phases = link.phases.clone();
+        let (port, mode) = self.plug_timed(
+            &link.host_ifname,
+            link.host_ifindex,
+            XdpProg::Pod,
+            &mut phases,
+        )?;
         let sw_if = self.state.free_sw_if();
         self.state.pods.insert(
             pod.key(),
@@ -155,7 +178,7 @@ impl Agent {
             },
         );
         info!(pod = %pod.key(), ip = %pod.ip, veth = %link.host_ifname, reused = link.reused, "pod plugged");
-        Ok(())
+        Ok(phases)
     }
 
     /// Tears a pod down: tables first, then its AF_XDP port, XDP and the veth pair.
@@ -200,6 +223,7 @@ impl Agent {
             pod_mac: s.pod_mac,
             ip: s.ip,
             mtu: s.mtu,
+            phases: Phases::default(),
         };
         match op {
             PodOp::Add { pod, reply } => {
@@ -208,12 +232,21 @@ impl Agent {
                     let _ = reply.send(Ok(plumbed(p)));
                     return;
                 }
-                let r = match self.add_pod(&pod).await.and_then(|()| self.publish()) {
-                    Ok(()) => self
+                let added = self.add_pod(&pod).await.and_then(|mut phases| {
+                    phases.skip();
+                    self.publish()?;
+                    phases.mark("publish");
+                    Ok(phases)
+                });
+                let r = match added {
+                    Ok(phases) => self
                         .state
                         .pods
                         .get(&pod.key())
-                        .map(plumbed)
+                        .map(|p| PlumbedPod {
+                            phases,
+                            ..plumbed(p)
+                        })
                         .ok_or_else(|| "pod vanished after plumbing".to_string()),
                     Err(e) => Err(format!("{e:#}")),
                 };

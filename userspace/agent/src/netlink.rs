@@ -141,6 +141,8 @@ pub struct PodLink {
     pub pod_ifindex: u32,
     /// Whether an existing, matching veth was reused rather than created.
     pub reused: bool,
+    /// Where the time went (veth creation, pod side, host side).
+    pub phases: crate::timing::Phases,
 }
 
 /// A neighbour cache state (NUD_*).
@@ -572,6 +574,7 @@ impl Plumber {
     /// is then re-applied (replace semantics). Otherwise it is deleted and recreated.
     /// `gateway` is normally [`POD_GATEWAY`].
     pub async fn create_pod(&self, pod: &PodSpec, mtu: u32, gateway: Ipv4Addr) -> Result<PodLink> {
+        let mut phases = crate::timing::Phases::new();
         let host_name = host_ifname(&pod.namespace, &pod.name);
         let netns_path = pod.netns_path();
         let netns = open_netns(&netns_path)?;
@@ -585,6 +588,7 @@ impl Plumber {
                 self.delete_link(existing.index, &host_name).await?;
             }
         }
+        phases.mark("lookup");
 
         if !reused {
             let peer = LinkUnspec::new_with_name(&pod.interface)
@@ -606,10 +610,14 @@ impl Plumber {
         drop(netns);
 
         let host = require_link(&self.handle, &host_name).await?;
+        phases.mark("veth");
 
         let (interface, ip) = (pod.interface.clone(), pod.ip);
-        let (pod_ifindex, pod_mac) = in_netns(&netns_path, move |h| {
-            configure_pod_side(h, interface, ip, mtu, gateway)
+        let t_pod = std::time::Instant::now();
+        let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
+            let t = std::time::Instant::now();
+            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
+            Ok((idx, mac, t.elapsed()))
         })
         .await
         .map_err(|e| match e {
@@ -619,6 +627,11 @@ impl Plumber {
             },
             other => other,
         })?;
+        // Entering the namespace (thread, runtime, netlink socket) vs the work inside.
+        let whole = t_pod.elapsed();
+        phases.push("netns_enter", whole.saturating_sub(inside));
+        phases.push("pod_side", inside);
+        phases.skip();
 
         self.handle
             .link()
@@ -647,6 +660,7 @@ impl Plumber {
             .execute()
             .await
             .ctx(|| format!("{key}: neighbour {} on {host_name}", pod.ip))?;
+        phases.mark("host_side");
 
         Ok(PodLink {
             host_ifname: host_name,
@@ -655,6 +669,7 @@ impl Plumber {
             pod_mac,
             pod_ifindex,
             reused,
+            phases,
         })
     }
 

@@ -1,11 +1,13 @@
 //! Packet trace and capture requests of the local API.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ferroplane_api::{CaptureReport, CapturedPacket, TracePacket, TraceStep};
 use ferroplane_engine::filter::PacketFilter;
 use ferroplane_engine::graph::GraphInfo;
+use ferroplane_engine::trace::TraceNames;
 use ferroplane_engine::worker::{CapturePoint, CaptureSpec};
 use ferroplane_engine::{Shared, WorkerControl};
 
@@ -38,8 +40,35 @@ pub fn trace_add(
     Ok(())
 }
 
+/// Names for trace records: error reasons from the graph, policies from the compiler.
+struct Names<'a> {
+    info: &'a GraphInfo,
+}
+
+impl TraceNames for Names<'_> {
+    fn error_name(&self, code: u16) -> String {
+        self.info.error_name(code)
+    }
+
+    fn policies_of(&self, pod: Ipv4Addr) -> Vec<String> {
+        let c = crate::policy::compiler();
+        let c = match c.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let key = c
+            .pods()
+            .find(|p| p.ip == pod)
+            .map(|p| (p.namespace.clone(), p.name.clone()));
+        key.and_then(|(ns, name)| c.pod_view(&ns, &name))
+            .map(|v| v.policies)
+            .unwrap_or_default()
+    }
+}
+
 /// The trace records, grouped by packet, formatted.
 pub fn show_trace(info: &GraphInfo, controls: &[Arc<WorkerControl>]) -> Vec<TracePacket> {
+    let names = Names { info };
     let mut out: Vec<TracePacket> = Vec::new();
     for c in controls {
         let Ok(records) = c.traces.lock() else {
@@ -51,12 +80,19 @@ pub fn show_trace(info: &GraphInfo, controls: &[Arc<WorkerControl>]) -> Vec<Trac
                 .get(r.node as usize)
                 .map(|n| n.name.to_string())
                 .unwrap_or_default();
-            let text = r.data.describe(&|code| info.error_name(code));
+            let text = r.data.describe(&names);
+            let fields = r
+                .data
+                .fields(&names)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            let step = TraceStep { node, text, fields };
             match out.iter_mut().rev().find(|p| p.id == r.id) {
-                Some(p) => p.steps.push(TraceStep { node, text }),
+                Some(p) => p.steps.push(step),
                 None => out.push(TracePacket {
                     id: r.id,
-                    steps: vec![TraceStep { node, text }],
+                    steps: vec![step],
                 }),
             }
         }

@@ -78,6 +78,7 @@ pub struct Overlay {
     vni: u32,
     vxlan_port: u16,
     wg_port: u16,
+    mss_clamp: bool,
     public_key: Option<[u8; 32]>,
     peers: Vec<Peer>,
     routes: Vec<RemoteRoute>,
@@ -191,7 +192,12 @@ impl Overlay {
                 counters: Arc::new(TunnelCounters::default()),
                 wg,
             });
-            if let Ok(prefix) = Ipv4Prefix::new(n.pod_cidr.addr, n.pod_cidr.prefix_len) {
+            // Without a podCIDR in the spec the node's prefixes come from BGP
+            // (see `table_with_learnt` and `tunnel_to`).
+            if let Some(prefix) = n
+                .pod_cidr
+                .and_then(|c| Ipv4Prefix::new(c.addr, c.prefix_len).ok())
+            {
                 routes.push(RemoteRoute {
                     prefix,
                     next_hop: n.address,
@@ -207,6 +213,7 @@ impl Overlay {
             vni: c.vxlan.vni,
             vxlan_port: c.vxlan.port,
             wg_port: c.wireguard.port,
+            mss_clamp: c.mss_clamp,
             public_key,
             peers,
             routes,
@@ -217,10 +224,17 @@ impl Overlay {
     }
 
     fn rebuild_table(&mut self) -> Result<(), OverlayError> {
+        self.table = Arc::new(self.build_table(&[])?);
+        Ok(())
+    }
+
+    /// The tunnel table; `learnt` (prefix, next hop) pairs, e.g. from BGP, are added to the
+    /// prefixes accepted from the node at that next hop.
+    fn build_table(&self, learnt: &[(Ipv4Prefix, Ipv4Addr)]) -> Result<TunnelTable, OverlayError> {
         let mut t = TunnelTable::new(self.vni, self.vxlan_port, self.wg_port);
+        t.mss_clamp = self.mss_clamp;
         let Some(local) = self.local else {
-            self.table = Arc::new(t);
-            return Ok(());
+            return Ok(t);
         };
         for p in &self.peers {
             let Some(sw_if) = p.sw_if else { continue };
@@ -235,14 +249,40 @@ impl Overlay {
                     .iter()
                     .filter(|r| r.next_hop == p.address)
                     .map(|r| r.prefix)
+                    .chain(
+                        learnt
+                            .iter()
+                            .filter(|(_, nh)| *nh == p.address)
+                            .map(|(prefix, _)| *prefix),
+                    )
                     .collect(),
                 vtep_mac: p.vtep_mac,
                 counters: p.counters.clone(),
                 wg: p.wg.clone(),
             })?;
         }
-        self.table = Arc::new(t);
-        Ok(())
+        Ok(t)
+    }
+
+    /// The tunnel table with `learnt` (prefix, next hop) pairs also accepted from the
+    /// tunnel of the node at that next hop (the table of the spec when there are none).
+    pub fn table_with_learnt(
+        &self,
+        learnt: &[(Ipv4Prefix, Ipv4Addr)],
+    ) -> Result<Arc<TunnelTable>, OverlayError> {
+        if learnt.is_empty() {
+            return Ok(self.table());
+        }
+        Ok(Arc::new(self.build_table(learnt)?))
+    }
+
+    /// The engine interface of the tunnel toward the node at `next_hop`; `None` when that
+    /// node is reached directly or is not a cluster node (route it on the uplink).
+    pub fn tunnel_to(&self, next_hop: Ipv4Addr) -> Option<u16> {
+        self.peers
+            .iter()
+            .find(|p| p.address == next_hop)
+            .and_then(|p| p.sw_if)
     }
 
     /// The remote table.
@@ -343,7 +383,7 @@ impl Overlay {
                 .unwrap_or(uplink_sw_if);
             b.route(RouteEntry {
                 prefix: r.prefix,
-                source: RouteSource::Static,
+                source: RouteSource::Cluster,
                 action: RouteAction::Forward(vec![FibPath {
                     via: Some(r.next_hop),
                     sw_if,

@@ -191,30 +191,46 @@ impl NodeState {
             prefix(node.address.addr, node.address.prefix_len),
             prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
         ];
+        // A next hop that is a cluster node reached through a tunnel goes through that
+        // tunnel (and the tunnel accepts the prefix as inner source); others are on the uplink.
+        let mut learnt_via_tunnels = Vec::new();
         for (p, hops) in &self.bgp_routes {
             if hops.is_empty() || own.contains(p) {
                 continue;
             }
+            let paths = hops
+                .iter()
+                .map(|h| {
+                    let tunnel = self.overlay.tunnel_to(*h);
+                    if tunnel.is_some() {
+                        learnt_via_tunnels.push((*p, *h));
+                    }
+                    Path {
+                        via: Some(*h),
+                        sw_if: tunnel.unwrap_or(UPLINK_SW_IF),
+                    }
+                })
+                .collect();
             b.route(RouteEntry {
                 prefix: *p,
                 source: RouteSource::Bgp,
-                action: RouteAction::Forward(
-                    hops.iter()
-                        .map(|h| Path {
-                            via: Some(*h),
-                            sw_if: UPLINK_SW_IF,
-                        })
-                        .collect(),
-                ),
+                action: RouteAction::Forward(paths),
             });
         }
+        let tunnels = self
+            .overlay
+            .table_with_learnt(&learnt_via_tunnels)
+            .unwrap_or_else(|e| {
+                tracing::warn!("tunnel table with BGP routes: {e}");
+                self.overlay.table()
+            });
         self.overlay
             .contribute(&mut b, &mut ifaces, UPLINK_SW_IF, self.uplink.mtu);
         let (services, nat) = crate::services::tables(&self.services, &self.spec);
         Ok(Snapshot {
             services,
             nat,
-            tunnels: self.overlay.table(),
+            tunnels,
             version: 0,
             fib: Arc::new(b.build()?),
             ifaces: Arc::new(ifaces),
@@ -311,5 +327,39 @@ pods:
         assert_eq!(a.dst_mac, [2, 9, 9, 9, 9, 9]);
         assert_eq!(snap.ifaces.sw_if_of_port(1), 1);
         assert_eq!(s.free_sw_if(), 2);
+    }
+
+    #[test]
+    fn bgp_routes_to_cluster_nodes_follow_the_overlay() {
+        let mut s = state();
+        let yaml = format!(
+            "{SPEC}cluster:\n  mode: vxlan\n  nodes:\n    - name: n2\n      address: 192.168.100.3\n    - name: n3\n      address: 192.168.100.4\n      mode: direct\nbgp:\n  localAS: 64512\n"
+        );
+        s.spec = NodeSpec::from_yaml(&yaml).unwrap();
+        s.overlay =
+            Arc::new(crate::overlay::Overlay::from_spec(&s.spec, s.spec.cluster.as_ref()).unwrap());
+        let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        s.bgp_routes
+            .insert("10.244.2.0/24".parse().unwrap(), vec![ip("192.168.100.3")]);
+        s.bgp_routes
+            .insert("10.244.3.0/24".parse().unwrap(), vec![ip("192.168.100.4")]);
+        s.bgp_routes
+            .insert("10.99.0.0/24".parse().unwrap(), vec![ip("192.168.100.1")]);
+        let snap = s.snapshot().unwrap();
+        let fib = &snap.fib;
+        let adj = |a: &str| *fib.adj(fib.resolve(ip(a), || 0));
+        let vxlan = ferroplane_engine::tunnel::TUNNEL_SW_IF_BASE;
+        assert_eq!(adj("10.244.2.7").sw_if, vxlan, "VXLAN node: its tunnel");
+        assert_eq!(adj("10.244.3.7").sw_if, UPLINK_SW_IF, "direct node: uplink");
+        assert_eq!(adj("10.244.3.7").next_hop, Some(ip("192.168.100.4")));
+        assert_eq!(adj("10.99.0.7").sw_if, UPLINK_SW_IF, "not a cluster node");
+        let t = snap.tunnels.by_remote(ip("192.168.100.3")).unwrap();
+        assert!(t.allows(ip("10.244.2.9")), "learnt prefix accepted from the tunnel");
+        assert!(!t.allows(ip("10.244.3.9")));
+        let r = fib
+            .routes()
+            .find(|r| r.prefix == "10.244.2.0/24".parse().unwrap())
+            .unwrap();
+        assert_eq!(r.source, RouteSource::Bgp);
     }
 }

@@ -298,10 +298,12 @@ pub enum RouteSource {
     Neighbour,
     /// `bgp`: learnt over BGP.
     Bgp,
+    /// `cluster`: a remote node's pod CIDR from the cluster spec, through the overlay.
+    Cluster,
 }
 
 impl RouteSource {
-    /// The wire name (`connected`, `pod`, `static`, `local`, `default`).
+    /// The wire name (`connected`, `pod`, `static`, `local`, `default`, `neighbour`, `bgp`, `cluster`).
     pub fn as_str(&self) -> &'static str {
         match self {
             RouteSource::Connected => "connected",
@@ -311,6 +313,7 @@ impl RouteSource {
             RouteSource::Default => "default",
             RouteSource::Neighbour => "neighbour",
             RouteSource::Bgp => "bgp",
+            RouteSource::Cluster => "cluster",
         }
     }
 }
@@ -593,6 +596,13 @@ pub struct TraceStep {
     pub node: String,
     /// What the node recorded (its decision).
     pub text: String,
+    /// The same as named fields: `decision` names the kind of record (`rx`, `ethernet`,
+    /// `ip4`, `service-dnat`, `service-no-endpoint`, `masquerade`, `nat`, `reverse-nat`,
+    /// `untranslated`, `policy`, `route`, `rewrite`, `encap`, `decap`, `tx`, `punt`,
+    /// `drop`, ...); the other keys depend on it (`service`, `backend`, `verdict`,
+    /// `rules`, `denied_by`, `prefix`, `reason`, ...). Absent from older agents.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// A traced packet: its steps through the graph, in order.

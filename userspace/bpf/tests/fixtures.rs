@@ -34,12 +34,21 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const NODE_IN_CIDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 const INTERNET: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
+/// A ClusterIP / LoadBalancer address steered to the engine (steer4, kind Service).
+const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// ports4 entries of the standard setup: a TCP and a UDP NodePort, a TCP SNAT port and an
+/// ICMP echo id of the SNAT range.
+const NODEPORT_TCP: u16 = 30080;
+const NODEPORT_UDP: u16 = 30053;
+const SNAT_PORT: u16 = 61000;
+const SNAT_ICMP_ID: u16 = 61001;
 
 /// Map contents before the frame is run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Setup {
-    /// ifaces[lo] = slot 0, steer4 10.244.1.0/24, host4 {NODE, NODE_IN_CIDR},
-    /// tunnel4 {IPIP, UDP 4789, UDP 51820}, no socket.
+    /// ifaces[lo] = slot 0, steer4 {10.244.1.0/24, SERVICE_VIP/32}, host4 {NODE, NODE_IN_CIDR},
+    /// tunnel4 {IPIP, UDP 4789, UDP 51820}, ports4 {TCP 30080, UDP 30053 (NodePorts), TCP
+    /// 61000, ICMP id 61001 (SNAT)}, no socket.
     Standard,
     /// Standard plus an AF_XDP socket in slot 0.
     WithSocket,
@@ -131,6 +140,34 @@ fn tunnel_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16, cut: usize)
     ip.truncate(new_len);
     ip[2..4].copy_from_slice(&(new_len as u16).to_be_bytes());
     // Protocol and length changed: recompute the header checksum.
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = ip[..20]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    eth(0x0800, &ip)
+}
+
+/// Ethernet + IPv4 `PEER -> dst` with protocol `proto` and 16 bytes of layer 4: TCP/UDP from
+/// port 40000 to `port`; ICMP (1) an echo message of type `icmp_type` with id `port`.
+/// `frag` is the IPv4 flags/fragment-offset field.
+fn service_frame(dst: Ipv4Addr, proto: u8, port: u16, icmp_type: u8, frag: u16) -> Vec<u8> {
+    let mut ip = ipv4_with(PEER, dst, 5, 16);
+    ip[9] = proto;
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    let l4 = &mut ip[20..];
+    l4.fill(0);
+    if proto == 1 {
+        l4[0] = icmp_type;
+        l4[4..6].copy_from_slice(&port.to_be_bytes());
+    } else {
+        l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&port.to_be_bytes());
+    }
     ip[10..12].copy_from_slice(&[0, 0]);
     let mut sum: u32 = ip[..20]
         .chunks(2)
@@ -336,6 +373,116 @@ fn fixtures() -> Vec<Fixture> {
             WithSocket,
             PASS,
             V::Pass,
+            None,
+        ),
+        // xdp_uplink: services. NodePorts and SNAT return traffic to a node address go to
+        // the engine; other ports to the node stay with the host; VIPs are steered.
+        fx(
+            "uplink: TCP to a NodePort on the host address -> REDIRECT",
+            Uplink,
+            service_frame(NODE, 6, NODEPORT_TCP, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: UDP to a NodePort on the host address -> REDIRECT",
+            Uplink,
+            service_frame(NODE, 17, NODEPORT_UDP, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: TCP NodePort on the second host address -> REDIRECT",
+            Uplink,
+            service_frame(NODE_IN_CIDR, 6, NODEPORT_TCP, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: TCP to another port of the host address -> PASS",
+            Uplink,
+            service_frame(NODE, 6, NODEPORT_TCP + 1, 0, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: UDP to the TCP NodePort number -> PASS (protocol is part of the key)",
+            Uplink,
+            service_frame(NODE, 17, NODEPORT_TCP, 0, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: NodePort, no socket -> fallback PASS",
+            Uplink,
+            service_frame(NODE, 6, NODEPORT_TCP, 0, 0),
+            Standard,
+            PASS,
+            V::RedirectFailed,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "uplink: NodePort number to a non-node address -> PASS",
+            Uplink,
+            service_frame(INTERNET, 6, NODEPORT_TCP, 0, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: NodePort, non-first fragment (no ports) -> PASS",
+            Uplink,
+            service_frame(NODE, 6, NODEPORT_TCP, 0, 0x0010),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: TCP to a SNAT port (return traffic) -> REDIRECT",
+            Uplink,
+            service_frame(NODE, 6, SNAT_PORT, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: ICMP echo reply with a SNAT id -> REDIRECT",
+            Uplink,
+            service_frame(NODE, 1, SNAT_ICMP_ID, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
+            None,
+        ),
+        fx(
+            "uplink: ICMP echo request with a SNAT id -> PASS (the host answers pings)",
+            Uplink,
+            service_frame(NODE, 1, SNAT_ICMP_ID, 8, 0),
+            WithSocket,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: TCP to a service VIP -> REDIRECT",
+            Uplink,
+            service_frame(SERVICE_VIP, 6, 80, 0, 0),
+            WithSocket,
+            REDIRECT,
+            V::Redirect,
             None,
         ),
         // xdp_uplink: malformed frames are passed and counted.
@@ -556,6 +703,17 @@ fn prepare(setup: Setup) -> (Dataplane, Option<XskSocket>) {
     dp.add_tunnel4(4, 0).unwrap();
     dp.add_tunnel4(17, 4789).unwrap();
     dp.add_tunnel4(17, 51820).unwrap();
+    // Services: a VIP, NodePorts and SNAT return ports/ids on the node's addresses.
+    dp.add_steer4(SERVICE_VIP, 32, FpSteerKind::Service)
+        .unwrap();
+    dp.add_port4(6, NODEPORT_TCP, ferroplane_common::FP_PORT_NODEPORT)
+        .unwrap();
+    dp.add_port4(17, NODEPORT_UDP, ferroplane_common::FP_PORT_NODEPORT)
+        .unwrap();
+    dp.add_port4(6, SNAT_PORT, ferroplane_common::FP_PORT_SNAT)
+        .unwrap();
+    dp.add_port4(1, SNAT_ICMP_ID, ferroplane_common::FP_PORT_SNAT)
+        .unwrap();
     let sock = (setup == Setup::WithSocket).then(|| {
         let s = XskSocket::new().expect("AF_XDP socket");
         dp.set_xsk(0, s.raw_fd()).expect("socket into xsks");
@@ -692,6 +850,34 @@ fn map_edits_change_steering() {
     assert!(!dp.remove_tunnel4(17, 51820).unwrap());
     assert_eq!(run(&dp), xdp_action::PASS);
     assert_eq!(dp.tunnel4().unwrap(), vec![(4, 0), (17, 4789)]);
+}
+
+/// NodePort steering follows ports4: a port is the engine's from the moment it is added
+/// until it is removed; the node's other ports stay with the host throughout.
+#[test]
+fn ports4_edits_change_steering() {
+    if !require_root("ports4_edits_change_steering") {
+        return;
+    }
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    let nodeport = service_frame(NODE, 6, 31234, 0, 0);
+    let other = service_frame(NODE, 6, 22, 0, 0);
+    let run = |dp: &Dataplane, f: &[u8]| dp.prog_test_run(XdpProg::Uplink, f).unwrap().0;
+    assert_eq!(run(&dp, &nodeport), xdp_action::PASS);
+    dp.add_port4(6, 31234, ferroplane_common::FP_PORT_NODEPORT)
+        .unwrap();
+    assert_eq!(run(&dp, &nodeport), xdp_action::REDIRECT);
+    assert_eq!(run(&dp, &other), xdp_action::PASS);
+    assert!(dp
+        .ports4()
+        .unwrap()
+        .contains(&(6, 31234, ferroplane_common::FP_PORT_NODEPORT)));
+    assert!(dp.remove_port4(6, 31234).unwrap());
+    assert!(!dp.remove_port4(6, 31234).unwrap());
+    assert_eq!(run(&dp, &nodeport), xdp_action::PASS);
+    let s = dp.stats().unwrap();
+    assert_eq!(s.verdict(FpVerdict::Redirect), 1);
+    assert_eq!(s.verdict(FpVerdict::Pass), 3);
 }
 
 /// Two loads without a pin directory do not share maps.

@@ -206,6 +206,8 @@ pub struct TunnelTable {
     pub vxlan_port: u16,
     /// Our WireGuard UDP port.
     pub wg_port: u16,
+    /// Lower the MSS option of TCP SYNs entering a tunnel to what fits its MTU.
+    pub mss_clamp: bool,
     /// Whether any tunnel uses each protocol (decap only then): IPIP, VXLAN, WireGuard.
     enabled: [bool; 3],
 }
@@ -218,6 +220,7 @@ impl Default for TunnelTable {
             vni: 1,
             vxlan_port: VXLAN_PORT,
             wg_port: WIREGUARD_PORT,
+            mss_clamp: false,
             enabled: [false; 3],
         }
     }

@@ -32,6 +32,8 @@ pub enum RouteSource {
     Neighbour,
     /// Learnt over BGP.
     Bgp,
+    /// A remote node's pod CIDR from the cluster spec (through the overlay).
+    Cluster,
 }
 
 impl RouteSource {
@@ -44,6 +46,7 @@ impl RouteSource {
             RouteSource::Local => "local",
             RouteSource::Neighbour => "neighbour",
             RouteSource::Bgp => "bgp",
+            RouteSource::Cluster => "cluster",
         }
     }
 }

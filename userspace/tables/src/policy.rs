@@ -6,12 +6,14 @@
 //!
 //! The classifier answers "which rule allows (protocol, port, peer address)" with a cost
 //! that does not grow with the number of rules:
-//! 1. the destination port selects a *port class* through a two-level table per protocol
-//!    (256 chunks of 256 ports; a chunk where every port has the same class needs no leaf),
-//!    so a lookup is at most two loads whatever the number of ports and ranges;
-//! 2. the port class owns a longest-prefix-match table over the peer address (one hash
-//!    probe per distinct prefix length, longest first; pod peers are all /32), whose value
-//!    is the first rule allowing that address range at those ports.
+//! 1. the destination port selects a *port class* (the set of entries allowing it) through
+//!    a two-level table per protocol (256 chunks of 256 ports; identical chunks share one
+//!    leaf), so a lookup is at most two loads whatever the number of ports and ranges; the
+//!    value also says which prefix lengths the class's address table uses;
+//! 2. one open-addressing hash table, shared by all classes and keyed by (class, prefix),
+//!    gives the first rule allowing that address range at those ports: one probe per
+//!    prefix length the class uses, longest first (pod peers are all /32: one probe). The
+//!    slot found also holds the hit counter, so a decision touches one line of it.
 //!
 //! Set semantics (ipBlock `except`, unions of peers) are resolved at build time: an address
 //! takes the value of its longest matching *interesting* prefix (a block, an exception or a
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::hash::FastMap;
-use crate::prefix::{mask, Ipv4Prefix};
+use crate::prefix::Ipv4Prefix;
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
@@ -218,44 +220,130 @@ fn port_matches(m: &PortMatch, proto: u8, port: u16) -> bool {
     }
 }
 
-/// Longest-prefix match over peer addresses: one hash table per prefix length in use.
-#[derive(Debug, Clone, Default)]
-struct Lpm {
-    /// (mask, table), longest prefix first.
-    levels: Vec<(u32, FastMap<u32, u32>)>,
+/// Bits of a class word above the class id: one per prefix length present in the class.
+const LEN_SHIFT: u32 = 31;
+/// Mask of the class id in a class word (31 bits; a classifier has fewer classes than
+/// twice its entries plus four, far below this).
+const CLASS_MASK: u64 = (1 << LEN_SHIFT) - 1;
+
+/// The key of prefix `ip/len` of class `class`: the class above 33 bits holding the prefix
+/// bits followed by a one bit (so `10.0.0.0/8` and `10.0.0.0/16` differ); never 0.
+#[inline(always)]
+fn slot_key(class: u64, ip: u32, len: u32) -> u64 {
+    let sh = 32 - len;
+    let p = (((ip as u64) >> sh) << 1 | 1) << sh;
+    (class << 33) | p
 }
 
-impl Lpm {
+#[inline(always)]
+fn slot_hash(key: u64, shift: u32) -> usize {
+    ((key ^ (key >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
+}
+
+/// One slot of the merged prefix table, with the hit counter of the packets it decided
+/// (so a decision touches one cache line).
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+struct Slot {
+    /// [`slot_key`], 0 when empty.
+    key: u64,
+    /// Rule allowing the prefix, or [`DENY`].
+    rule: u32,
+    /// Packets decided by this slot.
+    hits: AtomicU64,
+}
+
+/// Port -> class word for one protocol: 256 chunks of 256 ports.
+#[derive(Debug, Clone)]
+enum PortMap {
+    /// Every port has this class word.
+    Uniform(u64),
+    /// Two levels: `leaves[top[port >> 8]][port & 0xff]`.
+    Table {
+        top: Box<[u16; 256]>,
+        leaves: Vec<[u64; 256]>,
+    },
+}
+
+impl PortMap {
     #[inline(always)]
-    fn lookup(&self, ip: u32) -> u32 {
-        for (m, t) in &self.levels {
-            if let Some(v) = t.get(&(ip & m)) {
-                return *v;
+    fn word(&self, port: u16) -> u64 {
+        match self {
+            PortMap::Uniform(w) => *w,
+            PortMap::Table { top, leaves } => {
+                let t = top[(port >> 8) as usize] as usize;
+                match leaves.get(t) {
+                    Some(l) => l[(port & 0xff) as usize],
+                    None => 0,
+                }
             }
         }
-        DENY
     }
 
-    fn build(entries: &[&Entry]) -> Lpm {
-        // First rule per host; blocks scanned per interesting prefix.
-        let mut host_first: FastMap<u32, u32> = FastMap::default();
-        let mut blocks: Vec<(u32, &Block)> = Vec::new();
-        let mut interesting: BTreeSet<Ipv4Prefix> = BTreeSet::new();
-        for e in entries {
-            for h in &e.addrs.hosts {
-                let v = host_first.entry(u32::from(*h)).or_insert(e.rule);
-                *v = (*v).min(e.rule);
-                interesting.insert(Ipv4Prefix::host(*h));
-            }
-            for b in &e.addrs.blocks {
-                blocks.push((e.rule, b));
-                interesting.insert(b.cidr);
-                interesting.extend(b.except.iter().copied());
-            }
+    /// The two-level map of `flat` (65,536 class words); identical chunks share a leaf.
+    fn build(flat: &[u64]) -> PortMap {
+        if flat.iter().all(|w| *w == flat[0]) {
+            return PortMap::Uniform(flat[0]);
         }
-        blocks.sort_by_key(|(r, _)| *r);
-        let mut by_len: BTreeMap<u8, FastMap<u32, u32>> = BTreeMap::new();
-        for p in interesting {
+        let mut top = Box::new([0u16; 256]);
+        let mut leaves: Vec<[u64; 256]> = Vec::new();
+        let mut ids: FastMap<&[u64], u16> = FastMap::default();
+        for (chunk, t) in flat.chunks(256).zip(top.iter_mut()) {
+            *t = *ids.entry(chunk).or_insert_with(|| {
+                let mut leaf = [0u64; 256];
+                leaf.copy_from_slice(chunk);
+                leaves.push(leaf);
+                (leaves.len() - 1) as u16
+            });
+        }
+        PortMap::Table { top, leaves }
+    }
+}
+
+/// The classifier of one ACL.
+///
+/// Per packet: the protocol and destination port give a *class word* (at most two loads,
+/// see [`PortMap`]): the port class (the set of entries allowing that port) and the prefix
+/// lengths its address table uses. Then, longest length first, one probe per length into a
+/// single open-addressing table shared by every class, keyed by (class, prefix). Neither
+/// step depends on the number of rules; pod peers are all /32, so a class without ipBlocks
+/// costs exactly one probe, and the slot found also holds the hit counter.
+#[derive(Debug)]
+pub struct Classifier {
+    /// Port maps for TCP, UDP, SCTP.
+    ports: [PortMap; 3],
+    /// Class word of other protocols (ICMP, ...): entries allowing every protocol.
+    other: u64,
+    /// Merged prefix table (a power of two, at most half full).
+    slots: Box<[Slot]>,
+    /// `64 - log2(slots.len())`.
+    shift: u32,
+    /// Number of port classes.
+    classes: usize,
+}
+
+/// The (prefix, value) pairs of the address table of a port class: every *interesting*
+/// prefix (pod address, block, exception) with the first rule whose addresses cover it.
+fn class_prefixes(entries: &[&Entry]) -> Vec<(Ipv4Prefix, u32)> {
+    let mut host_first: FastMap<u32, u32> = FastMap::default();
+    let mut blocks: Vec<(u32, &Block)> = Vec::new();
+    let mut interesting: BTreeSet<Ipv4Prefix> = BTreeSet::new();
+    for e in entries {
+        for h in &e.addrs.hosts {
+            let v = host_first.entry(u32::from(*h)).or_insert(e.rule);
+            *v = (*v).min(e.rule);
+            interesting.insert(Ipv4Prefix::host(*h));
+        }
+        for b in &e.addrs.blocks {
+            blocks.push((e.rule, b));
+            interesting.insert(b.cidr);
+            interesting.extend(b.except.iter().copied());
+        }
+    }
+    blocks.sort_by_key(|(r, _)| *r);
+    interesting
+        .into_iter()
+        .map(|p| {
             let mut v = DENY;
             if p.len() == 32 {
                 if let Some(r) = host_first.get(&p.addr_u32()) {
@@ -265,82 +353,37 @@ impl Lpm {
             if let Some((r, _)) = blocks.iter().find(|(_, b)| b.covers(&p)) {
                 v = v.min(*r);
             }
-            by_len.entry(p.len()).or_default().insert(p.addr_u32(), v);
-        }
-        Lpm {
-            levels: by_len
-                .into_iter()
-                .rev()
-                .map(|(len, t)| (mask(len), t))
-                .collect(),
-        }
-    }
-}
-
-const LEAF: u32 = 1 << 31;
-
-/// Port -> class for one protocol: 256 chunks of 256 ports.
-#[derive(Debug, Clone)]
-enum PortMap {
-    /// Every port has this class.
-    Uniform(u32),
-    /// Two levels: `top[port >> 8]` is a class, or `LEAF | leaf index`.
-    Table {
-        top: Box<[u32; 256]>,
-        leaves: Vec<[u32; 256]>,
-    },
-}
-
-impl PortMap {
-    #[inline(always)]
-    fn class(&self, port: u16) -> u32 {
-        match self {
-            PortMap::Uniform(c) => *c,
-            PortMap::Table { top, leaves } => {
-                let t = top[(port >> 8) as usize];
-                if t & LEAF == 0 {
-                    t
-                } else {
-                    match leaves.get((t & !LEAF) as usize) {
-                        Some(l) => l[(port & 0xff) as usize],
-                        None => 0,
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The classifier of one ACL.
-#[derive(Debug, Clone)]
-pub struct Classifier {
-    /// Port maps for TCP, UDP, SCTP.
-    ports: [PortMap; 3],
-    /// Class of other protocols (ICMP, ...): entries allowing every protocol.
-    other: u32,
-    /// Address tables per class.
-    classes: Vec<Lpm>,
+            (p, v)
+        })
+        .collect()
 }
 
 impl Classifier {
     /// Build the classifier of `spec`.
     pub fn build(spec: &AclSpec) -> Classifier {
-        let mut classes: Vec<Lpm> = Vec::new();
-        let mut class_ids: FastMap<Vec<u32>, u32> = FastMap::default();
-        let mut intern = |set: Vec<u32>, classes: &mut Vec<Lpm>| -> u32 {
-            if let Some(c) = class_ids.get(&set) {
-                return *c;
+        // Port classes: sets of entries, interned; each gets its prefix list.
+        let mut class_ids: FastMap<Vec<u32>, u64> = FastMap::default();
+        let mut prefixes: Vec<Vec<(Ipv4Prefix, u32)>> = Vec::new();
+        let mut words: Vec<u64> = Vec::new();
+        let mut intern = |set: Vec<u32>| -> u64 {
+            if let Some(w) = class_ids.get(&set) {
+                return *w;
             }
             let es: Vec<&Entry> = set.iter().map(|&i| &spec.entries[i as usize]).collect();
-            classes.push(Lpm::build(&es));
-            let id = (classes.len() - 1) as u32;
-            class_ids.insert(set, id);
-            id
+            let ps = class_prefixes(&es);
+            let class = prefixes.len() as u64 & CLASS_MASK;
+            let lens = ps.iter().fold(0u64, |m, (p, _)| m | 1 << p.len());
+            let w = class | lens << LEN_SHIFT;
+            prefixes.push(ps);
+            words.push(w);
+            class_ids.insert(set, w);
+            w
         };
         let all: Vec<u32> = (0..spec.entries.len() as u32)
             .filter(|&i| spec.entries[i as usize].ports == PortMatch::All)
             .collect();
-        let other = intern(all.clone(), &mut classes);
+        let other = intern(all.clone());
+        let mut flat = vec![0u64; 65536];
         let ports = PORT_PROTOS.map(|proto| {
             let mut base = all.clone();
             let mut ranges: Vec<(u16, u16, u32)> = Vec::new();
@@ -355,7 +398,7 @@ impl Classifier {
             }
             base.sort_unstable();
             if ranges.is_empty() {
-                return PortMap::Uniform(intern(base, &mut classes));
+                return PortMap::Uniform(intern(base));
             }
             // Sweep the port space: events at range starts and ends.
             let mut starts: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -369,7 +412,6 @@ impl Classifier {
             bounds.insert(65536);
             let bounds: Vec<u32> = bounds.into_iter().collect();
             let mut active: BTreeSet<u32> = BTreeSet::new();
-            let mut flat = vec![0u32; 65536];
             for w in bounds.windows(2) {
                 let (s, e) = (w[0], w[1]);
                 for i in ends.get(&s).into_iter().flatten() {
@@ -380,49 +422,108 @@ impl Classifier {
                 set.extend(active.iter().copied());
                 set.sort_unstable();
                 set.dedup();
-                let c = intern(set, &mut classes);
+                let c = intern(set);
                 flat[s as usize..e as usize].fill(c);
             }
-            let mut top = Box::new([0u32; 256]);
-            let mut leaves = Vec::new();
-            for (chunk, t) in flat.chunks(256).zip(top.iter_mut()) {
-                if chunk.iter().all(|c| *c == chunk[0]) {
-                    *t = chunk[0];
-                } else {
-                    let mut leaf = [0u32; 256];
-                    leaf.copy_from_slice(chunk);
-                    *t = LEAF | leaves.len() as u32;
-                    leaves.push(leaf);
-                }
-            }
-            PortMap::Table { top, leaves }
+            PortMap::build(&flat)
         });
+        // The merged prefix table.
+        let n: usize = prefixes.iter().map(Vec::len).sum();
+        let cap = (2 * n).next_power_of_two().max(8);
+        let shift = 64 - cap.trailing_zeros();
+        let mut slots: Box<[Slot]> = (0..cap).map(|_| Slot::default()).collect();
+        for (class, ps) in prefixes.iter().enumerate() {
+            for (p, v) in ps {
+                let key = slot_key(class as u64, p.addr_u32(), p.len() as u32);
+                let mut i = slot_hash(key, shift);
+                while slots[i].key != 0 {
+                    i = (i + 1) & (cap - 1);
+                }
+                slots[i].key = key;
+                slots[i].rule = *v;
+            }
+        }
         Classifier {
             ports,
             other,
-            classes,
+            slots,
+            shift,
+            classes: prefixes.len(),
         }
+    }
+
+    /// The slot deciding `(proto, port, peer)`: the longest prefix of the port class's
+    /// address table containing `peer`.
+    #[inline(always)]
+    fn find(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<&Slot> {
+        let w = match proto {
+            PROTO_TCP => self.ports[0].word(port),
+            PROTO_UDP => self.ports[1].word(port),
+            PROTO_SCTP => self.ports[2].word(port),
+            _ => self.other,
+        };
+        let class = w & CLASS_MASK;
+        let mut lens = w >> LEN_SHIFT;
+        let ip = u32::from(peer);
+        let cap = self.slots.len() - 1;
+        while lens != 0 {
+            let len = 63 - lens.leading_zeros();
+            lens &= !(1u64 << len);
+            let key = slot_key(class, ip, len);
+            let mut i = slot_hash(key, self.shift);
+            loop {
+                let s = self.slots.get(i)?;
+                if s.key == key {
+                    return Some(s);
+                }
+                if s.key == 0 {
+                    break;
+                }
+                i = (i + 1) & cap;
+            }
+        }
+        None
     }
 
     /// The rule (index into the ACL's rules) allowing `(proto, port, peer)`, or `None`.
     #[inline(always)]
     pub fn classify(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<u32> {
-        let class = match proto {
-            PROTO_TCP => self.ports[0].class(port),
-            PROTO_UDP => self.ports[1].class(port),
-            PROTO_SCTP => self.ports[2].class(port),
-            _ => self.other,
-        };
-        let v = match self.classes.get(class as usize) {
-            Some(l) => l.lookup(u32::from(peer)),
-            None => DENY,
-        };
-        (v != DENY).then_some(v)
+        self.find(proto, port, peer)
+            .map(|s| s.rule)
+            .filter(|r| *r != DENY)
     }
 
     /// Number of port classes (for display and tests).
     pub fn class_count(&self) -> usize {
-        self.classes.len()
+        self.classes
+    }
+
+    /// Classify and count an allowed packet in the deciding slot.
+    #[inline(always)]
+    fn check(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<u32> {
+        let s = self.find(proto, port, peer)?;
+        if s.rule == DENY {
+            return None;
+        }
+        s.hits.store(s.hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Some(s.rule)
+    }
+
+    /// Packets allowed per rule (`rules` entries), summed over the slots.
+    fn hits(&self, rules: usize) -> Vec<u64> {
+        let mut h = vec![0u64; rules];
+        for s in self.slots.iter().filter(|s| s.key != 0) {
+            if let Some(c) = h.get_mut(s.rule as usize) {
+                *c += s.hits.load(Ordering::Relaxed);
+            }
+        }
+        h
+    }
+
+    fn clear(&self) {
+        for s in self.slots.iter() {
+            s.hits.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -431,10 +532,8 @@ impl Classifier {
 pub struct Acl {
     /// Content.
     pub spec: AclSpec,
-    /// The classifier.
+    /// The classifier (holding the per-rule hit counters, kept per prefix slot).
     pub classifier: Classifier,
-    /// Packets allowed per rule.
-    hits: Box<[AtomicU64]>,
     /// Packets denied (no rule allowed them).
     denied: AtomicU64,
 }
@@ -443,11 +542,9 @@ impl Acl {
     /// Compile `spec`.
     pub fn new(spec: AclSpec) -> Acl {
         let classifier = Classifier::build(&spec);
-        let hits = (0..spec.rules.len()).map(|_| AtomicU64::new(0)).collect();
         Acl {
             spec,
             classifier,
-            hits,
             denied: AtomicU64::new(0),
         }
     }
@@ -455,26 +552,16 @@ impl Acl {
     /// Classify and count: `Some(rule)` when allowed.
     #[inline(always)]
     pub fn check(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<u32> {
-        let r = self.classifier.classify(proto, port, peer);
-        match r {
-            Some(i) => {
-                if let Some(h) = self.hits.get(i as usize) {
-                    h.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            None => {
-                self.denied.fetch_add(1, Ordering::Relaxed);
-            }
+        let r = self.classifier.check(proto, port, peer);
+        if r.is_none() {
+            self.denied.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
 
     /// Packets allowed by each rule.
     pub fn hits(&self) -> Vec<u64> {
-        self.hits
-            .iter()
-            .map(|h| h.load(Ordering::Relaxed))
-            .collect()
+        self.classifier.hits(self.spec.rules.len())
     }
 
     /// Packets denied.
@@ -484,9 +571,7 @@ impl Acl {
 
     /// Reset the counters.
     pub fn clear_counters(&self) {
-        for h in self.hits.iter() {
-            h.store(0, Ordering::Relaxed);
-        }
+        self.classifier.clear();
         self.denied.store(0, Ordering::Relaxed);
     }
 }

@@ -328,6 +328,41 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         clamped_mut(self.buffer.as_mut(), HEADER_LEN, end)
     }
 
+    /// Lower the Maximum Segment Size option to `max` if it is larger, updating the
+    /// checksum incrementally (RFC 1624). Returns the MSS it had when it was lowered,
+    /// `None` when there is no (well-formed) MSS option or it was already small enough.
+    pub fn clamp_mss(&mut self, max: u16) -> Option<u16> {
+        let mut i = 0usize;
+        let at = {
+            let opts = self.options();
+            loop {
+                match opts.get(i..)? {
+                    [] | [OPT_END, ..] => return None,
+                    [OPT_NOP, ..] => i += 1,
+                    [OPT_MSS, 4, _, _, ..] => break i + 2,
+                    [_, len, ..] if *len >= 2 => i += usize::from(*len),
+                    _ => return None,
+                }
+            }
+        };
+        let off = HEADER_LEN + at;
+        let old = read_u16(self.buffer.as_ref(), off..off + 2);
+        if old <= max {
+            return None;
+        }
+        self.buffer.as_mut()[off..off + 2].copy_from_slice(&max.to_be_bytes());
+        // A 16-bit field at an odd offset straddles two checksum words: in the
+        // one's-complement sum it counts byte-swapped.
+        let (o, n) = if off % 2 == 0 {
+            (old, max)
+        } else {
+            (old.swap_bytes(), max.swap_bytes())
+        };
+        let c = checksum::update16(self.checksum(), o, n);
+        self.set_checksum(c);
+        Some(old)
+    }
+
     /// Mutable payload, clamped like [`payload`](Self::payload).
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
@@ -522,6 +557,36 @@ mod tests {
             if let Ok(p) = TcpPacket::new_checked(&data[..]) {
                 let _ = (p.options(), p.payload(), p.mss(), p.flags(), p.verify_checksum(SRC, DST));
             }
+            let mut data = data;
+            if let Ok(mut p) = TcpPacket::new_checked(&mut data[..]) {
+                let _ = p.clamp_mss(536);
+            }
+        }
+
+        /// Clamping keeps the checksum exact wherever the option sits (even or odd offset).
+        #[test]
+        fn clamp_mss_incremental(nops in 0usize..4, mss in any::<u16>(), max in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut buf = SYN_BYTES[..20].to_vec();
+            let mut opts = vec![OPT_NOP; nops];
+            opts.extend_from_slice(&[OPT_MSS, 4]);
+            opts.extend_from_slice(&mss.to_be_bytes());
+            while opts.len() % 4 != 0 {
+                opts.push(OPT_END);
+            }
+            buf[12] = ((20 + opts.len()) as u8 / 4) << 4 | (buf[12] & 0x0f);
+            buf.extend_from_slice(&opts);
+            buf.extend_from_slice(&payload);
+            let mut p = TcpPacket::new_checked(&mut buf[..]).unwrap();
+            p.fill_checksum(SRC, DST);
+            let r = p.clamp_mss(max);
+            if mss > max {
+                prop_assert_eq!(r, Some(mss));
+                prop_assert_eq!(p.mss(), Some(max));
+            } else {
+                prop_assert_eq!(r, None);
+                prop_assert_eq!(p.mss(), Some(mss));
+            }
+            prop_assert!(p.verify_checksum(SRC, DST));
         }
     }
 }

@@ -218,7 +218,7 @@ pub fn remote_node(node: &Node, prefix: &str) -> Option<RemoteNodeSpec> {
         address: annotation_of(node, prefix, annotation::TUNNEL_ADDRESS)
             .and_then(|a| a.parse().ok())
             .unwrap_or(address),
-        pod_cidr,
+        pod_cidr: Some(pod_cidr),
         mode: None,
         vtep_mac: annotation_of(node, prefix, annotation::VTEP_MAC)
             .and_then(|m| m.parse::<MacAddr>().ok()),

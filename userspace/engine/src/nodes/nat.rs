@@ -24,6 +24,7 @@ use ferroplane_wire::{checksum, Ipv4Packet};
 
 use crate::interfaces::IfKind;
 use crate::node::{Ctx, Node, NodeInfo};
+use crate::trace::{NatStep, TraceData};
 use crate::{node_errors, node_nexts};
 
 use super::ip4_lookup::flow_hash;
@@ -511,6 +512,73 @@ impl Ip4Nat {
     }
 }
 
+/// The trace record of a new flow's decision (traced packets only).
+fn trace_new_flow(
+    ct: &Conntrack,
+    services: &ServiceTable,
+    key: &FlowKey,
+    decision: &Decision,
+) -> Option<NatStep> {
+    let name = |f: &FrontendKey| {
+        services
+            .lookup(f.addr, f.proto, f.port)
+            .and_then(|(pi, kind)| services.port(pi).map(|sp| (sp, kind)))
+            .map(|(sp, kind)| {
+                let n = if sp.def.port_name.is_empty() {
+                    format!("{}:{}", sp.def.service, sp.def.port)
+                } else {
+                    format!("{}:{}", sp.def.service, sp.def.port_name)
+                };
+                (n, kind)
+            })
+    };
+    let fk = FrontendKey {
+        addr: key.dst,
+        proto: key.proto,
+        port: key.dport,
+    };
+    match decision {
+        Decision::Session(id) => {
+            let s = ct.get(*id)?;
+            match s.frontend {
+                Some(f) => {
+                    let (service, kind) = name(&f)?;
+                    let backend = (s.reply.src, s.reply.sport);
+                    let snat = (s.nat == NatKind::DnatSnat).then_some((s.reply.dst, s.reply.dport));
+                    Some(NatStep::ServiceNew {
+                        service,
+                        kind,
+                        frontend: f,
+                        backend,
+                        snat,
+                        hairpin: backend.0 == key.src,
+                        session: *id,
+                    })
+                }
+                None => Some(NatStep::Masquerade {
+                    from: (key.src, key.sport),
+                    to: (s.reply.dst, s.reply.dport),
+                    session: *id,
+                }),
+            }
+        }
+        Decision::Pass => Some(NatStep::Untranslated),
+        Decision::Reject => name(&fk).map(|(service, _)| NatStep::NoEndpoint {
+            service,
+            frontend: fk,
+            rejected: true,
+        }),
+        Decision::Drop(NatError::NoLocalEndpoints) => {
+            name(&fk).map(|(service, _)| NatStep::NoEndpoint {
+                service,
+                frontend: fk,
+                rejected: false,
+            })
+        }
+        Decision::Drop(_) => None,
+    }
+}
+
 /// Turn a TCP segment into the RST answering it (addresses and ports swapped), in place.
 /// Returns the new IP length, or None when no RST must be sent (the segment is a RST).
 fn build_rst(l3: &mut [u8], hl: usize) -> Option<usize> {
@@ -677,8 +745,14 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
         let mut counts = [0u64; NatError::INFO.len()];
         for (i, &b) in bufs.iter().enumerate() {
             nexts[i] = NatNext::Lookup.into();
-            let rx_if = cx.meta(b).rx_if;
-            let pkt = cx.packet(b);
+            let m = cx.meta(b);
+            let rx_if = m.rx_if;
+            // Traced packets get records while `l3` borrows the frame: push through the
+            // trace field (disjoint from the packet memory).
+            let traced = m.flags & crate::buffer::FLAG_TRACED != 0;
+            let node = cx.node;
+            let (start, end) = (m.offset as usize, m.offset as usize + m.len as usize);
+            let pkt = cx.mem.frame_mut(b).get_mut(start..end).unwrap_or(&mut []);
             let Some(l3) = pkt.get_mut(14..) else {
                 continue;
             };
@@ -688,10 +762,18 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                     if translate_icmp_error(&mut ct, l3, hl, now) {
                         counts[NatError::IcmpTranslated as usize] += 1;
                         cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
+                        if traced {
+                            cx.trace.push(m.trace_id, node, TraceData::Nat(NatStep::IcmpError));
+                        }
                     }
                     continue;
                 }
-                Class::Other => continue,
+                Class::Other => {
+                    if traced {
+                        cx.trace.push(m.trace_id, node, TraceData::Nat(NatStep::Untranslated));
+                    }
+                    continue;
+                }
             };
             let mut hit = ct.lookup(&p.key, now);
             if let Some((id, Dir::Orig)) = hit {
@@ -708,7 +790,13 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                 Some(h) => h,
                 None => {
                     let from_pod = ifaces.get(rx_if).map(|f| f.kind) == Some(IfKind::Pod);
-                    match self.new_flow(&mut ct, &env, &p, l3, from_pod, &mut counts) {
+                    let decision = self.new_flow(&mut ct, &env, &p, l3, from_pod, &mut counts);
+                    if traced {
+                        if let Some(step) = trace_new_flow(&ct, &services, &p.key, &decision) {
+                            cx.trace.push(m.trace_id, node, TraceData::Nat(step));
+                        }
+                    }
+                    match decision {
                         Decision::Session(id) => (id, Dir::Orig),
                         Decision::Pass => continue,
                         Decision::Drop(e) => {
@@ -745,6 +833,16 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             };
             // An established connection (replied, or this is a reply) skips ip4-policy.
             let established = existing && (dir == Dir::Reply || s.packets[1] > 0);
+            if existing && traced {
+                let step = NatStep::Session {
+                    session: id,
+                    nat: s.nat,
+                    reply: dir == Dir::Reply,
+                    old: p.key,
+                    new,
+                };
+                cx.trace.push(m.trace_id, node, TraceData::Nat(step));
+            }
             rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
             ct.touch(id, dir, p.tcp_flags, now);
             if established {

@@ -25,10 +25,11 @@ use std::time::Instant;
 
 use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_tables::hash::FastMap;
-use ferroplane_tables::policy::Verdict;
+use ferroplane_tables::policy::{Acl, PolicyTables, Verdict};
 
 use crate::buffer::FLAG_CT_ESTABLISHED;
 use crate::node::{Ctx, Node, NodeInfo};
+use crate::trace::{AclOutcome, PolicyStep, TraceData};
 use crate::{node_errors, node_nexts};
 
 use super::{be16, ip_at};
@@ -109,6 +110,85 @@ fn quoted_tuple(q: &[u8]) -> Option<u128> {
     Some(k)
 }
 
+/// What `acl` says about `(proto, port, peer)`, for a trace (does not count).
+fn acl_outcome(acl: Option<&Acl>, proto: u8, port: u16, peer: std::net::Ipv4Addr) -> AclOutcome {
+    let Some(acl) = acl else {
+        return AclOutcome::NotIsolated;
+    };
+    match acl.classifier.classify(proto, port, peer) {
+        Some(i) => match acl.spec.rules.get(i as usize) {
+            Some(r) => AclOutcome::Rule {
+                policy: format!("{}/{}", r.namespace, r.policy),
+                index: r.index,
+                acl_rule: i,
+            },
+            None => AclOutcome::Rule {
+                policy: String::new(),
+                index: i,
+                acl_rule: i,
+            },
+        },
+        None => {
+            let mut policies: Vec<String> = acl
+                .spec
+                .rules
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace, r.policy))
+                .collect();
+            policies.dedup();
+            AclOutcome::DefaultDeny { policies }
+        }
+    }
+}
+
+/// The trace record of a packet of flow `key` (traced packets only). `verdict`: the
+/// classifier's decision when the flow was classified.
+fn trace_record(
+    tables: &PolicyTables,
+    key: u128,
+    dport: u16,
+    step: PolicyStep,
+    verdict: Option<Verdict>,
+) -> TraceData {
+    let src = std::net::Ipv4Addr::from((key >> 96) as u32);
+    let dst = std::net::Ipv4Addr::from((key >> 64) as u32);
+    let proto = key as u8;
+    let (egress, ingress) = match verdict {
+        None => (AclOutcome::NotChecked, AclOutcome::NotChecked),
+        Some(v) => {
+            let e = tables.pod(src).and_then(|p| p.egress.as_deref());
+            let i = tables.pod(dst).and_then(|p| p.ingress.as_deref());
+            let mut eo = acl_outcome(e, proto, dport, dst);
+            let mut io = acl_outcome(i, proto, dport, src);
+            // The verdict in force decides; the outcomes explain it.
+            match v {
+                Verdict::DenyEgress => {
+                    io = AclOutcome::NotChecked;
+                    if !matches!(eo, AclOutcome::DefaultDeny { .. }) {
+                        eo = AclOutcome::DefaultDeny { policies: vec![] };
+                    }
+                }
+                Verdict::DenyIngress => {
+                    if !matches!(io, AclOutcome::DefaultDeny { .. }) {
+                        io = AclOutcome::DefaultDeny { policies: vec![] };
+                    }
+                }
+                Verdict::Allow => {}
+            }
+            (eo, io)
+        }
+    };
+    TraceData::Policy {
+        step,
+        src,
+        dst,
+        proto,
+        dport,
+        egress,
+        ingress,
+    }
+}
+
 /// The policy enforcement node.
 #[derive(Debug)]
 pub struct Ip4Policy {
@@ -182,16 +262,26 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
         let now = self.start.elapsed().as_millis() as u64;
         let (mut allowed, mut unremembered) = (0u64, 0u64);
         for (i, &b) in bufs.iter().enumerate() {
-            if cx.meta(b).flags & FLAG_CT_ESTABLISHED != 0 {
+            let traced = cx.traced(b);
+            let established = cx.meta(b).flags & FLAG_CT_ESTABLISHED != 0;
+            if established && !traced {
                 continue;
             }
             let pkt = cx.packet(b);
             let Some((key, dport, quoted)) = pkt.get(14..).and_then(tuple) else {
                 continue;
             };
+            let record = |step, verdict| trace_record(&tables, key, dport, step, verdict);
+            if established {
+                cx.trace(b, record(PolicyStep::Established, None));
+                continue;
+            }
             let src = std::net::Ipv4Addr::from((key >> 96) as u32);
             let dst = std::net::Ipv4Addr::from((key >> 64) as u32);
             if src == dst {
+                if traced {
+                    cx.trace(b, record(PolicyStep::SelfTraffic, None));
+                }
                 continue;
             }
             let isolated = tables.pod(src).is_some_and(|p| p.egress.is_some())
@@ -201,15 +291,24 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
             let replies_isolated = tables.pod(dst).is_some_and(|p| p.egress.is_some())
                 || tables.pod(src).is_some_and(|p| p.ingress.is_some());
             if !isolated && !replies_isolated {
+                if traced {
+                    cx.trace(b, record(PolicyStep::NotIsolated, None));
+                }
                 continue;
             }
-            if self.known(key, now) || self.known(reverse(key), now) {
-                continue;
-            }
-            if quoted.is_some_and(|q| self.known(q, now)) {
+            if self.known(key, now)
+                || self.known(reverse(key), now)
+                || quoted.is_some_and(|q| self.known(q, now))
+            {
+                if traced {
+                    cx.trace(b, record(PolicyStep::KnownFlow, None));
+                }
                 continue;
             }
             if !isolated {
+                if traced {
+                    cx.trace(b, record(PolicyStep::NotIsolated, None));
+                }
                 // Nothing restricts this direction, but the replies would be denied by
                 // the other pod's policy: remember the flow so they pass (stateful).
                 if !self.remember(key, now) {
@@ -217,7 +316,11 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
                 }
                 continue;
             }
-            match tables.check(src, dst, key as u8, dport) {
+            let verdict = tables.check(src, dst, key as u8, dport);
+            if traced {
+                cx.trace(b, record(PolicyStep::Classified, Some(verdict)));
+            }
+            match verdict {
                 Verdict::Allow => {
                     allowed += 1;
                     if !self.remember(key, now) {

@@ -5,6 +5,7 @@ use boringtun::noise::TunnResult;
 use ferroplane_io::{BufIdx, FrameMemory};
 
 use crate::node::{Ctx, Node, NodeInfo};
+use crate::trace::TraceData;
 use crate::tunnel::{Tunnel, VXLAN_HDR};
 use crate::{node_errors, node_nexts};
 
@@ -105,6 +106,15 @@ impl<M: FrameMemory> Node<M> for TunnelDecap {
                     mm.offset = o as u16;
                     mm.len = l as u16;
                     mm.rx_if = sw_if;
+                    if cx.traced(b) {
+                        let data = TraceData::Decap {
+                            tunnel: sw_if,
+                            mode: t.mode,
+                            remote: src,
+                            len: (l - 14) as u16,
+                        };
+                        cx.trace(b, data);
+                    }
                     DecapNext::Ip4.into()
                 }
                 Verdict::Reply(o, l) => {

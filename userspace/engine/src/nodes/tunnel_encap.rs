@@ -3,8 +3,10 @@ use std::net::Ipv4Addr;
 use boringtun::noise::TunnResult;
 use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_tables::AdjKind;
+use ferroplane_wire::tcp::{self, TcpPacket};
 
 use crate::node::{Ctx, Node, NodeInfo};
+use crate::trace::TraceData;
 use crate::tunnel::{flow_source_port, TunnelMode, VXLAN_HDR};
 use crate::{node_errors, node_nexts};
 
@@ -26,6 +28,7 @@ node_errors! {
         WgNoSession = (Info, "wg-handshake-sent", "no WireGuard session: packet queued, handshake initiation sent"),
         WgQueued = (Info, "wg-queued", "no WireGuard session yet, handshake in progress: packet queued in the state machine"),
         WgError = (Error, "wg-error", "the WireGuard state machine refused the packet"),
+        MssClamped = (Info, "mss-clamped", "TCP SYN's MSS option lowered to fit the tunnel MTU"),
     }
 }
 
@@ -85,6 +88,24 @@ pub(crate) fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: u16) {
     h[6..8].copy_from_slice(&[0, 0]);
 }
 
+/// Lower the MSS of a TCP SYN (first fragment) in the IPv4 packet `l3` to `max`;
+/// whether it was lowered.
+fn clamp_syn_mss(l3: &mut [u8], max: u16) -> bool {
+    let ihl = usize::from(l3[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([l3[6], l3[7]]) & 0x1fff;
+    if l3[9] != 6 || ihl < 20 || frag != 0 {
+        return false;
+    }
+    let total = usize::from(u16::from_be_bytes([l3[2], l3[3]])).min(l3.len());
+    let Some(seg) = l3.get_mut(ihl..total) else {
+        return false;
+    };
+    let Ok(mut tcp) = TcpPacket::new_checked(seg) else {
+        return false;
+    };
+    tcp.has_flags(tcp::SYN) && tcp.clamp_mss(max).is_some()
+}
+
 impl<M: FrameMemory> Node<M> for TunnelEncap {
     fn info(&self) -> &'static NodeInfo {
         &INFO
@@ -120,6 +141,12 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                 _ => {
                     nexts[i] = cx.drop_with(b, EncapError::NoRoute);
                     continue;
+                }
+            }
+            if tunnels.mss_clamp && adj.mtu > t.mode.overhead() + 40 {
+                let max = adj.mtu - t.mode.overhead() - 40;
+                if clamp_syn_mss(&mut cx.packet(b)[14..], max) {
+                    cx.count(EncapError::MssClamped, 1);
                 }
             }
             let off = m.offset as usize;
@@ -241,6 +268,16 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
             mm.offset = start as u16;
             mm.len = len as u16;
             mm.tx_if = adj.sw_if;
+            if cx.traced(b) {
+                let data = TraceData::Encap {
+                    tunnel: m.tx_if,
+                    mode: t.mode,
+                    local: t.local,
+                    remote: t.remote,
+                    len: len as u16,
+                };
+                cx.trace(b, data);
+            }
             nexts[i] = EncapNext::Output.into();
         }
     }
