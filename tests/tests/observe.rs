@@ -252,6 +252,48 @@ fn metrics_pass_promtool_and_match_ferroctl() {
     let replied = metric(&body, "ferroplane_errors_total", "reason=\"replied\"");
     assert!(replied >= 1, "ARP replies counted");
     assert!(body.contains("ferroplane_xdp_verdicts_total{verdict=\"redirect\"}"));
+    // Control-plane state agrees with ferroctl too.
+    let gauge = |name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in metrics:\n{body}")) as u64
+    };
+    let sessions = agent.ctl_json(&["show", "sessions"]).expect("sessions");
+    assert_eq!(gauge("ferroplane_sessions"), sessions["total"].as_u64().expect("total"));
+    assert_eq!(
+        gauge("ferroplane_sessions_capacity"),
+        sessions["limit"].as_u64().expect("limit")
+    );
+    let services = agent.ctl_json(&["show", "services"]).expect("services");
+    assert_eq!(
+        gauge("ferroplane_service_ports"),
+        services.as_array().expect("array").len() as u64
+    );
+    let policies = agent.ctl_json(&["show", "policies"]).expect("policies");
+    assert_eq!(
+        gauge("ferroplane_network_policies"),
+        policies["policies"].as_u64().expect("policies")
+    );
+    assert_eq!(gauge("ferroplane_bgp_loc_rib_prefixes"), 0, "no BGP configured");
+    assert!(
+        metric(
+            &body,
+            "ferroplane_reconcile_duration_seconds_count",
+            "what=\"publish\""
+        ) >= 1,
+        "the start-up reconcile was timed"
+    );
+    for name in [
+        "ferroplane_services ",
+        "ferroplane_policy_acls ",
+        "ferroplane_reconcile_duration_seconds_bucket{",
+        "# TYPE ferroplane_bgp_peers gauge",
+        "# TYPE ferroplane_tunnel_peer_state gauge",
+    ] {
+        assert!(body.contains(name), "{name} missing:\n{body}");
+    }
 }
 
 /// A bpffs mounted in the host mount namespace (so pins outlive the agent's
@@ -517,4 +559,307 @@ fn trace_of_a_cluster_ip_packet_shows_service_policy_and_route_decisions() {
             && text.trim_end().ends_with("drop: ip4-policy: policy-denied-ingress"),
         "{text}"
     );
+}
+
+/// What the command table checks see: the node, its traffic, names.
+struct Seen {
+    pod0_if: String,
+    pods: Vec<std::net::Ipv4Addr>,
+}
+
+/// One ferroctl command: its arguments, a check of its parsed JSON, and the strings its
+/// table must show.
+struct Case {
+    args: &'static [&'static str],
+    json: fn(&serde_json::Value, &Seen),
+    table: fn(&Seen) -> Vec<String>,
+}
+
+fn num(v: &serde_json::Value, what: &str) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{what}: not a number: {v}"))
+}
+
+fn find<'a>(v: &'a serde_json::Value, key: &str, want: &str) -> &'a serde_json::Value {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .find(|e| e[key] == want)
+        .unwrap_or_else(|| panic!("no entry with {key} = {want:?} in {v}"))
+}
+
+const CASES: &[Case] = &[
+    Case {
+        args: &["show", "interfaces"],
+        json: |v, s| {
+            let pod0 = find(v, "name", &s.pod0_if);
+            assert!(num(&pod0["rx_packets"], "rx_packets") >= 5, "5 pings in: {pod0}");
+            assert!(num(&pod0["rx_bytes"], "rx_bytes") >= 5 * 84, "{pod0}");
+            let up = find(v, "name", Topology::UPLINK_IF);
+            assert!(num(&up["tx_packets"], "tx_packets") >= 5, "5 pings out: {up}");
+            assert!(up["xdp_mode"].is_string(), "{up}");
+            for i in v.as_array().expect("array") {
+                for k in ["sw_if_index", "kind", "mac", "mtu", "drops", "tx_bytes"] {
+                    assert!(!i[k].is_null(), "{k} missing in {i}");
+                }
+            }
+        },
+        table: |s| vec![s.pod0_if.clone(), Topology::UPLINK_IF.into(), "Rx-pkts".into()],
+    },
+    Case {
+        args: &["show", "routes"],
+        json: |v, s| {
+            let r = find(v, "prefix", &format!("{}/32", s.pods[0]));
+            assert_eq!(r["source"], "pod", "{r}");
+            assert_eq!(r["paths"][0]["interface"], s.pod0_if, "{r}");
+            let d = find(v, "prefix", "0.0.0.0/0");
+            assert_eq!(d["paths"][0]["via"], Topology::ROUTER_IP.to_string(), "{d}");
+        },
+        table: |s| vec![format!("{}/32", s.pods[0]), "0.0.0.0/0".into()],
+    },
+    Case {
+        args: &["show", "neighbors"],
+        json: |v, s| {
+            let r = find(v, "ip", &Topology::ROUTER_IP.to_string());
+            assert_eq!(r["state"], "resolved", "the router answered the pings: {r}");
+            assert_eq!(r["interface"], Topology::UPLINK_IF, "{r}");
+            assert_eq!(r["mac"].as_str().map(str::len), Some(17), "{r}");
+            let p = find(v, "ip", &s.pods[0].to_string());
+            assert_eq!(p["interface"], s.pod0_if, "{p}");
+            assert_eq!(p["state"], "resolved", "{p}");
+        },
+        table: |s| {
+            vec![
+                Topology::ROUTER_IP.to_string(),
+                s.pods[0].to_string(),
+                "resolved".into(),
+            ]
+        },
+    },
+    Case {
+        args: &["show", "counters"],
+        json: |v, _| {
+            let l = find(&v["nodes"], "name", "ip4-lookup");
+            assert!(num(&l["packets"], "packets") >= 10, "pings and replies: {l}");
+            assert!(num(&l["calls"], "calls") >= 1, "{l}");
+            assert!(l["clocks_per_packet"].as_f64().is_some_and(|c| c > 0.0), "{l}");
+            assert!(num(&v["worker_count"], "workers") >= 1);
+        },
+        table: |_| vec!["ip4-lookup".into(), "ip4-policy".into(), "ip4-nat".into()],
+    },
+    Case {
+        args: &["show", "errors"],
+        json: |v, _| {
+            let e = v
+                .as_array()
+                .expect("array")
+                .iter()
+                .find(|e| e["reason"] == "policy-denied-ingress")
+                .expect("policy-denied-ingress counter");
+            assert!(num(&e["count"], "count") >= 1, "the denied SYN: {e}");
+            assert_eq!(e["node"], "ip4-policy");
+            assert_eq!(e["severity"], "error");
+        },
+        table: |_| vec!["policy-denied-ingress".into(), "service-sessions".into()],
+    },
+    Case {
+        args: &["show", "xdp"],
+        json: |v, _| {
+            let r = find(&v["verdicts"], "name", "redirect");
+            assert!(num(&r["count"], "redirect") >= 5, "pod traffic redirected: {r}");
+        },
+        table: |_| vec!["redirect".into()],
+    },
+    Case {
+        args: &["show", "services"],
+        json: |v, s| {
+            let web = v
+                .as_array()
+                .expect("array")
+                .iter()
+                .find(|x| x["name"].as_str().is_some_and(|n| n.ends_with("web")))
+                .unwrap_or_else(|| panic!("web in {v}"));
+            assert_eq!(web["port"], 80);
+            assert!(
+                web["frontends"].to_string().contains("10.96.0.10"),
+                "{web}"
+            );
+            assert!(
+                web["backends"][0]["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&s.pods[1].to_string())),
+                "{web}"
+            );
+        },
+        table: |s| vec!["10.96.0.10".into(), s.pods[1].to_string()],
+    },
+    Case {
+        args: &["show", "sessions"],
+        json: |v, s| {
+            assert!(num(&v["total"], "total") >= 1, "{v}");
+            assert!(num(&v["limit"], "limit") > 0, "{v}");
+            let web = v["sessions"]
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .find(|x| x["original"].to_string().contains("10.96.0.10"))
+                .unwrap_or_else(|| panic!("session to web in {v}"));
+            assert!(
+                web["reply"].to_string().contains(&s.pods[1].to_string()),
+                "the reply comes from the backend: {web}"
+            );
+            assert_eq!(web["protocol"], "tcp", "{web}");
+        },
+        table: |s| vec!["10.96.0.10".into(), s.pods[1].to_string()],
+    },
+    Case {
+        args: &["show", "policies"],
+        json: |v, _| {
+            assert_eq!(num(&v["policies"], "policies"), 2, "{v}");
+            let pods = &v["pods"];
+            let web = find(pods, "name", "pod1");
+            let rule = &web["ingress"]["rules"][0];
+            assert_eq!(rule["policy"], "default/web-from-client", "{web}");
+            assert!(num(&rule["hits"], "hits") >= 1, "the allowed SYN: {rule}");
+            let db = find(pods, "name", "pod2");
+            assert!(num(&db["ingress"]["denied"], "denied") >= 1, "the denied SYN: {db}");
+            assert!(find(pods, "name", "pod0")["ingress"].is_null(), "pod0 not isolated");
+        },
+        table: |_| vec!["web-from-client".into(), "db-deny-all".into()],
+    },
+    Case {
+        args: &["show", "tunnels"],
+        json: |v, _| {
+            assert_eq!(v["local_address"], Topology::NODE_IP.to_string(), "{v}");
+            assert_eq!(v["peers"].as_array().map(Vec::len), Some(0), "single node: {v}");
+        },
+        table: |_| vec![format!("address {}", Topology::NODE_IP), "Peer".into()],
+    },
+    Case {
+        args: &["show", "bgp"],
+        json: |v, _| assert_eq!(v["enabled"], false, "no bgp: section: {v}"),
+        table: |_| vec!["BGP is not configured".into()],
+    },
+    Case {
+        args: &["version"],
+        json: |v, _| {
+            assert_eq!(v["api_version"], 1, "{v}");
+            assert!(v["agent_version"].as_str().is_some_and(|s| !s.is_empty()));
+        },
+        table: |_| vec!["ferroctl ".into(), "agent ".into(), "api_version 1".into()],
+    },
+];
+
+#[test]
+fn every_ferroctl_command_shows_a_table_and_json_consistent_with_traffic() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(3).expect("topology");
+    topo.write_spec(&decision_spec(&topo)).expect("spec");
+    let agent = topo.start_agent(&bin_dir()).expect("agent");
+    let ifs = agent.ctl_json(&["show", "interfaces"]).expect("interfaces");
+    let pod0_if = ifs
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|i| {
+            i["pod"]
+                .as_str()
+                .is_some_and(|p| p.contains(&topo.pods[0].ip.to_string()))
+        })
+        .expect("pod0 interface")["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    // Traffic: 5 pings out of the node, one allowed and one denied service connection.
+    ping(&topo.pods[0].ns, Topology::ROUTER_IP, 5).expect("ping");
+    syn(&topo.pods[0].ns, "10.96.0.10:80".parse().expect("addr"));
+    syn(&topo.pods[0].ns, "10.96.0.20:80".parse().expect("addr"));
+    let seen = Seen {
+        pod0_if,
+        pods: topo.pods.iter().map(|p| p.ip).collect(),
+    };
+    for case in CASES {
+        let v = agent
+            .ctl_json(case.args)
+            .unwrap_or_else(|e| panic!("ferroctl {:?} -o json: {e}", case.args));
+        (case.json)(&v, &seen);
+        let text = agent
+            .ctl(case.args)
+            .unwrap_or_else(|e| panic!("ferroctl {:?}: {e}", case.args));
+        for want in (case.table)(&seen) {
+            assert!(
+                text.contains(&want),
+                "ferroctl {:?}: {want:?} missing from the table:\n{text}",
+                case.args
+            );
+        }
+    }
+    // Filters narrow `show sessions` and `show policies`.
+    let v = agent
+        .ctl_json(&["show", "sessions", "--addr", "10.96.0.20"])
+        .expect("sessions --addr");
+    assert!(
+        v["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .all(|s| s.to_string().contains("10.96.0.20")),
+        "{v}"
+    );
+    let v = agent
+        .ctl_json(&["show", "policies", "--pod", "default/pod2"])
+        .expect("policies --pod");
+    assert_eq!(v["pods"].as_array().map(Vec::len), Some(1), "{v}");
+    // `clear counters` zeroes what `show counters` reports.
+    let before = num(
+        &find(
+            &agent.ctl_json(&["show", "counters"]).expect("counters")["nodes"],
+            "name",
+            "ip4-lookup",
+        )["packets"],
+        "packets",
+    );
+    let text = agent.ctl(&["clear", "counters"]).expect("clear counters");
+    assert!(text.contains("counters cleared"), "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let after = num(
+            &find(
+                &agent.ctl_json(&["show", "counters"]).expect("counters")["nodes"],
+                "name",
+                "ip4-lookup",
+            )["packets"],
+            "packets",
+        );
+        if after < before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clear counters: ip4-lookup still at {after} (was {before})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agent_logs_json_lines_when_asked() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(1).expect("topology");
+    let agent = topo
+        .start_agent_with(&bin_dir(), &["--log-format", "json"])
+        .expect("agent");
+    let log = agent.log_tail(50);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the agent logged something");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        assert!(v["fields"].is_object(), "{l}");
+    }
 }

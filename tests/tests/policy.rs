@@ -441,3 +441,92 @@ fn established_connection_survives_policy_change() {
     );
     assert!(agent.ctl(&["show", "policies", "--pod", "q/zz"]).is_err());
 }
+
+/// The `services:`, `endpointSlices:` and `serviceProxy:` sections for one-backend ClusterIP
+/// services: (name, cluster IP, port, backend pod index).
+fn services_yaml(services: &[(&str, &str, u16, usize)]) -> String {
+    let mut y = String::from(
+        "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\nservices:\n",
+    );
+    for (name, vip, port, _) in services {
+        let _ = writeln!(
+            y,
+            "  - metadata: {{ name: {name}, namespace: default }}\n    spec:\n      clusterIP: {vip}\n      ports: [ {{ name: p, protocol: TCP, port: {port}, targetPort: {port} }} ]"
+        );
+    }
+    y.push_str("endpointSlices:\n");
+    for (name, _, port, backend) in services {
+        let ip = scenarios::ip(BASE, *backend);
+        let _ = writeln!(
+            y,
+            "  - metadata: {{ name: {name}-a, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n    addressType: IPv4\n    ports: [ {{ name: p, protocol: TCP, port: {port} }} ]\n    endpoints:\n      - addresses: [{ip}]\n        conditions: {{ ready: true, serving: true, terminating: false }}\n        nodeName: node-1"
+        );
+    }
+    y
+}
+
+/// Policy applies to the backend after service DNAT (the scenario
+/// `egress-to-cluster-ip-backend-allowed-or-denied` through the dataplane), and a pod's own
+/// traffic to itself through its service (hairpin, SNATed to the service address) is not
+/// blocked by its ingress isolation, while other pods' traffic through that service is.
+#[test]
+fn cluster_ip_backends_and_hairpin_under_policy() {
+    if !require_root() {
+        return;
+    }
+    let (xa, xb, ya, yb, yc) = (
+        scenarios::idx("x/a"),
+        scenarios::idx("x/b"),
+        scenarios::idx("y/a"),
+        scenarios::idx("y/b"),
+        scenarios::idx("y/c"),
+    );
+    let topo = Topology::single_node(N).expect("topology");
+    let to_yb = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "to-yb", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+                             "ports": [{"port": 80}]}]}});
+    let deny_x = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-ingress", "namespace": "x"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    let yaml = spec(&topo, &[to_yb, deny_x], &BTreeMap::new(), &BTreeMap::new())
+        + &services_yaml(&[
+            ("to-yb", "10.96.0.50", 80, yb),
+            ("to-yc", "10.96.0.51", 80, yc),
+            ("to-xa", "10.96.0.52", 81, xa),
+        ]);
+    topo.write_spec(&yaml).expect("spec");
+    let agent = topo.start_agent(&bin_dir()).expect("agent start");
+    let stop = AtomicBool::new(false);
+    let p80: BTreeSet<Probe> = [(TCP, 80)].into();
+    let p81: BTreeSet<Probe> = [(TCP, 81)].into();
+    let vip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let from = |i: usize, port: u16, to: &str| {
+        topo.pods[i]
+            .ns
+            .run(|| probe_once((TCP, port), vip(to)) || probe_once((TCP, port), vip(to)))
+            .expect("probe netns")
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| serve(&topo.pods[yb].ns, &p80, &stop));
+        s.spawn(|| serve(&topo.pods[yc].ns, &p80, &stop));
+        s.spawn(|| serve(&topo.pods[xa].ns, &p81, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let got = [
+            from(xa, 80, "10.96.0.50"),
+            from(xa, 80, "10.96.0.51"),
+            from(xb, 80, "10.96.0.51"),
+            from(xa, 81, "10.96.0.52"),
+            from(ya, 81, "10.96.0.52"),
+        ];
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            got,
+            [true, false, true, true, false],
+            "x/a->svc(y/b) allowed, x/a->svc(y/c) denied by egress, x/b->svc(y/c) allowed, \
+             x/a->svc(x/a) hairpin allowed, y/a->svc(x/a) denied by ingress\n{}",
+            agent.log_tail(20)
+        );
+    });
+}

@@ -67,6 +67,13 @@ fn policy_yaml(n: usize) -> String {
     s
 }
 
+/// Remove pod0's interface (and with it the host end of its veth), if any.
+fn unplumb_pod0(topo: &Topology) {
+    if let Some(pod) = topo.pods.first() {
+        let _ = pod.ns.ip(&["link", "del", Topology::POD_IF]);
+    }
+}
+
 /// One N: (kernel runs, ferroplane runs) in packets per second.
 fn one(
     topo: &Topology,
@@ -74,6 +81,7 @@ fn one(
     cfg: &RunConfig,
     n: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    unplumb_pod0(topo);
     let rules = topo.dir().join("iptables.rules");
     std::fs::write(&rules, iptables_rules(n)).context("writing the iptables rules")?;
     topo.node
@@ -88,8 +96,11 @@ fn one(
     let kernel = kernel?;
     flush?;
     topo.write_spec(&format!("{}{}", topo.spec_yaml(), policy_yaml(n)))?;
-    let ferroplane = bench::ferroplane_forward(topo, tools, cfg, &ferroplane_e2e::bin_dir())?;
-    Ok((kernel, ferroplane))
+    let ferroplane = bench::ferroplane_forward(topo, tools, cfg, &ferroplane_e2e::bin_dir());
+    // The agent leaves pod0 plumbed when it stops (pods outlive agent restarts); the next
+    // N's kernel half plumbs pod0 itself.
+    unplumb_pod0(topo);
+    Ok((kernel, ferroplane?))
 }
 
 /// `cargo xtask bench policy`.

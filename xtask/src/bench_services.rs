@@ -166,9 +166,14 @@ fn services_yaml(n: usize, pods: &[Ipv4Addr], conntrack_max: usize) -> String {
 /// trafgen's packet for run `run` against `n` services: every packet a new flow (source
 /// address and port incremented, destination cycling over the VIPs).
 fn trafgen_conf(dst_mac: &str, src_mac: &str, n: usize, run: usize) -> String {
-    let base = VIP_BASE;
+    // trafgen refuses dinc(min, max) with min == max: one service is a fixed address.
+    let daddr = if n > 1 {
+        format!("daddr={VIP_BASE}, daddr[2:2]=dinc(1, {n})")
+    } else {
+        format!("daddr={}", vip(0))
+    };
     format!(
-        "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.{}.0.0, saddr[2:2]=dinc(0, 65535), daddr={base}, daddr[2:2]=dinc(1, {n}), ttl=64), udp(sp=dinc(1025, 65535), dp={SVC_PORT}), fill(0x41,18) }}\n",
+        "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.{}.0.0, saddr[2:2]=dinc(0, 65535), {daddr}, ttl=64), udp(sp=dinc(1025, 65535), dp={SVC_PORT}), fill(0x41,18) }}\n",
         16 + (run % 16)
     )
 }
@@ -515,6 +520,8 @@ mod tests {
         let c = trafgen_conf("02:00:00:00:00:02", "02:00:00:00:00:01", 3, 1);
         assert!(c.contains("daddr=10.96.0.0, daddr[2:2]=dinc(1, 3)"), "{c}");
         assert!(c.contains("saddr=172.17.0.0"), "{c}");
+        let one = trafgen_conf("02:00:00:00:00:02", "02:00:00:00:00:01", 1, 0);
+        assert!(one.contains("daddr=10.96.0.1, ttl"), "{one}");
         assert_eq!(vip(9_999), Ipv4Addr::new(10, 96, 39, 16));
     }
 

@@ -2,13 +2,66 @@
 //! on a fabric bridge, one agent per node, pods reaching pods on other nodes in the chosen
 //! overlay mode (default VXLAN: it works on any fabric, routed or not, and is what flannel
 //! users run; `--mode direct` needs the nodes on one L2 segment, as here).
+//!
+//! The nodes' specs list each other without `podCIDR`: every node learns the others' pod
+//! CIDRs over an iBGP full mesh (issue 6), next hops resolved to the overlay's tunnels.
+//! The first check waits for every session to be Established and every pod CIDR to be
+//! in every engine FIB with source `bgp`.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use ferroplane_e2e::cluster::{Cluster, OverlayMode};
+use anyhow::{bail, Result};
+use ferroplane_e2e::cluster::{Cluster, ClusterBgp, OverlayMode};
 use ferroplane_e2e::{ping, tcp_transfer};
+
+/// How long the BGP check waits for the full mesh to converge.
+const BGP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until every node has an Established session with every other node and the
+/// other nodes' pod CIDRs in its engine FIB with source `bgp`.
+fn bgp_converged(c: &Cluster) -> Result<String> {
+    let t = Instant::now();
+    let n = c.nodes.len();
+    loop {
+        let mut missing = Vec::new();
+        let (mut sessions, mut learnt) = (0, 0);
+        for (i, node) in c.nodes.iter().enumerate() {
+            let r = c.agent(i).ctl_json(&["show", "bgp"])?;
+            let peers = r["peers"].as_array().cloned().unwrap_or_default();
+            let up = peers
+                .iter()
+                .filter(|p| p["state"] == "Established")
+                .count();
+            sessions += up;
+            if up < n - 1 {
+                missing.push(format!("{}: {up}/{} sessions Established", node.name, n - 1));
+            }
+            let routes = c.agent(i).ctl_json(&["show", "routes"])?;
+            for o in c.nodes.iter().filter(|o| o.index != node.index) {
+                let ok = routes.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|r| r["prefix"] == o.pod_cidr.as_str() && r["source"] == "bgp")
+                });
+                if ok {
+                    learnt += 1;
+                } else {
+                    missing.push(format!("{}: no bgp route to {}", node.name, o.pod_cidr));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(format!(
+                "{sessions} sessions Established, {learnt} pod CIDRs learnt (source bgp), converged in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        if t.elapsed() > BGP_TIMEOUT {
+            bail!("not converged after {BGP_TIMEOUT:?}: {}", missing.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// Bytes of the byte-checked transfer across nodes.
 const TRANSFER_BYTES: u64 = 10 * 1024 * 1024;
@@ -21,6 +74,8 @@ pub fn run(nodes: u8, mode: OverlayMode) -> Result<(Cluster, usize)> {
         mode.as_str()
     );
     let mut c = Cluster::new(nodes, 2, mode)?;
+    // Remote pod CIDRs come from BGP only (the specs list the other nodes without them).
+    c.bgp = Some(ClusterBgp::default());
     c.start(&ferroplane_e2e::bin_dir())?;
     let mut out = String::new();
     let mut failed = 0;
@@ -37,6 +92,14 @@ pub fn run(nodes: u8, mode: OverlayMode) -> Result<(Cluster, usize)> {
         }
     };
     let n = c.nodes.len();
+    if n >= 2 {
+        let t = Instant::now();
+        record(
+            format!("bgp full mesh of {n} nodes (no pod CIDR in the specs)"),
+            bgp_converged(&c),
+            t,
+        );
+    }
     for i in 0..n {
         let (a, b) = (&c.nodes[i], &c.nodes[(i + 1) % n]);
         if std::ptr::eq(a, b) {
@@ -88,10 +151,19 @@ pub fn run(nodes: u8, mode: OverlayMode) -> Result<(Cluster, usize)> {
         }
         Err(e) => println!("  (ferroctl failed: {e})"),
     }
+    println!("\nferroctl show bgp on {}:", c.nodes[0].name);
+    match c.agent(0).ctl(&["show", "bgp"]) {
+        Ok(t) => {
+            for l in t.lines() {
+                println!("  {l}");
+            }
+        }
+        Err(e) => println!("  (ferroctl failed: {e})"),
+    }
     println!("\nwhere to look:");
     for node in &c.nodes {
         println!(
-            "  {} --socket {} show tunnels   # {} (netns {})",
+            "  {} --socket {} show tunnels|bgp|routes   # {} (netns {})",
             c.agent(0).ctl_bin().display(),
             node.api_socket.display(),
             node.name,

@@ -34,8 +34,8 @@ pub struct AgentView {
     pub info: GraphInfo,
     /// The BPF side.
     pub bpf: Arc<Mutex<Dataplane>>,
-    /// The overlay (remote nodes, tunnels).
-    pub overlay: Arc<crate::overlay::Overlay>,
+    /// The overlay (remote nodes, tunnels); replaced when nodes join or leave.
+    pub overlay: Arc<std::sync::RwLock<Arc<crate::overlay::Overlay>>>,
     /// The BGP speaker, when `bgp:` is configured.
     pub bgp: Option<Arc<ferroplane_bgp::Speaker>>,
     /// The workers' session tables.
@@ -270,11 +270,19 @@ impl Handler for AgentView {
                 Ok(Value::Null)
             }
             Request::CaptureTake => json(crate::observe::capture_take(&self.controls)?),
-            Request::ShowTunnels => json(self.overlay.report(&self.shared.load())),
+            Request::ShowTunnels => {
+                // A poisoned lock still holds a complete overlay.
+                let overlay = match self.overlay.read() {
+                    Ok(o) => o.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                json(overlay.report(&self.shared.load()))
+            }
             Request::ShowBgp => json(crate::bgp::report(self.bgp.as_deref())),
             Request::ShowBgpRoutes => json(crate::bgp::routes_report(self.bgp.as_deref())),
             Request::ShowServices => json(crate::services::services_report(&self.services)),
             Request::ShowPolicies { pod } => json(crate::policy::report(pod.as_deref())?),
+            Request::ShowNeighbors => json(crate::observe::neighbors(&self.shared.load())),
             Request::ShowSessions { filter } => {
                 json(crate::services::sessions_report(&self.sessions, filter)?)
             }

@@ -50,6 +50,47 @@ pub struct Engine {
 
 const ANSWER: Duration = Duration::from_secs(5);
 
+/// Opens AF_XDP ports on the worker from any thread (see [`Engine::port_opener`]).
+#[derive(Clone)]
+pub struct PortOpener {
+    commands: Sender<Command<XskIo>>,
+}
+
+impl std::fmt::Debug for PortOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortOpener").finish_non_exhaustive()
+    }
+}
+
+impl PortOpener {
+    /// [`Engine::add_port`], blocking the calling thread until the worker has done it.
+    pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
+        let name = ifname.to_string();
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Box::new(move |io: &mut XskIo| {
+                let _ = tx.send(io.add_port(&name, 0));
+            }))
+            .map_err(|_| EngineError::Gone)?;
+        Ok(rx
+            .recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))??)
+    }
+
+    /// [`Engine::remove_port`] from any thread.
+    pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Box::new(move |io: &mut XskIo| {
+                let _ = tx.send(io.remove_port(port));
+            }))
+            .map_err(|_| EngineError::Gone)?;
+        Ok(rx
+            .recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))??)
+    }
+}
+
 impl Engine {
     /// Start the worker thread with an AF_XDP backend; punted packets go to `punt`.
     pub fn start(cfg: XskConfig, punt: Option<TunDevice>) -> Result<Engine, EngineError> {
@@ -132,6 +173,14 @@ impl Engine {
     pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
         let name = ifname.to_string();
         Ok(self.exec(move |io| io.add_port(&name, 0))??)
+    }
+
+    /// A handle that opens ports from another thread (the warm pod pool), so the caller's
+    /// thread is not the one waiting for the kernel.
+    pub fn port_opener(&self) -> PortOpener {
+        PortOpener {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Close a port.

@@ -14,7 +14,8 @@ use ferroplane_agent::config::{NodeSpec, PodSpec, XdpMode};
 use ferroplane_agent::engine::Engine;
 use ferroplane_agent::health::{self, Health};
 use ferroplane_agent::ipam::Ipam;
-use ferroplane_agent::netlink::{Plumber, POD_GATEWAY};
+use ferroplane_agent::engine::PortOpener;
+use ferroplane_agent::netlink::{Plumber, SpareLink, POD_GATEWAY};
 use ferroplane_agent::state::{NodeState, PodState, UplinkState};
 use ferroplane_agent::timing::Phases;
 use ferroplane_api::ApiServer;
@@ -67,6 +68,10 @@ struct Args {
     /// Kubeconfig for Kubernetes mode (default: $KUBECONFIG, then in-cluster).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// With `--cni-socket`: spare pod veths kept ready (AF_XDP socket open, XDP attached),
+    /// so a CNI ADD does not wait for the kernel's AF_XDP setup; 0 disables the pool.
+    #[arg(long, default_value_t = 4)]
+    warm_pods: usize,
 }
 
 fn main() -> Result<()> {
@@ -94,6 +99,78 @@ struct Agent {
     engine: Engine,
     state: NodeState,
     attach: AttachMode,
+    /// The warm pool: spare veth pairs with their AF_XDP port open and XDP attached.
+    spares: Vec<Spare>,
+}
+
+/// A spare veth pair of the warm pool, ready to become a pod's (see
+/// [`Plumber::adopt_spare`]): opening an AF_XDP socket on a shared UMEM costs the kernel
+/// time proportional to the UMEM's size, so it is done before the CNI ADD that needs it.
+#[derive(Debug)]
+struct Spare {
+    link: SpareLink,
+    port: u16,
+    mode: String,
+}
+
+/// Creates one spare for the warm pool: veth pair, AF_XDP port (opened on the worker while
+/// this task's caller keeps serving), `xsks`/`ifaces` entries, XDP attached. Undoes what it
+/// did on error.
+async fn make_spare(
+    plumber: Plumber,
+    opener: PortOpener,
+    bpf: Arc<Mutex<Dataplane>>,
+    attach: AttachMode,
+    seq: u32,
+    mtu: u32,
+) -> Result<Spare> {
+    let link = plumber
+        .create_spare(seq, mtu)
+        .await
+        .context("creating a spare veth pair")?;
+    let name = link.host_ifname.clone();
+    let opened = {
+        let opener = opener.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || opener.add_port(&name)).await
+    };
+    let (port, fd) = match opened {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            let _ = plumber.delete_spare(&link).await;
+            return Err(e).with_context(|| format!("opening an AF_XDP socket on {name}"));
+        }
+        Err(e) => {
+            let _ = plumber.delete_spare(&link).await;
+            bail!("AF_XDP socket task for {name}: {e}");
+        }
+    };
+    let slot = u32::from(port);
+    let plugged = (|| -> Result<String> {
+        let mut bpf = bpf
+            .lock()
+            .map_err(|_| anyhow::anyhow!("BPF state lock poisoned"))?;
+        bpf.set_xsk(slot, fd)
+            .with_context(|| format!("XSKMAP slot {slot} for {name}"))?;
+        bpf.set_iface(link.host_ifindex, FpIface::pod(slot))
+            .with_context(|| format!("ifaces map entry for {name}"))?;
+        let mode = bpf
+            .attach(XdpProg::Pod, &name, attach)
+            .with_context(|| format!("attaching {} to {name}", XdpProg::Pod))?;
+        Ok(mode.name().to_string())
+    })();
+    match plugged {
+        Ok(mode) => Ok(Spare { link, port, mode }),
+        Err(e) => {
+            if let Ok(mut bpf) = bpf.lock() {
+                let _ = bpf.clear_xsk(slot);
+                let _ = bpf.remove_iface(link.host_ifindex);
+            }
+            let _ = tokio::task::spawn_blocking(move || opener.remove_port(port)).await;
+            let _ = plumber.delete_spare(&link).await;
+            Err(e)
+        }
+    }
 }
 
 impl Agent {
@@ -141,26 +218,136 @@ impl Agent {
         Ok((port, mode.name().to_string()))
     }
 
-    /// Plumbs and plugs a pod; returns where the time went.
-    async fn add_pod(&mut self, pod: &PodSpec) -> Result<Phases> {
-        let mtu = self.state.spec.node.pod_mtu_or(u32::from(
+    /// Rebuilds the overlay after `cluster.nodes` changed (a Node joined or left): routes
+    /// and tunnels for the new set (the kept peers' tunnels untouched), steering for new
+    /// decapsulation ports, next hops resolved. The caller publishes.
+    async fn apply_cluster(
+        &mut self,
+        view: &std::sync::RwLock<Arc<ferroplane_agent::overlay::Overlay>>,
+    ) -> Result<()> {
+        let next = Arc::new(
+            ferroplane_agent::overlay::Overlay::from_spec_after(
+                &self.state.spec,
+                self.state.spec.cluster.as_ref(),
+                Some(&self.state.overlay),
+            )
+            .context("rebuilding the overlay (cluster nodes changed)")?,
+        );
+        {
+            let mut bpf = self.bpf()?;
+            let (ipip, vxlan, wg) = next.decap_ports();
+            let steer = ipip
+                .then_some((4u8, 0u16))
+                .into_iter()
+                .chain(vxlan.map(|p| (17, p)))
+                .chain(wg.map(|p| (17, p)));
+            for (proto, port) in steer {
+                bpf.add_tunnel4(proto, port)
+                    .with_context(|| format!("tunnel4: protocol {proto} port {port}"))?;
+            }
+        }
+        info!(
+            routes = next.routes().len(),
+            "cluster nodes changed: overlay rebuilt"
+        );
+        self.state.overlay = next.clone();
+        match view.write() {
+            Ok(mut v) => *v = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        for hop in self.state.uplink_next_hops() {
+            if !self.state.neighbours.contains_key(&hop) {
+                self.resolve(hop).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pods' MTU: the spec's, else the uplink's minus the overlay overhead.
+    fn pod_mtu(&self) -> u32 {
+        self.state.spec.node.pod_mtu_or(u32::from(
             self.state
                 .uplink
                 .mtu
                 .saturating_sub(self.state.overlay.overhead()),
-        ));
-        let link = self
+        ))
+    }
+
+    /// Undoes a spare: XDP, map entries, AF_XDP port, veth pair.
+    async fn discard_spare(&mut self, spare: Spare) {
+        if let Ok(mut bpf) = self.bpf() {
+            let _ = bpf.clear_xsk(u32::from(spare.port));
+            let _ = bpf.remove_iface(spare.link.host_ifindex);
+            let _ = bpf.detach(&spare.link.host_ifname);
+        }
+        if let Err(e) = self.engine.remove_port(spare.port) {
+            warn!(spare = %spare.link.host_ifname, "closing a spare's AF_XDP port: {e}");
+        }
+        if let Err(e) = self.plumber.delete_spare(&spare.link).await {
+            warn!(spare = %spare.link.host_ifname, "deleting a spare veth pair: {e}");
+        }
+    }
+
+    /// Plumbs `pod` with a spare of the warm pool if there is one and the pod has no veth
+    /// yet (a restart's reuse goes through [`Plumber::create_pod`]). `None`: plumb cold.
+    async fn adopt_spare(
+        &mut self,
+        pod: &PodSpec,
+        mtu: u32,
+    ) -> Result<Option<(ferroplane_agent::netlink::PodLink, u16, String)>> {
+        if self.spares.is_empty() {
+            return Ok(None);
+        }
+        let host_name = ferroplane_agent::netlink::host_ifname(&pod.namespace, &pod.name);
+        if self.plumber.link_exists(&host_name).await? {
+            return Ok(None);
+        }
+        let spare = self.spares.remove(0);
+        match self
             .plumber
-            .create_pod(pod, mtu, POD_GATEWAY)
+            .adopt_spare(&spare.link, pod, mtu, POD_GATEWAY)
             .await
-            .with_context(|| format!("plumbing pod {}", pod.key()))?;
-        let mut phases = link.phases.clone();
-        let (port, mode) = self.plug_timed(
-            &link.host_ifname,
-            link.host_ifindex,
-            XdpProg::Pod,
-            &mut phases,
-        )?;
+        {
+            Ok(link) => {
+                self.bpf()?
+                    .rename_attached(&spare.link.host_ifname, &link.host_ifname)
+                    .context("renaming the XDP attachment")?;
+                Ok(Some((link, spare.port, spare.mode)))
+            }
+            Err(e) => {
+                warn!(pod = %pod.key(), spare = %spare.link.host_ifname, "adopting a spare veth failed, plumbing cold: {e}");
+                self.discard_spare(spare).await;
+                // The half-moved peer may hold the pod's interface name: remove it.
+                let _ = self.plumber.delete_pod(pod).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Plumbs and plugs a pod; returns where the time went.
+    async fn add_pod(&mut self, pod: &PodSpec) -> Result<Phases> {
+        let mtu = self.pod_mtu();
+        let (link, port, mode, phases) = match self.adopt_spare(pod, mtu).await? {
+            Some((link, port, mode)) => {
+                let phases = link.phases.clone();
+                (link, port, mode, phases)
+            }
+            None => {
+                let link = self
+                    .plumber
+                    .create_pod(pod, mtu, POD_GATEWAY)
+                    .await
+                    .with_context(|| format!("plumbing pod {}", pod.key()))?;
+                let mut phases = link.phases.clone();
+                let (port, mode) = self.plug_timed(
+                    &link.host_ifname,
+                    link.host_ifindex,
+                    XdpProg::Pod,
+                    &mut phases,
+                )?;
+                (link, port, mode, phases)
+            }
+        };
         let sw_if = self.state.free_sw_if();
         self.state.pods.insert(
             pod.key(),
@@ -266,6 +453,7 @@ impl Agent {
     }
 
     fn publish(&self) -> Result<()> {
+        let _timer = ferroplane_agent::metrics::ReconcileTimer::start("publish");
         let snap = self.state.snapshot().context("building the FIB")?;
         self.engine.shared.publish(snap);
         let mut bpf = self.bpf()?;
@@ -392,9 +580,17 @@ async fn run(args: Args) -> Result<()> {
             overlay: overlay.clone(),
             bgp_routes: BTreeMap::new(),
             services: Default::default(),
+            k8s_pods: Vec::new(),
         },
         attach,
+        spares: Vec::new(),
     };
+    // Spare pairs of a previous run that was killed.
+    match agent.plumber.delete_spares().await {
+        Ok(0) => {}
+        Ok(n) => info!(deleted = n, "stale spare veth pairs of a previous run removed"),
+        Err(e) => warn!("removing stale spare veth pairs: {e}"),
+    }
     agent.publish()?;
 
     // Steering: pod CIDR to the engine, the node's own addresses to the kernel.
@@ -440,13 +636,14 @@ async fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let overlay_view = Arc::new(std::sync::RwLock::new(overlay.clone()));
     let view = AgentView {
         shared: agent.engine.shared.clone(),
         workers: vec![agent.engine.stats.clone()],
         controls: vec![agent.engine.control.clone()],
         info: agent.engine.info.clone(),
         bpf: agent.bpf.clone(),
-        overlay: overlay.clone(),
+        overlay: overlay_view.clone(),
         bgp: bgp.as_ref().map(|b| b.speaker.clone()),
         sessions: agent.engine.sessions.iter().cloned().collect(),
         services: agent.state.services.clone(),
@@ -497,7 +694,9 @@ async fn run(args: Args) -> Result<()> {
     // Kubernetes: watchers, this node's annotations; ready once every watcher has listed.
     let mut k8s_source = match &kube {
         Some(b) => {
-            let wg_key = match spec.cluster.as_ref().filter(|c| c.uses_wireguard()) {
+            let wg_key = match spec.cluster.as_ref().filter(|c| {
+                c.uses_wireguard() || c.mode == ferroplane_agent::cluster::Mode::Wireguard
+            }) {
                 Some(c) => {
                     let (private, _) = ferroplane_agent::overlay::load_or_create_key(
                         &c.wireguard.private_key_file,
@@ -553,20 +752,65 @@ async fn run(args: Args) -> Result<()> {
     let mut spec_watch =
         (!args.k8s).then(|| ferroplane_agent::services::SpecWatch::new(&args.config));
     // WireGuard handshake retries, rekeys and keepalives leave through the kernel.
-    let wg_sock = if overlay.has_wireguard() {
+    let open_wg_sock = |overlay: &ferroplane_agent::overlay::Overlay| -> Result<std::net::UdpSocket> {
         let addr = std::net::SocketAddrV4::new(spec.node.address.addr, overlay.wg_port());
         let s = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("WireGuard timer socket {addr}"))?;
         s.set_nonblocking(true).context("WireGuard timer socket")?;
-        Some(s)
+        Ok(s)
+    };
+    let mut wg_sock = if overlay.has_wireguard() {
+        Some(open_wg_sock(&overlay)?)
     } else {
         None
     };
+    // The warm pool (CNI only): one spare in the making at a time, in its own task, so the
+    // main loop keeps serving while the kernel sets the AF_XDP socket up.
+    let warm_target = if args.cni_socket.is_some() {
+        args.warm_pods
+    } else {
+        0
+    };
+    let (spare_tx, mut spare_rx) = tokio::sync::mpsc::channel::<Result<Spare>>(1);
+    let mut spare_pending = false;
+    let mut spare_seq = 0u32;
+    let mut spare_retry = tokio::time::Instant::now();
     loop {
+        if !spare_pending
+            && agent.spares.len() < warm_target
+            && tokio::time::Instant::now() >= spare_retry
+        {
+            spare_pending = true;
+            spare_seq = spare_seq.wrapping_add(1);
+            let task = make_spare(
+                agent.plumber.clone(),
+                agent.engine.port_opener(),
+                agent.bpf.clone(),
+                agent.attach,
+                spare_seq,
+                agent.pod_mtu(),
+            );
+            let tx = spare_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(task.await).await;
+            });
+        }
         tokio::select! {
+            biased;
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             Some(op) = pod_ops.recv() => agent.pod_op(op).await,
+            Some(made) = spare_rx.recv() => {
+                spare_pending = false;
+                match made {
+                    Ok(spare) => agent.spares.push(spare),
+                    Err(e) => {
+                        warn!("warm pool: {e:#}; retrying in 5 s");
+                        spare_retry = tokio::time::Instant::now() + Duration::from_secs(5);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(spare_retry), if !spare_pending && agent.spares.len() < warm_target => {}
             Ok(()) = async {
                 match k8s_source.as_mut() {
                     Some(s) => s.desired.changed().await,
@@ -577,10 +821,32 @@ async fn run(args: Args) -> Result<()> {
                     let desired = src.desired.borrow().clone();
                     let mut next = agent.state.spec.clone();
                     desired.apply_to(&mut next);
+                    // Pods (policy peers, labels of CNI-plumbed pods) for the policy compiler.
+                    let k8s_pods = desired.policy_pods(&next.node.name);
+                    if k8s_pods != agent.state.k8s_pods {
+                        agent.state.k8s_pods = k8s_pods;
+                        if next == agent.state.spec {
+                            if let Err(e) = agent.publish() {
+                                warn!("applying the Kubernetes pods to network policy: {e:#}");
+                            }
+                        }
+                    }
                     if next != agent.state.spec {
                         match next.validate() {
                             Ok(()) => {
+                                let cluster_changed = next.cluster != agent.state.spec.cluster;
                                 agent.state.spec = next;
+                                if cluster_changed {
+                                    if let Err(e) = agent.apply_cluster(&overlay_view).await {
+                                        warn!("{e:#}");
+                                    }
+                                    if wg_sock.is_none() && agent.state.overlay.has_wireguard() {
+                                        match open_wg_sock(&agent.state.overlay) {
+                                            Ok(s) => wg_sock = Some(s),
+                                            Err(e) => warn!("{e:#}"),
+                                        }
+                                    }
+                                }
                                 if let Err(e) = agent.publish() {
                                     warn!("applying the Kubernetes desired state: {e:#}");
                                 }
@@ -623,7 +889,7 @@ async fn run(args: Args) -> Result<()> {
                     agent.resolve(*ip).await;
                 }
                 if let Some(s) = &wg_sock {
-                    overlay.tick(s);
+                    agent.state.overlay.tick(s);
                 }
                 if let Some(b) = bgp.as_mut() {
                     let changes = b.poll().await;
@@ -651,6 +917,9 @@ async fn run(args: Args) -> Result<()> {
         b.stop().await;
     }
     drop(server);
+    for spare in std::mem::take(&mut agent.spares) {
+        agent.discard_spare(spare).await;
+    }
     agent.engine.stop();
     let mut bpf = agent.bpf()?;
     for (ifname, _, _) in bpf.attached() {

@@ -12,6 +12,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::api::AgentView;
@@ -35,6 +36,60 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     let g = Gauge::<i64>::default();
     g.set(v);
     reg.register(name, help, g);
+}
+
+fn gauge_family(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Labels, i64)>,
+) {
+    let fam = Family::<Labels, Gauge>::default();
+    for (labels, v) in values {
+        fam.get_or_create(&labels).inc_by(v);
+    }
+    reg.register(name, help, fam);
+}
+
+type Durations = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Durations of the agent's reconciles, by what was reconciled (lives as long as the agent).
+fn reconciles() -> &'static Durations {
+    static R: std::sync::OnceLock<Durations> = std::sync::OnceLock::new();
+    R.get_or_init(|| {
+        Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 4.0, 10)))
+    })
+}
+
+/// Record one reconcile of `what` (e.g. `publish`: desired state to engine tables and BPF
+/// steering) that took `elapsed`.
+pub fn observe_reconcile(what: &str, elapsed: Duration) {
+    reconciles()
+        .get_or_create(&l(&[("what", what)]))
+        .observe(elapsed.as_secs_f64());
+}
+
+/// Times a reconcile: records its duration when dropped.
+#[derive(Debug)]
+pub struct ReconcileTimer {
+    what: &'static str,
+    start: std::time::Instant,
+}
+
+impl ReconcileTimer {
+    /// Start timing a reconcile of `what`.
+    pub fn start(what: &'static str) -> ReconcileTimer {
+        ReconcileTimer {
+            what,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        observe_reconcile(self.what, self.start.elapsed());
+    }
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -174,11 +229,162 @@ pub fn render(view: &AgentView) -> String {
         "Version of the tables the engine runs",
         snap.version as i64,
     );
+    control_plane(&mut reg, view, &snap);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();
     }
     to_prometheus_text(&out)
+}
+
+/// Sessions, services, policies, BGP, tunnels and reconcile durations.
+fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine::Snapshot) {
+    let (mut used, mut capacity) = (0usize, 0usize);
+    for t in &view.sessions {
+        let ct = match t.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        used += ct.len();
+        capacity += ct.limit();
+    }
+    gauge(
+        reg,
+        "sessions",
+        "Connection tracking / NAT sessions in use (all workers)",
+        used as i64,
+    );
+    gauge(
+        reg,
+        "sessions_capacity",
+        "Connection tracking / NAT sessions the workers can hold",
+        capacity as i64,
+    );
+    let ports = snap.services.ports();
+    let names: std::collections::BTreeSet<&str> =
+        ports.iter().map(|p| p.def.service.as_str()).collect();
+    gauge(
+        reg,
+        "services",
+        "Services programmed in the engine",
+        names.len() as i64,
+    );
+    gauge(
+        reg,
+        "service_ports",
+        "Service ports programmed in the engine",
+        ports.len() as i64,
+    );
+    gauge(
+        reg,
+        "service_frontends",
+        "Service frontends (cluster IP, NodePort, external and load-balancer addresses)",
+        snap.services.frontends().count() as i64,
+    );
+    {
+        let c = crate::policy::compiler();
+        let c = match c.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        gauge(
+            reg,
+            "network_policies",
+            "NetworkPolicies known to the policy compiler",
+            c.policy_count() as i64,
+        );
+        gauge(
+            reg,
+            "policy_acls",
+            "Distinct compiled ACLs (shared by pods with the same effective policy)",
+            c.acl_count() as i64,
+        );
+    }
+    gauge(
+        reg,
+        "policy_isolated_pods",
+        "Pods isolated by a NetworkPolicy in the engine's tables",
+        snap.policy.len() as i64,
+    );
+
+    let bgp = crate::bgp::report(view.bgp.as_deref());
+    let mut by_state: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for p in &bgp.peers {
+        *by_state.entry(p.state.clone()).or_default() += 1;
+    }
+    gauge_family(
+        reg,
+        "bgp_peers",
+        "BGP peers by session state",
+        by_state.into_iter().map(|(s, n)| (l(&[("state", &s)]), n)),
+    );
+    gauge_family(
+        reg,
+        "bgp_peer_up",
+        "1 when the BGP session with the peer is Established",
+        bgp.peers.iter().map(|p| {
+            (
+                l(&[("peer", &p.address)]),
+                i64::from(p.state.eq_ignore_ascii_case("established")),
+            )
+        }),
+    );
+    gauge_family(
+        reg,
+        "bgp_peer_prefixes",
+        "Prefixes per BGP peer: received, accepted (after policy) and advertised",
+        bgp.peers.iter().flat_map(|p| {
+            [
+                ("received", p.received),
+                ("accepted", p.accepted),
+                ("advertised", p.advertised),
+            ]
+            .into_iter()
+            .map(|(d, n)| (l(&[("peer", &p.address), ("direction", d)]), n as i64))
+        }),
+    );
+    gauge(
+        reg,
+        "bgp_loc_rib_prefixes",
+        "Prefixes in the BGP Loc-RIB",
+        bgp.loc_rib as i64,
+    );
+
+    let tunnels = view.overlay.report(snap);
+    gauge_family(
+        reg,
+        "tunnel_peer_state",
+        "Overlay peers: 1 for the peer's current state (up, handshaking, expired)",
+        tunnels.peers.iter().map(|p| {
+            (
+                l(&[("peer", &p.name), ("mode", &p.mode), ("state", &p.state)]),
+                1,
+            )
+        }),
+    );
+    counter_family(
+        reg,
+        "tunnel_rx_packets",
+        "Inner packets received from the overlay peer",
+        tunnels
+            .peers
+            .iter()
+            .map(|p| (l(&[("peer", &p.name), ("mode", &p.mode)]), p.rx_packets)),
+    );
+    counter_family(
+        reg,
+        "tunnel_tx_packets",
+        "Inner packets sent to the overlay peer",
+        tunnels
+            .peers
+            .iter()
+            .map(|p| (l(&[("peer", &p.name), ("mode", &p.mode)]), p.tx_packets)),
+    );
+    reg.register(
+        "reconcile_duration_seconds",
+        "Time the agent took to turn its desired state into engine tables and BPF steering",
+        reconciles().clone(),
+    );
 }
 
 /// OpenMetrics (what prometheus-client writes) to the Prometheus 0.0.4 text

@@ -145,6 +145,27 @@ pub struct PodLink {
     pub phases: crate::timing::Phases,
 }
 
+/// Name prefix of spare veth pairs (the warm pool of [`Plumber::create_spare`]).
+pub const SPARE_PREFIX: &str = "fpsp";
+
+/// Host and peer names of spare pair `seq`: `fpsp` / `fpsq` + 8 hex digits.
+pub fn spare_ifnames(seq: u32) -> (String, String) {
+    (format!("{SPARE_PREFIX}{seq:08x}"), format!("fpsq{seq:08x}"))
+}
+
+/// A spare veth pair, both ends down in the agent's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareLink {
+    /// Host-side name (until adopted).
+    pub host_ifname: String,
+    /// Host-side index (kept when adopted).
+    pub host_ifindex: u32,
+    /// Host-side MAC.
+    pub host_mac: [u8; 6],
+    /// Peer index (in the agent's namespace until adopted).
+    pub peer_ifindex: u32,
+}
+
 /// A neighbour cache state (NUD_*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NeighbourState {
@@ -633,33 +654,8 @@ impl Plumber {
         phases.push("pod_side", inside);
         phases.skip();
 
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(host.index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .ctx(|| format!("{key}: setting {host_name} mtu {mtu} up"))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(pod.ip, 32)
-            .output_interface(host.index)
-            .scope(RouteScope::Link)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .ctx(|| format!("{key}: route {}/32 dev {host_name}", pod.ip))?;
-        self.handle
-            .neighbours()
-            .add(host.index, IpAddr::V4(pod.ip))
-            .link_layer_address(&pod_mac)
-            .state(NlNeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .ctx(|| format!("{key}: neighbour {} on {host_name}", pod.ip))?;
+        self.host_side(pod, host.index, &host_name, mtu, pod_mac)
+            .await?;
         phases.mark("host_side");
 
         Ok(PodLink {
@@ -671,6 +667,187 @@ impl Plumber {
             reused,
             phases,
         })
+    }
+
+    /// The agent-namespace half of a plumbed pod: host veth MTU and up, `ip/32` route and a
+    /// permanent neighbour entry for the pod's MAC.
+    async fn host_side(
+        &self,
+        pod: &PodSpec,
+        index: u32,
+        host_name: &str,
+        mtu: u32,
+        pod_mac: [u8; 6],
+    ) -> Result<()> {
+        let key = pod.key();
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .ctx(|| format!("{key}: setting {host_name} mtu {mtu} up"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(pod.ip, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .ctx(|| format!("{key}: route {}/32 dev {host_name}", pod.ip))?;
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(pod.ip))
+            .link_layer_address(&pod_mac)
+            .state(NlNeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .ctx(|| format!("{key}: neighbour {} on {host_name}", pod.ip))?;
+        Ok(())
+    }
+
+    /// Whether an interface of that name exists in the agent's namespace.
+    pub async fn link_exists(&self, name: &str) -> Result<bool> {
+        Ok(link_by_name(&self.handle, name).await?.is_some())
+    }
+
+    /// Creates a spare veth pair for the warm pool: both ends in the agent's namespace,
+    /// down, named [`spare_ifnames`]`(seq)`, with `mtu`. A stale pair of that name is
+    /// replaced.
+    pub async fn create_spare(&self, seq: u32, mtu: u32) -> Result<SpareLink> {
+        let (host, peer) = spare_ifnames(seq);
+        if let Some(old) = link_by_name(&self.handle, &host).await? {
+            self.delete_link(old.index, &host).await?;
+        }
+        let veth = LinkVeth::new(&host, &peer).mtu(mtu).build();
+        self.handle
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .ctx(|| format!("creating spare veth {host} <-> {peer}"))?;
+        let h = require_link(&self.handle, &host).await?;
+        let p = require_link(&self.handle, &peer).await?;
+        Ok(SpareLink {
+            host_ifname: host,
+            host_ifindex: h.index,
+            host_mac: h.mac,
+            peer_ifindex: p.index,
+        })
+    }
+
+    /// Deletes every spare veth pair (`fpsp*`) in the agent's namespace, e.g. left by an
+    /// agent that was killed; returns how many.
+    pub async fn delete_spares(&self) -> Result<usize> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .ctx(|| "listing interfaces".to_string())?;
+        let mut n = 0;
+        for l in links.iter().map(RawLink::parse) {
+            if l.name.starts_with(SPARE_PREFIX) {
+                self.delete_link(l.index, &l.name).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Plumbs `pod` with a spare pair from [`Plumber::create_spare`] (its AF_XDP socket and
+    /// XDP program already set up on the host side): the peer moves into the pod's
+    /// namespace under its final name, the host side takes the pod's stable name, then
+    /// both sides are configured as [`Plumber::create_pod`] does. The caller makes sure no
+    /// interface has the pod's host name yet. On error the spare is unusable: delete it.
+    pub async fn adopt_spare(
+        &self,
+        spare: &SpareLink,
+        pod: &PodSpec,
+        mtu: u32,
+        gateway: Ipv4Addr,
+    ) -> Result<PodLink> {
+        let mut phases = crate::timing::Phases::new();
+        let host_name = host_ifname(&pod.namespace, &pod.name);
+        let netns_path = pod.netns_path();
+        let netns = open_netns(&netns_path)?;
+        let key = pod.key();
+        // Move and rename in one request (`ip link set P netns N name eth0`): the peer is
+        // down, so the rename is allowed.
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(spare.peer_ifindex)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .name(pod.interface.clone())
+                    .build(),
+            )
+            .execute()
+            .await
+            .ctx(|| {
+                format!(
+                    "{key}: moving spare peer #{} into {} as {}",
+                    spare.peer_ifindex,
+                    netns_path.display(),
+                    pod.interface
+                )
+            })?;
+        drop(netns);
+        // The host side is down too (spares are never brought up).
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(spare.host_ifindex)
+                    .name(host_name.clone())
+                    .build(),
+            )
+            .execute()
+            .await
+            .ctx(|| format!("{key}: renaming {} to {host_name}", spare.host_ifname))?;
+        phases.mark("spare_move");
+        let (interface, ip) = (pod.interface.clone(), pod.ip);
+        let t_pod = std::time::Instant::now();
+        let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
+            let t = std::time::Instant::now();
+            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
+            Ok((idx, mac, t.elapsed()))
+        })
+        .await
+        .map_err(|e| match e {
+            PlumbError::Netlink { context, source } => PlumbError::Netlink {
+                context: format!("{key}: {context}"),
+                source,
+            },
+            other => other,
+        })?;
+        let whole = t_pod.elapsed();
+        phases.push("netns_enter", whole.saturating_sub(inside));
+        phases.push("pod_side", inside);
+        phases.skip();
+        self.host_side(pod, spare.host_ifindex, &host_name, mtu, pod_mac)
+            .await?;
+        phases.mark("host_side");
+        Ok(PodLink {
+            host_ifname: host_name,
+            host_ifindex: spare.host_ifindex,
+            host_mac: spare.host_mac,
+            pod_mac,
+            pod_ifindex,
+            reused: false,
+            phases,
+        })
+    }
+
+    /// Deletes a spare pair by index (its peer goes with it).
+    pub async fn delete_spare(&self, spare: &SpareLink) -> Result<()> {
+        self.delete_link(spare.host_ifindex, &spare.host_ifname)
+            .await
     }
 
     async fn delete_link(&self, index: u32, name: &str) -> Result<()> {

@@ -162,3 +162,41 @@ pub fn capture_take(controls: &[Arc<WorkerControl>]) -> Result<CaptureReport, St
     }
     Ok(CaptureReport { done, packets })
 }
+
+/// The engine's neighbour table (`show_neighbors`): every next hop of the FIB, resolved or
+/// not, sorted by interface and address.
+pub fn neighbors(snap: &ferroplane_engine::Snapshot) -> Vec<ferroplane_api::NeighborInfo> {
+    use ferroplane_tables::AdjKind;
+    let mut out: Vec<(u16, Ipv4Addr, ferroplane_api::NeighborInfo)> = snap
+        .fib
+        .adjacencies()
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a.kind, AdjKind::Rewrite | AdjKind::Incomplete))
+        .filter_map(|(i, a)| {
+            let ip = a.next_hop?;
+            let resolved = a.kind == AdjKind::Rewrite;
+            let info = ferroplane_api::NeighborInfo {
+                ip: ip.to_string(),
+                mac: resolved.then(|| {
+                    a.dst_mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                }),
+                interface: snap
+                    .ifaces
+                    .get(a.sw_if)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_else(|| format!("sw_if {}", a.sw_if)),
+                sw_if: a.sw_if,
+                state: if resolved { "resolved" } else { "incomplete" }.into(),
+                adj: i as u32,
+            };
+            Some((a.sw_if, ip, info))
+        })
+        .collect();
+    out.sort_by_key(|(s, ip, _)| (*s, *ip));
+    out.into_iter().map(|(_, _, n)| n).collect()
+}

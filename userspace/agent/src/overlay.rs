@@ -143,6 +143,18 @@ impl Overlay {
         spec: &NodeSpec,
         cluster: Option<&ClusterSpec>,
     ) -> Result<Overlay, OverlayError> {
+        Overlay::from_spec_after(spec, cluster, None)
+    }
+
+    /// [`Overlay::from_spec`] for a cluster that changed (nodes joined or left): the
+    /// peers `previous` already had (same name, address, mode and key) keep their engine
+    /// interface, counters and WireGuard session, so the tunnels to the other nodes are not
+    /// disturbed; new peers get interfaces no kept peer uses.
+    pub fn from_spec_after(
+        spec: &NodeSpec,
+        cluster: Option<&ClusterSpec>,
+        previous: Option<&Overlay>,
+    ) -> Result<Overlay, OverlayError> {
         let Some(c) = cluster else {
             return Ok(Overlay::default());
         };
@@ -164,10 +176,55 @@ impl Overlay {
         let mut peers = Vec::new();
         let mut routes = Vec::new();
         let mut next_sw_if = TUNNEL_SW_IF_BASE;
-        for n in &c.nodes {
+        // Peers carried over from `previous`, by position in `c.nodes`.
+        let kept: Vec<Option<&Peer>> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                let mode = c.mode_of(n).tunnel();
+                let public = n.public_key.as_deref().and_then(decode_key);
+                previous.and_then(|o| {
+                    o.peers.iter().find(|p| {
+                        p.name == n.name
+                            && p.address == n.address
+                            && p.mode == mode
+                            && p.public_key == public
+                    })
+                })
+            })
+            .collect();
+        let taken: std::collections::BTreeSet<u16> =
+            kept.iter().flatten().filter_map(|p| p.sw_if).collect();
+        for (n, kept) in c.nodes.iter().zip(kept) {
             let mode = c.mode_of(n).tunnel();
             let public = n.public_key.as_deref().and_then(decode_key);
+            if let Some(old) = kept {
+                peers.push(Peer {
+                    name: old.name.clone(),
+                    address: old.address,
+                    mode: old.mode,
+                    vtep_mac: n.vtep_mac.unwrap_or(MacAddr::vtep_for(n.address)).0,
+                    public_key: old.public_key,
+                    sw_if: old.sw_if,
+                    counters: old.counters.clone(),
+                    wg: old.wg.clone(),
+                });
+                if let Some(prefix) = n
+                    .pod_cidr
+                    .and_then(|c| Ipv4Prefix::new(c.addr, c.prefix_len).ok())
+                {
+                    routes.push(RemoteRoute {
+                        prefix,
+                        next_hop: n.address,
+                        mode,
+                    });
+                }
+                continue;
+            }
             let sw_if = (mode != TunnelMode::Direct).then(|| {
+                while taken.contains(&next_sw_if) {
+                    next_sw_if += 1;
+                }
                 let s = next_sw_if;
                 next_sw_if += 1;
                 s

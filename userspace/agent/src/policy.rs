@@ -22,7 +22,8 @@
 //! their identity and hit counters across snapshot rebuilds, and changes recompile only
 //! what they affect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ferroplane_policy::{Compiler, NetworkPolicy, PodInfo};
@@ -158,18 +159,68 @@ pub fn compiler() -> Arc<Mutex<Compiler>> {
         .clone()
 }
 
-/// Compile the spec's policies (incrementally against the previous call) into the tables
-/// for the snapshot. Namespaces named by pods but not listed get no labels. The spec is
-/// validated before it gets here ([`validate`]); should a policy still be refused, the error
-/// is logged and the tables in force are kept (never fail open to "no policy").
+/// Compile the spec's policies over the spec's pods (see [`compile_pods`]).
 pub fn compile(spec: &NodeSpec) -> Arc<PolicyTables> {
+    compile_pods(spec, &pods(spec))
+}
+
+/// Every pod the compiler takes on this node, each address once:
+/// 1. the spec's pods (standalone YAML, labels as written);
+/// 2. pods plumbed through CNI (`cni`: engine key `cni/<container>/<ifname>` and address):
+///    the Kubernetes pod with that address when the watchers know it (its namespace,
+///    labels and named ports), else namespace `cni`, named after the attachment, without
+///    labels (a `podSelector: {}` policy of namespace `cni` selects it); local either way;
+/// 3. the other pods the Kubernetes watchers see (`k8s`, `local` set for this node's):
+///    policy peers on other nodes, and local pods not plumbed (yet).
+pub fn node_pods<'a>(
+    spec: &NodeSpec,
+    cni: impl IntoIterator<Item = (&'a str, Ipv4Addr)>,
+    k8s: &[PodInfo],
+) -> Vec<PodInfo> {
+    let mut all = pods(spec);
+    let mut seen: BTreeSet<Ipv4Addr> = all.iter().map(|p| p.ip).collect();
+    for (key, ip) in cni {
+        if !seen.insert(ip) {
+            continue;
+        }
+        let pod = match k8s.iter().find(|p| p.ip == ip) {
+            Some(p) => PodInfo {
+                local: true,
+                ..p.clone()
+            },
+            None => {
+                let (ns, name) = key.split_once('/').unwrap_or(("cni", key));
+                PodInfo {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    ip,
+                    labels: BTreeMap::new(),
+                    named_ports: BTreeMap::new(),
+                    local: true,
+                }
+            }
+        };
+        all.push(pod);
+    }
+    for p in k8s {
+        if seen.insert(p.ip) {
+            all.push(p.clone());
+        }
+    }
+    all
+}
+
+/// Compile the spec's policies over `pods` (incrementally against the previous call) into
+/// the tables for the snapshot. Namespaces named by pods but not listed get no labels. The
+/// spec is validated before it gets here ([`validate`]); should a policy still be refused,
+/// the error is logged and the tables in force are kept (never fail open to "no policy").
+pub fn compile_pods(spec: &NodeSpec, pods: &[PodInfo]) -> Arc<PolicyTables> {
     let c = compiler();
     let mut c = match c.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = spec
-        .pods
+    let mut namespaces: BTreeMap<String, BTreeMap<String, String>> = pods
         .iter()
         .map(|p| (p.namespace.clone(), BTreeMap::new()))
         .collect();
@@ -177,7 +228,7 @@ pub fn compile(spec: &NodeSpec) -> Arc<PolicyTables> {
         namespaces.insert(ns.metadata.name.clone(), ns.metadata.labels.clone());
     }
     let policies: Vec<NetworkPolicy> = spec.network_policies.iter().map(|p| p.0.clone()).collect();
-    if let Err(e) = c.sync(&namespaces, &pods(spec), &policies) {
+    if let Err(e) = c.sync(&namespaces, pods, &policies) {
         tracing::error!(error = %e, "network policies refused; keeping the tables in force");
         return c.tables();
     }

@@ -71,6 +71,9 @@ pub struct NodeState {
     pub bgp_routes: BTreeMap<Ipv4Prefix, Vec<Ipv4Addr>>,
     /// Service tables (rebuilt when the spec's services change) and their XDP steering.
     pub services: crate::services::ServiceCacheHandle,
+    /// The pods the Kubernetes watchers see (empty in standalone mode): NetworkPolicy peers,
+    /// and the identity and labels of the pods plumbed through CNI.
+    pub k8s_pods: Vec<ferroplane_policy::PodInfo>,
 }
 
 /// Engine index of the uplink.
@@ -95,6 +98,16 @@ impl NodeState {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The pods NetworkPolicy is compiled over: the spec's, the CNI-plumbed ones and the
+    /// Kubernetes ones ([`crate::policy::node_pods`]).
+    pub fn policy_pods(&self) -> Vec<ferroplane_policy::PodInfo> {
+        crate::policy::node_pods(
+            &self.spec,
+            self.pods.values().map(|p| (p.key.as_str(), p.ip)),
+            &self.k8s_pods,
+        )
     }
 
     /// Compute the engine snapshot.
@@ -235,7 +248,7 @@ impl NodeState {
             fib: Arc::new(b.build()?),
             ifaces: Arc::new(ifaces),
             node_ip: Some(node.address.addr),
-            policy: crate::policy::compile(&self.spec),
+            policy: crate::policy::compile_pods(&self.spec, &self.policy_pods()),
         })
     }
 }
@@ -291,6 +304,7 @@ pods:
             overlay: Default::default(),
             bgp_routes: BTreeMap::new(),
             services: Default::default(),
+            k8s_pods: Vec::new(),
         }
     }
 

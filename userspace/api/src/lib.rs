@@ -32,6 +32,7 @@
 mod bgp;
 mod client;
 mod error;
+mod neighbors;
 mod overlay;
 mod policy;
 mod server;
@@ -41,6 +42,7 @@ mod types;
 pub use bgp::{BgpPath, BgpPeer, BgpReport, BgpRoute};
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::{ApiError, Result};
+pub use neighbors::NeighborInfo;
 pub use overlay::{TunnelPeer, TunnelsReport};
 pub use policy::{AclInfo, AclRuleInfo, PodPolicyInfo, PoliciesReport};
 pub use server::{ApiServer, Handler, MAX_CONNECTIONS, MAX_LINE_LEN};

@@ -81,7 +81,9 @@ pub enum Request {
         /// Only this pod (`namespace/name`).
         #[serde(default)]
         pod: Option<String>,
-    },
+    },    /// `show_neighbors`: answers `Vec<crate::NeighborInfo>` (the engine's next hops: IP,
+    /// MAC, interface, state).
+    ShowNeighbors,
 }
 
 impl Request {
@@ -121,6 +123,7 @@ impl Request {
             },
         },
         Request::ShowPolicies { pod: None },
+        Request::ShowNeighbors,
     ];
 
     /// The wire name of the request (the value of `kind`).
@@ -144,6 +147,7 @@ impl Request {
             Request::ShowServices => "show_services",
             Request::ShowSessions { .. } => "show_sessions",
             Request::ShowPolicies { .. } => "show_policies",
+            Request::ShowNeighbors => "show_neighbors",
         }
     }
 }

@@ -200,19 +200,51 @@ pub fn select(paths: &[Path], local_as: u32) -> Selection {
     }
 }
 
-/// All paths for one prefix and the selection among them.
+/// All paths for one prefix and the outcome of the decision process.
+///
+/// Kept compact, as there is one per prefix (a full table is ~1M): the best path and the
+/// other ECMP members are indices, stored without allocating for the usual single path;
+/// [`Dest::selection`] runs the decision process again for the reasons `show` prints.
 #[derive(Debug, Clone, Default)]
 pub struct Dest {
     /// Candidate paths (one per source).
     pub paths: Vec<Path>,
-    /// Decision process result.
-    pub selection: Selection,
+    /// Index of the best path.
+    best: Option<u32>,
+    /// ECMP members other than the best (indices into `paths`; empty for a single path).
+    others: Box<[u32]>,
 }
 
 impl Dest {
     /// The best path.
     pub fn best(&self) -> Option<&Path> {
-        self.selection.best.and_then(|i| self.paths.get(i))
+        self.best_index().and_then(|i| self.paths.get(i))
+    }
+
+    /// Index of the best path in [`Dest::paths`].
+    pub fn best_index(&self) -> Option<usize> {
+        self.best.map(|i| i as usize)
+    }
+
+    /// Whether path `i` is in the ECMP set (the best path included).
+    pub fn is_multipath(&self, i: usize) -> bool {
+        self.best_index() == Some(i) || self.others.iter().any(|&o| o as usize == i)
+    }
+
+    /// The full decision process result (with each losing path's reason).
+    pub fn selection(&self, local_as: u32) -> Selection {
+        select(&self.paths, local_as)
+    }
+
+    fn reselect(&mut self, local_as: u32) {
+        let s = select(&self.paths, local_as);
+        self.best = s.best.and_then(|b| u32::try_from(b).ok());
+        self.others = s
+            .multipath
+            .iter()
+            .filter(|&&i| Some(i) != s.best)
+            .filter_map(|&i| u32::try_from(i).ok())
+            .collect();
     }
 
     /// Distinct next hops of the ECMP set (the best path's first); `multipath = false`
@@ -223,10 +255,11 @@ impl Dest {
         };
         let mut v = vec![best.next_hop];
         if multipath {
-            for &i in &self.selection.multipath {
-                let nh = self.paths[i].next_hop;
-                if !v.contains(&nh) {
-                    v.push(nh);
+            for &i in self.others.iter() {
+                if let Some(p) = self.paths.get(i as usize) {
+                    if !v.contains(&p.next_hop) {
+                        v.push(p.next_hop);
+                    }
                 }
             }
         }
@@ -268,9 +301,13 @@ impl LocRib {
         let before = d.fingerprint(mp);
         match d.paths.iter_mut().find(|p| p.source == path.source) {
             Some(p) => *p = path,
-            None => d.paths.push(path),
+            None => {
+                // Most prefixes have one path: no spare capacity.
+                d.paths.reserve_exact(1);
+                d.paths.push(path)
+            }
         }
-        d.selection = select(&d.paths, la);
+        d.reselect(la);
         before != d.fingerprint(mp)
     }
 
@@ -286,7 +323,7 @@ impl LocRib {
             self.table.remove(prefix);
             return before.is_some();
         }
-        d.selection = select(&d.paths, la);
+        d.reselect(la);
         before != d.fingerprint(mp)
     }
 

@@ -836,12 +836,13 @@ impl Speaker {
         let c = lock(&self.inner);
         let render = |p: &Prefix| -> Option<RouteStatus> {
             let d = c.rib.get(p)?;
+            let sel = d.selection(c.rib.local_as);
             let mut paths: Vec<(bool, PathStatus)> = d
                 .paths
                 .iter()
                 .enumerate()
                 .map(|(i, path)| {
-                    let best = d.selection.best == Some(i);
+                    let best = d.best_index() == Some(i);
                     let a = &path.attrs;
                     (
                         best,
@@ -861,10 +862,9 @@ impl Speaker {
                                 .map(|v| format!("{}:{}", v >> 16, v & 0xffff))
                                 .collect(),
                             best,
-                            multipath: d.selection.multipath.contains(&i) && c.rib.multipath,
+                            multipath: d.is_multipath(i) && c.rib.multipath,
                             stale: path.stale,
-                            reason: d
-                                .selection
+                            reason: sel
                                 .reasons
                                 .get(i)
                                 .copied()

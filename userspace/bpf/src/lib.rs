@@ -571,6 +571,20 @@ impl Dataplane {
             })
     }
 
+    /// Records that the interface `old` (with a program attached by this `Dataplane`) was
+    /// renamed to `new`: the attachment follows the device, only its key changes.
+    pub fn rename_attached(&mut self, old: &str, new: &str) -> Result<()> {
+        if self.attached.contains_key(new) {
+            return Err(Error::AlreadyAttached(new.to_string()));
+        }
+        let att = self
+            .attached
+            .remove(old)
+            .ok_or_else(|| Error::NotAttached(old.to_string()))?;
+        self.attached.insert(new.to_string(), att);
+        Ok(())
+    }
+
     /// Interfaces with a program attached by this `Dataplane`, sorted by name.
     pub fn attached(&self) -> Vec<(String, XdpProg, AttachedMode)> {
         let mut v: Vec<_> = self

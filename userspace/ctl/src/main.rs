@@ -95,6 +95,8 @@ enum Show {
     Interfaces,
     /// The engine's FIB.
     Routes,
+    /// The engine's neighbours (next hops): address, MAC, interface, state.
+    Neighbors,
     /// Per-node runtime counters (like VPP `show runtime`).
     Counters,
     /// Per-node error counters (like VPP `show errors`).
@@ -174,6 +176,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Trace => Request::ShowTrace,
             Show::Interfaces => Request::ShowInterfaces,
             Show::Routes => Request::ShowRoutes,
+            Show::Neighbors => Request::ShowNeighbors,
             Show::Counters => Request::ShowCounters,
             Show::Errors { .. } => Request::ShowErrors,
             Show::Xdp { .. } => Request::ShowXdp,
@@ -226,6 +229,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Trace => observe::render_trace(&decode::<Vec<_>>(request, data)?),
             Show::Interfaces => render::interfaces(&decode::<Vec<_>>(request, data)?),
             Show::Routes => render::routes(&decode::<Vec<_>>(request, data)?),
+            Show::Neighbors => observe::render_neighbors(&decode::<Vec<_>>(request, data)?),
             Show::Counters => render::counters(&decode(request, data)?),
             Show::Errors { all } => render::errors(&decode::<Vec<_>>(request, data)?, *all),
             Show::Xdp { all } => render::xdp(&decode(request, data)?, *all),

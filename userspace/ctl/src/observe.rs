@@ -159,3 +159,72 @@ pub fn capture(client: &mut Client, args: &CaptureArgs) -> Result<String> {
         }
     ))
 }
+
+/// Human form of `show neighbors`.
+pub fn render_neighbors(neighbors: &[ferroplane_api::NeighborInfo]) -> String {
+    use crate::table::{Align, Table};
+    if neighbors.is_empty() {
+        return "no neighbours\n".into();
+    }
+    let mut t = Table::new(&[
+        ("Address", Align::Left),
+        ("MAC", Align::Left),
+        ("Interface", Align::Left),
+        ("State", Align::Left),
+        ("Adj", Align::Right),
+    ]);
+    for n in neighbors {
+        t.row([
+            n.ip.clone(),
+            n.mac.clone().unwrap_or_else(|| "-".into()),
+            n.interface.clone(),
+            n.state.clone(),
+            n.adj.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbors_table_aligns_and_marks_unresolved() {
+        let n = |ip: &str, mac: Option<&str>, state: &str| ferroplane_api::NeighborInfo {
+            ip: ip.into(),
+            mac: mac.map(Into::into),
+            interface: "up0".into(),
+            sw_if: 0,
+            state: state.into(),
+            adj: 2,
+        };
+        let text = render_neighbors(&[
+            n("192.168.100.1", Some("02:00:00:00:00:01"), "resolved"),
+            n("192.168.100.9", None, "incomplete"),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("Address"), "{text}");
+        assert!(lines[1].contains("02:00:00:00:00:01") && lines[1].contains("resolved"));
+        assert!(lines[2].contains(" - ") && lines[2].contains("incomplete"), "{text}");
+        // Columns line up: the MAC column starts at the same offset on every line.
+        let col = lines[0].find("MAC").unwrap();
+        assert_eq!(lines[1].find("02:").unwrap(), col);
+    }
+
+    #[test]
+    fn trace_shows_each_step_under_its_packet() {
+        let p = TracePacket {
+            id: 7,
+            steps: vec![ferroplane_api::TraceStep {
+                node: "ip4-policy".into(),
+                text: "drop: ip4-policy: policy-denied-ingress".into(),
+                fields: Default::default(),
+            }],
+        };
+        let text = render_trace(&[p]);
+        assert!(text.starts_with("Packet 7\n"), "{text}");
+        assert!(text.contains("ip4-policy  drop: ip4-policy: policy-denied-ingress"));
+    }
+}

@@ -5,6 +5,10 @@ pub const FLAG_TRACED: u16 = 1;
 /// Buffer flag: `ip4-nat` matched the packet to a session that has seen a reply (or in the
 /// reply direction): an established connection, which `ip4-policy` lets through.
 pub const FLAG_CT_ESTABLISHED: u16 = 2;
+/// Buffer flag: `ip4-nat` matched the packet to a hairpin session (a pod reaching a service
+/// that chose the pod itself as backend, SNATed to the service address): a pod's traffic
+/// to itself, which `ip4-policy` never blocks.
+pub const FLAG_SELF: u16 = 4;
 
 /// Metadata the engine keeps for every frame, indexed by frame number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -207,8 +207,10 @@ impl FibBuilder {
             action: RouteAction::Drop,
         }];
 
-        // Neighbour /32s inside connected subnets, unless a route says otherwise.
-        let mut all: BTreeMap<Ipv4Prefix, RouteEntry> = self.routes.clone();
+        // Neighbour /32s inside connected subnets, unless a route says otherwise. They are
+        // merged with the configured routes by reference: with a full table the routes are
+        // the bulk of the builder, and a copy of them would double the peak memory.
+        let mut derived: BTreeMap<Ipv4Prefix, RouteEntry> = BTreeMap::new();
         for (&(sw_if, ip), _) in self.neighbours.iter() {
             let connected = self.routes.values().any(|r| {
                 r.source == RouteSource::Connected
@@ -216,8 +218,8 @@ impl FibBuilder {
                     && matches!(&r.action, RouteAction::Forward(p) if p.iter().any(|p| p.sw_if == sw_if))
             });
             let host = Ipv4Prefix::host(ip);
-            if connected && !all.contains_key(&host) {
-                all.insert(
+            if connected && !self.routes.contains_key(&host) {
+                derived.insert(
                     host,
                     RouteEntry {
                         prefix: host,
@@ -231,8 +233,10 @@ impl FibBuilder {
             }
         }
 
+        let mut all: Vec<&RouteEntry> = self.routes.values().chain(derived.values()).collect();
+        all.sort_by_key(|e| e.prefix);
         let mut order: Vec<(Ipv4Prefix, u32)> = Vec::with_capacity(all.len());
-        for entry in all.values() {
+        for entry in all {
             let lb = lbs.len() as u32;
             let start = buckets.len() as u32;
             match &entry.action {

@@ -240,17 +240,14 @@ fn slot_hash(key: u64, shift: u32) -> usize {
     ((key ^ (key >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
 }
 
-/// One slot of the merged prefix table, with the hit counter of the packets it decided
-/// (so a decision touches one cache line).
-#[derive(Debug, Default)]
-#[repr(C, align(32))]
+/// One slot of the merged prefix table (four per cache line).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C, align(16))]
 struct Slot {
     /// [`slot_key`], 0 when empty.
     key: u64,
     /// Rule allowing the prefix, or [`DENY`].
     rule: u32,
-    /// Packets decided by this slot.
-    hits: AtomicU64,
 }
 
 /// Port -> class word for one protocol: 256 chunks of 256 ports.
@@ -316,6 +313,9 @@ pub struct Classifier {
     other: u64,
     /// Merged prefix table (a power of two, at most half full).
     slots: Box<[Slot]>,
+    /// Packets allowed by each slot (per slot rather than per rule: the counter is found
+    /// with the slot, without another dependent load; per-rule counts are sums).
+    hits: Box<[AtomicU64]>,
     /// `64 - log2(slots.len())`.
     shift: u32,
     /// Number of port classes.
@@ -431,7 +431,7 @@ impl Classifier {
         let n: usize = prefixes.iter().map(Vec::len).sum();
         let cap = (2 * n).next_power_of_two().max(8);
         let shift = 64 - cap.trailing_zeros();
-        let mut slots: Box<[Slot]> = (0..cap).map(|_| Slot::default()).collect();
+        let mut slots: Box<[Slot]> = vec![Slot::default(); cap].into_boxed_slice();
         for (class, ps) in prefixes.iter().enumerate() {
             for (p, v) in ps {
                 let key = slot_key(class as u64, p.addr_u32(), p.len() as u32);
@@ -447,6 +447,7 @@ impl Classifier {
             ports,
             other,
             slots,
+            hits: (0..cap).map(|_| AtomicU64::new(0)).collect(),
             shift,
             classes: prefixes.len(),
         }
@@ -455,7 +456,7 @@ impl Classifier {
     /// The slot deciding `(proto, port, peer)`: the longest prefix of the port class's
     /// address table containing `peer`.
     #[inline(always)]
-    fn find(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<&Slot> {
+    fn find(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<usize> {
         let w = match proto {
             PROTO_TCP => self.ports[0].word(port),
             PROTO_UDP => self.ports[1].word(port),
@@ -474,7 +475,7 @@ impl Classifier {
             loop {
                 let s = self.slots.get(i)?;
                 if s.key == key {
-                    return Some(s);
+                    return Some(i);
                 }
                 if s.key == 0 {
                     break;
@@ -489,6 +490,7 @@ impl Classifier {
     #[inline(always)]
     pub fn classify(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<u32> {
         self.find(proto, port, peer)
+            .and_then(|i| self.slots.get(i))
             .map(|s| s.rule)
             .filter(|r| *r != DENY)
     }
@@ -501,28 +503,31 @@ impl Classifier {
     /// Classify and count an allowed packet in the deciding slot.
     #[inline(always)]
     fn check(&self, proto: u8, port: u16, peer: Ipv4Addr) -> Option<u32> {
-        let s = self.find(proto, port, peer)?;
-        if s.rule == DENY {
+        let i = self.find(proto, port, peer)?;
+        let rule = self.slots.get(i)?.rule;
+        if rule == DENY {
             return None;
         }
-        s.hits.store(s.hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some(s.rule)
+        if let Some(h) = self.hits.get(i) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(rule)
     }
 
     /// Packets allowed per rule (`rules` entries), summed over the slots.
     fn hits(&self, rules: usize) -> Vec<u64> {
         let mut h = vec![0u64; rules];
-        for s in self.slots.iter().filter(|s| s.key != 0) {
+        for (s, n) in self.slots.iter().zip(self.hits.iter()) {
             if let Some(c) = h.get_mut(s.rule as usize) {
-                *c += s.hits.load(Ordering::Relaxed);
+                *c += n.load(Ordering::Relaxed);
             }
         }
         h
     }
 
     fn clear(&self) {
-        for s in self.slots.iter() {
-            s.hits.store(0, Ordering::Relaxed);
+        for h in self.hits.iter() {
+            h.store(0, Ordering::Relaxed);
         }
     }
 }

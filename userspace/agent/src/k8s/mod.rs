@@ -107,7 +107,9 @@ pub async fn node_spec(
         yaml.push_str(&format!("  podMTU: {mtu}\n"));
     }
     let mut spec = NodeSpec::from_yaml(&yaml)?;
-    spec.cluster = (!remote.is_empty()).then(|| ClusterSpec {
+    // Always a cluster section, even for the first node: nodes that join later are added
+    // to it (see [`DesiredState::apply_to`]).
+    spec.cluster = Some(ClusterSpec {
         mode: cfg.overlay,
         nodes: remote,
         ..ClusterSpec::default()

@@ -75,14 +75,7 @@ impl DesiredState {
         self.policy
             .pods()
             .iter()
-            .map(|p| ferroplane_policy::PodInfo {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                ip: p.ip,
-                labels: p.labels.clone(),
-                named_ports: p.named_ports.clone(),
-                local: p.node == me,
-            })
+            .map(|p| p.info(p.node == me))
             .collect()
     }
 }
@@ -204,7 +197,15 @@ impl DesiredState {
         spec.namespaces = self.namespaces.clone();
         spec.network_policies = self.network_policies.clone();
         if let Some(c) = spec.cluster.as_mut() {
-            c.nodes = self.remote_nodes.clone();
+            // A WireGuard node is usable once it has published its public key.
+            c.nodes = self
+                .remote_nodes
+                .iter()
+                .filter(|n| {
+                    c.mode_of(n) != crate::cluster::Mode::Wireguard || n.public_key.is_some()
+                })
+                .cloned()
+                .collect();
         }
     }
 }

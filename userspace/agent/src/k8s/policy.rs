@@ -1,23 +1,18 @@
-//! NetworkPolicy (networking.k8s.io/v1) semantics over the pods and namespaces the watchers
-//! see: which pods are isolated, and whether a given flow is allowed. This is the decision
-//! the dataplane's policy stage enforces; [`PolicyModel::allows`] is its reference.
+//! The pods, namespaces and NetworkPolicies the Kubernetes watchers see, and the decision
+//! the dataplane's policy stage makes for a flow between them.
 //!
-//! Rules (as the Kubernetes documentation defines them): a pod is isolated for ingress
-//! (egress) when a policy of its namespace selects it and lists `Ingress` (`Egress`) in its
-//! policy types (default: `Ingress`, plus `Egress` when egress rules exist). A flow is
-//! allowed when the destination is not ingress-isolated or some selecting policy has an
-//! ingress rule matching the source and port, and the source is not egress-isolated or some
-//! selecting policy has an egress rule matching the destination and port. An empty peer list
-//! matches everything; an empty port list matches every port.
+//! There is one implementation of the NetworkPolicy semantics: the compiler of
+//! `ferroplane-policy`, the same one the standalone YAML spec goes through
+//! ([`crate::policy::compile`]). [`PolicyModel::allows`] compiles the model with it (every
+//! pod taken as local, so every pod gets its ACLs) and classifies the flow with the
+//! compiled tables, exactly as `ip4-policy` does for a new flow.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use crate::config::Ipv4Cidr;
+use ferroplane_policy::{Compiler, PodInfo};
+use ferroplane_tables::policy::Verdict;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 /// A pod as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,50 +31,26 @@ pub struct PodView {
     pub named_ports: BTreeMap<String, (u8, u16)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Peer {
-    /// Pods (in the policy's namespace unless `namespaces` is set).
-    Pods {
-        pods: Option<LabelSelector>,
-        namespaces: Option<LabelSelector>,
-    },
-    /// An address block with exceptions.
-    Block {
-        cidr: Ipv4Cidr,
-        except: Vec<Ipv4Cidr>,
-    },
+impl PodView {
+    /// The compiler's view of the pod (`local`: it gets ACLs in the tables).
+    pub fn info(&self, local: bool) -> PodInfo {
+        PodInfo {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            ip: self.ip,
+            labels: self.labels.clone(),
+            named_ports: self.named_ports.clone(),
+            local,
+        }
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PortMatch {
-    Number { proto: u8, port: u16, end: u16 },
-    Named { proto: u8, name: String },
-    AnyPort { proto: u8 },
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Rule {
-    /// Empty: every peer.
-    peers: Vec<Peer>,
-    /// Empty: every port.
-    ports: Vec<PortMatch>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Compiled {
-    namespace: String,
-    name: String,
-    selector: LabelSelector,
-    ingress: Option<Vec<Rule>>,
-    egress: Option<Vec<Rule>>,
-}
-
-/// Pods, namespaces and compiled policies.
+/// Pods, namespaces (with their labels) and NetworkPolicies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyModel {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<PodView>,
-    policies: Vec<Compiled>,
+    policies: Vec<NetworkPolicy>,
 }
 
 /// A decision with the policies that made it.
@@ -87,77 +58,8 @@ pub struct PolicyModel {
 pub struct Decision {
     /// Allowed or not.
     pub allowed: bool,
-    /// Why (`ingress of ns/pod denied: isolated by ns/policy`, ...).
+    /// Why (`ingress of ns/pod denied (isolated by ns/policy)`, ...).
     pub reason: String,
-}
-
-/// Whether `labels` match `sel` (matchLabels and matchExpressions In/NotIn/Exists/DoesNotExist).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &sel.match_labels {
-        if ml.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
-    }
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default();
-        let v = labels.get(&e.key);
-        let ok = match e.operator.as_str() {
-            "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => v.is_none_or(|v| !values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn proto_num(p: Option<&str>) -> u8 {
-    match p.unwrap_or("TCP") {
-        "UDP" => 17,
-        "SCTP" => 132,
-        _ => 6,
-    }
-}
-
-fn compile_port(p: &NetworkPolicyPort) -> PortMatch {
-    let proto = proto_num(p.protocol.as_deref());
-    match &p.port {
-        None => PortMatch::AnyPort { proto },
-        Some(IntOrString::Int(n)) => {
-            let port = u16::try_from(*n).unwrap_or(0);
-            let end = p
-                .end_port
-                .and_then(|e| u16::try_from(e).ok())
-                .unwrap_or(port);
-            PortMatch::Number { proto, port, end }
-        }
-        Some(IntOrString::String(name)) => PortMatch::Named {
-            proto,
-            name: name.clone(),
-        },
-    }
-}
-
-fn compile_peer(p: &NetworkPolicyPeer) -> Option<Peer> {
-    if let Some(b) = &p.ip_block {
-        return Some(Peer::Block {
-            cidr: b.cidr.parse().ok()?,
-            except: b
-                .except
-                .iter()
-                .flatten()
-                .filter_map(|e| e.parse().ok())
-                .collect(),
-        });
-    }
-    Some(Peer::Pods {
-        pods: p.pod_selector.clone(),
-        namespaces: p.namespace_selector.clone(),
-    })
 }
 
 impl PolicyModel {
@@ -167,60 +69,10 @@ impl PolicyModel {
         pods: Vec<PodView>,
         policies: &[NetworkPolicy],
     ) -> PolicyModel {
-        let policies = policies
-            .iter()
-            .filter_map(|np| {
-                let spec = np.spec.as_ref()?;
-                let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
-                    let mut t = vec!["Ingress".to_string()];
-                    if spec.egress.is_some() {
-                        t.push("Egress".to_string());
-                    }
-                    t
-                });
-                let rules =
-                    |peers: Vec<Option<Vec<NetworkPolicyPeer>>>,
-                     ports: Vec<Option<Vec<NetworkPolicyPort>>>| {
-                        peers
-                            .into_iter()
-                            .zip(ports)
-                            .map(|(pe, po)| Rule {
-                                peers: pe.iter().flatten().filter_map(compile_peer).collect(),
-                                ports: po.iter().flatten().map(compile_port).collect(),
-                            })
-                            .collect::<Vec<_>>()
-                    };
-                let ingress = types.iter().any(|t| t == "Ingress").then(|| {
-                    let r = spec.ingress.clone().unwrap_or_default();
-                    rules(
-                        r.iter().map(|x| x.from.clone()).collect(),
-                        r.iter().map(|x| x.ports.clone()).collect(),
-                    )
-                });
-                let egress = types.iter().any(|t| t == "Egress").then(|| {
-                    let r = spec.egress.clone().unwrap_or_default();
-                    rules(
-                        r.iter().map(|x| x.to.clone()).collect(),
-                        r.iter().map(|x| x.ports.clone()).collect(),
-                    )
-                });
-                Some(Compiled {
-                    namespace: np
-                        .metadata
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    name: np.metadata.name.clone().unwrap_or_default(),
-                    selector: spec.pod_selector.clone().unwrap_or_default(),
-                    ingress,
-                    egress,
-                })
-            })
-            .collect();
         PolicyModel {
             namespaces,
             pods,
-            policies,
+            policies: policies.to_vec(),
         }
     }
 
@@ -239,123 +91,47 @@ impl PolicyModel {
         self.pods.iter().find(|p| p.ip == ip)
     }
 
-    fn selecting<'a>(&'a self, pod: &'a PodView) -> impl Iterator<Item = &'a Compiled> + 'a {
-        self.policies.iter().filter(move |c| {
-            c.namespace == pod.namespace && selector_matches(&c.selector, &pod.labels)
-        })
-    }
-
-    fn peer_matches(
-        &self,
-        peer: &Peer,
-        policy_ns: &str,
-        ip: Ipv4Addr,
-        pod: Option<&PodView>,
-    ) -> bool {
-        match peer {
-            Peer::Block { cidr, except } => {
-                cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
-            }
-            Peer::Pods { pods, namespaces } => {
-                let Some(pod) = pod else { return false };
-                let ns_ok = match namespaces {
-                    None => pod.namespace == policy_ns,
-                    Some(sel) => {
-                        let empty = BTreeMap::new();
-                        let labels = self.namespaces.get(&pod.namespace).unwrap_or(&empty);
-                        selector_matches(sel, labels)
-                    }
-                };
-                ns_ok
-                    && pods
-                        .as_ref()
-                        .is_none_or(|sel| selector_matches(sel, &pod.labels))
-            }
-        }
-    }
-
-    fn rule_matches(
-        &self,
-        rule: &Rule,
-        policy_ns: &str,
-        peer_ip: Ipv4Addr,
-        peer: Option<&PodView>,
-        target: &PodView,
-        (proto, port): (u8, u16),
-    ) -> bool {
-        let peer_ok = rule.peers.is_empty()
-            || rule
-                .peers
-                .iter()
-                .any(|p| self.peer_matches(p, policy_ns, peer_ip, peer));
-        let port_ok = rule.ports.is_empty()
-            || rule.ports.iter().any(|m| match m {
-                PortMatch::AnyPort { proto: p } => *p == proto,
-                PortMatch::Number {
-                    proto: p,
-                    port: lo,
-                    end,
-                } => *p == proto && (*lo..=*end).contains(&port),
-                PortMatch::Named { proto: p, name } => {
-                    *p == proto && target.named_ports.get(name) == Some(&(proto, port))
-                }
-            });
-        peer_ok && port_ok
-    }
-
-    /// Whether a flow `src -> dst` (protocol number, destination port) is allowed.
+    /// Whether a new flow `src -> dst` (protocol number, destination port) is allowed: the
+    /// model compiled by `ferroplane-policy`, the flow classified by the compiled tables.
+    /// A policy the compiler refuses denies (the agent never fails open).
     pub fn allows(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, port: u16) -> Decision {
-        let src_pod = self.pod_by_ip(src);
-        let dst_pod = self.pod_by_ip(dst);
-        if let Some(d) = dst_pod {
-            let isolating: Vec<&Compiled> =
-                self.selecting(d).filter(|c| c.ingress.is_some()).collect();
-            if !isolating.is_empty() {
-                let ok = isolating.iter().any(|c| {
-                    c.ingress
-                        .iter()
-                        .flatten()
-                        .any(|r| self.rule_matches(r, &c.namespace, src, src_pod, d, (proto, port)))
-                });
-                if !ok {
-                    return Decision {
-                        allowed: false,
-                        reason: format!(
-                            "ingress of {}/{} denied (isolated by {})",
-                            d.namespace,
-                            d.name,
-                            isolating
-                                .iter()
-                                .map(|c| format!("{}/{}", c.namespace, c.name))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    };
-                }
-            }
+        let mut c = Compiler::new();
+        let mut namespaces = self.namespaces.clone();
+        for p in &self.pods {
+            namespaces.entry(p.namespace.clone()).or_default();
         }
-        if let Some(s) = src_pod {
-            let isolating: Vec<&Compiled> =
-                self.selecting(s).filter(|c| c.egress.is_some()).collect();
-            if !isolating.is_empty() {
-                // Egress ports are the destination's: named ports resolve on the destination pod.
-                let target = dst_pod.unwrap_or(s);
-                let ok = isolating.iter().any(|c| {
-                    c.egress.iter().flatten().any(|r| {
-                        self.rule_matches(r, &c.namespace, dst, dst_pod, target, (proto, port))
-                    })
-                });
-                if !ok {
-                    return Decision {
-                        allowed: false,
-                        reason: format!("egress of {}/{} denied", s.namespace, s.name),
-                    };
-                }
-            }
+        let pods: Vec<PodInfo> = self.pods.iter().map(|p| p.info(true)).collect();
+        if let Err(e) = c.sync(&namespaces, &pods, &self.policies) {
+            return Decision {
+                allowed: false,
+                reason: format!("policy refused: {e}"),
+            };
         }
-        Decision {
-            allowed: true,
-            reason: "allowed".into(),
+        c.commit();
+        let selected_by = |ip: Ipv4Addr| {
+            self.pod_by_ip(ip)
+                .map(|p| {
+                    let by = c
+                        .pod_view(&p.namespace, &p.name)
+                        .map(|v| v.policies.join(", "))
+                        .unwrap_or_default();
+                    format!("{}/{} (isolated by {by})", p.namespace, p.name)
+                })
+                .unwrap_or_else(|| ip.to_string())
+        };
+        match c.tables().check(src, dst, proto, port) {
+            Verdict::Allow => Decision {
+                allowed: true,
+                reason: "allowed".into(),
+            },
+            Verdict::DenyIngress => Decision {
+                allowed: false,
+                reason: format!("ingress of {} denied", selected_by(dst)),
+            },
+            Verdict::DenyEgress => Decision {
+                allowed: false,
+                reason: format!("egress of {} denied", selected_by(src)),
+            },
         }
     }
 }

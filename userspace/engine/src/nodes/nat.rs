@@ -848,6 +848,10 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             if established {
                 cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
             }
+            if s.reply.src == s.orig.src {
+                // Hairpin: the client is its own backend.
+                cx.meta_mut(b).flags |= crate::buffer::FLAG_SELF;
+            }
         }
         ct.sweep(now, 64);
         drop(ct);

@@ -8,7 +8,9 @@
 //! - other flows (pod to pod without translation) are remembered in this node's own flow
 //!   table once allowed; packets of the flow in either direction then pass (replies of an
 //!   allowed connection pass both ways), as do ICMP errors quoting it;
-//! - a pod's traffic to itself always passes.
+//! - a pod's traffic to itself always passes, also through a service that picked the pod
+//!   itself as backend (hairpin: SNATed to the service address; `ip4-nat` flags it
+//!   [`crate::buffer::FLAG_SELF`]).
 //!
 //! A new flow is checked against the source pod's egress ACL, then the destination pod's
 //! ingress ACL ([`ferroplane_tables::policy::PolicyTables::check`]); a denial drops it with
@@ -27,7 +29,7 @@ use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_tables::hash::FastMap;
 use ferroplane_tables::policy::{Acl, PolicyTables, Verdict};
 
-use crate::buffer::FLAG_CT_ESTABLISHED;
+use crate::buffer::{FLAG_CT_ESTABLISHED, FLAG_SELF};
 use crate::node::{Ctx, Node, NodeInfo};
 use crate::trace::{AclOutcome, PolicyStep, TraceData};
 use crate::{node_errors, node_nexts};
@@ -278,7 +280,8 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
             }
             let src = std::net::Ipv4Addr::from((key >> 96) as u32);
             let dst = std::net::Ipv4Addr::from((key >> 64) as u32);
-            if src == dst {
+            // A pod's traffic to itself, directly or through a service (hairpin).
+            if src == dst || cx.meta(b).flags & FLAG_SELF != 0 {
                 if traced {
                     cx.trace(b, record(PolicyStep::SelfTraffic, None));
                 }
