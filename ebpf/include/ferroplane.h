@@ -23,8 +23,8 @@
 #define FP_MAX_XSKS 256
 /* Capacity of the ifaces hash (ifindex -> struct fp_iface). */
 #define FP_MAX_IFACES 1024
-/* Capacity of the steer4 LPM trie. */
-#define FP_MAX_STEER4 4096
+/* Capacity of the steer4 LPM trie (pod CIDRs, and a /32 per service external or load-balancer IP). */
+#define FP_MAX_STEER4 65536
 /* Capacity of the host4 hash (node's own IPv4 addresses). */
 #define FP_MAX_HOST4 256
 /* Capacity of the tunnel4 hash (tunnel protocols/ports decapsulated by the engine). */

@@ -708,6 +708,8 @@ fn full_mesh(mode: OverlayMode, port: u16) {
             );
             assert_eq!(p["advertised"].as_u64(), Some(1), "{p}");
         }
+        let r = bgp_report(c.agent(i));
+        assert_eq!(r["fib_routes"].as_u64(), Some(2), "{r}");
     }
     let table = c.agent(0).ctl(&["show", "routes"]).expect("show routes");
     let line = table

@@ -696,3 +696,65 @@ fn ipam_survives_sigkill_mid_add() {
     assert!(node.reservations().is_empty());
     assert!(node.pod_veths().is_empty());
 }
+
+/// Pods added through CNI are fed to the NetworkPolicy compiler: without Kubernetes they
+/// are pods of namespace `cni` (named after the attachment, no labels), so a default-deny
+/// ingress policy of that namespace isolates them; traffic they start still gets its
+/// replies (stateful).
+#[test]
+fn cni_pods_get_network_policy() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start(None, &[]);
+    let pods = pods(2);
+    let mut ips = Vec::new();
+    for (i, ns) in pods.iter().enumerate() {
+        let r = node.add(&id(i), ns);
+        assert!(r.ok(), "ADD {i}: {r:?}\n{}", node.agent().log_tail(30));
+        ips.push(r.ip().expect("ip"));
+    }
+    ping(&pods[0], ips[1], 2).expect("no policy yet: pod0 -> pod1");
+    // The agent re-reads the spec file: add a default-deny ingress policy for `cni`.
+    let deny = serde_json::json!([{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-ingress", "namespace": "cni"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}]);
+    node.topo
+        .write_spec(&format!(
+            "{}networkPolicies: {deny}\n",
+            node.topo.spec_yaml()
+        ))
+        .expect("spec");
+    let start = Instant::now();
+    let isolated = |v: &Value| {
+        v["pods"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .filter(|p| p["namespace"] == "cni" && p["ingress"].is_object())
+                .count()
+                == 2
+        })
+    };
+    loop {
+        let v = node
+            .agent()
+            .ctl_json(&["show", "policies"])
+            .expect("show policies");
+        if isolated(&v) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "CNI pods not isolated by cni/deny-ingress: {v}\n{}",
+            node.agent().log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ping(&pods[0], ips[1], 2).is_err(),
+        "pod1's ingress is denied by cni/deny-ingress"
+    );
+    ping(&pods[0], Topology::ROUTER_IP, 2).expect("pod0 -> router: replies pass (stateful)");
+    for (i, ns) in pods.iter().enumerate() {
+        assert!(node.del(&id(i), ns).ok());
+    }
+}

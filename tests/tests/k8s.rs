@@ -524,3 +524,146 @@ fn agent_in_kubernetes_mode() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The agent log without ANSI colour escapes.
+fn plain_log(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A Node added after the agent started (the first node of its cluster, so it started
+/// with no remote node at all) gets its pod CIDR routed: a pod plumbed through CNI reaches
+/// an address on it, which it could not before (no default route on this node).
+#[test]
+fn node_joining_later_becomes_reachable() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(0).expect("topology");
+    // The router stands in for node-2: 192.168.100.3 on the uplink segment, one of its
+    // "pods" (10.244.2.10) on its loopback.
+    topo.router
+        .add_addr(Topology::ROUTER_IF, "192.168.100.3/24")
+        .expect("node-2 address");
+    topo.router
+        .add_addr("lo", "10.244.2.10/32")
+        .expect("node-2 pod address");
+    // Nothing but the cluster routes may lead there: not the node kernel's default route
+    // either (the engine hands the host what it does not route).
+    topo.node
+        .ip(&["route", "del", "default"])
+        .expect("deleting the node's default route");
+    let srv = ApiServer::start_in(&topo.node).expect("api server in the node namespace");
+    srv.apply(json!({"kind": "Namespace", "metadata": {"name": "default"}}));
+    srv.apply(node(
+        "node-1",
+        "192.168.100.2",
+        Some("10.244.1.0/24"),
+        json!({}),
+    ));
+    let kubeconfig = topo.dir().join("kubeconfig");
+    std::fs::write(&kubeconfig, srv.kubeconfig()).expect("kubeconfig");
+    // No gateway: only cluster routes lead off the node.
+    topo.write_spec("nodeName: node-1\nuplink: up0\nxdpMode: auto\noverlay: direct\n")
+        .expect("agent config");
+    let socket = topo.dir().join("cni.sock");
+    let state = topo.dir().join("state");
+    let args = [
+        "--k8s",
+        "--kubeconfig",
+        kubeconfig.to_str().expect("path"),
+        "--cni-socket",
+        socket.to_str().expect("path"),
+        "--state-dir",
+        state.to_str().expect("path"),
+    ];
+    let agent = topo
+        .start_agent_with(&bin_dir(), &args)
+        .expect("agent in Kubernetes mode");
+    let start = Instant::now();
+    while !plain_log(&agent.log_tail(200)).contains("remote_nodes=0") {
+        assert!(
+            start.elapsed() < WAIT,
+            "watchers never listed:\n{}",
+            agent.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let plugin = bin_path(&bin_dir(), "ferroplane-cni").expect("ferroplane-cni");
+    let pod_ns = Netns::new("k8sjoin").expect("netns");
+    let conf = ferroplane_conf("ferroplane", &socket);
+    let r = invoke(
+        &topo.node,
+        &plugin,
+        &CniEnv::new("ADD", "join-1", pod_ns.path()),
+        &conf.to_string(),
+        WAIT,
+    )
+    .expect("plugin");
+    assert!(r.ok(), "{r:?}\n{}", agent.log_tail(30));
+    let ping = |ns: &Netns| {
+        ns.exec(&["ping", "-c", "1", "-W", "1", "10.244.2.10"])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let routes = agent.ctl(&["show", "routes"]).expect("show routes");
+    assert!(!routes.contains("10.244.2.0/24"), "{routes}");
+    assert!(
+        !ping(&pod_ns),
+        "node-2's pod reachable before node-2 joined"
+    );
+
+    // node-2 joins.
+    srv.apply(node(
+        "node-2",
+        "192.168.100.3",
+        Some("10.244.2.0/24"),
+        json!({}),
+    ));
+    let start = Instant::now();
+    loop {
+        let routes = agent.ctl(&["show", "routes"]).expect("show routes");
+        if routes.contains("10.244.2.0/24") && routes.contains("192.168.100.3") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "node-2's pod CIDR never routed: {routes}\n{}",
+            agent.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = Instant::now();
+    while !ping(&pod_ns) {
+        assert!(
+            start.elapsed() < WAIT,
+            "node-2's pod unreachable after node-2 joined\n{}",
+            agent.log_tail(40)
+        );
+    }
+
+    // node-2 leaves: its route goes.
+    srv.delete("Node", "", "node-2");
+    let start = Instant::now();
+    loop {
+        let routes = agent.ctl(&["show", "routes"]).expect("show routes");
+        if !routes.contains("10.244.2.0/24") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "node-2's route stayed after it left: {routes}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

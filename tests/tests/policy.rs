@@ -445,9 +445,8 @@ fn established_connection_survives_policy_change() {
 /// The `services:`, `endpointSlices:` and `serviceProxy:` sections for one-backend ClusterIP
 /// services: (name, cluster IP, port, backend pod index).
 fn services_yaml(services: &[(&str, &str, u16, usize)]) -> String {
-    let mut y = String::from(
-        "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\nservices:\n",
-    );
+    let mut y =
+        String::from("serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\nservices:\n");
     for (name, vip, port, _) in services {
         let _ = writeln!(
             y,

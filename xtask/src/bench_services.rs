@@ -1,21 +1,29 @@
-//! `cargo xtask bench services`: a new-connection workload to N ClusterIP services, N = 1,
-//! 1,000, 10,000, through the node in one run, with the forwarding bench's generator and sink
+//! `cargo xtask bench services`: a new-connection workload to N services, N = 1, 1,000,
+//! 10,000, through the node in one run, with the forwarding bench's generator and sink
 //! (trafgen in the router netns with the LD_PRELOAD shim; XDP_DROP on the pods' interfaces,
 //! their rx counters summed):
 //! - kernel: IP forwarding with kube-proxy's iptables-mode `nat` table loaded by
 //!   `iptables-restore` (iptables-nft) in the node namespace: PREROUTING/OUTPUT jump to
-//!   KUBE-SERVICES, one `-d VIP -p udp --dport 80` rule per service jumping to its KUBE-SVC-*
-//!   chain, which picks one of 3 KUBE-SEP-* chains with `-m statistic --mode random
-//!   --probability`, each doing the DNAT (plus KUBE-MARK-MASQ / KUBE-POSTROUTING / the
-//!   KUBE-NODEPORTS tail rule, as kube-proxy writes them);
-//! - ferroplane: the real agent (XDP steering of the VIPs, AF_XDP, the engine's `ip4-nat`)
-//!   with the same N services in its spec (`services:` + `endpointSlices:`).
+//!   KUBE-SERVICES, which holds per service a cluster IP rule (to KUBE-SVC-*) and an external
+//!   IP rule (to KUBE-EXT-*, then KUBE-SVL-* for externalTrafficPolicy=Local); KUBE-SVC-* and
+//!   KUBE-SVL-* pick one of 3 KUBE-SEP-* chains with `-m statistic --mode random
+//!   --probability`, each doing the DNAT; plus KUBE-MARK-MASQ / KUBE-POSTROUTING / the
+//!   KUBE-NODEPORTS tail rule, as kube-proxy writes them;
+//! - ferroplane: the real agent (XDP steering of the service addresses, AF_XDP, the engine's
+//!   `ip4-nat`) with the same N services in its spec (`services:` + `endpointSlices:`).
 //!
-//! Every service has the same 3 endpoints (pod0..pod2, UDP 9). Each packet is a new flow:
-//! 60-byte UDP frames whose destination cycles over the N VIPs (port 80) and whose source
-//! address (172.16+r.x.y, r = the run) and source port (1025..65535) are both incremented, so
-//! no 5-tuple repeats within the run or across runs. Both paths therefore create one conntrack
-//! entry and one NAT binding per packet.
+//! Every service is a ClusterIP service with one external IP (198.18.0.0/15) and
+//! `externalTrafficPolicy: Local`, and the same 3 endpoints on this node (pod0..pod2, UDP 9).
+//! The client is the router, outside the cluster, so it sends to the external IPs (a ClusterIP
+//! is only answered from inside the cluster by ferroplane, as by Kubernetes; kube-proxy's
+//! iptables would DNAT it from anywhere). externalTrafficPolicy=Local keeps both paths at
+//! DNAT only (kube-proxy masquerades external traffic with Cluster, ferroplane only when the
+//! backend is on another node).
+//!
+//! Each packet is a new flow: 60-byte UDP frames whose destination cycles over the N external
+//! IPs (port 80) and whose source address (172.16+r.x.y, r = the run) and source port
+//! (1025..65535) are both incremented, so no 5-tuple repeats within the run or across runs.
+//! Both paths therefore create one conntrack entry and one NAT binding per packet.
 //!
 //! Tables: the kernel's conntrack limit is `nf_conntrack_max` (262,144 here, read-only inside a
 //! namespace); once full it early-drops unreplied entries to admit new ones. ferroplane's
@@ -41,16 +49,25 @@ const ENDPOINTS: usize = 3;
 const SVC_PORT: u16 = 80;
 /// The endpoints' port (UDP).
 const TARGET_PORT: u16 = 9;
-/// Where the VIPs are allocated: service `i` is this + 1 + `i`.
+/// Where the cluster IPs are allocated: service `i` is this + 1 + `i`.
 const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
-/// The service CIDR the router sends through the node.
-const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Where the external IPs are allocated: service `i` is this + 1 + `i`.
+const EXT_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// The external IP range the router sends through the node.
+const EXT_CIDR: &str = "198.18.0.0/15";
+/// The cluster's pod CIDR as kube-proxy's `--cluster-cidr` (pod traffic to external IPs).
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Host-side veth names of the kernel path's pod plumbing: `fpksvc<i>`.
 const KERNEL_POD_IF: &str = "fpksvc";
 
-/// The VIP of service `i`.
+/// The cluster IP of service `i`.
 fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(VIP_BASE) + 1 + i as u32)
+}
+
+/// The external IP of service `i`.
+fn ext_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(EXT_BASE) + 1 + i as u32)
 }
 
 /// A kube-proxy style chain suffix: 16 base32 characters of a hash of `key` (kube-proxy hashes
@@ -73,44 +90,72 @@ fn chain_suffix(key: &str) -> String {
         .collect()
 }
 
-/// `iptables-restore` input for the `nat` table: `n` ClusterIP services (UDP 80) with the
-/// endpoints `pods` (UDP 9), laid out the way kube-proxy's iptables mode writes them.
+/// `iptables-restore` input for the `nat` table: `n` services (UDP 80, a cluster IP and an
+/// external IP, externalTrafficPolicy=Local) with the endpoints `pods` (UDP 9, all local),
+/// laid out the way kube-proxy's iptables mode writes them.
 fn iptables_rules(n: usize, pods: &[Ipv4Addr]) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
-    for i in 0..n {
-        let svc = format!("default/svc-{i}:p");
-        let svc_chain = format!("KUBE-SVC-{}", chain_suffix(&format!("{svc}/udp")));
-        let _ = writeln!(chains, ":{svc_chain} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -d {}/32 -p udp -m comment --comment \"{svc} cluster IP\" -m udp --dport {SVC_PORT} -j {svc_chain}",
-            vip(i)
-        );
-        for (k, pod) in pods.iter().enumerate() {
-            let ep = format!("{pod}:{TARGET_PORT}");
-            let sep_chain = format!("KUBE-SEP-{}", chain_suffix(&format!("{svc}/udp/{ep}")));
-            let _ = writeln!(chains, ":{sep_chain} - [0:0]");
-            let left = pods.len() - k;
+    // One service's endpoint-choice chain (KUBE-SVC-* or KUBE-SVL-*): statistic jumps.
+    let pick = |rules: &mut String, chain: &str, svc: &str, seps: &[(String, String)]| {
+        for (k, (sep, ep)) in seps.iter().enumerate() {
+            let left = seps.len() - k;
             if left > 1 {
                 let _ = writeln!(
                     rules,
-                    "-A {svc_chain} -m comment --comment \"{svc} -> {ep}\" -m statistic --mode random --probability {:.10} -j {sep_chain}",
+                    "-A {chain} -m comment --comment \"{svc} -> {ep}\" -m statistic --mode random --probability {:.10} -j {sep}",
                     1.0 / left as f64
                 );
             } else {
                 let _ = writeln!(
                     rules,
-                    "-A {svc_chain} -m comment --comment \"{svc} -> {ep}\" -j {sep_chain}"
+                    "-A {chain} -m comment --comment \"{svc} -> {ep}\" -j {sep}"
                 );
             }
+        }
+    };
+    for i in 0..n {
+        let svc = format!("default/svc-{i}:p");
+        let id = |kind: &str, extra: &str| {
+            format!("KUBE-{kind}-{}", chain_suffix(&format!("{svc}/udp{extra}")))
+        };
+        let (svc_chain, ext_chain, svl_chain) = (id("SVC", ""), id("EXT", ""), id("SVL", ""));
+        for c in [&svc_chain, &ext_chain, &svl_chain] {
+            let _ = writeln!(chains, ":{c} - [0:0]");
+        }
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p udp -m comment --comment \"{svc} cluster IP\" -m udp --dport {SVC_PORT} -j {svc_chain}",
+            vip(i)
+        );
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p udp -m comment --comment \"{svc} external IP\" -m udp --dport {SVC_PORT} -j {ext_chain}",
+            ext_ip(i)
+        );
+        let _ = writeln!(
+            rules,
+            "-A {ext_chain} -s {CLUSTER_CIDR} -m comment --comment \"pod traffic for {svc} external destinations\" -j {svc_chain}\n\
+             -A {ext_chain} -m comment --comment \"masquerade LOCAL traffic for {svc} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n\
+             -A {ext_chain} -m comment --comment \"route LOCAL traffic for {svc} external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}\n\
+             -A {ext_chain} -j {svl_chain}"
+        );
+        let seps: Vec<(String, String)> = pods
+            .iter()
+            .map(|pod| {
+                let ep = format!("{pod}:{TARGET_PORT}");
+                (id("SEP", &format!("/{ep}")), ep)
+            })
+            .collect();
+        pick(&mut rules, &svc_chain, &svc, &seps);
+        pick(&mut rules, &svl_chain, &svc, &seps);
+        for (sep, ep) in &seps {
+            let pod = ep.split(':').next().unwrap_or_default();
+            let _ = writeln!(chains, ":{sep} - [0:0]");
             let _ = writeln!(
                 rules,
-                "-A {sep_chain} -s {pod}/32 -m comment --comment \"{svc}\" -j KUBE-MARK-MASQ"
-            );
-            let _ = writeln!(
-                rules,
-                "-A {sep_chain} -p udp -m comment --comment \"{svc}\" -m udp -j DNAT --to-destination {ep}"
+                "-A {sep} -s {pod}/32 -m comment --comment \"{svc}\" -j KUBE-MARK-MASQ\n\
+                 -A {sep} -p udp -m comment --comment \"{svc}\" -m udp -j DNAT --to-destination {ep}"
             );
         }
     }
@@ -143,8 +188,9 @@ fn services_yaml(n: usize, pods: &[Ipv4Addr], conntrack_max: usize) -> String {
     for i in 0..n {
         let _ = writeln!(
             s,
-            "  - metadata: {{ name: svc-{i}, namespace: default }}\n    spec: {{ clusterIP: {}, ports: [ {{ name: p, protocol: UDP, port: {SVC_PORT}, targetPort: {TARGET_PORT} }} ] }}",
-            vip(i)
+            "  - metadata: {{ name: svc-{i}, namespace: default }}\n    spec: {{ clusterIP: {}, externalIPs: [{}], externalTrafficPolicy: Local, ports: [ {{ name: p, protocol: UDP, port: {SVC_PORT}, targetPort: {TARGET_PORT} }} ] }}",
+            vip(i),
+            ext_ip(i)
         );
     }
     s.push_str("endpointSlices:\n");
@@ -164,13 +210,13 @@ fn services_yaml(n: usize, pods: &[Ipv4Addr], conntrack_max: usize) -> String {
 }
 
 /// trafgen's packet for run `run` against `n` services: every packet a new flow (source
-/// address and port incremented, destination cycling over the VIPs).
+/// address and port incremented, destination cycling over the external IPs).
 fn trafgen_conf(dst_mac: &str, src_mac: &str, n: usize, run: usize) -> String {
     // trafgen refuses dinc(min, max) with min == max: one service is a fixed address.
     let daddr = if n > 1 {
-        format!("daddr={VIP_BASE}, daddr[2:2]=dinc(1, {n})")
+        format!("daddr={EXT_BASE}, daddr[2:2]=dinc(1, {n})")
     } else {
-        format!("daddr={}", vip(0))
+        format!("daddr={}", ext_ip(0))
     };
     format!(
         "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.{}.0.0, saddr[2:2]=dinc(0, 65535), {daddr}, ttl=64), udp(sp=dinc(1025, 65535), dp={SVC_PORT}), fill(0x41,18) }}\n",
@@ -217,6 +263,8 @@ impl<'a> KernelPath<'a> {
             links: Vec::new(),
         };
         for (i, pod) in topo.pods.iter().enumerate() {
+            // The agent's pod interface may outlive the agent: the kernel plumbs its own.
+            let _ = pod.ns.ip(&["link", "del", Topology::POD_IF]);
             let host_if = format!("{KERNEL_POD_IF}{i}");
             link_veth(&topo.node, &host_if, &pod.ns, Topology::POD_IF)?;
             path.links.push(host_if.clone());
@@ -358,6 +406,7 @@ fn ferroplane(
         if r.is_err() {
             eprintln!("agent log (last 30 lines):\n{}", agent.log_tail(30));
         }
+        println!("  engine errors: {}", engine_errors(&agent));
         agent.stop();
         let r = r?;
         if full > 0 {
@@ -366,6 +415,37 @@ fn ferroplane(
         rates.push(r);
     }
     Ok(rates)
+}
+
+/// The engine's non-zero error counters (`node: reason count`), largest first.
+fn engine_errors(agent: &ferroplane_e2e::AgentGuard) -> String {
+    let Ok(v) = agent.ctl_json(&["show", "errors"]) else {
+        return "(ferroctl show errors failed)".into();
+    };
+    let mut rows: Vec<(u64, String)> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    let count = e["count"].as_u64().filter(|c| *c > 0)?;
+                    Some((
+                        count,
+                        format!(
+                            "{}: {} {count}",
+                            e["node"].as_str().unwrap_or("?"),
+                            e["reason"].as_str().unwrap_or("?")
+                        ),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.into_iter()
+        .take(6)
+        .map(|r| r.1)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `cargo xtask bench services`.
@@ -381,10 +461,21 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
     };
     let mut p = Progress::new(4 + COUNTS.len());
     p.step("system packages", crate::deps::ensure)?;
-    p.step(
-        "building release binaries (agent, ferroctl, BPF objects)",
-        build_binaries,
-    )?;
+    if let Some(dir) = std::env::var_os("FERROPLANE_BIN_DIR") {
+        // Prebuilt binaries (e.g. a tree mid-edit elsewhere): ferroplane_e2e::bin_dir() uses them.
+        p.step(
+            &format!(
+                "using the prebuilt agent and ferroctl in {} (FERROPLANE_BIN_DIR)",
+                std::path::Path::new(&dir).display()
+            ),
+            || Ok(()),
+        )?;
+    } else {
+        p.step(
+            "building release binaries (agent, ferroctl, BPF objects)",
+            build_binaries,
+        )?;
+    }
     let tools_dir = TempDir::new("bench-tools")?;
     let tools = p.step(
         "compiling the trafgen LD_PRELOAD shim (cc) and the XDP_DROP sink (clang-19)",
@@ -400,7 +491,7 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
         || {
             let topo = Topology::single_node(ENDPOINTS)?;
             topo.router
-                .add_route(SERVICE_CIDR, &Topology::NODE_IP.to_string())?;
+                .add_route(EXT_CIDR, &Topology::NODE_IP.to_string())?;
             Ok(topo)
         },
     )?;
@@ -436,7 +527,7 @@ fn fmt(rates: &[f64]) -> String {
 /// The table: per N, both medians, ferroplane/kernel, and each path against its N = 1.
 fn report(results: &[(usize, f64, f64)], runs: usize, secs: u64) -> String {
     let mut s = format!(
-        "\n=== ClusterIP services, new connection per packet (UDP, {ENDPOINTS} endpoints each), medians of {runs} x {secs} s ===\n"
+        "\n=== services (external IP, eTP=Local), new connection per packet (UDP, {ENDPOINTS} endpoints each), medians of {runs} x {secs} s ===\n"
     );
     let _ = writeln!(
         s,
@@ -471,28 +562,49 @@ mod tests {
     fn rules_follow_the_kube_proxy_layout() {
         let r = iptables_rules(2, &pods());
         assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"), "{r}");
-        assert_eq!(r.matches("-A KUBE-SERVICES -d ").count(), 2);
+        assert_eq!(r.matches("-A KUBE-SERVICES -d ").count(), 4);
         assert_eq!(r.matches(":KUBE-SVC-").count(), 2);
+        assert_eq!(r.matches(":KUBE-EXT-").count(), 2);
+        assert_eq!(r.matches(":KUBE-SVL-").count(), 2);
         assert_eq!(r.matches(":KUBE-SEP-").count(), 6);
         assert_eq!(r.matches("-j DNAT --to-destination").count(), 6);
         assert!(r.contains("-d 10.96.0.1/32 -p udp"), "{r}");
-        assert!(r.contains("-d 10.96.0.2/32 -p udp"), "{r}");
-        assert!(r.contains("--probability 0.3333333333 "), "{r}");
-        assert!(r.contains("--probability 0.5000000000 "), "{r}");
+        assert!(r.contains("-d 198.18.0.2/32 -p udp"), "{r}");
+        assert_eq!(r.matches("--probability 0.3333333333 ").count(), 4, "{r}");
+        assert_eq!(r.matches("--probability 0.5000000000 ").count(), 4, "{r}");
         assert!(r.contains("DNAT --to-destination 10.244.1.12:9"), "{r}");
+        // The external IP goes to the local-endpoints chain, the cluster IP to all endpoints.
+        let ext_line = r
+            .lines()
+            .find(|l| l.contains("-d 198.18.0.1/32"))
+            .unwrap_or("");
+        let ext = ext_line.rsplit(' ').next().unwrap_or("");
+        assert!(ext.starts_with("KUBE-EXT-"), "{ext_line}");
+        let last_ext_rule = r
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {ext} ")))
+            .last()
+            .unwrap_or("");
+        assert!(last_ext_rule.contains("-j KUBE-SVL-"), "{last_ext_rule}");
         // The NodePorts jump is the last rule of KUBE-SERVICES.
         let last = r.lines().rev().nth(1).unwrap_or("");
         assert!(last.contains("-j KUBE-NODEPORTS"), "{last}");
-        // Every chain jumped to is declared, names fit iptables' 28 characters.
-        for line in r.lines().filter(|l| l.starts_with(':')) {
-            let name = line[1..].split(' ').next().unwrap_or("");
-            assert!(name.len() <= 28, "{name}");
-        }
+        // Every chain jumped to is declared once, names fit iptables' 28 characters.
+        let declared: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with(':'))
+            .map(|l| l[1..].split(' ').next().unwrap_or(""))
+            .collect();
+        let mut unique = declared.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), declared.len(), "a chain declared twice");
+        assert!(declared.iter().all(|n| n.len() <= 28));
         for line in r.lines().filter(|l| l.starts_with("-A ")) {
             if let Some(target) = line.split(" -j ").nth(1) {
                 let t = target.split(' ').next().unwrap_or("");
                 if t.starts_with("KUBE-") {
-                    assert!(r.contains(&format!(":{t} - ")), "{t} undeclared");
+                    assert!(declared.contains(&t), "{t} undeclared");
                 }
             }
         }
@@ -515,14 +627,19 @@ mod tests {
         assert!(y.contains("conntrackMax: 4194304"));
         assert_eq!(y.matches("clusterIP: ").count(), 3);
         assert!(y.contains("clusterIP: 10.96.0.3,"), "{y}");
+        assert!(
+            y.contains("externalIPs: [198.18.0.3], externalTrafficPolicy: Local"),
+            "{y}"
+        );
         assert_eq!(y.matches("addresses: [").count(), 9);
         assert!(y.contains("kubernetes.io/service-name: svc-2 "), "{y}");
         let c = trafgen_conf("02:00:00:00:00:02", "02:00:00:00:00:01", 3, 1);
-        assert!(c.contains("daddr=10.96.0.0, daddr[2:2]=dinc(1, 3)"), "{c}");
+        assert!(c.contains("daddr=198.18.0.0, daddr[2:2]=dinc(1, 3)"), "{c}");
         assert!(c.contains("saddr=172.17.0.0"), "{c}");
         let one = trafgen_conf("02:00:00:00:00:02", "02:00:00:00:00:01", 1, 0);
-        assert!(one.contains("daddr=10.96.0.1, ttl"), "{one}");
+        assert!(one.contains("daddr=198.18.0.1, ttl"), "{one}");
         assert_eq!(vip(9_999), Ipv4Addr::new(10, 96, 39, 16));
+        assert_eq!(ext_ip(9_999), Ipv4Addr::new(198, 18, 39, 16));
     }
 
     #[test]

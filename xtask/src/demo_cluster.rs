@@ -29,13 +29,14 @@ fn bgp_converged(c: &Cluster) -> Result<String> {
         for (i, node) in c.nodes.iter().enumerate() {
             let r = c.agent(i).ctl_json(&["show", "bgp"])?;
             let peers = r["peers"].as_array().cloned().unwrap_or_default();
-            let up = peers
-                .iter()
-                .filter(|p| p["state"] == "Established")
-                .count();
+            let up = peers.iter().filter(|p| p["state"] == "Established").count();
             sessions += up;
             if up < n - 1 {
-                missing.push(format!("{}: {up}/{} sessions Established", node.name, n - 1));
+                missing.push(format!(
+                    "{}: {up}/{} sessions Established",
+                    node.name,
+                    n - 1
+                ));
             }
             let routes = c.agent(i).ctl_json(&["show", "routes"])?;
             for o in c.nodes.iter().filter(|o| o.index != node.index) {
@@ -57,7 +58,10 @@ fn bgp_converged(c: &Cluster) -> Result<String> {
             ));
         }
         if t.elapsed() > BGP_TIMEOUT {
-            bail!("not converged after {BGP_TIMEOUT:?}: {}", missing.join("; "));
+            bail!(
+                "not converged after {BGP_TIMEOUT:?}: {}",
+                missing.join("; ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

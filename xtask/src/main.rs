@@ -108,7 +108,7 @@ enum BenchKind {
     Bgp,
     /// Forwarding with 1 / 1,000 / 10,000 rules: NetworkPolicy in ferroplane vs iptables-nft FORWARD (root).
     Policy,
-    /// New connections to 1 / 1,000 / 10,000 ClusterIP services: ferroplane vs iptables-nft in kube-proxy's layout (root).
+    /// New connections to 1 / 1,000 / 10,000 services (3 endpoints each): ferroplane vs iptables-nft in kube-proxy's layout (root).
     Services,
 }
 

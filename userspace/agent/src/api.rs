@@ -278,7 +278,17 @@ impl Handler for AgentView {
                 };
                 json(overlay.report(&self.shared.load()))
             }
-            Request::ShowBgp => json(crate::bgp::report(self.bgp.as_deref())),
+            Request::ShowBgp => {
+                let mut r = crate::bgp::report(self.bgp.as_deref());
+                r.fib_routes = self
+                    .shared
+                    .load()
+                    .fib
+                    .routes()
+                    .filter(|r| r.source == TableSource::Bgp)
+                    .count();
+                json(r)
+            }
             Request::ShowBgpRoutes => json(crate::bgp::routes_report(self.bgp.as_deref())),
             Request::ShowServices => json(crate::services::services_report(&self.services)),
             Request::ShowPolicies { pod } => json(crate::policy::report(pod.as_deref())?),

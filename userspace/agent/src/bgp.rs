@@ -450,6 +450,7 @@ pub fn report(speaker: Option<&Speaker>) -> ferroplane_api::BgpReport {
         local_as,
         router_id: router_id.to_string(),
         loc_rib: s.loc_rib_len(),
+        fib_routes: 0, // filled in by the API from the engine snapshot
         originated: s.originated().iter().map(|p| p.to_string()).collect(),
         peers: s
             .peers()

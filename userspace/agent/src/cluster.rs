@@ -468,13 +468,18 @@ mod tests {
 
     #[test]
     fn pod_cidr_is_optional_with_bgp() {
-        let s = spec("  nodes:\n    - name: b\n      address: 192.168.200.12\nbgp:\n  localAS: 64512\n")
-            .unwrap();
+        let s = spec(
+            "  nodes:\n    - name: b\n      address: 192.168.200.12\nbgp:\n  localAS: 64512\n",
+        )
+        .unwrap();
         let c = s.cluster.as_ref().unwrap();
         assert_eq!(c.nodes[0].pod_cidr, None);
         let peers = s.bgp.as_ref().unwrap().peers(&s);
         assert_eq!(peers.len(), 1, "full mesh toward the listed node");
-        assert_eq!(peers[0].address, "192.168.200.12".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            peers[0].address,
+            "192.168.200.12".parse::<std::net::IpAddr>().unwrap()
+        );
         assert_eq!(peers[0].remote_as, 64512, "iBGP");
     }
 

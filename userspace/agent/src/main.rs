@@ -12,9 +12,9 @@ use ferroplane_agent::api::AgentView;
 use ferroplane_agent::cni_server::{self, CniContext, CniServer, PlumbedPod, PodOp};
 use ferroplane_agent::config::{NodeSpec, PodSpec, XdpMode};
 use ferroplane_agent::engine::Engine;
+use ferroplane_agent::engine::PortOpener;
 use ferroplane_agent::health::{self, Health};
 use ferroplane_agent::ipam::Ipam;
-use ferroplane_agent::engine::PortOpener;
 use ferroplane_agent::netlink::{Plumber, SpareLink, POD_GATEWAY};
 use ferroplane_agent::state::{NodeState, PodState, UplinkState};
 use ferroplane_agent::timing::Phases;
@@ -588,7 +588,10 @@ async fn run(args: Args) -> Result<()> {
     // Spare pairs of a previous run that was killed.
     match agent.plumber.delete_spares().await {
         Ok(0) => {}
-        Ok(n) => info!(deleted = n, "stale spare veth pairs of a previous run removed"),
+        Ok(n) => info!(
+            deleted = n,
+            "stale spare veth pairs of a previous run removed"
+        ),
         Err(e) => warn!("removing stale spare veth pairs: {e}"),
     }
     agent.publish()?;
@@ -752,13 +755,14 @@ async fn run(args: Args) -> Result<()> {
     let mut spec_watch =
         (!args.k8s).then(|| ferroplane_agent::services::SpecWatch::new(&args.config));
     // WireGuard handshake retries, rekeys and keepalives leave through the kernel.
-    let open_wg_sock = |overlay: &ferroplane_agent::overlay::Overlay| -> Result<std::net::UdpSocket> {
-        let addr = std::net::SocketAddrV4::new(spec.node.address.addr, overlay.wg_port());
-        let s = std::net::UdpSocket::bind(addr)
-            .with_context(|| format!("WireGuard timer socket {addr}"))?;
-        s.set_nonblocking(true).context("WireGuard timer socket")?;
-        Ok(s)
-    };
+    let open_wg_sock =
+        |overlay: &ferroplane_agent::overlay::Overlay| -> Result<std::net::UdpSocket> {
+            let addr = std::net::SocketAddrV4::new(spec.node.address.addr, overlay.wg_port());
+            let s = std::net::UdpSocket::bind(addr)
+                .with_context(|| format!("WireGuard timer socket {addr}"))?;
+            s.set_nonblocking(true).context("WireGuard timer socket")?;
+            Ok(s)
+        };
     let mut wg_sock = if overlay.has_wireguard() {
         Some(open_wg_sock(&overlay)?)
     } else {

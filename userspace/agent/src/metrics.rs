@@ -350,7 +350,14 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
         bgp.loc_rib as i64,
     );
 
-    let tunnels = view.overlay.report(snap);
+    let tunnels = {
+        // A poisoned lock still holds a complete overlay.
+        let overlay = match view.overlay.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        overlay.report(snap)
+    };
     gauge_family(
         reg,
         "tunnel_peer_state",

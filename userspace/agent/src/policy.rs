@@ -372,6 +372,52 @@ networkPolicies:
 "#;
 
     #[test]
+    fn cni_pods_take_their_kubernetes_identity() {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let k8s_pod = |name: &str, ip: &str, local: bool| PodInfo {
+            namespace: "x".into(),
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            labels: [("pod".to_string(), "a".to_string())].into(),
+            named_ports: BTreeMap::new(),
+            local,
+        };
+        let k8s = [
+            k8s_pod("c", "10.244.1.20", false),
+            k8s_pod("r", "10.244.2.5", false),
+            // The spec's pod a, as the API server has it: the spec wins.
+            k8s_pod("a", "10.244.1.10", true),
+        ];
+        let cni = [
+            ("cni/c1/eth0", "10.244.1.20".parse().unwrap()),
+            ("cni/c2/eth0", "10.244.1.21".parse().unwrap()),
+            ("x/a", "10.244.1.10".parse().unwrap()),
+        ];
+        let all = node_pods(&spec, cni, &k8s);
+        let by_ip = |ip: &str| {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            let v: Vec<&PodInfo> = all.iter().filter(|p| p.ip == ip).collect();
+            assert_eq!(v.len(), 1, "{ip} once: {all:?}");
+            v[0].clone()
+        };
+        let c = by_ip("10.244.1.20");
+        assert_eq!((c.namespace.as_str(), c.name.as_str(), c.local), ("x", "c", true));
+        assert_eq!(c.labels.get("pod").map(String::as_str), Some("a"));
+        let c2 = by_ip("10.244.1.21");
+        assert_eq!((c2.namespace.as_str(), c2.name.as_str()), ("cni", "c2/eth0"));
+        assert!(c2.local && c2.labels.is_empty());
+        assert!(!by_ip("10.244.2.5").local, "remote pods are peers only");
+        assert_eq!(by_ip("10.244.1.10").labels.get("pod").map(String::as_str), Some("a"));
+        assert_eq!(all.len(), 5);
+        // A CNI pod selected by a policy (x/a-from-b selects pod=a) gets its ACL; a remote
+        // pod does not.
+        let t = compile_pods(&spec, &all);
+        let acl = |ip: &str| t.pod(ip.parse().unwrap()).is_some_and(|p| p.ingress.is_some());
+        assert!(acl("10.244.1.20") && acl("10.244.1.10"));
+        assert!(!acl("10.244.2.5") && !acl("10.244.1.21"));
+    }
+
+    #[test]
     fn spec_compiles_to_tables() {
         let spec = NodeSpec::from_yaml(SPEC).unwrap();
         let pods = pods(&spec);

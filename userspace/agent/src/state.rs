@@ -368,7 +368,10 @@ pods:
         assert_eq!(adj("10.244.3.7").next_hop, Some(ip("192.168.100.4")));
         assert_eq!(adj("10.99.0.7").sw_if, UPLINK_SW_IF, "not a cluster node");
         let t = snap.tunnels.by_remote(ip("192.168.100.3")).unwrap();
-        assert!(t.allows(ip("10.244.2.9")), "learnt prefix accepted from the tunnel");
+        assert!(
+            t.allows(ip("10.244.2.9")),
+            "learnt prefix accepted from the tunnel"
+        );
         assert!(!t.allows(ip("10.244.3.9")));
         let r = fib
             .routes()

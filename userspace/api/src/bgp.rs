@@ -13,6 +13,9 @@ pub struct BgpReport {
     pub router_id: String,
     /// Prefixes in the Loc-RIB.
     pub loc_rib: usize,
+    /// Routes learnt over BGP in the engine FIB (IPv4; the kernel gets IPv6 ones too).
+    #[serde(default)]
+    pub fib_routes: usize,
     /// Prefixes this node originates.
     pub originated: Vec<String>,
     /// Peers.

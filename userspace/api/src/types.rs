@@ -81,7 +81,8 @@ pub enum Request {
         /// Only this pod (`namespace/name`).
         #[serde(default)]
         pod: Option<String>,
-    },    /// `show_neighbors`: answers `Vec<crate::NeighborInfo>` (the engine's next hops: IP,
+    },
+    /// `show_neighbors`: answers `Vec<crate::NeighborInfo>` (the engine's next hops: IP,
     /// MAC, interface, state).
     ShowNeighbors,
 }

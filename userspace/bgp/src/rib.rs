@@ -559,11 +559,27 @@ mod tests {
         let p: Prefix = "10.244.9.0/24".parse().unwrap();
         assert!(rib.insert(p, path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1)));
         assert!(rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)));
+        assert!(
+            !rib.insert(p, path(Source::Peer(2), 100, &[65003, 1], "10.0.0.3", true, 3)),
+            "a path with a longer AS path changes nothing"
+        );
         let d = rib.get(&p).unwrap();
         assert_eq!(d.next_hops(true).len(), 2);
         assert_eq!(
             d.next_hops(false),
             vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        // The compact selection agrees with a full run of the decision process.
+        let full = d.selection(65000);
+        assert_eq!(d.best_index(), full.best);
+        for i in 0..d.paths.len() {
+            assert_eq!(d.is_multipath(i), full.multipath.contains(&i), "path {i}");
+        }
+        assert!(!d.is_multipath(2));
+        assert_eq!(full.reasons[2], Some(Reason::AsPathLength));
+        assert!(
+            !rib.remove(&p, Source::Peer(2)),
+            "a losing path going away changes neither the best path nor the ECMP set"
         );
         assert!(
             !rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)),

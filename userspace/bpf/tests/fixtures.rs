@@ -880,6 +880,31 @@ fn ports4_edits_change_steering() {
     assert_eq!(s.verdict(FpVerdict::Pass), 3);
 }
 
+/// steer4 holds a /32 per service address for 10,000 services (and the pod CIDR): the
+/// last one added is steered like the first.
+#[test]
+fn steer4_holds_ten_thousand_service_addresses() {
+    if !require_root("steer4_holds_ten_thousand_service_addresses") {
+        return;
+    }
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 1));
+    for i in 0..10_000 {
+        dp.add_steer4(Ipv4Addr::from(base + i), 32, FpSteerKind::Service)
+            .unwrap_or_else(|e| panic!("service address {i}: {e}"));
+    }
+    for addr in [base, base + 9_999] {
+        let frame = service_frame(Ipv4Addr::from(addr), 17, 80, 0, 0);
+        let (action, _) = dp.prog_test_run(XdpProg::Uplink, &frame).unwrap();
+        assert_eq!(action, xdp_action::REDIRECT, "{}", Ipv4Addr::from(addr));
+    }
+    let frame = service_frame(Ipv4Addr::from(base + 10_000), 17, 80, 0, 0);
+    assert_eq!(
+        dp.prog_test_run(XdpProg::Uplink, &frame).unwrap().0,
+        xdp_action::PASS
+    );
+}
+
 /// Two loads without a pin directory do not share maps.
 #[test]
 fn unpinned_loads_are_independent() {

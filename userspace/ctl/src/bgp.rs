@@ -31,10 +31,11 @@ pub fn peers(r: &BgpReport) -> String {
         return "BGP is not configured (no bgp: section)\n".into();
     }
     let mut out = format!(
-        "local AS {} router id {} loc-rib {} prefixes, originated: {}\n",
+        "local AS {} router id {} loc-rib {} prefixes ({} in the engine FIB), originated: {}\n",
         r.local_as,
         r.router_id,
         r.loc_rib,
+        r.fib_routes,
         if r.originated.is_empty() {
             "-".to_string()
         } else {
@@ -249,6 +250,7 @@ mod tests {
         let s = peers(&r);
         assert!(s.contains("01:02:05"), "{s}");
         assert!(s.contains("Established"), "{s}");
+        assert!(s.contains("(0 in the engine FIB)"), "{s}");
         assert!(peers(&BgpReport::default()).contains("not configured"));
     }
 }

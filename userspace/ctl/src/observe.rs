@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("Address"), "{text}");
         assert!(lines[1].contains("02:00:00:00:00:01") && lines[1].contains("resolved"));
-        assert!(lines[2].contains(" - ") && lines[2].contains("incomplete"), "{text}");
+        assert!(
+            lines[2].contains(" - ") && lines[2].contains("incomplete"),
+            "{text}"
+        );
         // Columns line up: the MAC column starts at the same offset on every line.
         let col = lines[0].find("MAC").unwrap();
         assert_eq!(lines[1].find("02:").unwrap(), col);

@@ -338,7 +338,9 @@ impl AclOutcome {
                 policy,
                 index,
                 acl_rule,
-            } => format!("{dir} of {pod}: allowed by {policy} {dir} rule {index} (acl rule {acl_rule})"),
+            } => format!(
+                "{dir} of {pod}: allowed by {policy} {dir} rule {index} (acl rule {acl_rule})"
+            ),
             AclOutcome::DefaultDeny { .. } => {
                 let p = self.policies(pod, names);
                 let by = if p.is_empty() {

@@ -763,14 +763,16 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                         counts[NatError::IcmpTranslated as usize] += 1;
                         cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
                         if traced {
-                            cx.trace.push(m.trace_id, node, TraceData::Nat(NatStep::IcmpError));
+                            cx.trace
+                                .push(m.trace_id, node, TraceData::Nat(NatStep::IcmpError));
                         }
                     }
                     continue;
                 }
                 Class::Other => {
                     if traced {
-                        cx.trace.push(m.trace_id, node, TraceData::Nat(NatStep::Untranslated));
+                        cx.trace
+                            .push(m.trace_id, node, TraceData::Nat(NatStep::Untranslated));
                     }
                     continue;
                 }
@@ -833,6 +835,8 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             };
             // An established connection (replied, or this is a reply) skips ip4-policy.
             let established = existing && (dir == Dir::Reply || s.packets[1] > 0);
+            // Hairpin (the client is its own backend): a pod's traffic to itself.
+            let hairpin = s.reply.src == s.orig.src;
             if existing && traced {
                 let step = NatStep::Session {
                     session: id,
@@ -848,8 +852,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             if established {
                 cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
             }
-            if s.reply.src == s.orig.src {
-                // Hairpin: the client is its own backend.
+            if hairpin {
                 cx.meta_mut(b).flags |= crate::buffer::FLAG_SELF;
             }
         }
