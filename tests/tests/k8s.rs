@@ -194,7 +194,10 @@ async fn watchers_follow_the_api() {
         (n2.name.as_str(), n2.address),
         ("node-2", ip("192.168.100.3"))
     );
-    assert_eq!(n2.pod_cidr.to_string(), "10.244.2.0/24");
+    assert_eq!(
+        n2.pod_cidr.map(|c| c.to_string()).as_deref(),
+        Some("10.244.2.0/24")
+    );
     assert_eq!(
         n2.vtep_mac.map(|m| m.to_string()).as_deref(),
         Some("02:fe:c0:a8:64:03")

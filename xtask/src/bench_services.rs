@@ -393,6 +393,10 @@ fn ferroplane(
             );
         }
         for pod in &topo.pods {
+            // A restarted agent reuses the pod interface, with the previous run's sink on it.
+            let _ = pod
+                .ns
+                .ip(&["link", "set", "dev", Topology::POD_IF, "xdpdrv", "off"]);
             bench::attach_xdp_drop(&pod.ns, Topology::POD_IF, &tools.xdp_drop)?;
         }
         let conf = trafgen_conf(&dst_mac, &src_mac, n, *run_no);
@@ -440,7 +444,7 @@ fn engine_errors(agent: &ferroplane_e2e::AgentGuard) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     rows.into_iter()
         .take(6)
         .map(|r| r.1)
@@ -582,8 +586,7 @@ mod tests {
         assert!(ext.starts_with("KUBE-EXT-"), "{ext_line}");
         let last_ext_rule = r
             .lines()
-            .filter(|l| l.starts_with(&format!("-A {ext} ")))
-            .last()
+            .rfind(|l| l.starts_with(&format!("-A {ext} ")))
             .unwrap_or("");
         assert!(last_ext_rule.contains("-j KUBE-SVL-"), "{last_ext_rule}");
         // The NodePorts jump is the last rule of KUBE-SERVICES.

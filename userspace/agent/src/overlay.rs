@@ -502,6 +502,18 @@ impl Overlay {
                 .or_default()
                 .push(r.prefix.to_string());
         }
+        // Prefixes learnt over BGP from a node (in the published FIB) are its pod CIDRs too.
+        for r in snap.fib.routes().filter(|r| r.source == RouteSource::Bgp) {
+            if let RouteAction::Forward(paths) = &r.action {
+                for via in paths.iter().filter_map(|p| p.via) {
+                    let v = by_node.entry(via).or_default();
+                    let prefix = r.prefix.to_string();
+                    if !v.contains(&prefix) {
+                        v.push(prefix);
+                    }
+                }
+            }
+        }
         TunnelsReport {
             node: self.node.clone(),
             local_address: self.local.map(|a| a.to_string()).unwrap_or_default(),

@@ -401,18 +401,30 @@ networkPolicies:
             v[0].clone()
         };
         let c = by_ip("10.244.1.20");
-        assert_eq!((c.namespace.as_str(), c.name.as_str(), c.local), ("x", "c", true));
+        assert_eq!(
+            (c.namespace.as_str(), c.name.as_str(), c.local),
+            ("x", "c", true)
+        );
         assert_eq!(c.labels.get("pod").map(String::as_str), Some("a"));
         let c2 = by_ip("10.244.1.21");
-        assert_eq!((c2.namespace.as_str(), c2.name.as_str()), ("cni", "c2/eth0"));
+        assert_eq!(
+            (c2.namespace.as_str(), c2.name.as_str()),
+            ("cni", "c2/eth0")
+        );
         assert!(c2.local && c2.labels.is_empty());
         assert!(!by_ip("10.244.2.5").local, "remote pods are peers only");
-        assert_eq!(by_ip("10.244.1.10").labels.get("pod").map(String::as_str), Some("a"));
+        assert_eq!(
+            by_ip("10.244.1.10").labels.get("pod").map(String::as_str),
+            Some("a")
+        );
         assert_eq!(all.len(), 5);
         // A CNI pod selected by a policy (x/a-from-b selects pod=a) gets its ACL; a remote
         // pod does not.
         let t = compile_pods(&spec, &all);
-        let acl = |ip: &str| t.pod(ip.parse().unwrap()).is_some_and(|p| p.ingress.is_some());
+        let acl = |ip: &str| {
+            t.pod(ip.parse().unwrap())
+                .is_some_and(|p| p.ingress.is_some())
+        };
         assert!(acl("10.244.1.20") && acl("10.244.1.10"));
         assert!(!acl("10.244.2.5") && !acl("10.244.1.21"));
     }

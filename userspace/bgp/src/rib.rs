@@ -560,7 +560,10 @@ mod tests {
         assert!(rib.insert(p, path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1)));
         assert!(rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)));
         assert!(
-            !rib.insert(p, path(Source::Peer(2), 100, &[65003, 1], "10.0.0.3", true, 3)),
+            !rib.insert(
+                p,
+                path(Source::Peer(2), 100, &[65003, 1], "10.0.0.3", true, 3)
+            ),
             "a path with a longer AS path changes nothing"
         );
         let d = rib.get(&p).unwrap();

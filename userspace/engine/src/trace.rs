@@ -735,3 +735,99 @@ impl TraceData {
         f
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Names;
+
+    impl TraceNames for Names {
+        fn error_name(&self, code: u16) -> String {
+            format!("ip4-policy: reason {code}")
+        }
+
+        fn policies_of(&self, pod: Ipv4Addr) -> Vec<String> {
+            vec![format!("ns/isolates-{pod}")]
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn field<'a>(f: &'a [(&'static str, String)], k: &str) -> Option<&'a str> {
+        f.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn service_dnat_names_service_and_backend() {
+        let d = TraceData::Nat(NatStep::ServiceNew {
+            service: "default/web:http".into(),
+            kind: FrontendKind::ClusterIp,
+            frontend: FrontendKey {
+                addr: ip("10.96.0.10"),
+                proto: 6,
+                port: 80,
+            },
+            backend: (ip("10.244.1.11"), 8080),
+            snat: Some((ip("10.96.0.10"), 4000)),
+            hairpin: true,
+            session: 3,
+        });
+        assert_eq!(
+            d.describe(&Names),
+            "service-dnat default/web:http cluster-ip 10.96.0.10:80/tcp -> backend \
+             10.244.1.11:8080 session 3, snat to 10.96.0.10:4000 (hairpin)"
+        );
+        let f = d.fields(&Names);
+        assert_eq!(field(&f, "decision"), Some("service-dnat"));
+        assert_eq!(field(&f, "backend"), Some("10.244.1.11:8080"));
+        assert_eq!(field(&f, "snat"), Some("10.96.0.10:4000"));
+    }
+
+    #[test]
+    fn policy_deny_names_direction_and_policies() {
+        let policy = |ingress: AclOutcome| TraceData::Policy {
+            step: PolicyStep::Classified,
+            src: ip("10.244.1.10"),
+            dst: ip("10.244.1.12"),
+            proto: 6,
+            dport: 8080,
+            egress: AclOutcome::NotIsolated,
+            ingress,
+        };
+        // An ACL without rules: the policies come from the names (the compiler).
+        let d = policy(AclOutcome::DefaultDeny { policies: vec![] });
+        let f = d.fields(&Names);
+        assert_eq!(field(&f, "verdict"), Some("deny"));
+        assert_eq!(field(&f, "denied_by"), Some("ingress"));
+        assert_eq!(field(&f, "policies"), Some("ns/isolates-10.244.1.12"));
+        assert!(d
+            .describe(&Names)
+            .contains("ingress of 10.244.1.12: denied, no rule allows it: default deny (isolated by ns/isolates-10.244.1.12)"));
+        // An ACL with rules names them itself.
+        let d = policy(AclOutcome::DefaultDeny {
+            policies: vec!["ns/p".into()],
+        });
+        assert_eq!(field(&d.fields(&Names), "policies"), Some("ns/p"));
+        // Allowed: the rule.
+        let d = policy(AclOutcome::Rule {
+            policy: "ns/p".into(),
+            index: 1,
+            acl_rule: 0,
+        });
+        let f = d.fields(&Names);
+        assert_eq!(field(&f, "verdict"), Some("allow"));
+        assert_eq!(field(&f, "rules"), Some("ns/p ingress rule 1"));
+        assert_eq!(field(&f, "denied_by"), None);
+    }
+
+    #[test]
+    fn drop_uses_the_error_name() {
+        let d = TraceData::Drop { error: 7 };
+        assert_eq!(d.describe(&Names), "drop: ip4-policy: reason 7");
+        // A closure is enough where no policy names are needed.
+        assert_eq!(d.describe(&|c: u16| format!("e{c}")), "drop: e7");
+    }
+}

@@ -353,7 +353,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.buffer.as_mut()[off..off + 2].copy_from_slice(&max.to_be_bytes());
         // A 16-bit field at an odd offset straddles two checksum words: in the
         // one's-complement sum it counts byte-swapped.
-        let (o, n) = if off % 2 == 0 {
+        let (o, n) = if off.is_multiple_of(2) {
             (old, max)
         } else {
             (old.swap_bytes(), max.swap_bytes())

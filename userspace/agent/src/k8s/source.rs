@@ -323,10 +323,11 @@ impl K8sSource {
                     policies = d.policy.policy_count(),
                     "desired state recomputed"
                 );
-                let _ = desired_tx.send(Arc::new(d));
+                // Synced first: whoever sees this desired state also sees `synced`.
                 if !*synced_tx.borrow() {
                     let _ = synced_tx.send(true);
                 }
+                let _ = desired_tx.send(Arc::new(d));
             }
         }));
         src
