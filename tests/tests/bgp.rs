@@ -748,7 +748,10 @@ fn full_mesh(mode: OverlayMode, port: u16) {
             .cloned()
             .unwrap_or(Value::Null);
         assert!(p["tx_bytes"].as_u64().unwrap_or(0) >= 4 * MB, "{r}");
-        assert_eq!(p["pod_cidrs"][0], "10.244.3.0/24", "learnt pod CIDR shown: {r}");
+        assert_eq!(
+            p["pod_cidrs"][0], "10.244.3.0/24",
+            "learnt pod CIDR shown: {r}"
+        );
     }
     // The node hosts reach remote pods through the kernel routes BGP installed.
     let k = kernel_routes(&c.nodes[0].ns, "196");

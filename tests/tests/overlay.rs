@@ -649,6 +649,30 @@ fn mss_clamping_fits_tcp_segments_into_the_tunnel() {
     c.start(&bin_dir()).expect("agents");
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     ping_eventually(&a.pods[0].ns, b.pods[0].ip);
+    // The traces show the encapsulation on node-1 and the decapsulation on node-2.
+    let trace = |n: usize, filter: &str| {
+        c.agent(n)
+            .ctl(&["trace", "add", "--count", "1", "--filter", filter])
+            .expect("trace add");
+    };
+    trace(0, &format!("dst {} and proto icmp", b.pods[0].ip));
+    trace(1, "proto udp");
+    ping(&a.pods[0].ns, b.pods[0].ip, 1).expect("traced ping");
+    let step = |n: usize, node: &str| -> Value {
+        let v = c.agent(n).ctl_json(&["show", "trace"]).expect("show trace");
+        v.as_array()
+            .and_then(|p| p.first())
+            .and_then(|p| p["steps"].as_array())
+            .and_then(|s| s.iter().find(|s| s["node"] == node).cloned())
+            .unwrap_or_else(|| panic!("no {node} step in the trace of node {n}: {v}"))
+    };
+    let encap = step(0, "tunnel-encap");
+    assert_eq!(encap["fields"]["decision"], "encap", "{encap}");
+    assert_eq!(encap["fields"]["mode"], "vxlan", "{encap}");
+    assert_eq!(encap["fields"]["peer"], b.address.to_string(), "{encap}");
+    let decap = step(1, "tunnel-decap");
+    assert_eq!(decap["fields"]["decision"], "decap", "{decap}");
+    assert_eq!(decap["fields"]["peer"], a.address.to_string(), "{decap}");
     let too_big = |n| error_count(&c, n, "ip4-rewrite", "mtu-exceeded");
     let before = (too_big(0), too_big(1));
     let s = tcp_transfer(&a.pods[0].ns, &b.pods[0].ns, b.pods[0].ip, 47160, 2 * MB)
