@@ -19,6 +19,8 @@ use crate::progress::{require_root, Progress};
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Pods added (and deleted) before measuring, per plugin.
 const WARMUP: usize = 3;
+/// Pause after each plugin call in the paced pass (pods arriving this far apart).
+const PACE: Duration = Duration::from_millis(150);
 
 struct Samples {
     add: Vec<Duration>,
@@ -56,7 +58,7 @@ pub fn run(pods: usize) -> Result<()> {
     if pods == 0 {
         bail!("--pods must be at least 1");
     }
-    let mut p = Progress::new(5);
+    let mut p = Progress::new(6);
     p.step("system packages", crate::deps::ensure)?;
     p.step(
         "building release binaries (agent, ferroctl, ferroplane-cni)",
@@ -118,84 +120,71 @@ pub fn run(pods: usize) -> Result<()> {
         };
         Ok((mk("bf")?, mk("bb")?))
     })?;
+    // One pass: every pod ADDed by each plugin in turn, `pace` after each call (pods
+    // arriving that far apart, as a kubelet starts them), then every pod DELeted likewise.
+    let pass = |tag: &str, pace: Duration| -> Result<(Samples, Samples)> {
+        let mut fp = Samples {
+            add: Vec::new(),
+            del: Vec::new(),
+        };
+        let mut br = Samples {
+            add: Vec::new(),
+            del: Vec::new(),
+        };
+        for cmd in ["ADD", "DEL"] {
+            for i in 0..total {
+                let id = format!("bench{tag}{i:04}");
+                let t = ok(
+                    invoke(
+                        &topo.node,
+                        &plugin,
+                        &CniEnv::new(cmd, &id, fp_ns[i].path()),
+                        &fp_conf,
+                        TIMEOUT,
+                    )?,
+                    &format!("ferroplane {cmd}"),
+                )?;
+                std::thread::sleep(pace);
+                let r = ok(
+                    invoke(
+                        &topo.node,
+                        &bridge,
+                        &CniEnv::new(cmd, &id, br_ns[i].path()),
+                        &br_conf,
+                        TIMEOUT,
+                    )?,
+                    &format!("bridge {cmd}"),
+                )?;
+                std::thread::sleep(pace);
+                if i >= WARMUP {
+                    let (f, b) = if cmd == "ADD" {
+                        (&mut fp.add, &mut br.add)
+                    } else {
+                        (&mut fp.del, &mut br.del)
+                    };
+                    f.push(t);
+                    b.push(r);
+                }
+            }
+        }
+        Ok((fp, br))
+    };
     let (fp, br) = p.step(
-        &format!("ADD then DEL of {pods} pods per plugin (+{WARMUP} warm-up), alternating"),
-        || {
-            let mut fp = Samples {
-                add: Vec::new(),
-                del: Vec::new(),
-            };
-            let mut br = Samples {
-                add: Vec::new(),
-                del: Vec::new(),
-            };
-            for i in 0..total {
-                let id = format!("bench{i:04}");
-                let t = ok(
-                    invoke(
-                        &topo.node,
-                        &plugin,
-                        &CniEnv::new("ADD", &id, fp_ns[i].path()),
-                        &fp_conf,
-                        TIMEOUT,
-                    )?,
-                    "ferroplane ADD",
-                )?;
-                if i >= WARMUP {
-                    fp.add.push(t);
-                }
-                let t = ok(
-                    invoke(
-                        &topo.node,
-                        &bridge,
-                        &CniEnv::new("ADD", &id, br_ns[i].path()),
-                        &br_conf,
-                        TIMEOUT,
-                    )?,
-                    "bridge ADD",
-                )?;
-                if i >= WARMUP {
-                    br.add.push(t);
-                }
-            }
-            for i in 0..total {
-                let id = format!("bench{i:04}");
-                let t = ok(
-                    invoke(
-                        &topo.node,
-                        &plugin,
-                        &CniEnv::new("DEL", &id, fp_ns[i].path()),
-                        &fp_conf,
-                        TIMEOUT,
-                    )?,
-                    "ferroplane DEL",
-                )?;
-                if i >= WARMUP {
-                    fp.del.push(t);
-                }
-                let t = ok(
-                    invoke(
-                        &topo.node,
-                        &bridge,
-                        &CniEnv::new("DEL", &id, br_ns[i].path()),
-                        &br_conf,
-                        TIMEOUT,
-                    )?,
-                    "bridge DEL",
-                )?;
-                if i >= WARMUP {
-                    br.del.push(t);
-                }
-            }
-            Ok((fp, br))
-        },
+        &format!(
+            "paced: ADD then DEL of {pods} pods per plugin (+{WARMUP} warm-up), alternating, {} ms apart",
+            PACE.as_millis()
+        ),
+        || pass("p", PACE),
     )?;
+    let (fp_burst, br_burst) =
+        p.step("burst: the same back to back", || pass("b", Duration::ZERO))?;
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     drop(agent);
     let breakdown = phase_breakdown(&log, WARMUP);
     let ratio = percentile_ms(&fp.add, 50.0) / percentile_ms(&br.add, 50.0);
     println!(
-        "\n=== CNI ADD latency, {pods} pods, plugin process wall time (same run, alternating) ==="
+        "\n=== CNI ADD latency, {pods} pods, plugin process wall time (same run, alternating, {} ms apart) ===",
+        PACE.as_millis()
     );
     println!("{}", line("ferroplane-cni ADD (agent)", &fp.add));
     println!("{}", line("bridge + host-local ADD (reference)", &br.add));
@@ -205,6 +194,18 @@ pub fn run(pods: usize) -> Result<()> {
         "ADD p50 ratio ferroplane / reference: {ratio:.2} (target <= 1.00: {})",
         if ratio <= 1.0 { "met" } else { "NOT met" }
     );
+    let burst_ratio = percentile_ms(&fp_burst.add, 50.0) / percentile_ms(&br_burst.add, 50.0);
+    println!(
+        "\n--- burst: the same pods back to back (the warm pool drains and refills meanwhile) ---"
+    );
+    println!("{}", line("ferroplane-cni ADD (agent)", &fp_burst.add));
+    println!(
+        "{}",
+        line("bridge + host-local ADD (reference)", &br_burst.add)
+    );
+    println!("{}", line("ferroplane-cni DEL", &fp_burst.del));
+    println!("{}", line("bridge + host-local DEL", &br_burst.del));
+    println!("burst ADD p50 ratio ferroplane / reference: {burst_ratio:.2}");
     if breakdown.is_empty() {
         println!("(no `CNI ADD phases` lines in the agent log: no per-phase breakdown)");
     } else {
