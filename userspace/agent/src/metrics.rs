@@ -275,6 +275,15 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
         "Service ports programmed in the engine",
         ports.len() as i64,
     );
+    counter_family(
+        reg,
+        "service_steering_refused",
+        "Service addresses and node ports the BPF steering maps refused (full map): left to the kernel",
+        [(
+            Labels::new(),
+            crate::services::STEERING_REFUSED.load(std::sync::atomic::Ordering::Relaxed),
+        )],
+    );
     gauge(
         reg,
         "service_frontends",

@@ -1071,22 +1071,48 @@ pub fn apply_steering(
     for a in c.applied.vips.difference(&want.vips) {
         bpf.remove_steer4(*a, 32)?;
     }
-    for a in want.vips.difference(&c.applied.vips) {
-        bpf.add_steer4(*a, 32, ferroplane_bpf::FpSteerKind::Service)?;
-    }
     for k in c.applied.ports.keys() {
         if !want.ports.contains_key(k) {
             bpf.remove_port4(k.0, k.1)?;
         }
     }
-    for (k, kind) in &want.ports {
-        if c.applied.ports.get(k) != Some(kind) {
-            bpf.add_port4(k.0, k.1, *kind)?;
+    // An entry the kernel refuses (a full map) leaves that address or port with the
+    // kernel: counted, logged, retried on the next publish; the rest is still applied.
+    let mut applied = want.clone();
+    let mut refused: Vec<String> = Vec::new();
+    for a in want.vips.difference(&c.applied.vips) {
+        if let Err(e) = bpf.add_steer4(*a, 32, ferroplane_bpf::FpSteerKind::Service) {
+            applied.vips.remove(a);
+            refused.push(format!("{a}: {e}"));
         }
     }
-    c.applied = want;
+    for (k, kind) in &want.ports {
+        if c.applied.ports.get(k) != Some(kind) {
+            if let Err(e) = bpf.add_port4(k.0, k.1, *kind) {
+                applied.ports.remove(k);
+                refused.push(format!(
+                    "{}/{}: {e}",
+                    ferroplane_tables::service::proto_name(k.0),
+                    k.1
+                ));
+            }
+        }
+    }
+    if !refused.is_empty() {
+        STEERING_REFUSED.fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            refused = refused.len(),
+            first = %refused[0],
+            "BPF steering maps refused entries: those services stay unreachable from outside the node"
+        );
+    }
+    c.applied = applied;
     Ok(())
 }
+
+/// Steering entries (service addresses, node ports) the BPF maps refused, e.g. because
+/// a map was full; exported as a metric.
+pub static STEERING_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Watches the standalone spec file: a changed file is re-read and its services,
 /// endpoint slices and service proxy settings applied (the rest needs a restart).
