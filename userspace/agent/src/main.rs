@@ -525,12 +525,6 @@ async fn run(args: Args) -> Result<()> {
             up.ipv4
         );
     }
-    // The node kernel forwards pod traffic whenever the engine is not there to (agent
-    // stopped or restarting: XDP detached, routes kept under graceful restart), as on
-    // any Kubernetes node.
-    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
-        warn!(error = %e, "could not enable net.ipv4.ip_forward: pods lose connectivity while the agent is down");
-    }
     let attach = match spec.node.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
         XdpMode::Native => AttachMode::Native,

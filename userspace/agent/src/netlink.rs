@@ -425,7 +425,6 @@ async fn configure_pod_side(
     ip: Ipv4Addr,
     mtu: u32,
     gateway: Ipv4Addr,
-    gateway_mac: [u8; 6],
 ) -> Result<(u32, [u8; 6])> {
     let link = require_link(&handle, &interface).await?;
     let idx = link.index;
@@ -475,18 +474,6 @@ async fn configure_pod_side(
         .execute()
         .await
         .ctx(|| format!("pod: route default via {gateway} dev {interface}"))?;
-    // The gateway's MAC is the host veth's, permanently: the pod never needs an ARP
-    // answer, so it keeps reaching the node's kernel (which forwards along its own
-    // routes) while the agent and its engine are down or restarting.
-    handle
-        .neighbours()
-        .add(idx, IpAddr::V4(gateway))
-        .link_layer_address(&gateway_mac)
-        .state(NlNeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .ctx(|| format!("pod: neighbour {gateway} on {interface}"))?;
     // Frames reach the engine without checksum metadata: the pod must compute
     // its own TCP/UDP checksums instead of leaving them to (veth) offload.
     ferroplane_io::ethtool::set_tx_checksum(&interface, false).map_err(|e| {
@@ -646,11 +633,11 @@ impl Plumber {
         let host = require_link(&self.handle, &host_name).await?;
         phases.mark("veth");
 
-        let (interface, ip, host_mac) = (pod.interface.clone(), pod.ip, host.mac);
+        let (interface, ip) = (pod.interface.clone(), pod.ip);
         let t_pod = std::time::Instant::now();
         let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
             let t = std::time::Instant::now();
-            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway, host_mac).await?;
+            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
             Ok((idx, mac, t.elapsed()))
         })
         .await
@@ -824,11 +811,11 @@ impl Plumber {
             .await
             .ctx(|| format!("{key}: renaming {} to {host_name}", spare.host_ifname))?;
         phases.mark("spare_move");
-        let (interface, ip, host_mac) = (pod.interface.clone(), pod.ip, spare.host_mac);
+        let (interface, ip) = (pod.interface.clone(), pod.ip);
         let t_pod = std::time::Instant::now();
         let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
             let t = std::time::Instant::now();
-            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway, host_mac).await?;
+            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
             Ok((idx, mac, t.elapsed()))
         })
         .await
