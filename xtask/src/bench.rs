@@ -100,10 +100,56 @@ fn clone_err(e: &ferroplane_e2e::Error) -> ferroplane_e2e::Error {
     ferroplane_e2e::Error::Setup(e.to_string())
 }
 
-fn fmt_rates(rates: &[f64]) -> String {
+/// Each run's rate in Mpps: `0.123 0.456`.
+pub(crate) fn fmt_rates(rates: &[f64]) -> String {
     rates
         .iter()
         .map(|r| format!("{:.3}", r / 1e6))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The table of a bench measuring the kernel and ferroplane at several sizes N: per N
+/// both median rates (packets/s), ferroplane/kernel, and each path against its first N.
+pub(crate) fn scaling_report(title: &str, label: &str, results: &[(usize, f64, f64)]) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("\n=== {title} ===\n");
+    let w = label.len().max(7);
+    let _ = writeln!(
+        s,
+        "{label:>w$} {:>13} {:>10} {:>17} {:>10} {:>14}",
+        "kernel Mpps", "vs N=1", "ferroplane Mpps", "vs N=1", "ferro/kernel"
+    );
+    let (k1, f1) = results.first().map_or((0.0, 0.0), |r| (r.1, r.2));
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for &(n, k, f) in results {
+        let _ = writeln!(
+            s,
+            "{n:>w$} {:>13.3} {:>9.2}x {:>17.3} {:>9.2}x {:>13.2}x",
+            k / 1e6,
+            ratio(k, k1),
+            f / 1e6,
+            ratio(f, f1),
+            ratio(f, k)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_report_ratios() {
+        let t = scaling_report(
+            "t",
+            "services",
+            &[(1, 0.2e6, 0.4e6), (10_000, 0.01e6, 0.4e6)],
+        );
+        assert!(t.contains("2.00x"), "{t}");
+        assert!(t.contains("40.00x"), "{t}");
+        assert!(t.contains("0.05x"), "{t}");
+        assert!(t.contains("services"), "{t}");
+    }
 }

@@ -140,48 +140,21 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
             &format!("{n} rule(s): kernel iptables-nft FORWARD, then ferroplane NetworkPolicy, {runs} x {secs} s each"),
             || {
                 let (k, f) = one(&topo, &tools, &cfg, n)?;
-                println!("  kernel (Mpps): {}   ferroplane (Mpps): {}", fmt(&k), fmt(&f));
+                println!("  kernel (Mpps): {}   ferroplane (Mpps): {}", crate::bench::fmt_rates(&k), crate::bench::fmt_rates(&f));
                 Ok((median(&k), median(&f)))
             },
         )?;
         results.push((n, r.0, r.1));
     }
-    println!("{}", report(&results, runs, secs));
+    println!(
+        "{}",
+        crate::bench::scaling_report(
+            &format!("NetworkPolicy vs iptables-nft FORWARD, 60-byte UDP, 1,025 flows, medians of {runs} x {secs} s"),
+            "rules",
+            &results
+        )
+    );
     Ok(())
-}
-
-fn fmt(rates: &[f64]) -> String {
-    rates
-        .iter()
-        .map(|r| format!("{:.3}", r / 1e6))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The table: per N, both medians, ferroplane/kernel, and each path against its N = 1.
-fn report(results: &[(usize, f64, f64)], runs: usize, secs: u64) -> String {
-    let mut s = format!(
-        "\n=== NetworkPolicy vs iptables-nft FORWARD, 60-byte UDP, 1,025 flows, medians of {runs} x {secs} s ===\n"
-    );
-    let _ = writeln!(
-        s,
-        "{:>7} {:>13} {:>10} {:>17} {:>10} {:>14}",
-        "rules", "kernel Mpps", "vs N=1", "ferroplane Mpps", "vs N=1", "ferro/kernel"
-    );
-    let (k1, f1) = results.first().map_or((0.0, 0.0), |r| (r.1, r.2));
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    for &(n, k, f) in results {
-        let _ = writeln!(
-            s,
-            "{n:>7} {:>13.3} {:>9.2}x {:>17.3} {:>9.2}x {:>13.2}x",
-            k / 1e6,
-            ratio(k, k1),
-            f / 1e6,
-            ratio(f, f1),
-            ratio(f, k)
-        );
-    }
-    s
 }
 
 #[cfg(test)]
@@ -200,12 +173,5 @@ mod tests {
         assert_eq!(y.matches("ipBlock").count(), 3);
         assert!(y.contains("cidr: 192.168.100.1/32"));
         assert_eq!(other_source(70_000), "172.17.17.112/32");
-    }
-
-    #[test]
-    fn report_ratios() {
-        let t = report(&[(1, 1e6, 2e6), (1000, 0.5e6, 2e6)], 3, 5);
-        assert!(t.contains("0.50x"), "{t}");
-        assert!(t.contains("2.00x"), "{t}");
     }
 }

@@ -508,50 +508,23 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
             ),
             || {
                 let k = kernel(&topo, &tools, &cfg, n, &mut run_no)?;
-                println!("  kernel (Mpps): {}", fmt(&k));
+                println!("  kernel (Mpps): {}", crate::bench::fmt_rates(&k));
                 let f = ferroplane(&topo, &tools, &cfg, n, &mut run_no)?;
-                println!("  ferroplane (Mpps): {}", fmt(&f));
+                println!("  ferroplane (Mpps): {}", crate::bench::fmt_rates(&f));
                 Ok((median(&k), median(&f)))
             },
         )?;
         results.push((n, r.0, r.1));
     }
-    println!("{}", report(&results, runs, secs));
+    println!(
+        "{}",
+        crate::bench::scaling_report(
+            &format!("services (external IP, eTP=Local), new connection per packet (UDP, {ENDPOINTS} endpoints each), medians of {runs} x {secs} s"),
+            "services",
+            &results
+        )
+    );
     Ok(())
-}
-
-fn fmt(rates: &[f64]) -> String {
-    rates
-        .iter()
-        .map(|r| format!("{:.3}", r / 1e6))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The table: per N, both medians, ferroplane/kernel, and each path against its N = 1.
-fn report(results: &[(usize, f64, f64)], runs: usize, secs: u64) -> String {
-    let mut s = format!(
-        "\n=== services (external IP, eTP=Local), new connection per packet (UDP, {ENDPOINTS} endpoints each), medians of {runs} x {secs} s ===\n"
-    );
-    let _ = writeln!(
-        s,
-        "{:>8} {:>13} {:>10} {:>17} {:>10} {:>14}",
-        "services", "kernel Mpps", "vs N=1", "ferroplane Mpps", "vs N=1", "ferro/kernel"
-    );
-    let (k1, f1) = results.first().map_or((0.0, 0.0), |r| (r.1, r.2));
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    for &(n, k, f) in results {
-        let _ = writeln!(
-            s,
-            "{n:>8} {:>13.3} {:>9.2}x {:>17.3} {:>9.2}x {:>13.2}x",
-            k / 1e6,
-            ratio(k, k1),
-            f / 1e6,
-            ratio(f, f1),
-            ratio(f, k)
-        );
-    }
-    s
 }
 
 #[cfg(test)]
@@ -653,13 +626,5 @@ mod tests {
             warmup: Duration::from_secs(1),
         };
         assert!(conntrack_max(&cfg) >= 5 * 1_100_000);
-    }
-
-    #[test]
-    fn report_ratios() {
-        let t = report(&[(1, 0.2e6, 0.4e6), (10_000, 0.01e6, 0.4e6)], 3, 3);
-        assert!(t.contains("2.00x"), "{t}");
-        assert!(t.contains("40.00x"), "{t}");
-        assert!(t.contains("0.05x"), "{t}");
     }
 }
