@@ -633,9 +633,37 @@ impl Plumber {
         let host = require_link(&self.handle, &host_name).await?;
         phases.mark("veth");
 
+        self.finish_pod(
+            pod,
+            &netns_path,
+            (host.index, &host_name, host.mac),
+            mtu,
+            gateway,
+            reused,
+            phases,
+        )
+        .await
+    }
+
+    /// The rest of plumbing a pod once its veth pair exists (pod side in `netns_path`,
+    /// host side `host` = (index, name, MAC) here): the pod side configured inside its
+    /// namespace, then the host side; timed into `phases`.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_pod(
+        &self,
+        pod: &PodSpec,
+        netns_path: &Path,
+        host: (u32, &str, [u8; 6]),
+        mtu: u32,
+        gateway: Ipv4Addr,
+        reused: bool,
+        mut phases: crate::timing::Phases,
+    ) -> Result<PodLink> {
+        let (host_ifindex, host_name, host_mac) = host;
+        let key = pod.key();
         let (interface, ip) = (pod.interface.clone(), pod.ip);
         let t_pod = std::time::Instant::now();
-        let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
+        let (pod_ifindex, pod_mac, inside) = in_netns(netns_path, move |h| async move {
             let t = std::time::Instant::now();
             let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
             Ok((idx, mac, t.elapsed()))
@@ -653,15 +681,13 @@ impl Plumber {
         phases.push("netns_enter", whole.saturating_sub(inside));
         phases.push("pod_side", inside);
         phases.skip();
-
-        self.host_side(pod, host.index, &host_name, mtu, pod_mac)
+        self.host_side(pod, host_ifindex, host_name, mtu, pod_mac)
             .await?;
         phases.mark("host_side");
-
         Ok(PodLink {
-            host_ifname: host_name,
-            host_ifindex: host.index,
-            host_mac: host.mac,
+            host_ifname: host_name.to_string(),
+            host_ifindex,
+            host_mac,
             pod_mac,
             pod_ifindex,
             reused,
@@ -811,37 +837,16 @@ impl Plumber {
             .await
             .ctx(|| format!("{key}: renaming {} to {host_name}", spare.host_ifname))?;
         phases.mark("spare_move");
-        let (interface, ip) = (pod.interface.clone(), pod.ip);
-        let t_pod = std::time::Instant::now();
-        let (pod_ifindex, pod_mac, inside) = in_netns(&netns_path, move |h| async move {
-            let t = std::time::Instant::now();
-            let (idx, mac) = configure_pod_side(h, interface, ip, mtu, gateway).await?;
-            Ok((idx, mac, t.elapsed()))
-        })
-        .await
-        .map_err(|e| match e {
-            PlumbError::Netlink { context, source } => PlumbError::Netlink {
-                context: format!("{key}: {context}"),
-                source,
-            },
-            other => other,
-        })?;
-        let whole = t_pod.elapsed();
-        phases.push("netns_enter", whole.saturating_sub(inside));
-        phases.push("pod_side", inside);
-        phases.skip();
-        self.host_side(pod, spare.host_ifindex, &host_name, mtu, pod_mac)
-            .await?;
-        phases.mark("host_side");
-        Ok(PodLink {
-            host_ifname: host_name,
-            host_ifindex: spare.host_ifindex,
-            host_mac: spare.host_mac,
-            pod_mac,
-            pod_ifindex,
-            reused: false,
+        self.finish_pod(
+            pod,
+            &netns_path,
+            (spare.host_ifindex, &host_name, spare.host_mac),
+            mtu,
+            gateway,
+            false,
             phases,
-        })
+        )
+        .await
     }
 
     /// Deletes a spare pair by index (its peer goes with it).
