@@ -31,6 +31,10 @@
 #define FP_MAX_TUNNEL4 16
 /* Capacity of the ports4 hash (NodePorts and SNAT ports on the node's addresses). */
 #define FP_MAX_PORTS4 32768
+/* Capacity of the flow4 LRU hash (flows the XDP programs forward themselves while the engine is away). */
+#define FP_MAX_FLOW4 65536
+/* A flow4 entry not used or refreshed for this long (ns) is ignored (and left to the LRU). */
+#define FP_FLOW4_IDLE_NS 120000000000ULL
 /* ports4 value: a service NodePort. */
 #define FP_PORT_NODEPORT 1
 /* ports4 value: a port of the SNAT range (return traffic of translated flows). */
@@ -46,6 +50,36 @@ struct fp_iface {
 struct fp_lpm4 {
 	__u32 prefixlen; /* 0..=32 significant leading bits of addr */
 	__be32 addr;     /* IPv4 address, network byte order */
+};
+
+/*
+ * Key of the flow4 map: the flow tuple of a packet as it arrives, the same
+ * way the engine computes it: TCP/UDP/SCTP ports; ICMP echo request: id as
+ * sport (dport 0); ICMP echo reply: id as dport (sport 0). Fragments and
+ * other ICMP are never in the map.
+ */
+struct fp_flow4_key {
+	__be32 saddr; /* source address */
+	__be32 daddr; /* destination address */
+	__be16 sport; /* source port (network order) or echo id */
+	__be16 dport; /* destination port (network order) or echo id */
+	__u8 proto;   /* IP protocol */
+	__u8 pad[3];  /* zero */
+};
+
+/*
+ * Value of the flow4 map: what the engine did with that flow (route, no
+ * translation): decrement TTL, write these MACs, send on ifindex. Written by
+ * the agent from the engine's forwarding decisions; used by the XDP programs
+ * only when the engine's AF_XDP socket for the ingress interface is missing
+ * (agent restarting), so established flows keep forwarding and new ones stay
+ * with the engine (fail closed).
+ */
+struct fp_flow4 {
+	__u32 ifindex;  /* output interface (node's namespace) */
+	__u8 dmac[6];   /* destination MAC to write */
+	__u8 smac[6];   /* source MAC to write */
+	__u64 seen_ns;  /* last refresh by the agent or use by XDP (CLOCK_MONOTONIC ns) */
 };
 
 /* Bits of struct fp_iface.flags. */
@@ -67,6 +101,7 @@ enum fp_verdict {
 	FP_VERDICT_REDIRECT,        /* redirected to the engine's AF_XDP socket */
 	FP_VERDICT_DROP,            /* dropped in XDP (malformed frame from a pod) */
 	FP_VERDICT_REDIRECT_FAILED, /* meant for the engine, no usable socket: passed to the kernel */
+	FP_VERDICT_FLOW_CACHE,      /* engine away: forwarded by XDP from the flow4 cache */
 	FP_VERDICT_MAX,
 };
 

@@ -88,4 +88,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ports4 SEC(".maps");
 
+/* flow4: struct fp_flow4_key -> struct fp_flow4; flows forwarded by XDP itself while the engine is away. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FP_MAX_FLOW4);
+	__type(key, struct fp_flow4_key);
+	__type(value, struct fp_flow4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flow4 SEC(".maps");
+
 #endif /* FP_MAPS_H */

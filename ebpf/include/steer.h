@@ -37,6 +37,8 @@ static __always_inline int fp_finish(__u32 v, int xdp_action)
 	return xdp_action;
 }
 
+#include "flow.h"
+
 /* True if the IPv4 address (network order) is one of the node's own. */
 static __always_inline int fp_is_host4(__be32 addr)
 {
@@ -45,29 +47,38 @@ static __always_inline int fp_is_host4(__be32 addr)
 
 /*
  * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue].
- * Falls back to XDP_PASS (the kernel) when the interface is not configured or
- * the slot has no socket; counts the verdict and reason either way.
+ * When the interface is not configured or the slot has no socket (the engine
+ * is away), a flow the engine forwarded recently is forwarded from the flow4
+ * cache (flow.h); anything else falls back to XDP_PASS (the kernel, which
+ * does not forward pod traffic: fail closed). Counts the verdict and reason.
  */
 static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
 	struct fp_iface *iface = bpf_map_lookup_elem(&ifaces, &ifindex);
+	__u32 reason;
 	__u32 slot;
 	long rc;
+	int act;
 
 	if (!iface) {
-		fp_count_reason(FP_DROP_NO_IFACE);
-		return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+		reason = FP_DROP_NO_IFACE;
+		goto failed;
 	}
 	slot = iface->xsk_slot + ctx->rx_queue_index;
 	if (slot >= FP_MAX_XSKS) {
-		fp_count_reason(FP_DROP_XSK_SLOT_RANGE);
-		return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+		reason = FP_DROP_XSK_SLOT_RANGE;
+		goto failed;
 	}
 	rc = bpf_redirect_map(&xsks, slot, XDP_PASS);
 	if (rc == XDP_REDIRECT)
 		return fp_finish(FP_VERDICT_REDIRECT, XDP_REDIRECT);
-	fp_count_reason(FP_DROP_NO_XSK);
+	reason = FP_DROP_NO_XSK;
+failed:
+	act = fp_flow_forward(ctx);
+	if (act >= 0)
+		return act;
+	fp_count_reason(reason);
 	return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
 }
 

@@ -184,10 +184,12 @@ fn parse_header(text: &str) -> Header {
                     let code = code
                         .strip_suffix(';')
                         .unwrap_or_else(|| panic!("ferroplane.h: one field per line: {code}"));
-                    let field = code.split_whitespace().last().expect("field name");
+                    let last = code.split_whitespace().last().expect("field name");
+                    // Arrays of scalars (`__u8 mac[6]`): the field is the name before `[`.
+                    let field = last.split('[').next().unwrap_or(last);
                     assert!(
                         field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                        "ferroplane.h: only scalar fields are supported: {code}"
+                        "ferroplane.h: only scalar fields and arrays of scalars are supported: {code}"
                     );
                     fields.push(field.to_string());
                 }

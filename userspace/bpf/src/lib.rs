@@ -27,11 +27,14 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, XskMap};
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::{XdpLink, XdpLinkId};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-pub use ferroplane_common::{FpDropReason, FpIface, FpIfaceFlags, FpSteerKind, FpVerdict};
+pub use ferroplane_common::{
+    FpDropReason, FpFlow4, FpFlow4Key, FpIface, FpIfaceFlags, FpSteerKind, FpVerdict,
+};
 
 /// The ELF object of `xdp_uplink` (built from `ebpf/xdp_uplink.c`).
 pub fn uplink_object() -> &'static [u8] {
@@ -44,9 +47,13 @@ pub fn pod_object() -> &'static [u8] {
 }
 
 /// Names of the maps every program shares (pinned under these names).
-pub const MAP_NAMES: [&str; 8] = [
-    "xsks", "ifaces", "steer4", "host4", "verdicts", "drops", "tunnel4", "ports4",
+pub const MAP_NAMES: [&str; 9] = [
+    "xsks", "ifaces", "steer4", "host4", "verdicts", "drops", "tunnel4", "ports4", "flow4",
 ];
+
+/// Subdirectory of the pin directory holding the XDP links kept attached across an agent
+/// restart (see [`Dataplane::keep_attached`]): one file per interface, `<ifindex>_<mode> (bpffs refuses dots in names)`.
+pub const LINKS_DIR: &str = "links";
 
 /// One of ferroplane's XDP programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +287,16 @@ pub enum Error {
         #[source]
         source: Box<ProgramError>,
     },
+    /// Keeping or adopting an attachment across a restart (pinned XDP link) failed.
+    #[error("XDP link of {ifname} ({path}): {detail}")]
+    KeptLink {
+        /// Interface.
+        ifname: String,
+        /// Pin path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
     /// The number of possible CPUs could not be read.
     #[error("reading the number of CPUs: {0}")]
     Cpus(#[source] io::Error),
@@ -331,10 +348,12 @@ pub struct Dataplane {
     host4: BpfHashMap<MapData, [u8; 4], u32>,
     tunnel4: BpfHashMap<MapData, u32, u32>,
     ports4: BpfHashMap<MapData, u32, u32>,
+    flow4: BpfHashMap<MapData, FpFlow4Key, FpFlow4>,
     verdicts: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     attached: HashMap<String, Attachment>,
     pin_dir: Option<PathBuf>,
+    keep: bool,
 }
 
 impl fmt::Debug for Dataplane {
@@ -452,12 +471,14 @@ impl Dataplane {
             host4: take_map(&mut uplink, "host4")?,
             tunnel4: take_map(&mut uplink, "tunnel4")?,
             ports4: take_map(&mut uplink, "ports4")?,
+            flow4: take_map(&mut uplink, "flow4")?,
             verdicts: take_map(&mut uplink, "verdicts")?,
             drops: take_map(&mut uplink, "drops")?,
             uplink,
             pod,
             attached: HashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
+            keep: false,
         })
     }
 
@@ -512,6 +533,9 @@ impl Dataplane {
         if self.attached.contains_key(ifname) {
             return Err(Error::AlreadyAttached(ifname.to_string()));
         }
+        if let Some(mode) = self.adopt_kept(prog, ifname)? {
+            return Ok(mode);
+        }
         let xdp = self.xdp_mut(prog)?;
         let try_mode = |xdp: &mut Xdp, m: AttachedMode| xdp.attach(ifname, m.xdp_mode());
         let (link, attached) = match mode {
@@ -552,6 +576,9 @@ impl Dataplane {
                 link,
             },
         );
+        if self.keep {
+            self.pin_attachment(ifname)?;
+        }
         Ok(attached)
     }
 
@@ -561,6 +588,10 @@ impl Dataplane {
             .attached
             .remove(ifname)
             .ok_or_else(|| Error::NotAttached(ifname.to_string()))?;
+        // A pinned (kept) link would outlive the detach: unpin it first.
+        if let (Some(dir), Some(ifindex)) = (self.links_dir(), Self::ifindex(ifname)) {
+            let _ = std::fs::remove_file(dir.join(format!("{ifindex}_{}", att.mode.name())));
+        }
         let prog = att.prog;
         self.xdp_mut(prog)?
             .detach(att.link)
@@ -594,6 +625,175 @@ impl Dataplane {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The kernel index of `ifname` in the calling thread's namespace.
+    fn ifindex(ifname: &str) -> Option<u32> {
+        let name = std::ffi::CString::new(ifname).ok()?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        (index != 0).then_some(index)
+    }
+
+    /// Whether an interface with index `ifindex` exists in the calling thread's namespace.
+    fn ifindex_exists(ifindex: u32) -> bool {
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+        !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null()
+    }
+
+    fn links_dir(&self) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| d.join(LINKS_DIR))
+    }
+
+    /// If a previous agent kept its program attached to `ifname` ([`Dataplane::keep_attached`]),
+    /// takes that attachment over: the kept link is atomically switched to this `Dataplane`'s
+    /// program (the interface never runs without one) and unpinned. `None` if nothing was
+    /// kept for it.
+    fn adopt_kept(&mut self, prog: XdpProg, ifname: &str) -> Result<Option<AttachedMode>> {
+        let (Some(dir), Some(ifindex)) = (self.links_dir(), Self::ifindex(ifname)) else {
+            return Ok(None);
+        };
+        for mode in [AttachedMode::Native, AttachedMode::Skb] {
+            let path = dir.join(format!("{ifindex}_{}", mode.name()));
+            if !path.exists() {
+                continue;
+            }
+            let kept = |detail: String| Error::KeptLink {
+                ifname: ifname.to_string(),
+                path: path.clone(),
+                detail,
+            };
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| kept(chain(&e)))?;
+            let fd: FdLink = pinned.unpin().map_err(|e| kept(chain(&e)))?;
+            let link = XdpLink::try_from(fd).map_err(|e| kept(chain(&e)))?;
+            let id = self
+                .xdp_mut(prog)?
+                .attach_to_link(link)
+                .map_err(|e| kept(chain(&e)))?;
+            self.attached.insert(
+                ifname.to_string(),
+                Attachment {
+                    prog,
+                    mode,
+                    link: id,
+                },
+            );
+            if self.keep {
+                self.pin_attachment(ifname)?;
+            }
+            return Ok(Some(mode));
+        }
+        Ok(None)
+    }
+
+    /// Keeps the programs attached when this `Dataplane` is dropped or its process dies (the
+    /// agent restarts; `--on-exit keep`): from now on every attachment's link is pinned
+    /// under `<pin dir>/links/<ifindex>_<mode> (bpffs refuses dots in names)`, including those made before, and the next
+    /// agent's [`Dataplane::attach`] adopts it. [`Dataplane::detach`] still detaches (and
+    /// unpins). Needs a pin directory.
+    pub fn keep_attached(&mut self) -> Result<()> {
+        let Some(dir) = self.links_dir() else {
+            return Err(Error::KeptLink {
+                ifname: String::new(),
+                path: PathBuf::new(),
+                detail: "keeping programs attached needs a pin directory".into(),
+            });
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| Error::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        self.keep = true;
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for name in names {
+            self.pin_attachment(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Pins the link of the attachment on `ifname` (idempotent).
+    fn pin_attachment(&mut self, ifname: &str) -> Result<()> {
+        let (Some(dir), Some(ifindex)) = (self.links_dir(), Self::ifindex(ifname)) else {
+            return Ok(());
+        };
+        let Some(att) = self.attached.remove(ifname) else {
+            return Ok(());
+        };
+        let path = dir.join(format!("{ifindex}_{}", att.mode.name()));
+        let err = |detail: String| Error::KeptLink {
+            ifname: ifname.to_string(),
+            path: path.clone(),
+            detail,
+        };
+        let xdp = self.xdp_mut(att.prog)?;
+        let link = xdp.take_link(att.link).map_err(|e| err(chain(&e)))?;
+        let fd = FdLink::try_from(link).map_err(|e| err(chain(&e)))?;
+        // Already pinned (an adopted link) or a leftover of a reused index: pin afresh.
+        let _ = std::fs::remove_file(&path);
+        let pinned = fd.pin(&path).map_err(|e| err(chain(&e)))?;
+        // Hand the (now pinned) link back to the program so detach works as before.
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(chain(&e)))?;
+        let id = xdp.attach_to_link(link).map_err(|e| err(chain(&e)))?;
+        self.attached.insert(
+            ifname.to_string(),
+            Attachment {
+                prog: att.prog,
+                mode: att.mode,
+                link: id,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes kept links (see [`Dataplane::keep_attached`]) of interfaces that no longer
+    /// exist (in the calling thread's namespace). Returns how many were removed.
+    pub fn release_stale_links(&self) -> usize {
+        let Some(dir) = self.links_dir() else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let index = name
+                    .to_str()
+                    .and_then(|n| n.split('_').next())
+                    .and_then(|i| i.parse::<u32>().ok());
+                index.is_some_and(|i| !Self::ifindex_exists(i))
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    /// Records how the XDP programs forward a flow while the engine is away (`flow4`).
+    pub fn set_flow4(&mut self, key: FpFlow4Key, value: FpFlow4) -> Result<()> {
+        self.flow4.insert(key, value, 0).map_err(map_err("flow4"))
+    }
+
+    /// The `flow4` entries (unordered).
+    pub fn flow4(&self) -> Result<Vec<(FpFlow4Key, FpFlow4)>> {
+        self.flow4
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("flow4"))
+    }
+
+    /// Empties `flow4`; returns how many entries were removed.
+    pub fn clear_flow4(&mut self) -> Result<usize> {
+        let keys = self
+            .flow4
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("flow4"))?;
+        let mut n = 0;
+        for k in keys {
+            n += removed("flow4", self.flow4.remove(&k))? as usize;
+        }
+        Ok(n)
     }
 
     /// Sets the `ifaces` entry of `ifindex`.
@@ -823,6 +1023,22 @@ impl Dataplane {
         test_run::xdp(fd, frame, ingress_ifindex, rx_queue_index)
             .map_err(|source| Error::TestRun { prog, source })
     }
+}
+
+/// Now on the clock the XDP programs read (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// XDP action numbers (`enum xdp_action`), for reading test-run results.

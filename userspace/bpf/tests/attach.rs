@@ -185,3 +185,87 @@ fn redirect_slot_is_base_plus_rx_queue() {
             .is_err());
     });
 }
+
+/// `--on-exit keep`: with `keep_attached` the programs stay on their interfaces after the
+/// `Dataplane` is gone (the agent exited or died); the next load adopts them in place (the
+/// interface never runs without a program); `detach` still removes them and their pins.
+#[test]
+fn kept_attachments_survive_the_loader_and_are_adopted() {
+    if !require_root("kept_attachments_survive_the_loader_and_are_adopted") {
+        return;
+    }
+    let ns = Netns::new("keep");
+    ns.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+    ]);
+    for dev in ["veth0", "veth1"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-bpf-keep-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in [self.0.join(ferroplane_bpf::LINKS_DIR), self.0.clone()] {
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    for e in rd.flatten() {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let links = dir.join(ferroplane_bpf::LINKS_DIR);
+
+    ns.enter(|| {
+        // Attached before and after keep_attached: both are kept.
+        let mut dp = Dataplane::load(Some(&dir)).unwrap();
+        dp.attach(XdpProg::Uplink, "veth0", AttachMode::Native)
+            .unwrap();
+        dp.keep_attached().unwrap();
+        dp.attach(XdpProg::Pod, "veth1", AttachMode::Skb).unwrap();
+        let (i0, _) = link_xdp(&ns, "veth0");
+        let (i1, _) = link_xdp(&ns, "veth1");
+        assert!(links.join(format!("{i0}_native")).exists());
+        assert!(links.join(format!("{i1}_skb")).exists());
+        drop(dp);
+        assert_eq!(
+            link_xdp(&ns, "veth0").1,
+            Some((NATIVE, "xdp_uplink".to_string())),
+            "kept after the loader is gone"
+        );
+        assert_eq!(link_xdp(&ns, "veth1").1, Some((SKB, "xdp_pod".to_string())));
+
+        // The next loader adopts them (Auto would otherwise pick native for veth1).
+        let mut dp = Dataplane::load(Some(&dir)).unwrap();
+        assert_eq!(
+            dp.attach(XdpProg::Uplink, "veth0", AttachMode::Auto)
+                .unwrap(),
+            AttachedMode::Native
+        );
+        assert_eq!(
+            dp.attach(XdpProg::Pod, "veth1", AttachMode::Auto).unwrap(),
+            AttachedMode::Skb
+        );
+        assert!(
+            !links.join(format!("{i0}_native")).exists(),
+            "adopted, not kept"
+        );
+        // Not kept this time: gone with the loader, except what detach already removed.
+        dp.detach("veth1").unwrap();
+        assert_eq!(link_xdp(&ns, "veth1").1, None);
+        drop(dp);
+        assert_eq!(link_xdp(&ns, "veth0").1, None);
+
+        // A pin of an interface that went away is released.
+        let mut dp = Dataplane::load(Some(&dir)).unwrap();
+        dp.keep_attached().unwrap();
+        dp.attach(XdpProg::Pod, "veth1", AttachMode::Skb).unwrap();
+        drop(dp);
+        ns.ip(&["link", "del", "veth0"]);
+        let dp = Dataplane::load(Some(&dir)).unwrap();
+        assert_eq!(dp.release_stale_links(), 1);
+        assert_eq!(std::fs::read_dir(&links).unwrap().count(), 0);
+    });
+}

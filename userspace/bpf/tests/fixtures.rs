@@ -21,7 +21,8 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use ferroplane_bpf::{
-    xdp_action, Dataplane, FpDropReason, FpIface, FpSteerKind, FpVerdict, XdpProg,
+    xdp_action, Dataplane, FpDropReason, FpFlow4, FpFlow4Key, FpIface, FpSteerKind, FpVerdict,
+    XdpProg,
 };
 
 /// Loopback: test runs without an explicit ifindex see ingress_ifindex 1.
@@ -946,4 +947,112 @@ fn pinned_maps_are_shared_across_loads() {
     let b = Dataplane::load(Some(&dir)).unwrap();
     assert_eq!(b.host4().unwrap(), vec![NODE]);
     assert_eq!(b.pin_dir(), Some(dir.as_path()));
+}
+
+/// The flow4 cache: while the engine's socket is missing, a flow the engine forwarded is
+/// forwarded by XDP (TTL - 1 with a valid checksum, the engine's MACs, out of its interface);
+/// any other flow, an expired entry, a fragment, or any packet while the socket is there is
+/// not.
+#[test]
+fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
+    if !require_root("flow_cache_forwards_known_flows_only_while_the_engine_is_away") {
+        return;
+    }
+    let (mut dp, _) = prepare(Setup::Standard);
+    let udp = service_frame(POD_A, 17, 5000, 0, 0);
+    let run = |dp: &Dataplane, f: &[u8]| dp.prog_test_run(XdpProg::Uplink, f).unwrap();
+    assert_eq!(run(&dp, &udp).0, xdp_action::PASS, "no entry: fail closed");
+
+    let key = FpFlow4Key {
+        saddr: PEER.octets(),
+        daddr: POD_A.octets(),
+        sport: 40000u16.to_be_bytes(),
+        dport: 5000u16.to_be_bytes(),
+        proto: 17,
+        pad: [0; 3],
+    };
+    let dmac = [0x02, 0xaa, 0, 0, 0, 0x0a];
+    let smac = [0x02, 0xbb, 0, 0, 0, 0x0b];
+    let entry = |seen_ns| FpFlow4 {
+        ifindex: LO_IFINDEX,
+        dmac,
+        smac,
+        seen_ns,
+    };
+    dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
+        .unwrap();
+    let before = dp.stats().unwrap();
+    let (act, out) = run(&dp, &udp);
+    assert_eq!(act, xdp_action::REDIRECT);
+    assert_eq!(&out[0..6], &dmac);
+    assert_eq!(&out[6..12], &smac);
+    assert_eq!(out[14 + 8], udp[14 + 8] - 1, "TTL decremented");
+    // Only the MACs, the TTL and the header checksum change.
+    let same = |f: &[u8]| [&f[12..22], &f[23..24], &f[26..]].concat();
+    assert_eq!(same(&out), same(&udp));
+    let mut sum = 0u32;
+    for c in out[14..34].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "IPv4 header checksum still valid");
+    let after = dp.stats().unwrap().since(&before);
+    assert_eq!(after.verdict(FpVerdict::FlowCache), 1);
+    assert_eq!(
+        after.reason(FpDropReason::NoXsk),
+        0,
+        "a hit is not a failure"
+    );
+
+    // Another flow (other port), a fragment, an ICMP error: not from the cache.
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 17, 5001, 0, 0)).0,
+        xdp_action::PASS
+    );
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 17, 5000, 0, 0x2000)).0,
+        xdp_action::PASS
+    );
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 1, 5000, 3, 0)).0,
+        xdp_action::PASS
+    );
+
+    // ICMP echo: the id is the request's source port.
+    let echo = FpFlow4Key {
+        sport: 77u16.to_be_bytes(),
+        dport: [0, 0],
+        proto: 1,
+        ..key
+    };
+    dp.set_flow4(echo, entry(ferroplane_bpf::monotonic_ns()))
+        .unwrap();
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 1, 77, 8, 0)).0,
+        xdp_action::REDIRECT
+    );
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 1, 77, 0, 0)).0,
+        xdp_action::PASS,
+        "a reply is another direction"
+    );
+
+    // An entry idle for longer than FP_FLOW4_IDLE_NS is ignored.
+    let old = ferroplane_bpf::monotonic_ns().saturating_sub(121_000_000_000);
+    dp.set_flow4(key, entry(old)).unwrap();
+    assert_eq!(run(&dp, &udp).0, xdp_action::PASS);
+    assert_eq!(dp.flow4().unwrap().len(), 2);
+    assert_eq!(dp.clear_flow4().unwrap(), 2);
+
+    // With the engine's socket in place the engine decides, cache or not.
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
+        .unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &udp).0, xdp_action::REDIRECT);
+    let after = dp.stats().unwrap().since(&before);
+    assert_eq!(after.verdict(FpVerdict::Redirect), 1);
+    assert_eq!(after.verdict(FpVerdict::FlowCache), 0);
 }

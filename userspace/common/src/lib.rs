@@ -60,13 +60,53 @@ pub struct FpLpm4 {
     pub addr: [u8; 4],
 }
 
-// SAFETY: both structs are #[repr(C)], made only of integers (every bit pattern
+/// Key of the `flow4` map (`struct fp_flow4_key`): a flow tuple as it arrives (ports in
+/// network order; ICMP echo request: id as `sport`, reply: id as `dport`).
+#[repr(C, align(4))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpFlow4Key {
+    /// Source address octets.
+    pub saddr: [u8; 4],
+    /// Destination address octets.
+    pub daddr: [u8; 4],
+    /// Source port (network order) or echo id.
+    pub sport: [u8; 2],
+    /// Destination port (network order) or echo id.
+    pub dport: [u8; 2],
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards a flow while the engine
+/// is away (decrement TTL, these MACs, out of `ifindex`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpFlow4 {
+    /// Output interface index.
+    pub ifindex: u32,
+    /// Destination MAC.
+    pub dmac: [u8; 6],
+    /// Source MAC.
+    pub smac: [u8; 6],
+    /// Last refresh or use, CLOCK_MONOTONIC nanoseconds.
+    pub seen_ns: u64,
+}
+
+// SAFETY: the structs are #[repr(C)], made only of integers (every bit pattern
 // is valid) and have no padding (checked by the layout test).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FpIface {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FpLpm4 {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpFlow4Key {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpFlow4 {}
 
 #[cfg(test)]
 mod tests {
@@ -103,6 +143,12 @@ mod tests {
         let rust = [
             rust_layout!("fp_iface", FpIface, [xsk_slot, flags]),
             rust_layout!("fp_lpm4", FpLpm4, [prefixlen, addr]),
+            rust_layout!(
+                "fp_flow4_key",
+                FpFlow4Key,
+                [saddr, daddr, sport, dport, proto, pad]
+            ),
+            rust_layout!("fp_flow4", FpFlow4, [ifindex, dmac, smac, seen_ns]),
         ];
         // Every struct of the header has a mirror, and no mirror is left over.
         let mut c_names: Vec<_> = C_STRUCTS.iter().map(|s| s.name).collect();
@@ -166,6 +212,7 @@ mod tests {
             ("FP_MAX_PORTS4", FP_MAX_PORTS4),
             ("FP_PORT_NODEPORT", FP_PORT_NODEPORT),
             ("FP_PORT_SNAT", FP_PORT_SNAT),
+            ("FP_MAX_FLOW4", FP_MAX_FLOW4),
         ];
         assert_eq!(C_DEFINES.len(), rust.len());
         for (name, v) in rust {

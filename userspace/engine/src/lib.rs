@@ -18,6 +18,7 @@
 pub mod buffer;
 pub mod counters;
 pub mod filter;
+pub mod flow_export;
 pub mod graph;
 pub mod interfaces;
 pub mod node;

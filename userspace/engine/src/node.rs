@@ -120,6 +120,8 @@ pub struct Outputs {
     pub punt: Vec<BufIdx>,
     /// Next hops whose MAC is missing: (sw_if, address).
     pub misses: Vec<(u16, Ipv4Addr)>,
+    /// Forwarded flows to (re)export to the XDP flow cache.
+    pub flows: Vec<crate::flow_export::FlowExport>,
 }
 
 impl Outputs {

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub nat: Arc<ferroplane_tables::NatConfig>,
     /// NetworkPolicy: compiled per-pod ACLs (empty: no pod isolated).
     pub policy: Arc<ferroplane_tables::policy::PolicyTables>,
+    /// Report forwarded flows for the XDP flow cache ([`crate::flow_export`]).
+    pub flow_export: bool,
 }
 
 /// The published snapshot, shared by the control plane and the workers.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use ferroplane_io::{BufIdx, Desc, FrameMemory, IoError, PacketIo};
 use crate::buffer::{BufMeta, FLAG_TRACED};
 use crate::counters::WorkerStats;
 use crate::filter::PacketFilter;
+use crate::flow_export::FlowExport;
 use crate::graph::{Graph, GraphError, GraphInfo};
 use crate::node::Outputs;
 use crate::nodes::{standard_graph, ENTRY};
@@ -124,6 +125,7 @@ pub struct Worker<P: PacketIo> {
     commands: Option<Receiver<Command<P>>>,
     punt: Option<PuntSink>,
     misses: Option<Sender<(u16, Ipv4Addr)>>,
+    flows: Option<SyncSender<FlowExport>>,
     asked: HashMap<(u16, Ipv4Addr), Instant>,
     idle_wait: Duration,
     capture_was_active: bool,
@@ -160,6 +162,7 @@ where
             commands: None,
             punt: None,
             misses: None,
+            flows: None,
             asked: HashMap::new(),
             idle_wait: Duration::from_millis(5),
             capture_was_active: false,
@@ -179,6 +182,13 @@ where
     /// Where next hops that need resolution are reported (at most once a second each).
     pub fn set_miss_reports(&mut self, tx: Sender<(u16, Ipv4Addr)>) {
         self.misses = Some(tx);
+    }
+
+    /// Where forwarded flows for the XDP flow cache are reported ([`crate::flow_export`];
+    /// only while the snapshot's `flow_export` is on). A full channel drops reports: the
+    /// flow is reported again later.
+    pub fn set_flow_reports(&mut self, tx: SyncSender<FlowExport>) {
+        self.flows = Some(tx);
     }
 
     /// The worker's counters.
@@ -414,6 +424,16 @@ where
                 self.asked
                     .retain(|_, t| now.duration_since(*t) < Duration::from_secs(1));
             }
+        }
+        if !self.out.flows.is_empty() {
+            for f in self.out.flows.drain(..) {
+                if let Some(tx) = &self.flows {
+                    if tx.try_send(f).is_err() {
+                        break;
+                    }
+                }
+            }
+            self.out.flows.clear();
         }
         if !self.trace.records.is_empty() {
             if let Ok(mut t) = self.control.traces.lock() {

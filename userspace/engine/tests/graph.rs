@@ -376,3 +376,50 @@ fn capture_on_interface_and_at_error_drop() {
     assert_eq!(cap.packets.len(), 1);
     assert_eq!(cap.packets[0].data, bad);
 }
+
+/// With the export on, a routed flow is reported once (as it arrived, with the output
+/// interface's kernel index and the MACs written); packets the engine answers itself (ARP)
+/// or drops are not; with the export off nothing is.
+#[test]
+fn forwarded_flows_are_reported_for_the_xdp_flow_cache() {
+    let io = MemIo::new(1024, 2048, 3);
+    let mut snap = node_snapshot(2, 0);
+    snap.flow_export = true;
+    let shared = Arc::new(Shared::new(snap));
+    let mut worker = Worker::new(io, shared.clone(), Arc::new(WorkerControl::default())).unwrap();
+    let (tx, rx) = mpsc::sync_channel(16);
+    worker.set_flow_reports(tx);
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 100);
+    for _ in 0..3 {
+        assert!(worker.io_mut().inject(1, &f));
+        worker.poll().unwrap();
+    }
+    let flows: Vec<_> = rx.try_iter().collect();
+    assert_eq!(flows.len(), 1, "one report per flow: {flows:?}");
+    let fl = flows[0];
+    assert_eq!((fl.src, fl.dst, fl.proto), (pod_ip(1), pod_ip(2), 17));
+    let pod2 = shared.load().ifaces.get(2).map(|i| i.ifindex).unwrap();
+    assert_eq!(fl.ifindex, pod2);
+    assert_eq!(fl.dst_mac, pod_mac(2));
+    assert_eq!(fl.src_mac, host_mac(2));
+    assert_eq!(worker.io_mut().take_tx(2).len(), 3);
+
+    // The reply direction is its own flow; an ARP request answered by the engine is none.
+    let back = udp_frame(host_mac(2), pod_mac(2), pod_ip(2), pod_ip(1), 64, 100);
+    assert!(worker.io_mut().inject(2, &back));
+    let arp = arp_request(pod_mac(1), pod_ip(1), "169.254.1.1".parse().unwrap());
+    assert!(worker.io_mut().inject(1, &arp));
+    worker.poll().unwrap();
+    let flows: Vec<_> = rx.try_iter().collect();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!((flows[0].src, flows[0].dst), (pod_ip(2), pod_ip(1)));
+
+    // Export off: nothing, even for a new flow.
+    shared.update(|s| s.flow_export = false);
+    let other = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 200);
+    let mut other = other;
+    other[14 + 20..14 + 22].copy_from_slice(&4321u16.to_be_bytes());
+    assert!(worker.io_mut().inject(1, &other));
+    worker.poll().unwrap();
+    assert_eq!(rx.try_iter().count(), 0);
+}

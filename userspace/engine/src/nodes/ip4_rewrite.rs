@@ -77,7 +77,9 @@ impl<M: FrameMemory> Node<M> for Ip4Rewrite {
             let pkt = cx.packet(b);
             pkt[0..6].copy_from_slice(&adj.dst_mac);
             pkt[6..12].copy_from_slice(&adj.src_mac);
-            cx.meta_mut(b).tx_if = adj.sw_if;
+            let m = cx.meta_mut(b);
+            m.tx_if = adj.sw_if;
+            m.flags |= crate::buffer::FLAG_ROUTED;
             if cx.traced(b) {
                 cx.trace(
                     b,

@@ -60,7 +60,7 @@ pub fn standard_graph<M: FrameMemory + 'static>() -> Result<Graph<M>, GraphError
         Box::new(HostPunt),
         Box::new(TunnelDecap::default()),
         Box::new(TunnelEncap::default()),
-        Box::new(InterfaceOutput),
+        Box::new(InterfaceOutput::default()),
         Box::new(ErrorDrop),
     ];
     Graph::new(nodes)

@@ -761,6 +761,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                 Class::IcmpError(hl) => {
                     if translate_icmp_error(&mut ct, l3, hl, now) {
                         counts[NatError::IcmpTranslated as usize] += 1;
+                        cx.meta_mut(b).flags |= crate::buffer::FLAG_NO_CACHE;
                         cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
                         if traced {
                             cx.trace
@@ -807,6 +808,10 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                         }
                         Decision::Reject => {
                             counts[NatError::NoEndpoints as usize] += 1;
+                            // `l3` borrows the frame memory: reach the metadata field directly.
+                            if let Some(mm) = cx.meta.get_mut(b as usize) {
+                                mm.flags |= crate::buffer::FLAG_NO_CACHE;
+                            }
                             if p.key.proto == PROTO_TCP {
                                 match build_rst(l3, p.hl) {
                                     Some(len) => {
@@ -849,6 +854,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             }
             rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
             ct.touch(id, dir, p.tcp_flags, now);
+            cx.meta_mut(b).flags |= crate::buffer::FLAG_NO_CACHE;
             if established {
                 cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
             }

@@ -1,4 +1,10 @@
+use std::time::Instant;
+
 use ferroplane_io::{BufIdx, Desc, FrameMemory};
+
+use crate::buffer::{FLAG_NO_CACHE, FLAG_ROUTED};
+use crate::flow_export::{cacheable_tuple, FlowExport, Seen};
+use crate::{IfKind, Interface};
 
 use crate::node::{Ctx, Node, NodeInfo, CONSUMED};
 use crate::node_errors;
@@ -17,9 +23,60 @@ static INFO: NodeInfo = NodeInfo {
     errors: OutputError::INFO,
 };
 
-/// Queues packets on their output interface's transmit ring.
+/// Queues packets on their output interface's transmit ring, and reports the flows the
+/// XDP flow cache can replay ([`crate::flow_export`]) when the export is on.
 #[derive(Debug, Default)]
-pub struct InterfaceOutput;
+pub struct InterfaceOutput {
+    seen: Seen,
+    epoch: Option<Instant>,
+}
+
+impl InterfaceOutput {
+    /// Reports the flow of the routed packet `b` leaving on `out` (a pod veth or the uplink)
+    /// if it came in through XDP (a pod veth or the uplink) untranslated.
+    fn export<M: FrameMemory>(
+        &mut self,
+        cx: &mut Ctx<'_, M>,
+        b: BufIdx,
+        out: &Interface,
+        now_s: u32,
+    ) {
+        let m = cx.meta(b);
+        if m.flags & (FLAG_ROUTED | FLAG_NO_CACHE) != FLAG_ROUTED
+            || !matches!(out.kind, IfKind::Pod | IfKind::Uplink)
+        {
+            return;
+        }
+        let rx_kind = cx.snap.ifaces.get(m.rx_if).map(|f| f.kind);
+        if !matches!(rx_kind, Some(IfKind::Pod | IfKind::Uplink)) {
+            return;
+        }
+        let (start, end) = (m.offset as usize, m.offset as usize + m.len as usize);
+        let Some(pkt) = cx.mem.frame(b).get(start..end) else {
+            return;
+        };
+        let Some((src, dst, sport, dport, proto)) = pkt.get(14..).and_then(cacheable_tuple) else {
+            return;
+        };
+        let mut dst_mac = [0u8; 6];
+        let mut src_mac = [0u8; 6];
+        dst_mac.copy_from_slice(&pkt[0..6]);
+        src_mac.copy_from_slice(&pkt[6..12]);
+        let flow = FlowExport {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            ifindex: out.ifindex,
+            dst_mac,
+            src_mac,
+        };
+        if self.seen.should_report(&flow, now_s) {
+            cx.out.flows.push(flow);
+        }
+    }
+}
 
 impl<M: FrameMemory> Node<M> for InterfaceOutput {
     fn info(&self) -> &'static NodeInfo {
@@ -28,6 +85,12 @@ impl<M: FrameMemory> Node<M> for InterfaceOutput {
 
     fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]) {
         let ifaces = cx.snap.ifaces.clone();
+        let now_s = if cx.snap.flow_export {
+            let epoch = *self.epoch.get_or_insert_with(Instant::now);
+            Some(epoch.elapsed().as_secs() as u32)
+        } else {
+            None
+        };
         for (i, &b) in bufs.iter().enumerate() {
             let m = cx.meta(b);
             if ifaces.get(m.tx_if).map(|f| f.kind) == Some(crate::IfKind::Tunnel) {
@@ -38,6 +101,9 @@ impl<M: FrameMemory> Node<M> for InterfaceOutput {
                 nexts[i] = cx.drop_with(b, OutputError::NoPort);
                 continue;
             };
+            if let (Some(now_s), Some(out)) = (now_s, ifaces.get(m.tx_if)) {
+                self.export(cx, b, out, now_s);
+            }
             let c = cx.stats.iface(m.tx_if);
             c.tx_packets.add(1);
             c.tx_bytes.add(m.len as u64);

@@ -268,6 +268,7 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
             mm.offset = start as u16;
             mm.len = len as u16;
             mm.tx_if = adj.sw_if;
+            mm.flags |= crate::buffer::FLAG_NO_CACHE;
             if cx.traced(b) {
                 let data = TraceData::Encap {
                     tunnel: m.tx_if,
