@@ -263,6 +263,11 @@ impl Cluster {
             cluster
                 .fabric
                 .ip(&["link", "set", &port, "master", Self::BRIDGE])?;
+            // The bridge port's receive path in NAPI mode (GRO on) takes frames XDP on the
+            // node's uplink redirects (the flow cache while an agent restarts), as a NIC does.
+            cluster
+                .fabric
+                .exec_ok(&["ethtool", "-K", &port, "gro", "on"])?;
             // Frames the node's kernel sends (WireGuard timers, ARP) carry full checksums,
             // as on a real wire: the receiving engine cannot see offload state.
             ns.exec_ok(&["ethtool", "-K", Self::UPLINK_IF, "tx", "off"])?;

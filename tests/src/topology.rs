@@ -82,7 +82,9 @@ impl Topology {
         // The router stands in for a physical network: frames on a real wire carry
         // full checksums, while a veth leaves them to offload (CHECKSUM_PARTIAL),
         // which the engine's AF_XDP path cannot see.
-        router.exec_ok(&["ethtool", "-K", Self::ROUTER_IF, "tx", "off"])?;
+        // A NIC accepts frames XDP redirects to it; a veth only when its peer's receive
+        // path runs NAPI (GRO on): the XDP flow cache sends to the router that way.
+        router.exec_ok(&["ethtool", "-K", Self::ROUTER_IF, "tx", "off", "gro", "on"])?;
         let plen = Self::UPLINK_PREFIX_LEN;
         router.add_addr(Self::ROUTER_IF, &format!("{}/{plen}", Self::ROUTER_IP))?;
         node.add_addr(Self::UPLINK_IF, &format!("{}/{plen}", Self::NODE_IP))?;
@@ -335,5 +337,55 @@ impl Drop for AgentGuard {
                 tail_file(&self.log_path, LOG_TAIL)
             );
         }
+    }
+}
+
+/// A bpffs mounted in the host mount namespace under `/run` (unique per process and call),
+/// so pins outlive an agent's private `ip netns exec` mount namespace (the agent's own
+/// `/sys/fs/bpf` there is a fresh, private bpffs). Unmounted on drop.
+#[derive(Debug)]
+pub struct BpffsMount {
+    path: PathBuf,
+}
+
+impl BpffsMount {
+    /// Mounts a new bpffs.
+    pub fn new() -> Result<BpffsMount> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let path = PathBuf::from(format!(
+            "/run/ferroplane-e2e-bpf-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("mkdir {}", path.display()), e))?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .output()
+            .map_err(|e| Error::io("mount -t bpf".to_string(), e))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&path);
+            return Err(Error::io(
+                format!("mount -t bpf bpf {}", path.display()),
+                std::io::Error::other(String::from_utf8_lossy(&out.stderr).to_string()),
+            ));
+        }
+        Ok(BpffsMount { path })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .output();
+        let _ = std::fs::remove_dir(&self.path);
     }
 }

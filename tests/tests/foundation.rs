@@ -285,3 +285,111 @@ fn agent_restart_detaches_and_recovers() {
     assert_eq!(xdp_attached(&topo.node).len(), 3, "uplink + 2 pod veths");
     drop(agent);
 }
+
+/// Replies `ping -D` printed with their timestamps (seconds since the epoch).
+fn ping_reply_times(log: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `--on-exit keep`: while the agent restarts, established flows (pod to pod, router to pod,
+/// pod to router) keep forwarding from the XDP flow cache; a new flow does not (fail
+/// closed); the next agent adopts the programs in place and takes over.
+#[test]
+fn agent_restart_with_keep_forwards_established_flows() {
+    if !require_root() {
+        return;
+    }
+    let bpffs = ferroplane_e2e::topology::BpffsMount::new().expect("bpffs");
+    let pin = bpffs.path().join("node").to_string_lossy().to_string();
+    let args = ["--pin-dir", pin.as_str(), "--on-exit", "keep"];
+    let topo = Topology::single_node(2).expect("topology");
+    let agent = topo
+        .start_agent_with(&bin_dir(), &args)
+        .expect("agent start");
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).expect("before restart");
+
+    // Three long-running pings: one ICMP flow each way per pair.
+    let flows = [
+        ("pod0-pod1", &topo.pods[0].ns, pod_ip(&topo, 1)),
+        ("router-pod0", &topo.router, pod_ip(&topo, 0)),
+        ("pod1-router", &topo.pods[1].ns, Topology::ROUTER_IP),
+    ];
+    let mut pings = Vec::new();
+    for (name, ns, dst) in flows {
+        let log = topo.dir().join(format!("{name}.log"));
+        let dst = dst.to_string();
+        let child = ns
+            .spawn_logged(&["ping", "-D", "-n", "-i", "0.1", "-w", "60", &dst], &log)
+            .expect("ping");
+        pings.push((name, child, log));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let status = agent.stop();
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "{}",
+        agent.log_tail(20)
+    );
+    drop(agent);
+    let down_from = epoch_now();
+    assert_eq!(
+        xdp_attached(&topo.node).len(),
+        3,
+        "programs stay attached with --on-exit keep"
+    );
+    // A new flow (a new ping, a new ICMP id) is not in the cache: fail closed.
+    assert!(
+        ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).is_err(),
+        "a new flow while the engine is away must not pass"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let down_until = epoch_now();
+    // What XDP did meanwhile (for the failure message).
+    let ctl = bin_dir().join("ferroctl");
+    let dump = |map: &str| {
+        std::process::Command::new(&ctl)
+            .args(["map", "dump", map, "--pin-dir", &pin])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let seen = format!("verdicts:\n{}\nflow4:\n{}", dump("verdicts"), dump("flow4"));
+
+    let agent = topo
+        .start_agent_with(&bin_dir(), &args)
+        .expect("agent restart");
+    std::thread::sleep(Duration::from_millis(1500));
+    ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).expect("new flows after the restart");
+    for (name, child, log) in &pings {
+        child.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(2));
+        let times = ping_reply_times(log);
+        let during = times
+            .iter()
+            .filter(|t| **t > down_from && **t < down_until)
+            .count();
+        let after = times.iter().filter(|t| **t > down_until + 1.0).count();
+        // 2 s at 10 per second while the agent was down.
+        assert!(
+            during >= 10,
+            "{name}: {during} replies while the agent was down (of {} in all)\n{}\n{seen}",
+            times.len(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        assert!(after >= 5, "{name}: {after} replies after the restart");
+    }
+    assert_eq!(xdp_attached(&topo.node).len(), 3, "adopted, still attached");
+    drop(agent);
+}

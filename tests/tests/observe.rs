@@ -301,39 +301,13 @@ fn metrics_pass_promtool_and_match_ferroctl() {
     }
 }
 
-/// A bpffs mounted in the host mount namespace (so pins outlive the agent's
-/// private `ip netns exec` mount namespace); unmounted on drop.
-struct BpffsMount(std::path::PathBuf);
-
-impl BpffsMount {
-    fn new() -> BpffsMount {
-        let dir =
-            std::path::PathBuf::from(format!("/run/ferroplane-e2e-bpf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .expect("mount");
-        assert!(st.success(), "mount bpffs");
-        BpffsMount(dir)
-    }
-}
-
-impl Drop for BpffsMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn pinned_maps_and_programs_are_listed_even_with_the_agent_down() {
     if !require_root() {
         return;
     }
-    let bpffs = BpffsMount::new();
-    let pin_dir = bpffs.0.join("node1");
+    let bpffs = ferroplane_e2e::topology::BpffsMount::new().expect("bpffs");
+    let pin_dir = bpffs.path().join("node1");
     let pin_s = pin_dir.to_string_lossy().to_string();
     let topo = Topology::single_node(1).expect("topology");
     let agent = topo

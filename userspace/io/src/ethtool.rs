@@ -13,6 +13,8 @@ use crate::IoError;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -80,6 +82,29 @@ pub fn set_tx_checksum(ifname: &str, enabled: bool) -> Result<(), IoError> {
     ethtool(ifname, &mut v)
 }
 
+/// Whether generic receive offload is on for `ifname` (in the caller's network namespace).
+pub fn gro(ifname: &str) -> Result<bool, IoError> {
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_GGRO,
+        data: 0,
+    };
+    ethtool(ifname, &mut v)?;
+    Ok(v.data != 0)
+}
+
+/// Turn generic receive offload on or off for `ifname` (in the caller's network namespace).
+///
+/// On a veth, GRO also switches its receive path to NAPI, which is what lets an XDP program
+/// on its peer redirect frames into it (`ndo_xdp_xmit`): the XDP flow cache sends to pods
+/// that way while the engine is away.
+pub fn set_gro(ifname: &str, enabled: bool) -> Result<(), IoError> {
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: u32::from(enabled),
+    };
+    ethtool(ifname, &mut v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +115,7 @@ mod tests {
         assert!(tx_checksum("lo").is_ok());
         assert!(tx_checksum("").is_err());
         assert!(tx_checksum("no-such-if-xyz").is_err());
+        assert!(gro("lo").is_ok());
+        assert!(gro("no-such-if-xyz").is_err());
     }
 }
