@@ -240,7 +240,8 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     })
 }
 
-/// `CNI_ARGS` (`K=V;K=V`) as pairs.
+/// `CNI_ARGS` (`K=V;K=V`) as pairs. Empty segments are skipped; a segment without `=`,
+/// with an empty key or with a second `=` is an error (code 4), as in libcni.
 pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
     let mut out = Vec::new();
     for part in s.split(';').filter(|p| !p.is_empty()) {
@@ -250,9 +251,111 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
         if k.is_empty() {
             return Err(env_err(format!("CNI_ARGS: {part:?} has an empty key")));
         }
+        if v.contains('=') {
+            return Err(env_err(format!(
+                "CNI_ARGS: {part:?} is not KEY=VALUE (a second '=')"
+            )));
+        }
         out.push((k.to_string(), v.to_string()));
     }
     Ok(out)
+}
+
+/// The `CNI_ARGS` keys ferroplane understands (the ones container runtimes pass for
+/// Kubernetes pods, plus the `IgnoreUnknown` convention).
+pub const KNOWN_ARGS: &[&str] = &[
+    "IgnoreUnknown",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+];
+
+/// What `CNI_ARGS` says about the pod being attached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    /// `K8S_POD_NAMESPACE`: the pod's Kubernetes namespace (a DNS-1123 label).
+    pub pod_namespace: Option<String>,
+    /// `K8S_POD_NAME`: the pod's name (a DNS-1123 subdomain).
+    pub pod_name: Option<String>,
+    /// `K8S_POD_INFRA_CONTAINER_ID`: the sandbox (pause) container's id.
+    pub infra_container_id: Option<String>,
+    /// `K8S_POD_UID`.
+    pub pod_uid: Option<String>,
+}
+
+/// Whether `s` is a DNS-1123 label (Kubernetes namespace names).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Whether `s` is a DNS-1123 subdomain (Kubernetes object names).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Parses `CNI_ARGS` by the CNI conventions: keys other than [`KNOWN_ARGS`] are an error
+/// (code 4, "invalid environment variables") unless `IgnoreUnknown` is true (`1`/`true`),
+/// in which case they are ignored; `IgnoreUnknown` itself must be a boolean. The pod's
+/// namespace and name must be valid Kubernetes names (they become its policy identity).
+pub fn parse_k8s_args(s: &str) -> Result<CniArgs, CniError> {
+    let pairs = parse_cni_args(s)?;
+    let mut ignore_unknown = false;
+    let mut unknown = Vec::new();
+    let mut args = CniArgs::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "IgnoreUnknown" => {
+                ignore_unknown = match v.as_str() {
+                    "1" | "true" | "True" | "TRUE" => true,
+                    "0" | "false" | "False" | "FALSE" => false,
+                    _ => {
+                        return Err(env_err(format!(
+                            "CNI_ARGS: IgnoreUnknown={v:?} is not a boolean (1, true, 0, false)"
+                        )))
+                    }
+                }
+            }
+            "K8S_POD_NAMESPACE" => {
+                if !is_dns_label(&v) {
+                    return Err(env_err(format!(
+                        "CNI_ARGS: K8S_POD_NAMESPACE={v:?} is not a valid namespace name"
+                    )));
+                }
+                args.pod_namespace = Some(v);
+            }
+            "K8S_POD_NAME" => {
+                if !is_dns_subdomain(&v) {
+                    return Err(env_err(format!(
+                        "CNI_ARGS: K8S_POD_NAME={v:?} is not a valid pod name"
+                    )));
+                }
+                args.pod_name = Some(v);
+            }
+            "K8S_POD_INFRA_CONTAINER_ID" => {
+                if !valid_id(&v) {
+                    return Err(env_err(format!(
+                        "CNI_ARGS: K8S_POD_INFRA_CONTAINER_ID={v:?} is not a valid container id"
+                    )));
+                }
+                args.infra_container_id = Some(v);
+            }
+            "K8S_POD_UID" => args.pod_uid = Some(v),
+            _ => unknown.push(k),
+        }
+    }
+    if !unknown.is_empty() && !ignore_unknown {
+        return Err(env_err(format!(
+            "CNI_ARGS: unknown args {unknown:?} (set IgnoreUnknown=1 to ignore them)"
+        )));
+    }
+    Ok(args)
 }
 
 fn required<'a>(
@@ -451,13 +554,9 @@ fn run_conf(
                 "CNI_NETNS {netns:?} is not an absolute path"
             )));
         }
-        for (k, v) in parse_cni_args(env.get("CNI_ARGS").map_or("", String::as_str))? {
-            match k.as_str() {
-                "K8S_POD_NAMESPACE" => req.pod_namespace = Some(v),
-                "K8S_POD_NAME" => req.pod_name = Some(v),
-                _ => {}
-            }
-        }
+        let args = parse_k8s_args(env.get("CNI_ARGS").map_or("", String::as_str))?;
+        req.pod_namespace = args.pod_namespace;
+        req.pod_name = args.pod_name;
         req.container_id = cid.to_string();
         req.ifname = ifname.to_string();
         req.netns = netns;
@@ -689,11 +788,76 @@ mod tests {
         assert!(!valid_ifname(".."));
         assert!(!valid_ifname("a b"));
         assert_eq!(
-            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=a").unwrap(),
+            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=a;").unwrap(),
             vec![
                 ("IgnoreUnknown".to_string(), "1".to_string()),
                 ("K8S_POD_NAME".to_string(), "a".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn k8s_args() {
+        let a = parse_k8s_args(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0.x;K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=u-1;FOO=bar",
+        )
+        .unwrap();
+        assert_eq!(a.pod_namespace.as_deref(), Some("team-a"));
+        assert_eq!(a.pod_name.as_deref(), Some("web-0.x"));
+        assert_eq!(a.infra_container_id.as_deref(), Some("abc123"));
+        assert_eq!(a.pod_uid.as_deref(), Some("u-1"));
+        assert_eq!(parse_k8s_args("").unwrap(), CniArgs::default());
+        // Known keys need no IgnoreUnknown.
+        assert_eq!(
+            parse_k8s_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p")
+                .unwrap()
+                .pod_name
+                .as_deref(),
+            Some("p")
+        );
+        // Unknown keys without IgnoreUnknown (or with it false) are an error, code 4.
+        for bad in [
+            "FOO=bar",
+            "IgnoreUnknown=0;FOO=bar",
+            "IgnoreUnknown=false;K8S_POD_NAME=p;X=1",
+            "IgnoreUnknown=maybe",
+            "K8S_POD_NAMESPACE=Bad_NS",
+            "K8S_POD_NAMESPACE=a/b",
+            "K8S_POD_NAME=-x",
+            "K8S_POD_NAME=",
+            "K8S_POD_INFRA_CONTAINER_ID=-x",
+            "K8S_POD_NAME",
+            "=x",
+            "A=b=c",
+        ] {
+            let e = parse_k8s_args(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV, "{bad}: {e:?}");
+        }
+        assert!(parse_k8s_args("FOO=bar")
+            .unwrap_err()
+            .msg
+            .contains("unknown args"));
+        // Through `run`: a malformed CNI_ARGS fails ADD before the agent is asked.
+        let mut e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            ("CNI_ARGS", "K8S_POD_NAME=p;SOMETHING=else"),
+        ]);
+        let o = run(&e, CONF.as_bytes());
+        assert_eq!(code_of(&o), 4);
+        assert!(o.stdout.unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("SOMETHING"));
+        // With IgnoreUnknown the request goes on (and finds no agent: code 11).
+        e.insert(
+            "CNI_ARGS".into(),
+            "IgnoreUnknown=1;K8S_POD_NAME=p;SOMETHING=else".into(),
+        );
+        assert_eq!(code_of(&run(&e, CONF.as_bytes())), 11);
+        assert!(is_dns_label("a-1") && !is_dns_label("A") && !is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_subdomain("a.b-c") && !is_dns_subdomain("a..b"));
     }
 }

@@ -45,8 +45,8 @@ pub use cluster::{Cluster, ClusterNode, ExternalPeer, OverlayMode, WgKeys};
 pub use cmd::{command_line, run_with_timeout};
 pub use netns::{cleanup_stale_namespaces, link_veth, ChildGuard, LinkStats, Netns};
 pub use nix::sys::signal::Signal;
-pub use probe::{ping, scapy, tcp_transfer, PingStats, TransferStats};
-pub use topology::{AgentGuard, Pod, Topology};
+pub use probe::{epoch_now, ping, scapy, tcp_transfer, ContinuousPing, PingStats, TransferStats};
+pub use topology::{AgentGuard, BpffsMount, Pod, Topology};
 
 /// Harness errors. Every variant says what was being done and carries the evidence
 /// (command line, exit status, captured stderr, agent log) needed to debug a failure.

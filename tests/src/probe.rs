@@ -401,3 +401,49 @@ mod tests {
         assert!((s.mbit_per_s() - 8.0).abs() < 1e-9);
     }
 }
+
+/// Seconds since the Unix epoch (the clock `ping -D` prints).
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A `ping -D -i 0.1` running in the background from a namespace: one ICMP flow (one echo
+/// id) for as long as it runs, e.g. across an agent restart. [`ContinuousPing::finish`]
+/// stops it (SIGINT) and returns when each reply arrived.
+#[derive(Debug)]
+pub struct ContinuousPing {
+    child: crate::ChildGuard,
+    log: std::path::PathBuf,
+}
+
+impl ContinuousPing {
+    /// Starts pinging `ip` from `ns` every 100 ms (for at most 120 s); output goes to `log`.
+    pub fn start(ns: &Netns, ip: Ipv4Addr, log: &std::path::Path) -> Result<ContinuousPing> {
+        let ip = ip.to_string();
+        let child = ns.spawn_logged(&["ping", "-D", "-n", "-i", "0.1", "-w", "120", &ip], log)?;
+        Ok(ContinuousPing {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Stops the ping; the times (seconds since the epoch) its replies arrived.
+    pub fn finish(&self) -> Vec<f64> {
+        self.child
+            .stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(2));
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// The ping's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

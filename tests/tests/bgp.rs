@@ -19,7 +19,7 @@ use ferroplane_bgp::msg::{Capability, Ctx, Message, Open};
 use ferroplane_bgp::prefix::Afi;
 use ferroplane_e2e::cluster::{Cluster, ClusterBgp, OverlayMode};
 use ferroplane_e2e::netns::Netns;
-use ferroplane_e2e::probe::{ping, tcp_transfer};
+use ferroplane_e2e::probe::{epoch_now, ping, tcp_transfer, ContinuousPing};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, require_root, ChildGuard};
 use serde_json::Value;
@@ -424,6 +424,11 @@ fn bird_graceful_restart_keeps_forwarding() {
     assert_eq!(r[0]["paths"][0]["stale"], false, "{r}");
 }
 
+/// Agent restart with graceful restart and `--on-exit keep`: BIRD keeps our route (stale)
+/// and our kernel route stays while the agent is down, and forwarding continues meanwhile:
+/// a ping from a pod to a BIRD-learnt address started before the stop gets replies while the
+/// agent is down (XDP flow cache), a new flow does not (fail closed); after the restart the
+/// session comes back and the route is fresh.
 #[test]
 fn agent_graceful_restart_keeps_routes_at_the_peer() {
     if !require_root() {
@@ -437,7 +442,12 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
         &bird_conf(&["10.99.0.0/24"], true),
         false,
     );
-    let agent = start_agent(&topo);
+    let bpffs = ferroplane_e2e::BpffsMount::new().expect("bpffs");
+    let pin = bpffs.path().join("node").to_string_lossy().to_string();
+    let keep = ["--pin-dir", pin.as_str(), "--on-exit", "keep"];
+    let agent = topo
+        .start_agent_with(&bin_dir(), &keep)
+        .expect("agent start");
     wait_for("session", 20, || bird.established("agent"));
     wait_for("BIRD installs the pod CIDR", 10, || {
         kernel_routes(&topo.router, "bird").contains("10.244.1.0/24")
@@ -445,10 +455,18 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
     wait_for("our kernel route", 10, || {
         kernel_routes(&topo.node, "196").contains("10.99.0.0/24")
     });
+    wait_for("FIB", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let far = "10.99.0.1".parse().expect("ip");
+    let log = topo.dir().join("restart-ping.log");
+    let flow = ContinuousPing::start(&topo.pods[0].ns, far, &log).expect("ping");
+    std::thread::sleep(Duration::from_millis(1500));
 
     // Graceful stop: no NOTIFICATION, BIRD keeps our route (stale), our kernel route stays.
     agent.stop();
     drop(agent);
+    let down_from = epoch_now();
     wait_for("BIRD session down", 10, || !bird.established("agent"));
     let r = bird.cmd(&["show", "route", "for", "10.244.1.10", "all"]);
     assert!(
@@ -460,8 +478,16 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
         kernel_routes(&topo.node, "196").contains("10.99.0.0/24"),
         "kernel routes kept across the restart"
     );
+    assert!(
+        ping(&topo.pods[0].ns, far, 1).is_err(),
+        "a new flow while the agent is down must not pass"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let down_until = epoch_now();
 
-    let agent = start_agent(&topo);
+    let agent = topo
+        .start_agent_with(&bin_dir(), &keep)
+        .expect("agent restart");
     wait_for("session back", 20, || bird.established("agent"));
     let st = peer_state(&agent, ROUTER);
     assert_eq!(st["state"], "Established", "{st}");
@@ -478,6 +504,16 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
         "10.99.0.1",
         2,
         "forwarding after the restart",
+    );
+    let times = flow.finish();
+    let during = times
+        .iter()
+        .filter(|t| **t > down_from && **t < down_until)
+        .count();
+    assert!(
+        during >= 5,
+        "forwarding must continue while the agent restarts: {during} replies in the gap\n{}",
+        flow.output()
     );
 }
 
@@ -788,4 +824,572 @@ fn full_mesh_of_three_nodes_vxlan() {
         return;
     }
     full_mesh(OverlayMode::Vxlan, 47310);
+}
+
+// ---- graceful restart with GoBGP, both roles ---------------------------------------
+
+/// A gobgpd in the router namespace at [`ROUTER`] (AS [`GOBGP_AS`]) with graceful restart
+/// (helper and restarting speaker) for IPv4 unicast; its API on `api`.
+struct GoBgp {
+    child: ChildGuard,
+    api: u16,
+    log: PathBuf,
+}
+
+impl Drop for GoBgp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- gobgpd log (last 60 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn gobgp_gr_toml(restart_time: u16) -> String {
+    format!(
+        "[global.config]\n  as = {GOBGP_AS}\n  router-id = \"{ROUTER}\"\n  local-address-list = [\"{ROUTER}\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE}\"\n    peer-as = {AGENT_AS}\n\
+         [neighbors.transport.config]\n    local-address = \"{ROUTER}\"\n\
+         [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n\
+         [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = {restart_time}\n\
+         [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n\
+         [neighbors.afi-safis.mp-graceful-restart.config]\n    enabled = true\n"
+    )
+}
+
+impl GoBgp {
+    /// Start gobgpd; `restarting`: `-r` (Restart State bit: it kept forwarding).
+    fn start(topo: &Topology, toml: &str, restarting: bool) -> GoBgp {
+        let api = 51000 + (std::process::id() % 1000) as u16;
+        let tpath = topo.dir().join("gobgp.toml");
+        std::fs::write(&tpath, toml).expect("gobgp toml");
+        let (t, hosts) = (tpath.display().to_string(), format!("127.0.0.1:{api}"));
+        let mut args = vec![
+            "gobgpd",
+            "-f",
+            &t,
+            "-p",
+            "--api-hosts",
+            &hosts,
+            "--pprof-disable",
+            "-l",
+            "debug",
+        ];
+        if restarting {
+            args.push("-r");
+        }
+        let log = topo.dir().join("gobgpd.log");
+        let child = topo.router.spawn_logged(&args, &log).expect("gobgpd");
+        let g = GoBgp { child, api, log };
+        wait_for("GoBGP API", 15, || {
+            serde_json::from_str::<Value>(&g.cli(&topo.router, &["global", "-j"])).is_ok()
+        });
+        g
+    }
+
+    fn cli(&self, ns: &Netns, args: &[&str]) -> String {
+        gobgp(ns, self.api, args)
+    }
+
+    fn neighbor(&self, ns: &Netns) -> Value {
+        serde_json::from_str(&self.cli(ns, &["neighbor", NODE, "-j"])).unwrap_or(Value::Null)
+    }
+
+    fn established(&self, ns: &Netns) -> bool {
+        self.neighbor(ns)["state"]["session_state"] == 6
+    }
+
+    /// GoBGP's paths for `prefix` (empty when it has none).
+    fn rib(&self, ns: &Netns, prefix: &str) -> Vec<Value> {
+        let v: Value =
+            serde_json::from_str(&self.cli(ns, &["global", "rib", "-a", "ipv4", prefix, "-j"]))
+                .unwrap_or(Value::Null);
+        v.get(prefix)
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn add(&self, ns: &Netns, prefix: &str) {
+        let out = self.cli(
+            ns,
+            &[
+                "global", "rib", "add", "-a", "ipv4", prefix, "nexthop", ROUTER, "origin", "igp",
+            ],
+        );
+        assert!(!out.contains("error"), "gobgp rib add {prefix}: {out}");
+    }
+}
+
+#[test]
+fn gobgp_graceful_restart_keeps_its_routes_until_end_of_rib() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, GOBGP_AS)], true), 1);
+    // GoBGP never installs kernel routes: the router's way back to the pods is static.
+    topo.router
+        .add_route(Topology::POD_CIDR, NODE)
+        .expect("route back");
+    // restart-time 120: long enough that only End-of-RIB can clear the stale routes
+    // within this test.
+    let toml = gobgp_gr_toml(120);
+    let g = GoBgp::start(&topo, &toml, false);
+    let agent = start_agent(&topo);
+    wait_for("GoBGP session", 30, || g.established(&topo.router));
+    g.add(&topo.router, "10.98.0.0/24");
+    g.add(&topo.router, "10.97.0.0/24");
+    wait_for("GoBGP routes in the FIB", 15, || {
+        fib_paths(&agent, "10.98.0.0/24") == vec![ROUTER.to_string()]
+            && fib_paths(&agent, "10.97.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let st = peer_state(&agent, ROUTER);
+    let caps = st["capabilities"].to_string();
+    assert!(caps.contains("graceful-restart(time 120"), "{st}");
+    wait_for("GoBGP has our pod CIDR", 15, || {
+        !g.rib(&topo.router, "10.244.1.0/24").is_empty()
+    });
+    let pod = &topo.pods[0].ns;
+    ping_ok(pod, "10.98.0.1", 1, "pod -> GoBGP network");
+
+    // SIGKILL: gobgpd dies without NOTIFICATION (its documented graceful-restart way).
+    g.child
+        .stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2));
+    wait_for("session down", 15, || {
+        peer_state(&agent, ROUTER)["state"] != "Established"
+    });
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(st["stale"].as_u64(), Some(2), "{st}");
+    for p in ["10.98.0.0/24", "10.97.0.0/24"] {
+        assert_eq!(fib_paths(&agent, p), vec![ROUTER.to_string()], "{p} kept");
+        let r = agent
+            .ctl_json(&["show", "bgp", "routes", p])
+            .expect("routes");
+        assert_eq!(r[0]["paths"][0]["stale"], true, "{r}");
+    }
+    let k = kernel_routes(&topo.node, "196");
+    assert!(
+        k.contains("10.98.0.0/24 via 192.168.100.1") && k.contains("10.97.0.0/24"),
+        "{k}"
+    );
+    ping(pod, "10.98.0.1".parse().expect("ip"), 2)
+        .expect("forwarding continues while GoBGP is down");
+    // Still there a few seconds later (not a race with the withdrawal).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(peer_state(&agent, ROUTER)["stale"].as_u64(), Some(2));
+
+    // GoBGP comes back with the Restart State bit and announces only 10.98.0.0/24: after
+    // its End-of-RIB that one is fresh and 10.97.0.0/24 is gone (long before the 120 s
+    // restart timer could have removed it).
+    // The neighbour starts administratively down so the route is in GoBGP's RIB before
+    // the session (and its End-of-RIB) comes up.
+    drop(g);
+    let down = toml.replace(
+        &format!("    peer-as = {AGENT_AS}\n"),
+        &format!("    peer-as = {AGENT_AS}\n    admin-down = true\n"),
+    );
+    assert_ne!(down, toml);
+    let g = GoBgp::start(&topo, &down, true);
+    g.add(&topo.router, "10.98.0.0/24");
+    g.cli(&topo.router, &["neighbor", NODE, "enable"]);
+    // From here on 10.98.0.0/24 never leaves the FIB, 10.97.0.0/24 goes at End-of-RIB.
+    let t = Instant::now();
+    loop {
+        assert_eq!(
+            fib_paths(&agent, "10.98.0.0/24"),
+            vec![ROUTER.to_string()],
+            "10.98.0.0/24 left the FIB during the restart"
+        );
+        let st = peer_state(&agent, ROUTER);
+        if st["state"] == "Established" && st["stale"] == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no End-of-RIB from the restarted GoBGP: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("10.97.0.0/24 (not re-announced) out of the FIB", 5, || {
+        fib_paths(&agent, "10.97.0.0/24").is_empty()
+    });
+    assert!(g.established(&topo.router));
+    let st = peer_state(&agent, ROUTER);
+    assert!(
+        st["capabilities"]
+            .to_string()
+            .contains("graceful-restart(time 120, restarting)"),
+        "GoBGP's OPEN carries the Restart State bit: {st}"
+    );
+    let r = agent
+        .ctl_json(&["show", "bgp", "routes", "10.98.0.0/24"])
+        .expect("routes");
+    assert_eq!(r[0]["paths"][0]["stale"], false, "{r}");
+    wait_for("kernel follows", 5, || {
+        let k = kernel_routes(&topo.node, "196");
+        k.contains("10.98.0.0/24") && !k.contains("10.97.0.0/24")
+    });
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(st["state"], "Established", "{st}");
+    ping_ok(
+        pod,
+        "10.98.0.1",
+        1,
+        "pod -> GoBGP network after the restart",
+    );
+    wait_for("GoBGP relearns our pod CIDR", 15, || {
+        !g.rib(&topo.router, "10.244.1.0/24").is_empty()
+    });
+}
+
+#[test]
+fn agent_graceful_restart_with_gobgp_as_helper() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, GOBGP_AS)], true), 1);
+    // GoBGP never installs kernel routes: the router's way back to the pods is static.
+    topo.router
+        .add_route(Topology::POD_CIDR, NODE)
+        .expect("route back");
+    let g = GoBgp::start(&topo, &gobgp_gr_toml(120), false);
+    let agent = start_agent(&topo);
+    wait_for("GoBGP session", 30, || g.established(&topo.router));
+    g.add(&topo.router, "10.98.0.0/24");
+    wait_for("GoBGP has our pod CIDR", 15, || {
+        !g.rib(&topo.router, "10.244.1.0/24").is_empty()
+    });
+    let opens =
+        |g: &GoBgp| g.neighbor(&topo.router)["state"]["messages"]["received"]["open"].as_u64();
+    assert_eq!(opens(&g), Some(1));
+    wait_for("our kernel route", 10, || {
+        kernel_routes(&topo.node, "196").contains("10.98.0.0/24")
+    });
+
+    // Graceful stop: GoBGP keeps our route, marked stale, for its restart time.
+    agent.stop();
+    drop(agent);
+    wait_for("GoBGP session down", 15, || !g.established(&topo.router));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let paths = g.rib(&topo.router, "10.244.1.0/24");
+        assert!(
+            !paths.is_empty(),
+            "GoBGP withdrew our route during the restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let paths = g.rib(&topo.router, "10.244.1.0/24");
+    assert_eq!(paths[0]["stale"], true, "kept as stale: {paths:?}");
+    assert!(
+        kernel_routes(&topo.node, "196").contains("10.98.0.0/24"),
+        "our kernel routes kept across the restart"
+    );
+
+    let agent = start_agent(&topo);
+    wait_for("session back", 30, || g.established(&topo.router));
+    wait_for(
+        "our route fresh again at GoBGP after our End-of-RIB",
+        15,
+        || {
+            let p = g.rib(&topo.router, "10.244.1.0/24");
+            p.len() == 1 && p[0]["stale"] != true
+        },
+    );
+    assert_eq!(opens(&g), Some(2), "a new session, not the old one");
+    wait_for("FIB", 15, || {
+        fib_paths(&agent, "10.98.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let st = peer_state(&agent, ROUTER);
+    assert!(
+        st["capabilities"].to_string().contains("graceful-restart"),
+        "{st}"
+    );
+    ping_ok(
+        &topo.pods[0].ns,
+        "10.98.0.1",
+        2,
+        "forwarding after the restart",
+    );
+}
+
+// ---- IPv6 unicast over an IPv4 session (kernel routes only) --------------------------
+
+const ROUTER6: &str = "fd00:100::1";
+const NODE6: &str = "fd00:100::2";
+
+/// Turn IPv6 back on for the uplink pair (the topology disables it) with ULA addresses.
+fn enable_ipv6(topo: &Topology) {
+    for (ns, ifname, addr) in [
+        (&topo.router, Topology::ROUTER_IF, ROUTER6),
+        (&topo.node, Topology::UPLINK_IF, NODE6),
+    ] {
+        for k in ["all", "default", ifname, "lo"] {
+            ns.set_sysctl(&format!("net.ipv6.conf.{k}.disable_ipv6"), "0")
+                .expect("enable IPv6");
+        }
+        ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", ifname, "nodad"])
+            .expect("IPv6 address");
+    }
+    topo.router
+        .ip(&["addr", "add", "fd00:99::1/128", "dev", "lo"])
+        .expect("lo IPv6");
+}
+
+fn bird_conf_v6() -> String {
+    format!(
+        "router id {ROUTER};
+protocol device {{ }}
+protocol kernel k4 {{ ipv4 {{ import none; export where proto = \"agent\"; }}; learn no; }}
+protocol kernel k6 {{ ipv6 {{ import none; export where proto = \"agent\"; }}; learn no; }}
+protocol static st4 {{ ipv4; route 10.99.0.0/24 blackhole; }}
+protocol static st6 {{ ipv6; route fd00:99::/64 blackhole; route fd00:98::/64 blackhole; }}
+protocol bgp agent {{
+  local {ROUTER} as {BIRD_AS}; neighbor {NODE} as {AGENT_AS}; strict bind yes;
+  hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  ipv4 {{ import all; export where proto = \"st4\"; }};
+  ipv6 {{ import all; export where proto = \"st6\"; next hop address {ROUTER6}; }};
+}}
+"
+    )
+}
+
+#[test]
+fn ipv6_routes_both_ways_over_an_ipv4_session() {
+    if !require_root() {
+        return;
+    }
+    let yaml = bgp_yaml(&[(ROUTER, BIRD_AS)], false).replace(
+        "  peers:\n",
+        &format!(
+            "  nextHopV6: {NODE6}\n  advertise:\n    ipv6Prefixes: [fd00:44::/64]\n  peers:\n"
+        ),
+    );
+    let topo = setup(&yaml, 1);
+    enable_ipv6(&topo);
+    let bird = Bird::start(&topo.router, topo.dir(), "bird", &bird_conf_v6(), false);
+    let agent = start_agent(&topo);
+    wait_for("session", 20, || bird.established("agent"));
+    let st = peer_state(&agent, ROUTER);
+    assert!(
+        st["capabilities"].to_string().contains("ipv6-unicast"),
+        "IPv6 unicast negotiated: {st}"
+    );
+
+    // Theirs: IPv6 kernel routes with our protocol number, never in the (IPv4) engine FIB.
+    let k6 = || {
+        topo.node
+            .ip(&["-6", "route", "show", "proto", "196"])
+            .expect("ip -6 route")
+    };
+    wait_for("IPv6 kernel routes", 15, || {
+        let k = k6();
+        k.contains(&format!("fd00:99::/64 via {ROUTER6}")) && k.contains("fd00:98::/64")
+    });
+    wait_for("IPv4 route too", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    let routes = agent.ctl_json(&["show", "routes"]).expect("show routes");
+    assert!(
+        !routes.to_string().contains("fd00:"),
+        "no IPv6 in the engine FIB: {routes}"
+    );
+    let r = agent
+        .ctl_json(&["show", "bgp", "routes", "fd00:99::/64"])
+        .expect("show bgp routes");
+    assert_eq!(r[0]["paths"][0]["next_hop"], ROUTER6, "{r}");
+    assert_eq!(r[0]["installed"], "kernel", "{r}");
+    let r4 = agent
+        .ctl_json(&["show", "bgp", "routes", "10.99.0.0/24"])
+        .expect("show bgp routes");
+    assert_eq!(r4[0]["installed"], "engine", "{r4}");
+    let text = agent.ctl(&["show", "bgp", "routes"]).expect("table");
+    assert!(text.contains("IPv4-only"), "{text}");
+    topo.node
+        .exec_ok(&["ping", "-6", "-c", "2", "-W", "2", "fd00:99::1"])
+        .expect("node -> BIRD's IPv6 network over the learnt kernel route");
+
+    // Ours: the configured IPv6 prefix with the configured next hop, in BIRD's kernel.
+    wait_for("BIRD installs our IPv6 prefix", 15, || {
+        topo.router
+            .ip(&["-6", "route", "show", "proto", "bird"])
+            .map(|k| k.contains(&format!("fd00:44::/64 via {NODE6}")))
+            .unwrap_or(false)
+    });
+    let st = peer_state(&agent, ROUTER);
+    assert_eq!(
+        (st["received"].as_u64(), st["advertised"].as_u64()),
+        (Some(3), Some(2)),
+        "{st}"
+    );
+
+    // Withdrawal: one prefix, then the whole static protocol.
+    std::fs::write(
+        topo.dir().join("bird.conf"),
+        bird_conf_v6().replace(" route fd00:98::/64 blackhole;", ""),
+    )
+    .expect("bird conf");
+    bird.cmd(&["configure"]);
+    wait_for("fd00:98::/64 withdrawn from the kernel", 10, || {
+        let k = k6();
+        !k.contains("fd00:98::/64") && k.contains("fd00:99::/64")
+    });
+    bird.cmd(&["disable", "st6"]);
+    wait_for("every IPv6 route withdrawn", 10, || k6().trim().is_empty());
+    assert!(agent
+        .ctl_json(&["show", "bgp", "routes", "fd00:99::/64"])
+        .expect("routes")
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+    assert_eq!(
+        fib_paths(&agent, "10.99.0.0/24"),
+        vec![ROUTER.to_string()],
+        "IPv4 untouched"
+    );
+}
+
+// ---- TCP-MD5 (RFC 2385) ------------------------------------------------------------
+
+#[test]
+fn tcp_md5_password_with_bird() {
+    if !require_root() {
+        return;
+    }
+    let yaml = bgp_yaml(&[(ROUTER, BIRD_AS)], false).replace(
+        &format!("      as: {BIRD_AS}\n"),
+        &format!("      as: {BIRD_AS}\n      password: \"fp-s3cret\"\n"),
+    );
+    assert!(yaml.contains("password"));
+    let topo = setup(&yaml, 1);
+    let conf = |pw: &str| {
+        bird_conf(&["10.99.0.0/24"], false).replace(
+            "strict bind yes;",
+            &format!("strict bind yes; password \"{pw}\";"),
+        )
+    };
+    // Wrong password first: every segment is dropped, the session never comes up.
+    let bird = Bird::start(&topo.router, topo.dir(), "bird", &conf("wrong"), false);
+    let agent = start_agent(&topo);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        assert!(
+            !bird.established("agent"),
+            "Established with a wrong password"
+        );
+        assert_ne!(peer_state(&agent, ROUTER)["state"], "Established");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The node's kernel dropped BIRD's wrongly signed segments.
+    let nstat = topo
+        .node
+        .exec_ok(&["nstat", "-az", "TcpExtTCPMD5Failure"])
+        .expect("nstat");
+    let failures: u64 = nstat
+        .lines()
+        .find(|l| l.starts_with("TcpExtTCPMD5Failure"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(failures > 0, "no MD5 failures counted: {nstat}");
+
+    // The right one: session, routes both ways.
+    std::fs::write(topo.dir().join("bird.conf"), conf("fp-s3cret")).expect("bird conf");
+    bird.cmd(&["configure"]);
+    bird.cmd(&["restart", "agent"]);
+    wait_for("session with the right password", 20, || {
+        bird.established("agent")
+    });
+    wait_for("BIRD route in the FIB", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    wait_for("BIRD installs the pod CIDR", 10, || {
+        kernel_routes(&topo.router, "bird").contains("10.244.1.0/24 via 192.168.100.2")
+    });
+    ping_ok(&topo.pods[0].ns, "10.99.0.1", 2, "pod -> BIRD network");
+}
+
+#[test]
+fn ipv6_session_with_gobgp() {
+    if !require_root() {
+        return;
+    }
+    // Passive: GoBGP connects to our dual-stack listener over IPv6.
+    let yaml = bgp_yaml(&[(ROUTER6, GOBGP_AS)], false)
+        .replace(
+            "  peers:\n",
+            "  advertise:\n    ipv6Prefixes: [fd00:44::/64]\n  peers:\n",
+        )
+        .replace(
+            &format!("      as: {GOBGP_AS}\n"),
+            &format!("      as: {GOBGP_AS}\n      passive: true\n"),
+        );
+    assert!(yaml.contains("passive: true"));
+    let topo = setup(&yaml, 1);
+    enable_ipv6(&topo);
+    let toml = format!(
+        "[global.config]\n  as = {GOBGP_AS}\n  router-id = \"{ROUTER}\"\n  local-address-list = [\"{ROUTER6}\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{NODE6}\"\n    peer-as = {AGENT_AS}\n\
+         [neighbors.transport.config]\n    local-address = \"{ROUTER6}\"\n\
+         [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n\
+         [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv6-unicast\"\n"
+    );
+    let g = GoBgp::start(&topo, &toml, false);
+    let agent = start_agent(&topo);
+    let established = || {
+        serde_json::from_str::<Value>(&g.cli(&topo.router, &["neighbor", NODE6, "-j"]))
+            .map(|v| v["state"]["session_state"] == 6)
+            .unwrap_or(false)
+    };
+    wait_for("GoBGP session over IPv6", 30, established);
+    let st = peer_state(&agent, ROUTER6);
+    assert_eq!(st["state"], "Established", "{st}");
+    assert!(
+        st["capabilities"].to_string().contains("ipv6-unicast"),
+        "{st}"
+    );
+    let out = g.cli(
+        &topo.router,
+        &[
+            "global",
+            "rib",
+            "add",
+            "-a",
+            "ipv6",
+            "fd00:99::/64",
+            "nexthop",
+            ROUTER6,
+        ],
+    );
+    assert!(!out.contains("error"), "{out}");
+
+    // Theirs into the kernel (proto 196), ours at GoBGP with our session address as next hop.
+    let k6 = || {
+        topo.node
+            .ip(&["-6", "route", "show", "proto", "196"])
+            .expect("ip -6 route")
+    };
+    wait_for("IPv6 kernel route", 15, || {
+        k6().contains(&format!("fd00:99::/64 via {ROUTER6}"))
+    });
+    wait_for("GoBGP has our IPv6 prefix", 15, || {
+        let v: Value = serde_json::from_str(&g.cli(
+            &topo.router,
+            &["global", "rib", "-a", "ipv6", "fd00:44::/64", "-j"],
+        ))
+        .unwrap_or(Value::Null);
+        v.to_string().contains(NODE6)
+    });
+    topo.node
+        .exec_ok(&["ping", "-6", "-c", "2", "-W", "2", "fd00:99::1"])
+        .expect("node -> GoBGP's IPv6 network over the learnt kernel route");
+    let out = g.cli(
+        &topo.router,
+        &["global", "rib", "del", "-a", "ipv6", "fd00:99::/64"],
+    );
+    assert!(!out.contains("error"), "{out}");
+    wait_for("withdrawn from the kernel", 10, || k6().trim().is_empty());
 }

@@ -699,10 +699,10 @@ fn ipam_survives_sigkill_mid_add() {
     assert!(node.pod_veths().is_empty());
 }
 
-/// Pods added through CNI are fed to the NetworkPolicy compiler: without Kubernetes they
-/// are pods of namespace `cni` (named after the attachment, no labels), so a default-deny
-/// ingress policy of that namespace isolates them; traffic they start still gets its
-/// replies (stateful).
+/// Pods added through CNI are fed to the NetworkPolicy compiler under the Kubernetes
+/// identity `CNI_ARGS` gives them (`K8S_POD_NAMESPACE`/`K8S_POD_NAME`: here `default` /
+/// `pod-<container id>`, no labels without the watchers), so a default-deny ingress policy
+/// of that namespace isolates them; traffic they start still gets its replies (stateful).
 #[test]
 fn cni_pods_get_network_policy() {
     if !require_root() {
@@ -717,9 +717,23 @@ fn cni_pods_get_network_policy() {
         ips.push(r.ip().expect("ip"));
     }
     ping(&pods[0], ips[1], 2).expect("no policy yet: pod0 -> pod1");
-    // The agent re-reads the spec file: add a default-deny ingress policy for `cni`.
+    // The pods carry the identity of their CNI_ARGS, not the attachment's.
+    let v = node
+        .agent()
+        .ctl_json(&["show", "policies"])
+        .expect("show policies");
+    for i in 0..pods.len() {
+        let name = format!("pod-{}", id(i));
+        assert!(
+            v["pods"].as_array().is_some_and(|ps| ps
+                .iter()
+                .any(|p| p["namespace"] == "default" && p["name"] == name.as_str())),
+            "CNI pod {name} not known to policy as default/{name}: {v}"
+        );
+    }
+    // The agent re-reads the spec file: add a default-deny ingress policy for `default`.
     let deny = serde_json::json!([{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "deny-ingress", "namespace": "cni"},
+        "metadata": {"name": "deny-ingress", "namespace": "default"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}]);
     node.topo
         .write_spec(&format!(
@@ -731,7 +745,7 @@ fn cni_pods_get_network_policy() {
     let isolated = |v: &Value| {
         v["pods"].as_array().is_some_and(|ps| {
             ps.iter()
-                .filter(|p| p["namespace"] == "cni" && p["ingress"].is_object())
+                .filter(|p| p["namespace"] == "default" && p["ingress"].is_object())
                 .count()
                 == 2
         })
@@ -746,14 +760,14 @@ fn cni_pods_get_network_policy() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
-            "CNI pods not isolated by cni/deny-ingress: {v}\n{}",
+            "CNI pods not isolated by default/deny-ingress: {v}\n{}",
             node.agent().log_tail(30)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         ping(&pods[0], ips[1], 2).is_err(),
-        "pod1's ingress is denied by cni/deny-ingress"
+        "pod1's ingress is denied by default/deny-ingress"
     );
     ping(&pods[0], Topology::ROUTER_IP, 2).expect("pod0 -> router: replies pass (stateful)");
     for (i, ns) in pods.iter().enumerate() {

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ferroplane_e2e::probe::{ping, scapy, tcp_transfer};
+use ferroplane_e2e::probe::{epoch_now, ping, scapy, tcp_transfer, ContinuousPing};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, require_root};
 use serde_json::Value;
@@ -286,23 +286,6 @@ fn agent_restart_detaches_and_recovers() {
     drop(agent);
 }
 
-/// Replies `ping -D` printed with their timestamps (seconds since the epoch).
-fn ping_reply_times(log: &std::path::Path) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
-}
-
-fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// `--on-exit keep`: while the agent restarts, established flows (pod to pod, router to pod,
 /// pod to router) keep forwarding from the XDP flow cache; a new flow does not (fail
 /// closed); the next agent adopts the programs in place and takes over.
@@ -311,7 +294,7 @@ fn agent_restart_with_keep_forwards_established_flows() {
     if !require_root() {
         return;
     }
-    let bpffs = ferroplane_e2e::topology::BpffsMount::new().expect("bpffs");
+    let bpffs = ferroplane_e2e::BpffsMount::new().expect("bpffs");
     let pin = bpffs.path().join("node").to_string_lossy().to_string();
     let args = ["--pin-dir", pin.as_str(), "--on-exit", "keep"];
     let topo = Topology::single_node(2).expect("topology");
@@ -326,15 +309,13 @@ fn agent_restart_with_keep_forwards_established_flows() {
         ("router-pod0", &topo.router, pod_ip(&topo, 0)),
         ("pod1-router", &topo.pods[1].ns, Topology::ROUTER_IP),
     ];
-    let mut pings = Vec::new();
-    for (name, ns, dst) in flows {
-        let log = topo.dir().join(format!("{name}.log"));
-        let dst = dst.to_string();
-        let child = ns
-            .spawn_logged(&["ping", "-D", "-n", "-i", "0.1", "-w", "60", &dst], &log)
-            .expect("ping");
-        pings.push((name, child, log));
-    }
+    let pings: Vec<_> = flows
+        .into_iter()
+        .map(|(name, ns, dst)| {
+            let log = topo.dir().join(format!("{name}.log"));
+            (name, ContinuousPing::start(ns, dst, &log).expect("ping"))
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(1500));
 
     let status = agent.stop();
@@ -373,9 +354,8 @@ fn agent_restart_with_keep_forwards_established_flows() {
         .expect("agent restart");
     std::thread::sleep(Duration::from_millis(1500));
     ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).expect("new flows after the restart");
-    for (name, child, log) in &pings {
-        child.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(2));
-        let times = ping_reply_times(log);
+    for (name, p) in &pings {
+        let times = p.finish();
         let during = times
             .iter()
             .filter(|t| **t > down_from && **t < down_until)
@@ -386,7 +366,7 @@ fn agent_restart_with_keep_forwards_established_flows() {
             during >= 10,
             "{name}: {during} replies while the agent was down (of {} in all)\n{}\n{seen}",
             times.len(),
-            std::fs::read_to_string(log).unwrap_or_default()
+            p.output()
         );
         assert!(after >= 5, "{name}: {after} replies after the restart");
     }

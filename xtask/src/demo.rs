@@ -243,8 +243,13 @@ pub fn run(keep: bool, nodes: u8, mode: ferroplane_e2e::cluster::OverlayMode) ->
     topo.write_spec(&secure.spec(&topo, &std::fs::read_to_string(topo.spec_path())?))?;
     let _backends = crate::demo_services::Backends::start(&topo)?;
     let bin_dir = ferroplane_e2e::bin_dir();
+    // Pins in a bpffs of the host's mount namespace (the agent's `ip netns exec` one is
+    // private), so `--on-exit keep` can leave the programs to the next agent.
+    let bpffs = ferroplane_e2e::BpffsMount::new()?;
+    let pin_dir = bpffs.path().join("node").to_string_lossy().to_string();
+    let agent_args = ["--pin-dir", pin_dir.as_str(), "--on-exit", "keep"];
     let agent = p.step("starting ferroplane-agent in the node namespace", || {
-        Ok(topo.start_agent(&bin_dir)?)
+        Ok(topo.start_agent_with(&bin_dir, &agent_args)?)
     })?;
     let checks = p.step("checking pod/router/node connectivity", || {
         let checks = run_checks(&topo);
@@ -266,6 +271,9 @@ pub fn run(keep: bool, nodes: u8, mode: ferroplane_e2e::cluster::OverlayMode) ->
         );
     }
     let mut failed = checks.iter().filter(|c| !c.ok).count();
+    // An agent restart that established flows ride through (demo_restart).
+    let (agent, f) = crate::demo_restart::run(&topo, agent, &bin_dir, &agent_args)?;
+    failed += f;
     // The CNI path: one pod added by ferroplane-cni as a container runtime does (demo_cni).
     failed += crate::demo_cni::run()?;
     // The multi-node part: pods on several nodes, each with its own agent (demo_cluster).

@@ -13,6 +13,7 @@ mod demo;
 mod demo_cluster;
 mod demo_cni;
 mod demo_policy;
+mod demo_restart;
 mod demo_services;
 mod deps;
 mod load;

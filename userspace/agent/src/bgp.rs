@@ -18,6 +18,8 @@
 //!     serviceClusterIPRange: 10.96.0.0/12   # optional
 //!     externalIPs: false           # optional: services' externalIPs as /32
 //!     loadBalancerIPs: false       # optional: LoadBalancer ingress IPs as /32
+//!     ipv6Prefixes: [fd00:10::/64] # optional: IPv6 prefixes to originate
+//!   nextHopV6: fd00:100::2         # IPv6 next hop for them on IPv4 sessions
 //!   peers:
 //!     - address: 192.168.100.1
 //!       as: 64500
@@ -26,6 +28,7 @@
 //!       routeReflectorClient: false
 //!       nextHopSelf: false
 //!       export: all                # all | originated | none
+//!       password: s3cret           # optional: TCP-MD5 (RFC 2385), 1-80 octets
 //! ```
 //!
 //! For `externalTrafficPolicy: Local` services the external and load-balancer IPs are
@@ -34,13 +37,17 @@
 //! Learnt IPv4 routes become engine FIB routes (source `bgp`, one path per ECMP next
 //! hop) through [`crate::state::NodeState::bgp_routes`]; learnt IPv4 and IPv6 routes go
 //! into the kernel with protocol [`RTPROT_FERROPLANE`] (`ip route show proto 196`),
-//! replaced in place, removed when withdrawn. On a graceful stop the kernel routes are
+//! replaced in place, removed when withdrawn. The engine datapath is IPv4-only, so
+//! IPv6 routes (MP_REACH_NLRI, AFI 2) are kernel routes only (`show bgp routes` says
+//! where each prefix is installed). IPv6 peers are reached over TCP/IPv6 (the
+//! listener is dual-stack); IPv6 prefixes are advertised to a peer on an IPv4 session
+//! only with `nextHopV6` set (and on IPv6 sessions with our session address). On a graceful stop the kernel routes are
 //! left in place and the sessions closed without NOTIFICATION, so peers keep our routes
 //! (RFC 4724); on the next start the agent finds them, announces the Restart State bit
 //! and removes the leftovers only once the peers have sent End-of-RIB.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -51,7 +58,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use ferroplane_bgp::{PeerConfig, Prefix, Speaker, SpeakerConfig};
+use ferroplane_bgp::{Afi, PeerConfig, Prefix, Speaker, SpeakerConfig};
 use ferroplane_tables::Ipv4Prefix;
 
 use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
@@ -119,6 +126,9 @@ pub struct AdvertiseSpec {
     /// LoadBalancer ingress IPs.
     #[serde(default, rename = "loadBalancerIPs")]
     pub load_balancer_ips: bool,
+    /// IPv6 prefixes to originate (kernel-routed on this node: the engine is IPv4-only).
+    #[serde(default, rename = "ipv6Prefixes")]
+    pub ipv6_prefixes: Vec<Prefix>,
 }
 
 impl Default for AdvertiseSpec {
@@ -128,6 +138,7 @@ impl Default for AdvertiseSpec {
             service_cluster_ip_range: None,
             external_ips: false,
             load_balancer_ips: false,
+            ipv6_prefixes: Vec::new(),
         }
     }
 }
@@ -166,6 +177,10 @@ pub struct BgpSpec {
     /// What the node originates.
     #[serde(default)]
     pub advertise: AdvertiseSpec,
+    /// IPv6 next hop for originated IPv6 prefixes advertised over IPv4 sessions (one of
+    /// the node's IPv6 addresses on the link toward the peers).
+    #[serde(default, rename = "nextHopV6")]
+    pub next_hop_v6: Option<Ipv6Addr>,
     /// Explicit neighbours.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -191,6 +206,19 @@ impl BgpSpec {
                 return Err(invalid("bgp.routerID", format!("{r} is not usable")));
             }
         }
+        for (i, p) in self.advertise.ipv6_prefixes.iter().enumerate() {
+            if p.afi() != Afi::Ipv6 {
+                return Err(invalid(
+                    &format!("bgp.advertise.ipv6Prefixes[{i}]"),
+                    format!("{p} is not an IPv6 prefix"),
+                ));
+            }
+        }
+        if let Some(a) = self.next_hop_v6 {
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return Err(invalid("bgp.nextHopV6", format!("{a} is not usable")));
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             let f = |x: &str| format!("bgp.peers[{i}].{x}");
@@ -209,6 +237,9 @@ impl BgpSpec {
             if p.hold_time.is_some_and(|h| h == 1 || h == 2) {
                 return Err(invalid(&f("holdTime"), "must be 0 or >= 3"));
             }
+            if let Some(pw) = &p.password {
+                ferroplane_bgp::md5::validate(pw).map_err(|e| invalid(&f("password"), e))?;
+            }
         }
         Ok(())
     }
@@ -226,7 +257,7 @@ impl BgpSpec {
                 }
             }
         }
-        for p in &mut v {
+        for p in v.iter_mut().filter(|p| p.address.is_ipv4()) {
             p.local_address
                 .get_or_insert(IpAddr::V4(spec.node.address.addr));
         }
@@ -251,6 +282,7 @@ impl BgpSpec {
             .enabled
             .then_some(self.graceful_restart.restart_time);
         c.restarting = restarting && self.graceful_restart.enabled;
+        c.next_hop_v6 = self.next_hop_v6;
         c.peers = self.peers(spec);
         c
     }
@@ -265,6 +297,7 @@ impl BgpSpec {
         if let Some(r) = self.advertise.service_cluster_ip_range {
             s.extend(pfx(r.addr, r.prefix_len));
         }
+        s.extend(self.advertise.ipv6_prefixes.iter().copied());
         for svc in &spec.services {
             let local_only =
                 svc.spec.external_traffic_policy == Some(crate::services::TrafficPolicy::Local);
@@ -484,6 +517,12 @@ pub fn routes_report(speaker: Option<&Speaker>) -> Vec<ferroplane_api::BgpRoute>
     s.routes(None)
         .into_iter()
         .map(|r| ferroplane_api::BgpRoute {
+            installed: match (r.paths.first().map(|p| p.from.as_str()), r.prefix.afi()) {
+                (Some("local"), _) => "local",
+                (_, Afi::Ipv4) => "engine",
+                (_, Afi::Ipv6) => "kernel",
+            }
+            .to_string(),
             prefix: r.prefix.to_string(),
             paths: r
                 .paths
@@ -686,6 +725,23 @@ bgp:
     }
 
     #[test]
+    fn ipv6_prefixes_and_next_hop() {
+        let y = SPEC.replace(
+            "    serviceClusterIPRange: 10.96.0.0/12\n",
+            "    serviceClusterIPRange: 10.96.0.0/12\n    ipv6Prefixes: [fd00:44::/64]\n  nextHopV6: fd00:100::2\n",
+        );
+        let spec = NodeSpec::from_yaml(&y).unwrap();
+        let b = spec.bgp.as_ref().unwrap();
+        let o: Vec<String> = b.originated(&spec).iter().map(|p| p.to_string()).collect();
+        assert!(o.contains(&"fd00:44::/64".to_string()), "{o:?}");
+        let c = b.speaker_config(&spec, false);
+        assert_eq!(c.next_hop_v6, Some("fd00:100::2".parse().unwrap()));
+        let bad = y.replace("[fd00:44::/64]", "[10.1.0.0/16]");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.advertise.ipv6Prefixes[0]"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let bad = SPEC.replace("holdTime: 9", "holdTime: 2");
         let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
@@ -693,6 +749,13 @@ bgp:
         let bad = SPEC.replace("address: 192.168.100.1", "address: 192.168.100.2");
         let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("bgp.peers[0].address"), "{e}");
+        let bad = SPEC.replace("passive: true", "passive: true\n      password: \"\"");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.peers[0].password"), "{e}");
+        let good = SPEC.replace("passive: true", "passive: true\n      password: s3cret");
+        let spec = NodeSpec::from_yaml(&good).unwrap();
+        let c = spec.bgp.as_ref().unwrap().speaker_config(&spec, false);
+        assert_eq!(c.peers[0].password.as_deref(), Some("s3cret"));
         let bad = SPEC.replace("passive: true", "passive: true\n      bogus: 1");
         let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("bgp.peers[0]"), "{e}");

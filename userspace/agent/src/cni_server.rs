@@ -66,6 +66,8 @@ pub enum PodOp {
     Add {
         /// The pod.
         pod: PodSpec,
+        /// `namespace/name` of its Kubernetes pod (`CNI_ARGS`), if known.
+        identity: Option<String>,
         /// The answer.
         reply: oneshot::Sender<Result<PlumbedPod, String>>,
     },
@@ -108,16 +110,27 @@ pub fn record_pod(r: &Record) -> PodSpec {
     attachment_pod(&r.container_id, &r.ifname, &r.netns, r.ip)
 }
 
+/// The Kubernetes identity (`namespace/name`, from `CNI_ARGS`) of a reservation, if both
+/// parts are known.
+pub fn record_identity(r: &Record) -> Option<String> {
+    match (&r.pod_namespace, &r.pod_name) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+            Some(format!("{ns}/{name}"))
+        }
+        _ => None,
+    }
+}
+
 /// Pods to plumb again when the agent starts: reservations whose network namespace still
-/// exists (the others wait for DEL or GC).
-pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<PodSpec>, IpamError> {
+/// exists (the others wait for DEL or GC), with their [`record_identity`].
+pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<(PodSpec, Option<String>)>, IpamError> {
     Ok(ipam
         .records()?
         .iter()
         .filter(|r| {
             !r.container_id.is_empty() && !r.netns.is_empty() && Path::new(&r.netns).exists()
         })
-        .map(record_pod)
+        .map(|r| (record_pod(r), record_identity(r)))
         .collect())
 }
 
@@ -315,7 +328,7 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
     let mut phases = crate::timing::Phases::new();
     let ipam = ctx.ipam.clone();
     let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
-    let (record, fresh) = blocking(move || ipam.reserve(&cid, &ifname, &owner)).await?;
+    let (record, fresh) = blocking(move || ipam.reserve_unsynced(&cid, &ifname, &owner)).await?;
     phases.mark("ipam");
     if !fresh && record.netns != req.netns {
         return Err(CniError::new(
@@ -327,13 +340,35 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
         ));
     }
     let pod = record_pod(&record);
-    let plumbed = op(ctx, |reply| PodOp::Add { pod, reply })
-        .await?
-        .map_err(|e| agent_err(format!("plumbing {}: {e}", req.container_id)))?;
+    let identity = record_identity(&record);
+    // The reservation goes to disk while the main loop plumbs the pod; the answer waits
+    // for both.
+    let ipam = ctx.ipam.clone();
+    let ip = record.ip;
+    let sync = async move {
+        if fresh {
+            blocking(move || ipam.sync(ip)).await?;
+        }
+        Ok::<_, CniError>(())
+    };
+    let plumb = async {
+        let r = op(ctx, |reply| PodOp::Add {
+            pod,
+            identity,
+            reply,
+        })
+        .await;
+        (r, phases.since_mark())
+    };
+    let ((plumbed, round_trip), synced) = tokio::join!(plumb, sync);
+    let plumbed = plumbed?.map_err(|e| agent_err(format!("plumbing {}: {e}", req.container_id)))?;
+    synced?;
     // Time in the main loop's queue: the round trip minus the plumbing itself.
-    let round_trip = phases.since_mark();
     phases.push("queue", round_trip.saturating_sub(plumbed.phases.total()));
     phases.extend(&plumbed.phases);
+    // Waiting for the disk after the plumbing was done (0 when the flush was quicker).
+    let waited = phases.since_mark().saturating_sub(round_trip);
+    phases.push("ipam_sync", waited);
     phases.skip();
     info!(container = %req.container_id, phases = %phases, "CNI ADD phases (ms)");
     Ok(CniResult {

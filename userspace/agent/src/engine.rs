@@ -45,10 +45,13 @@ pub struct Engine {
     pub sessions: Option<Arc<std::sync::Mutex<ferroplane_tables::Conntrack>>>,
     commands: Sender<Command<XskIo>>,
     misses: Receiver<(u16, Ipv4Addr)>,
+    flows: Receiver<ferroplane_engine::flow_export::FlowExport>,
     thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
 }
 
 const ANSWER: Duration = Duration::from_secs(5);
+/// Forwarded-flow reports buffered between two drains (the agent drains every 200 ms).
+const FLOW_REPORTS: usize = 16_384;
 
 /// Opens AF_XDP ports on the worker from any thread (see [`Engine::port_opener`]).
 #[derive(Clone)]
@@ -98,6 +101,7 @@ impl Engine {
         let control = Arc::new(WorkerControl::default());
         let (cmd_tx, cmd_rx) = mpsc::channel::<Command<XskIo>>();
         let (miss_tx, miss_rx) = mpsc::channel();
+        let (flow_tx, flow_rx) = mpsc::sync_channel(FLOW_REPORTS);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (s, c) = (shared.clone(), control.clone());
         let thread = std::thread::Builder::new()
@@ -119,6 +123,7 @@ impl Engine {
                 };
                 worker.set_commands(cmd_rx);
                 worker.set_miss_reports(miss_tx);
+                worker.set_flow_reports(flow_tx);
                 if let Some(tun) = punt {
                     worker.set_punt(Box::new(move |pkt: &[u8]| tun.write(pkt).is_ok()));
                 }
@@ -150,6 +155,7 @@ impl Engine {
             info,
             commands: cmd_tx,
             misses: miss_rx,
+            flows: flow_rx,
             thread: Some(thread),
         })
     }
@@ -191,6 +197,11 @@ impl Engine {
     /// Next hops the engine asked to resolve since the last call.
     pub fn take_misses(&self) -> Vec<(u16, Ipv4Addr)> {
         self.misses.try_iter().collect()
+    }
+
+    /// Flows the engine forwarded (for the XDP flow cache) since the last call.
+    pub fn take_flows(&self) -> Vec<ferroplane_engine::flow_export::FlowExport> {
+        self.flows.try_iter().collect()
     }
 
     /// Stop the worker and wait for it.

@@ -1,9 +1,10 @@
 //! Crash-safe pod address management for one node pool (the node's pod CIDR).
 //!
 //! Each reservation is one file `<dir>/<ip>` holding its [`Record`] (JSON). A reservation is
-//! made by writing the record to a temporary file, `fsync`ing it, and `link()`ing it to its
-//! final name, which fails atomically if the address is taken; then the directory is
-//! `fsync`ed. So an address is on disk before it is handed out, a `kill -9` at any point
+//! made by writing the record to a temporary file and `link()`ing it to its final name,
+//! which fails atomically if the address is taken; then the file and the directory are
+//! `fsync`ed ([`Ipam::sync`]; the CNI ADD plumbs the pod meanwhile and answers only after
+//! it). So an address is on disk before it is handed out, a `kill -9` at any point
 //! leaves either no reservation or a complete one (stray temporary files are removed at
 //! open), and no address is ever handed out twice, even across restarts. Reservations are
 //! keyed by (container id, interface name): asking again for the same key returns the same
@@ -245,6 +246,24 @@ impl Ipam {
         ifname: &str,
         owner: &Owner,
     ) -> Result<(Record, bool)> {
+        let (record, fresh) = self.reserve_unsynced(container_id, ifname, owner)?;
+        if fresh {
+            self.sync(record.ip)?;
+        }
+        Ok((record, fresh))
+    }
+
+    /// [`Ipam::reserve`] without waiting for the disk: the reservation is in place (its
+    /// file is complete and linked, so it survives the agent being killed and is never
+    /// handed out twice) but is only durable across a power loss once [`Ipam::sync`] has
+    /// returned for its address. Lets the CNI ADD plumb the pod while the disk flushes; the
+    /// address is not answered to the runtime before that.
+    pub fn reserve_unsynced(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        owner: &Owner,
+    ) -> Result<(Record, bool)> {
         let mut inner = self.lock()?;
         if let Some(r) = inner
             .by_ip
@@ -289,8 +308,19 @@ impl Ipam {
         })
     }
 
-    /// Writes `record` to a temporary file, fsyncs it, links it to its final name; `false`
-    /// if that name exists.
+    /// Makes the reservation of `ip` durable: its file and the directory entry are flushed
+    /// to disk (`fsync`).
+    pub fn sync(&self, ip: Ipv4Addr) -> Result<()> {
+        let path = self.dir.join(ip.to_string());
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&path, "fsync of a reservation"))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Writes `record` to a temporary file and links it to its final name (the file is
+    /// complete before it has that name); `false` if that name exists. Not flushed to disk:
+    /// see [`Ipam::sync`].
     fn persist_new(&self, record: &Record) -> Result<bool> {
         let tmp = self.dir.join(format!(
             "{TMP_PREFIX}{}-{}",
@@ -308,8 +338,7 @@ impl Ipam {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()
+            f.write_all(&body)
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -323,7 +352,6 @@ impl Ipam {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(io_err(&path, "linking a reservation")(e)),
         }
-        fsync_dir(&self.dir)?;
         Ok(true)
     }
 

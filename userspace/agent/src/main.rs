@@ -72,6 +72,13 @@ struct Args {
     /// so a CNI ADD does not wait for the kernel's AF_XDP setup; 0 disables the pool.
     #[arg(long, default_value_t = 4)]
     warm_pods: usize,
+    /// What the agent leaves behind when it exits (or dies). `detach`: the XDP programs are
+    /// removed, the node's kernel takes all traffic back (pods are cut off). `keep` (for
+    /// restarts and upgrades): the programs stay attached (pinned links) and flows the
+    /// engine was forwarding keep forwarding from the XDP flow cache until the next agent
+    /// adopts the programs; new flows wait for it (fail closed). Needs the pin directory.
+    #[arg(long, default_value = "detach", value_parser = ["detach", "keep"])]
+    on_exit: String,
 }
 
 fn main() -> Result<()> {
@@ -101,6 +108,8 @@ struct Agent {
     attach: AttachMode,
     /// The warm pool: spare veth pairs with their AF_XDP port open and XDP attached.
     spares: Vec<Spare>,
+    /// `--on-exit keep`: the engine reports forwarded flows for the XDP flow cache.
+    keep: bool,
 }
 
 /// A spare veth pair of the warm pool, ready to become a pod's (see
@@ -362,6 +371,7 @@ impl Agent {
                 sw_if,
                 port: Some(port),
                 xdp_mode: Some(mode),
+                identity: None,
             },
         );
         info!(pod = %pod.key(), ip = %pod.ip, veth = %link.host_ifname, reused = link.reused, "pod plugged");
@@ -413,13 +423,20 @@ impl Agent {
             phases: Phases::default(),
         };
         match op {
-            PodOp::Add { pod, reply } => {
+            PodOp::Add {
+                pod,
+                identity,
+                reply,
+            } => {
                 // A repeated ADD of a plumbed attachment answers what is there.
                 if let Some(p) = self.state.pods.get(&pod.key()).filter(|p| p.ip == pod.ip) {
                     let _ = reply.send(Ok(plumbed(p)));
                     return;
                 }
                 let added = self.add_pod(&pod).await.and_then(|mut phases| {
+                    if let Some(p) = self.state.pods.get_mut(&pod.key()) {
+                        p.identity = identity;
+                    }
                     phases.skip();
                     self.publish()?;
                     phases.mark("publish");
@@ -454,12 +471,46 @@ impl Agent {
 
     fn publish(&self) -> Result<()> {
         let _timer = ferroplane_agent::metrics::ReconcileTimer::start("publish");
-        let snap = self.state.snapshot().context("building the FIB")?;
+        let mut snap = self.state.snapshot().context("building the FIB")?;
+        snap.flow_export = self.keep;
         self.engine.shared.publish(snap);
         let mut bpf = self.bpf()?;
         ferroplane_agent::services::apply_steering(&self.state.services, &mut bpf)
             .context("steering services to the engine")?;
         Ok(())
+    }
+
+    /// Writes the flows the engine reported forwarding into the XDP flow cache (`flow4`),
+    /// stamped now: XDP replays them only while the engine is away (`--on-exit keep`).
+    fn export_flows(&self) {
+        let flows = self.engine.take_flows();
+        if flows.is_empty() {
+            return;
+        }
+        let Ok(mut bpf) = self.bpf() else {
+            return;
+        };
+        let now = ferroplane_bpf::monotonic_ns();
+        for f in flows {
+            let key = ferroplane_bpf::FpFlow4Key {
+                saddr: f.src.octets(),
+                daddr: f.dst.octets(),
+                sport: f.sport.to_be_bytes(),
+                dport: f.dport.to_be_bytes(),
+                proto: f.proto,
+                pad: [0; 3],
+            };
+            let value = ferroplane_bpf::FpFlow4 {
+                ifindex: f.ifindex,
+                dmac: f.dst_mac,
+                smac: f.src_mac,
+                seen_ns: now,
+            };
+            if let Err(e) = bpf.set_flow4(key, value) {
+                warn!("flow cache: {e}");
+                return;
+            }
+        }
     }
 
     /// Pull the kernel's neighbours on the uplink; republish if they changed.
@@ -531,8 +582,23 @@ async fn run(args: Args) -> Result<()> {
         XdpMode::Skb => AttachMode::Skb,
     };
 
-    let bpf = Dataplane::load((!args.no_pin).then_some(args.pin_dir.as_path()))
+    let keep = args.on_exit == "keep";
+    if keep && args.no_pin {
+        bail!("--on-exit keep needs pinned maps and links: drop --no-pin");
+    }
+    let mut bpf = Dataplane::load((!args.no_pin).then_some(args.pin_dir.as_path()))
         .context("loading the XDP programs")?;
+    let stale = bpf.release_stale_links();
+    if stale > 0 {
+        info!(
+            released = stale,
+            "kept XDP links of interfaces gone since the last run released"
+        );
+    }
+    if keep {
+        bpf.keep_attached()
+            .context("--on-exit keep: keeping XDP programs attached")?;
+    }
     let bpf = Arc::new(Mutex::new(bpf));
 
     // Packets the engine hands to the host arrive on this TUN.
@@ -584,6 +650,7 @@ async fn run(args: Args) -> Result<()> {
         },
         attach,
         spares: Vec::new(),
+        keep,
     };
     // Spare pairs of a previous run that was killed.
     match agent.plumber.delete_spares().await {
@@ -680,9 +747,14 @@ async fn run(args: Args) -> Result<()> {
             let ipam_dir = args.state_dir.join("ipam");
             let ipam = Ipam::open(&ipam_dir, spec.node.pod_cidr)
                 .with_context(|| format!("IPAM store {}", ipam_dir.display()))?;
-            for pod in cni_server::pods_to_restore(&ipam)? {
-                if let Err(e) = agent.add_pod(&pod).await {
-                    warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}");
+            for (pod, identity) in cni_server::pods_to_restore(&ipam)? {
+                match agent.add_pod(&pod).await {
+                    Ok(_) => {
+                        if let Some(p) = agent.state.pods.get_mut(&pod.key()) {
+                            p.identity = identity;
+                        }
+                    }
+                    Err(e) => warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}"),
                 }
             }
             agent.publish()?;
@@ -888,6 +960,9 @@ async fn run(args: Args) -> Result<()> {
                     Some(Err(e)) => warn!("spec file change rejected: {e}"),
                     None => {}
                 }
+                if agent.keep {
+                    agent.export_flows();
+                }
                 let misses = agent.engine.take_misses();
                 for (_, ip) in &misses {
                     agent.resolve(*ip).await;
@@ -924,7 +999,19 @@ async fn run(args: Args) -> Result<()> {
     for spare in std::mem::take(&mut agent.spares) {
         agent.discard_spare(spare).await;
     }
+    if agent.keep {
+        agent.export_flows();
+    }
     agent.engine.stop();
+    if agent.keep {
+        let flows = agent.bpf()?.flow4().map(|f| f.len()).unwrap_or(0);
+        info!(
+            flows,
+            "stopped (--on-exit keep): XDP programs left attached; established flows forward \
+             from the flow cache until the next agent adopts them"
+        );
+        return Ok(());
+    }
     let mut bpf = agent.bpf()?;
     for (ifname, _, _) in bpf.attached() {
         if let Err(e) = bpf.detach(&ifname) {

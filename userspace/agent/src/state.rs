@@ -51,6 +51,9 @@ pub struct PodState {
     pub port: Option<u16>,
     /// XDP attach mode.
     pub xdp_mode: Option<String>,
+    /// `namespace/name` of the Kubernetes pod a CNI attachment belongs to (from
+    /// `CNI_ARGS`), when known: its NetworkPolicy identity instead of `key`.
+    pub identity: Option<String>,
 }
 
 /// Everything the tables are computed from.
@@ -105,7 +108,9 @@ impl NodeState {
     pub fn policy_pods(&self) -> Vec<ferroplane_policy::PodInfo> {
         crate::policy::node_pods(
             &self.spec,
-            self.pods.values().map(|p| (p.key.as_str(), p.ip)),
+            self.pods
+                .values()
+                .map(|p| (p.identity.as_deref().unwrap_or(&p.key), p.ip)),
             &self.k8s_pods,
         )
     }
@@ -249,6 +254,7 @@ impl NodeState {
             ifaces: Arc::new(ifaces),
             node_ip: Some(node.address.addr),
             policy: crate::policy::compile_pods(&self.spec, &self.policy_pods()),
+            flow_export: false,
         })
     }
 }
@@ -287,6 +293,7 @@ pods:
                 sw_if: 1,
                 port: Some(1),
                 xdp_mode: Some("native".into()),
+                identity: None,
             },
         );
         NodeState {

@@ -64,6 +64,11 @@ pub struct BgpRoute {
     pub prefix: String,
     /// Paths, best first.
     pub paths: Vec<BgpPath>,
+    /// Where the best path is installed on this node: `engine` (IPv4: the engine FIB,
+    /// and the kernel too when the agent keeps kernel routes), `kernel` (IPv6: kernel
+    /// routes only, the engine datapath is IPv4-only), `local` (originated here).
+    #[serde(default)]
+    pub installed: String,
 }
 
 /// One path.

@@ -17,6 +17,7 @@
 
 pub mod error;
 pub mod fsm;
+pub mod md5;
 pub mod msg;
 pub mod prefix;
 pub mod rib;

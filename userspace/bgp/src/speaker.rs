@@ -81,6 +81,9 @@ pub struct PeerConfig {
     /// Families (default IPv4 and IPv6 unicast).
     #[serde(default = "default_families")]
     pub families: Vec<Afi>,
+    /// TCP-MD5 (RFC 2385) password shared with the neighbour (1 to 80 octets).
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -105,6 +108,7 @@ impl PeerConfig {
             next_hop_self: false,
             export: ExportPolicy::All,
             families: default_families(),
+            password: None,
         }
     }
 }
@@ -116,7 +120,8 @@ pub struct SpeakerConfig {
     pub local_as: u32,
     /// Our BGP identifier (also the route-reflector cluster id).
     pub router_id: Ipv4Addr,
-    /// Where to accept connections (`None`: active sessions only).
+    /// Where to accept connections (`None`: active sessions only). `0.0.0.0:port`
+    /// listens dual-stack (`[::]`) where the host has IPv6.
     pub listen: Option<SocketAddr>,
     /// Default hold time.
     pub hold_time: u16,
@@ -600,6 +605,10 @@ impl Speaker {
                     p.address
                 )));
             }
+            if let Some(pw) = &p.password {
+                crate::md5::validate(pw)
+                    .map_err(|e| SpeakerError::Config(format!("peer {}: {e}", p.address)))?;
+            }
         }
         let mut rib = LocRib::new(cfg.local_as, cfg.multipath);
         for p in &originate {
@@ -650,18 +659,33 @@ impl Speaker {
         }
         let mut local_port = None;
         if let Some(addr) = cfg.listen {
-            let sock = if addr.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            };
-            let listener = sock
-                .and_then(|s| {
+            let bind = |addr: SocketAddr| {
+                let sock = if addr.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                };
+                sock.and_then(|s| {
                     s.set_reuseaddr(true)?;
                     s.bind(addr)?;
                     s.listen(64)
                 })
-                .map_err(|source| SpeakerError::Listen { addr, source })?;
+            };
+            // 0.0.0.0 means every address: a dual-stack [::] socket accepts IPv6 peers
+            // too (IPv4 ones arrive as mapped addresses); IPv4 only where IPv6 is off.
+            let dual = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port());
+            let listener = match addr.ip() {
+                IpAddr::V4(a) if a.is_unspecified() => bind(dual).or_else(|_| bind(addr)),
+                _ => bind(addr),
+            }
+            .map_err(|source| SpeakerError::Listen { addr, source })?;
+            let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+            for p in &cfg.peers {
+                if let Some(pw) = &p.password {
+                    crate::md5::set_key(&listener, v6, p.address, Some(pw))
+                        .map_err(|source| SpeakerError::Listen { addr, source })?;
+                }
+            }
             local_port = listener.local_addr().ok().map(|a| a.port());
             tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -990,6 +1014,7 @@ async fn read_some(c: Option<&mut Conn>) -> io::Result<usize> {
 async fn connect(
     addr: SocketAddr,
     local: Option<IpAddr>,
+    password: Option<String>,
     limit: Duration,
 ) -> io::Result<TcpStream> {
     let s = if addr.is_ipv4() {
@@ -997,6 +1022,9 @@ async fn connect(
     } else {
         TcpSocket::new_v6()?
     };
+    if let Some(pw) = &password {
+        crate::md5::set_key(&s, addr.is_ipv6(), addr.ip(), Some(pw))?;
+    }
     if let Some(l) = local {
         s.bind(SocketAddr::new(l, 0))?;
     }
@@ -1343,7 +1371,12 @@ impl Driver {
                 }
                 let addr = SocketAddr::new(self.cfg.address, self.cfg.port);
                 let limit = Duration::from_secs(u64::from(self.connect_retry.max(1)));
-                self.connecting = Some(tokio::spawn(connect(addr, self.cfg.local_address, limit)));
+                self.connecting = Some(tokio::spawn(connect(
+                    addr,
+                    self.cfg.local_address,
+                    self.cfg.password.clone(),
+                    limit,
+                )));
             }
             Action::CloseConnection => {
                 self.conn = None;

@@ -127,6 +127,11 @@ pub fn routes(routes: &[BgpRoute]) -> String {
     }
     let mut out = t.render();
     out.push_str("*> best, *= ECMP member, *S best but stale (graceful restart)\n");
+    if routes.iter().any(|r| r.installed == "kernel") {
+        out.push_str(
+            "learnt IPv6 routes are kernel routes only (proto 196): the engine datapath is IPv4-only\n",
+        );
+    }
     out
 }
 
@@ -209,6 +214,7 @@ mod tests {
                     ..BgpPath::default()
                 },
             ],
+            installed: "engine".into(),
         }
     }
 

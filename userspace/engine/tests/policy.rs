@@ -275,3 +275,44 @@ fn replies_of_unrestricted_flows_pass_the_other_pods_isolation() {
     assert_eq!(r.errors("policy-denied-ingress"), 1);
     assert_eq!(r.errors("policy-denied-egress"), 1);
 }
+
+#[test]
+fn one_vector_decides_as_packet_by_packet() {
+    // Several new flows in one vector (one poll): decided together, with the result and
+    // counts of deciding them one by one in order (the second packet of an allowed flow
+    // is known, that of a denied flow is classified again).
+    let mut r = rig(node_snapshot(3, 0), 4);
+    let ing = acl(Direction::Ingress, &[pod_ip(2)], 80);
+    r.set_policy(PolicyTables::new(
+        1,
+        [(
+            pod_ip(1),
+            PodAcls {
+                ingress: Some(ing.clone()),
+                egress: None,
+            },
+        )],
+    ));
+    let frames = [
+        udp(2, 1, 5000, 80), // new, allowed
+        udp(2, 1, 5000, 80), // same flow: known once the first is allowed
+        udp(2, 1, 5001, 81), // wrong port: denied
+        udp(2, 1, 5002, 80), // new, allowed
+        udp(2, 1, 5001, 81), // the denied flow again: classified again, denied
+        udp(2, 1, 5003, 80), // new, allowed
+    ];
+    for f in &frames {
+        assert!(r.worker.io_mut().inject(2, f));
+    }
+    r.worker.poll().unwrap();
+    assert_eq!(r.worker.io_mut().take_tx(1).len(), 4);
+    assert_eq!(r.errors("policy-allowed"), 3);
+    assert_eq!(r.errors("policy-denied-ingress"), 2);
+    assert_eq!(ing.hits(), vec![3]);
+    assert_eq!(ing.denied(), 2);
+    // Later packets of the allowed flows are known; the denied one stays denied.
+    assert_eq!(r.send(2, 1, &udp(2, 1, 5002, 80)), 1);
+    assert_eq!(r.send(2, 1, &udp(2, 1, 5001, 81)), 0);
+    assert_eq!(ing.hits(), vec![3]);
+    assert_eq!(ing.denied(), 3);
+}

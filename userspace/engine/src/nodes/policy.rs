@@ -13,8 +13,13 @@
 //!   [`crate::buffer::FLAG_SELF`]).
 //!
 //! A new flow is checked against the source pod's egress ACL, then the destination pod's
-//! ingress ACL ([`ferroplane_tables::policy::PolicyTables::check`]); a denial drops it with
-//! the reason `policy-denied-egress` or `policy-denied-ingress` (counters and traces).
+//! ingress ACL; a denial drops it with the reason `policy-denied-egress` or
+//! `policy-denied-ingress` (counters and traces). The new flows of a vector are classified
+//! together ([`ferroplane_tables::policy::PolicyTables::check_batch`], which overlaps the
+//! memory latency of their lookups). The result is the same as deciding the packets one by
+//! one in order: a packet whose flow (either direction, or the flow an ICMP error quotes)
+//! is related to a flow already waiting for the batch in this vector is set aside and
+//! decided after the batch, in order, as it would have been after its predecessor.
 //!
 //! **Established connections when a policy changes**: a connection allowed before the
 //! change keeps working (its flow entry, or its replied NAT session, is kept) until it is
@@ -27,7 +32,7 @@ use std::time::Instant;
 
 use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_tables::hash::FastMap;
-use ferroplane_tables::policy::{Acl, PolicyTables, Verdict};
+use ferroplane_tables::policy::{Acl, FlowQuery, PolicyTables, Verdict};
 
 use crate::buffer::{FLAG_CT_ESTABLISHED, FLAG_SELF};
 use crate::node::{Ctx, Node, NodeInfo};
@@ -191,11 +196,74 @@ fn trace_record(
     }
 }
 
+/// A packet waiting for a decision (batched or set aside).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Index in the vector.
+    i: usize,
+    /// Flow tuple.
+    key: u128,
+    /// Destination port.
+    dport: u16,
+    /// Tuple quoted by an ICMP error.
+    quoted: Option<u128>,
+    /// Whether the flow's direction is restricted (see [`Ip4Policy::process`]).
+    isolated: bool,
+}
+
+/// Flows (tuples, their reverses, quoted tuples) of the packets waiting in this vector: a
+/// 4,096-bit filter, so a hit may be false (the packet is then only decided later, still
+/// exactly), a miss is certain.
+struct Related([u64; 64]);
+
+impl Related {
+    #[inline(always)]
+    fn bit(k: u128) -> usize {
+        let x = (k as u64) ^ ((k >> 64) as u64).rotate_left(29);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
+    }
+
+    #[inline(always)]
+    fn test(&self, k: u128) -> bool {
+        let b = Self::bit(k);
+        self.0[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, k: u128) {
+        let b = Self::bit(k);
+        self.0[b / 64] |= 1 << (b % 64);
+    }
+
+    /// Whether the packet's flows may be related to a waiting one.
+    #[inline(always)]
+    fn any(&self, key: u128, quoted: Option<u128>) -> bool {
+        self.test(key) || self.test(reverse(key)) || quoted.is_some_and(|q| self.test(q))
+    }
+
+    /// Record the flows of a waiting packet.
+    #[inline(always)]
+    fn add(&mut self, key: u128, quoted: Option<u128>) {
+        self.set(key);
+        self.set(reverse(key));
+        if let Some(q) = quoted {
+            self.set(q);
+        }
+    }
+}
+
 /// The policy enforcement node.
 #[derive(Debug)]
 pub struct Ip4Policy {
     flows: FastMap<u128, u64>,
     start: Instant,
+    /// New flows of the current vector, classified as one batch.
+    batch: Vec<Pending>,
+    /// Their queries and verdicts.
+    queries: Vec<FlowQuery>,
+    verdicts: Vec<Verdict>,
+    /// Packets related to a batched one, decided after the batch.
+    later: Vec<Pending>,
 }
 
 impl Default for Ip4Policy {
@@ -203,8 +271,19 @@ impl Default for Ip4Policy {
         Ip4Policy {
             flows: FastMap::default(),
             start: Instant::now(),
+            batch: Vec::new(),
+            queries: Vec::new(),
+            verdicts: Vec::new(),
+            later: Vec::new(),
         }
     }
+}
+
+/// Counts of one vector.
+#[derive(Default)]
+struct Counts {
+    allowed: u64,
+    unremembered: u64,
 }
 
 impl Ip4Policy {
@@ -248,6 +327,98 @@ impl Ip4Policy {
         self.flows.insert(k, now + t);
         true
     }
+
+    /// Look a packet's flows up in the flow table (in vector order, or after the batch for
+    /// a packet related to a batched one): `true` when it needs the classifier; otherwise
+    /// it is handled here (a known flow passes; a flow only whose replies are restricted is
+    /// remembered and passes).
+    #[inline(always)]
+    fn unknown<M: FrameMemory>(
+        &mut self,
+        cx: &mut Ctx<'_, M>,
+        tables: &PolicyTables,
+        b: BufIdx,
+        p: &Pending,
+        now: u64,
+        n: &mut Counts,
+    ) -> bool {
+        let traced = cx.traced(b);
+        if self.known(p.key, now)
+            || self.known(reverse(p.key), now)
+            || p.quoted.is_some_and(|q| self.known(q, now))
+        {
+            if traced {
+                cx.trace(
+                    b,
+                    trace_record(tables, p.key, p.dport, PolicyStep::KnownFlow, None),
+                );
+            }
+            return false;
+        }
+        if !p.isolated {
+            if traced {
+                cx.trace(
+                    b,
+                    trace_record(tables, p.key, p.dport, PolicyStep::NotIsolated, None),
+                );
+            }
+            // Nothing restricts this direction, but the replies would be denied by
+            // the other pod's policy: remember the flow so they pass (stateful).
+            if !self.remember(p.key, now) {
+                n.unremembered += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Apply the classifier's verdict on a packet.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn apply<M: FrameMemory>(
+        &mut self,
+        cx: &mut Ctx<'_, M>,
+        tables: &PolicyTables,
+        b: BufIdx,
+        p: &Pending,
+        verdict: Verdict,
+        now: u64,
+        next: &mut u16,
+        n: &mut Counts,
+    ) {
+        if cx.traced(b) {
+            cx.trace(
+                b,
+                trace_record(
+                    tables,
+                    p.key,
+                    p.dport,
+                    PolicyStep::Classified,
+                    Some(verdict),
+                ),
+            );
+        }
+        match verdict {
+            Verdict::Allow => {
+                n.allowed += 1;
+                if !self.remember(p.key, now) {
+                    n.unremembered += 1;
+                }
+            }
+            Verdict::DenyEgress => *next = cx.drop_with(b, PolicyError::DeniedEgress),
+            Verdict::DenyIngress => *next = cx.drop_with(b, PolicyError::DeniedIngress),
+        }
+    }
+}
+
+#[inline(always)]
+fn query(key: u128, dport: u16) -> FlowQuery {
+    FlowQuery {
+        src: std::net::Ipv4Addr::from((key >> 96) as u32),
+        dst: std::net::Ipv4Addr::from((key >> 64) as u32),
+        proto: key as u8,
+        dport,
+    }
 }
 
 impl<M: FrameMemory> Node<M> for Ip4Policy {
@@ -262,7 +433,11 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
             return;
         }
         let now = self.start.elapsed().as_millis() as u64;
-        let (mut allowed, mut unremembered) = (0u64, 0u64);
+        let mut n = Counts::default();
+        let mut related = Related([0; 64]);
+        self.batch.clear();
+        self.queries.clear();
+        self.later.clear();
         for (i, &b) in bufs.iter().enumerate() {
             let traced = cx.traced(b);
             let established = cx.meta(b).flags & FLAG_CT_ESTABLISHED != 0;
@@ -299,46 +474,57 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
                 }
                 continue;
             }
-            if self.known(key, now)
-                || self.known(reverse(key), now)
-                || quoted.is_some_and(|q| self.known(q, now))
-            {
-                if traced {
-                    cx.trace(b, record(PolicyStep::KnownFlow, None));
-                }
+            let p = Pending {
+                i,
+                key,
+                dport,
+                quoted,
+                isolated,
+            };
+            // Related to a flow waiting for the batch: decided after it, in order.
+            if related.any(key, quoted) {
+                related.add(key, quoted);
+                self.later.push(p);
                 continue;
             }
-            if !isolated {
-                if traced {
-                    cx.trace(b, record(PolicyStep::NotIsolated, None));
+            if self.unknown(cx, &tables, b, &p, now, &mut n) {
+                related.add(key, quoted);
+                self.batch.push(p);
+                self.queries.push(query(key, dport));
+            }
+        }
+        if !self.batch.is_empty() {
+            self.verdicts.clear();
+            self.verdicts.resize(self.queries.len(), Verdict::Allow);
+            tables.check_batch(&self.queries, &mut self.verdicts);
+            let (batch, verdicts) = (
+                std::mem::take(&mut self.batch),
+                std::mem::take(&mut self.verdicts),
+            );
+            for (p, &v) in batch.iter().zip(&verdicts) {
+                if let (Some(&b), Some(next)) = (bufs.get(p.i), nexts.get_mut(p.i)) {
+                    self.apply(cx, &tables, b, p, v, now, next, &mut n);
                 }
-                // Nothing restricts this direction, but the replies would be denied by
-                // the other pod's policy: remember the flow so they pass (stateful).
-                if !self.remember(key, now) {
-                    unremembered += 1;
-                }
+            }
+            (self.batch, self.verdicts) = (batch, verdicts);
+        }
+        let later = std::mem::take(&mut self.later);
+        for p in &later {
+            let (Some(&b), Some(next)) = (bufs.get(p.i), nexts.get_mut(p.i)) else {
                 continue;
-            }
-            let verdict = tables.check(src, dst, key as u8, dport);
-            if traced {
-                cx.trace(b, record(PolicyStep::Classified, Some(verdict)));
-            }
-            match verdict {
-                Verdict::Allow => {
-                    allowed += 1;
-                    if !self.remember(key, now) {
-                        unremembered += 1;
-                    }
-                }
-                Verdict::DenyEgress => nexts[i] = cx.drop_with(b, PolicyError::DeniedEgress),
-                Verdict::DenyIngress => nexts[i] = cx.drop_with(b, PolicyError::DeniedIngress),
+            };
+            if self.unknown(cx, &tables, b, p, now, &mut n) {
+                let q = query(p.key, p.dport);
+                let v = tables.check(q.src, q.dst, q.proto, q.dport);
+                self.apply(cx, &tables, b, p, v, now, next, &mut n);
             }
         }
-        if allowed > 0 {
-            cx.count(PolicyError::Allowed, allowed);
+        self.later = later;
+        if n.allowed > 0 {
+            cx.count(PolicyError::Allowed, n.allowed);
         }
-        if unremembered > 0 {
-            cx.count(PolicyError::FlowsFull, unremembered);
+        if n.unremembered > 0 {
+            cx.count(PolicyError::FlowsFull, n.unremembered);
         }
     }
 }
