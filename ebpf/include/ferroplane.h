@@ -68,19 +68,28 @@ struct fp_flow4_key {
 };
 
 /*
- * Value of the flow4 map: what the engine did with that flow (route, no
- * translation): decrement TTL, write these MACs, send on ifindex. Written by
- * the agent from the engine's forwarding decisions; used by the XDP programs
- * only when the engine's AF_XDP socket for the ingress interface is missing
- * (agent restarting), so established flows keep forwarding and new ones stay
- * with the engine (fail closed).
+ * Value of the flow4 map: what the engine did with that flow: the tuple it
+ * left with (different from the key when the engine translated it: service
+ * DNAT, SNAT, masquerade; TCP and UDP only), TTL decremented, these MACs, out
+ * of ifindex. Written by the agent from the engine's forwarding decisions;
+ * used by the XDP programs only when the engine's AF_XDP socket for the
+ * ingress interface is missing (agent restarting), so established flows keep
+ * forwarding and new ones stay with the engine (fail closed).
  */
 struct fp_flow4 {
 	__u32 ifindex;  /* output interface (node's namespace) */
 	__u8 dmac[6];   /* destination MAC to write */
 	__u8 smac[6];   /* source MAC to write */
+	__be32 saddr;   /* source address to write */
+	__be32 daddr;   /* destination address to write */
+	__be16 sport;   /* source port to write (network order) */
+	__be16 dport;   /* destination port to write (network order) */
+	__u32 flags;    /* FP_FLOW4_NAT when the tuple changes */
 	__u64 seen_ns;  /* last refresh by the agent or use by XDP (CLOCK_MONOTONIC ns) */
 };
+
+/* fp_flow4.flags: rewrite addresses and ports (with the checksums). */
+#define FP_FLOW4_NAT 1
 
 /* Bits of struct fp_iface.flags. */
 enum fp_iface_flags {

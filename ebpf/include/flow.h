@@ -5,8 +5,9 @@
  * the engine forwarded recently is forwarded here the way the engine did it:
  * TTL decremented, the engine's MACs written, out of the engine's interface.
  * Anything else keeps failing closed (passed to the kernel, which does not
- * forward pod traffic). Only routed flows without translation are cached;
- * fragments and ICMP other than echo never are.
+ * forward pod traffic). Translated TCP/UDP flows (services, masquerade) are
+ * replayed with their addresses and ports; fragments, ICMP other than echo
+ * and translated ICMP never are.
  */
 #ifndef FP_FLOW_H
 #define FP_FLOW_H
@@ -29,6 +30,68 @@ struct fp_flow_icmp {
 	__sum16 checksum;
 	__be16 id;
 };
+
+/* RFC 1624 incremental update of a 16-bit one's complement checksum: from -> to. */
+static __always_inline __u16 fp_csum16(__u16 sum, __u16 from, __u16 to)
+{
+	__u32 c = (__u16)~sum;
+
+	c += (__u16)~from;
+	c += to;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
+
+/* The same for a 32-bit field (two 16-bit halves, any byte order as long as it matches). */
+static __always_inline __u16 fp_csum32(__u16 sum, __u32 from, __u32 to)
+{
+	sum = fp_csum16(sum, (__u16)(from >> 16), (__u16)(to >> 16));
+	return fp_csum16(sum, (__u16)from, (__u16)to);
+}
+
+/*
+ * Rewrites addresses and ports of a TCP/UDP packet to the entry's tuple, with
+ * the IPv4 and layer-4 checksums (a zero UDP checksum stays zero). Returns -1
+ * if the layer-4 header is not there.
+ */
+static __always_inline int fp_flow_nat(struct iphdr *iph, void *l4, void *data_end,
+				       struct fp_flow4 *f)
+{
+	__u16 *l4sum;
+	struct udphdr *ports = l4;
+	int udp_zero;
+
+	if ((void *)(ports + 1) > data_end)
+		return -1;
+	if (iph->protocol == 6) {
+		/* TCP checksum at offset 16 */
+		if (l4 + 18 > data_end)
+			return -1;
+		l4sum = l4 + 16;
+	} else {
+		l4sum = (__u16 *)&ports->check;
+	}
+	udp_zero = iph->protocol == 17 && *l4sum == 0;
+	if (!udp_zero) {
+		__u16 c = *l4sum;
+
+		c = fp_csum32(c, iph->saddr, f->saddr);
+		c = fp_csum32(c, iph->daddr, f->daddr);
+		c = fp_csum16(c, ports->source, f->sport);
+		c = fp_csum16(c, ports->dest, f->dport);
+		if (iph->protocol == 17 && c == 0)
+			c = 0xffff;
+		*l4sum = c;
+	}
+	iph->check = fp_csum32(iph->check, iph->saddr, f->saddr);
+	iph->check = fp_csum32(iph->check, iph->daddr, f->daddr);
+	iph->saddr = f->saddr;
+	iph->daddr = f->daddr;
+	ports->source = f->sport;
+	ports->dest = f->dport;
+	return 0;
+}
 
 /*
  * Forwards the frame from the flow4 cache. Returns XDP_REDIRECT (counted) on
@@ -87,6 +150,12 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx)
 	if (now - f->seen_ns > FP_FLOW4_IDLE_NS)
 		return -1;
 	f->seen_ns = now;
+	if (f->flags & FP_FLOW4_NAT) {
+		if (iph->protocol != 6 && iph->protocol != 17)
+			return -1;
+		if (fp_flow_nat(iph, cur.pos, data_end, f) != 0)
+			return -1;
+	}
 
 	/* TTL - 1 with the incremental checksum update of RFC 1624 (as ip_decrease_ttl). */
 	csum = (__u32)iph->check + (__u32)bpf_htons(0x0100);

@@ -286,8 +286,46 @@ fn agent_restart_detaches_and_recovers() {
     drop(agent);
 }
 
+/// A UDP ClusterIP service (10.96.0.53:53) in front of pod1 (10.244.1.11:5353).
+const SERVICE_YAML: &str = "services:
+  - metadata: {name: echo, namespace: default}
+    spec:
+      clusterIP: 10.96.0.53
+      ports: [{name: echo, protocol: UDP, port: 53, targetPort: 5353}]
+endpointSlices:
+  - metadata: {name: echo-1, namespace: default, labels: {kubernetes.io/service-name: echo}}
+    addressType: IPv4
+    ports: [{name: echo, protocol: UDP, port: 5353}]
+    endpoints:
+      - {addresses: [10.244.1.11], conditions: {ready: true}, nodeName: node-1}
+";
+
+/// UDP echo server on port 5353.
+const UDP_ECHO: &str = "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 5353))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+";
+
+/// One UDP flow to the service (source port 41000) every 100 ms; prints `reply <epoch>`.
+const UDP_CLIENT: &str = "import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 41000))
+s.settimeout(0.09)
+while True:
+    s.sendto(b'x', ('10.96.0.53', 53))
+    try:
+        s.recvfrom(64)
+        print('reply', time.time(), flush=True)
+        time.sleep(0.1)
+    except socket.timeout:
+        pass
+";
+
 /// `--on-exit keep`: while the agent restarts, established flows (pod to pod, router to pod,
-/// pod to router) keep forwarding from the XDP flow cache; a new flow does not (fail
+/// pod to router, pod to a UDP service: translated) keep forwarding from the XDP flow cache; a new flow does not (fail
 /// closed); the next agent adopts the programs in place and takes over.
 #[test]
 fn agent_restart_with_keep_forwards_established_flows() {
@@ -298,10 +336,23 @@ fn agent_restart_with_keep_forwards_established_flows() {
     let pin = bpffs.path().join("node").to_string_lossy().to_string();
     let args = ["--pin-dir", pin.as_str(), "--on-exit", "keep"];
     let topo = Topology::single_node(2).expect("topology");
+    // A UDP ClusterIP service in front of pod1 (a translated flow for the cache to replay).
+    topo.write_spec(&format!("{}{SERVICE_YAML}", topo.spec_yaml()))
+        .expect("spec");
     let agent = topo
         .start_agent_with(&bin_dir(), &args)
         .expect("agent start");
     ping(&topo.pods[0].ns, pod_ip(&topo, 1), 1).expect("before restart");
+    let echo_log = topo.dir().join("udp-echo.log");
+    let _echo = topo.pods[1]
+        .ns
+        .spawn_logged(&["python3", "-u", "-c", UDP_ECHO], &echo_log)
+        .expect("udp echo server");
+    let client_log = topo.dir().join("udp-client.log");
+    let client = topo.pods[0]
+        .ns
+        .spawn_logged(&["python3", "-u", "-c", UDP_CLIENT], &client_log)
+        .expect("udp client");
 
     // Three long-running pings: one ICMP flow each way per pair.
     let flows = [
@@ -370,6 +421,22 @@ fn agent_restart_with_keep_forwards_established_flows() {
         );
         assert!(after >= 5, "{name}: {after} replies after the restart");
     }
+    // The service flow (pod0:41000 -> 10.96.0.53:53 -> pod1:5353 and back, translated).
+    client.stop();
+    let replies: Vec<f64> = std::fs::read_to_string(&client_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("reply ")?.parse().ok())
+        .collect();
+    let during = replies
+        .iter()
+        .filter(|t| **t > down_from && **t < down_until)
+        .count();
+    assert!(
+        during >= 10,
+        "service flow: {during} replies while the agent was down (of {})\n{seen}",
+        replies.len()
+    );
     assert_eq!(xdp_attached(&topo.node).len(), 3, "adopted, still attached");
     drop(agent);
 }

@@ -500,10 +500,20 @@ impl Agent {
                 proto: f.proto,
                 pad: [0; 3],
             };
+            let (src, dst, sport, dport) = f.nat.unwrap_or((f.src, f.dst, f.sport, f.dport));
             let value = ferroplane_bpf::FpFlow4 {
                 ifindex: f.ifindex,
                 dmac: f.dst_mac,
                 smac: f.src_mac,
+                saddr: src.octets(),
+                daddr: dst.octets(),
+                sport: sport.to_be_bytes(),
+                dport: dport.to_be_bytes(),
+                flags: if f.nat.is_some() {
+                    ferroplane_bpf::FpFlow4::NAT
+                } else {
+                    0
+                },
                 seen_ns: now,
             };
             if let Err(e) = bpf.set_flow4(key, value) {

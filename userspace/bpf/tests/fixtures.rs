@@ -949,6 +949,31 @@ fn pinned_maps_are_shared_across_loads() {
     assert_eq!(b.pin_dir(), Some(dir.as_path()));
 }
 
+/// One's complement sum of 16-bit words (0xffff over a header with a valid checksum).
+fn ones_sum(data: &[u8]) -> u32 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// The TCP/UDP checksum field value that makes the segment of the IPv4 packet `ip` valid
+/// when the field holds zero; 0 when it is already valid.
+fn l4_checksum(ip: &[u8], proto: u8) -> u16 {
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let seg = &ip[20..total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(seg);
+    !(ones_sum(&pseudo) as u16)
+}
+
 /// The flow4 cache: while the engine's socket is missing, a flow the engine forwarded is
 /// forwarded by XDP (TTL - 1 with a valid checksum, the engine's MACs, out of its interface);
 /// any other flow, an expired entry, a fragment, or any packet while the socket is there is
@@ -977,6 +1002,11 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
         ifindex: LO_IFINDEX,
         dmac,
         smac,
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        flags: 0,
         seen_ns,
     };
     dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
@@ -990,14 +1020,11 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     // Only the MACs, the TTL and the header checksum change.
     let same = |f: &[u8]| [&f[12..22], &f[23..24], &f[26..]].concat();
     assert_eq!(same(&out), same(&udp));
-    let mut sum = 0u32;
-    for c in out[14..34].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    assert_eq!(sum, 0xffff, "IPv4 header checksum still valid");
+    assert_eq!(
+        ones_sum(&out[14..34]),
+        0xffff,
+        "IPv4 header checksum still valid"
+    );
     let after = dp.stats().unwrap().since(&before);
     assert_eq!(after.verdict(FpVerdict::FlowCache), 1);
     assert_eq!(
@@ -1045,6 +1072,59 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     assert_eq!(run(&dp, &udp).0, xdp_action::PASS);
     assert_eq!(dp.flow4().unwrap().len(), 2);
     assert_eq!(dp.clear_flow4().unwrap(), 2);
+
+    // A translated flow (service DNAT to a backend, source port changed too): addresses,
+    // ports and both checksums rewritten; a TCP one as well.
+    for proto in [17u8, 6] {
+        let frame = {
+            // 20 bytes of layer 4 (a TCP header's length), ports 40000 -> 5000.
+            let mut ip = ipv4_with(PEER, POD_A, 5, 20);
+            ip[9] = proto;
+            ip[20..].fill(0);
+            ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
+            ip[22..24].copy_from_slice(&5000u16.to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = !(ones_sum(&ip[..20]) as u16);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut f = eth(0x0800, &ip);
+            // A real layer-4 checksum so the rewrite can be checked.
+            let l4 = 14 + 20;
+            let at = l4 + if proto == 6 { 16 } else { 6 };
+            f[at..at + 2].copy_from_slice(&[0, 0]);
+            let c = l4_checksum(&f[14..], proto);
+            f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        let k = FpFlow4Key { proto, ..key };
+        let backend = Ipv4Addr::new(10, 244, 2, 7);
+        dp.set_flow4(
+            k,
+            FpFlow4 {
+                daddr: backend.octets(),
+                sport: 40001u16.to_be_bytes(),
+                dport: 8080u16.to_be_bytes(),
+                flags: FpFlow4::NAT,
+                ..entry(ferroplane_bpf::monotonic_ns())
+            },
+        )
+        .unwrap();
+        let (act, out) = run(&dp, &frame);
+        assert_eq!(act, xdp_action::REDIRECT, "proto {proto}");
+        assert_eq!(&out[14 + 16..14 + 20], &backend.octets());
+        assert_eq!(&out[14 + 12..14 + 16], &PEER.octets());
+        assert_eq!(&out[34..36], &40001u16.to_be_bytes());
+        assert_eq!(&out[36..38], &8080u16.to_be_bytes());
+        assert_eq!(
+            ones_sum(&out[14..34]),
+            0xffff,
+            "IPv4 checksum (proto {proto})"
+        );
+        assert_eq!(
+            l4_checksum(&out[14..], proto),
+            0,
+            "layer-4 checksum (proto {proto})"
+        );
+    }
 
     // With the engine's socket in place the engine decides, cache or not.
     let (mut dp, _sock) = prepare(Setup::WithSocket);

@@ -80,7 +80,8 @@ pub struct FpFlow4Key {
 }
 
 /// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards a flow while the engine
-/// is away (decrement TTL, these MACs, out of `ifindex`).
+/// is away (the tuple to write when [`FpFlow4::NAT`] is set, decrement TTL, these MACs, out
+/// of `ifindex`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FpFlow4 {
@@ -90,8 +91,23 @@ pub struct FpFlow4 {
     pub dmac: [u8; 6],
     /// Source MAC.
     pub smac: [u8; 6],
+    /// Source address to write.
+    pub saddr: [u8; 4],
+    /// Destination address to write.
+    pub daddr: [u8; 4],
+    /// Source port to write (network order).
+    pub sport: [u8; 2],
+    /// Destination port to write (network order).
+    pub dport: [u8; 2],
+    /// [`FpFlow4::NAT`] when the tuple changes.
+    pub flags: u32,
     /// Last refresh or use, CLOCK_MONOTONIC nanoseconds.
     pub seen_ns: u64,
+}
+
+impl FpFlow4 {
+    /// `flags` bit: rewrite addresses and ports (`FP_FLOW4_NAT`).
+    pub const NAT: u32 = FP_FLOW4_NAT;
 }
 
 // SAFETY: the structs are #[repr(C)], made only of integers (every bit pattern
@@ -148,7 +164,11 @@ mod tests {
                 FpFlow4Key,
                 [saddr, daddr, sport, dport, proto, pad]
             ),
-            rust_layout!("fp_flow4", FpFlow4, [ifindex, dmac, smac, seen_ns]),
+            rust_layout!(
+                "fp_flow4",
+                FpFlow4,
+                [ifindex, dmac, smac, saddr, daddr, sport, dport, flags, seen_ns]
+            ),
         ];
         // Every struct of the header has a mirror, and no mirror is left over.
         let mut c_names: Vec<_> = C_STRUCTS.iter().map(|s| s.name).collect();
@@ -213,6 +233,7 @@ mod tests {
             ("FP_PORT_NODEPORT", FP_PORT_NODEPORT),
             ("FP_PORT_SNAT", FP_PORT_SNAT),
             ("FP_MAX_FLOW4", FP_MAX_FLOW4),
+            ("FP_FLOW4_NAT", FP_FLOW4_NAT),
         ];
         assert_eq!(C_DEFINES.len(), rust.len());
         for (name, v) in rust {

@@ -3,8 +3,9 @@
 //! While the agent restarts, the engine is away: its AF_XDP sockets are closed and the XDP
 //! programs cannot hand it anything. So that established flows keep forwarding meanwhile,
 //! `interface-output` reports each flow it forwards the way the XDP programs can replay
-//! by themselves (routed, untranslated: TTL - 1, the next hop's MACs, out of a pod veth or
-//! the uplink) and the agent writes it into the pinned `flow4` map. XDP uses an entry only
+//! by themselves (routed: TTL - 1, the next hop's MACs, out of a pod veth or the uplink;
+//! TCP/UDP translations with the tuple written) and the agent writes it into the pinned
+//! `flow4` map. XDP uses an entry only
 //! when the engine's socket is missing, so the engine stays the one that decides while it
 //! runs; new flows during a restart find no entry and fail closed.
 //!
@@ -34,6 +35,9 @@ pub struct FlowExport {
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
+    /// The tuple written when the engine translated the flow (source, destination, source
+    /// port, destination port); `None` when it left as it arrived.
+    pub nat: Option<(Ipv4Addr, Ipv4Addr, u16, u16)>,
     /// Kernel index of the output interface.
     pub ifindex: u32,
     /// Destination MAC written.
@@ -107,7 +111,11 @@ fn hash(f: &FlowExport) -> u64 {
         | (u64::from(f.dport) << 32)
         | (u64::from(f.proto) << 24)
         | u64::from(f.ifindex & 0x00ff_ffff);
-    let c = u64::from_le_bytes(mac) ^ (u64::from(f.src_mac[5]) << 56);
+    let mut c = u64::from_le_bytes(mac) ^ (u64::from(f.src_mac[5]) << 56);
+    if let Some((s, d, sp, dp)) = f.nat {
+        c ^= (u64::from(u32::from(s)) << 32 | u64::from(u32::from(d))).rotate_left(17)
+            ^ (u64::from(sp) << 16 | u64::from(dp));
+    }
     let mut x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b;
     x = (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ c;
     x ^ (x >> 32)
@@ -172,6 +180,7 @@ mod tests {
             sport: 1,
             dport: 2,
             proto: 6,
+            nat: None,
             ifindex: 7,
             dst_mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
@@ -184,5 +193,10 @@ mod tests {
         assert!(seen.should_report(&moved, 100 + REFRESH_SECS));
         let other = FlowExport { sport: 9, ..f };
         assert!(seen.should_report(&other, 100 + REFRESH_SECS));
+        let natted = FlowExport {
+            nat: Some((f.src, Ipv4Addr::new(10, 0, 0, 9), 1, 2)),
+            ..f
+        };
+        assert!(seen.should_report(&natted, 100 + REFRESH_SECS));
     }
 }

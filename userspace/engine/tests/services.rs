@@ -622,3 +622,59 @@ fn backend_removal_moves_only_its_flows() {
         "{moved_survivors} flows of surviving backends moved"
     );
 }
+
+/// With the flow export on, a service connection is reported for the XDP flow cache in both
+/// directions with its translation: the client's tuple (to the VIP) mapped to the backend,
+/// and the backend's reply mapped back to the VIP.
+#[test]
+fn translated_flows_are_reported_with_their_tuples() {
+    let mut r = rig(
+        4,
+        vec![tcp_service("default/web", vip(0), None, three_local())],
+        nat_default(),
+    );
+    r.shared.update(|s| s.flow_export = true);
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    r.worker.set_flow_reports(tx);
+    let syn = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        vip(0),
+        40000,
+        80,
+        SYN,
+        0,
+    );
+    r.send(1, &syn);
+    let port = (2..=4)
+        .find(|p| !r.tx(*p).is_empty())
+        .expect("forwarded to a backend");
+    let synack = tcp_frame(
+        host_mac(port),
+        pod_mac(port),
+        pod_ip(port),
+        pod_ip(1),
+        8080,
+        40000,
+        SYN | ACK,
+        0,
+    );
+    r.send(port, &synack);
+    assert_eq!(r.one(1).len(), synack.len());
+    let flows: Vec<_> = rx.try_iter().collect();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    let fwd = flows[0];
+    assert_eq!(
+        (fwd.src, fwd.dst, fwd.sport, fwd.dport, fwd.proto),
+        (pod_ip(1), vip(0), 40000, 80, 6)
+    );
+    assert_eq!(fwd.nat, Some((pod_ip(1), pod_ip(port), 40000, 8080)));
+    assert_eq!(fwd.dst_mac, pod_mac(port));
+    let back = flows[1];
+    assert_eq!(
+        (back.src, back.dst, back.sport, back.dport),
+        (pod_ip(port), pod_ip(1), 8080, 40000)
+    );
+    assert_eq!(back.nat, Some((vip(0), pod_ip(1), 80, 40000)));
+}

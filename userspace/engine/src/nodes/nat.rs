@@ -854,7 +854,19 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             }
             rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
             ct.touch(id, dir, p.tcp_flags, now);
-            cx.meta_mut(b).flags |= crate::buffer::FLAG_NO_CACHE;
+            // The XDP flow cache can replay a TCP/UDP translation, not an ICMP one.
+            let mm = cx.meta_mut(b);
+            if matches!(p.key.proto, PROTO_TCP | PROTO_UDP) {
+                mm.flags |= crate::buffer::FLAG_NAT;
+                mm.pre_nat = (
+                    u32::from(p.key.src),
+                    u32::from(p.key.dst),
+                    p.key.sport,
+                    p.key.dport,
+                );
+            } else {
+                mm.flags |= crate::buffer::FLAG_NO_CACHE;
+            }
             if established {
                 cx.meta_mut(b).flags |= crate::buffer::FLAG_CT_ESTABLISHED;
             }

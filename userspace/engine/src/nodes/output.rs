@@ -1,8 +1,9 @@
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use ferroplane_io::{BufIdx, Desc, FrameMemory};
 
-use crate::buffer::{FLAG_NO_CACHE, FLAG_ROUTED};
+use crate::buffer::{FLAG_NAT, FLAG_NO_CACHE, FLAG_ROUTED};
 use crate::flow_export::{cacheable_tuple, FlowExport, Seen};
 use crate::{IfKind, Interface};
 
@@ -33,7 +34,8 @@ pub struct InterfaceOutput {
 
 impl InterfaceOutput {
     /// Reports the flow of the routed packet `b` leaving on `out` (a pod veth or the uplink)
-    /// if it came in through XDP (a pod veth or the uplink) untranslated.
+    /// if it came in through XDP (a pod veth or the uplink), with the tuple it arrived with
+    /// when `ip4-nat` translated it.
     fn export<M: FrameMemory>(
         &mut self,
         cx: &mut Ctx<'_, M>,
@@ -62,12 +64,22 @@ impl InterfaceOutput {
         let mut src_mac = [0u8; 6];
         dst_mac.copy_from_slice(&pkt[0..6]);
         src_mac.copy_from_slice(&pkt[6..12]);
+        let (key, nat) = if m.flags & FLAG_NAT != 0 {
+            let (s, d, sp, dp) = m.pre_nat;
+            (
+                (Ipv4Addr::from(s), Ipv4Addr::from(d), sp, dp),
+                Some((src, dst, sport, dport)),
+            )
+        } else {
+            ((src, dst, sport, dport), None)
+        };
         let flow = FlowExport {
-            src,
-            dst,
-            sport,
-            dport,
+            src: key.0,
+            dst: key.1,
+            sport: key.2,
+            dport: key.3,
             proto,
+            nat,
             ifindex: out.ifindex,
             dst_mac,
             src_mac,
