@@ -515,9 +515,8 @@ pub fn pod_side_offloads(ifname: &str) -> Result<()> {
     })?;
     // GRO puts the pod side's receive path in NAPI mode, which XDP redirects into the host
     // side need: the XDP flow cache forwards to pods that way while the agent restarts.
-    ferroplane_io::ethtool::set_gro(ifname, true).map_err(|e| {
-        PlumbError::Unexpected(format!("pod: turning GRO on on {ifname}: {e}"))
-    })
+    ferroplane_io::ethtool::set_gro(ifname, true)
+        .map_err(|e| PlumbError::Unexpected(format!("pod: turning GRO on on {ifname}: {e}")))
 }
 
 /// Configures the pod side inside the pod's namespace; returns (ifindex, MAC).
