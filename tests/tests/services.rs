@@ -761,14 +761,17 @@ fn backend_removed_mid_run() {
     rig.start(&yaml);
     let vip = addr("10.96.0.50", 80);
     const PORTS: std::ops::Range<u16> = 40000..40300;
+    const HELD_PORTS: u16 = 41000;
 
     let result = rig
         .pod(0)
         .run(|| {
-            // Long-lived connections, at least one per backend.
+            // Long-lived connections, at least one per backend, from ports outside
+            // PORTS: an ephemeral port inside it would make one of the probes below
+            // reuse a live 4-tuple (EADDRNOTAVAIL).
             let mut held: Vec<(String, TcpStream)> = Vec::new();
-            for _ in 0..30 {
-                let mut s = connect(vip, 0).expect("connect");
+            for i in 0..30 {
+                let mut s = connect(vip, HELD_PORTS + i).expect("connect");
                 let (n, _) = split(&ask(&mut s).expect("ask")).expect("answer");
                 held.push((n, s));
             }

@@ -53,7 +53,7 @@ fn line(name: &str, s: &[Duration]) -> String {
 }
 
 /// `cargo xtask bench cni`.
-pub fn run(pods: usize) -> Result<()> {
+pub fn run(pods: usize, warm_pods: usize) -> Result<()> {
     require_root("bench cni")?;
     if pods == 0 {
         bail!("--pods must be at least 1");
@@ -76,6 +76,7 @@ pub fn run(pods: usize) -> Result<()> {
         .next_power_of_two()
         .max(32768);
     let frames_s = frames.to_string();
+    let warm_s = warm_pods.to_string();
     let agent = topo.start_agent_with(
         &bin_dir(),
         &[
@@ -85,6 +86,8 @@ pub fn run(pods: usize) -> Result<()> {
             state.to_str().context("state path")?,
             "--frames",
             &frames_s,
+            "--warm-pods",
+            &warm_s,
         ],
     )?;
     let fp_conf = ferroplane_conf("ferroplane", &socket).to_string();

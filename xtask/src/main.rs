@@ -86,6 +86,9 @@ enum Cmd {
         /// Pods per plugin (cni).
         #[arg(long, default_value_t = 100)]
         pods: usize,
+        /// The agent's warm pool size (cni; 0: every ADD plumbs cold).
+        #[arg(long, default_value_t = 4)]
+        warm_pods: usize,
         /// Prefixes GoBGP injects (bgp).
         #[arg(long, default_value_t = 100_000)]
         prefixes: usize,
@@ -129,8 +132,9 @@ fn main() {
         Cmd::Bench {
             kind: BenchKind::Cni,
             pods,
+            warm_pods,
             ..
-        } => bench_cni::run(pods),
+        } => bench_cni::run(pods, warm_pods),
         Cmd::Bench {
             kind: BenchKind::Bgp,
             prefixes,
