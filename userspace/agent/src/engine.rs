@@ -44,6 +44,8 @@ pub struct Engine {
     /// The worker's session table (`ip4-nat`).
     pub sessions: Option<Arc<std::sync::Mutex<ferroplane_tables::Conntrack>>>,
     commands: Sender<Command<XskIo>>,
+    /// Wakes the worker when a command is queued (it may sleep in `wait`).
+    waker: ferroplane_io::Waker,
     misses: Receiver<(u16, Ipv4Addr)>,
     flows: Receiver<ferroplane_engine::flow_export::FlowExport>,
     thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
@@ -57,6 +59,7 @@ const FLOW_REPORTS: usize = 16_384;
 #[derive(Clone)]
 pub struct PortOpener {
     commands: Sender<Command<XskIo>>,
+    waker: ferroplane_io::Waker,
 }
 
 impl std::fmt::Debug for PortOpener {
@@ -75,6 +78,7 @@ impl PortOpener {
                 let _ = tx.send(io.add_port(&name, 0));
             }))
             .map_err(|_| EngineError::Gone)?;
+        self.waker.wake();
         Ok(rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??)
@@ -88,6 +92,7 @@ impl PortOpener {
                 let _ = tx.send(io.remove_port(port));
             }))
             .map_err(|_| EngineError::Gone)?;
+        self.waker.wake();
         Ok(rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??)
@@ -114,6 +119,7 @@ impl Engine {
                         return Ok(());
                     }
                 };
+                let waker = io.waker();
                 let mut worker = match Worker::new(io, s, c) {
                     Ok(w) => w,
                     Err(e) => {
@@ -131,7 +137,7 @@ impl Engine {
                     s.downcast::<std::sync::Mutex<ferroplane_tables::Conntrack>>()
                         .ok()
                 });
-                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info(), sessions)));
+                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info(), sessions, waker)));
                 let r = worker.run();
                 if let Err(e) = &r {
                     tracing::error!("engine worker stopped: {e:?}");
@@ -144,7 +150,7 @@ impl Engine {
                     source: e,
                 })
             })?;
-        let (stats, info, sessions) = ready_rx
+        let (stats, info, sessions, waker) = ready_rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??;
         Ok(Engine {
@@ -154,6 +160,7 @@ impl Engine {
             stats,
             info,
             commands: cmd_tx,
+            waker,
             misses: miss_rx,
             flows: flow_rx,
             thread: Some(thread),
@@ -171,6 +178,7 @@ impl Engine {
                 let _ = tx.send(f(io));
             }))
             .map_err(|_| EngineError::Gone)?;
+        self.waker.wake();
         rx.recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))
     }
@@ -186,6 +194,7 @@ impl Engine {
     pub fn port_opener(&self) -> PortOpener {
         PortOpener {
             commands: self.commands.clone(),
+            waker: self.waker.clone(),
         }
     }
 
@@ -207,6 +216,7 @@ impl Engine {
     /// Stop the worker and wait for it.
     pub fn stop(&mut self) {
         self.control.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

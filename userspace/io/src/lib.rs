@@ -25,7 +25,7 @@ mod xsk;
 
 pub use mem::{MemFrames, MemIo};
 pub use tun::TunDevice;
-pub use xsk::{PoolStats, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats};
+pub use xsk::{PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats};
 
 use std::time::Duration;
 

@@ -25,8 +25,9 @@
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xdpilone::xdp::XdpDesc;
@@ -298,8 +299,11 @@ pub struct XskIo {
     owner: Vec<Owner>,
     /// Free frames, used as a stack (capacity `num_frames`: never reallocates).
     free: Vec<BufIdx>,
+    /// `wake` first, then every port's socket.
     pollfds: Vec<libc::pollfd>,
     pollfds_stale: bool,
+    /// An eventfd in the poll set: [`Waker::wake`] ends a [`PacketIo::wait`] early.
+    wake: Arc<OwnedFd>,
     cfg: XskConfig,
     rx_offset: u16,
     mem: XskMemory,
@@ -353,7 +357,45 @@ fn if_info(ifname: &str, queue_id: u32) -> Result<IfInfo, IoError> {
     Ok(info)
 }
 
+/// Wakes an [`XskIo`] sleeping in [`PacketIo::wait`] from another thread, e.g. after
+/// queueing work for the thread that owns it (see [`XskIo::waker`]).
+#[derive(Clone, Debug)]
+pub struct Waker {
+    fd: Arc<OwnedFd>,
+}
+
+impl Waker {
+    /// Ends the current (or the next) `wait` of the backend at once.
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // An eventfd write fails only when the counter would overflow, i.e. the backend
+        // has a wake-up pending anyway.
+        // SAFETY: writes 8 bytes from a live local array to our own eventfd.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+fn new_eventfd() -> Result<OwnedFd, IoError> {
+    // SAFETY: eventfd(2) takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(IoError::Os {
+            op: "eventfd",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl XskIo {
+    /// A handle that ends this backend's `wait` from another thread.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            fd: self.wake.clone(),
+        }
+    }
+
     /// Map the UMEM and register it on the anchor socket.
     pub fn new(cfg: XskConfig) -> Result<Self, IoError> {
         if !(cfg.frame_size == 2048 || cfg.frame_size == 4096) {
@@ -429,7 +471,8 @@ impl XskIo {
             owner: vec![Owner::Free; cfg.num_frames as usize],
             free,
             pollfds: Vec::new(),
-            pollfds_stale: false,
+            pollfds_stale: true,
+            wake: Arc::new(new_eventfd()?),
             // Checked above: fits in the frame, hence in u16.
             rx_offset: rx_offset as u16,
             cfg,
@@ -893,6 +936,11 @@ impl PacketIo for XskIo {
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
         if self.pollfds_stale {
             self.pollfds.clear();
+            self.pollfds.push(libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             self.pollfds
                 .extend(self.ports.iter().flatten().map(|p| libc::pollfd {
                     fd: p.fd,
@@ -901,15 +949,11 @@ impl PacketIo for XskIo {
                 }));
             self.pollfds_stale = false;
         }
-        if self.pollfds.is_empty() {
-            std::thread::sleep(timeout);
-            return Ok(());
-        }
         // Round up so that a sub-millisecond timeout still blocks briefly.
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `pollfds` is a live, exclusively borrowed array of
         // `pollfds.len()` initialised pollfd structs; the fds belong to our
-        // open sockets.
+        // eventfd and open sockets.
         let rc = unsafe {
             libc::poll(
                 self.pollfds.as_mut_ptr(),
@@ -925,6 +969,13 @@ impl PacketIo for XskIo {
                     source: err,
                 });
             }
+        }
+        if self.pollfds[0].revents & libc::POLLIN != 0 {
+            // Reset the eventfd counter (non-blocking: a concurrent drain is harmless).
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live local array from our own eventfd.
+            let _ =
+                unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         }
         Ok(())
     }

@@ -419,3 +419,36 @@ fn xsk_unpaced_forwarding_rate_and_no_leaks() {
         assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
     });
 }
+
+#[test]
+fn waker_ends_a_wait_early_with_and_without_ports() {
+    if !root_or_skip("waker_ends_a_wait_early_with_and_without_ports") {
+        return;
+    }
+    let ns = two_veth_pairs("wake");
+    in_netns(&ns, move || {
+        let mut io = XskIo::new(small_config()).unwrap();
+        for with_port in [false, true] {
+            if with_port {
+                io.add_port("a0", 0).unwrap();
+            }
+            let waker = io.waker();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                waker.wake();
+            });
+            let start = Instant::now();
+            io.wait(Duration::from_secs(30)).unwrap();
+            // A wait that is not woken lasts the whole 30 s.
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "wait not ended by the waker (with port: {with_port})"
+            );
+            t.join().unwrap();
+            // The wake-up was consumed: the next wait times out normally.
+            let start = Instant::now();
+            io.wait(Duration::from_millis(50)).unwrap();
+            assert!(start.elapsed() >= Duration::from_millis(45));
+        }
+    });
+}
