@@ -200,7 +200,8 @@ fn cni_lifecycle_50_pods() {
     if !require_root() {
         return;
     }
-    let node = Node::start(None, &[]);
+    // A warm pool of 2: some ADDs adopt a spare, the rest are plumbed cold.
+    let node = Node::start(None, &["--warm-pods", "2"]);
     let meta = std::fs::metadata(&node.socket).expect("socket");
     assert_eq!(
         meta.permissions().mode() & 0o777,

@@ -53,7 +53,7 @@ fn line(name: &str, s: &[Duration]) -> String {
 }
 
 /// `cargo xtask bench cni`.
-pub fn run(pods: usize, warm_pods: usize) -> Result<()> {
+pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
     require_root("bench cni")?;
     if pods == 0 {
         bail!("--pods must be at least 1");
@@ -72,24 +72,24 @@ pub fn run(pods: usize, warm_pods: usize) -> Result<()> {
     })?;
     let socket = topo.dir().join("cni.sock");
     let state = topo.dir().join("state");
-    let frames = (((pods + WARMUP) as u32 + 8) * 512)
-        .next_power_of_two()
-        .max(32768);
-    let frames_s = frames.to_string();
+    let frames_s = frames.map(|f| f.to_string());
+    println!(
+        "agent: {} UMEM frames, warm pool of {warm_pods}",
+        frames_s.as_deref().unwrap_or("default")
+    );
     let warm_s = warm_pods.to_string();
-    let agent = topo.start_agent_with(
-        &bin_dir(),
-        &[
-            "--cni-socket",
-            socket.to_str().context("socket path")?,
-            "--state-dir",
-            state.to_str().context("state path")?,
-            "--frames",
-            &frames_s,
-            "--warm-pods",
-            &warm_s,
-        ],
-    )?;
+    let mut args = vec![
+        "--cni-socket",
+        socket.to_str().context("socket path")?,
+        "--state-dir",
+        state.to_str().context("state path")?,
+        "--warm-pods",
+        &warm_s,
+    ];
+    if let Some(f) = &frames_s {
+        args.extend(["--frames", f.as_str()]);
+    }
+    let agent = topo.start_agent_with(&bin_dir(), &args)?;
     let fp_conf = ferroplane_conf("ferroplane", &socket).to_string();
     let br_conf = bridge_conf(
         "refbridge",

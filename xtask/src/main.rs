@@ -86,9 +86,12 @@ enum Cmd {
         /// Pods per plugin (cni).
         #[arg(long, default_value_t = 100)]
         pods: usize,
-        /// The agent's warm pool size (cni; 0: every ADD plumbs cold).
-        #[arg(long, default_value_t = 4)]
+        /// The agent's warm pool size (cni; 0, the agent's default: every ADD plumbs cold).
+        #[arg(long, default_value_t = 0)]
         warm_pods: usize,
+        /// Frames in the agent's UMEM (cni; default: the agent's default).
+        #[arg(long)]
+        frames: Option<u32>,
         /// Prefixes GoBGP injects (bgp).
         #[arg(long, default_value_t = 100_000)]
         prefixes: usize,
@@ -133,8 +136,9 @@ fn main() {
             kind: BenchKind::Cni,
             pods,
             warm_pods,
+            frames,
             ..
-        } => bench_cni::run(pods, warm_pods),
+        } => bench_cni::run(pods, warm_pods, frames),
         Cmd::Bench {
             kind: BenchKind::Bgp,
             prefixes,

@@ -25,7 +25,9 @@ mod xsk;
 
 pub use mem::{MemFrames, MemIo};
 pub use tun::TunDevice;
-pub use xsk::{PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats};
+pub use xsk::{
+    PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats, MIN_FILL_TARGET,
+};
 
 use std::time::Duration;
 

@@ -64,13 +64,17 @@ pub struct XskConfig {
     pub rx_size: u32,
     /// TX ring entries per port.
     pub tx_size: u32,
-    /// Frames kept in each port's fill ring (at most `fill_size`). The pool
-    /// must hold `ports * fill_target` plus what is in flight; with too
-    /// few, fill rings are topped up only as far as the pool allows.
+    /// Frames kept in each port's fill ring (at most `fill_size`), while the
+    /// pool is large enough: with many ports the target shrinks so that the
+    /// fill rings together hold at most half of the pool, shared evenly (but
+    /// never below [`MIN_FILL_TARGET`]); see [`XskIo::fill_target`].
     pub fill_target: u32,
     /// Device whose queue 0 anchors the UMEM (it receives nothing).
     pub anchor_ifname: String,
 }
+
+/// The smallest per-port fill target the pool's sharing among many ports goes down to.
+pub const MIN_FILL_TARGET: u32 = 32;
 
 impl Default for XskConfig {
     fn default() -> Self {
@@ -302,6 +306,8 @@ pub struct XskIo {
     /// `wake` first, then every port's socket.
     pollfds: Vec<libc::pollfd>,
     pollfds_stale: bool,
+    /// The current per-port fill target (see [`XskIo::fill_target`]).
+    fill_target: u32,
     /// An eventfd in the poll set: [`Waker::wake`] ends a [`PacketIo::wait`] early.
     wake: Arc<OwnedFd>,
     cfg: XskConfig,
@@ -472,6 +478,7 @@ impl XskIo {
             free,
             pollfds: Vec::new(),
             pollfds_stale: true,
+            fill_target: cfg.fill_target,
             wake: Arc::new(new_eventfd()?),
             // Checked above: fits in the frame, hence in u16.
             rx_offset: rx_offset as u16,
@@ -508,6 +515,7 @@ impl XskIo {
             }
         };
         let fd = port.fd;
+        self.fill_target = self.shared_fill_target(self.ports.iter().flatten().count() + 1);
         self.refill(id, &mut port);
         if slot == self.ports.len() {
             self.ports.push(Some(port));
@@ -583,8 +591,24 @@ impl XskIo {
         while self.ports.last().is_some_and(Option::is_none) {
             self.ports.pop();
         }
+        self.fill_target = self.shared_fill_target(self.ports.iter().flatten().count());
         self.pollfds_stale = true;
         Ok(())
+    }
+
+    /// Frames each port's fill ring is topped up to now: the configured
+    /// `fill_target`, or less when `ports` fill rings at that target would hold more
+    /// than half of the pool (the rest stays for frames in flight). A port holding more
+    /// than a lowered target keeps its frames until packets use them.
+    pub fn fill_target(&self) -> u32 {
+        self.fill_target
+    }
+
+    fn shared_fill_target(&self, ports: usize) -> u32 {
+        let share = (self.mem.num_frames / 2) / (ports.max(1) as u32);
+        self.cfg
+            .fill_target
+            .min(share.max(MIN_FILL_TARGET.min(self.cfg.fill_target)))
     }
 
     /// The socket fd of `port` (for the XSKMAP), if the port exists.
@@ -665,7 +689,7 @@ impl XskIo {
             p,
             &mut self.owner,
             &mut self.free,
-            self.cfg.fill_target,
+            self.fill_target,
             self.mem.frame_size as u64,
         );
     }
@@ -921,14 +945,7 @@ impl PacketIo for XskIo {
                 first_err.get_or_insert(e);
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            refill_port(
-                id,
-                p,
-                &mut self.owner,
-                &mut self.free,
-                self.cfg.fill_target,
-                fs,
-            );
+            refill_port(id, p, &mut self.owner, &mut self.free, self.fill_target, fs);
         }
         first_err.map_or(Ok(()), Err)
     }

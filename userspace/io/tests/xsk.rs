@@ -452,3 +452,38 @@ fn waker_ends_a_wait_early_with_and_without_ports() {
         }
     });
 }
+
+#[test]
+fn fill_rings_share_the_pool_as_ports_are_added() {
+    if !root_or_skip("fill_rings_share_the_pool_as_ports_are_added") {
+        return;
+    }
+    let ns = two_veth_pairs("share");
+    in_netns(&ns, move || {
+        // 4096 frames, configured target 1024: four ports at that target would take the
+        // whole pool and leave nothing for frames in flight.
+        let cfg = small_config();
+        let mut io = XskIo::new(cfg.clone()).unwrap();
+        let mut ports = Vec::new();
+        let mut targets = Vec::new();
+        for ifname in ["a0", "b0", "a1", "b1"] {
+            ports.push(io.add_port(ifname, 0).unwrap().0);
+            targets.push(io.fill_target());
+        }
+        assert_eq!(targets, vec![1024, 1024, 682, 512]);
+        for &p in &ports {
+            let filled = io.port_stats(p).unwrap().fill_frames;
+            assert!(filled >= 512, "port {p} got only {filled} fill frames");
+        }
+        let pool = io.pool_stats();
+        assert!(
+            pool.free >= 512,
+            "the fill rings took the pool: {pool:?} (targets {targets:?})"
+        );
+        // Closing ports raises the target again; their frames come back.
+        io.remove_port(ports[3]).unwrap();
+        io.remove_port(ports[2]).unwrap();
+        assert_eq!(io.fill_target(), 1024);
+        assert_eq!(io.pool_stats().fill + io.pool_stats().free, cfg.num_frames);
+    });
+}
