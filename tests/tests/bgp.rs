@@ -1393,3 +1393,94 @@ fn ipv6_session_with_gobgp() {
     assert!(!out.contains("error"), "{out}");
     wait_for("withdrawn from the kernel", 10, || k6().trim().is_empty());
 }
+
+/// The service spec of [`service_addresses_follow_their_local_endpoints`]: `web`
+/// (externalTrafficPolicy Local: LB IP 203.0.113.40, external IP 203.0.113.41) with one
+/// endpoint on this node, ready or not, and `any` (Cluster: LB IP 203.0.113.42) without
+/// endpoints.
+fn advertised_services(pod: Ipv4Addr, ready: bool) -> String {
+    [
+        "serviceProxy:",
+        "  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]",
+        "services:",
+        "  - metadata: { name: web, namespace: default }",
+        "    spec:",
+        "      type: LoadBalancer",
+        "      externalTrafficPolicy: Local",
+        "      healthCheckNodePort: 32100",
+        "      externalIPs: [203.0.113.41]",
+        "      ports: [ { name: http, port: 80, targetPort: 8080, nodePort: 30090 } ]",
+        "    status: { loadBalancer: { ingress: [ { ip: 203.0.113.40 } ] } }",
+        "  - metadata: { name: any, namespace: default }",
+        "    spec:",
+        "      type: LoadBalancer",
+        "      externalTrafficPolicy: Cluster",
+        "      ports: [ { name: http, port: 80, targetPort: 8080, nodePort: 30091 } ]",
+        "    status: { loadBalancer: { ingress: [ { ip: 203.0.113.42 } ] } }",
+        "endpointSlices:",
+        "  - metadata: { name: web-a, namespace: default, labels: { kubernetes.io/service-name: web } }",
+        "    addressType: IPv4",
+        "    ports: [ { name: http, protocol: TCP, port: 8080 } ]",
+        "    endpoints:",
+        &format!("      - addresses: [{pod}]"),
+        &format!("        conditions: {{ ready: {ready}, serving: {ready}, terminating: false }}"),
+        "        nodeName: node-1",
+        "        targetRef: { kind: Pod, namespace: default, name: pod0 }",
+        "",
+    ]
+    .join("\n")
+}
+
+/// `bgp.advertise.loadBalancerIPs` / `externalIPs`: an externalTrafficPolicy=Local
+/// service's addresses are advertised only while this node has a ready endpoint of it and
+/// are withdrawn when the last one goes (and come back with it), as the spec file changes
+/// under the running agent; a Cluster service's address is advertised regardless. Checked
+/// in BIRD's kernel table on the router.
+#[test]
+fn service_addresses_follow_their_local_endpoints() {
+    if !require_root() {
+        return;
+    }
+    let bgp = bgp_yaml(&[(ROUTER, BIRD_AS)], false)
+        + "  advertise:\n    externalIPs: true\n    loadBalancerIPs: true\n";
+    let topo = setup(&bgp, 1);
+    let base = std::fs::read_to_string(topo.spec_path()).expect("spec");
+    let pod = topo.pods[0].ip;
+    topo.write_spec(&(base.clone() + &advertised_services(pod, true)))
+        .expect("spec");
+    let bird = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird",
+        &bird_conf(&[], false),
+        false,
+    );
+    let agent = start_agent(&topo);
+    wait_for("session", 20, || bird.established("agent"));
+    let has =
+        |addr: &str| kernel_routes(&topo.router, "bird").contains(&format!("{addr} via {NODE}"));
+    wait_for("LB, external and Cluster IPs at BIRD", 15, || {
+        has("203.0.113.40") && has("203.0.113.41") && has("203.0.113.42")
+    });
+    assert!(has("10.244.1.0/24"), "the pod CIDR too");
+
+    // The only local endpoint stops being ready: the Local service's addresses go.
+    std::thread::sleep(Duration::from_millis(1100)); // a distinct file mtime
+    topo.write_spec(&(base.clone() + &advertised_services(pod, false)))
+        .expect("spec");
+    wait_for("Local service's addresses withdrawn", 15, || {
+        !has("203.0.113.40") && !has("203.0.113.41")
+    });
+    assert!(has("203.0.113.42"), "the Cluster service's address stays");
+    assert!(has("10.244.1.0/24"), "the pod CIDR stays");
+    let originated = bgp_report(&agent)["originated"].to_string();
+    assert!(!originated.contains("203.0.113.40"), "{originated}");
+
+    // Ready again: advertised again.
+    std::thread::sleep(Duration::from_millis(1100));
+    topo.write_spec(&(base + &advertised_services(pod, true)))
+        .expect("spec");
+    wait_for("Local service's addresses back", 15, || {
+        has("203.0.113.40") && has("203.0.113.41")
+    });
+}

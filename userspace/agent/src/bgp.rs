@@ -360,6 +360,21 @@ enum KernelCmd {
 }
 
 impl BgpRuntime {
+    /// Re-derives what this node originates from `spec` (its pod CIDR, and service IPs
+    /// per `bgp.advertise`: externalTrafficPolicy=Local ones only while a local endpoint is
+    /// ready) and advertises or withdraws the difference. Returns whether it changed.
+    pub fn sync_originated(&self, spec: &NodeSpec) -> bool {
+        let Some(bgp) = &spec.bgp else {
+            return false;
+        };
+        let want = bgp.originated(spec);
+        if want == self.speaker.originated() {
+            return false;
+        }
+        self.speaker.set_originated(&want);
+        true
+    }
+
     /// Start the speaker. Kernel routes with our protocol left by a previous run mean we
     /// are restarting (Restart State bit set, leftovers kept until convergence).
     pub async fn start(

@@ -942,6 +942,9 @@ async fn run(args: Args) -> Result<()> {
                                 if let Err(e) = agent.publish() {
                                     warn!("applying the Kubernetes desired state: {e:#}");
                                 }
+                                if bgp.as_ref().is_some_and(|b| b.sync_originated(&agent.state.spec)) {
+                                    info!("BGP: originated prefixes follow the services");
+                                }
                             }
                             Err(e) => warn!("desired state from Kubernetes rejected: {e}"),
                         }
@@ -970,6 +973,9 @@ async fn run(args: Args) -> Result<()> {
                             info!("spec file changed: services re-applied");
                             if let Err(e) = agent.publish() {
                                 warn!("applying services: {e:#}");
+                            }
+                            if bgp.as_ref().is_some_and(|b| b.sync_originated(&agent.state.spec)) {
+                                info!("BGP: originated prefixes follow the services");
                             }
                         }
                     }
