@@ -200,7 +200,7 @@ fn cni_lifecycle_50_pods() {
     if !require_root() {
         return;
     }
-    // A warm pool of 2: some ADDs adopt a spare, the rest are plumbed cold.
+    // A warm pool of 2: some ADDs adopt a spare, the rest are plumbed cold (both paths).
     let node = Node::start(None, &["--warm-pods", "2"]);
     let meta = std::fs::metadata(&node.socket).expect("socket");
     assert_eq!(

@@ -424,7 +424,15 @@ fn agent_in_kubernetes_mode() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let live = get("/healthz");
+    // One unanswered request (a busy 2-core machine) is retried; a wrong answer is not.
+    let mut live = get("/healthz");
+    for _ in 0..5 {
+        if live.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        live = get("/healthz");
+    }
     assert!(
         live.as_deref()
             .is_some_and(|r| r.starts_with("HTTP/1.1 200")),

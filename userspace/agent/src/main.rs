@@ -52,8 +52,9 @@ struct Args {
     /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). More frames give
     /// deeper fill rings when a node has many pods, but every AF_XDP socket opened on the
     /// shared UMEM makes the kernel allocate and clear per-frame state for the whole UMEM
-    /// (8192 frames: ~4 ms per new pod here; 32768: ~18 ms).
-    #[arg(long, default_value_t = 8192)]
+    /// (measured on a 2-core VM: 8192 frames ~4 ms per new socket, 32768 ~18 ms), which the
+    /// warm pool (`--warm-pods`) takes off the CNI ADD path.
+    #[arg(long, default_value_t = 32768)]
     frames: u32,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
@@ -72,11 +73,10 @@ struct Args {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// With `--cni-socket`: spare pod veths kept ready (AF_XDP socket open, XDP attached),
-    /// so a CNI ADD does not wait for the kernel's AF_XDP setup; 0 (the default) disables
-    /// the pool. Adopting a spare moves its peer into the pod's namespace, which costs a
-    /// kernel RCU barrier (~17 ms): worth it only with a large `--frames`, where opening
-    /// a socket cold costs more than that.
-    #[arg(long, default_value_t = 0)]
+    /// so a CNI ADD does not wait for the kernel's AF_XDP setup; 0 disables the pool.
+    /// Adopting a spare moves its peer into the pod's namespace, which costs a kernel RCU
+    /// barrier (~17 ms): with a small `--frames`, plumbing cold is quicker.
+    #[arg(long, default_value_t = 4)]
     warm_pods: usize,
     /// What the agent leaves behind when it exits (or dies). `detach`: the XDP programs are
     /// removed, the node's kernel takes all traffic back (pods are cut off). `keep` (for
