@@ -43,9 +43,8 @@ pub struct Engine {
     pub info: GraphInfo,
     /// The worker's session table (`ip4-nat`).
     pub sessions: Option<Arc<std::sync::Mutex<ferroplane_tables::Conntrack>>>,
-    commands: Sender<Command<XskIo>>,
-    /// Wakes the worker when a command is queued (it may sleep in `wait`).
-    waker: ferroplane_io::Waker,
+    /// Queues commands for the worker and wakes it.
+    opener: PortOpener,
     misses: Receiver<(u16, Ipv4Addr)>,
     flows: Receiver<ferroplane_engine::flow_export::FlowExport>,
     thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
@@ -55,7 +54,8 @@ const ANSWER: Duration = Duration::from_secs(5);
 /// Forwarded-flow reports buffered between two drains (the agent drains every 200 ms).
 const FLOW_REPORTS: usize = 16_384;
 
-/// Opens AF_XDP ports on the worker from any thread (see [`Engine::port_opener`]).
+/// Runs commands (opening and closing AF_XDP ports) on the worker from any thread (see
+/// [`Engine::port_opener`]).
 #[derive(Clone)]
 pub struct PortOpener {
     commands: Sender<Command<XskIo>>,
@@ -69,33 +69,32 @@ impl std::fmt::Debug for PortOpener {
 }
 
 impl PortOpener {
-    /// [`Engine::add_port`], blocking the calling thread until the worker has done it.
-    pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
-        let name = ifname.to_string();
+    /// Runs `f` on the worker thread with its backend (waking the worker if it sleeps)
+    /// and waits for the result.
+    pub fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut XskIo) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
         let (tx, rx) = mpsc::channel();
         self.commands
             .send(Box::new(move |io: &mut XskIo| {
-                let _ = tx.send(io.add_port(&name, 0));
+                let _ = tx.send(f(io));
             }))
             .map_err(|_| EngineError::Gone)?;
         self.waker.wake();
-        Ok(rx
-            .recv_timeout(ANSWER)
-            .map_err(|_| EngineError::Timeout(ANSWER))??)
+        rx.recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))
+    }
+
+    /// [`Engine::add_port`], blocking the calling thread until the worker has done it.
+    pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
+        let name = ifname.to_string();
+        Ok(self.exec(move |io| io.add_port(&name, 0))??)
     }
 
     /// [`Engine::remove_port`] from any thread.
     pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Box::new(move |io: &mut XskIo| {
-                let _ = tx.send(io.remove_port(port));
-            }))
-            .map_err(|_| EngineError::Gone)?;
-        self.waker.wake();
-        Ok(rx
-            .recv_timeout(ANSWER)
-            .map_err(|_| EngineError::Timeout(ANSWER))??)
+        Ok(self.exec(move |io| io.remove_port(port))??)
     }
 }
 
@@ -159,8 +158,10 @@ impl Engine {
             control,
             stats,
             info,
-            commands: cmd_tx,
-            waker,
+            opener: PortOpener {
+                commands: cmd_tx,
+                waker,
+            },
             misses: miss_rx,
             flows: flow_rx,
             thread: Some(thread),
@@ -172,35 +173,23 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut XskIo) -> T + Send + 'static,
     ) -> Result<T, EngineError> {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Box::new(move |io: &mut XskIo| {
-                let _ = tx.send(f(io));
-            }))
-            .map_err(|_| EngineError::Gone)?;
-        self.waker.wake();
-        rx.recv_timeout(ANSWER)
-            .map_err(|_| EngineError::Timeout(ANSWER))
+        self.opener.exec(f)
     }
 
     /// Open an AF_XDP socket on `ifname` queue 0; returns its port and fd (for the XSKMAP).
     pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
-        let name = ifname.to_string();
-        Ok(self.exec(move |io| io.add_port(&name, 0))??)
+        self.opener.add_port(ifname)
     }
 
     /// A handle that opens ports from another thread (the warm pod pool), so the caller's
     /// thread is not the one waiting for the kernel.
     pub fn port_opener(&self) -> PortOpener {
-        PortOpener {
-            commands: self.commands.clone(),
-            waker: self.waker.clone(),
-        }
+        self.opener.clone()
     }
 
     /// Close a port.
     pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
-        Ok(self.exec(move |io| io.remove_port(port))??)
+        self.opener.remove_port(port)
     }
 
     /// Next hops the engine asked to resolve since the last call.
@@ -216,7 +205,7 @@ impl Engine {
     /// Stop the worker and wait for it.
     pub fn stop(&mut self) {
         self.control.stop.store(true, Ordering::Relaxed);
-        self.waker.wake();
+        self.opener.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
