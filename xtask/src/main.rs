@@ -86,8 +86,8 @@ enum Cmd {
         /// Pods per plugin (cni).
         #[arg(long, default_value_t = 100)]
         pods: usize,
-        /// The agent's warm pool size (cni; 0: every ADD plumbs cold).
-        #[arg(long, default_value_t = 4)]
+        /// The agent's warm pool size (cni; 0, the agent's default: every ADD plumbs cold).
+        #[arg(long, default_value_t = 0)]
         warm_pods: usize,
         /// Frames in the agent's UMEM (cni; default: the agent's default).
         #[arg(long)]

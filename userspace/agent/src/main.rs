@@ -49,12 +49,13 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
-    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). More frames give
-    /// deeper fill rings when a node has many pods, but every AF_XDP socket opened on the
-    /// shared UMEM makes the kernel allocate and clear per-frame state for the whole UMEM
-    /// (measured on a 2-core VM: 8192 frames ~4 ms per new socket, 32768 ~18 ms), which the
-    /// warm pool (`--warm-pods`) takes off the CNI ADD path.
-    #[arg(long, default_value_t = 32768)]
+    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). Fill rings are
+    /// sized by activity (an idle pod holds 32 frames, a busy port up to 512), so 8192
+    /// frames serve a couple of hundred pods. More frames cost CNI ADD time: every AF_XDP
+    /// socket opened on the shared UMEM makes the kernel allocate and clear per-frame
+    /// state for the whole UMEM (measured on a 2-core VM: 8192 frames ~4 ms per new
+    /// socket, 32768 ~18 ms), which a warm pool (`--warm-pods`) takes off the ADD path.
+    #[arg(long, default_value_t = 8192)]
     frames: u32,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
@@ -75,8 +76,9 @@ struct Args {
     /// With `--cni-socket`: spare pod veths kept ready (AF_XDP socket open, XDP attached),
     /// so a CNI ADD does not wait for the kernel's AF_XDP setup; 0 disables the pool.
     /// Adopting a spare moves its peer into the pod's namespace, which costs a kernel RCU
-    /// barrier (~17 ms): with a small `--frames`, plumbing cold is quicker.
-    #[arg(long, default_value_t = 4)]
+    /// barrier (~17 ms): with the default `--frames`, plumbing cold is quicker, so the
+    /// pool is off unless asked for (it pays off with a large UMEM).
+    #[arg(long, default_value_t = 0)]
     warm_pods: usize,
     /// What the agent leaves behind when it exits (or dies). `detach`: the XDP programs are
     /// removed, the node's kernel takes all traffic back (pods are cut off). `keep` (for

@@ -64,16 +64,19 @@ pub struct XskConfig {
     pub rx_size: u32,
     /// TX ring entries per port.
     pub tx_size: u32,
-    /// Frames kept in each port's fill ring (at most `fill_size`), while the
-    /// pool is large enough: with many ports the target shrinks so that the
-    /// fill rings together hold at most half of the pool, shared evenly (but
-    /// never below [`MIN_FILL_TARGET`]); see [`XskIo::fill_target`].
+    /// The most frames a busy port's fill ring is kept topped up to (at most
+    /// `fill_size`). Fill rings are sized by activity: a new port gets
+    /// [`MIN_FILL_TARGET`] frames; a port that drains at least half of its fill ring
+    /// between two [`PacketIo::flush`]es doubles its target, up to this, while more
+    /// than a quarter of the pool is free; a port refilled while less than a quarter
+    /// is free halves its target again. So many idle ports (pods) hold little, and
+    /// the frames go where the traffic is (see [`XskPortStats::fill_target`]).
     pub fill_target: u32,
     /// Device whose queue 0 anchors the UMEM (it receives nothing).
     pub anchor_ifname: String,
 }
 
-/// The smallest per-port fill target the pool's sharing among many ports goes down to.
+/// The fill target of a new or idle port (or `fill_target`, if that is smaller).
 pub const MIN_FILL_TARGET: u32 = 32;
 
 impl Default for XskConfig {
@@ -131,6 +134,11 @@ pub struct XskPortStats {
     pub ring_invalid: u64,
     /// Frames currently in this port's fill/RX rings.
     pub fill_frames: u32,
+    /// Frames this port's fill ring is topped up to now: from [`MIN_FILL_TARGET`]
+    /// (idle) up to the configured `fill_target` (busy); see [`XskConfig::fill_target`].
+    pub fill_target: u32,
+    /// Times this port's fill target grew because the port was busy.
+    pub fill_grown: u64,
     /// Frames currently in this port's TX ring or awaiting completion.
     pub tx_in_flight: u32,
 }
@@ -306,8 +314,6 @@ pub struct XskIo {
     /// `wake` first, then every port's socket.
     pollfds: Vec<libc::pollfd>,
     pollfds_stale: bool,
-    /// The current per-port fill target (see [`XskIo::fill_target`]).
-    fill_target: u32,
     /// An eventfd in the poll set: [`Waker::wake`] ends a [`PacketIo::wait`] early.
     wake: Arc<OwnedFd>,
     cfg: XskConfig,
@@ -478,7 +484,6 @@ impl XskIo {
             free,
             pollfds: Vec::new(),
             pollfds_stale: true,
-            fill_target: cfg.fill_target,
             wake: Arc::new(new_eventfd()?),
             // Checked above: fits in the frame, hence in u16.
             rx_offset: rx_offset as u16,
@@ -515,7 +520,6 @@ impl XskIo {
             }
         };
         let fd = port.fd;
-        self.fill_target = self.shared_fill_target(self.ports.iter().flatten().count() + 1);
         self.refill(id, &mut port);
         if slot == self.ports.len() {
             self.ports.push(Some(port));
@@ -564,7 +568,10 @@ impl XskIo {
             fd,
             ifname: ifname.to_string(),
             queue_id,
-            stats: XskPortStats::default(),
+            stats: XskPortStats {
+                fill_target: MIN_FILL_TARGET.min(self.cfg.fill_target),
+                ..XskPortStats::default()
+            },
         })
     }
 
@@ -591,24 +598,8 @@ impl XskIo {
         while self.ports.last().is_some_and(Option::is_none) {
             self.ports.pop();
         }
-        self.fill_target = self.shared_fill_target(self.ports.iter().flatten().count());
         self.pollfds_stale = true;
         Ok(())
-    }
-
-    /// Frames each port's fill ring is topped up to now: the configured
-    /// `fill_target`, or less when `ports` fill rings at that target would hold more
-    /// than half of the pool (the rest stays for frames in flight). A port holding more
-    /// than a lowered target keeps its frames until packets use them.
-    pub fn fill_target(&self) -> u32 {
-        self.fill_target
-    }
-
-    fn shared_fill_target(&self, ports: usize) -> u32 {
-        let share = (self.mem.num_frames / 2) / (ports.max(1) as u32);
-        self.cfg
-            .fill_target
-            .min(share.max(MIN_FILL_TARGET.min(self.cfg.fill_target)))
     }
 
     /// The socket fd of `port` (for the XSKMAP), if the port exists.
@@ -682,28 +673,45 @@ impl XskIo {
         self.ports.get(usize::from(port)).and_then(Option::as_ref)
     }
 
-    /// Top the fill ring of `p` up to `fill_target` from the free pool.
+    /// Fill the fill ring of a new port `p` up to its initial fill target.
     fn refill(&mut self, id: PortId, p: &mut Port) {
         refill_port(
             id,
             p,
             &mut self.owner,
             &mut self.free,
-            self.fill_target,
+            (&self.cfg, false),
             self.mem.frame_size as u64,
         );
     }
 }
 
-/// Top the fill ring of port `id` up to `target` frames from the free pool.
+/// With `adjust`, fit the fill target of port `id` to its activity since the last
+/// refill (see [`XskConfig::fill_target`]); then top its fill ring up to the target
+/// from the free pool.
 fn refill_port(
     id: PortId,
     p: &mut Port,
     owner: &mut [Owner],
     free: &mut Vec<BufIdx>,
-    target: u32,
+    (cfg, adjust): (&XskConfig, bool),
     frame_size: u64,
 ) {
+    let s = &mut p.stats;
+    let floor = MIN_FILL_TARGET.min(cfg.fill_target);
+    // A quarter of the pool stays free for frames in flight (vectors, TX rings).
+    let reserve = (cfg.num_frames / 4) as usize;
+    if adjust && free.len() <= reserve {
+        // Short of frames: a port using its fill ring gives some back as it receives.
+        if s.fill_frames < s.fill_target {
+            s.fill_target = (s.fill_target / 2).max(floor);
+        }
+    } else if adjust && s.fill_frames <= s.fill_target / 2 && s.fill_target < cfg.fill_target {
+        // Busy: half of the ring (or more) was used since the last refill.
+        s.fill_target = (s.fill_target * 2).min(cfg.fill_target);
+        s.fill_grown += 1;
+    }
+    let target = s.fill_target;
     let want = target.saturating_sub(p.stats.fill_frames);
     let n = (want as usize).min(free.len());
     if n == 0 {
@@ -945,7 +953,14 @@ impl PacketIo for XskIo {
                 first_err.get_or_insert(e);
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            refill_port(id, p, &mut self.owner, &mut self.free, self.fill_target, fs);
+            refill_port(
+                id,
+                p,
+                &mut self.owner,
+                &mut self.free,
+                (&self.cfg, true),
+                fs,
+            );
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferroplane_io::{BufIdx, Desc, FrameMemory, PacketIo, PortId, XskConfig, XskIo};
+use ferroplane_io::{
+    BufIdx, Desc, FrameMemory, PacketIo, PortId, XskConfig, XskIo, MIN_FILL_TARGET,
+};
 
 const A0: &str = "02:00:00:00:0a:00";
 const A1: &str = "02:00:00:00:0a:01";
@@ -240,10 +242,10 @@ fn xsk_forwards_between_ports_sharing_one_umem() {
         let pool = io.pool_stats();
         assert_eq!(
             pool.fill,
-            2 * cfg.fill_target,
-            "fill rings filled at add_port"
+            2 * MIN_FILL_TARGET,
+            "fill rings filled at add_port, to the idle target"
         );
-        assert_eq!(pool.free, cfg.num_frames - 2 * cfg.fill_target);
+        assert_eq!(pool.free, cfg.num_frames - 2 * MIN_FILL_TARGET);
 
         let mut xdp_a = XdpToXsk::attach("a0");
         xdp_a.set_socket(0, fd_a);
@@ -454,36 +456,79 @@ fn waker_ends_a_wait_early_with_and_without_ports() {
 }
 
 #[test]
-fn fill_rings_share_the_pool_as_ports_are_added() {
-    if !root_or_skip("fill_rings_share_the_pool_as_ports_are_added") {
+fn fill_rings_follow_activity() {
+    if !root_or_skip("fill_rings_follow_activity") {
         return;
     }
     let ns = two_veth_pairs("share");
+    let ns_name = ns.name().to_string();
     in_netns(&ns, move || {
         // 4096 frames, configured target 1024: four ports at that target would take the
         // whole pool and leave nothing for frames in flight.
         let cfg = small_config();
         let mut io = XskIo::new(cfg.clone()).unwrap();
         let mut ports = Vec::new();
-        let mut targets = Vec::new();
         for ifname in ["a0", "b0", "a1", "b1"] {
-            ports.push(io.add_port(ifname, 0).unwrap().0);
-            targets.push(io.fill_target());
+            ports.push(io.add_port(ifname, 0).unwrap());
         }
-        assert_eq!(targets, vec![1024, 1024, 682, 512]);
-        for &p in &ports {
-            let filled = io.port_stats(p).unwrap().fill_frames;
-            assert!(filled >= 512, "port {p} got only {filled} fill frames");
+        let fill = |io: &XskIo, p: PortId| {
+            let s = io.port_stats(p).unwrap();
+            (s.fill_target, s.fill_frames)
+        };
+        for &(p, _) in &ports {
+            assert_eq!(fill(&io, p), (MIN_FILL_TARGET, MIN_FILL_TARGET));
         }
-        let pool = io.pool_stats();
+        assert_eq!(io.pool_stats().free, cfg.num_frames - 4 * MIN_FILL_TARGET);
+        // Idle ports keep their small fill rings however often they are flushed.
+        for _ in 0..100 {
+            io.flush().unwrap();
+        }
+        assert_eq!(io.pool_stats().fill, 4 * MIN_FILL_TARGET);
+
+        // Traffic into port A (a1 -> a0): its fill ring grows; the others stay small.
+        let (pa, fd_a) = ports[0];
+        let pb = ports[1].0;
+        let mut xdp_a = XdpToXsk::attach("a0");
+        xdp_a.set_socket(0, fd_a);
+        let n = 50_000;
+        let sender = spawn_sender(ns_name.clone(), "a1", A0, A1, 0x1, n, false);
+        let t = forward(&mut io, pa, pb, sender, n, 0x1, B1, B0, None);
+        let sa = io.port_stats(pa).unwrap();
+        eprintln!("busy port: {sa:?} after {t:?}");
+        assert!(t.received > 0, "{t:?}");
         assert!(
-            pool.free >= 512,
-            "the fill rings took the pool: {pool:?} (targets {targets:?})"
+            sa.fill_grown > 0 && sa.fill_target > MIN_FILL_TARGET,
+            "{sa:?}"
         );
-        // Closing ports raises the target again; their frames come back.
-        io.remove_port(ports[3]).unwrap();
-        io.remove_port(ports[2]).unwrap();
-        assert_eq!(io.fill_target(), 1024);
-        assert_eq!(io.pool_stats().fill + io.pool_stats().free, cfg.num_frames);
+        assert!(sa.fill_target <= cfg.fill_target, "{sa:?}");
+        for &(p, _) in &ports[1..] {
+            assert_eq!(fill(&io, p), (MIN_FILL_TARGET, MIN_FILL_TARGET), "port {p}");
+        }
+        settle_and_count(&mut io, &[pa, pb, ports[2].0, ports[3].0]);
+        let grown = io.port_stats(pa).unwrap().fill_target;
+
+        // Short of frames (the caller holds most of the pool): a port that uses its
+        // fill ring lowers its target and the pool keeps a reserve.
+        let mut held = vec![0; (cfg.num_frames - cfg.num_frames / 4 - grown) as usize];
+        let got = io.alloc(&mut held);
+        held.truncate(got);
+        assert!(
+            io.free_frames() <= cfg.num_frames as usize / 4,
+            "{:?}",
+            io.pool_stats()
+        );
+        let sender = spawn_sender(ns_name, "a1", A0, A1, 0x2, 2000, true);
+        let t = forward(&mut io, pa, pb, sender, 2000, 0x2, B1, B0, None);
+        let sa = io.port_stats(pa).unwrap();
+        eprintln!("short of frames: {sa:?} after {t:?}");
+        assert!(t.received > 0, "{t:?}");
+        assert!(sa.fill_target < grown, "{sa:?} (was {grown})");
+        io.free(&held);
+        settle_and_count(&mut io, &[pa, pb, ports[2].0, ports[3].0]);
+        drop(xdp_a);
+        for (p, _) in ports {
+            io.remove_port(p).unwrap();
+        }
+        assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
     });
 }
