@@ -199,7 +199,12 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
     );
     let burst_ratio = percentile_ms(&fp_burst.add, 50.0) / percentile_ms(&br_burst.add, 50.0);
     println!(
-        "\n--- burst: the same pods back to back (the warm pool drains and refills meanwhile) ---"
+        "\n--- burst: the same pods back to back{} ---",
+        if warm_pods > 0 {
+            " (the warm pool drains and refills meanwhile)"
+        } else {
+            ""
+        }
     );
     println!("{}", line("ferroplane-cni ADD (agent)", &fp_burst.add));
     println!(
