@@ -403,7 +403,8 @@ fn agent_in_kubernetes_mode() {
                 use std::io::{Read, Write};
                 let mut s = std::net::TcpStream::connect(&addr).ok()?;
                 s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .ok()?;
                 let mut out = String::new();
                 s.read_to_string(&mut out).ok()?;
                 Some(out)

@@ -183,7 +183,8 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
         p.step("burst: the same back to back", || pass("b", Duration::ZERO))?;
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     drop(agent);
-    let breakdown = phase_breakdown(&log, WARMUP);
+    let breakdown = phase_breakdown(&log, "CNI ADD phases", WARMUP);
+    let del_breakdown = phase_breakdown(&log, "CNI DEL phases", WARMUP);
     let ratio = percentile_ms(&fp.add, 50.0) / percentile_ms(&br.add, 50.0);
     println!(
         "\n=== CNI ADD latency, {pods} pods, plugin process wall time (same run, alternating, {} ms apart) ===",
@@ -224,6 +225,14 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
             println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
         }
     }
+    if !del_breakdown.is_empty() {
+        let agent_p50: f64 = del_breakdown.iter().map(|(_, p50, _)| p50).sum();
+        println!("\nWhere a ferroplane DEL's time goes (agent log, ms; sum of p50s {agent_p50:.2} of the {:.2} p50 wall time):",
+            percentile_ms(&fp.del, 50.0));
+        for (name, p50, mean) in &del_breakdown {
+            println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
+        }
+    }
     Ok(())
 }
 
@@ -246,14 +255,14 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// Per phase (in first-seen order): p50 and mean in ms over the agent's
-/// `CNI ADD phases (ms) ... phases=name=ms name=ms ...` lines, skipping the first `skip`.
-fn phase_breakdown(log: &str, skip: usize) -> Vec<(String, f64, f64)> {
+/// `<marker> (ms) ... phases=name=ms name=ms ...` lines, skipping the first `skip`.
+fn phase_breakdown(log: &str, marker: &str, skip: usize) -> Vec<(String, f64, f64)> {
     let mut order: Vec<String> = Vec::new();
     let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
     let lines = log
         .lines()
         .map(strip_ansi)
-        .filter(|l| l.contains("CNI ADD phases"))
+        .filter(|l| l.contains(marker))
         .skip(skip)
         .collect::<Vec<_>>();
     let n = lines.len();

@@ -96,6 +96,19 @@ impl PortOpener {
     pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
         Ok(self.exec(move |io| io.remove_port(port))??)
     }
+
+    /// [`Engine::close_port`] from any thread.
+    pub fn close_port(&self, port: PortId) -> Result<(), EngineError> {
+        self.commands
+            .send(Box::new(move |io: &mut XskIo| {
+                if let Err(e) = io.remove_port(port) {
+                    tracing::warn!(port, "closing AF_XDP port: {e}");
+                }
+            }))
+            .map_err(|_| EngineError::Gone)?;
+        self.waker.wake();
+        Ok(())
+    }
 }
 
 impl Engine {
@@ -187,9 +200,18 @@ impl Engine {
         self.opener.clone()
     }
 
-    /// Close a port.
+    /// Close a port and wait until it is closed.
     pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
         self.opener.remove_port(port)
+    }
+
+    /// Close a port without waiting: the worker closes it next (commands run in order, so
+    /// a later [`Engine::add_port`] may reuse its id), and logs a failure. Closing a bound
+    /// AF_XDP socket waits for an RCU grace period (~12 ms here), which the caller can
+    /// spend on other work, e.g. deleting the interface. Unlink the port from the XSKMAP
+    /// first.
+    pub fn close_port(&self, port: PortId) -> Result<(), EngineError> {
+        self.opener.close_port(port)
     }
 
     /// Next hops the engine asked to resolve since the last call.

@@ -59,13 +59,24 @@ pub async fn serve(
             };
             let health = health.clone();
             tokio::spawn(async move {
+                // The request line may come in several segments: read until its end.
                 let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let mut n = 0;
+                let read_line = async {
+                    while n < buf.len() && !buf[..n].contains(&b'\n') {
+                        match stream.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                    }
                 };
+                if tokio::time::timeout(Duration::from_secs(5), read_line)
+                    .await
+                    .is_err()
+                    || n == 0
+                {
+                    return;
+                }
                 let text = String::from_utf8_lossy(&buf[..n]);
                 let line = text.lines().next().unwrap_or("");
                 let (code, body) = answer(line, &health);
@@ -99,5 +110,26 @@ mod tests {
         assert_eq!(answer("GET /readyz HTTP/1.1", &h).0, 200);
         assert_eq!(answer("GET /x HTTP/1.1", &h).0, 404);
         assert_eq!(answer("POST /healthz HTTP/1.1", &h).0, 405);
+    }
+
+    /// A request line that arrives in several segments (a client writing piece by piece)
+    /// is read whole, not answered from its first piece.
+    #[tokio::test]
+    async fn request_line_in_segments() {
+        let h = Arc::new(Health::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let server = serve(addr, h).await.expect("serve");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        for piece in ["GET ", "/healthz", " HTTP/1.1\r\n", "Host: x\r\n\r\n"] {
+            s.write_all(piece.as_bytes()).await.expect("write");
+            s.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        server.abort();
     }
 }

@@ -386,27 +386,33 @@ impl Agent {
         Ok(phases)
     }
 
-    /// Tears a pod down: tables first, then its AF_XDP port, XDP and the veth pair.
+    /// Tears a pod down (CNI DEL and GC): tables first, then XDP, then its AF_XDP port
+    /// (closed by the engine while the veth pair is deleted), recording the phases.
     /// Returns whether anything was there.
-    async fn remove_pod(&mut self, pod: &PodSpec) -> Result<bool> {
+    async fn remove_pod(&mut self, pod: &PodSpec, phases: &mut Phases) -> Result<bool> {
         let key = pod.key();
         let known = self.state.pods.remove(&key);
         if let Some(p) = &known {
             self.publish()?;
+            phases.mark("publish");
             {
                 let mut bpf = self.bpf()?;
                 if let Some(port) = p.port {
                     let _ = bpf.clear_xsk(u32::from(port));
                 }
                 let _ = bpf.remove_iface(p.host_ifindex);
+                phases.mark("bpf_maps");
                 if let Err(e) = bpf.detach(&p.host_ifname) {
                     warn!(pod = %key, "detaching XDP: {e}");
                 }
+                phases.mark("xdp_detach");
             }
             if let Some(port) = p.port {
+                // The socket's close (an RCU grace period) overlaps the veth's deletion.
                 self.engine
-                    .remove_port(port)
+                    .close_port(port)
                     .with_context(|| format!("closing the AF_XDP port of {key}"))?;
+                phases.mark("af_xdp");
             }
         }
         let deleted = self
@@ -414,6 +420,7 @@ impl Agent {
             .delete_pod(pod)
             .await
             .with_context(|| format!("deleting the veth of {key}"))?;
+        phases.mark("veth");
         if known.is_some() || deleted {
             info!(pod = %key, "pod removed");
         }
@@ -465,8 +472,10 @@ impl Agent {
                 let _ = reply.send(r);
             }
             PodOp::Del { pod, reply } => {
-                let r = self.remove_pod(&pod).await.map_err(|e| format!("{e:#}"));
-                let _ = reply.send(r);
+                let mut phases = Phases::new();
+                let r = self.remove_pod(&pod, &mut phases).await;
+                info!(pod = %pod.key(), phases = %phases, "CNI DEL phases (ms)");
+                let _ = reply.send(r.map_err(|e| format!("{e:#}")));
             }
             PodOp::Get { key, reply } => {
                 let _ = reply.send(self.state.pods.get(&key).map(plumbed));
