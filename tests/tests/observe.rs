@@ -1,8 +1,83 @@
 //! ferroctl's packet trace and capture against a running node.
 
-use ferroplane_e2e::probe::ping;
-use ferroplane_e2e::topology::Topology;
+use ferroplane_e2e::probe::{ping, tcp_transfer};
+use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, require_root};
+use serde_json::Value;
+
+/// The engine interface (host-side veth) of pod `i`, from `show interfaces`.
+fn pod_iface(topo: &Topology, agent: &AgentGuard, i: usize) -> String {
+    let ip = topo.pods[i].ip.to_string();
+    let ifs = agent.ctl_json(&["show", "interfaces"]).expect("interfaces");
+    ifs.as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["pod"].as_str().is_some_and(|p| p.contains(&ip)))
+        .unwrap_or_else(|| panic!("no interface of pod {i} in {ifs}"))["name"]
+        .as_str()
+        .expect("name")
+        .to_string()
+}
+
+/// `ferroctl show buffers`: the frame pool adds up, an idle pod's port holds the small fill
+/// target, and a bulk transfer grows the fill ring of the port the data arrives on.
+#[test]
+fn buffers_show_the_pool_and_fill_rings_following_traffic() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(2).expect("topology");
+    let agent = topo.start_agent(&bin_dir()).expect("agent");
+    let (pod0_if, pod1_if) = (pod_iface(&topo, &agent, 0), pod_iface(&topo, &agent, 1));
+    let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let port = |b: &Value, ifname: &str| -> Value {
+        b["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["interface"] == ifname))
+            .unwrap_or_else(|| panic!("no port on {ifname} in {b}"))
+            .clone()
+    };
+    let before = agent.ctl_json(&["show", "buffers"]).expect("show buffers");
+    let total = num(&before, "total");
+    assert!(total > 0, "{before}");
+    assert_eq!(
+        ["free", "fill", "tx", "user"]
+            .iter()
+            .map(|k| num(&before, k))
+            .sum::<u64>(),
+        total,
+        "every frame is somewhere: {before}"
+    );
+    let max = num(&before, "max_fill_target");
+    assert!(
+        before["ports"].as_array().is_some_and(|p| p.len() >= 3),
+        "{before}"
+    );
+    let idle = port(&before, &pod0_if);
+    assert_eq!(num(&idle, "fill_target"), 32, "an idle pod's port: {idle}");
+    assert_eq!(num(&idle, "fill_grown"), 0, "{idle}");
+
+    let t = tcp_transfer(
+        &topo.pods[0].ns,
+        &topo.pods[1].ns,
+        topo.pods[1].ip,
+        5401,
+        20 << 20,
+    )
+    .expect("20 MB pod0 -> pod1");
+    assert_eq!(t.bytes, 20 << 20);
+    let after = agent.ctl_json(&["show", "buffers"]).expect("show buffers");
+    let busy = port(&after, &pod0_if);
+    eprintln!("pod0's port after 20 MB: {busy}");
+    assert!(num(&busy, "fill_grown") > 0, "{busy}");
+    assert!(
+        (33..=max).contains(&num(&busy, "fill_target")),
+        "the port the data arrives on grows its fill ring: {busy}"
+    );
+    let text = agent.ctl(&["show", "buffers"]).expect("table");
+    assert!(text.starts_with(&format!("pool: {total} frames")), "{text}");
+    assert!(text.contains(&pod1_if), "{text}");
+}
 
 #[test]
 fn trace_shows_the_path_of_a_packet_and_of_a_drop() {
@@ -11,21 +86,7 @@ fn trace_shows_the_path_of_a_packet_and_of_a_drop() {
     }
     let topo = Topology::single_node(2).expect("topology");
     let agent = topo.start_agent(&bin_dir()).expect("agent");
-    let pod0_if = {
-        let ifs = agent.ctl_json(&["show", "interfaces"]).expect("interfaces");
-        ifs.as_array()
-            .expect("array")
-            .iter()
-            .find(|i| {
-                i["pod"]
-                    .as_str()
-                    .is_some_and(|p| p.contains(&topo.pods[0].ip.to_string()))
-            })
-            .expect("pod0 interface")["name"]
-            .as_str()
-            .expect("name")
-            .to_string()
-    };
+    let pod0_if = pod_iface(&topo, &agent, 0);
     let dst = topo.pods[1].ip.to_string();
     agent
         .ctl(&[
@@ -91,20 +152,7 @@ fn capture_of_100_pings_decodes_with_tshark() {
     }
     let topo = Topology::single_node(2).expect("topology");
     let agent = topo.start_agent(&bin_dir()).expect("agent");
-    let ifs = agent.ctl_json(&["show", "interfaces"]).expect("interfaces");
-    let pod1_if = ifs
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|i| {
-            i["pod"]
-                .as_str()
-                .is_some_and(|p| p.contains(&topo.pods[1].ip.to_string()))
-        })
-        .expect("pod1 interface")["name"]
-        .as_str()
-        .expect("name")
-        .to_string();
+    let pod1_if = pod_iface(&topo, &agent, 1);
     let file = topo.dir().join("pings.pcap");
     let file_s = file.to_string_lossy().to_string();
     // Capture what is sent to pod1: the echo requests from pod0.

@@ -134,6 +134,21 @@ fn created(topo: &Topology) -> String {
     s
 }
 
+/// Appends `title`, then the output of `ferroctl show <what>`, indented.
+fn ctl_section(s: &mut String, agent: &AgentGuard, title: &str, what: &str) {
+    let _ = writeln!(s, "\n{title}");
+    match agent.ctl(&["show", what]) {
+        Ok(text) => {
+            for line in text.lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  (ferroctl failed: {e})");
+        }
+    }
+}
+
 fn summary(topo: &Topology, agent: &AgentGuard, checks: &[Check]) -> String {
     let mut s = String::from("\n=== ferroplane demo ===\n\ncreated:\n");
     s.push_str(&created(topo));
@@ -158,37 +173,30 @@ fn summary(topo: &Topology, agent: &AgentGuard, checks: &[Check]) -> String {
     }
     let passed = checks.iter().filter(|c| c.ok).count();
     let _ = writeln!(s, "  {passed}/{} checks passed", checks.len());
-    let _ = writeln!(s, "\nengine counters (ferroctl show counters):");
-    match agent.ctl(&["show", "counters"]) {
-        Ok(text) => {
-            for line in text.lines() {
-                let _ = writeln!(s, "  {line}");
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(s, "  (ferroctl failed: {e})");
-        }
-    }
+    ctl_section(
+        &mut s,
+        agent,
+        "engine counters (ferroctl show counters):",
+        "counters",
+    );
+    ctl_section(
+        &mut s,
+        agent,
+        "AF_XDP frames (ferroctl show buffers): the pods' ports that carried traffic grew their fill rings:",
+        "buffers",
+    );
     if checks.iter().any(|c| !c.ok) {
-        let _ = writeln!(
-            s,
-            "\nerror counters (ferroctl show errors), since a check failed:"
+        ctl_section(
+            &mut s,
+            agent,
+            "error counters (ferroctl show errors), since a check failed:",
+            "errors",
         );
-        match agent.ctl(&["show", "errors"]) {
-            Ok(text) => {
-                for line in text.lines() {
-                    let _ = writeln!(s, "  {line}");
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(s, "  (ferroctl failed: {e})");
-            }
-        }
     }
     let ctl = agent.ctl_bin().display().to_string();
     let sock = agent.socket().display().to_string();
     let _ = writeln!(s, "\nwhere to look:");
-    for what in ["counters", "interfaces", "routes", "errors"] {
+    for what in ["counters", "interfaces", "routes", "errors", "buffers"] {
         let _ = writeln!(s, "  {ctl} --socket {sock} show {what}");
     }
     let _ = writeln!(s, "  (add `-o json` for machine-readable output)");

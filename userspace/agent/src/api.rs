@@ -4,13 +4,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use ferroplane_api::{
-    CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount, NodeCounters,
-    Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+    BuffersReport, CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount,
+    NodeCounters, PortBuffers, Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo,
+    XdpReport,
 };
 use ferroplane_bpf::{Dataplane, FpDropReason, FpVerdict};
 use ferroplane_engine::counters::WorkerStats;
 use ferroplane_engine::graph::GraphInfo;
 use ferroplane_engine::{IfKind, Shared, WorkerControl};
+use ferroplane_io::{PacketIo, PortId};
 use ferroplane_tables::{AdjKind, RouteSource as TableSource};
 use serde_json::Value;
 
@@ -42,6 +44,8 @@ pub struct AgentView {
     pub sessions: Vec<Arc<Mutex<ferroplane_tables::Conntrack>>>,
     /// The service tables.
     pub services: crate::services::ServiceCacheHandle,
+    /// Runs queries on the engine worker (its AF_XDP frame pool).
+    pub worker: crate::engine::PortOpener,
 }
 
 impl AgentView {
@@ -210,6 +214,47 @@ impl AgentView {
     }
 }
 
+impl AgentView {
+    /// `show_buffers`: asks the worker where its frames are.
+    pub(crate) fn buffers(&self) -> Result<BuffersReport, String> {
+        self.worker
+            .exec(|io| {
+                let pool = io.pool_stats();
+                let ports = (0..io.num_ports())
+                    .filter_map(|i| {
+                        let port = PortId::try_from(i).ok()?;
+                        let (iface, queue) = io.port_info(port)?;
+                        let s = io.port_stats(port)?;
+                        let k = io.kernel_stats(port).unwrap_or_default();
+                        Some(PortBuffers {
+                            port,
+                            interface: iface.to_string(),
+                            queue,
+                            fill_target: s.fill_target,
+                            fill_frames: s.fill_frames,
+                            fill_grown: s.fill_grown,
+                            tx_in_flight: s.tx_in_flight,
+                            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+                            rx_ring_full: k.rx_ring_full,
+                            rx_dropped: k.rx_dropped,
+                        })
+                    })
+                    .collect();
+                BuffersReport {
+                    total: pool.total,
+                    frame_size: io.config().frame_size,
+                    free: pool.free,
+                    user: pool.user,
+                    fill: pool.fill,
+                    tx: pool.tx,
+                    max_fill_target: io.config().fill_target,
+                    ports,
+                }
+            })
+            .map_err(|e| format!("engine worker: {e}"))
+    }
+}
+
 fn json<T: serde::Serialize>(v: T) -> Result<Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
@@ -222,6 +267,7 @@ impl Handler for AgentView {
             Request::ShowCounters => json(self.counters()),
             Request::ShowErrors => json(self.errors()),
             Request::ShowXdp => json(self.xdp()?),
+            Request::ShowBuffers => json(self.buffers()?),
             Request::ClearCounters => {
                 for c in &self.controls {
                     c.clear.store(true, Ordering::Relaxed);

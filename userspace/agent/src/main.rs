@@ -744,6 +744,7 @@ async fn run(args: Args) -> Result<()> {
         bgp: bgp.as_ref().map(|b| b.speaker.clone()),
         sessions: agent.engine.sessions.iter().cloned().collect(),
         services: agent.state.services.clone(),
+        worker: agent.engine.port_opener(),
     };
     let view = Arc::new(view);
     let server = ApiServer::bind(&args.api_socket, view.clone())

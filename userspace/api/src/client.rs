@@ -171,6 +171,11 @@ impl Client {
         self.call_typed(&Request::ShowXdp)
     }
 
+    /// `show_buffers`.
+    pub fn buffers(&mut self) -> Result<crate::BuffersReport> {
+        self.call_typed(&Request::ShowBuffers)
+    }
+
     /// `clear_counters`.
     pub fn clear_counters(&mut self) -> Result<()> {
         self.call(&Request::ClearCounters).map(drop)

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod bgp;
+mod buffers;
 mod client;
 mod error;
 mod neighbors;
@@ -40,6 +41,7 @@ mod services;
 mod types;
 
 pub use bgp::{BgpPath, BgpPeer, BgpReport, BgpRoute};
+pub use buffers::{BuffersReport, PortBuffers};
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::{ApiError, Result};
 pub use neighbors::NeighborInfo;

@@ -85,6 +85,9 @@ pub enum Request {
     /// `show_neighbors`: answers `Vec<crate::NeighborInfo>` (the engine's next hops: IP,
     /// MAC, interface, state).
     ShowNeighbors,
+    /// `show_buffers`: answers [`crate::BuffersReport`] (the AF_XDP frame pool and each
+    /// port's fill ring).
+    ShowBuffers,
 }
 
 impl Request {
@@ -125,6 +128,7 @@ impl Request {
         },
         Request::ShowPolicies { pod: None },
         Request::ShowNeighbors,
+        Request::ShowBuffers,
     ];
 
     /// The wire name of the request (the value of `kind`).
@@ -149,6 +153,7 @@ impl Request {
             Request::ShowSessions { .. } => "show_sessions",
             Request::ShowPolicies { .. } => "show_policies",
             Request::ShowNeighbors => "show_neighbors",
+            Request::ShowBuffers => "show_buffers",
         }
     }
 }

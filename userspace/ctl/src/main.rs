@@ -97,6 +97,8 @@ enum Show {
     Routes,
     /// The engine's neighbours (next hops): address, MAC, interface, state.
     Neighbors,
+    /// The AF_XDP frame pool and each port's fill ring (like VPP `show buffers`).
+    Buffers,
     /// Per-node runtime counters (like VPP `show runtime`).
     Counters,
     /// Per-node error counters (like VPP `show errors`).
@@ -177,6 +179,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Interfaces => Request::ShowInterfaces,
             Show::Routes => Request::ShowRoutes,
             Show::Neighbors => Request::ShowNeighbors,
+            Show::Buffers => Request::ShowBuffers,
             Show::Counters => Request::ShowCounters,
             Show::Errors { .. } => Request::ShowErrors,
             Show::Xdp { .. } => Request::ShowXdp,
@@ -230,6 +233,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Interfaces => render::interfaces(&decode::<Vec<_>>(request, data)?),
             Show::Routes => render::routes(&decode::<Vec<_>>(request, data)?),
             Show::Neighbors => observe::render_neighbors(&decode::<Vec<_>>(request, data)?),
+            Show::Buffers => render::buffers(&decode(request, data)?),
             Show::Counters => render::counters(&decode(request, data)?),
             Show::Errors { all } => render::errors(&decode::<Vec<_>>(request, data)?, *all),
             Show::Xdp { all } => render::xdp(&decode(request, data)?, *all),

@@ -164,6 +164,44 @@ pub fn xdp(report: &XdpReport, all: bool) -> String {
     )
 }
 
+/// `show buffers`: the pool on one line, then one line per AF_XDP port.
+pub fn buffers(r: &ferroplane_api::BuffersReport) -> String {
+    use Align::{Left, Right};
+    let mut out = format!(
+        "pool: {} frames of {} bytes: free {}, in fill rings {}, in TX {}, in the engine {}; \
+         busy ports grow their fill ring to {}\n",
+        r.total, r.frame_size, r.free, r.fill, r.tx, r.user, r.max_fill_target
+    );
+    let mut t = Table::new(&[
+        ("Port", Right),
+        ("Interface", Left),
+        ("Queue", Right),
+        ("Fill-target", Right),
+        ("Fill", Right),
+        ("Grown", Right),
+        ("Tx", Right),
+        ("Fill-empty", Right),
+        ("Rx-full", Right),
+        ("Rx-dropped", Right),
+    ]);
+    for p in &r.ports {
+        t.row([
+            p.port.to_string(),
+            p.interface.clone(),
+            p.queue.to_string(),
+            p.fill_target.to_string(),
+            p.fill_frames.to_string(),
+            p.fill_grown.to_string(),
+            p.tx_in_flight.to_string(),
+            p.rx_fill_ring_empty.to_string(),
+            p.rx_ring_full.to_string(),
+            p.rx_dropped.to_string(),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
 /// First line of `ferroctl version`.
 pub fn client_version() -> String {
     format!(
@@ -232,6 +270,46 @@ pub fn tunnels(r: &ferroplane_api::TunnelsReport) -> String {
 mod tests {
     use super::*;
     use ferroplane_api::{NodeCounters, RoutePath, RouteSource, Severity};
+
+    #[test]
+    fn buffers_pool_line_then_ports() {
+        let r = ferroplane_api::BuffersReport {
+            total: 8192,
+            frame_size: 2048,
+            free: 7000,
+            user: 0,
+            fill: 1192,
+            tx: 0,
+            max_fill_target: 512,
+            ports: vec![ferroplane_api::PortBuffers {
+                port: 0,
+                interface: "up0".into(),
+                queue: 0,
+                fill_target: 512,
+                fill_frames: 500,
+                fill_grown: 4,
+                tx_in_flight: 0,
+                rx_fill_ring_empty: 3,
+                rx_ring_full: 0,
+                rx_dropped: 0,
+            }],
+        };
+        let text = buffers(&r);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "pool: 8192 frames of 2048 bytes: free 7000, in fill rings 1192, in TX 0, \
+                 in the engine 0; busy ports grow their fill ring to 512"
+            )
+        );
+        assert!(lines.next().is_some_and(|h| h.contains("Fill-target")));
+        let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["0", "up0", "0", "512", "500", "4", "0", "3", "0", "0"]
+        );
+    }
 
     #[test]
     fn routes_one_line_per_path() {
