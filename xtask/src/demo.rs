@@ -182,7 +182,7 @@ fn summary(topo: &Topology, agent: &AgentGuard, checks: &[Check]) -> String {
     ctl_section(
         &mut s,
         agent,
-        "AF_XDP frames (ferroctl show buffers): the pods' ports that carried traffic grew their fill rings:",
+        "AF_XDP frames (ferroctl show buffers; a port's fill ring grows with its traffic):",
         "buffers",
     );
     if checks.iter().any(|c| !c.ok) {
