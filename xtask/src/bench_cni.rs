@@ -215,25 +215,24 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
     println!("{}", line("ferroplane-cni DEL", &fp_burst.del));
     println!("{}", line("bridge + host-local DEL", &br_burst.del));
     println!("burst ADD p50 ratio ferroplane / reference: {burst_ratio:.2}");
-    if breakdown.is_empty() {
-        println!("(no `CNI ADD phases` lines in the agent log: no per-phase breakdown)");
-    } else {
-        let agent_p50: f64 = breakdown.iter().map(|(_, p50, _)| p50).sum();
-        println!("\nWhere a ferroplane ADD's time goes (agent log, ms; sum of p50s {agent_p50:.2} of the {:.2} p50 wall time; the rest is the plugin process and its socket round trip):",
-            percentile_ms(&fp.add, 50.0));
-        for (name, p50, mean) in &breakdown {
-            println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
-        }
-    }
-    if !del_breakdown.is_empty() {
-        let agent_p50: f64 = del_breakdown.iter().map(|(_, p50, _)| p50).sum();
-        println!("\nWhere a ferroplane DEL's time goes (agent log, ms; sum of p50s {agent_p50:.2} of the {:.2} p50 wall time):",
-            percentile_ms(&fp.del, 50.0));
-        for (name, p50, mean) in &del_breakdown {
-            println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
-        }
-    }
+    print_breakdown("ADD", &breakdown, &fp.add);
+    print_breakdown("DEL", &del_breakdown, &fp.del);
     Ok(())
+}
+
+/// Prints where a ferroplane `op`'s time goes (from [`phase_breakdown`]) next to the p50
+/// of its wall times.
+fn print_breakdown(op: &str, breakdown: &[(String, f64, f64)], wall: &[Duration]) {
+    if breakdown.is_empty() {
+        println!("(no `CNI {op} phases` lines in the agent log: no per-phase breakdown)");
+        return;
+    }
+    let agent_p50: f64 = breakdown.iter().map(|(_, p50, _)| p50).sum();
+    println!("\nWhere a ferroplane {op}'s time goes (agent log, ms; sum of p50s {agent_p50:.2} of the {:.2} p50 wall time; the rest is the plugin process and its socket round trip):",
+        percentile_ms(wall, 50.0));
+    for (name, p50, mean) in breakdown {
+        println!("  {name:<12} p50 {p50:7.2}   mean {mean:7.2}");
+    }
 }
 
 /// Removes ANSI colour escapes (`ESC [ ... m`).

@@ -212,9 +212,7 @@ impl AgentView {
                 .collect(),
         })
     }
-}
 
-impl AgentView {
     /// `show_buffers`: asks the worker where its frames are.
     pub(crate) fn buffers(&self) -> Result<BuffersReport, String> {
         self.worker

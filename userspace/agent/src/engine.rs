@@ -76,14 +76,20 @@ impl PortOpener {
         f: impl FnOnce(&mut XskIo) -> T + Send + 'static,
     ) -> Result<T, EngineError> {
         let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Box::new(move |io: &mut XskIo| {
-                let _ = tx.send(f(io));
-            }))
-            .map_err(|_| EngineError::Gone)?;
-        self.waker.wake();
+        self.send(move |io| {
+            let _ = tx.send(f(io));
+        })?;
         rx.recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))
+    }
+
+    /// Queues `f` for the worker and wakes it, without waiting.
+    fn send(&self, f: impl FnOnce(&mut XskIo) + Send + 'static) -> Result<(), EngineError> {
+        self.commands
+            .send(Box::new(f))
+            .map_err(|_| EngineError::Gone)?;
+        self.waker.wake();
+        Ok(())
     }
 
     /// [`Engine::add_port`], blocking the calling thread until the worker has done it.
@@ -99,15 +105,11 @@ impl PortOpener {
 
     /// [`Engine::close_port`] from any thread.
     pub fn close_port(&self, port: PortId) -> Result<(), EngineError> {
-        self.commands
-            .send(Box::new(move |io: &mut XskIo| {
-                if let Err(e) = io.remove_port(port) {
-                    tracing::warn!(port, "closing AF_XDP port: {e}");
-                }
-            }))
-            .map_err(|_| EngineError::Gone)?;
-        self.waker.wake();
-        Ok(())
+        self.send(move |io| {
+            if let Err(e) = io.remove_port(port) {
+                tracing::warn!(port, "closing AF_XDP port: {e}");
+            }
+        })
     }
 }
 

@@ -680,39 +680,38 @@ impl XskIo {
             p,
             &mut self.owner,
             &mut self.free,
-            (&self.cfg, false),
             self.mem.frame_size as u64,
         );
     }
 }
 
-/// With `adjust`, fit the fill target of port `id` to its activity since the last
-/// refill (see [`XskConfig::fill_target`]); then top its fill ring up to the target
-/// from the free pool.
+/// Fit a port's fill target to its activity since its last refill, with `free` frames
+/// in the pool (see [`XskConfig::fill_target`]).
+fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig) {
+    let floor = MIN_FILL_TARGET.min(cfg.fill_target);
+    // A quarter of the pool stays free for frames in flight (vectors, TX rings).
+    let reserve = (cfg.num_frames / 4) as usize;
+    if free <= reserve {
+        // Short of frames: a port using its fill ring gives some back as it receives.
+        if s.fill_frames < s.fill_target {
+            s.fill_target = (s.fill_target / 2).max(floor);
+        }
+    } else if s.fill_frames <= s.fill_target / 2 && s.fill_target < cfg.fill_target {
+        // Busy: half of the ring (or more) was used since the last refill.
+        s.fill_target = (s.fill_target * 2).min(cfg.fill_target);
+        s.fill_grown += 1;
+    }
+}
+
+/// Top the fill ring of port `id` up to its fill target from the free pool.
 fn refill_port(
     id: PortId,
     p: &mut Port,
     owner: &mut [Owner],
     free: &mut Vec<BufIdx>,
-    (cfg, adjust): (&XskConfig, bool),
     frame_size: u64,
 ) {
-    let s = &mut p.stats;
-    let floor = MIN_FILL_TARGET.min(cfg.fill_target);
-    // A quarter of the pool stays free for frames in flight (vectors, TX rings).
-    let reserve = (cfg.num_frames / 4) as usize;
-    if adjust && free.len() <= reserve {
-        // Short of frames: a port using its fill ring gives some back as it receives.
-        if s.fill_frames < s.fill_target {
-            s.fill_target = (s.fill_target / 2).max(floor);
-        }
-    } else if adjust && s.fill_frames <= s.fill_target / 2 && s.fill_target < cfg.fill_target {
-        // Busy: half of the ring (or more) was used since the last refill.
-        s.fill_target = (s.fill_target * 2).min(cfg.fill_target);
-        s.fill_grown += 1;
-    }
-    let target = s.fill_target;
-    let want = target.saturating_sub(p.stats.fill_frames);
+    let want = p.stats.fill_target.saturating_sub(p.stats.fill_frames);
     let n = (want as usize).min(free.len());
     if n == 0 {
         return;
@@ -953,14 +952,8 @@ impl PacketIo for XskIo {
                 first_err.get_or_insert(e);
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            refill_port(
-                id,
-                p,
-                &mut self.owner,
-                &mut self.free,
-                (&self.cfg, true),
-                fs,
-            );
+            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg);
+            refill_port(id, p, &mut self.owner, &mut self.free, fs);
         }
         first_err.map_or(Ok(()), Err)
     }
