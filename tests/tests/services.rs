@@ -364,7 +364,10 @@ fn cluster_ip_node_port_load_balancer_and_spread() {
     assert!(names.contains(&n.as_str()), "{n}");
     assert_eq!(host(&peer), client.to_string());
 
-    // 1000 new connections spread over the 3 backends within ±15% of even.
+    // 1000 new connections spread over the 3 backends within ±20% of even.
+    // Source ports are the kernel's random ephemeral ones, so each count is
+    // binomial (mean 333, sd 15): ±67 is 4.5 sd, odds of a false failure
+    // about 2 in 100,000 runs (±15% was 3.4 sd: 1 in 400).
     let counts: HashMap<String, u32> = rig
         .pod(0)
         .run(|| {
@@ -380,7 +383,7 @@ fn cluster_ip_node_port_load_balancer_and_spread() {
     assert_eq!(counts.values().sum::<u32>(), 1000);
     for n in names {
         let c = *counts.get(n).unwrap_or(&0);
-        assert!((283..=383).contains(&c), "{n} got {c} of 1000: {counts:?}");
+        assert!((266..=400).contains(&c), "{n} got {c} of 1000: {counts:?}");
     }
 
     // From outside: NodePort, load-balancer IP, external IP (TCP), NodePort UDP.

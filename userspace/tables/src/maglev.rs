@@ -16,6 +16,13 @@
 //! [`SLOTS_PER_BACKEND`] × backends, capped at the configured maximum; callers
 //! that rebuild a table keep the previous size when it is larger (so removing
 //! a backend never reshuffles the table through a size change).
+//!
+//! Disruption: adding or removing a backend moves, besides that backend's own
+//! share, about 0.5% of the table on average at these sizes, but the tail is
+//! long: a few percent for some small sets, and up to a third when two of the
+//! remaining backends draw the same skip (their permutations are then shifts
+//! of one another; odds about n²/2M for n backends). Only new flows see it:
+//! the engine's connection tracking keeps established flows on their backend.
 
 /// The default (and largest) lookup table size: a prime.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -269,72 +276,130 @@ mod tests {
         }
     }
 
-    /// Slots that change owner although their owner survives, and slots that
-    /// end up on a different owner than expected, as a fraction of the table.
-    fn disruption(before: &Maglev, after: &Maglev, map: impl Fn(u16) -> Option<u16>) -> f64 {
+    /// Slots of surviving backends that change owner, as a fraction of the
+    /// table, when backend `v` of `before` is removed (`after` is built
+    /// without it: index i maps to i below v and to i - 1 above).
+    fn removal_moves(before: &Maglev, after: &Maglev, v: usize) -> f64 {
         let moved = before
             .slots()
             .iter()
             .zip(after.slots())
-            .filter(|(b, a)| match map(**b) {
-                Some(nb) => nb != **a,
-                None => false,
+            .filter(|(b, a)| {
+                let b = **b as usize;
+                b != v && (if b < v { b } else { b - 1 }) != **a as usize
             })
             .count();
         moved as f64 / before.size() as f64
     }
 
+    /// Slots that change owner to someone other than the added backend `new`.
+    fn addition_moves(before: &Maglev, after: &Maglev, new: u16) -> f64 {
+        let moved = before
+            .slots()
+            .iter()
+            .zip(after.slots())
+            .filter(|(b, a)| b != a && **a != new)
+            .count();
+        moved as f64 / before.size() as f64
+    }
+
+    /// Maglev's disruption is small on average but has a tail: a few percent
+    /// of the table for some small backend sets, and up to a third when two
+    /// survivors happen to draw the same skip (their permutations are then
+    /// shifts of one another; odds about n²/2M per set). A random-seeded
+    /// property test with a tight per-case bound therefore fails now and then
+    /// (it did in CI: n = 3, two keys with skip 56434, 8% moved). This checks
+    /// the statistics instead, on the same backend sets every run (splitmix64
+    /// from a fixed seed) and at the table sizes the engine uses
+    /// ([`Maglev::size_for`]): the mean stays under 1% and no set moves more
+    /// than a quarter. Keying by position (`hash % n`) instead of by backend
+    /// would move about half of the table on either change.
+    #[test]
+    fn disruption_is_small_on_average_and_bounded() {
+        let mut seed = 0x5eed_f00du64;
+        let mut next = || {
+            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            mix64(seed)
+        };
+        for n in [2usize, 3, 4, 5, 8, 16, 39] {
+            let sets = 120;
+            let size = Maglev::size_for(n, DEFAULT_TABLE_SIZE);
+            let (mut removal_sum, mut addition_sum) = (0.0, 0.0);
+            for _ in 0..sets {
+                let keys: Vec<u64> = (0..n).map(|_| next()).collect();
+                let before = Maglev::new(&backends(&keys), size).unwrap();
+
+                let v = (next() % n as u64) as usize;
+                let mut rest = keys.clone();
+                rest.remove(v);
+                let after = Maglev::new(&backends(&rest), size).unwrap();
+                let moved = removal_moves(&before, &after, v);
+                assert!(
+                    moved < 0.25,
+                    "n = {n}, keys {keys:?}: removing {v} moved {moved}"
+                );
+                removal_sum += moved;
+
+                let mut more = keys.clone();
+                more.push(next());
+                let after = Maglev::new(&backends(&more), size).unwrap();
+                let moved = addition_moves(&before, &after, n as u16);
+                assert!(moved < 0.25, "n = {n}, keys {keys:?}: adding moved {moved}");
+                addition_sum += moved;
+            }
+            let (removal, addition) = (removal_sum / sets as f64, addition_sum / sets as f64);
+            assert!(
+                removal < 0.01,
+                "n = {n}: removal moves {removal} of the table on average"
+            );
+            assert!(
+                addition < 0.01,
+                "n = {n}: addition moves {addition} of the table on average"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
-        /// Removing a backend: its slots are reassigned, and only a small
-        /// fraction of the slots of the surviving backends change owner.
+        /// Removing a backend: every slot it owned goes to a survivor, every
+        /// survivor's share is within one slot of M/(n-1), and no slot points
+        /// past the new backend list.
         #[test]
-        fn removal_is_minimally_disruptive(
+        fn removal_reassigns_the_victims_slots(
             keys in proptest::collection::hash_set(any::<u64>(), 2..40),
             victim in any::<prop::sample::Index>(),
         ) {
             let keys: Vec<u64> = keys.into_iter().collect();
-            let size = DEFAULT_TABLE_SIZE;
-            let before = Maglev::new(&backends(&keys), size).unwrap();
+            let size = Maglev::size_for(keys.len(), DEFAULT_TABLE_SIZE);
             let v = victim.index(keys.len());
             let mut rest = keys.clone();
             rest.remove(v);
             let after = Maglev::new(&backends(&rest), size).unwrap();
-            // index i in `keys` maps to i (i < v) or i-1 (i > v) in `rest`.
-            let map = |i: u16| -> Option<u16> {
-                let i = i as usize;
-                match i.cmp(&v) {
-                    std::cmp::Ordering::Less => Some(i as u16),
-                    std::cmp::Ordering::Equal => None,
-                    std::cmp::Ordering::Greater => Some(i as u16 - 1),
-                }
-            };
-            let d = disruption(&before, &after, map);
-            // The victim owned ~1/n of the table; everything else should stay put.
-            prop_assert!(d < 0.02, "{} of the surviving slots moved (n = {})", d, keys.len());
+            prop_assert_eq!(after.size(), size);
             prop_assert!(after.slots().iter().all(|&b| (b as usize) < rest.len()));
+            let fair = size as f64 / rest.len() as f64;
+            for (i, &c) in after.fill().iter().enumerate() {
+                prop_assert!((c as f64 - fair).abs() < 1.0, "backend {} holds {} of {}", i, c, size);
+            }
         }
 
-        /// Adding a backend takes about 1/(n+1) of the table and moves little else.
+        /// Adding a backend: every backend, the new one included, holds
+        /// M/(n+1) slots to within one.
         #[test]
-        fn addition_is_minimally_disruptive(
+        fn addition_takes_a_fair_share(
             keys in proptest::collection::hash_set(any::<u64>(), 2..40),
         ) {
             let mut keys: Vec<u64> = keys.into_iter().collect();
             let new = keys.pop().unwrap_or(0);
-            let size = DEFAULT_TABLE_SIZE;
-            let before = Maglev::new(&backends(&keys), size).unwrap();
+            let size = Maglev::size_for(keys.len() + 1, DEFAULT_TABLE_SIZE);
             let mut more = keys.clone();
             more.push(new);
             let after = Maglev::new(&backends(&more), size).unwrap();
-            let n = more.len() as f64;
-            let taken = after.slots().iter().filter(|&&b| b as usize == keys.len()).count() as f64
-                / size as f64;
-            prop_assert!((taken - 1.0 / n).abs() < 0.01, "new backend took {}", taken);
-            let changed = before.slots().iter().zip(after.slots()).filter(|(b, a)| b != a).count()
-                as f64 / size as f64;
-            prop_assert!(changed < taken + 0.02, "changed {} vs taken {}", changed, taken);
+            let fair = size as f64 / more.len() as f64;
+            for (i, &c) in after.fill().iter().enumerate() {
+                prop_assert!((c as f64 - fair).abs() < 1.0, "backend {} holds {} of {}", i, c, size);
+            }
         }
 
         /// Lookups are stable: the same hash gives the same backend in two builds.
