@@ -418,6 +418,27 @@ fn cni_lifecycle_50_pods() {
         !shown.to_string().contains("cni/"),
         "engine still lists CNI pods: {shown}"
     );
+    // Every pod's socket (50 pods, the chained one and the late one) was closed off
+    // the engine's thread, by DEL or GC; once the reaper is done no port is still
+    // closing and none of the pods' ports holds frames.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let buffers = loop {
+        let b = node
+            .agent()
+            .ctl_json(&["show", "buffers"])
+            .expect("show buffers");
+        if b["closing_ports"] == 0 || Instant::now() > deadline {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(buffers["closing_ports"], 0, "{buffers}");
+    assert_eq!(buffers["closed_ports"], 52, "{buffers}");
+    let pod_ifs: BTreeSet<String> = results.iter().map(host_if).collect();
+    for p in buffers["ports"].as_array().expect("ports") {
+        let name = p["interface"].as_str().unwrap_or_default();
+        assert!(!pod_ifs.contains(name), "pod port left: {buffers}");
+    }
 }
 
 #[test]

@@ -22,9 +22,48 @@ const WARMUP: usize = 3;
 /// Pause after each plugin call in the paced pass (pods arriving this far apart).
 const PACE: Duration = Duration::from_millis(150);
 
+#[derive(Default)]
 struct Samples {
     add: Vec<Duration>,
     del: Vec<Duration>,
+    /// The engine worker's control commands during the ADDs and during the DELs.
+    add_worker: WorkerTime,
+    del_worker: WorkerTime,
+}
+
+/// Control commands the engine worker ran (it forwards nothing meanwhile), from
+/// `ferroctl show counters`.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorkerTime {
+    commands: u64,
+    nanos: u64,
+    max_nanos: u64,
+}
+
+impl WorkerTime {
+    fn read(agent: &ferroplane_e2e::AgentGuard) -> Result<WorkerTime> {
+        let c = agent.ctl_json(&["show", "counters"])?;
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        Ok(WorkerTime {
+            commands: n("commands"),
+            nanos: n("command_nanos"),
+            max_nanos: n("command_max_nanos"),
+        })
+    }
+
+    /// What ran between `before` and `self` (the longest is since the agent started).
+    fn since(self, before: WorkerTime) -> WorkerTime {
+        WorkerTime {
+            commands: self.commands.saturating_sub(before.commands),
+            nanos: self.nanos.saturating_sub(before.nanos),
+            max_nanos: self.max_nanos,
+        }
+    }
+
+    /// Worker time per call over `calls` calls, in ms.
+    fn per_call_ms(&self, calls: usize) -> f64 {
+        self.nanos as f64 / 1e6 / calls.max(1) as f64
+    }
 }
 
 fn ok(call: CniCall, what: &str) -> Result<Duration> {
@@ -126,16 +165,14 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
     // One pass: every pod ADDed by each plugin in turn, `pace` after each call (pods
     // arriving that far apart, as a kubelet starts them), then every pod DELeted likewise.
     let pass = |tag: &str, pace: Duration| -> Result<(Samples, Samples)> {
-        let mut fp = Samples {
-            add: Vec::new(),
-            del: Vec::new(),
-        };
-        let mut br = Samples {
-            add: Vec::new(),
-            del: Vec::new(),
-        };
+        let mut fp = Samples::default();
+        let mut br = Samples::default();
         for cmd in ["ADD", "DEL"] {
+            let mut worker_before = WorkerTime::default();
             for i in 0..total {
+                if i == WARMUP {
+                    worker_before = WorkerTime::read(&agent)?;
+                }
                 let id = format!("bench{tag}{i:04}");
                 let t = ok(
                     invoke(
@@ -168,6 +205,12 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
                     f.push(t);
                     b.push(r);
                 }
+            }
+            let worker = WorkerTime::read(&agent)?.since(worker_before);
+            if cmd == "ADD" {
+                fp.add_worker = worker;
+            } else {
+                fp.del_worker = worker;
             }
         }
         Ok((fp, br))
@@ -217,6 +260,23 @@ pub fn run(pods: usize, warm_pods: usize, frames: Option<u32>) -> Result<()> {
     println!("burst ADD p50 ratio ferroplane / reference: {burst_ratio:.2}");
     print_breakdown("ADD", &breakdown, &fp.add);
     print_breakdown("DEL", &del_breakdown, &fp.del);
+    println!("\nThe engine worker's time in control commands (it forwards nothing meanwhile):");
+    for (what, w, calls) in [
+        ("paced ADD", fp.add_worker, fp.add.len()),
+        ("paced DEL", fp.del_worker, fp.del.len()),
+        ("burst ADD", fp_burst.add_worker, fp_burst.add.len()),
+        ("burst DEL", fp_burst.del_worker, fp_burst.del.len()),
+    ] {
+        println!(
+            "  {what:<10} {:6.2} ms per pod ({} commands over {calls} pods)",
+            w.per_call_ms(calls),
+            w.commands
+        );
+    }
+    println!(
+        "  longest single command since the agent started: {:.2} ms",
+        fp_burst.del_worker.max_nanos as f64 / 1e6
+    );
     Ok(())
 }
 

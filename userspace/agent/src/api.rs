@@ -151,9 +151,20 @@ impl AgentView {
                 )
             })
             .collect();
+        let total = |f: &dyn Fn(&ferroplane_engine::counters::WorkerStats) -> u64| {
+            self.workers.iter().map(|w| f(w)).sum::<u64>()
+        };
         CountersReport {
             worker_count: self.workers.len() as u32,
             nodes,
+            commands: total(&|w| w.commands.get()),
+            command_nanos: total(&|w| w.command_nanos.get()),
+            command_max_nanos: self
+                .workers
+                .iter()
+                .map(|w| w.command_max_nanos.get())
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -246,6 +257,8 @@ impl AgentView {
                     fill: pool.fill,
                     tx: pool.tx,
                     max_fill_target: io.config().fill_target,
+                    closing_ports: io.closing_ports() as u32,
+                    closed_ports: io.closed_ports(),
                     ports,
                 }
             })

@@ -106,7 +106,7 @@ impl PortOpener {
     /// [`Engine::close_port`] from any thread.
     pub fn close_port(&self, port: PortId) -> Result<(), EngineError> {
         self.send(move |io| {
-            if let Err(e) = io.remove_port(port) {
+            if let Err(e) = io.close_port(port) {
                 tracing::warn!(port, "closing AF_XDP port: {e}");
             }
         })
@@ -207,11 +207,11 @@ impl Engine {
         self.opener.remove_port(port)
     }
 
-    /// Close a port without waiting: the worker closes it next (commands run in order, so
-    /// a later [`Engine::add_port`] may reuse its id), and logs a failure. Closing a bound
-    /// AF_XDP socket waits for an RCU grace period (~12 ms here), which the caller can
-    /// spend on other work, e.g. deleting the interface. Unlink the port from the XSKMAP
-    /// first.
+    /// Close a port without waiting, and without stalling forwarding: the worker hands
+    /// the socket to its reaper thread ([`XskIo::close_port`]), because closing a bound
+    /// AF_XDP socket waits for an RCU grace period (~12 ms here). The port's id and
+    /// frames come back when the reaper is done; a failure is logged. Unlink the port
+    /// from the XSKMAP first.
     pub fn close_port(&self, port: PortId) -> Result<(), EngineError> {
         self.opener.close_port(port)
     }

@@ -20,6 +20,13 @@ pub struct BuffersReport {
     pub tx: u32,
     /// The fill target a busy port grows to; idle ports keep a small one.
     pub max_fill_target: u32,
+    /// Ports of deleted pods whose sockets are still being closed (off the engine's
+    /// thread); their frames are counted in `fill` and `tx` until then.
+    #[serde(default)]
+    pub closing_ports: u32,
+    /// Ports closed that way since the agent started.
+    #[serde(default)]
+    pub closed_ports: u64,
     /// One entry per AF_XDP port.
     pub ports: Vec<PortBuffers>,
 }

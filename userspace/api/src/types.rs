@@ -406,12 +406,22 @@ impl NodeCounters {
 }
 
 /// Answer to `show_counters`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CountersReport {
     /// Number of engine workers the counters were summed over.
     pub worker_count: u32,
     /// One entry per graph node.
     pub nodes: Vec<NodeCounters>,
+    /// Control-plane commands the workers ran between vectors (opening and closing
+    /// pods' ports, reading their pools); the workers forward nothing meanwhile.
+    #[serde(default)]
+    pub commands: u64,
+    /// Time spent in those commands, in nanoseconds.
+    #[serde(default)]
+    pub command_nanos: u64,
+    /// The longest of them, in nanoseconds.
+    #[serde(default)]
+    pub command_max_nanos: u64,
 }
 
 /// How bad an error counter is.

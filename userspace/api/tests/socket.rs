@@ -98,6 +98,7 @@ fn counters() -> CountersReport {
     CountersReport {
         worker_count: 2,
         nodes: vec![NodeCounters::from_totals("ip4-lookup", 2, 2, 64, 1280)],
+        ..CountersReport::default()
     }
 }
 

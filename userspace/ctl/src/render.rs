@@ -119,7 +119,15 @@ pub fn counters(report: &CountersReport) -> String {
             ratio(n.vectors_per_call),
         ]);
     }
-    format!("Workers: {}\n{}", report.worker_count, t.render())
+    let ms = |ns: u64| ns as f64 / 1e6;
+    format!(
+        "Workers: {}\nControl commands on the workers: {}, {:.2} ms in all, longest {:.2} ms\n{}",
+        report.worker_count,
+        report.commands,
+        ms(report.command_nanos),
+        ms(report.command_max_nanos),
+        t.render()
+    )
 }
 
 /// `show errors`, like VPP's: zero counters only with `all`.
@@ -169,8 +177,17 @@ pub fn buffers(r: &ferroplane_api::BuffersReport) -> String {
     use Align::{Left, Right};
     let mut out = format!(
         "pool: {} frames of {} bytes: free {}, in fill rings {}, in TX {}, in the engine {}; \
-         busy ports grow their fill ring to {}\n",
-        r.total, r.frame_size, r.free, r.fill, r.tx, r.user, r.max_fill_target
+         busy ports grow their fill ring to {}\n\
+         ports closed: {} ({} closing)\n",
+        r.total,
+        r.frame_size,
+        r.free,
+        r.fill,
+        r.tx,
+        r.user,
+        r.max_fill_target,
+        r.closed_ports,
+        r.closing_ports
     );
     let mut t = Table::new(&[
         ("Port", Right),
@@ -281,6 +298,8 @@ mod tests {
             fill: 1192,
             tx: 0,
             max_fill_target: 512,
+            closing_ports: 1,
+            closed_ports: 7,
             ports: vec![ferroplane_api::PortBuffers {
                 port: 0,
                 interface: "up0".into(),
@@ -303,6 +322,7 @@ mod tests {
                  in the engine 0; busy ports grow their fill ring to 512"
             )
         );
+        assert_eq!(lines.next(), Some("ports closed: 7 (1 closing)"));
         assert!(lines.next().is_some_and(|h| h.contains("Fill-target")));
         let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
         assert_eq!(
@@ -350,10 +370,14 @@ mod tests {
         let c = CountersReport {
             worker_count: 1,
             nodes: vec![NodeCounters::from_totals("ip4-lookup", 3, 3, 300, 4500)],
+            commands: 2,
+            command_nanos: 12_500_000,
+            command_max_nanos: 12_000_000,
         };
         assert_eq!(
             counters(&c),
             "Workers: 1\n\
+             Control commands on the workers: 2, 12.50 ms in all, longest 12.00 ms\n\
              Name        Calls  Vectors  Packets  Clocks/pkt  Vectors/Call\n\
              ip4-lookup      3        3      300       15.00        100.00\n"
         );

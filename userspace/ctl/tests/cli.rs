@@ -118,6 +118,7 @@ impl Fake {
                 NodeCounters::from_totals("ip4-lookup", 10, 10, 640, 12800),
                 NodeCounters::from_totals("idle-node", 0, 0, 0, 0),
             ],
+            ..CountersReport::default()
         }
     }
 
@@ -321,7 +322,11 @@ fn show_counters_like_show_runtime() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "Workers: 2");
     assert_eq!(
-        lines[1].split_whitespace().collect::<Vec<_>>(),
+        lines[1],
+        "Control commands on the workers: 0, 0.00 ms in all, longest 0.00 ms"
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
         [
             "Name",
             "Calls",
@@ -332,20 +337,20 @@ fn show_counters_like_show_runtime() {
         ]
     );
     assert_eq!(
-        lines[2].split_whitespace().collect::<Vec<_>>(),
+        lines[3].split_whitespace().collect::<Vec<_>>(),
         ["ip4-input", "10", "10", "640", "50.00", "64.00"]
     );
     assert_eq!(
-        lines[3].split_whitespace().collect::<Vec<_>>(),
+        lines[4].split_whitespace().collect::<Vec<_>>(),
         ["ip4-lookup", "10", "10", "640", "20.00", "64.00"]
     );
     assert_eq!(
-        lines[4].split_whitespace().collect::<Vec<_>>(),
+        lines[5].split_whitespace().collect::<Vec<_>>(),
         ["idle-node", "0", "0", "0", "0.00", "0.00"]
     );
     // Every line is as long as the header (all columns right-aligned after Name).
     assert!(
-        lines[2..].iter().all(|l| l.len() == lines[1].len()),
+        lines[3..].iter().all(|l| l.len() == lines[2].len()),
         "{text}"
     );
 

@@ -24,6 +24,13 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Raise to `v` if it is larger (only the owning worker may call this).
+    #[inline]
+    pub fn max(&self, v: u64) {
+        if v > self.get() {
+            self.0.store(v, Ordering::Relaxed);
+        }
+    }
     /// Reset to zero.
     pub fn clear(&self) {
         self.0.store(0, Ordering::Relaxed);
@@ -72,6 +79,12 @@ pub struct WorkerStats {
     pub ifaces: Vec<IfCounters>,
     /// Loop iterations of the worker.
     pub loops: Counter,
+    /// Control commands run on the worker (between vectors).
+    pub commands: Counter,
+    /// Nanoseconds spent in them.
+    pub command_nanos: Counter,
+    /// The longest one, in nanoseconds.
+    pub command_max_nanos: Counter,
 }
 
 impl WorkerStats {
@@ -82,6 +95,9 @@ impl WorkerStats {
             errors: (0..errors).map(|_| Counter::default()).collect(),
             ifaces: (0..MAX_IFACES).map(|_| IfCounters::default()).collect(),
             loops: Counter::default(),
+            commands: Counter::default(),
+            command_nanos: Counter::default(),
+            command_max_nanos: Counter::default(),
         }
     }
 
@@ -103,6 +119,9 @@ impl WorkerStats {
         for e in &self.errors {
             e.clear();
         }
+        self.commands.clear();
+        self.command_nanos.clear();
+        self.command_max_nanos.clear();
         for i in &self.ifaces {
             i.rx_packets.clear();
             i.rx_bytes.clear();

@@ -451,7 +451,12 @@ where
         while !self.control.stop.load(Ordering::Relaxed) {
             if let Some(rx) = &self.commands {
                 while let Ok(cmd) = rx.try_recv() {
+                    let start = Instant::now();
                     cmd(&mut self.io);
+                    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.stats.commands.add(1);
+                    self.stats.command_nanos.add(ns);
+                    self.stats.command_max_nanos.max(ns);
                 }
             }
             if self.control.clear.swap(false, Ordering::Relaxed) {

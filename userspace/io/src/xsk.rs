@@ -21,13 +21,25 @@
 //! on port B come back on B's completion ring, whatever port they were
 //! received on, so forwarding between ports never copies. Removing a port
 //! closes its socket and returns everything that port's rings held.
+//!
+//! # Closing ports off the owner's thread
+//!
+//! Closing an AF_XDP socket waits for an RCU grace period in the kernel
+//! (`synchronize_net`, about 12 ms here), and the thread that owns the
+//! [`XskIo`] is the engine's worker, which forwards nothing meanwhile.
+//! [`XskIo::close_port`] therefore hands the port to a reaper thread that
+//! closes it; until the reaper reports back, the port's id and every frame
+//! its rings held stay reserved (the kernel may still write into them), and
+//! then they return to the pool (in [`PacketIo::flush`], or
+//! [`XskIo::reap_closed`]). [`XskIo::remove_port`] closes in place.
 
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use xdpilone::xdp::XdpDesc;
@@ -318,7 +330,66 @@ pub struct XskIo {
     wake: Arc<OwnedFd>,
     cfg: XskConfig,
     rx_offset: u16,
+    /// Ports handed to the reaper and not closed yet: their ids and frames stay reserved.
+    closing: Vec<PortId>,
+    /// Ports closed by the reaper since the start.
+    closed: u64,
+    /// Started by the first [`XskIo::close_port`]; joined on drop, before the UMEM goes.
+    reaper: Option<Reaper>,
     mem: XskMemory,
+}
+
+/// The thread that closes ports' sockets for [`XskIo::close_port`].
+struct Reaper {
+    jobs: Option<mpsc::Sender<(PortId, Port)>>,
+    done: mpsc::Receiver<PortId>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start(waker: Waker) -> Result<Reaper, IoError> {
+        let (jobs, rx) = mpsc::channel::<(PortId, Port)>();
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("fp-xsk-reaper".into())
+            .spawn(move || {
+                for (id, port) in rx {
+                    // Unbinds the socket: returns after the kernel's grace period, when
+                    // nothing writes into the port's frames any more.
+                    drop(port);
+                    if done_tx.send(id).is_err() {
+                        break;
+                    }
+                    waker.wake();
+                }
+            })
+            .map_err(|source| IoError::Os {
+                op: "spawn the AF_XDP reaper thread",
+                source,
+            })?;
+        Ok(Reaper {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Close what is queued and wait for the thread.
+    fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for XskIo {
+    fn drop(&mut self) {
+        // Sockets being closed use the UMEM: they must be gone before it is.
+        if let Some(r) = &mut self.reaper {
+            r.finish();
+        }
+    }
 }
 
 // SAFETY: `XskIo` exclusively owns everything its raw pointers reach: the
@@ -487,6 +558,9 @@ impl XskIo {
             wake: Arc::new(new_eventfd()?),
             // Checked above: fits in the frame, hence in u16.
             rx_offset: rx_offset as u16,
+            closing: Vec::new(),
+            closed: 0,
+            reaper: None,
             cfg,
             mem,
         })
@@ -501,7 +575,8 @@ impl XskIo {
         let slot = self
             .ports
             .iter()
-            .position(Option::is_none)
+            .enumerate()
+            .position(|(i, p)| p.is_none() && !self.closing.contains(&(i as PortId)))
             .unwrap_or(self.ports.len());
         let id = PortId::try_from(slot)
             .map_err(|_| IoError::Config(format!("too many ports ({slot})")))?;
@@ -580,26 +655,95 @@ impl XskIo {
     /// caller received from it stay the caller's. Its fd is invalid after
     /// this and was removed from XSKMAPs by the kernel.
     pub fn remove_port(&mut self, port: PortId) -> Result<(), IoError> {
+        let p = self.take_port(port)?;
+        // Closing the last reference to the socket unbinds it synchronously
+        // (the kernel waits for in-flight receive paths), so nothing writes
+        // into its frames afterwards.
+        drop(p);
+        self.release(port);
+        Ok(())
+    }
+
+    /// Like [`XskIo::remove_port`], but the socket is closed on a reaper thread, so
+    /// this returns at once instead of after the kernel's grace period. Until the
+    /// close is done, the port's id is not reused and the frames its rings held stay
+    /// out of the pool; they come back at a later [`PacketIo::flush`] (or
+    /// [`XskIo::reap_closed`]), after the reaper has woken [`PacketIo::wait`].
+    /// The first call starts the reaper; if it cannot start, the port is closed here.
+    pub fn close_port(&mut self, port: PortId) -> Result<(), IoError> {
+        let p = self.take_port(port)?;
+        if self.reaper.is_none() {
+            match Reaper::start(self.waker()) {
+                Ok(r) => self.reaper = Some(r),
+                Err(_) => {
+                    drop(p);
+                    self.release(port);
+                    return Ok(());
+                }
+            }
+        }
+        let sent = match self.reaper.as_ref().and_then(|r| r.jobs.as_ref()) {
+            Some(jobs) => jobs.send((port, p)).map_err(|mpsc::SendError(job)| job),
+            None => Err((port, p)),
+        };
+        match sent {
+            Ok(()) => self.closing.push(port),
+            // The reaper is gone (it only stops when its channel closes): close here.
+            Err((_, p)) => {
+                drop(p);
+                self.release(port);
+            }
+        }
+        Ok(())
+    }
+
+    /// Return the frames and ids of ports the reaper has closed since the last call;
+    /// returns how many there were. [`PacketIo::flush`] calls this.
+    pub fn reap_closed(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(id) = self.reaper.as_ref().and_then(|r| r.done.try_recv().ok()) {
+            self.closing.retain(|&c| c != id);
+            self.closed += 1;
+            self.release(id);
+            n += 1;
+        }
+        n
+    }
+
+    /// Ports whose sockets the reaper is still closing.
+    pub fn closing_ports(&self) -> usize {
+        self.closing.len()
+    }
+
+    /// Ports the reaper has closed since this backend was created.
+    pub fn closed_ports(&self) -> u64 {
+        self.closed
+    }
+
+    fn take_port(&mut self, port: PortId) -> Result<Port, IoError> {
         let p = self
             .ports
             .get_mut(usize::from(port))
             .and_then(Option::take)
             .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
-        // Closing the last reference to the socket unbinds it synchronously
-        // (the kernel waits for in-flight receive paths), so nothing writes
-        // into its frames afterwards.
-        drop(p);
+        self.pollfds_stale = true;
+        Ok(p)
+    }
+
+    /// Every frame the closed port `port`'s rings held goes back to the pool, and
+    /// trailing unused ids are dropped.
+    fn release(&mut self, port: PortId) {
         for (buf, owner) in self.owner.iter_mut().enumerate() {
             if matches!(*owner, Owner::Fill(q) | Owner::Tx(q) if q == port) {
                 *owner = Owner::Free;
                 self.free.push(buf as BufIdx);
             }
         }
-        while self.ports.last().is_some_and(Option::is_none) {
+        while self.ports.last().is_some_and(Option::is_none)
+            && !self.closing.contains(&((self.ports.len() - 1) as PortId))
+        {
             self.ports.pop();
         }
-        self.pollfds_stale = true;
-        Ok(())
     }
 
     /// The socket fd of `port` (for the XSKMAP), if the port exists.
@@ -940,6 +1084,9 @@ impl PacketIo for XskIo {
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
+        if !self.closing.is_empty() {
+            self.reap_closed();
+        }
         let fs = self.mem.frame_size as u64;
         let kick_budget = self.cfg.tx_size / KERNEL_TX_BATCH + 1;
         let mut first_err = None;

@@ -336,11 +336,51 @@ fn xsk_forwards_between_ports_sharing_one_umem() {
         check_direction(&io, pa2, &t);
         settle_and_count(&mut io, &[pa2, pb]);
 
+        // Closing on the reaper thread (what CNI DEL does): the port is gone at once,
+        // but its id and the frames its rings held stay reserved until the reaper
+        // reports the socket closed; a flush then returns them.
+        let fill_b = io.port_stats(pb).unwrap().fill_frames;
+        let fill_a = io.port_stats(pa2).unwrap().fill_frames;
+        assert!(fill_a > 0);
+        io.close_port(pa2).unwrap();
+        assert!(io.port_stats(pa2).is_none());
+        assert!(io.close_port(pa2).is_err());
+        assert_eq!(io.closing_ports(), 1);
+        assert_eq!(
+            io.pool_stats().fill,
+            fill_a + fill_b,
+            "frames back too early"
+        );
+        let (pc, _) = io.add_port("a1", 0).unwrap();
+        assert_ne!(pc, pa2, "the id of a port being closed was reused");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.closing_ports() > 0 && Instant::now() < deadline {
+            io.wait(Duration::from_millis(50)).unwrap();
+            io.flush().unwrap();
+        }
+        assert_eq!((io.closing_ports(), io.closed_ports()), (0, 1));
+        let fill_c = io.port_stats(pc).unwrap().fill_frames;
+        let pool = io.pool_stats();
+        assert_eq!(pool.fill, fill_b + fill_c);
+        assert_eq!(pool.free, cfg.num_frames - fill_b - fill_c);
+        // The closed id is free again.
+        let (pa3, _) = io.add_port("a0", 0).unwrap();
+        assert_eq!(pa3, pa2);
+
         io.remove_port(pb).unwrap();
-        io.remove_port(pa2).unwrap();
+        io.remove_port(pa3).unwrap();
+        io.remove_port(pc).unwrap();
         assert_eq!(io.num_ports(), 0);
         assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
         assert!(io.add_port("fp-no-such-if", 0).is_err());
+
+        // Dropping the backend with closes still queued waits for them (the
+        // sockets use the UMEM it unmaps).
+        let (p1, _) = io.add_port("a0", 0).unwrap();
+        let (p2, _) = io.add_port("b0", 0).unwrap();
+        io.close_port(p1).unwrap();
+        io.close_port(p2).unwrap();
+        drop(io);
     });
 }
 
