@@ -5,7 +5,10 @@
 //! type the watchers and the standalone YAML both produce), plus a [`PodInfo`] per pod and
 //! the labels of each namespace. Semantics (as the Kubernetes documentation defines them):
 //! - a policy selects the pods of its namespace matching `podSelector` (empty: all);
-//! - `policyTypes` defaults to `Ingress`, plus `Egress` when the policy has an `egress` list;
+//! - `policyTypes`, when absent or empty, defaults to `Ingress`, plus `Egress` when the
+//!   `egress` list is non-empty (the API server's `SetDefaults_NetworkPolicy`; see
+//!   [`set_defaults`]): `egress: []` alone does not isolate egress, `policyTypes: []` is the
+//!   same as no `policyTypes`;
 //! - a pod selected by a policy with type `Ingress` (`Egress`) is isolated in that
 //!   direction: only what some selecting policy's rules allow passes (union over policies);
 //!   an empty rule list therefore denies everything;
@@ -325,6 +328,50 @@ fn parse_rules(
         .collect()
 }
 
+/// The `policyTypes` the API server gives a policy (`SetDefaults_NetworkPolicy` in
+/// `k8s.io/kubernetes/pkg/apis/networking/v1/defaults.go`): the listed ones when the list is
+/// non-empty, else `Ingress`, plus `Egress` when the `egress` list is non-empty.
+pub fn default_policy_types(
+    spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec,
+) -> Vec<String> {
+    match &spec.policy_types {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ => {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+                t.push("Egress".to_string());
+            }
+            t
+        }
+    }
+}
+
+/// Applies the API server's defaults to a NetworkPolicy, as a `kubectl apply` would find
+/// it stored: `spec.policyTypes` ([`default_policy_types`]) and every port's `protocol`
+/// (`TCP`, `SetDefaults_NetworkPolicyPort`). Idempotent. The standalone spec and the
+/// Kubernetes watchers both run it on every policy they take in; the compiler applies the
+/// same rules itself, so an undefaulted policy is compiled the same way.
+pub fn set_defaults(np: &mut NetworkPolicy) {
+    let Some(spec) = np.spec.as_mut() else {
+        return;
+    };
+    spec.policy_types = Some(default_policy_types(spec));
+    let ports = spec
+        .ingress
+        .iter_mut()
+        .flatten()
+        .flat_map(|r| r.ports.iter_mut().flatten())
+        .chain(
+            spec.egress
+                .iter_mut()
+                .flatten()
+                .flat_map(|r| r.ports.iter_mut().flatten()),
+        );
+    for p in ports {
+        p.protocol.get_or_insert_with(|| "TCP".to_string());
+    }
+}
+
 /// Check a policy; the error names the offending field (`spec.ingress[0].ports[1].endPort`).
 pub fn validate(np: &NetworkPolicy) -> Result<(), PolicyError> {
     parse_policy(np).map(|_| ())
@@ -349,24 +396,16 @@ fn parse_policy(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
     )?;
     let mut ingress_t = false;
     let mut egress_t = false;
-    match &spec.policy_types {
-        Some(types) => {
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ingress_t = true,
-                    "Egress" => egress_t = true,
-                    o => {
-                        return Err(err(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("{o:?} is not Ingress or Egress"),
-                        ))
-                    }
-                }
+    for (i, t) in default_policy_types(spec).iter().enumerate() {
+        match t.as_str() {
+            "Ingress" => ingress_t = true,
+            "Egress" => egress_t = true,
+            o => {
+                return Err(err(
+                    format!("spec.policyTypes[{i}]"),
+                    format!("{o:?} is not Ingress or Egress"),
+                ))
             }
-        }
-        None => {
-            ingress_t = true;
-            egress_t = spec.egress.is_some();
         }
     }
     let ing: Vec<_> = spec
@@ -1014,6 +1053,90 @@ mod tests {
             named_ports: BTreeMap::new(),
             local: true,
         }
+    }
+
+    /// The API server's `SetDefaults_NetworkPolicy` and `SetDefaults_NetworkPolicyPort`:
+    /// (spec as written, policyTypes stored).
+    #[test]
+    fn defaults_are_the_api_servers() {
+        let cases = [
+            (serde_json::json!({}), vec!["Ingress"]),
+            (serde_json::json!({"policyTypes": []}), vec!["Ingress"]),
+            (serde_json::json!({"egress": []}), vec!["Ingress"]),
+            (
+                serde_json::json!({"egress": [{}]}),
+                vec!["Ingress", "Egress"],
+            ),
+            (
+                serde_json::json!({"ingress": [], "egress": [{"to": []}]}),
+                vec!["Ingress", "Egress"],
+            ),
+            (
+                serde_json::json!({"policyTypes": ["Egress"]}),
+                vec!["Egress"],
+            ),
+            (
+                serde_json::json!({"policyTypes": ["Egress"], "egress": [], "ingress": [{}]}),
+                vec!["Egress"],
+            ),
+        ];
+        for (spec, want) in cases {
+            let mut p = np(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}));
+            set_defaults(&mut p);
+            let got = p.spec.as_ref().unwrap().policy_types.clone().unwrap();
+            assert_eq!(got, want, "{spec}");
+            let again = p.clone();
+            set_defaults(&mut p);
+            assert_eq!(p, again, "idempotent");
+        }
+        let mut p = np(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+            "ingress": [{"ports": [{"port": 80}, {"protocol": "UDP", "port": 53}]}],
+            "egress": [{"ports": [{}]}]}}));
+        set_defaults(&mut p);
+        let s = p.spec.unwrap();
+        let ing = s.ingress.unwrap()[0].ports.clone().unwrap();
+        assert_eq!(ing[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(ing[1].protocol.as_deref(), Some("UDP"));
+        let eg = s.egress.unwrap()[0].ports.clone().unwrap();
+        assert_eq!(eg[0].protocol.as_deref(), Some("TCP"));
+    }
+
+    /// What the defaults mean for a pod: `egress: []` without policyTypes leaves egress
+    /// open; `policyTypes: []` isolates ingress (as no policyTypes does).
+    #[test]
+    fn empty_lists_isolate_as_the_api_server_defaults_say() {
+        let compile = |spec: serde_json::Value| {
+            let mut c = Compiler::new();
+            c.set_namespace("x", Labels::new());
+            c.upsert_pod(pod("x", "a", [10, 0, 0, 1], &[]));
+            c.upsert_policy(&np(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "x"}, "spec": spec}),
+            ))
+            .unwrap();
+            c.commit();
+            let v = c.pod_view("x", "a").unwrap();
+            (v.ingress.is_some(), v.egress.is_some())
+        };
+        assert_eq!(
+            compile(serde_json::json!({"podSelector": {}, "egress": []})),
+            (true, false),
+            "egress: [] alone must not isolate egress"
+        );
+        assert_eq!(
+            compile(serde_json::json!({"podSelector": {}, "policyTypes": []})),
+            (true, false),
+            "policyTypes: [] is the default: Ingress"
+        );
+        assert_eq!(
+            compile(serde_json::json!({"podSelector": {}, "egress": [{}]})),
+            (true, true)
+        );
+        assert_eq!(
+            compile(
+                serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": []})
+            ),
+            (false, true)
+        );
     }
 
     #[test]
