@@ -2,14 +2,27 @@
 /*
  * xdp_pod: attached to the host side of every pod veth.
  *
- * The engine handles pod traffic, except what the kernel must see:
- *   - ARP reply                       -> PASS (the kernel's neighbour resolution toward pods)
- *   - IPv4 to one of the node's addresses -> PASS
- *   - everything else (ARP requests, IPv4, IPv6, ...) -> REDIRECT (fallback PASS)
+ * The engine polices and routes everything a pod sends, except what is for
+ * the node's kernel itself:
+ *   - ARP reply                           -> PASS (the kernel's neighbour resolution toward pods)
+ *   - IPv4 to one of the node's addresses -> PASS (local delivery: pod -> node traffic and the
+ *                                            pod's answers to node -> pod traffic such as
+ *                                            kubelet probes)
+ *   - everything else (ARP requests, IPv4, IPv6, any other type) -> REDIRECT to the engine
  *   - truncated/malformed ARP or IPv4 -> REDIRECT too, with the reason counted
  *     here: the engine validates every pod packet and drops these with its own
  *     per-node error counter, so `ferroctl show errors` names the exact fault.
  *   - a frame shorter than an Ethernet header -> DROP (nothing to steer by).
+ *
+ * Fail closed, whatever the node's sysctls: when the engine is away (no
+ * socket for this veth: the agent is restarting or dead), a frame meant for
+ * it is forwarded from the flow4 cache if the engine forwarded its flow from
+ * this veth recently, and is otherwise DROPPED (verdict engine_away). It is
+ * never passed to the kernel, which would route pod traffic to other pods or
+ * out of the node with no policy when net.ipv4.ip_forward=1 (as on every
+ * Kubernetes node). A well-formed ARP request alone falls back to the kernel
+ * (redirect_failed): the kernel never forwards ARP and answers only for its
+ * own addresses.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -40,11 +53,11 @@ int xdp_pod(struct xdp_md *ctx)
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		if (fp_parse_arp(&cur, data_end, &arp) != FP_PARSE_OK) {
 			fp_count_reason(FP_DROP_TRUNCATED_ARP);
-			return fp_redirect_to_engine(ctx);
+			return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 		}
 		if (arp->op == bpf_htons(FP_ARPOP_REPLY))
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
-		return fp_redirect_to_engine(ctx);
+		return fp_redirect_to_engine(ctx, FP_AWAY_KERNEL);
 	}
 
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
@@ -52,12 +65,12 @@ int xdp_pod(struct xdp_md *ctx)
 		if (rc != FP_PARSE_OK) {
 			fp_count_reason(rc == FP_PARSE_TRUNCATED ? FP_DROP_TRUNCATED_IP
 								 : FP_DROP_BAD_IP_HEADER);
-			return fp_redirect_to_engine(ctx);
+			return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 		}
 		if (fp_is_host4(iph->daddr))
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
 	}
-	return fp_redirect_to_engine(ctx);
+	return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 }
 
 /* The project licence; the programs use no GPL-only helpers. */

@@ -73,8 +73,10 @@ struct fp_flow4_key {
  * DNAT, SNAT, masquerade; TCP and UDP only), TTL decremented, these MACs, out
  * of ifindex. Written by the agent from the engine's forwarding decisions;
  * used by the XDP programs only when the engine's AF_XDP socket for the
- * ingress interface is missing (agent restarting), so established flows keep
- * forwarding and new ones stay with the engine (fail closed).
+ * ingress interface is missing (agent restarting or dead), and only for a
+ * frame arriving on in_ifindex (a pod cannot replay another pod's flow by
+ * forging its tuple), so established flows keep forwarding and new ones are
+ * dropped (fail closed).
  */
 struct fp_flow4 {
 	__u32 ifindex;  /* output interface (node's namespace) */
@@ -85,6 +87,8 @@ struct fp_flow4 {
 	__be16 sport;   /* source port to write (network order) */
 	__be16 dport;   /* destination port to write (network order) */
 	__u32 flags;    /* FP_FLOW4_NAT when the tuple changes */
+	__u32 in_ifindex; /* interface the engine received the flow on: replayed only for frames arriving there */
+	__u32 pad;      /* zero */
 	__u64 seen_ns;  /* last refresh by the agent or use by XDP (CLOCK_MONOTONIC ns) */
 };
 
@@ -104,20 +108,29 @@ enum fp_steer_kind {
 	FP_STEER_TUNNEL = 3,   /* overlay tunnel endpoint traffic; reserved */
 };
 
-/* Index of the verdicts per-CPU counters: exactly one per packet seen. */
+/*
+ * Index of the verdicts per-CPU counters: exactly one per packet seen.
+ * Fail closed: a frame meant for the engine that neither the engine's socket
+ * nor the flow4 cache takes is dropped (engine_away), never handed to the
+ * kernel, which forwards pod traffic when net.ipv4.ip_forward=1; only a pod's
+ * ARP request falls back to the kernel (redirect_failed: ARP is never forwarded).
+ */
 enum fp_verdict {
-	FP_VERDICT_PASS = 0,        /* handed to the kernel network stack */
+	FP_VERDICT_PASS = 0,        /* handed to the kernel network stack (the node's own traffic, ARP) */
 	FP_VERDICT_REDIRECT,        /* redirected to the engine's AF_XDP socket */
-	FP_VERDICT_DROP,            /* dropped in XDP (malformed frame from a pod) */
-	FP_VERDICT_REDIRECT_FAILED, /* meant for the engine, no usable socket: passed to the kernel */
+	FP_VERDICT_DROP,            /* dropped in XDP (frame from a pod shorter than an Ethernet header) */
+	FP_VERDICT_REDIRECT_FAILED, /* ARP request from a pod, engine away (no usable socket): passed to the kernel, which never forwards ARP */
 	FP_VERDICT_FLOW_CACHE,      /* engine away: forwarded by XDP from the flow4 cache */
+	FP_VERDICT_ENGINE_AWAY,     /* meant for the engine, no usable socket and no flow4 entry: dropped (fail closed) */
 	FP_VERDICT_MAX,
 };
 
 /*
  * Index of the drops (reason) per-CPU counters: why a packet was dropped, or
  * was not handled as intended (on the uplink, malformed frames are passed to
- * the kernel and only counted here).
+ * the kernel, whose IPv4 input drops exactly those, and only counted here;
+ * the no_iface/xsk_slot_range/no_xsk reasons say why the engine could not
+ * take a frame counted as engine_away or redirect_failed).
  */
 enum fp_drop_reason {
 	FP_DROP_NONE = 0,        /* no reason (never counted) */

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * flow.h: the flow4 cache. While the engine is away (its AF_XDP socket for the
- * ingress interface is missing: the agent is restarting), a packet of a flow
- * the engine forwarded recently is forwarded here the way the engine did it:
- * TTL decremented, the engine's MACs written, out of the engine's interface.
- * Anything else keeps failing closed (passed to the kernel, which does not
- * forward pod traffic). Translated TCP/UDP flows (services, masquerade) are
+ * ingress interface is missing: the agent is restarting or dead), a packet of
+ * a flow the engine forwarded recently, arriving on the interface the engine
+ * saw it arrive on, is forwarded here the way the engine did it: TTL
+ * decremented, the engine's MACs written, out of the engine's interface.
+ * Anything else fails closed: the caller (steer.h) drops it, whatever the
+ * kernel's ip_forward. Translated TCP/UDP flows (services, masquerade) are
  * replayed with their addresses and ports; fragments, ICMP other than echo
  * and translated ICMP never are.
  */
@@ -145,6 +146,9 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx)
 
 	f = bpf_map_lookup_elem(&flow4, &key);
 	if (!f)
+		return -1;
+	/* Only where the engine saw the flow arrive: a pod forging another pod's tuple gets nothing. */
+	if (f->in_ifindex != ctx->ingress_ifindex)
 		return -1;
 	now = bpf_ktime_get_ns();
 	if (now - f->seen_ns > FP_FLOW4_IDLE_NS)

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * steer.h: counting and steering helpers shared by the XDP programs
- * (verdict/reason counters, host address test, redirect to the engine).
+ * (verdict/reason counters, host address test, redirect to the engine with
+ * its fail-closed fallback: flow cache, else drop).
  */
 #ifndef FP_STEER_H
 #define FP_STEER_H
@@ -45,14 +46,23 @@ static __always_inline int fp_is_host4(__be32 addr)
 	return bpf_map_lookup_elem(&host4, &addr) != NULL;
 }
 
+/* What fp_redirect_to_engine does with a frame neither the engine nor the flow cache takes. */
+enum fp_away_action {
+	FP_AWAY_DROP = 0,   /* XDP_DROP, verdict engine_away: fail closed (IPv4, IPv6, anything forwardable) */
+	FP_AWAY_KERNEL = 1, /* XDP_PASS, verdict redirect_failed: only for ARP, which the kernel never forwards */
+};
+
 /*
  * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue].
  * When the interface is not configured or the slot has no socket (the engine
- * is away), a flow the engine forwarded recently is forwarded from the flow4
- * cache (flow.h); anything else falls back to XDP_PASS (the kernel, which
- * does not forward pod traffic: fail closed). Counts the verdict and reason.
+ * is away: the agent is restarting or dead), a flow the engine forwarded
+ * recently on this ingress interface is forwarded from the flow4 cache
+ * (flow.h); anything else is dropped (FP_AWAY_DROP) and never handed to the
+ * kernel, which would forward it when net.ipv4.ip_forward=1 (fail closed,
+ * whatever the node's sysctls), or, for ARP only (FP_AWAY_KERNEL), passed to
+ * the kernel. Counts the verdict and the reason the engine could not take it.
  */
-static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx)
+static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx, enum fp_away_action away)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
 	struct fp_iface *iface = bpf_map_lookup_elem(&ifaces, &ifindex);
@@ -70,6 +80,7 @@ static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx)
 		reason = FP_DROP_XSK_SLOT_RANGE;
 		goto failed;
 	}
+	/* The fallback action is only a marker: a failed redirect never leaves this function. */
 	rc = bpf_redirect_map(&xsks, slot, XDP_PASS);
 	if (rc == XDP_REDIRECT)
 		return fp_finish(FP_VERDICT_REDIRECT, XDP_REDIRECT);
@@ -79,7 +90,9 @@ failed:
 	if (act >= 0)
 		return act;
 	fp_count_reason(reason);
-	return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+	if (away == FP_AWAY_KERNEL)
+		return fp_finish(FP_VERDICT_REDIRECT_FAILED, XDP_PASS);
+	return fp_finish(FP_VERDICT_ENGINE_AWAY, XDP_DROP);
 }
 
 #endif /* FP_STEER_H */

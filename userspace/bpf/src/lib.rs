@@ -998,10 +998,11 @@ impl Dataplane {
     /// the programs' truncated-Ethernet path cannot be driven from here; real
     /// devices do not deliver such frames either.
     ///
-    /// Without a socket in the `xsks` slot the redirect helper returns its
-    /// fallback action, so the redirect path shows as `XDP_PASS` plus the
-    /// `redirect_failed` verdict; with a socket the action is `XDP_REDIRECT`
-    /// (test runs do not deliver redirected frames).
+    /// Without a socket in the `xsks` slot the engine is away: the redirect
+    /// path shows as `XDP_DROP` with the `engine_away` verdict (`XDP_PASS` and
+    /// `redirect_failed` for a pod's ARP request), or `XDP_REDIRECT` with the
+    /// `flow_cache` verdict on a flow4 hit; with a socket the action is
+    /// `XDP_REDIRECT` (test runs do not deliver redirected frames).
     pub fn prog_test_run(&self, prog: XdpProg, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         self.prog_test_run_on(prog, frame, 0, 0)
     }

@@ -163,7 +163,7 @@ fn redirect_slot_is_base_plus_rx_queue() {
         dp.set_iface(ifindex, FpIface::uplink(10)).unwrap();
         assert_eq!(run(&dp, 3), xdp_action::REDIRECT);
         let before = dp.stats().unwrap();
-        assert_eq!(run(&dp, 2), xdp_action::PASS);
+        assert_eq!(run(&dp, 2), xdp_action::DROP, "engine away: fail closed");
         assert_eq!(
             dp.stats()
                 .unwrap()
@@ -175,7 +175,7 @@ fn redirect_slot_is_base_plus_rx_queue() {
         // Base 253: queue 3 -> slot 256, outside the map.
         dp.set_iface(ifindex, FpIface::uplink(253)).unwrap();
         let before = dp.stats().unwrap();
-        assert_eq!(run(&dp, 3), xdp_action::PASS);
+        assert_eq!(run(&dp, 3), xdp_action::DROP);
         let d = dp.stats().unwrap().since(&before);
         assert_eq!(d.reason(FpDropReason::XskSlotRange), 1);
 

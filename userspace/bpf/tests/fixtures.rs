@@ -76,7 +76,16 @@ struct Fixture {
     outcome: Outcome,
     /// The verdict counted (None when the program does not run).
     verdict: Option<FpVerdict>,
-    reason: Option<FpDropReason>,
+    /// The reasons counted (each by exactly 1).
+    reasons: Vec<FpDropReason>,
+}
+
+impl Fixture {
+    /// The same fixture with one more reason counted.
+    fn also(mut self, reason: FpDropReason) -> Self {
+        self.reasons.push(reason);
+        self
+    }
 }
 
 fn fx(
@@ -95,7 +104,7 @@ fn fx(
         setup,
         outcome: Outcome::Action(action),
         verdict: Some(verdict),
-        reason,
+        reasons: reason.into_iter().collect(),
     }
 }
 
@@ -108,7 +117,7 @@ fn refused(name: &'static str, prog: XdpProg, frame: Vec<u8>) -> Fixture {
         setup: Setup::WithSocket,
         outcome: Outcome::Refused,
         verdict: None,
-        reason: None,
+        reasons: Vec::new(),
     }
 }
 
@@ -187,6 +196,7 @@ fn fixtures() -> Vec<Fixture> {
     use Setup::*;
     use XdpProg::{Pod, Uplink};
     const PASS: u32 = xdp_action::PASS;
+    const DROP: u32 = xdp_action::DROP;
     const REDIRECT: u32 = xdp_action::REDIRECT;
 
     // A minimum-size Ethernet frame: 20 + 8 bytes of IPv4 padded to 46.
@@ -205,30 +215,30 @@ fn fixtures() -> Vec<Fixture> {
             None,
         ),
         fx(
-            "uplink: IPv4 to pod CIDR, no socket -> fallback PASS",
+            "uplink: IPv4 to pod CIDR, no socket -> DROP (fail closed, not to the kernel)",
             Uplink,
             ipv4_frame(PEER, POD_A),
             Standard,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::NoXsk),
         ),
         fx(
-            "uplink: IPv4 to pod CIDR, iface not configured -> PASS",
+            "uplink: IPv4 to pod CIDR, iface not configured -> DROP",
             Uplink,
             ipv4_frame(PEER, POD_A),
             NoIface,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::NoIface),
         ),
         fx(
-            "uplink: IPv4 to pod CIDR, slot out of range -> PASS",
+            "uplink: IPv4 to pod CIDR, slot out of range -> DROP",
             Uplink,
             ipv4_frame(PEER, POD_A),
             SlotOutOfRange,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::XskSlotRange),
         ),
         fx(
@@ -332,12 +342,12 @@ fn fixtures() -> Vec<Fixture> {
             None,
         ),
         fx(
-            "uplink: WireGuard to host address, no socket -> fallback PASS",
+            "uplink: WireGuard to host address, no socket -> DROP (no kernel decap)",
             Uplink,
             tunnel_frame(PEER, NODE, 17, 51820, 0),
             Standard,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::NoXsk),
         ),
         fx(
@@ -424,12 +434,12 @@ fn fixtures() -> Vec<Fixture> {
             None,
         ),
         fx(
-            "uplink: NodePort, no socket -> fallback PASS",
+            "uplink: NodePort, no socket -> DROP (not to a host listener)",
             Uplink,
             service_frame(NODE, 6, NODEPORT_TCP, 0, 0),
             Standard,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::NoXsk),
         ),
         fx(
@@ -571,7 +581,7 @@ fn fixtures() -> Vec<Fixture> {
             None,
         ),
         fx(
-            "pod: ARP request, no socket -> fallback PASS",
+            "pod: ARP request, no socket -> PASS (ARP is never forwarded)",
             Pod,
             arp_frame(1, POD_A, Ipv4Addr::new(169, 254, 1, 1)),
             Standard,
@@ -625,12 +635,12 @@ fn fixtures() -> Vec<Fixture> {
             None,
         ),
         fx(
-            "pod: IPv4, iface not configured -> PASS",
+            "pod: IPv4, iface not configured -> DROP",
             Pod,
             ipv4_frame(POD_A, POD_B),
             NoIface,
-            PASS,
-            V::RedirectFailed,
+            DROP,
+            V::EngineAway,
             Some(R::NoIface),
         ),
         fx(
@@ -641,6 +651,128 @@ fn fixtures() -> Vec<Fixture> {
             REDIRECT,
             V::Redirect,
             None,
+        ),
+        // xdp_pod with the engine away (no socket, no flow4 entry): fail closed. Only what
+        // is for the node's kernel (its addresses, ARP) goes there; nothing the kernel would
+        // forward with ip_forward=1.
+        fx(
+            "pod: IPv4 to another pod, no socket -> DROP (fail closed)",
+            Pod,
+            ipv4_frame(POD_A, POD_B),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: IPv4 to internet, no socket -> DROP",
+            Pod,
+            ipv4_frame(POD_A, INTERNET),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: IPv4 to the router (uplink segment), no socket -> DROP",
+            Pod,
+            ipv4_frame(POD_A, PEER),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: IPv6, no socket -> DROP",
+            Pod,
+            ipv6_frame(),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: other ethertype, no socket -> DROP",
+            Pod,
+            eth(0x88b5, &[0u8; 46]),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "pod: IHL 4, no socket -> DROP, bad_ip_header",
+            Pod,
+            raw_ipv4(0x44, 84, 84),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::BadIpHeader),
+        )
+        .also(R::NoXsk),
+        fx(
+            "pod: truncated ARP, no socket -> DROP, truncated_arp",
+            Pod,
+            arp_frame(1, POD_A, NODE)[..20].to_vec(),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::TruncatedArp),
+        )
+        .also(R::NoXsk),
+        fx(
+            "pod: IPv4 to host address, no socket -> PASS (node traffic)",
+            Pod,
+            ipv4_frame(POD_A, NODE),
+            Standard,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "pod: ARP reply, no socket -> PASS",
+            Pod,
+            arp_frame(2, POD_A, NODE),
+            Standard,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: TCP to host address, no socket -> PASS (node traffic)",
+            Uplink,
+            service_frame(NODE, 6, 22, 0, 0),
+            Standard,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: ARP request for a pod, no socket -> PASS",
+            Uplink,
+            arp_frame(1, PEER, POD_A),
+            Standard,
+            PASS,
+            V::Pass,
+            None,
+        ),
+        fx(
+            "uplink: TCP to a service VIP, no socket -> DROP",
+            Uplink,
+            service_frame(SERVICE_VIP, 6, 80, 0, 0),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
+        ),
+        fx(
+            "uplink: IPIP to host address, no socket -> DROP",
+            Uplink,
+            tunnel_frame(PEER, NODE, 4, 0, 0),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
         ),
         refused(
             "pod: 10-byte frame -> refused by the kernel",
@@ -741,8 +873,8 @@ fn fixture_table() {
         if let Some(v) = f.verdict {
             expected.verdicts[v as usize] = 1;
         }
-        if let Some(r) = f.reason {
-            expected.drops[r as usize] = 1;
+        for r in &f.reasons {
+            expected.drops[*r as usize] = 1;
         }
         let problem = match (f.outcome, result) {
             (Outcome::Action(want), Ok((action, out))) => {
@@ -830,8 +962,9 @@ fn map_edits_change_steering() {
     assert_eq!(run(&dp), xdp_action::REDIRECT);
 
     dp.clear_xsk(0).unwrap();
-    assert_eq!(run(&dp), xdp_action::PASS);
+    assert_eq!(run(&dp), xdp_action::DROP);
     assert_eq!(dp.stats().unwrap().reason(FpDropReason::NoXsk), 1);
+    assert_eq!(dp.stats().unwrap().verdict(FpVerdict::EngineAway), 1);
 
     assert!(dp.remove_steer4(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap());
     assert!(!dp.remove_steer4(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap());
@@ -975,9 +1108,10 @@ fn l4_checksum(ip: &[u8], proto: u8) -> u16 {
 }
 
 /// The flow4 cache: while the engine's socket is missing, a flow the engine forwarded is
-/// forwarded by XDP (TTL - 1 with a valid checksum, the engine's MACs, out of its interface);
-/// any other flow, an expired entry, a fragment, or any packet while the socket is there is
-/// not.
+/// forwarded by XDP (TTL - 1 with a valid checksum, the engine's MACs, out of its interface)
+/// when it arrives where the engine saw it arrive; any other flow, an expired entry, a
+/// fragment or another ingress interface is dropped (fail closed), and any packet while the
+/// socket is there goes to the engine.
 #[test]
 fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     if !require_root("flow_cache_forwards_known_flows_only_while_the_engine_is_away") {
@@ -986,7 +1120,7 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     let (mut dp, _) = prepare(Setup::Standard);
     let udp = service_frame(POD_A, 17, 5000, 0, 0);
     let run = |dp: &Dataplane, f: &[u8]| dp.prog_test_run(XdpProg::Uplink, f).unwrap();
-    assert_eq!(run(&dp, &udp).0, xdp_action::PASS, "no entry: fail closed");
+    assert_eq!(run(&dp, &udp).0, xdp_action::DROP, "no entry: fail closed");
 
     let key = FpFlow4Key {
         saddr: PEER.octets(),
@@ -1007,6 +1141,8 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
         sport: key.sport,
         dport: key.dport,
         flags: 0,
+        in_ifindex: LO_IFINDEX,
+        pad: 0,
         seen_ns,
     };
     dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
@@ -1033,18 +1169,40 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
         "a hit is not a failure"
     );
 
+    // The same tuple arriving on another interface than the engine saw it on (a pod forging
+    // another pod's flow): not from the cache.
+    dp.set_flow4(
+        key,
+        FpFlow4 {
+            in_ifindex: LO_IFINDEX + 1,
+            ..entry(ferroplane_bpf::monotonic_ns())
+        },
+    )
+    .unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(
+        run(&dp, &udp).0,
+        xdp_action::DROP,
+        "wrong ingress interface"
+    );
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::EngineAway), 1);
+    assert_eq!(d.verdict(FpVerdict::FlowCache), 0);
+    dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
+        .unwrap();
+
     // Another flow (other port), a fragment, an ICMP error: not from the cache.
     assert_eq!(
         run(&dp, &service_frame(POD_A, 17, 5001, 0, 0)).0,
-        xdp_action::PASS
+        xdp_action::DROP
     );
     assert_eq!(
         run(&dp, &service_frame(POD_A, 17, 5000, 0, 0x2000)).0,
-        xdp_action::PASS
+        xdp_action::DROP
     );
     assert_eq!(
         run(&dp, &service_frame(POD_A, 1, 5000, 3, 0)).0,
-        xdp_action::PASS
+        xdp_action::DROP
     );
 
     // ICMP echo: the id is the request's source port.
@@ -1062,14 +1220,14 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     );
     assert_eq!(
         run(&dp, &service_frame(POD_A, 1, 77, 0, 0)).0,
-        xdp_action::PASS,
+        xdp_action::DROP,
         "a reply is another direction"
     );
 
     // An entry idle for longer than FP_FLOW4_IDLE_NS is ignored.
     let old = ferroplane_bpf::monotonic_ns().saturating_sub(121_000_000_000);
     dp.set_flow4(key, entry(old)).unwrap();
-    assert_eq!(run(&dp, &udp).0, xdp_action::PASS);
+    assert_eq!(run(&dp, &udp).0, xdp_action::DROP);
     assert_eq!(dp.flow4().unwrap().len(), 2);
     assert_eq!(dp.clear_flow4().unwrap(), 2);
 

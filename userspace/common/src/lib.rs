@@ -81,7 +81,7 @@ pub struct FpFlow4Key {
 
 /// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards a flow while the engine
 /// is away (the tuple to write when [`FpFlow4::NAT`] is set, decrement TTL, these MACs, out
-/// of `ifindex`).
+/// of `ifindex`), for frames that arrive on `in_ifindex`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FpFlow4 {
@@ -101,6 +101,11 @@ pub struct FpFlow4 {
     pub dport: [u8; 2],
     /// [`FpFlow4::NAT`] when the tuple changes.
     pub flags: u32,
+    /// Interface the engine received the flow on: XDP replays the entry only for frames
+    /// arriving there (a pod cannot replay another pod's flow by forging its tuple).
+    pub in_ifindex: u32,
+    /// Zero.
+    pub pad: u32,
     /// Last refresh or use, CLOCK_MONOTONIC nanoseconds.
     pub seen_ns: u64,
 }
@@ -167,7 +172,10 @@ mod tests {
             rust_layout!(
                 "fp_flow4",
                 FpFlow4,
-                [ifindex, dmac, smac, saddr, daddr, sport, dport, flags, seen_ns]
+                [
+                    ifindex, dmac, smac, saddr, daddr, sport, dport, flags, in_ifindex, pad,
+                    seen_ns
+                ]
             ),
         ];
         // Every struct of the header has a mirror, and no mirror is left over.

@@ -40,6 +40,8 @@ pub struct FlowExport {
     pub nat: Option<(Ipv4Addr, Ipv4Addr, u16, u16)>,
     /// Kernel index of the output interface.
     pub ifindex: u32,
+    /// Kernel index of the interface the flow arrived on (XDP replays it only from there).
+    pub in_ifindex: u32,
     /// Destination MAC written.
     pub dst_mac: [u8; 6],
     /// Source MAC written.
@@ -111,7 +113,8 @@ fn hash(f: &FlowExport) -> u64 {
         | (u64::from(f.dport) << 32)
         | (u64::from(f.proto) << 24)
         | u64::from(f.ifindex & 0x00ff_ffff);
-    let mut c = u64::from_le_bytes(mac) ^ (u64::from(f.src_mac[5]) << 56);
+    let mut c =
+        u64::from_le_bytes(mac) ^ (u64::from(f.src_mac[5]) << 56) ^ (u64::from(f.in_ifindex) << 32);
     if let Some((s, d, sp, dp)) = f.nat {
         c ^= (u64::from(u32::from(s)) << 32 | u64::from(u32::from(d))).rotate_left(17)
             ^ (u64::from(sp) << 16 | u64::from(dp));
@@ -182,6 +185,7 @@ mod tests {
             proto: 6,
             nat: None,
             ifindex: 7,
+            in_ifindex: 5,
             dst_mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
         };
@@ -191,6 +195,8 @@ mod tests {
         assert!(seen.should_report(&f, 100 + REFRESH_SECS));
         let moved = FlowExport { ifindex: 8, ..f };
         assert!(seen.should_report(&moved, 100 + REFRESH_SECS));
+        let arrives_elsewhere = FlowExport { in_ifindex: 6, ..f };
+        assert!(seen.should_report(&arrives_elsewhere, 100 + REFRESH_SECS));
         let other = FlowExport { sport: 9, ..f };
         assert!(seen.should_report(&other, 100 + REFRESH_SECS));
         let natted = FlowExport {

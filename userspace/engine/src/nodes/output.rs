@@ -49,10 +49,15 @@ impl InterfaceOutput {
         {
             return;
         }
-        let rx_kind = cx.snap.ifaces.get(m.rx_if).map(|f| f.kind);
-        if !matches!(rx_kind, Some(IfKind::Pod | IfKind::Uplink)) {
+        let Some(rx) = cx
+            .snap
+            .ifaces
+            .get(m.rx_if)
+            .filter(|f| matches!(f.kind, IfKind::Pod | IfKind::Uplink))
+        else {
             return;
-        }
+        };
+        let in_ifindex = rx.ifindex;
         let (start, end) = (m.offset as usize, m.offset as usize + m.len as usize);
         let Some(pkt) = cx.mem.frame(b).get(start..end) else {
             return;
@@ -81,6 +86,7 @@ impl InterfaceOutput {
             proto,
             nat,
             ifindex: out.ifindex,
+            in_ifindex,
             dst_mac,
             src_mac,
         };
