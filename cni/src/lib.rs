@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod netns;
 pub mod plugin;
 pub mod proto;
 pub mod types;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{code, CniError};
+use crate::netns::{check_pod_netns, host_namespaces, HostNs, NetnsError};
 use crate::proto::{AgentRequest, AgentResponse, Attachment, Command, PROTO_VERSION};
 use crate::types::{is_supported, CniResult, Dns, CNI_VERSION, SUPPORTED_VERSIONS, VERBS_1_1};
 
@@ -358,6 +359,26 @@ pub fn parse_k8s_args(s: &str) -> Result<CniArgs, CniError> {
     Ok(args)
 }
 
+/// The plugin's own check of `CNI_NETNS` (the agent repeats it with its view of the node):
+/// ADD and CHECK need a network namespace that is not the node's own; DEL refuses only the
+/// node's own namespace (a path that is gone, or no longer a namespace, is a namespace that
+/// was deleted: DEL still cleans up the host side, which never enters it). The node's own
+/// namespace, or something that is not a network namespace, is an invalid `CNI_NETNS`:
+/// code 4 ("invalid necessary environment variables"), not 7, which is about the network
+/// configuration on stdin.
+pub fn check_netns(cmd: Command, netns: &str, host: &[HostNs]) -> Result<(), CniError> {
+    match check_pod_netns(netns, host) {
+        Ok(_) => Ok(()),
+        Err(e @ NetnsError::Host { .. }) => Err(env_err(e.to_string())),
+        Err(_) if cmd == Command::Del => Ok(()),
+        Err(e @ NetnsError::Missing { .. }) => {
+            Err(CniError::new(code::UNKNOWN_CONTAINER, e.to_string()))
+        }
+        Err(e @ NetnsError::NotNetns { .. }) => Err(env_err(e.to_string())),
+        Err(e @ NetnsError::Io { .. }) => Err(CniError::new(code::IO_FAILURE, e.to_string())),
+    }
+}
+
 fn required<'a>(
     env: &'a HashMap<String, String>,
     key: &str,
@@ -559,6 +580,10 @@ fn run_conf(
         req.pod_name = args.pod_name;
         req.container_id = cid.to_string();
         req.ifname = ifname.to_string();
+        // Last of the environment checks, before the agent is asked for anything.
+        if !netns.is_empty() {
+            check_netns(cmd, &netns, &host_namespaces())?;
+        }
         req.netns = netns;
     }
     match cmd {
@@ -735,6 +760,57 @@ mod tests {
     }
 
     #[test]
+    fn netns_refused_before_the_agent_is_asked() {
+        let dir = std::env::temp_dir().join(format!("fp-cni-plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("regular");
+        std::fs::write(&file, b"").unwrap();
+        let file = file.display().to_string();
+        let run_with = |cmd: &str, netns: &str| {
+            run(
+                &env(&[
+                    ("CNI_COMMAND", cmd),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_NETNS", netns),
+                ]),
+                CONF.as_bytes(),
+            )
+        };
+        // The plugin's own namespace (the runtime's, standing for the node's): code 4, and
+        // the agent is never asked (it would answer 11 here: there is no agent).
+        for cmd in ["ADD", "CHECK", "DEL"] {
+            let o = run_with(cmd, "/proc/self/ns/net");
+            assert_eq!(code_of(&o), 4, "{cmd}: {o:?}");
+            let v = o.stdout.unwrap();
+            assert!(
+                v["msg"].as_str().unwrap().contains("own network namespace"),
+                "{v}"
+            );
+            assert_eq!(v["cniVersion"], "1.1.0");
+        }
+        // Not a network namespace: ADD and CHECK refused with 4; DEL goes on to the agent
+        // (a namespace that is gone still gets its host side cleaned up): 11 here.
+        for (netns, what) in [
+            (file.as_str(), "a regular file"),
+            ("/proc/self/ns/mnt", "a mnt namespace"),
+            (dir.to_str().unwrap(), "a directory"),
+        ] {
+            for cmd in ["ADD", "CHECK"] {
+                let o = run_with(cmd, netns);
+                assert_eq!(code_of(&o), 4, "{cmd} {netns}: {o:?}");
+                let msg = o.stdout.unwrap()["msg"].as_str().unwrap().to_string();
+                assert!(
+                    msg.contains("not a network namespace") && msg.contains(what),
+                    "{msg}"
+                );
+            }
+            assert_eq!(code_of(&run_with("DEL", netns)), 11, "DEL {netns}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn chaining_and_prev_ip() {
         let ours = CniResult {
             cni_version: "1.1.0".into(),
@@ -851,12 +927,18 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("SOMETHING"));
-        // With IgnoreUnknown the request goes on (and finds no agent: code 11).
+        // With IgnoreUnknown the request goes on, to the namespace check (code 3: there is
+        // no /var/run/netns/x).
         e.insert(
             "CNI_ARGS".into(),
             "IgnoreUnknown=1;K8S_POD_NAME=p;SOMETHING=else".into(),
         );
-        assert_eq!(code_of(&run(&e, CONF.as_bytes())), 11);
+        let o = run(&e, CONF.as_bytes());
+        assert_eq!(code_of(&o), 3);
+        assert!(o.stdout.unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"));
         assert!(is_dns_label("a-1") && !is_dns_label("A") && !is_dns_label(&"a".repeat(64)));
         assert!(is_dns_subdomain("a.b-c") && !is_dns_subdomain("a..b"));
     }

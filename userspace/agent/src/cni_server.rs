@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferroplane_cni::netns::{check_pod_netns, host_namespaces, NetnsError};
 use ferroplane_cni::proto::PROTO_VERSION;
 use ferroplane_cni::types::mac_string;
 use ferroplane_cni::{
@@ -122,13 +123,24 @@ pub fn record_identity(r: &Record) -> Option<String> {
 }
 
 /// Pods to plumb again when the agent starts: reservations whose network namespace still
-/// exists (the others wait for DEL or GC), with their [`record_identity`].
+/// exists, is a network namespace and is not the node's own (the others wait for DEL or
+/// GC), with their [`record_identity`].
 pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<(PodSpec, Option<String>)>, IpamError> {
+    let host = host_namespaces();
     Ok(ipam
         .records()?
         .iter()
-        .filter(|r| {
-            !r.container_id.is_empty() && !r.netns.is_empty() && Path::new(&r.netns).exists()
+        .filter(|r| !r.container_id.is_empty() && !r.netns.is_empty())
+        .filter(|r| match check_pod_netns(&r.netns, &host) {
+            Ok(_) => true,
+            Err(e @ NetnsError::Missing { .. }) => {
+                tracing::debug!(container = %r.container_id, "not restored: {e}");
+                false
+            }
+            Err(e) => {
+                warn!(container = %r.container_id, "not restored: {e}");
+                false
+            }
         })
         .map(|r| (record_pod(r), record_identity(r)))
         .collect())
@@ -312,13 +324,20 @@ pub async fn handle(ctx: &CniContext, req: AgentRequest) -> AgentResponse {
     }
 }
 
-async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError> {
-    if !Path::new(&req.netns).exists() {
-        return Err(CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", req.netns),
-        ));
+/// The agent's own, authoritative check of a request's `CNI_NETNS`, before anything is
+/// reserved or plumbed: ADD and CHECK need a network namespace that is not the node's
+/// (the agent's own or PID 1's); DEL refuses only the node's own namespace (see
+/// [`ferroplane_cni::plugin::check_netns`]). The plugin makes the same check from the
+/// runtime's namespace, which need not be the agent's.
+pub fn check_request_netns(cmd: Command, netns: &str) -> Result<(), CniError> {
+    if netns.is_empty() && cmd == Command::Del {
+        return Ok(());
     }
+    ferroplane_cni::plugin::check_netns(cmd, netns, &host_namespaces())
+}
+
+async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError> {
+    check_request_netns(Command::Add, &req.netns)?;
     let owner = Owner {
         network: req.network.clone(),
         netns: req.netns.clone(),
@@ -401,6 +420,7 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
 }
 
 async fn del(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
+    check_request_netns(Command::Del, &req.netns)?;
     let ipam = ctx.ipam.clone();
     let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
     let record = blocking(move || ipam.get(&cid, &ifname)).await?;
@@ -477,6 +497,7 @@ async fn gc(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
 }
 
 async fn check(ctx: &CniContext, req: AgentRequest) -> Result<(), CniError> {
+    check_request_netns(Command::Check, &req.netns)?;
     let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg);
     let ipam = ctx.ipam.clone();
     let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
@@ -702,6 +723,92 @@ mod tests {
         assert_eq!(handle(&ctx, g).await, AgentResponse::Ok { result: None });
         assert_eq!(ipam.free().unwrap(), 1);
         assert!(ipam.get("a", "eth0").unwrap().is_some());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn bad_netns_refused_before_anything_is_reserved() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("fp-cni-netns-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
+        let ipam = Arc::new(Ipam::open(&dir.join("ipam"), pool).unwrap());
+        let free = ipam.free().unwrap();
+        let regular = dir.join("regular-file");
+        fs::write(&regular, b"").unwrap();
+        // Every operation that reaches the main loop is counted: none may.
+        let ops = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = mpsc::channel(4);
+        let seen = ops.clone();
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                match op {
+                    PodOp::Del { reply, .. } => {
+                        let _ = reply.send(Ok(false));
+                    }
+                    PodOp::Keys { reply } => {
+                        let _ = reply.send(Vec::new());
+                    }
+                    PodOp::Get { reply, .. } => {
+                        let _ = reply.send(None);
+                    }
+                    PodOp::Add { reply, .. } => {
+                        let _ = reply.send(Err("no dataplane in this test".into()));
+                    }
+                }
+            }
+        });
+        let ctx = CniContext {
+            ipam: ipam.clone(),
+            ops: tx,
+        };
+        let req = |command, netns: &str| AgentRequest {
+            proto: PROTO_VERSION,
+            command,
+            network: "fp".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: netns.into(),
+            pod_namespace: None,
+            pod_name: None,
+            dns: Default::default(),
+            expect_ip: Some("10.3.0.1".into()),
+            valid_attachments: Vec::new(),
+        };
+        let refused = |r: AgentResponse, needle: &str| match r {
+            AgentResponse::Error(e) => {
+                assert_eq!(e.code, code::INVALID_ENV, "{e:?}");
+                assert!(e.msg.contains(needle), "{needle:?} not in {e:?}");
+            }
+            other => panic!("{other:?}"),
+        };
+        // The agent's own namespace (the node's), under two paths.
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        for netns in ["/proc/self/ns/net", own.as_str()] {
+            for cmd in [Command::Add, Command::Check, Command::Del] {
+                refused(handle(&ctx, req(cmd, netns)).await, "own network namespace");
+            }
+        }
+        // Not a network namespace: ADD and CHECK refused.
+        let regular = regular.display().to_string();
+        for netns in [regular.as_str(), "/proc/self/ns/mnt"] {
+            for cmd in [Command::Add, Command::Check] {
+                refused(
+                    handle(&ctx, req(cmd, netns)).await,
+                    "not a network namespace",
+                );
+            }
+        }
+        assert_eq!(ipam.free().unwrap(), free, "an address was reserved");
+        assert!(ipam.records().unwrap().is_empty());
+        assert_eq!(ops.load(Ordering::SeqCst), 0, "the main loop was asked");
+        // DEL of a namespace that is no longer one cleans up the host side as usual.
+        assert_eq!(
+            handle(&ctx, req(Command::Del, &regular)).await,
+            AgentResponse::Ok { result: None }
+        );
+        assert_eq!(ops.load(Ordering::SeqCst), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 }
