@@ -80,11 +80,13 @@ struct Args {
     /// pool is off unless asked for (it pays off with a large UMEM).
     #[arg(long, default_value_t = 0)]
     warm_pods: usize,
-    /// What the agent leaves behind when it exits (or dies). `detach`: the XDP programs are
-    /// removed, the node's kernel takes all traffic back (pods are cut off). `keep` (for
-    /// restarts and upgrades): the programs stay attached (pinned links) and flows the
-    /// engine was forwarding keep forwarding from the XDP flow cache until the next agent
-    /// adopts the programs; new flows wait for it (fail closed). Needs the pin directory.
+    /// What the agent leaves behind when it stops cleanly (SIGTERM, Ctrl-C). `detach`: the
+    /// XDP programs are removed and the node's kernel takes all traffic back (uninstall).
+    /// `keep` (for restarts and upgrades): the programs stay attached (pinned links) and flows
+    /// the engine was forwarding keep forwarding from the XDP flow cache until the next agent
+    /// adopts the programs; new flows are dropped until then (fail closed). Needs the pin
+    /// directory. Whatever this says, an agent that dies (crash, SIGKILL, OOM) leaves the
+    /// programs attached: their links are pinned while it runs (unless `--no-pin`).
     #[arg(long, default_value = "detach", value_parser = ["detach", "keep"])]
     on_exit: String,
 }
@@ -116,7 +118,8 @@ struct Agent {
     attach: AttachMode,
     /// The warm pool: spare veth pairs with their AF_XDP port open and XDP attached.
     spares: Vec<Spare>,
-    /// `--on-exit keep`: the engine reports forwarded flows for the XDP flow cache.
+    /// The XDP links are pinned (not `--no-pin`): the programs outlive the agent if it dies,
+    /// so the engine reports forwarded flows for the XDP flow cache.
     keep: bool,
 }
 
@@ -498,7 +501,7 @@ impl Agent {
     }
 
     /// Writes the flows the engine reported forwarding into the XDP flow cache (`flow4`),
-    /// stamped now: XDP replays them only while the engine is away (`--on-exit keep`).
+    /// stamped now: XDP replays them only while the engine is away (agent restarting or dead).
     fn export_flows(&self) {
         let flows = self.engine.take_flows();
         if flows.is_empty() {
@@ -531,6 +534,8 @@ impl Agent {
                 } else {
                     0
                 },
+                in_ifindex: f.in_ifindex,
+                pad: 0,
                 seen_ns: now,
             };
             if let Err(e) = bpf.set_flow4(key, value) {
@@ -609,8 +614,8 @@ async fn run(args: Args) -> Result<()> {
         XdpMode::Skb => AttachMode::Skb,
     };
 
-    let keep = args.on_exit == "keep";
-    if keep && args.no_pin {
+    let on_exit_keep = args.on_exit == "keep";
+    if on_exit_keep && args.no_pin {
         bail!("--on-exit keep needs pinned maps and links: drop --no-pin");
     }
     let mut bpf = Dataplane::load((!args.no_pin).then_some(args.pin_dir.as_path()))
@@ -622,9 +627,13 @@ async fn run(args: Args) -> Result<()> {
             "kept XDP links of interfaces gone since the last run released"
         );
     }
+    // Pinned links from the start, whatever --on-exit says: an agent that dies (SIGKILL, OOM,
+    // panic) must leave the programs attached, or the kernel would take pod traffic with no
+    // policy (it forwards with ip_forward=1). Only a clean `--on-exit detach` stop removes them.
+    let keep = !args.no_pin;
     if keep {
         bpf.keep_attached()
-            .context("--on-exit keep: keeping XDP programs attached")?;
+            .context("pinning the XDP links (programs stay attached if the agent dies)")?;
     }
     let bpf = Arc::new(Mutex::new(bpf));
 
@@ -1037,7 +1046,7 @@ async fn run(args: Args) -> Result<()> {
         agent.export_flows();
     }
     agent.engine.stop();
-    if agent.keep {
+    if on_exit_keep {
         let flows = agent.bpf()?.flow4().map(|f| f.len()).unwrap_or(0);
         info!(
             flows,
