@@ -370,8 +370,20 @@ impl NodeSpec {
             let message = strip_yaml_path(&path, e.into_inner().to_string());
             ConfigError::Yaml { path, message }
         })?;
+        let mut spec = spec;
+        spec.set_defaults();
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Applies the Kubernetes API server's defaults to the objects the spec takes in
+    /// Kubernetes shape (Services, EndpointSlices, NetworkPolicies; see
+    /// [`crate::services::set_defaults`] and [`crate::policy::set_defaults`]), so they mean
+    /// what the same objects mean in a cluster. Done by [`NodeSpec::from_yaml`]; the
+    /// Kubernetes watchers apply the same functions to what they receive. Idempotent.
+    pub fn set_defaults(&mut self) {
+        crate::services::set_defaults(self);
+        crate::policy::set_defaults(self);
     }
 
     /// Reads, parses and validates a YAML node spec file.

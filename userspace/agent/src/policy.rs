@@ -128,6 +128,15 @@ pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Applies the API server's defaults to every NetworkPolicy of the spec
+/// ([`ferroplane_policy::set_defaults`]: `policyTypes`, port protocols), as the standalone
+/// spec and the Kubernetes watchers both do when they take policies in.
+pub fn set_defaults(spec: &mut NodeSpec) {
+    for np in &mut spec.network_policies {
+        ferroplane_policy::set_defaults(&mut np.0);
+    }
+}
+
 /// The compiler input of the spec's pods (all local in standalone mode).
 pub fn pods(spec: &NodeSpec) -> Vec<PodInfo> {
     spec.pods
@@ -370,6 +379,37 @@ networkPolicies:
       podSelector: {matchLabels: {pod: a}}
       ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: http}]}]
 "#;
+
+    /// The spec's policies are stored defaulted (API server rules), and an `egress: []`
+    /// policy without policyTypes leaves the pod's egress open, as in a cluster.
+    #[test]
+    fn spec_policies_get_the_api_server_defaults() {
+        let y = SPEC.replace(
+            "      ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: http}]}]\n",
+            "      ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: http}]}]\n      egress: []\n",
+        );
+        assert_ne!(y, SPEC);
+        let spec = NodeSpec::from_yaml(&y).unwrap();
+        let np = &spec.network_policies[0].0;
+        let s = np.spec.as_ref().unwrap();
+        assert_eq!(s.policy_types, Some(vec!["Ingress".to_string()]));
+        let port = &s.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0];
+        assert_eq!(port.protocol.as_deref(), Some("TCP"));
+        let mut c = Compiler::new();
+        c.sync(
+            &spec
+                .namespaces
+                .iter()
+                .map(|n| (n.metadata.name.clone(), n.metadata.labels.clone()))
+                .collect(),
+            &pods(&spec),
+            &[np.clone()],
+        )
+        .unwrap();
+        c.commit();
+        let v = c.pod_view("x", "a").unwrap();
+        assert!(v.ingress.is_some() && v.egress.is_none(), "{v:?}");
+    }
 
     #[test]
     fn cni_pods_take_their_kubernetes_identity() {

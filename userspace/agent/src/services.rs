@@ -502,6 +502,132 @@ impl ServiceSpec {
     }
 }
 
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset
+/// (`v1.DefaultClientIPServiceAffinitySeconds`).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+/// Applies the API server's defaults to a Service, so a spec entry written by hand means
+/// what the same object means once stored by Kubernetes (`SetDefaults_Service` in
+/// `k8s.io/kubernetes/pkg/apis/core/v1/defaults.go`, and the service registry's
+/// normalisation of `clusterIPs` and IP families):
+/// - `sessionAffinity`: `None`; with `None` any `sessionAffinityConfig` is dropped; with
+///   `ClientIP` a missing timeout becomes [`DEFAULT_AFFINITY_SECONDS`] (10800 s);
+/// - `type`: `ClusterIP` (done by the deserializer);
+/// - each port: `protocol` `TCP`; `targetPort` absent, `0` or `""` becomes `port`;
+/// - `externalTrafficPolicy`: `Cluster` for externally reachable services (NodePort,
+///   LoadBalancer, ClusterIP with `externalIPs`);
+/// - `internalTrafficPolicy`: `Cluster` for ClusterIP, NodePort and LoadBalancer;
+/// - LoadBalancer: `allocateLoadBalancerNodePorts` `true`; ingress IPs' `ipMode` `VIP`;
+/// - `clusterIPs` `[clusterIP]` (and `clusterIP` the first of `clusterIPs`) when only one
+///   is given; `ipFamilies` from the cluster IPs; `ipFamilyPolicy` `SingleStack` when
+///   they are of one family.
+///
+/// Idempotent. Run once on every Service the agent takes in: the standalone spec
+/// ([`crate::config::NodeSpec::from_yaml`]) and the Kubernetes watchers.
+pub fn set_service_defaults(s: &mut ServiceSpec) {
+    let spec = &mut s.spec;
+    let affinity = spec.session_affinity.get_or_insert_with(|| "None".into());
+    match affinity.as_str() {
+        "None" => spec.session_affinity_config = None,
+        "ClientIP" => {
+            let c = spec
+                .session_affinity_config
+                .get_or_insert(SessionAffinityConfig { client_ip: None });
+            c.client_ip
+                .get_or_insert(ClientIpConfig {
+                    timeout_seconds: None,
+                })
+                .timeout_seconds
+                .get_or_insert(DEFAULT_AFFINITY_SECONDS);
+        }
+        _ => {} // refused by validation
+    }
+    for p in &mut spec.ports {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        match &p.target_port {
+            None | Some(TargetPort::Number(0)) => p.target_port = Some(TargetPort::Number(p.port)),
+            Some(TargetPort::Name(n)) if n.is_empty() => {
+                p.target_port = Some(TargetPort::Number(p.port))
+            }
+            Some(_) => {}
+        }
+    }
+    let externally_accessible = match spec.type_ {
+        ServiceType::NodePort | ServiceType::LoadBalancer => true,
+        ServiceType::ClusterIP => !spec.external_ips.is_empty(),
+        ServiceType::ExternalName => false,
+    };
+    if externally_accessible && spec.external_traffic_policy.is_none() {
+        spec.external_traffic_policy = Some(TrafficPolicy::Cluster);
+    }
+    if spec.type_ != ServiceType::ExternalName && spec.internal_traffic_policy.is_none() {
+        spec.internal_traffic_policy = Some(TrafficPolicy::Cluster);
+    }
+    if spec.type_ == ServiceType::LoadBalancer {
+        spec.allocate_load_balancer_node_ports.get_or_insert(true);
+        for i in s
+            .status
+            .iter_mut()
+            .flat_map(|st| st.load_balancer.iter_mut())
+            .flat_map(|lb| lb.ingress.iter_mut())
+        {
+            if i.ip.is_some() {
+                i.ip_mode.get_or_insert_with(|| "VIP".into());
+            }
+        }
+    }
+    if spec.type_ == ServiceType::ExternalName {
+        return;
+    }
+    match (&spec.cluster_ip, spec.cluster_ips.first()) {
+        (Some(ip), None) if !ip.is_empty() => spec.cluster_ips = vec![ip.clone()],
+        (None, Some(first)) => spec.cluster_ip = Some(first.clone()),
+        _ => {}
+    }
+    if spec.ip_families.is_empty() {
+        for ip in &spec.cluster_ips {
+            let family = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => "IPv4",
+                Ok(std::net::IpAddr::V6(_)) => "IPv6",
+                Err(_) => continue, // "None" (headless)
+            };
+            if !spec.ip_families.iter().any(|f| f == family) {
+                spec.ip_families.push(family.into());
+            }
+        }
+    }
+    if spec.ip_family_policy.is_none() && spec.ip_families.len() == 1 {
+        spec.ip_family_policy = Some("SingleStack".into());
+    }
+}
+
+/// Applies the API defaults to an EndpointSlice (`SetDefaults_EndpointPort` in
+/// `k8s.io/kubernetes/pkg/apis/discovery/v1/defaults.go`: port `name` `""`, `protocol`
+/// `TCP`) and writes out what absent endpoint conditions mean per the API
+/// reference (`discovery.k8s.io/v1` EndpointConditions): `ready` unset is `true`,
+/// `serving` unset is `true`, `terminating` unset is `false`. Idempotent; run on every
+/// slice taken in, like [`set_service_defaults`].
+pub fn set_endpoint_slice_defaults(es: &mut EndpointSliceSpec) {
+    for p in &mut es.ports {
+        p.name.get_or_insert_with(String::new);
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+    for e in &mut es.endpoints {
+        let c = &mut e.conditions;
+        c.ready.get_or_insert(true);
+        c.serving.get_or_insert(true);
+        c.terminating.get_or_insert(false);
+    }
+}
+
+/// [`set_service_defaults`] and [`set_endpoint_slice_defaults`] over a spec.
+pub fn set_defaults(spec: &mut NodeSpec) {
+    spec.services.iter_mut().for_each(set_service_defaults);
+    spec.endpoint_slices
+        .iter_mut()
+        .for_each(set_endpoint_slice_defaults);
+}
+
 /// Validate `services`, `endpointSlices` and `serviceProxy` of a spec.
 pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
     let px = &spec.service_proxy;
@@ -1340,6 +1466,167 @@ endpointSlices:
       - addresses: [10.244.1.11]
         nodeName: node-1
 "#;
+
+    /// A bare Service and EndpointSlice as a user writes them, and what the API server
+    /// stores for them (`SetDefaults_Service`, `SetDefaults_EndpointPort`, the API
+    /// reference's reading of absent endpoint conditions).
+    const BARE: &str = r#"
+services:
+  - metadata: { name: bare }
+    spec:
+      type: NodePort
+      clusterIP: 10.96.0.20
+      ports: [ { port: 80, nodePort: 30081 } ]
+      sessionAffinity: ClientIP
+  - metadata: { name: lb }
+    spec:
+      type: LoadBalancer
+      clusterIPs: [10.96.0.21]
+      ports: [ { port: 443, targetPort: 0, nodePort: 30443 } ]
+      sessionAffinityConfig: { clientIP: { timeoutSeconds: 99999999 } }
+    status: { loadBalancer: { ingress: [ { ip: 203.0.113.11 } ] } }
+  - metadata: { name: internal }
+    spec:
+      clusterIP: 10.96.0.22
+      ports: [ { port: 53, protocol: UDP, targetPort: dns } ]
+  - metadata: { name: ext }
+    spec:
+      clusterIP: 10.96.0.23
+      externalIPs: [203.0.113.12]
+      ports: [ { port: 80 } ]
+endpointSlices:
+  - metadata: { name: bare-1, labels: { kubernetes.io/service-name: bare } }
+    ports: [ { port: 8080 } ]
+    endpoints:
+      - addresses: [10.244.1.10]
+      - addresses: [10.244.1.11]
+        conditions: { ready: false, terminating: true }
+"#;
+
+    #[test]
+    fn api_server_defaults() {
+        let s = spec(BARE).unwrap();
+        let bare = &s.services[0].spec;
+        assert_eq!(bare.session_affinity.as_deref(), Some("ClientIP"));
+        assert_eq!(
+            bare.session_affinity_config,
+            Some(SessionAffinityConfig {
+                client_ip: Some(ClientIpConfig {
+                    timeout_seconds: Some(10800)
+                })
+            })
+        );
+        let p = &bare.ports[0];
+        assert_eq!(p.protocol.as_deref(), Some("TCP"));
+        assert_eq!(p.target_port, Some(TargetPort::Number(80)));
+        assert_eq!(bare.external_traffic_policy, Some(TrafficPolicy::Cluster));
+        assert_eq!(bare.internal_traffic_policy, Some(TrafficPolicy::Cluster));
+        assert_eq!(bare.cluster_ips, vec!["10.96.0.20".to_string()]);
+        assert_eq!(bare.ip_families, vec!["IPv4".to_string()]);
+        assert_eq!(bare.ip_family_policy.as_deref(), Some("SingleStack"));
+        assert_eq!(bare.allocate_load_balancer_node_ports, None);
+
+        // sessionAffinity None drops the config (even an out-of-range one: the API server
+        // defaults before it validates); targetPort 0 is "unset"; clusterIP from clusterIPs.
+        let lb = &s.services[1];
+        assert_eq!(lb.spec.session_affinity.as_deref(), Some("None"));
+        assert_eq!(lb.spec.session_affinity_config, None);
+        assert_eq!(lb.spec.ports[0].target_port, Some(TargetPort::Number(443)));
+        assert_eq!(lb.spec.cluster_ip.as_deref(), Some("10.96.0.21"));
+        assert_eq!(lb.spec.allocate_load_balancer_node_ports, Some(true));
+        let ingress = &lb
+            .status
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .ingress;
+        assert_eq!(ingress[0].ip_mode.as_deref(), Some("VIP"));
+
+        // ClusterIP: internal policy only; external policy only with externalIPs.
+        let internal = &s.services[2].spec;
+        assert_eq!(internal.type_, ServiceType::ClusterIP);
+        assert_eq!(internal.external_traffic_policy, None);
+        assert_eq!(
+            internal.internal_traffic_policy,
+            Some(TrafficPolicy::Cluster)
+        );
+        assert_eq!(
+            internal.ports[0].target_port,
+            Some(TargetPort::Name("dns".into()))
+        );
+        assert_eq!(internal.ports[0].protocol.as_deref(), Some("UDP"));
+        let ext = &s.services[3].spec;
+        assert_eq!(ext.external_traffic_policy, Some(TrafficPolicy::Cluster));
+
+        let es = &s.endpoint_slices[0];
+        assert_eq!(es.ports[0].name.as_deref(), Some(""));
+        assert_eq!(es.ports[0].protocol.as_deref(), Some("TCP"));
+        let c = &es.endpoints[0].conditions;
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(true), Some(true), Some(false))
+        );
+        // serving unset reads as true (API reference), so a terminating endpoint that did
+        // not say otherwise is serving-terminating, not dropped.
+        let c = &es.endpoints[1].conditions;
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(false), Some(true), Some(true))
+        );
+        let defs = service_defs(&s);
+        let bare_def = defs.iter().find(|d| d.service == "default/bare").unwrap();
+        assert_eq!(bare_def.affinity_secs, Some(10800));
+        let states: Vec<EndpointState> = bare_def.backends.iter().map(|b| b.state).collect();
+        assert_eq!(
+            states,
+            vec![EndpointState::Ready, EndpointState::ServingTerminating]
+        );
+
+        // Idempotent: defaulting the defaulted spec changes nothing.
+        let mut again = s.clone();
+        set_defaults(&mut again);
+        assert_eq!(again, s);
+    }
+
+    /// The Kubernetes path defaults with the same functions: a Service and EndpointSlice
+    /// as the watchers receive them (no API-server defaults, e.g. from a minimal API
+    /// server) become exactly what the same objects in the YAML spec become.
+    #[test]
+    fn watcher_and_spec_paths_agree() {
+        let s = spec(BARE).unwrap();
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bare", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.20",
+                     "ports": [{"port": 80, "nodePort": 30081}], "sessionAffinity": "ClientIP"}
+        }))
+        .unwrap();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bare-1", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "bare"}},
+                "addressType": "IPv4",
+                "ports": [{"port": 8080}],
+                "endpoints": [{"addresses": ["10.244.1.10"]},
+                              {"addresses": ["10.244.1.11"],
+                               "conditions": {"ready": false, "terminating": true}}]
+            }))
+            .unwrap();
+        let objects = crate::k8s::model::Objects {
+            services: vec![svc],
+            endpoint_slices: vec![slice],
+            ..Default::default()
+        };
+        // apiVersion and kind are informational (the k8s-openapi types always carry them).
+        let mut from_k8s = crate::k8s::model::services(&objects);
+        assert_eq!(from_k8s.len(), 1);
+        (from_k8s[0].api_version, from_k8s[0].kind) = (None, None);
+        assert_eq!(from_k8s[0], s.services[0]);
+        let mut slices = crate::k8s::model::endpoint_slices(&objects);
+        (slices[0].api_version, slices[0].kind) = (None, None);
+        assert_eq!(slices[0], s.endpoint_slices[0]);
+    }
 
     #[test]
     fn kubernetes_shapes_become_service_ports() {

@@ -89,8 +89,9 @@ pub enum EndpointState {
 }
 
 impl EndpointState {
-    /// From the EndpointSlice conditions (unset `ready` counts as ready, as in Kubernetes;
-    /// unset `serving` follows `ready`).
+    /// From the EndpointSlice conditions, unset ones read as the API reference says
+    /// (`ready` and `serving` unset: true; `terminating` unset: false). A terminating
+    /// endpoint is never `Ready`.
     pub fn from_conditions(
         ready: Option<bool>,
         serving: Option<bool>,
@@ -98,7 +99,7 @@ impl EndpointState {
     ) -> Self {
         let terminating = terminating.unwrap_or(false);
         let ready = ready.unwrap_or(true) && !terminating;
-        let serving = serving.unwrap_or(ready);
+        let serving = serving.unwrap_or(true);
         if ready {
             EndpointState::Ready
         } else if serving && terminating {

@@ -175,7 +175,11 @@ impl DesiredState {
                 let mut v: Vec<_> = objects
                     .network_policies
                     .iter()
-                    .map(|p| crate::policy::PolicyObject(p.clone()))
+                    .map(|p| {
+                        let mut p = p.clone();
+                        ferroplane_policy::set_defaults(&mut p);
+                        crate::policy::PolicyObject(p)
+                    })
                     .collect();
                 v.sort_by(|a, b| {
                     (&a.0.metadata.namespace, &a.0.metadata.name)
@@ -292,13 +296,18 @@ fn convert<T: serde::de::DeserializeOwned, K: serde::Serialize>(
     }
 }
 
-/// Services in the node spec's shape (ExternalName services are left out).
+/// Services in the node spec's shape, with the API defaults applied
+/// ([`crate::services::set_service_defaults`]; ExternalName services are left out).
 pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
     let mut v: Vec<ServiceSpec> = objects
         .services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName"))
         .filter_map(|s| convert(s, SERVICE_FIELDS, "Service"))
+        .map(|mut s| {
+            crate::services::set_service_defaults(&mut s);
+            s
+        })
         .collect();
     v.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
@@ -306,13 +315,18 @@ pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
     v
 }
 
-/// IPv4 EndpointSlices in the node spec's shape.
+/// IPv4 EndpointSlices in the node spec's shape, with the API defaults applied
+/// ([`crate::services::set_endpoint_slice_defaults`]).
 pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
     let mut v: Vec<EndpointSliceSpec> = objects
         .endpoint_slices
         .iter()
         .filter(|s| s.address_type == "IPv4")
         .filter_map(|s| convert(s, SLICE_FIELDS, "EndpointSlice"))
+        .map(|mut s| {
+            crate::services::set_endpoint_slice_defaults(&mut s);
+            s
+        })
         .collect();
     v.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
