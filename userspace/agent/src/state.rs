@@ -253,6 +253,10 @@ impl NodeState {
             fib: Arc::new(b.build()?),
             ifaces: Arc::new(ifaces),
             node_ip: Some(node.address.addr),
+            // Never the catch-all fallback of `prefix`: that would refuse every source.
+            pod_cidrs: Ipv4Prefix::new(node.pod_cidr.addr, node.pod_cidr.prefix_len)
+                .into_iter()
+                .collect(),
             policy: crate::policy::compile_pods(&self.spec, &self.policy_pods()),
             flow_export: false,
         })

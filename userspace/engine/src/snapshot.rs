@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub ifaces: Arc<Interfaces>,
     /// The node's primary address (source of ICMP errors when the receiving interface has none).
     pub node_ip: Option<Ipv4Addr>,
+    /// This node's pod CIDRs: a packet from the uplink with a source inside them is
+    /// spoofed (`ip4-input` drops it as `spoofed-source`).
+    pub pod_cidrs: Vec<ferroplane_tables::Ipv4Prefix>,
     /// Overlay tunnels (IPIP, VXLAN, WireGuard) to remote nodes.
     pub tunnels: Arc<crate::tunnel::TunnelTable>,
     /// Services (VIPs, NodePorts, backends, Maglev tables).

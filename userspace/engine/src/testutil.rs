@@ -34,7 +34,7 @@ pub fn pod_ip(i: u16) -> Ipv4Addr {
 }
 
 /// A one-node snapshot: sw_if 0 = uplink (port 0), sw_if 1..=pods = pods (ports 1..),
-/// with `extra_routes` /32 static routes via the router (for FIB-size benches).
+/// pod CIDR 10.244.1.0/24, with `extra_routes` /32 static routes via the router (for FIB-size benches).
 pub fn node_snapshot(pods: u16, extra_routes: u32) -> Snapshot {
     let mut ifaces = Interfaces::new();
     ifaces.insert(Interface {
@@ -121,6 +121,9 @@ pub fn node_snapshot(pods: u16, extra_routes: u32) -> Snapshot {
         fib: Arc::new(b.build().unwrap_or_default()),
         ifaces: Arc::new(ifaces),
         node_ip: Some(NODE_IP),
+        pod_cidrs: Ipv4Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24)
+            .into_iter()
+            .collect(),
         ..Snapshot::default()
     }
 }

@@ -299,21 +299,65 @@ fn vxlan_with_another_vni_is_dropped() {
     assert_eq!(n2.error("tunnel-decap", "bad-vxlan"), 1);
 }
 
+/// Completes a WireGuard handshake between node 1 (initiator) and node 2.
+fn wg_handshake(n1: &mut Node, n2: &mut Node) {
+    let (up, _) = n1.send(1, &from_pod(1, 20));
+    let (resp, _) = n2.send(0, &up[0]);
+    let (ka, _) = n1.send(0, &resp[0]);
+    n2.send(0, &ka[0]);
+    assert!(n1.wg.as_ref().unwrap().handshake_age().is_some());
+}
+
+/// Node 1 forwards a frame from its uplink with this source to node 2's pod (through the
+/// tunnel); returns what node 2's pod receives.
+fn relay_from(n1: &mut Node, n2: &mut Node, src: Ipv4Addr) -> Vec<Vec<u8>> {
+    let f = udp_frame(uplink_mac(1), [2, 0xaa, 0, 0, 0, 1], src, pod_ip(2), 64, 30);
+    let (up, _) = n1.send(0, &f);
+    assert_eq!(up.len(), 1, "{src}: tunnelled by node 1");
+    n2.send(0, &up[0]).1
+}
+
+#[test]
+fn inner_sources_belong_to_the_sending_peer() {
+    for mode in [TunnelMode::Ipip, TunnelMode::Vxlan, TunnelMode::WireGuard] {
+        let (mut n1, mut n2) = (Node::new(1, mode), Node::new(2, mode));
+        if mode == TunnelMode::WireGuard {
+            wg_handshake(&mut n1, &mut n2);
+        }
+        // Node 1's pod CIDR and node 1 itself (host-network and masqueraded traffic).
+        for src in [pod_ip(1), Ipv4Addr::new(10, 244, 1, 77), node_ip(1)] {
+            let got = relay_from(&mut n1, &mut n2, src);
+            assert_eq!(got.len(), 1, "{mode:?}: {src} refused");
+        }
+        // An outside address, node 2's own pods, a third node's pods: spoofed.
+        let spoofed = [
+            Ipv4Addr::new(8, 8, 8, 8),
+            pod_ip(2),
+            Ipv4Addr::new(10, 244, 3, 10),
+        ];
+        for src in spoofed {
+            let got = relay_from(&mut n1, &mut n2, src);
+            assert!(got.is_empty(), "{mode:?}: {src} delivered");
+        }
+        assert_eq!(n2.error("tunnel-decap", "spoofed-source"), 3, "{mode:?}");
+    }
+}
+
 #[test]
 fn spoofed_inner_source_is_dropped() {
     let (mut n1, mut n2) = (
         Node::new(1, TunnelMode::Ipip),
         Node::new(2, TunnelMode::Ipip),
     );
-    // A pod on node 1 claiming an address outside node 1's pod CIDR.
-    let mut f = from_pod(1, 64);
-    f[26..30].copy_from_slice(&[10, 9, 9, 9]);
-    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    // Node 1's IPIP frame with an inner source outside node 1's pod CIDR.
+    let (up, _) = n1.send(1, &from_pod(1, 64));
+    let mut wire = up[0].clone();
+    wire[14 + 20 + 12..14 + 20 + 16].copy_from_slice(&[10, 9, 9, 9]);
+    let mut ip = Ipv4Packet::new_checked(&mut wire[14 + 20..]).unwrap();
     ip.fill_checksum();
-    let (up, _) = n1.send(1, &f);
-    let (_, pod) = n2.send(0, &up[0]);
+    let (_, pod) = n2.send(0, &wire);
     assert!(pod.is_empty());
-    assert_eq!(n2.error("tunnel-decap", "inner-source-not-allowed"), 1);
+    assert_eq!(n2.error("tunnel-decap", "spoofed-source"), 1);
 }
 
 #[test]

@@ -18,6 +18,7 @@ node_errors! {
         NotRequest = (Error, "not-request", "ARP other than a request reached the engine"),
         NotPod = (Error, "not-pod-interface", "ARP request on a non-pod interface (the kernel answers there)"),
         OwnAddress = (Error, "own-address", "request for the pod's own address (duplicate address detection)"),
+        SpoofedSource = (Error, "spoofed-source", "ARP from a pod whose sender MAC or address is not the pod's own"),
         Replied = (Info, "replied", "ARP requests answered with the gateway MAC"),
     }
 }
@@ -28,7 +29,8 @@ static INFO: NodeInfo = NodeInfo {
     errors: ArpError::INFO,
 };
 
-/// Answers a pod's ARP requests (for its gateway, or any other address: proxy ARP) with the host veth's MAC.
+/// Answers a pod's ARP requests (for its gateway, or any other address: proxy ARP) with the
+/// host veth's MAC, when they come from the pod's own MAC and address.
 #[derive(Debug, Default)]
 pub struct ArpInput;
 
@@ -61,8 +63,18 @@ impl<M: FrameMemory> Node<M> for ArpInput {
                 Err(ArpError::NotRequest)
             } else if let Some(iface) = iface {
                 match &iface.pod {
+                    // Sender: the pod's own MAC and address; 0.0.0.0 only in a probe for
+                    // its own address (RFC 5227 duplicate address detection).
+                    Some(pod)
+                        if sender_hw.0 != pod.mac
+                            || !(sender == pod.ip
+                                || (sender.is_unspecified() && target == pod.ip)) =>
+                    {
+                        Err(ArpError::SpoofedSource)
+                    }
+                    None => Err(ArpError::SpoofedSource),
                     Some(pod) if pod.ip == target => Err(ArpError::OwnAddress),
-                    _ => {
+                    Some(_) => {
                         arp.set_operation(ferroplane_wire::arp::REPLY);
                         arp.set_target_hw_addr(sender_hw);
                         arp.set_target_proto_addr(sender);

@@ -1,5 +1,6 @@
 use ferroplane_io::{BufIdx, FrameMemory};
 
+use crate::interfaces::IfKind;
 use crate::node::{Ctx, Node, NodeInfo};
 use crate::trace::TraceData;
 use crate::{node_errors, node_nexts};
@@ -19,6 +20,7 @@ node_errors! {
         NotForUs = (Error, "not-for-us", "unicast destination MAC is not the receiving interface's"),
         UnknownInterface = (Error, "unknown-interface", "received on a port with no interface in the table"),
         L2Multicast = (Error, "l2-multicast", "IPv4 sent to a broadcast or multicast MAC"),
+        SpoofedSource = (Error, "spoofed-source", "frame from a pod whose source MAC is not the pod's own"),
     }
 }
 
@@ -28,7 +30,8 @@ static INFO: NodeInfo = NodeInfo {
     errors: EthError::INFO,
 };
 
-/// Classifies frames by ethertype after checking the destination MAC.
+/// Classifies frames by ethertype after checking the destination MAC and, on pod ports,
+/// the source MAC (a pod's frames carry its interface's MAC, nothing else).
 #[derive(Debug, Default)]
 pub struct EthernetInput;
 
@@ -52,11 +55,11 @@ impl<M: FrameMemory> Node<M> for EthernetInput {
             }
             let mut dst = [0u8; 6];
             dst.copy_from_slice(&pkt[0..6]);
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&pkt[6..12]);
             let ethertype = be16(pkt, 12);
             let group = dst[0] & 1 != 0;
             if cx.traced(b) {
-                let mut src = [0u8; 6];
-                src.copy_from_slice(&cx.packet(b)[6..12]);
                 cx.trace(
                     b,
                     TraceData::Ethernet {
@@ -68,6 +71,11 @@ impl<M: FrameMemory> Node<M> for EthernetInput {
             }
             if !group && dst != iface.mac {
                 nexts[i] = cx.drop_with(b, EthError::NotForUs);
+                continue;
+            }
+            // A pod sends with its own MAC only (a pod interface without a pod: nothing passes).
+            if iface.kind == IfKind::Pod && iface.pod.as_ref().is_none_or(|p| p.mac != src) {
+                nexts[i] = cx.drop_with(b, EthError::SpoofedSource);
                 continue;
             }
             nexts[i] = match ethertype {

@@ -1,6 +1,7 @@
 use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_wire::Ipv4Packet;
 
+use crate::interfaces::IfKind;
 use crate::node::{Ctx, Node, NodeInfo};
 use crate::trace::TraceData;
 use crate::{node_errors, node_nexts};
@@ -20,7 +21,9 @@ node_errors! {
         BadHeaderLength = (Error, "bad-header-length", "IHL below 5 (20 bytes)"),
         BadLength = (Error, "bad-length", "total length below the header length"),
         BadChecksum = (Error, "bad-checksum", "IPv4 header checksum is wrong"),
-        BadSource = (Error, "bad-source", "source address is multicast, broadcast or 0.0.0.0"),
+        BadSource = (Error, "bad-source", "source address is multicast, broadcast, in 0.0.0.0/8 or loopback"),
+        SpoofedSource = (Error, "spoofed-source", "source is not the sending pod's address, or from the uplink inside this node's pod CIDRs"),
+        MartianDestination = (Error, "martian-destination", "destination is broadcast, multicast, in 0.0.0.0/8 or loopback"),
     }
 }
 
@@ -30,7 +33,15 @@ static INFO: NodeInfo = NodeInfo {
     errors: Ip4InputError::INFO,
 };
 
-/// Validates IPv4 headers (version, lengths, checksum, source) and trims Ethernet padding.
+/// Validates IPv4 headers (version, lengths, checksum), sources and destinations, and trims
+/// Ethernet padding.
+///
+/// Sources: a pod sends with its own address only; the uplink never brings a source inside
+/// this node's pod CIDRs ([`crate::Snapshot::pod_cidrs`]); a tunnel's inner sources were
+/// checked against the sending peer by `tunnel-decap`. Destinations that no router forwards
+/// (RFC 1122 3.2.1.3, RFC 5735): limited broadcast, multicast (224.0.0.0/4: the engine has
+/// no multicast routing), 0.0.0.0/8 and loopback are dropped as `martian-destination`.
+/// 240.0.0.0/4 is forwarded: some clusters use it as unicast pod space.
 #[derive(Debug, Default)]
 pub struct Ip4Input;
 
@@ -40,7 +51,9 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
     }
 
     fn process(&mut self, cx: &mut Ctx<'_, M>, bufs: &[BufIdx], nexts: &mut [u16]) {
+        let snap = cx.snap;
         for (i, &b) in bufs.iter().enumerate() {
+            let rx = snap.ifaces.get(cx.meta(b).rx_if);
             let pkt = cx.packet(b);
             let l3 = pkt.get(14..).unwrap_or(&[]);
             let verdict = check(l3);
@@ -51,8 +64,22 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
                     continue;
                 }
             };
-            if src.is_multicast() || src.is_broadcast() || src.is_unspecified() {
+            let spoofed = match rx.map(|r| (r.kind, r.pod.as_ref())) {
+                Some((IfKind::Pod, pod)) => pod.is_none_or(|p| p.ip != src),
+                Some((IfKind::Uplink, _)) => snap.pod_cidrs.iter().any(|p| p.contains(src)),
+                _ => false,
+            };
+            if spoofed {
+                nexts[i] = cx.drop_with(b, Ip4InputError::SpoofedSource);
+                continue;
+            }
+            if src.is_multicast() || src.is_broadcast() || src.octets()[0] == 0 || src.is_loopback()
+            {
                 nexts[i] = cx.drop_with(b, Ip4InputError::BadSource);
+                continue;
+            }
+            if martian_destination(dst) {
+                nexts[i] = cx.drop_with(b, Ip4InputError::MartianDestination);
                 continue;
             }
             cx.meta_mut(b).len = 14 + total;
@@ -71,6 +98,13 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
             nexts[i] = Ip4InputNext::Nat.into();
         }
     }
+}
+
+/// Whether no router forwards to `dst`: limited broadcast, multicast, 0.0.0.0/8, loopback.
+#[inline(always)]
+fn martian_destination(dst: std::net::Ipv4Addr) -> bool {
+    let first = dst.octets()[0];
+    dst.is_broadcast() || dst.is_multicast() || first == 0 || first == 127
 }
 
 /// Returns the total length of a valid header, or the reason it is not.

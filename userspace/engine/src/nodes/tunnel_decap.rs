@@ -24,7 +24,7 @@ node_errors! {
         Truncated = (Error, "truncated", "outer headers or inner packet shorter than they claim"),
         BadVxlan = (Error, "bad-vxlan", "VXLAN header without the I flag or with another VNI"),
         NotIp4 = (Error, "inner-not-ipv4", "inner frame is not IPv4 (ARP, IPv6, ...)"),
-        BadSource = (Error, "inner-source-not-allowed", "inner source outside the remote node's pod CIDRs"),
+        SpoofedSource = (Error, "spoofed-source", "inner source neither in the sending peer's pod CIDRs nor the peer node's address"),
         NoWireGuard = (Error, "wg-no-peer", "WireGuard packet from a remote node without a WireGuard tunnel"),
         WgReplay = (Error, "wg-replay", "WireGuard data packet outside or already seen in the replay window"),
         WgDecrypt = (Error, "wg-decrypt", "WireGuard packet failed authentication or parsing"),
@@ -137,15 +137,20 @@ fn eth_ip4(frame: &mut [u8], at: usize) {
     frame[at + 12..at + 14].copy_from_slice(&[0x08, 0x00]);
 }
 
-/// Checks the inner IPv4 header at `frame[at..]` (length `len`): its source must be allowed.
+/// Checks the inner IPv4 header at `frame[at..]` (length `len`): its source must belong to
+/// the peer that sent it (identified by the outer source address, and for WireGuard by the
+/// session that authenticated it): one of its pod CIDRs ([`Tunnel::allows`]), or the peer
+/// node's own address (its host-network traffic, and service traffic it masqueraded), as
+/// Cilium puts a node's pod CIDRs and node IPs in its WireGuard allowed IPs.
 #[inline(always)]
 fn inner_ok(frame: &[u8], at: usize, len: usize, t: &Tunnel) -> Result<(), DecapError> {
     let inner = frame.get(at..at + len).unwrap_or(&[]);
     if inner.len() < 20 || inner[0] >> 4 != 4 {
         return Err(DecapError::NotIp4);
     }
-    if !t.allows(ip_at(inner, 12)) {
-        return Err(DecapError::BadSource);
+    let src = ip_at(inner, 12);
+    if src != t.remote && !t.allows(src) {
+        return Err(DecapError::SpoofedSource);
     }
     Ok(())
 }
