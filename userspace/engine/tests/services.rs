@@ -1,7 +1,7 @@
 //! Services on the memory backend: DNAT to Maglev-chosen backends, reverse
 //! NAT of replies, rejection without endpoints, traffic policies, SNAT
 //! (hairpin, externalTrafficPolicy=Cluster, masquerade), ICMP error
-//! translation, affinity and a full session table.
+//! translation, affinity, a full session table and a SYN flood against it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -154,11 +154,20 @@ fn cluster_ip_tcp_dnat_and_reverse_nat() {
     let back = r.one(1);
     assert_eq!(tuple(&back), (vip(0), pod_ip(1), 80, 40000));
     assert_eq!(r.errors("ip4-nat", "service-sessions"), 1);
-    let ct = r.sessions();
-    let ct = ct.lock().unwrap();
-    assert_eq!(ct.len(), 1);
-    let s = ct.iter().next().unwrap().1;
-    assert_eq!(s.state, ferroplane_tables::CtState::Established);
+    let state = |r: &Rig| {
+        let ct = r.sessions();
+        let ct = ct.lock().unwrap();
+        assert_eq!(ct.len(), 1);
+        let s = *ct.iter().next().unwrap().1;
+        (s.state, s.assured)
+    };
+    // The backend's SYN-ACK alone does not establish the connection (the early ACK
+    // before it did not fit SYN_SENT and changed nothing).
+    assert_eq!(state(&r), (ferroplane_tables::CtState::SynRecv, false));
+    // The client's ACK completes the handshake.
+    r.send(1, &ack);
+    assert_eq!(tuple(&r.one(port)).1, pod_ip(port));
+    assert_eq!(state(&r), (ferroplane_tables::CtState::Established, true));
 }
 
 #[test]
@@ -491,8 +500,54 @@ fn client_ip_affinity_pins() {
     );
 }
 
+/// The backend port a client SYN was forwarded to (one frame), or None when dropped.
+fn forwarded(r: &mut Rig) -> Option<u16> {
+    let mut to = None;
+    for p in 0..=4 {
+        let v = r.tx(p);
+        assert!(v.len() <= 1, "one frame");
+        if !v.is_empty() {
+            to = Some(p);
+        }
+    }
+    to
+}
+
+/// A complete handshake from pod 1's `sport` to `vip(0)`: the backend's port.
+fn handshake(r: &mut Rig, sport: u16) -> Option<u16> {
+    let c = |flags| {
+        tcp_frame(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(0),
+            sport,
+            80,
+            flags,
+            0,
+        )
+    };
+    r.send(1, &c(SYN));
+    let port = forwarded(r)?;
+    let synack = tcp_frame(
+        host_mac(port),
+        pod_mac(port),
+        pod_ip(port),
+        pod_ip(1),
+        8080,
+        sport,
+        SYN | ACK,
+        0,
+    );
+    r.send(port, &synack);
+    assert_eq!(r.tx(1).len(), 1, "SYN-ACK back to the client");
+    r.send(1, &c(ACK));
+    assert_eq!(r.tx(port).len(), 1, "ACK to the backend");
+    Some(port)
+}
+
 #[test]
-fn full_table_drops_new_flows_and_keeps_established() {
+fn full_table_of_established_connections_refuses_new_flows() {
     let mut nat = nat_default();
     nat.conntrack_max = 8;
     let mut r = rig(
@@ -500,38 +555,12 @@ fn full_table_drops_new_flows_and_keeps_established() {
         vec![tcp_service("default/web", vip(0), None, three_local())],
         nat,
     );
-    let mut first = None;
-    for sport in 0..8u16 {
-        let syn = tcp_frame(
-            host_mac(1),
-            pod_mac(1),
-            pod_ip(1),
-            vip(0),
-            20000 + sport,
-            80,
-            SYN,
-            0,
-        );
-        r.send(1, &syn);
-        for p in 2..=4 {
-            if !r.tx(p).is_empty() && first.is_none() {
-                first = Some(p);
-            }
-        }
-    }
-    let syn = tcp_frame(
-        host_mac(1),
-        pod_mac(1),
-        pod_ip(1),
-        vip(0),
-        29999,
-        80,
-        SYN,
-        0,
-    );
-    r.send(1, &syn);
-    assert!((2..=4).all(|p| r.tx(p).is_empty()), "new flow dropped");
+    let ports: Vec<u16> = (0..8u16)
+        .map(|i| handshake(&mut r, 20000 + i).expect("within the limit"))
+        .collect();
+    assert!(handshake(&mut r, 29999).is_none(), "new flow dropped");
     assert_eq!(r.errors("ip4-nat", "conntrack-full"), 1);
+    assert_eq!(r.errors("ip4-nat", "conntrack-early-drop"), 0);
     let ack = tcp_frame(
         host_mac(1),
         pod_mac(1),
@@ -543,11 +572,101 @@ fn full_table_drops_new_flows_and_keeps_established() {
         10,
     );
     r.send(1, &ack);
-    assert_eq!(
-        r.tx(first.unwrap()).len(),
-        1,
-        "established flow still forwarded"
+    assert_eq!(r.tx(ports[0]).len(), 1, "established flow still forwarded");
+}
+
+#[test]
+fn node_port_syn_flood_evicts_half_open_sessions_not_established_ones() {
+    const MAX: usize = 64;
+    let client: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let svc = tcp_service(
+        "default/web",
+        vip(0),
+        Some(30080),
+        vec![backend(pod_ip(2), 8080, true)],
     );
+    let mut nat = nat_default();
+    nat.conntrack_max = MAX;
+    let mut r = rig(2, vec![svc], nat);
+    let from_client = |src: Ipv4Addr, sport: u16, flags: u8, payload: usize| {
+        tcp_frame(
+            UPLINK_MAC, ROUTER_MAC, src, NODE_IP, sport, 30080, flags, payload,
+        )
+    };
+    let from_backend = |dst: Ipv4Addr, dport: u16, flags: u8, payload: usize| {
+        tcp_frame(
+            host_mac(2),
+            pod_mac(2),
+            pod_ip(2),
+            dst,
+            8080,
+            dport,
+            flags,
+            payload,
+        )
+    };
+    // One established connection through the NodePort.
+    let connect = |r: &mut Rig, sport: u16| {
+        r.send(0, &from_client(client, sport, SYN, 0));
+        assert_eq!(tuple(&r.one(2)), (client, pod_ip(2), sport, 8080));
+        r.send(2, &from_backend(client, sport, SYN | ACK, 0));
+        assert_eq!(tuple(&r.one(0)), (NODE_IP, client, 30080, sport));
+        r.send(0, &from_client(client, sport, ACK, 0));
+        assert_eq!(r.one(2).len(), from_client(client, sport, ACK, 0).len());
+    };
+    connect(&mut r, 5000);
+    // The flood: SYNs from 20 * MAX random sources, each answered by the backend, none
+    // acknowledged. The established connection talks in the middle of it, and a new
+    // connection is made.
+    let mut x: u32 = 0x1234_5678;
+    let flood = 20 * MAX as u32;
+    for i in 0..flood {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let src = Ipv4Addr::from(0x6440_0000 | (x & 0x003f_ffff));
+        let sport = 1024 + (x >> 22) as u16;
+        r.send(0, &from_client(src, sport, SYN, 0));
+        let Some(f) = r.tx(2).pop() else {
+            panic!("SYN {i} dropped: the table must make room");
+        };
+        assert_eq!(tuple(&f).0, src);
+        r.send(2, &from_backend(src, sport, SYN | ACK, 0));
+        assert_eq!(r.tx(0).len(), 1, "SYN-ACK out");
+        if i % 256 == 0 {
+            r.send(0, &from_client(client, 5000, ACK | 0x08, 10));
+            assert_eq!(
+                r.tx(2).len(),
+                1,
+                "established flow forwarded during the flood"
+            );
+            r.send(2, &from_backend(client, 5000, ACK | 0x08, 10));
+            assert_eq!(r.tx(0).len(), 1, "and its replies");
+        }
+        if i == flood / 2 {
+            connect(&mut r, 5001);
+        }
+    }
+    assert_eq!(r.errors("ip4-nat", "conntrack-full"), 0);
+    let drops = r.errors("ip4-nat", "conntrack-early-drop");
+    assert_eq!(
+        drops,
+        u64::from(flood) + 2 - MAX as u64,
+        "one eviction per SYN"
+    );
+    let ct = r.sessions();
+    let ct = ct.lock().unwrap();
+    assert_eq!(ct.len(), MAX);
+    let established: Vec<u16> = ct
+        .iter()
+        .filter(|(_, s)| s.is_established())
+        .map(|(_, s)| s.orig.sport)
+        .collect();
+    assert_eq!(established.len(), 2, "both connections, nothing else");
+    assert!(established.contains(&5000) && established.contains(&5001));
+    assert!(ct
+        .iter()
+        .all(|(_, s)| s.is_established() || s.state == ferroplane_tables::CtState::SynRecv));
 }
 
 #[test]
@@ -662,6 +781,34 @@ fn translated_flows_are_reported_with_their_tuples() {
     );
     r.send(port, &synack);
     assert_eq!(r.one(1).len(), synack.len());
+    // The handshake is not complete: nothing for the flow cache yet.
+    assert_eq!(rx.try_iter().count(), 0);
+    let client = |flags| {
+        tcp_frame(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            vip(0),
+            40000,
+            80,
+            flags,
+            0,
+        )
+    };
+    r.send(1, &client(ACK));
+    assert_eq!(r.one(port).len(), synack.len());
+    let data = tcp_frame(
+        host_mac(port),
+        pod_mac(port),
+        pod_ip(port),
+        pod_ip(1),
+        8080,
+        40000,
+        ACK,
+        10,
+    );
+    r.send(port, &data);
+    assert_eq!(r.one(1).len(), data.len());
     let flows: Vec<_> = rx.try_iter().collect();
     assert_eq!(flows.len(), 2, "{flows:?}");
     let fwd = flows[0];

@@ -8,6 +8,14 @@
 //! service-table probe and one Maglev slot load, whatever the number of
 //! services. The session table belongs to this worker (see
 //! [`Ip4Nat::sessions`]); the node takes its mutex once per vector.
+//!
+//! Sessions track TCP, UDP and ICMP states as the kernel's conntrack does
+//! ([`ferroplane_tables::conntrack`]): a TCP session is established only once the
+//! three-way handshake completes. A full table evicts an unestablished or closing
+//! session for a new flow (`conntrack-early-drop`) and refuses new flows only when
+//! every session is an established connection (`conntrack-full`), so a SYN flood
+//! cannot lock services out. Only packets of established sessions are offered to
+//! the XDP flow cache.
 
 use std::any::Any;
 use std::net::Ipv4Addr;
@@ -45,7 +53,8 @@ node_errors! {
         IcmpTranslated = (Info, "icmp-error-translated", "ICMP errors about a translated flow rewritten"),
         NoEndpoints = (Error, "no-endpoints", "service without endpoints: TCP reset or ICMP port unreachable sent"),
         NoLocalEndpoints = (Error, "no-local-endpoints", "traffic policy Local and no endpoint on this node"),
-        Full = (Error, "conntrack-full", "session table full: new flow dropped"),
+        Full = (Error, "conntrack-full", "session table full of established connections: new flow dropped"),
+        EarlyDrop = (Info, "conntrack-early-drop", "session table full: an unestablished or closing session evicted for a new flow"),
         NoPort = (Error, "snat-ports-exhausted", "no free SNAT port for the destination"),
         NoSnatAddress = (Error, "no-snat-address", "SNAT needed but the node has no address"),
     }
@@ -743,6 +752,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
         };
         let ifaces = cx.snap.ifaces.clone();
         let mut counts = [0u64; NatError::INFO.len()];
+        let early_drops = ct.stats.early_drops;
         for (i, &b) in bufs.iter().enumerate() {
             nexts[i] = NatNext::Lookup.into();
             let m = cx.meta(b);
@@ -854,8 +864,14 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             }
             rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
             ct.touch(id, dir, p.tcp_flags, now);
-            // The XDP flow cache can replay a TCP/UDP translation, not an ICMP one.
+            // Only established connections go to the XDP flow cache (a handshake, a
+            // half-open flood or a closing connection stays in the engine), and it can
+            // replay a TCP/UDP translation, not an ICMP one.
+            let cacheable = ct.get(id).is_some_and(|s| s.is_established());
             let mm = cx.meta_mut(b);
+            if !cacheable {
+                mm.flags |= crate::buffer::FLAG_NO_CACHE;
+            }
             if matches!(p.key.proto, PROTO_TCP | PROTO_UDP) {
                 mm.flags |= crate::buffer::FLAG_NAT;
                 mm.pre_nat = (
@@ -875,6 +891,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             }
         }
         ct.sweep(now, 64);
+        counts[NatError::EarlyDrop as usize] += ct.stats.early_drops - early_drops;
         drop(ct);
         for (code, n) in counts.iter().enumerate() {
             if *n > 0 {
