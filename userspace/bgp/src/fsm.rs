@@ -206,6 +206,7 @@ impl Fsm {
         if o.asn() != self.cfg.peer_as {
             return Err(Notification::new(code::OPEN, open::BAD_PEER_AS));
         }
+
         let ibgp = self.cfg.peer_as == self.cfg.local_as;
         if o.bgp_id.is_unspecified()
             || o.bgp_id.is_multicast()
@@ -222,7 +223,18 @@ impl Fsm {
 
     /// Leave for Idle after sending `n`.
     fn fail_with(&mut self, n: Notification, established: bool) -> Vec<Action> {
-        let reason = DownReason::SentNotification(n.to_string());
+        let detail = n.to_string();
+        self.fail_with_reason(n, detail, established)
+    }
+
+    /// [`Fsm::fail_with`] with a reason that says more than the NOTIFICATION's codes.
+    fn fail_with_reason(
+        &mut self,
+        n: Notification,
+        detail: String,
+        established: bool,
+    ) -> Vec<Action> {
+        let reason = DownReason::SentNotification(detail);
         self.enter_idle(
             vec![Action::Send(Message::Notification(n))],
             reason,
@@ -365,6 +377,15 @@ impl Fsm {
                         v.push(Action::StopTimer(Timer::Hold));
                     }
                     v
+                }
+                Err(n) if o.asn() != self.cfg.peer_as => {
+                    // Both numbers in the reason (logged and in `show bgp`'s last error).
+                    let detail = format!(
+                        "{n}: the peer's OPEN says AS {}, configured AS {}",
+                        o.asn(),
+                        self.cfg.peer_as
+                    );
+                    self.fail_with_reason(n, detail, false)
                 }
                 Err(n) => self.fail_with(n, false),
             },
@@ -558,7 +579,15 @@ mod tests {
                 2, 2
             ))))
         );
-        assert!(a.iter().any(|a| matches!(a, Action::Failed(_))));
+        let reason = a.iter().find_map(|a| match a {
+            Action::Failed(DownReason::SentNotification(r)) => Some(r.clone()),
+            _ => None,
+        });
+        let reason = reason.expect("failed with the NOTIFICATION sent");
+        assert!(
+            reason.contains("AS 65099") && reason.contains("configured AS 65002"),
+            "both AS numbers: {reason}"
+        );
     }
 
     #[test]

@@ -6,12 +6,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Address family identifier (IANA AFI).
+/// Address family identifier (IANA AFI), with unicast SAFI the only one used. In
+/// configuration and output it is spelled as `show bgp` prints it: `ipv4-unicast`,
+/// `ipv6-unicast` ([`Afi::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Afi {
     /// IPv4 (1).
+    #[serde(rename = "ipv4-unicast")]
     Ipv4,
     /// IPv6 (2).
+    #[serde(rename = "ipv6-unicast")]
     Ipv6,
 }
 

@@ -366,10 +366,12 @@ pub type AdjRibOut = HashMap<Prefix, (Arc<PathAttributes>, IpAddr)>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ExportPolicy {
-    /// Every best path the BGP rules allow (iBGP split horizon, reflection).
-    #[default]
+    /// Every best path the BGP rules allow (iBGP split horizon, reflection): routes
+    /// learnt from one peer go on to others (transit, route reflection).
     All,
-    /// Only routes this node originates.
+    /// Only routes this node originates (the default: a Kubernetes node is not a
+    /// transit AS).
+    #[default]
     Originated,
     /// Nothing.
     None,

@@ -75,10 +75,13 @@ pub struct PeerConfig {
     /// Advertise ourselves as next hop for routes learnt from others.
     #[serde(default)]
     pub next_hop_self: bool,
-    /// What we advertise to it.
+    /// What we advertise to it (default [`ExportPolicy::Originated`]: only this node's
+    /// own prefixes, so the node never becomes a transit AS; `all` for transit or route
+    /// reflection).
     #[serde(default)]
     pub export: ExportPolicy,
-    /// Families (default IPv4 and IPv6 unicast).
+    /// Families, spelled as `show bgp` prints them (`ipv4-unicast`, `ipv6-unicast`;
+    /// default both).
     #[serde(default = "default_families")]
     pub families: Vec<Afi>,
     /// TCP-MD5 (RFC 2385) password shared with the neighbour (1 to 80 octets).
@@ -106,7 +109,7 @@ impl PeerConfig {
             local_address: None,
             route_reflector_client: false,
             next_hop_self: false,
-            export: ExportPolicy::All,
+            export: ExportPolicy::default(),
             families: default_families(),
             password: None,
         }
@@ -591,6 +594,15 @@ impl Speaker {
         cfg: SpeakerConfig,
         originate: Vec<Prefix>,
     ) -> Result<Speaker, SpeakerError> {
+        if cfg.connect_retry == 0 {
+            return Err(SpeakerError::Config(
+                "connect retry time must be at least 1 s (0 would reconnect in a tight loop)"
+                    .into(),
+            ));
+        }
+        if cfg.hold_time == 1 || cfg.hold_time == 2 {
+            return Err(SpeakerError::Config("hold time must be 0 or >= 3".into()));
+        }
         let mut seen = HashSet::new();
         for p in &cfg.peers {
             if !seen.insert(p.address) {
@@ -1408,7 +1420,12 @@ impl Driver {
                 self.restart_at = Some(Instant::now() + Duration::from_secs(1));
             }
             Action::Failed(r) => {
-                debug!(peer = %self.cfg.address, reason = ?r, "attempt failed");
+                if matches!(r, DownReason::SentNotification(_)) {
+                    // A refused OPEN (bad peer AS, bad identifier, hold time): say why.
+                    warn!(peer = %self.cfg.address, reason = ?r, "session attempt refused");
+                } else {
+                    debug!(peer = %self.cfg.address, reason = ?r, "attempt failed");
+                }
                 let mut c = lock(&self.inner);
                 let p = &mut c.peers[self.id];
                 if p.last_error.is_none() || !matches!(r, DownReason::Stopped) {

@@ -18,7 +18,7 @@ fn p(s: &str) -> Prefix {
 
 /// A port range unique to this process (both-active tests need fixed ports).
 fn port(i: u16) -> u16 {
-    30000 + (std::process::id() % 2000) as u16 * 8 + i
+    30000 + (std::process::id() % 2000) as u16 * 16 + i
 }
 
 fn cfg(asn: u32, addr: &str, listen_port: u16) -> SpeakerConfig {
@@ -201,4 +201,64 @@ async fn graceful_restart_keeps_routes_until_end_of_rib() {
     wait("restart timer", 10, || fib(&b, "10.1.0.0/24").is_empty()).await;
     b.shutdown(false).await;
     let _ = Ipv4Addr::LOCALHOST;
+}
+
+/// b peers with a (eBGP) and c (eBGP). By default b sends c only what it originates:
+/// a's route does not go on to c (a node is not a transit AS); `export: all` on the
+/// session to c makes b a transit for it.
+#[tokio::test(flavor = "current_thread")]
+async fn no_transit_by_default() {
+    for transit in [false, true] {
+        let base = if transit { 10 } else { 7 };
+        let (pa, pb, pc) = (port(base), port(base + 1), port(base + 2));
+        let mut a = cfg(65001, "127.0.0.21", pa);
+        a.peers
+            .push(peer("127.0.0.22", 65002, pb, "127.0.0.21", false));
+        let a = Speaker::start(a, vec![p("10.1.0.0/24")]).await.unwrap();
+        let mut b = cfg(65002, "127.0.0.22", pb);
+        b.peers
+            .push(peer("127.0.0.21", 65001, pa, "127.0.0.22", true));
+        let mut to_c = peer("127.0.0.23", 65003, pc, "127.0.0.22", true);
+        if transit {
+            to_c.export = ferroplane_bgp::rib::ExportPolicy::All;
+        }
+        b.peers.push(to_c);
+        let b = Speaker::start(b, vec![p("10.2.0.0/24")]).await.unwrap();
+        let mut c = cfg(65003, "127.0.0.23", pc);
+        c.peers
+            .push(peer("127.0.0.22", 65002, pb, "127.0.0.23", false));
+        let c = Speaker::start(c, vec![]).await.unwrap();
+        wait("sessions", 10, || established(&b, 2) && established(&c, 1)).await;
+        wait("b learns a's route, c b's own", 5, || {
+            !fib(&b, "10.1.0.0/24").is_empty() && !fib(&c, "10.2.0.0/24").is_empty()
+        })
+        .await;
+        if transit {
+            wait("a's route through b to c", 5, || {
+                fib(&c, "10.1.0.0/24") == vec![ip("127.0.0.22")]
+            })
+            .await;
+        } else {
+            // b has sent c its own route; give a transit route the same time to arrive.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(fib(&c, "10.1.0.0/24").is_empty(), "b must not be a transit");
+            assert_eq!(c.peers()[0].received, 1, "only b's own prefix");
+        }
+        for s in [a, b, c] {
+            s.shutdown(false).await;
+        }
+    }
+}
+
+/// ConnectRetryTime 0 would reconnect in a tight loop: refused, like hold time 1-2.
+#[tokio::test(flavor = "current_thread")]
+async fn connect_retry_zero_and_hold_time_two_are_refused() {
+    let mut c = cfg(65001, "127.0.0.31", port(13));
+    c.connect_retry = 0;
+    let e = Speaker::start(c, vec![]).await.err().expect("refused");
+    assert!(e.to_string().contains("connect retry"), "{e}");
+    let mut c = cfg(65001, "127.0.0.31", port(13));
+    c.hold_time = 2;
+    let e = Speaker::start(c, vec![]).await.err().expect("refused");
+    assert!(e.to_string().contains("hold time"), "{e}");
 }
