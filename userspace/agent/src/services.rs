@@ -1381,6 +1381,7 @@ pub fn sessions_report(
         r.limit = ct.limit();
         r.created += ct.stats.created;
         r.full += ct.stats.full;
+        r.early_drops += ct.stats.early_drops;
         for (_, s) in ct.iter() {
             if s.expires <= now {
                 continue;

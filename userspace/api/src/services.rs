@@ -80,8 +80,11 @@ pub struct SessionsReport {
     pub limit: usize,
     /// Sessions created since start.
     pub created: u64,
-    /// Creations refused because a table was full.
+    /// Creations refused because a table was full of established connections.
     pub full: u64,
+    /// Unestablished or closing sessions evicted to make room for new ones (early drop).
+    #[serde(default)]
+    pub early_drops: u64,
     /// Sessions matching the filter (at most `filter.limit`).
     pub sessions: Vec<SessionInfo>,
 }

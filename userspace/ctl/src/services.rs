@@ -69,8 +69,8 @@ pub fn services(list: &[ServiceInfo]) -> String {
 pub fn sessions(r: &SessionsReport) -> String {
     use Align::{Left, Right};
     let mut out = format!(
-        "sessions {} (limit {} per worker), created {}, refused (full) {}\n",
-        r.total, r.limit, r.created, r.full
+        "sessions {} (limit {} per worker), created {}, refused (full) {}, early drops {}\n",
+        r.total, r.limit, r.created, r.full, r.early_drops
     );
     let mut t = Table::new(&[
         ("Proto", Left),
