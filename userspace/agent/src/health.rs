@@ -1,4 +1,5 @@
-//! The agent's health endpoint for Kubernetes probes: a minimal HTTP/1.1 server.
+//! The agent's health endpoint for Kubernetes probes: HTTP/1.1 (hyper) on the listeners'
+//! own runtime, with the limits of [`crate::listen`].
 //!
 //! `GET /healthz` answers 200 while the agent runs (liveness); `GET /readyz` answers 200 once
 //! the agent has set [`Health::set_ready`] (dataplane up, CNI socket serving and, in
@@ -7,10 +8,8 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use crate::listen::{self, ConnTable, HttpLimits};
 
 /// Readiness shared between the agent and the endpoint.
 #[derive(Debug, Default)]
@@ -30,10 +29,15 @@ impl Health {
     }
 }
 
-/// The status line and body for a request line.
+/// The status and body for a request line (`METHOD PATH VERSION`).
 pub fn answer(request_line: &str, health: &Health) -> (u16, &'static str) {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    answer_request(method, path, health)
+}
+
+/// The status and body for `method` on `path`.
+pub fn answer_request(method: &str, path: &str, health: &Health) -> (u16, &'static str) {
     if method != "GET" && method != "HEAD" {
         return (405, "method not allowed\n");
     }
@@ -45,61 +49,47 @@ pub fn answer(request_line: &str, health: &Health) -> (u16, &'static str) {
     }
 }
 
-/// Binds `addr` and serves on the current tokio runtime until the task is aborted.
+/// Binds `addr` and serves on the listeners' runtime ([`listen::runtime`]) with the default
+/// [`HttpLimits`] until the task is aborted.
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let health = health.clone();
-            tokio::spawn(async move {
-                // The request line may come in several segments: read until its end.
-                let mut buf = [0u8; 1024];
-                let mut n = 0;
-                let read_line = async {
-                    while n < buf.len() && !buf[..n].contains(&b'\n') {
-                        match stream.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => n += k,
-                        }
-                    }
-                };
-                if tokio::time::timeout(Duration::from_secs(5), read_line)
-                    .await
-                    .is_err()
-                    || n == 0
-                {
-                    return;
-                }
-                let text = String::from_utf8_lossy(&buf[..n]);
-                let line = text.lines().next().unwrap_or("");
-                let (code, body) = answer(line, &health);
-                let reason = match code {
-                    200 => "OK",
-                    404 => "Not Found",
-                    405 => "Method Not Allowed",
-                    _ => "Service Unavailable",
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(resp.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    }))
+    let limits = HttpLimits {
+        max_connections: listen::connection_limit(HttpLimits::default().max_connections),
+        ..HttpLimits::default()
+    };
+    serve_with(addr, health, limits).map(|(task, _, _)| task)
+}
+
+/// [`serve`] with `limits`; also returns the bound address and the connection table.
+pub fn serve_with(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    limits: HttpLimits,
+) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr, Arc<ConnTable>)> {
+    let rt = listen::runtime()?;
+    let listener = listen::bind_tcp(addr, &rt)?;
+    let bound = listener.local_addr()?;
+    let table = ConnTable::new("health", limits.max_connections);
+    let handler: listen::HttpHandler = Arc::new(move |req| {
+        let (code, body) = answer_request(req.method().as_str(), req.uri().path(), &health);
+        listen::response(code, "text/plain", body)
+    });
+    let task = rt.spawn(listen::serve_http(
+        listener,
+        "health",
+        table.clone(),
+        limits,
+        handler,
+    ));
+    Ok((task, bound, table))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listen::testkit;
 
     #[test]
     fn probes() {
@@ -112,24 +102,33 @@ mod tests {
         assert_eq!(answer("POST /healthz HTTP/1.1", &h).0, 405);
     }
 
+    fn start() -> (tokio::task::JoinHandle<()>, SocketAddr, Arc<ConnTable>) {
+        serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Health::default()),
+            testkit::limits(),
+        )
+        .unwrap()
+    }
+
     /// A request line that arrives in several segments (a client writing piece by piece)
     /// is read whole, not answered from its first piece.
-    #[tokio::test]
-    async fn request_line_in_segments() {
-        let h = Arc::new(Health::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        let server = serve(addr, h).await.expect("serve");
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        for piece in ["GET ", "/healthz", " HTTP/1.1\r\n", "Host: x\r\n\r\n"] {
-            s.write_all(piece.as_bytes()).await.expect("write");
-            s.flush().await.expect("flush");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
+    #[test]
+    fn request_line_in_segments() {
+        let (task, addr, _) = start();
+        let out = testkit::get_in_pieces(
+            addr,
+            &["GET ", "/healthz", " HTTP/1.1\r\n", "Host: x\r\n\r\n"],
+        );
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
-        server.abort();
+        assert!(out.ends_with("ok\n"), "{out}");
+        task.abort();
+    }
+
+    #[test]
+    fn hardened() {
+        let (task, addr, table) = start();
+        testkit::check_all(addr, "/healthz", &table);
+        task.abort();
     }
 }

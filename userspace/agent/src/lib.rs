@@ -11,6 +11,7 @@ pub mod engine;
 pub mod health;
 pub mod ipam;
 pub mod k8s;
+pub mod listen;
 pub mod metrics;
 pub mod netlink;
 pub mod observe;

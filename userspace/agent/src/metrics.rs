@@ -1,11 +1,8 @@
 //! Prometheus metrics: `GET /metrics` on a local address, text exposition
 //! (prometheus-client), computed from the same counters `ferroctl show` reads.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -16,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::api::AgentView;
+use crate::listen::{self, AbortOnDrop, ConnTable, HttpLimits};
 
 type Labels = Vec<(String, String)>;
 
@@ -444,73 +442,75 @@ fn to_prometheus_text(open_metrics: &str) -> String {
     out
 }
 
-fn answer(mut stream: TcpStream, view: &AgentView) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut first = String::new();
-    let mut reader = BufReader::new(&stream);
-    if reader.read_line(&mut first).is_err() {
-        return;
+/// Status, content type and body for `method` on `path` (with its query, if any).
+fn answer(
+    method: &str,
+    path: &str,
+    render: impl FnOnce() -> String,
+) -> (u16, &'static str, String) {
+    let get = method == "GET" || method == "HEAD";
+    if get && (path == "/metrics" || path.starts_with("/metrics?")) {
+        (200, "text/plain; version=0.0.4; charset=utf-8", render())
+    } else if get && path == "/healthz" {
+        (200, "text/plain", "ok\n".to_string())
+    } else {
+        (404, "text/plain", "try /metrics\n".to_string())
     }
-    // Drain the request headers.
-    let mut line = String::new();
-    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-        line.clear();
-    }
-    let path = first.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) =
-        if first.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                render(view),
-            )
-        } else if first.starts_with("GET ") && path == "/healthz" {
-            ("200 OK", "text/plain", "ok\n".to_string())
-        } else {
-            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-        };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
 }
 
-/// A running metrics endpoint; dropping it stops the listener.
+/// A running metrics endpoint (on the listeners' runtime, [`listen::runtime`]); dropping
+/// it stops the listener.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    table: Arc<ConnTable>,
+    _task: AbortOnDrop,
 }
 
 impl MetricsServer {
-    /// Listen on `addr` and answer `/metrics` (and `/healthz`) from `view`.
+    /// Listen on `addr` and answer `/metrics` (and `/healthz`) from `view`, with the
+    /// default [`HttpLimits`].
     pub fn start(addr: SocketAddr, view: Arc<AgentView>) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr)?;
+        let limits = HttpLimits {
+            max_connections: listen::connection_limit(HttpLimits::default().max_connections),
+            ..HttpLimits::default()
+        };
+        Self::start_with(addr, view, limits)
+    }
+
+    /// [`MetricsServer::start`] with `limits`.
+    pub fn start_with(
+        addr: SocketAddr,
+        view: Arc<AgentView>,
+        limits: HttpLimits,
+    ) -> std::io::Result<MetricsServer> {
+        let handler: listen::HttpHandler = Arc::new(move |req| {
+            let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+            let (code, ctype, body) = answer(req.method().as_str(), path, || render(&view));
+            listen::response(code, ctype, body)
+        });
+        Self::start_handler(addr, handler, limits)
+    }
+
+    fn start_handler(
+        addr: SocketAddr,
+        handler: listen::HttpHandler,
+        limits: HttpLimits,
+    ) -> std::io::Result<MetricsServer> {
+        let rt = listen::runtime()?;
+        let listener = listen::bind_tcp(addr, &rt)?;
         let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("fp-metrics".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nonblocking(false);
-                            answer(stream, &view);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-            })?;
+        let table = ConnTable::new("metrics", limits.max_connections);
+        let task = rt.spawn(listen::serve_http(
+            listener,
+            "metrics",
+            table.clone(),
+            limits,
+            handler,
+        ));
         Ok(MetricsServer {
             addr,
-            stop,
-            thread: Some(thread),
+            table,
+            _task: AbortOnDrop(task),
         })
     }
 
@@ -518,13 +518,67 @@ impl MetricsServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Its connections.
+    pub fn connections(&self) -> &Arc<ConnTable> {
+        &self.table
+    }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listen::testkit;
+
+    /// The endpoint with [`answer`]'s routing over a small registry (the agent's view needs
+    /// a live dataplane).
+    fn start() -> MetricsServer {
+        let handler: listen::HttpHandler = Arc::new(|req| {
+            let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+            let (code, ctype, body) = answer(req.method().as_str(), path, || {
+                let mut reg = Registry::with_prefix("ferroplane");
+                counter_family(
+                    &mut reg,
+                    "errors",
+                    "Packets dropped",
+                    [(l(&[("node", "ip4-input")]), 3)],
+                );
+                gauge(&mut reg, "workers", "Engine workers", 1);
+                let mut out = String::new();
+                encode(&mut out, &reg).unwrap();
+                to_prometheus_text(&out)
+            });
+            listen::response(code, ctype, body)
+        });
+        MetricsServer::start_handler("127.0.0.1:0".parse().unwrap(), handler, testkit::limits())
+            .unwrap()
+    }
+
+    #[test]
+    fn serves_prometheus_text() {
+        let m = start();
+        let out = testkit::get(m.addr(), "/metrics");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            out.contains("content-type: text/plain; version=0.0.4"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE ferroplane_errors_total counter"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ferroplane_errors_total{node=\"ip4-input\"} 3"),
+            "{out}"
+        );
+        assert!(!out.contains("# EOF"), "{out}");
+        assert!(testkit::get(m.addr(), "/x").starts_with("HTTP/1.1 404"));
+        assert!(testkit::get(m.addr(), "/healthz").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn hardened() {
+        let m = start();
+        testkit::check_all(m.addr(), "/metrics", m.connections());
     }
 }

@@ -1027,28 +1027,49 @@ pub fn health_checks(table: &ServiceTable) -> BTreeMap<u16, (String, usize)> {
     m
 }
 
-/// The HTTP answer of a health-check node port (as kube-proxy: 200 with local
+/// The HTTP status and JSON body of a health-check node port (as kube-proxy: 200 with local
 /// endpoints, 503 without).
-pub fn health_response(service: &str, local: usize) -> String {
+pub fn health_response(service: &str, local: usize) -> (u16, String) {
     let (ns, name) = service.split_once('/').unwrap_or(("default", service));
     let body = format!(
         "{{\"service\":{{\"namespace\":\"{ns}\",\"name\":\"{name}\"}},\"localEndpoints\":{local},\"serviceProxyHealthy\":true}}\n"
     );
-    let status = if local > 0 {
-        "200 OK"
-    } else {
-        "503 Service Unavailable"
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    (if local > 0 { 200 } else { 503 }, body)
 }
 
 /// Serve health-check node ports on `addr`: keeps one listener per port in `checks`
-/// (re-read every second), answering with [`health_response`].
+/// (re-read every second), answering with [`health_response`]. They run on the listeners'
+/// runtime ([`crate::listen::runtime`]) and share one connection table and the default
+/// [`crate::listen::HttpLimits`]: they face the outside, and however many connections are
+/// held on them, the agent's main loop and descriptors are not theirs.
 pub async fn serve_health_checks(addr: Ipv4Addr, checks: HealthChecks) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::listen::{self, AbortOnDrop, ConnTable, HttpLimits};
+    let limits = HttpLimits {
+        max_connections: listen::connection_limit(HttpLimits::default().max_connections),
+        ..HttpLimits::default()
+    };
+    let rt = match listen::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!("health check node ports not served: {e}");
+            return;
+        }
+    };
+    let table = ConnTable::new("health-check node ports", limits.max_connections);
+    let mut task = AbortOnDrop(rt.spawn(health_check_ports(addr, checks, table, limits)));
+    let _ = (&mut task.0).await;
+}
+
+/// The loop of [`serve_health_checks`] on the current runtime, with its connection table
+/// and limits.
+pub async fn health_check_ports(
+    addr: Ipv4Addr,
+    checks: HealthChecks,
+    table: Arc<crate::listen::ConnTable>,
+    limits: crate::listen::HttpLimits,
+) {
+    use crate::listen;
+    let rt = tokio::runtime::Handle::current();
     let mut running: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     loop {
         let want: BTreeSet<u16> = match checks.lock() {
@@ -1066,7 +1087,7 @@ pub async fn serve_health_checks(addr: Ipv4Addr, checks: HealthChecks) {
             if running.contains_key(&port) {
                 continue;
             }
-            let listener = match tokio::net::TcpListener::bind((addr, port)).await {
+            let listener = match listen::bind_tcp((addr, port).into(), &rt) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(%addr, port, "health check node port: {e}");
@@ -1074,41 +1095,29 @@ pub async fn serve_health_checks(addr: Ipv4Addr, checks: HealthChecks) {
                 }
             };
             let checks = checks.clone();
+            let handler: listen::HttpHandler = Arc::new(move |_req| {
+                let (svc, n) = checks
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&port).cloned())
+                    .unwrap_or_default();
+                let (code, body) = health_response(&svc, n);
+                let mut r = listen::response(code, "application/json", body);
+                r.headers_mut().insert(
+                    "x-content-type-options",
+                    hyper::header::HeaderValue::from_static("nosniff"),
+                );
+                r
+            });
             running.insert(
                 port,
-                tokio::spawn(async move {
-                    loop {
-                        let Ok((mut sock, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let checks = checks.clone();
-                        tokio::spawn(async move {
-                            let mut buf = [0u8; 1024];
-                            let mut got = 0;
-                            while got < buf.len() {
-                                match tokio::time::timeout(
-                                    std::time::Duration::from_secs(2),
-                                    sock.read(&mut buf[got..]),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                                    Ok(Ok(n)) => got += n,
-                                }
-                                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                                    break;
-                                }
-                            }
-                            let (svc, n) = checks
-                                .lock()
-                                .ok()
-                                .and_then(|m| m.get(&port).cloned())
-                                .unwrap_or_default();
-                            let _ = sock.write_all(health_response(&svc, n).as_bytes()).await;
-                            let _ = sock.shutdown().await;
-                        });
-                    }
-                }),
+                tokio::spawn(listen::serve_http(
+                    listener,
+                    "health-check node port",
+                    table.clone(),
+                    limits,
+                    handler,
+                )),
             );
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -1733,8 +1742,52 @@ endpointSlices:
 
     #[test]
     fn health_response_codes() {
-        assert!(health_response("default/web", 2).starts_with("HTTP/1.1 200"));
-        assert!(health_response("default/web", 2).contains("\"localEndpoints\":2"));
-        assert!(health_response("default/web", 0).starts_with("HTTP/1.1 503"));
+        assert_eq!(health_response("default/web", 2).0, 200);
+        assert!(health_response("default/web", 2)
+            .1
+            .contains("\"localEndpoints\":2"));
+        assert_eq!(health_response("default/web", 0).0, 503);
+    }
+
+    /// The health-check node ports served with the listeners' limits: answers, slow
+    /// clients, oversized headers, idle connections and the shared connection limit.
+    #[test]
+    fn health_check_ports_hardened() {
+        use crate::listen::{self, testkit, ConnTable};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let checks: HealthChecks = Arc::default();
+        checks
+            .lock()
+            .unwrap()
+            .insert(port, ("default/web".into(), 1));
+        let limits = testkit::limits();
+        let table = ConnTable::new("hc", limits.max_connections);
+        let rt = listen::runtime().unwrap();
+        let task = rt.spawn(health_check_ports(
+            Ipv4Addr::LOCALHOST,
+            checks.clone(),
+            table.clone(),
+            limits,
+        ));
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::net::TcpStream::connect(addr).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = testkit::get(addr, "/healthz");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("x-content-type-options: nosniff"), "{out}");
+        assert!(out.contains("\"localEndpoints\":1"), "{out}");
+        testkit::check_all(addr, "/healthz", &table);
+        checks
+            .lock()
+            .unwrap()
+            .insert(port, ("default/web".into(), 0));
+        assert!(testkit::get(addr, "/").starts_with("HTTP/1.1 503"));
+        task.abort();
     }
 }

@@ -47,7 +47,7 @@ pub use error::{ApiError, Result};
 pub use neighbors::NeighborInfo;
 pub use overlay::{TunnelPeer, TunnelsReport};
 pub use policy::{AclInfo, AclRuleInfo, PodPolicyInfo, PoliciesReport};
-pub use server::{ApiServer, Handler, MAX_CONNECTIONS, MAX_LINE_LEN};
+pub use server::{ApiServer, Handler, Limits, MAX_CONNECTIONS, MAX_LINE_LEN};
 pub use services::{BackendInfo, ServiceInfo, SessionFilter, SessionInfo, SessionsReport};
 pub use types::{CaptureReport, CapturedPacket, TracePacket, TraceStep};
 pub use types::{

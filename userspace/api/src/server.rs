@@ -1,8 +1,8 @@
 //! The blocking API server run by the agent.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{ApiError, Result};
 use crate::types::{RequestEnvelope, Response};
@@ -20,11 +20,41 @@ use crate::{Request, API_VERSION};
 /// one gets `ok:false` and the connection is closed.
 pub const MAX_LINE_LEN: usize = 64 * 1024;
 
-/// Most connections served at once; further ones get `ok:false` and are closed.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections open at once. At the limit a new connection closes the oldest *idle*
+/// one (waiting for a request line), so that idle connections held by a client never lock
+/// `ferroctl` out; only when every connection is busy answering is the new one answered
+/// `ok:false` and closed.
+pub const MAX_CONNECTIONS: usize = 256;
 
-/// A connection idle for this long is closed by the server.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A connection idle (no request started) for this long is closed by the server.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request line must be complete within this time of its first byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause of the accept loop after an error that more accepting cannot fix (e.g. EMFILE).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connection limits of an [`ApiServer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections open at once (see [`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// An idle connection (no request started) is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request line must be complete within this time of its first byte.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// Bound on writing one response.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +83,15 @@ where
 /// Shared handler as the server holds it.
 type SharedHandler = Arc<dyn Handler + Send + Sync>;
 
-/// Open connections, so that dropping the server can shut them down.
-type Connections = Arc<Mutex<HashMap<u64, UnixStream>>>;
+/// An open connection: its stream (to shut it down) and whether it is answering.
+struct Conn {
+    stream: UnixStream,
+    busy: Arc<AtomicBool>,
+}
+
+/// Open connections by admission order, so that dropping the server can shut them down and
+/// the oldest idle one can make room.
+type Connections = Arc<Mutex<BTreeMap<u64, Conn>>>;
 
 /// The agent's API endpoint: a unix socket served by a background thread,
 /// one thread per connection.
@@ -87,6 +124,15 @@ impl ApiServer {
     /// [`ApiError::NotASocket`]. The socket gets mode 0600 before it appears
     /// at `path` (it is bound under a temporary name, chmod-ed and renamed).
     pub fn bind(path: impl AsRef<Path>, handler: Arc<dyn Handler + Send + Sync>) -> Result<Self> {
+        Self::bind_with(path, handler, Limits::default())
+    }
+
+    /// [`bind`](Self::bind) with connection `limits`.
+    pub fn bind_with(
+        path: impl AsRef<Path>,
+        handler: Arc<dyn Handler + Send + Sync>,
+        limits: Limits,
+    ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -140,7 +186,7 @@ impl ApiServer {
             let connections = Arc::clone(&connections);
             thread::Builder::new()
                 .name("api-accept".into())
-                .spawn(move || accept_loop(listener, handler, shutdown, connections))
+                .spawn(move || accept_loop(listener, handler, shutdown, connections, limits))
         };
         let accept_thread = match accept_thread {
             Ok(t) => t,
@@ -190,8 +236,8 @@ impl Drop for ApiServer {
             // next connection; detaching it is the best we can do.
         }
         // After the join no connection can be added any more.
-        for (_, conn) in lock(&self.connections).drain() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+        for (_, conn) in std::mem::take(&mut *lock(&self.connections)) {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -228,7 +274,9 @@ fn accept_loop(
     handler: SharedHandler,
     shutdown: Arc<AtomicBool>,
     connections: Connections,
+    limits: Limits,
 ) {
+    let max = limits.max_connections.max(1);
     let mut next_id: u64 = 0;
     for conn in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
@@ -236,31 +284,45 @@ fn accept_loop(
         }
         let mut stream = match conn {
             Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
             Err(_) => {
                 // E.g. EMFILE: back off instead of spinning.
-                thread::sleep(Duration::from_millis(50));
+                thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
         let id = next_id;
         next_id = next_id.wrapping_add(1);
+        let busy = Arc::new(AtomicBool::new(false));
         {
             let mut conns = lock(&connections);
-            if conns.len() >= MAX_CONNECTIONS {
+            if conns.len() >= max && !evict_oldest_idle(&mut conns) {
                 drop(conns);
                 let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
                 let _ = write_response(
                     &mut stream,
                     &Response::failure(format!(
-                        "too many API connections (at most {MAX_CONNECTIONS})"
+                        "too many API connections (at most {max}, all busy)"
                     )),
                 );
                 continue;
             }
             match stream.try_clone() {
                 Ok(clone) => {
-                    conns.insert(id, clone);
+                    conns.insert(
+                        id,
+                        Conn {
+                            stream: clone,
+                            busy: Arc::clone(&busy),
+                        },
+                    );
                 }
                 Err(_) => continue,
             }
@@ -270,20 +332,104 @@ fn accept_loop(
         let spawned = thread::Builder::new()
             .name("api-conn".into())
             .spawn(move || {
-                serve_connection(stream, handler.as_ref());
+                serve_connection(stream, handler.as_ref(), &busy, limits);
                 lock(&conns).remove(&id);
             });
         if spawned.is_err() {
-            lock(&connections).remove(&id);
+            if let Some(c) = lock(&connections).remove(&id) {
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }
 
-/// Serves one connection until EOF, an I/O error or an oversized line.
-fn serve_connection(stream: UnixStream, handler: &(dyn Handler + Send + Sync)) {
-    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
-    {
+/// Shuts down the oldest connection that is not answering a request (its thread sees EOF
+/// and ends); false when every connection is busy.
+fn evict_oldest_idle(conns: &mut BTreeMap<u64, Conn>) -> bool {
+    let oldest = conns
+        .iter()
+        .find(|(_, c)| !c.busy.load(Ordering::SeqCst))
+        .map(|(id, _)| *id);
+    match oldest.and_then(|id| conns.remove(&id)) {
+        Some(c) => {
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            true
+        }
+        None => false,
+    }
+}
+
+/// How reading a request line ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A whole line (newline included) is in the buffer.
+    Line,
+    /// The peer closed (or nothing came within the idle timeout), or an I/O error.
+    Closed,
+    /// More than [`MAX_LINE_LEN`] bytes without a newline.
+    TooLong,
+    /// A started line was not finished within the request timeout.
+    TooSlow,
+}
+
+/// Reads one request line into `line`: up to the idle timeout for its first byte, then the
+/// request timeout for the whole line, never more than [`MAX_LINE_LEN`] bytes.
+fn read_line(reader: &mut BufReader<UnixStream>, line: &mut Vec<u8>, limits: Limits) -> LineRead {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let timeout = match deadline {
+            None => limits.idle_timeout,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return LineRead::TooSlow,
+            },
+        };
+        if reader.get_ref().set_read_timeout(Some(timeout)).is_err() {
+            return LineRead::Closed;
+        }
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if deadline.is_some()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return LineRead::TooSlow
+            }
+            Err(_) => return LineRead::Closed,
+        };
+        if buf.is_empty() {
+            return LineRead::Closed;
+        }
+        deadline.get_or_insert_with(|| Instant::now() + limits.request_timeout);
+        let room = MAX_LINE_LEN + 1 - line.len();
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            return LineRead::Line;
+        }
+        if line.len() > MAX_LINE_LEN {
+            return LineRead::TooLong;
+        }
+    }
+}
+
+/// Serves one connection until EOF, an I/O error, a timeout or an oversized line; `busy`
+/// is set while a request is being answered.
+fn serve_connection(
+    stream: UnixStream,
+    handler: &(dyn Handler + Send + Sync),
+    busy: &AtomicBool,
+    limits: Limits,
+) {
+    if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
     }
     let Ok(read_half) = stream.try_clone() else {
@@ -294,28 +440,37 @@ fn serve_connection(stream: UnixStream, handler: &(dyn Handler + Send + Sync)) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let limit = MAX_LINE_LEN as u64 + 1;
-        let n = match (&mut reader).take(limit).read_until(b'\n', &mut line) {
-            Ok(n) => n,
-            Err(_) => return,
-        };
-        if n == 0 {
-            return;
-        }
-        if line.len() > MAX_LINE_LEN {
-            let _ = write_response(
-                &mut writer,
-                &Response::failure(format!(
-                    "request line longer than {MAX_LINE_LEN} bytes; closing the connection"
-                )),
-            );
-            return;
+        match read_line(&mut reader, &mut line, limits) {
+            LineRead::Line => {}
+            LineRead::Closed => return,
+            LineRead::TooLong => {
+                let _ = write_response(
+                    &mut writer,
+                    &Response::failure(format!(
+                        "request line longer than {MAX_LINE_LEN} bytes; closing the connection"
+                    )),
+                );
+                return;
+            }
+            LineRead::TooSlow => {
+                let _ = write_response(
+                    &mut writer,
+                    &Response::failure(format!(
+                        "request line not complete within {} ms; closing the connection",
+                        limits.request_timeout.as_millis()
+                    )),
+                );
+                return;
+            }
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        busy.store(true, Ordering::SeqCst);
         let response = answer_line(&line, handler);
-        if write_response(&mut writer, &response).is_err() {
+        let written = write_response(&mut writer, &response);
+        busy.store(false, Ordering::SeqCst);
+        if written.is_err() {
             return;
         }
     }
