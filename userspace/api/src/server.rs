@@ -542,6 +542,114 @@ mod tests {
         answer_line(line.as_bytes(), &echo)
     }
 
+    /// A server with small limits on a fresh socket (removed on drop).
+    fn small_server(tag: &str, limits: Limits) -> ApiServer {
+        let path = std::env::temp_dir().join(format!(
+            "fp-api-{tag}-{}-{:?}.sock",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        ApiServer::bind_with(&path, Arc::new(echo), limits).unwrap()
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 8,
+            idle_timeout: Duration::from_millis(400),
+            request_timeout: Duration::from_millis(400),
+        }
+    }
+
+    /// One request on a new connection, timed.
+    fn ask(path: &Path) -> (Response, Duration) {
+        let t0 = Instant::now();
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"{\"api_version\":1,\"request\":{\"kind\":\"show_routes\"}}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        (serde_json::from_str(&line).unwrap(), t0.elapsed())
+    }
+
+    #[test]
+    fn held_idle_connections_do_not_lock_out() {
+        let server = small_server(
+            "held",
+            Limits {
+                idle_timeout: Duration::from_secs(30),
+                ..limits()
+            },
+        );
+        let held: Vec<UnixStream> = (0..40)
+            .map(|_| UnixStream::connect(server.path()).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(lock(&server.connections).len() <= 8);
+        let (r, took) = ask(server.path());
+        assert_eq!(r, Response::success(json!("show_routes")));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(lock(&server.connections).len() <= 8);
+        // The oldest held connections were closed to make room.
+        let mut first = &held[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut first, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn slow_client_does_not_block_another() {
+        let server = small_server(
+            "slow",
+            Limits {
+                request_timeout: Duration::from_secs(30),
+                ..limits()
+            },
+        );
+        let mut slow = UnixStream::connect(server.path()).unwrap();
+        slow.write_all(b"{\"api_version\":1,").unwrap();
+        let (r, took) = ask(server.path());
+        assert!(r.ok);
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+
+    #[test]
+    fn idle_connection_closed_after_timeout() {
+        let server = small_server("idle", limits());
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut out).unwrap();
+        assert!(out.is_empty());
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn dripped_request_line_cut_off() {
+        let server = small_server("drip", limits());
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let t0 = Instant::now();
+        // One byte every 100 ms never finishes a line: refused after the request timeout.
+        let mut sent = 0;
+        while t0.elapsed() < Duration::from_secs(2) && s.write_all(b" ").is_ok() {
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(sent < 19, "still reading after {sent} bytes");
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        let r: Response = serde_json::from_str(&line).unwrap();
+        assert!(r.error.unwrap().contains("not complete within 400 ms"));
+    }
+
     #[test]
     fn answers_good_request() {
         let r = answer(r#"{"api_version":1,"request":{"kind":"show_routes"}}"#);
