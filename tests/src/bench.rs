@@ -4,7 +4,8 @@
 //! The same [`Topology`] carries both paths, one after the other, in one run:
 //! - [`kernel_forward`]: the node kernel forwards (`ip_forward=1`, a `/32` route and a
 //!   permanent neighbour toward a veth into pod0, like the agent's plumbing);
-//! - [`ferroplane_forward`]: the agent (XDP steering + engine) forwards, kernel forwarding off.
+//! - [`ferroplane_forward`]: the agent (XDP steering + engine) forwards; the kernel keeps
+//!   `ip_forward=1` as on a Kubernetes node, but XDP hands it none of the pod's traffic.
 //!
 //! trafgen runs with an `LD_PRELOAD` shim (`xtask/shim/trafgen_shim.c`, see RECIPES.md) so it
 //! does not abort inside a namespace.
@@ -253,7 +254,9 @@ fn runs(
 
 /// Kernel IP forwarding baseline on `topo` (which must have at least one pod and no agent
 /// running): plumbs pod0 like the agent would, forwards with the node kernel, measures
-/// `cfg.runs` windows, then removes the plumbing and sets `ip_forward` back to 0.
+/// `cfg.runs` windows, then removes the plumbing. The node keeps `ip_forward=1` (as every
+/// emulated node, [`crate::topology::NODE_IP_FORWARD`]): the ferroplane path is measured
+/// with the kernel ready to forward too, as on a Kubernetes node.
 /// Returns packets per second, one value per run.
 pub fn kernel_forward(topo: &Topology, tools: &BenchTools, cfg: &RunConfig) -> Result<Vec<f64>> {
     let pod = topo
@@ -273,16 +276,13 @@ pub fn kernel_forward(topo: &Topology, tools: &BenchTools, cfg: &RunConfig) -> R
         let flow = uplink_flow(topo)?;
         runs(topo, tools, cfg, &flow, &pod.ns)
     })();
-    let cleanup = topo
-        .node
-        .ip(&["link", "del", KERNEL_POD_IF])
-        .and_then(|_| topo.node.set_sysctl("net.ipv4.ip_forward", "0"));
+    let cleanup = topo.node.ip(&["link", "del", KERNEL_POD_IF]).map(|_| ());
     let rates = result?;
     cleanup?;
     Ok(rates)
 }
 
-/// The ferroplane path on `topo`: kernel forwarding off, agent from `bin_dir` started with the
+/// The ferroplane path on `topo`: `ip_forward=1` as on a Kubernetes node, agent from `bin_dir` started with the
 /// topology's spec, XDP_DROP on pod0's interface (plumbed by the agent), `cfg.runs` windows,
 /// agent stopped. Returns packets per second, one value per run.
 pub fn ferroplane_forward(
@@ -295,7 +295,8 @@ pub fn ferroplane_forward(
         .pods
         .first()
         .ok_or_else(|| Error::Setup("the forwarding bench needs a topology with a pod".into()))?;
-    topo.node.set_sysctl("net.ipv4.ip_forward", "0")?;
+    let (key, value) = crate::topology::NODE_IP_FORWARD;
+    topo.node.set_sysctl(key, value)?;
     let agent = topo.start_agent(bin_dir)?;
     attach_xdp_drop(&pod.ns, Topology::POD_IF, &tools.xdp_drop)?;
     let flow = uplink_flow(topo)?;

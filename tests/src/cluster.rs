@@ -258,6 +258,9 @@ impl Cluster {
             let ns = Netns::new(&format!("n{i}"))?;
             ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
             ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            // As on every Kubernetes node: the kernel forwards; the dataplane fails closed.
+            let (key, value) = crate::topology::NODE_IP_FORWARD;
+            ns.set_sysctl(key, value)?;
             let port = format!("f{i}");
             link_veth(&ns, Self::UPLINK_IF, &cluster.fabric, &port)?;
             cluster

@@ -257,6 +257,20 @@ impl Netns {
         Ok(self.exec_ok(&["sysctl", "-n", key])?.trim().to_string())
     }
 
+    /// IPv4 datagrams the namespace's kernel has forwarded (`Ip: ForwDatagrams` of
+    /// `/proc/net/snmp`): proof that traffic crossed (or did not cross) its forwarding path.
+    pub fn ip_forwarded(&self) -> Result<u64> {
+        let snmp = self.exec_ok(&["cat", "/proc/net/snmp"])?;
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next(), ip.next());
+        let parsed = names.zip(values).and_then(|(n, v)| {
+            let at = n.split_whitespace().position(|f| f == "ForwDatagrams")?;
+            v.split_whitespace().nth(at)?.parse().ok()
+        });
+        parsed
+            .ok_or_else(|| Error::Probe(format!("no Ip: ForwDatagrams in /proc/net/snmp: {snmp}")))
+    }
+
     fn link_json(&self, ifname: &str, stats: bool) -> Result<serde_json::Value> {
         let mut args = vec!["-j"];
         if stats {

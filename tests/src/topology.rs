@@ -14,6 +14,9 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of agent log shown in errors and on panics.
 const LOG_TAIL: usize = 60;
+/// The sysctl every emulated node runs with, as real Kubernetes nodes do: the kernel forwards
+/// IPv4, so only the XDP programs keep pod traffic from bypassing the engine.
+pub const NODE_IP_FORWARD: (&str, &str) = ("net.ipv4.ip_forward", "1");
 
 /// A pod namespace of a [`Topology`]. The namespace starts empty (only `lo`): the agent plumbs
 /// the pod's interface into it from the spec.
@@ -28,6 +31,7 @@ pub struct Pod {
 }
 
 /// One emulated node: `router` netns --veth-- `node` netns (where the agent runs) and `pods`.
+/// The node runs with `net.ipv4.ip_forward=1`, as Kubernetes nodes do ([`NODE_IP_FORWARD`]).
 ///
 /// ```text
 ///  router [rtr0 192.168.100.1/24] ---- [up0 192.168.100.2/24] node ---- pods 10.244.1.10, .11, ...
@@ -78,6 +82,9 @@ impl Topology {
             ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
             ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
+        // As on every Kubernetes node (kubeadm's preflight requires it): the dataplane must
+        // fail closed with the kernel ready to forward.
+        node.set_sysctl(NODE_IP_FORWARD.0, NODE_IP_FORWARD.1)?;
         link_veth(&router, Self::ROUTER_IF, &node, Self::UPLINK_IF)?;
         // The router stands in for a physical network: frames on a real wire carry
         // full checksums, while a veth leaves them to offload (CHECKSUM_PARTIAL),

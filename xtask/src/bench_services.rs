@@ -309,7 +309,7 @@ impl Drop for KernelPath<'_> {
         }
         let _ = node.exec(&["iptables", "-t", "nat", "-F"]);
         let _ = node.exec(&["iptables", "-t", "nat", "-X"]);
-        let _ = node.set_sysctl("net.ipv4.ip_forward", "0");
+        // The node keeps ip_forward=1, as every emulated (and Kubernetes) node.
     }
 }
 
@@ -361,7 +361,8 @@ fn ferroplane(
         topo.spec_yaml(),
         services_yaml(n, &pods, conntrack_max(cfg))
     ))?;
-    topo.node.set_sysctl("net.ipv4.ip_forward", "0")?;
+    // As on a Kubernetes node: the kernel may forward; XDP hands it none of this traffic.
+    topo.node.set_sysctl("net.ipv4.ip_forward", "1")?;
     let dst_mac = topo.node.mac(Topology::UPLINK_IF)?;
     let src_mac = topo.router.mac(Topology::ROUTER_IF)?;
     let mut rates = Vec::with_capacity(cfg.runs);
