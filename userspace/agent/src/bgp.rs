@@ -8,7 +8,7 @@
 //!   routerID: 192.168.100.2        # optional, default node.address
 //!   listenPort: 179                # optional
 //!   holdTime: 90                   # optional (0 or >= 3)
-//!   connectRetry: 5                # optional, seconds
+//!   connectRetry: 5                # optional, seconds (>= 1)
 //!   multipath: true                # optional: equal paths become ECMP groups
 //!   gracefulRestart: { enabled: true, restartTime: 120 }
 //!   fullMesh: true                 # optional: iBGP to every cluster.nodes[] address
@@ -19,7 +19,8 @@
 //!     externalIPs: false           # optional: services' externalIPs as /32
 //!     loadBalancerIPs: false       # optional: LoadBalancer ingress IPs as /32
 //!     ipv6Prefixes: [fd00:10::/64] # optional: IPv6 prefixes to originate
-//!   nextHopV6: fd00:100::2         # IPv6 next hop for them on IPv4 sessions
+//!   nextHopV6: fd00:100::2         # IPv6 next hop for them on IPv4 sessions (required
+//!                                  # with ipv6Prefixes when any session is over IPv4)
 //!   peers:
 //!     - address: 192.168.100.1
 //!       as: 64500
@@ -27,7 +28,8 @@
 //!       holdTime: 9                # optional
 //!       routeReflectorClient: false
 //!       nextHopSelf: false
-//!       export: all                # all | originated | none
+//!       export: originated         # originated (default) | all (transit) | none
+//!       families: [ipv4-unicast, ipv6-unicast]   # optional, default both
 //!       password: s3cret           # optional: TCP-MD5 (RFC 2385), 1-80 octets
 //! ```
 //!
@@ -36,7 +38,7 @@
 //!
 //! Learnt IPv4 routes become engine FIB routes (source `bgp`, one path per ECMP next
 //! hop) through [`crate::state::NodeState::bgp_routes`]; learnt IPv4 and IPv6 routes go
-//! into the kernel with protocol [`RTPROT_FERROPLANE`] (`ip route show proto 196`),
+//! into the kernel with protocol [`RTPROT_FERROPLANE`] (`ip route show proto 157`),
 //! replaced in place, removed when withdrawn. The engine datapath is IPv4-only, so
 //! IPv6 routes (MP_REACH_NLRI, AFI 2) are kernel routes only (`show bgp routes` says
 //! where each prefix is installed). IPv6 peers are reached over TCP/IPv6 (the
@@ -63,8 +65,16 @@ use ferroplane_tables::Ipv4Prefix;
 
 use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
 
-/// Protocol number of the kernel routes the agent installs (`/etc/iproute2/rt_protos`).
-pub const RTPROT_FERROPLANE: u8 = 196;
+/// Protocol number of the kernel routes the agent installs (`ip route show proto 157`).
+///
+/// A number no common routing daemon claims, so a daemon sharing the node never takes
+/// our routes for its own: iproute2's `rt_protos` names 0-4, 8-16, 18 (keepalived),
+/// 42 (babel), 99 (openr) and 186-192; FRR (`/etc/iproute2/rt_protos.d/frr.conf`) owns
+/// 11 (zebra), 42 and 186-199 (8.4: 186-197, 196 = `static`) and its zebra adopts kernel
+/// routes with those numbers as its own (and keeps them when we withdraw); BIRD uses 12,
+/// mrouted 17, Calico's Felix 80. Any other number is a plain kernel route to zebra and
+/// BIRD: they see it, they do not own it.
+pub const RTPROT_FERROPLANE: u8 = 157;
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -195,6 +205,12 @@ impl BgpSpec {
         if self.hold_time == 1 || self.hold_time == 2 {
             return Err(invalid("bgp.holdTime", "must be 0 or >= 3"));
         }
+        if self.connect_retry == 0 {
+            return Err(invalid(
+                "bgp.connectRetry",
+                "must be at least 1 (seconds between connection attempts)",
+            ));
+        }
         if self.graceful_restart.restart_time > 4095 {
             return Err(invalid(
                 "bgp.gracefulRestart.restartTime",
@@ -219,6 +235,19 @@ impl BgpSpec {
                 return Err(invalid("bgp.nextHopV6", format!("{a} is not usable")));
             }
         }
+        // IPv6 prefixes go to IPv4 sessions only with nextHopV6: without it they would be
+        // silently not advertised there.
+        if !self.advertise.ipv6_prefixes.is_empty() && self.next_hop_v6.is_none() {
+            if let Some(p) = self.peers(spec).iter().find(|p| p.address.is_ipv4()) {
+                return Err(invalid(
+                    "bgp.nextHopV6",
+                    format!(
+                        "required with bgp.advertise.ipv6Prefixes: the session to {} is over IPv4",
+                        p.address
+                    ),
+                ));
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             let f = |x: &str| format!("bgp.peers[{i}].{x}");
@@ -239,6 +268,12 @@ impl BgpSpec {
             }
             if let Some(pw) = &p.password {
                 ferroplane_bgp::md5::validate(pw).map_err(|e| invalid(&f("password"), e))?;
+            }
+            if p.families.is_empty() {
+                return Err(invalid(
+                    &f("families"),
+                    "must list ipv4-unicast, ipv6-unicast or both",
+                ));
             }
         }
         Ok(())
@@ -754,6 +789,63 @@ bgp:
         let bad = y.replace("[fd00:44::/64]", "[10.1.0.0/16]");
         let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
         assert!(e.contains("bgp.advertise.ipv6Prefixes[0]"), "{e}");
+    }
+
+    /// Defaults that keep a node from being a transit AS, and the families spelling.
+    #[test]
+    fn safe_defaults_and_families() {
+        let spec = NodeSpec::from_yaml(SPEC).unwrap();
+        let c = spec.bgp.as_ref().unwrap().speaker_config(&spec, false);
+        for p in &c.peers {
+            assert_eq!(p.export, ferroplane_bgp::rib::ExportPolicy::Originated);
+            assert_eq!(p.families, vec![Afi::Ipv4, Afi::Ipv6]);
+        }
+        assert_eq!(c.connect_retry, 5);
+        let y = SPEC.replace(
+            "passive: true",
+            "passive: true\n      export: all\n      families: [ipv4-unicast]",
+        );
+        let spec = NodeSpec::from_yaml(&y).unwrap();
+        let c = spec.bgp.as_ref().unwrap().speaker_config(&spec, false);
+        assert_eq!(c.peers[0].export, ferroplane_bgp::rib::ExportPolicy::All);
+        assert_eq!(c.peers[0].families, vec![Afi::Ipv4]);
+        // The name `show bgp` prints is the configuration's spelling.
+        assert_eq!(Afi::Ipv6.name(), "ipv6-unicast");
+        let bad = SPEC.replace("passive: true", "passive: true\n      families: [Ipv4]");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.peers[0].families"), "{e}");
+        let bad = SPEC.replace("passive: true", "passive: true\n      families: []");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.peers[0].families"), "{e}");
+    }
+
+    #[test]
+    fn connect_retry_zero_is_refused() {
+        let bad = SPEC.replace("holdTime: 9", "holdTime: 9\n  connectRetry: 0");
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("bgp.connectRetry"), "{e}");
+        let ok = SPEC.replace("holdTime: 9", "holdTime: 9\n  connectRetry: 1");
+        assert!(NodeSpec::from_yaml(&ok).is_ok());
+    }
+
+    /// IPv6 prefixes need nextHopV6 as soon as one session runs over IPv4 (there they
+    /// would not be advertised at all); IPv6-only sessions use their own address.
+    #[test]
+    fn ipv6_prefixes_need_a_next_hop_on_ipv4_sessions() {
+        let bad = SPEC.replace(
+            "    serviceClusterIPRange: 10.96.0.0/12\n",
+            "    serviceClusterIPRange: 10.96.0.0/12\n    ipv6Prefixes: [fd00:44::/64]\n",
+        );
+        let e = NodeSpec::from_yaml(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bgp.nextHopV6") && e.contains("192.168.100.1"),
+            "{e}"
+        );
+        // Only an IPv6 peer, no full mesh: fine without nextHopV6.
+        let v6_only = bad
+            .replace("address: 192.168.100.1", "address: fd00:100::1")
+            .replace("bgp:\n", "bgp:\n  fullMesh: false\n");
+        NodeSpec::from_yaml(&v6_only).unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!     port: 4789                 # optional, default 4789
 //!   wireguard:
 //!     port: 51820                # optional, default 51820 (this node's listen port)
-//!     privateKeyFile: /var/lib/ferroplane/wireguard.key   # created 0600 on first start
+//!     privateKeyFile: /var/lib/ferroplane/wireguard.key   # default <--state-dir>/wireguard.key; created 0600 on first start
 //!     persistentKeepalive: 25    # optional, seconds
 //!   nodes:
 //!     - name: node-2
@@ -38,8 +38,28 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
 
-/// Default location of the WireGuard private key.
-pub const DEFAULT_WG_KEY_FILE: &str = "/var/lib/ferroplane/wireguard.key";
+/// File name of the WireGuard private key under the agent's `--state-dir` when
+/// `cluster.wireguard.privateKeyFile` is not set.
+pub const WG_KEY_FILE_NAME: &str = "wireguard.key";
+
+/// The agent's default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferroplane";
+
+static STATE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Records the agent's `--state-dir` (once, at start): the default WireGuard key file
+/// lives there ([`WireguardSpec::key_file`]).
+pub fn set_state_dir(dir: &std::path::Path) {
+    let _ = STATE_DIR.set(dir.to_path_buf());
+}
+
+/// The agent's `--state-dir` ([`DEFAULT_STATE_DIR`] until [`set_state_dir`] is called).
+pub fn state_dir() -> PathBuf {
+    STATE_DIR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
 
 /// An Ethernet address in `aa:bb:cc:dd:ee:ff` form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,9 +148,6 @@ fn default_vxlan_port() -> u16 {
 fn default_wg_port() -> u16 {
     WIREGUARD_PORT
 }
-fn default_key_file() -> PathBuf {
-    PathBuf::from(DEFAULT_WG_KEY_FILE)
-}
 
 /// `cluster.vxlan`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -160,9 +177,10 @@ pub struct WireguardSpec {
     /// This node's UDP listen port.
     #[serde(default = "default_wg_port")]
     pub port: u16,
-    /// Where the private key is kept (created 0600 on first start, reused after).
-    #[serde(default = "default_key_file")]
-    pub private_key_file: PathBuf,
+    /// Where the private key is kept (created 0600 on first start, reused after);
+    /// `None`: `<--state-dir>/wireguard.key` ([`WireguardSpec::key_file`]).
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
     /// Persistent keepalive interval in seconds (none by default).
     #[serde(default)]
     pub persistent_keepalive: Option<u16>,
@@ -172,9 +190,19 @@ impl Default for WireguardSpec {
     fn default() -> Self {
         WireguardSpec {
             port: default_wg_port(),
-            private_key_file: default_key_file(),
+            private_key_file: None,
             persistent_keepalive: None,
         }
+    }
+}
+
+impl WireguardSpec {
+    /// The private key file: `privateKeyFile`, else `wireguard.key` under the agent's
+    /// `--state-dir` (with the rest of its state, on the volume the DaemonSet mounts).
+    pub fn key_file(&self) -> PathBuf {
+        self.private_key_file
+            .clone()
+            .unwrap_or_else(|| state_dir().join(WG_KEY_FILE_NAME))
     }
 }
 
@@ -267,6 +295,7 @@ impl ClusterSpec {
         }
         let own = spec.node.address.addr;
         let own_cidr = spec.node.pod_cidr;
+        let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
         let mut cidrs: Vec<(Ipv4Cidr, usize)> = Vec::new();
@@ -363,6 +392,19 @@ impl ClusterSpec {
                             ));
                         }
                     }
+                }
+            }
+            // One key, one node: WireGuard picks the peer of a packet by its key, so two
+            // nodes with one key would take each other's tunnel.
+            if let Some(k) = n.public_key.as_deref().and_then(decode_key) {
+                if let Some(j) = keys.insert(k, i) {
+                    return Err(invalid(
+                        f("publicKey"),
+                        format!(
+                            "is also cluster.nodes[{j}]'s ({}) public key",
+                            self.nodes[j].name
+                        ),
+                    ));
                 }
             }
             if n.wireguard_port == Some(0) {
@@ -481,6 +523,35 @@ mod tests {
             "192.168.200.12".parse::<std::net::IpAddr>().unwrap()
         );
         assert_eq!(peers[0].remote_as, 64512, "iBGP");
+    }
+
+    /// Two nodes with one WireGuard key would take each other's tunnel: refused.
+    #[test]
+    fn duplicate_public_keys_are_refused() {
+        let e = spec(&format!(
+            "  mode: wireguard\n  nodes:\n    - name: node-2\n      address: 192.168.200.12\n      podCIDR: 10.244.2.0/24\n      publicKey: {KEY}\n    - name: node-3\n      address: 192.168.200.13\n      podCIDR: 10.244.3.0/24\n      publicKey: {KEY}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field(), "cluster.nodes[1].publicKey", "{e}");
+        assert!(e.to_string().contains("node-2"), "{e}");
+    }
+
+    /// Without privateKeyFile the key lives under the agent's --state-dir.
+    #[test]
+    fn default_key_file_is_under_the_state_dir() {
+        let w = WireguardSpec::default();
+        assert_eq!(w.private_key_file, None);
+        assert_eq!(w.key_file(), state_dir().join("wireguard.key"));
+        let dir = std::env::temp_dir().join(format!("fp-state-{}", std::process::id()));
+        set_state_dir(&dir);
+        // Set once per process; whoever set it first, key_file follows it.
+        assert_eq!(w.key_file(), state_dir().join(WG_KEY_FILE_NAME));
+        assert_eq!(state_dir(), dir);
+        let set = WireguardSpec {
+            private_key_file: Some("/etc/wg.key".into()),
+            ..WireguardSpec::default()
+        };
+        assert_eq!(set.key_file(), PathBuf::from("/etc/wg.key"));
     }
 
     #[test]

@@ -60,7 +60,8 @@ struct Args {
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
     cni_socket: Option<PathBuf>,
-    /// Persistent state (IPAM reservations under `ipam/`).
+    /// Persistent state (IPAM reservations under `ipam/`, the WireGuard key
+    /// `wireguard.key` unless `cluster.wireguard.privateKeyFile` says otherwise).
     #[arg(long, default_value = "/var/lib/ferroplane")]
     state_dir: PathBuf,
     /// Serve `/healthz` and `/readyz` over HTTP on this address (e.g. 127.0.0.1:9644).
@@ -572,6 +573,8 @@ impl Agent {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // The default WireGuard key file lives under --state-dir.
+    ferroplane_agent::cluster::set_state_dir(&args.state_dir);
     let (spec, kube) = if args.k8s {
         let plumber = Plumber::new().context("opening netlink")?;
         let b =
@@ -811,7 +814,7 @@ async fn run(args: Args) -> Result<()> {
             }) {
                 Some(c) => {
                     let (private, _) = ferroplane_agent::overlay::load_or_create_key(
-                        &c.wireguard.private_key_file,
+                        &c.wireguard.key_file(),
                     )
                     .context("WireGuard key")?;
                     Some(ferroplane_agent::cluster::encode_key(

@@ -39,6 +39,16 @@ pub enum OverlayError {
         /// What went wrong.
         message: String,
     },
+    /// A remote node is listed with this node's own WireGuard public key.
+    #[error(
+        "cluster.nodes: {node}'s publicKey is this node's own key (from {path}): each node needs its own key"
+    )]
+    OwnKey {
+        /// The remote node.
+        node: String,
+        /// Our key file.
+        path: PathBuf,
+    },
     /// The tunnel table refused a tunnel.
     #[error("tunnel table: {0}")]
     Table(#[from] ferroplane_engine::tunnel::TunnelError),
@@ -162,10 +172,22 @@ impl Overlay {
         let mut private = None;
         let mut public_key = None;
         if c.uses_wireguard() {
-            let (key, created) = load_or_create_key(&c.wireguard.private_key_file)?;
+            let key_file = c.wireguard.key_file();
+            let (key, created) = load_or_create_key(&key_file)?;
             let public = wg_public_key(key);
+            // Our own key listed for another node: its tunnel could never handshake.
+            if let Some(n) = c
+                .nodes
+                .iter()
+                .find(|n| n.public_key.as_deref().and_then(decode_key) == Some(public))
+            {
+                return Err(OverlayError::OwnKey {
+                    node: n.name.clone(),
+                    path: key_file,
+                });
+            }
             tracing::info!(
-                key_file = %c.wireguard.private_key_file.display(),
+                key_file = %key_file.display(),
                 created,
                 public_key = %encode_key(&public),
                 "WireGuard key"
@@ -583,6 +605,31 @@ mod tests {
         assert_eq!(k1, k2);
         fs::write(&path, "garbage\n").unwrap();
         assert!(load_or_create_key(&path).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Our own public key listed for a remote node is refused when the key is loaded.
+    #[test]
+    fn own_key_as_a_peers_is_refused() {
+        let dir = std::env::temp_dir().join(format!("fp-overlay-own-{}", std::process::id()));
+        let path = dir.join("wg.key");
+        let (k, _) = load_or_create_key(&path).unwrap();
+        let own = encode_key(&wg_public_key(k));
+        let other = encode_key(&wg_public_key([7u8; 32]));
+        let yaml = |key: &str| {
+            format!(
+                "node:\n  name: node-1\n  uplink: up0\n  address: 192.168.200.11/24\n  podCIDR: 10.244.1.0/24\ncluster:\n  mode: wireguard\n  wireguard: {{privateKeyFile: {}}}\n  nodes:\n    - name: node-2\n      address: 192.168.200.12\n      podCIDR: 10.244.2.0/24\n      publicKey: {key}\n",
+                path.display()
+            )
+        };
+        let spec = NodeSpec::from_yaml(&yaml(&other)).unwrap();
+        assert!(Overlay::from_spec(&spec, spec.cluster.as_ref()).is_ok());
+        let spec = NodeSpec::from_yaml(&yaml(&own)).unwrap();
+        let e = Overlay::from_spec(&spec, spec.cluster.as_ref())
+            .err()
+            .expect("own key refused")
+            .to_string();
+        assert!(e.contains("node-2") && e.contains("own key"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -129,7 +129,7 @@ pub fn routes(routes: &[BgpRoute]) -> String {
     out.push_str("*> best, *= ECMP member, *S best but stale (graceful restart)\n");
     if routes.iter().any(|r| r.installed == "kernel") {
         out.push_str(
-            "learnt IPv6 routes are kernel routes only (proto 196): the engine datapath is IPv4-only\n",
+            "learnt IPv6 routes are kernel routes only (proto 157): the engine datapath is IPv4-only\n",
         );
     }
     out
