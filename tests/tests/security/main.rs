@@ -4,3 +4,4 @@
 //! that cannot be starved, CNI input refused before anything is allocated.
 //! Root only (each test skips with a message otherwise). One module per concern.
 mod fail_closed;
+mod syn_flood;
