@@ -39,9 +39,11 @@ pub const PACKAGES: &[&str] = &[
     "wireguard-tools",
     // Reference CNI plugins (bridge + host-local): the CNI ADD latency baseline.
     "containernetworking-plugins",
-    // BGP interop peers and the `bench bgp` baseline.
+    // BGP interop peers and the `bench bgp` baseline; FRR's zebra as a neighbour daemon
+    // on the node (the bgp suite checks it never adopts the agent's kernel routes).
     "bird2",
     "gobgpd",
+    "frr",
 ];
 
 fn installed(pkg: &str) -> Result<bool> {
