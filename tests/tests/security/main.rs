@@ -5,3 +5,5 @@
 //! Root only (each test skips with a message otherwise). One module per concern.
 mod fail_closed;
 mod syn_flood;
+mod martians;
+mod spoofing;

@@ -794,8 +794,11 @@ impl Plumber {
         })
     }
 
-    /// The agent-namespace half of a plumbed pod: host veth MTU and up, `ip/32` route and a
-    /// permanent neighbour entry for the pod's MAC.
+    /// The agent-namespace half of a plumbed pod: host veth MTU and up, `ip/32` route, a
+    /// permanent neighbour entry for the pod's MAC, and strict reverse-path filtering on the
+    /// host veth (as Calico sets on its `cali*` interfaces): what `xdp_pod` passes to the
+    /// node's kernel (traffic for the node's own addresses) is accepted only from the source
+    /// routed through that veth, the pod's own address; the engine checks everything else.
     async fn host_side(
         &self,
         pod: &PodSpec,
@@ -832,6 +835,10 @@ impl Plumber {
             .execute()
             .await
             .ctx(|| format!("{key}: neighbour {} on {host_name}", pod.ip))?;
+        let rp_filter = format!("/proc/sys/net/ipv4/conf/{host_name}/rp_filter");
+        if let Err(e) = std::fs::write(&rp_filter, "1") {
+            tracing::warn!(pod = %key, "{rp_filter}: {e}: the node's kernel accepts any source from this pod");
+        }
         Ok(())
     }
 
