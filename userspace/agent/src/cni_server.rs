@@ -33,15 +33,21 @@ use tracing::{info, warn};
 
 use crate::config::PodSpec;
 use crate::ipam::{Ipam, IpamError, Owner, Record};
+use crate::listen::{AcceptErrors, ConnGuard, ConnTable};
 use crate::netlink::{in_netns, PlumbError, POD_GATEWAY};
 
 /// Kubernetes-namespace part of the pod key of CNI attachments.
 pub const CNI_POD_NAMESPACE: &str = "cni";
 
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 1 << 20;
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request line accepted (a network configuration with its `prevResult` is a few
+/// kB).
+const MAX_REQUEST: usize = 256 << 10;
+/// How long a client may take to send its request (the plugin sends it at once).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections open at once; at the limit a new connection closes the oldest one that
+/// has not sent its request yet ([`crate::listen::ConnTable`]), so held connections never
+/// lock the runtime's plugin out.
+const MAX_CONNECTIONS: usize = 128;
 
 /// What the agent reports back about a plumbed pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +182,22 @@ impl CniServer {
     /// Binds `path` (mode 0600; a stale socket is replaced) and serves on the current tokio
     /// runtime.
     pub fn bind(path: &Path, ctx: CniContext) -> Result<CniServer, CniServerError> {
+        Self::bind_with(
+            path,
+            ctx,
+            crate::listen::connection_limit(MAX_CONNECTIONS),
+            READ_TIMEOUT,
+        )
+    }
+
+    /// [`CniServer::bind`] with at most `max_connections` open at once and `read_timeout`
+    /// for a request line.
+    pub fn bind_with(
+        path: &Path,
+        ctx: CniContext,
+        max_connections: usize,
+        read_timeout: Duration,
+    ) -> Result<CniServer, CniServerError> {
         let err = |what| {
             let path = path.to_path_buf();
             move |source| CniServerError { path, what, source }
@@ -196,21 +218,25 @@ impl CniServer {
         let listener = UnixListener::bind(&tmp).map_err(err("binding"))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err("chmod 0600"))?;
         fs::rename(&tmp, path).map_err(err("moving into place"))?;
+        let table = ConnTable::new("cni", max_connections);
         let task = tokio::spawn(async move {
+            let mut errors = AcceptErrors::new("cni");
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        let Some(guard) = table.admit() else {
+                            // Every connection is busy answering: close this one at once.
+                            drop(stream);
+                            continue;
+                        };
                         let ctx = ctx.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = serve(stream, ctx).await {
+                            if let Err(e) = serve(stream, ctx, &guard, read_timeout).await {
                                 warn!("CNI connection: {e}");
                             }
                         });
                     }
-                    Err(e) => {
-                        warn!("CNI socket accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(e) => errors.on_error(e).await,
                 }
             }
         });
@@ -233,16 +259,27 @@ impl Drop for CniServer {
     }
 }
 
-async fn serve(stream: UnixStream, ctx: CniContext) -> io::Result<()> {
+async fn serve(
+    stream: UnixStream,
+    ctx: CniContext,
+    guard: &ConnGuard,
+    read_timeout: Duration,
+) -> io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64);
-    let n = tokio::time::timeout(READ_TIMEOUT, rd.read_line(&mut line))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line in time"))??;
+    // Until its request line is in, the connection is idle: closed to make room for a new
+    // one when the socket is full.
+    let read = tokio::time::timeout(read_timeout, rd.read_line(&mut line));
+    let n = tokio::select! {
+        r = read => r
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line in time"))??,
+        _ = guard.evicted() => return Ok(()),
+    };
     if n == 0 {
         return Ok(());
     }
+    guard.set_busy(true);
     let response = match serde_json::from_str::<AgentRequest>(&line) {
         Ok(req) if req.proto != PROTO_VERSION => AgentResponse::Error(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -643,6 +680,105 @@ mod tests {
             crate::netlink::host_ifname(&a.namespace, &a.name),
             crate::netlink::host_ifname("cni", "abc123/eth1")
         );
+    }
+
+    /// The socket under held, slow and oversized clients: a STATUS still answers at once,
+    /// at most `max` connections stay open, idle ones are closed after the read timeout.
+    #[tokio::test]
+    async fn socket_survives_held_slow_and_oversized_clients() {
+        use tokio::io::AsyncWriteExt;
+        let dir = std::env::temp_dir().join(format!("fp-cni-held-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
+        let ipam = Arc::new(Ipam::open(&dir.join("ipam"), pool).unwrap());
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                if let PodOp::Keys { reply } = op {
+                    let _ = reply.send(Vec::new());
+                }
+            }
+        });
+        let sock = dir.join("cni.sock");
+        let server = CniServer::bind_with(
+            &sock,
+            CniContext { ipam, ops: tx },
+            8,
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let status = |sock: PathBuf| async move {
+            let t0 = std::time::Instant::now();
+            let mut s = UnixStream::connect(&sock).await.unwrap();
+            let req = serde_json::to_string(&AgentRequest {
+                proto: PROTO_VERSION,
+                command: Command::Status,
+                network: "fp".into(),
+                container_id: String::new(),
+                ifname: String::new(),
+                netns: String::new(),
+                pod_namespace: None,
+                pod_name: None,
+                dns: Default::default(),
+                expect_ip: None,
+                valid_attachments: Vec::new(),
+            })
+            .unwrap();
+            s.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            (out, t0.elapsed())
+        };
+        // 40 held connections (5 times the limit) and one that sent half a request.
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(UnixStream::connect(&sock).await.unwrap());
+        }
+        let mut slow = UnixStream::connect(&sock).await.unwrap();
+        slow.write_all(b"{\"proto\":").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (out, took) = status(sock.clone()).await;
+        assert!(out.contains("\"status\":\"ok\""), "{out}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        // The oldest held connections were closed to make room.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(1), held[0].read(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap();
+        assert_eq!(n, 0);
+        // An oversized request is answered with a decoding error, not read whole.
+        let mut big = UnixStream::connect(&sock).await.unwrap();
+        let chunk = vec![b'a'; 64 << 10];
+        let mut sent = 0;
+        while sent < 4 * MAX_REQUEST {
+            match tokio::time::timeout(Duration::from_secs(1), big.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), big.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("bad request"), "{out}");
+        // An idle connection is closed after the read timeout.
+        let t0 = std::time::Instant::now();
+        let mut idle = UnixStream::connect(&sock).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf))
+            .await
+            .expect("closed after the read timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            t0.elapsed()
+        );
+        drop(server);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
