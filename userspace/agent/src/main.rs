@@ -104,6 +104,11 @@ fn main() -> Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // Descriptors for the listeners' connection limits (ferroplane_agent::listen) and more.
+    match ferroplane_agent::listen::raise_nofile_limit() {
+        Ok(n) => info!(nofile = n, "open file limit"),
+        Err(e) => warn!("raising RLIMIT_NOFILE to its hard limit: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
