@@ -690,7 +690,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fp-cni-held-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
-        let ipam = Arc::new(Ipam::open(&dir.join("ipam"), pool).unwrap());
+        let ipam = Arc::new(Ipam::open(dir.join("ipam"), pool).unwrap());
         let (tx, mut rx) = mpsc::channel(4);
         tokio::spawn(async move {
             while let Some(op) = rx.recv().await {
@@ -868,7 +868,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fp-cni-netns-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
-        let ipam = Arc::new(Ipam::open(&dir.join("ipam"), pool).unwrap());
+        let ipam = Arc::new(Ipam::open(dir.join("ipam"), pool).unwrap());
         let free = ipam.free().unwrap();
         let regular = dir.join("regular-file");
         fs::write(&regular, b"").unwrap();

@@ -11,6 +11,7 @@
 //!   snatPorts: 61000-65535           # ports SNATed flows use on that address
 //!   conntrackMax: 262144             # sessions per engine worker
 //!   maglevTableSize: 65537           # largest Maglev table (a prime)
+//!   serviceCIDRs: [10.96.0.0/12]     # ClusterIP ranges: no external/LB IP inside (optional)
 //! services:
 //!   - metadata: { name: web, namespace: default }
 //!     spec:
@@ -35,6 +36,18 @@
 //!         nodeName: node-1
 //!         targetRef: { kind: Pod, namespace: default, name: a }
 //! ```
+//!
+//! Captures are refused (the CVE-2020-8554 class): an `externalIPs` entry or a
+//! LoadBalancer ingress IP that is a pod's address, inside a pod CIDR (this node's,
+//! `cluster.nodes`', `serviceProxy.clusterCIDRs`), a cluster IP or inside
+//! `serviceProxy.serviceCIDRs`, a node's address (this node's, its gateway, the masquerade
+//! address, `cluster.nodes`', the uplink broadcast) or a special address (0.0.0.0/8,
+//! loopback, link-local, multicast, 240.0.0.0/4, broadcast); a `healthCheckNodePort` below
+//! 1024, equal to a node port or another health-check port, one of the agent's listener
+//! ports, or inside `serviceProxy.snatPorts`. The standalone spec refuses them with an error
+//! naming the field ([`validate_captures`]; a reload with one is refused and the old spec
+//! stays); Kubernetes mode leaves just those entries out with a warning
+//! ([`drop_refused`], [`ignored_entries`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -397,6 +410,11 @@ pub struct ServiceProxyConfig {
     /// Largest Maglev table.
     #[serde(default)]
     pub maglev_table_size: Option<u32>,
+    /// The ClusterIP ranges (kube-apiserver `--service-cluster-ip-range`): external and
+    /// load-balancer IPs inside them are refused (optional: every service's cluster IP is
+    /// refused anyway).
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<Ipv4Cidr>,
 }
 
 impl ServiceProxyConfig {
@@ -824,7 +842,415 @@ pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
             }
         }
     }
-    Ok(())
+    validate_captures(spec)
+}
+
+/// Ports of the agent's own listeners a `healthCheckNodePort` must not take (the
+/// documented defaults of `--health-addr` and `--metrics-addr`; BGP and WireGuard ports
+/// come from the spec).
+pub const AGENT_LISTENER_PORTS: &[(u16, &str)] = &[
+    (
+        9644,
+        "the agent's health endpoint (--health-addr default port)",
+    ),
+    (
+        9464,
+        "the agent's metrics endpoint (--metrics-addr default port)",
+    ),
+];
+
+/// What a Service's `externalIPs`, LoadBalancer ingress IPs and `healthCheckNodePort`
+/// must not capture (the CVE-2020-8554 class: a Service that claims another pod's, a node's
+/// or the cluster's own address takes its traffic). Each entry says what it is, for the
+/// error message.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    /// Pod addresses.
+    pub pods: BTreeMap<Ipv4Addr, String>,
+    /// Pod ranges: this node's and the other nodes' pod CIDRs, `serviceProxy.clusterCIDRs`.
+    pub pod_cidrs: Vec<(Ipv4Cidr, String)>,
+    /// Service ranges: `serviceProxy.serviceCIDRs`.
+    pub service_cidrs: Vec<(Ipv4Cidr, String)>,
+    /// Services' cluster IPs.
+    pub cluster_ips: BTreeMap<Ipv4Addr, String>,
+    /// This node's and the other nodes' addresses, the node's gateway, the masquerade
+    /// address, the uplink subnet's broadcast address.
+    pub nodes: BTreeMap<Ipv4Addr, String>,
+    /// Ports of the agent's own listeners.
+    pub listener_ports: BTreeMap<u16, String>,
+    /// `serviceProxy.snatPorts` (steered to the engine).
+    pub snat_ports: (u16, u16),
+}
+
+/// Why `ip` is a special address no Service may claim (as Kubernetes'
+/// `ValidateNonSpecialIP`, plus multicast and the reserved block), if it is one.
+pub fn special_address(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    Some(if o[0] == 0 {
+        "in 0.0.0.0/8 (this network)"
+    } else if ip.is_loopback() {
+        "a loopback address (127.0.0.0/8)"
+    } else if ip.is_link_local() {
+        "a link-local address (169.254.0.0/16)"
+    } else if ip.is_multicast() {
+        "a multicast address (224.0.0.0/4)"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else if o[0] >= 240 {
+        "a reserved address (240.0.0.0/4)"
+    } else {
+        return None;
+    })
+}
+
+impl Protected {
+    /// What the spec itself knows: its pods, node, other nodes, service ranges, cluster
+    /// IPs and listeners.
+    pub fn of_spec(spec: &NodeSpec) -> Protected {
+        let node = &spec.node;
+        let mut p = Protected {
+            snat_ports: spec
+                .service_proxy
+                .snat_range()
+                .unwrap_or(ferroplane_tables::nat::DEFAULT_SNAT_PORTS),
+            ..Protected::default()
+        };
+        for pod in &spec.pods {
+            p.pods
+                .insert(pod.ip, format!("the address of pod {}", pod.key()));
+        }
+        p.pod_cidrs.push((
+            node.pod_cidr,
+            format!("inside pod CIDR {} of node {}", node.pod_cidr, node.name),
+        ));
+        p.nodes.insert(
+            node.address.addr,
+            format!("the address of node {}", node.name),
+        );
+        let uplink = node.address.network();
+        if uplink.prefix_len < 31 {
+            p.nodes.insert(
+                uplink.broadcast(),
+                format!("the broadcast address of the node's subnet {uplink}"),
+            );
+        }
+        if let Some(gw) = node.gateway {
+            p.nodes
+                .entry(gw)
+                .or_insert_with(|| format!("the gateway of node {} (node.gateway)", node.name));
+        }
+        if let Some(m) = spec.service_proxy.masquerade_address {
+            p.nodes.entry(m).or_insert_with(|| {
+                "the masquerade address (serviceProxy.masqueradeAddress)".to_string()
+            });
+        }
+        if let Some(c) = &spec.cluster {
+            for n in &c.nodes {
+                p.nodes
+                    .entry(n.address)
+                    .or_insert_with(|| format!("the address of node {}", n.name));
+                if let Some(cidr) = n.pod_cidr {
+                    p.pod_cidrs
+                        .push((cidr, format!("inside pod CIDR {cidr} of node {}", n.name)));
+                }
+            }
+            if c.uses_wireguard() || c.mode == crate::cluster::Mode::Wireguard {
+                p.listener_ports.insert(
+                    c.wireguard.port,
+                    "the agent's WireGuard port (cluster.wireguard.port)".to_string(),
+                );
+            }
+        }
+        for (i, c) in spec.service_proxy.cluster_cidrs.iter().enumerate() {
+            p.pod_cidrs.push((
+                c.network(),
+                format!(
+                    "inside the cluster's own range {} (serviceProxy.clusterCIDRs[{i}])",
+                    c.network()
+                ),
+            ));
+        }
+        for (i, c) in spec.service_proxy.service_cidrs.iter().enumerate() {
+            p.service_cidrs.push((
+                c.network(),
+                format!(
+                    "inside the service range {} (serviceProxy.serviceCIDRs[{i}])",
+                    c.network()
+                ),
+            ));
+        }
+        for s in &spec.services {
+            for ip in s.cluster_ipv4s() {
+                p.cluster_ips
+                    .entry(ip)
+                    .or_insert_with(|| format!("the cluster IP of service {}", s.key()));
+            }
+        }
+        for (port, what) in AGENT_LISTENER_PORTS {
+            p.listener_ports.insert(*port, what.to_string());
+        }
+        if let Some(b) = &spec.bgp {
+            p.listener_ports.insert(
+                b.listen_port,
+                "the agent's BGP listener (bgp.listenPort)".to_string(),
+            );
+        }
+        p
+    }
+
+    /// Adds pods the spec does not list (Kubernetes mode: every pod of the cluster).
+    pub fn with_pods(mut self, pods: impl IntoIterator<Item = (Ipv4Addr, String)>) -> Self {
+        for (ip, who) in pods {
+            self.pods
+                .entry(ip)
+                .or_insert_with(|| format!("the address of pod {who}"));
+        }
+        self
+    }
+
+    /// Why `ip` may not be an external or load-balancer IP, if it may not: the most
+    /// specific reason first (special address, pod, pod range, cluster IP, service range,
+    /// node).
+    pub fn address_conflict(&self, ip: Ipv4Addr) -> Option<String> {
+        if let Some(why) = special_address(ip) {
+            return Some(format!("{ip} is {why}"));
+        }
+        let range = |v: &[(Ipv4Cidr, String)]| {
+            v.iter()
+                .find(|(c, _)| c.contains(ip))
+                .map(|(_, why)| why.clone())
+        };
+        if let Some(who) = self.pods.get(&ip) {
+            return Some(match range(&self.pod_cidrs) {
+                Some(inside) => format!("{ip} is {who} ({inside})"),
+                None => format!("{ip} is {who}"),
+            });
+        }
+        if let Some(why) = range(&self.pod_cidrs) {
+            return Some(format!("{ip} is {why}"));
+        }
+        if let Some(why) = self.cluster_ips.get(&ip) {
+            return Some(format!("{ip} is {why}"));
+        }
+        if let Some(why) = range(&self.service_cidrs) {
+            return Some(format!("{ip} is {why}"));
+        }
+        self.nodes.get(&ip).map(|why| format!("{ip} is {why}"))
+    }
+}
+
+/// Which entry of a Service a [`Refusal`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedEntry {
+    /// `spec.externalIPs[i]`.
+    ExternalIp(usize),
+    /// `status.loadBalancer.ingress[i].ip`.
+    LoadBalancerIngress(usize),
+    /// `spec.healthCheckNodePort`.
+    HealthCheckNodePort,
+}
+
+impl RefusedEntry {
+    /// The field's name for metrics (`externalIPs`, `loadBalancerIngress`,
+    /// `healthCheckNodePort`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            RefusedEntry::ExternalIp(_) => "externalIPs",
+            RefusedEntry::LoadBalancerIngress(_) => "loadBalancerIngress",
+            RefusedEntry::HealthCheckNodePort => "healthCheckNodePort",
+        }
+    }
+}
+
+/// A Service entry that would capture what it must not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Index in `services`.
+    pub service: usize,
+    /// `namespace/name` of the service.
+    pub key: String,
+    /// Which entry.
+    pub entry: RefusedEntry,
+    /// Full path of the field (`services[2].spec.externalIPs[0]`).
+    pub field: String,
+    /// Why (`10.244.1.5 is inside pod CIDR 10.244.1.0/24 of node node-1`).
+    pub message: String,
+}
+
+/// Every entry of the spec's services that `protected` forbids: external and
+/// load-balancer IPs that are pod, node, cluster or special addresses, and
+/// `healthCheckNodePort`s that are well-known ports (< 1024), node ports of any service,
+/// another service's health-check port, one of the agent's own listener ports, or inside
+/// the SNAT port range.
+pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    let mut node_ports: BTreeMap<u16, String> = BTreeMap::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        if !s.has_node_ports() {
+            continue;
+        }
+        for (j, p) in s.spec.ports.iter().enumerate() {
+            if let Some(np) = p.node_port {
+                node_ports.entry(np).or_insert_with(|| {
+                    format!(
+                        "the nodePort of services[{i}].spec.ports[{j}] ({})",
+                        s.key()
+                    )
+                });
+            }
+        }
+    }
+    let mut hc_ports: BTreeMap<u16, String> = BTreeMap::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        let mut refuse = |entry, field: String, message: String| {
+            out.push(Refusal {
+                service: i,
+                key: s.key(),
+                entry,
+                field,
+                message,
+            })
+        };
+        for (k, ip) in s.spec.external_ips.iter().enumerate() {
+            if let Some(why) = protected.address_conflict(*ip) {
+                refuse(
+                    RefusedEntry::ExternalIp(k),
+                    format!("services[{i}].spec.externalIPs[{k}]"),
+                    why,
+                );
+            }
+        }
+        let ingress = s
+            .status
+            .iter()
+            .flat_map(|st| st.load_balancer.iter())
+            .flat_map(|l| l.ingress.iter());
+        for (k, ing) in ingress.enumerate() {
+            if let Some(why) = ing.ip.and_then(|ip| protected.address_conflict(ip)) {
+                refuse(
+                    RefusedEntry::LoadBalancerIngress(k),
+                    format!("services[{i}].status.loadBalancer.ingress[{k}].ip"),
+                    why,
+                );
+            }
+        }
+        if let Some(hc) = s.spec.health_check_node_port.filter(|hc| *hc != 0) {
+            let (lo, hi) = protected.snat_ports;
+            let why = if hc < 1024 {
+                Some(format!("{hc} is a well-known port (below 1024)"))
+            } else if let Some(np) = node_ports.get(&hc) {
+                Some(format!("{hc} is {np}"))
+            } else if let Some(other) = hc_ports.get(&hc) {
+                Some(format!(
+                    "{hc} is already the healthCheckNodePort of {other}"
+                ))
+            } else if let Some(l) = protected.listener_ports.get(&hc) {
+                Some(format!("{hc} is {l}"))
+            } else if (lo..=hi).contains(&hc) {
+                Some(format!(
+                    "{hc} is inside serviceProxy.snatPorts {lo}-{hi} (steered to the engine)"
+                ))
+            } else {
+                hc_ports.insert(hc, s.key());
+                None
+            };
+            if let Some(why) = why {
+                refuse(
+                    RefusedEntry::HealthCheckNodePort,
+                    format!("services[{i}].spec.healthCheckNodePort"),
+                    why,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Standalone validation: the first [`refusals`] entry of the spec (with only what the
+/// spec itself knows, [`Protected::of_spec`]) is an error naming its field.
+pub fn validate_captures(spec: &NodeSpec) -> Result<(), ConfigError> {
+    match refusals(spec, &Protected::of_spec(spec)).into_iter().next() {
+        Some(r) => Err(invalid(r.field, r.message)),
+        None => Ok(()),
+    }
+}
+
+/// Kubernetes mode: leaves the refused entries out of the services (an external or
+/// load-balancer IP is dropped, a health-check port unset; the rest of each service
+/// stays), logs a warning for each entry not refused on the previous call, and records
+/// them for [`ignored_entries`]. Returns how many were left out.
+pub fn drop_refused(services: &mut [ServiceSpec], refused: &[Refusal]) -> usize {
+    // Highest index first, so earlier indices stay valid while removing.
+    let mut sorted: Vec<&Refusal> = refused.iter().collect();
+    sorted.sort_by_key(|r| {
+        std::cmp::Reverse(match r.entry {
+            RefusedEntry::ExternalIp(k) | RefusedEntry::LoadBalancerIngress(k) => k,
+            RefusedEntry::HealthCheckNodePort => 0,
+        })
+    });
+    for r in &sorted {
+        let Some(s) = services.get_mut(r.service) else {
+            continue;
+        };
+        match r.entry {
+            RefusedEntry::ExternalIp(k) => {
+                if k < s.spec.external_ips.len() {
+                    s.spec.external_ips.remove(k);
+                }
+            }
+            RefusedEntry::LoadBalancerIngress(k) => {
+                if let Some(lb) = s.status.as_mut().and_then(|st| st.load_balancer.as_mut()) {
+                    if k < lb.ingress.len() {
+                        lb.ingress.remove(k);
+                    }
+                }
+            }
+            RefusedEntry::HealthCheckNodePort => s.spec.health_check_node_port = None,
+        }
+    }
+    let now: BTreeMap<String, (&'static str, String)> = refused
+        .iter()
+        .map(|r| {
+            (
+                format!("{} {}", r.key, r.field),
+                (r.entry.kind(), r.message.clone()),
+            )
+        })
+        .collect();
+    let mut last = match IGNORED.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    for (what, (_, why)) in &now {
+        if !last.contains_key(what) {
+            tracing::warn!(
+                "service entry ignored: {what}: {why} (it would capture traffic that is not the service's)"
+            );
+        }
+    }
+    *last = now;
+    refused.len()
+}
+
+/// Entries [`drop_refused`] left out last time: `service field` → (kind, why).
+static IGNORED: Mutex<BTreeMap<String, (&'static str, String)>> = Mutex::new(BTreeMap::new());
+
+/// How many service entries are left out now (Kubernetes mode), by kind
+/// ([`RefusedEntry::kind`]); every kind is listed, with 0 when none is.
+pub fn ignored_entries() -> Vec<(&'static str, u64)> {
+    let last = match IGNORED.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    ["externalIPs", "loadBalancerIngress", "healthCheckNodePort"]
+        .into_iter()
+        .map(|k| {
+            (
+                k,
+                last.values().filter(|(kind, _)| *kind == k).count() as u64,
+            )
+        })
+        .collect()
 }
 
 /// The service port definitions of a spec for the node `node_name`.
@@ -1442,6 +1868,234 @@ node:
 
     fn spec(extra: &str) -> Result<NodeSpec, ConfigError> {
         NodeSpec::from_yaml(&format!("{BASE}{extra}"))
+    }
+
+    /// A spec with a pod, another node, a BGP speaker and a LoadBalancer service `web`
+    /// (index 1, after `other`) whose external IP, ingress IP and health-check port the
+    /// capture tests replace.
+    fn capture_spec(ext: &str, ingress: &str, hc: u16) -> String {
+        format!(
+            r#"
+node:
+  name: node-1
+  uplink: up0
+  address: 192.168.100.2/24
+  gateway: 192.168.100.1
+  podCIDR: 10.244.1.0/24
+pods:
+  - {{ name: pod2, netns: fp-x, ip: 10.244.1.12 }}
+cluster:
+  nodes:
+    - {{ name: node-2, address: 192.168.100.3, podCIDR: 10.244.2.0/24 }}
+serviceProxy:
+  clusterCIDRs: [10.244.0.0/16]
+  serviceCIDRs: [10.96.0.0/12]
+services:
+  - metadata: {{ name: other }}
+    spec:
+      type: NodePort
+      clusterIP: 10.96.0.9
+      ports: [ {{ name: http, port: 8080, nodePort: 30100 }} ]
+  - metadata: {{ name: web }}
+    spec:
+      type: LoadBalancer
+      clusterIP: 10.96.0.10
+      externalIPs: [203.0.113.5, {ext}]
+      externalTrafficPolicy: Local
+      healthCheckNodePort: {hc}
+      ports: [ {{ name: http, port: 80, nodePort: 30080 }} ]
+    status: {{ loadBalancer: {{ ingress: [ {{ ip: {ingress} }} ] }} }}
+"#
+        )
+    }
+
+    #[test]
+    fn real_external_addresses_are_accepted() {
+        let s = NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", 32000)).unwrap();
+        assert!(refusals(&s, &Protected::of_spec(&s)).is_empty());
+        // Addresses next to the protected ones are fine too.
+        for ok in [
+            "10.243.255.255",
+            "10.112.0.1",
+            "192.168.101.1",
+            "192.168.100.4",
+        ] {
+            NodeSpec::from_yaml(&capture_spec(ok, "203.0.113.10", 32000))
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn external_ips_that_capture_are_refused() {
+        let f = "services[1].spec.externalIPs[1]";
+        for (ip, why) in [
+            (
+                "10.244.1.12",
+                "10.244.1.12 is the address of pod default/pod2 (inside pod CIDR 10.244.1.0/24 of node node-1)",
+            ),
+            ("10.244.1.5", "10.244.1.5 is inside pod CIDR 10.244.1.0/24 of node node-1"),
+            ("10.244.2.9", "10.244.2.9 is inside pod CIDR 10.244.2.0/24 of node node-2"),
+            (
+                "10.244.7.1",
+                "10.244.7.1 is inside the cluster's own range 10.244.0.0/16 (serviceProxy.clusterCIDRs[0])",
+            ),
+            ("10.96.0.9", "10.96.0.9 is the cluster IP of service default/other"),
+            (
+                "10.100.0.1",
+                "10.100.0.1 is inside the service range 10.96.0.0/12 (serviceProxy.serviceCIDRs[0])",
+            ),
+            ("192.168.100.2", "192.168.100.2 is the address of node node-1"),
+            ("192.168.100.3", "192.168.100.3 is the address of node node-2"),
+            ("192.168.100.1", "192.168.100.1 is the gateway of node node-1"),
+            ("192.168.100.255", "broadcast address of the node's subnet 192.168.100.0/24"),
+            ("0.0.0.0", "in 0.0.0.0/8"),
+            ("0.1.2.3", "in 0.0.0.0/8"),
+            ("127.0.0.1", "loopback"),
+            ("127.1.2.3", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("224.0.0.5", "multicast"),
+            ("239.1.1.1", "multicast"),
+            ("255.255.255.255", "the broadcast address"),
+            ("240.0.0.1", "reserved"),
+        ] {
+            let e = NodeSpec::from_yaml(&capture_spec(ip, "203.0.113.10", 32000))
+                .expect_err(ip);
+            assert_eq!(e.field(), f, "{ip}: {e}");
+            assert!(e.to_string().starts_with(&format!("{f}: {ip} ")), "{e}");
+            assert!(e.to_string().contains(why), "{ip}: {why:?} not in {e}");
+        }
+        // The masquerade address is the node's too.
+        let y = capture_spec("192.168.100.50", "203.0.113.10", 32000).replace(
+            "  serviceCIDRs:",
+            "  masqueradeAddress: 192.168.100.50\n  serviceCIDRs:",
+        );
+        let e = NodeSpec::from_yaml(&y).unwrap_err();
+        assert!(e.to_string().contains("masquerade address"), "{e}");
+    }
+
+    #[test]
+    fn load_balancer_ips_that_capture_are_refused() {
+        let e =
+            NodeSpec::from_yaml(&capture_spec("198.51.100.7", "10.244.1.12", 32000)).unwrap_err();
+        assert_eq!(e.field(), "services[1].status.loadBalancer.ingress[0].ip");
+        assert!(e.to_string().contains("pod default/pod2"), "{e}");
+        let e =
+            NodeSpec::from_yaml(&capture_spec("198.51.100.7", "192.168.100.2", 32000)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "services[1].status.loadBalancer.ingress[0].ip: 192.168.100.2 is the address of node node-1"
+        );
+    }
+
+    #[test]
+    fn health_check_ports_that_clash_are_refused() {
+        let f = "services[1].spec.healthCheckNodePort";
+        for (hc, why) in [
+            (22, "22 is a well-known port (below 1024)"),
+            (1023, "below 1024"),
+            (
+                30100,
+                "30100 is the nodePort of services[0].spec.ports[0] (default/other)",
+            ),
+            (
+                30080,
+                "30080 is the nodePort of services[1].spec.ports[0] (default/web)",
+            ),
+            (9644, "the agent's health endpoint"),
+            (9464, "the agent's metrics endpoint"),
+            (61000, "inside serviceProxy.snatPorts"),
+        ] {
+            let e = NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", hc))
+                .expect_err(why);
+            assert_eq!(e.field(), f, "{hc}: {e}");
+            assert!(e.to_string().contains(why), "{why:?} not in {e}");
+        }
+        // Another service's health-check port, and the BGP listener.
+        let mut s =
+            NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", 32000)).unwrap();
+        let mut twin = s.services[1].clone();
+        twin.metadata.name = "twin".into();
+        twin.spec.cluster_ip = Some("10.96.0.11".into());
+        twin.spec.cluster_ips.clear();
+        twin.spec.external_ips.clear();
+        twin.status = None;
+        twin.spec.ports[0].node_port = Some(30081);
+        s.services.push(twin);
+        let r = refusals(&s, &Protected::of_spec(&s));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].field, "services[2].spec.healthCheckNodePort");
+        assert!(r[0]
+            .message
+            .contains("already the healthCheckNodePort of default/web"));
+        let mut p = Protected::of_spec(&s);
+        p.listener_ports
+            .insert(1790, "the agent's BGP listener (bgp.listenPort)".into());
+        s.services.pop();
+        s.services[1].spec.health_check_node_port = Some(1790);
+        let r = refusals(&s, &p);
+        assert!(r[0].message.contains("BGP listener"), "{r:?}");
+    }
+
+    #[test]
+    fn kubernetes_mode_drops_only_the_refused_entries() {
+        let mut s =
+            NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", 32000)).unwrap();
+        let web = &mut s.services[1];
+        // A pod the spec does not list (another node's, from the API) and a node address.
+        web.spec.external_ips = vec![
+            "10.250.0.4".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+            "192.168.100.3".parse().unwrap(),
+        ];
+        web.spec.health_check_node_port = Some(80);
+        web.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: vec![
+                    LoadBalancerIngress {
+                        ip: Some("10.96.0.9".parse().unwrap()),
+                        hostname: None,
+                        ip_mode: None,
+                    },
+                    LoadBalancerIngress {
+                        ip: Some("203.0.113.10".parse().unwrap()),
+                        hostname: None,
+                        ip_mode: None,
+                    },
+                ],
+            }),
+        });
+        let p = Protected::of_spec(&s)
+            .with_pods([("10.250.0.4".parse().unwrap(), "team-a/db-0".to_string())]);
+        let r = refusals(&s, &p);
+        let fields: Vec<&str> = r.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "services[1].spec.externalIPs[0]",
+                "services[1].spec.externalIPs[2]",
+                "services[1].status.loadBalancer.ingress[0].ip",
+                "services[1].spec.healthCheckNodePort",
+            ]
+        );
+        assert!(r[0].message.contains("pod team-a/db-0"), "{}", r[0].message);
+        assert_eq!(drop_refused(&mut s.services, &r), 4);
+        let web = &s.services[1];
+        assert_eq!(
+            web.spec.external_ips,
+            ["198.51.100.7".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(web.lb_ips(), ["203.0.113.10".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(web.spec.health_check_node_port, None);
+        // The rest of the service is untouched, and the result validates.
+        assert_eq!(web.spec.ports[0].node_port, Some(30080));
+        s.validate().unwrap();
+        let counts: BTreeMap<_, _> = ignored_entries().into_iter().collect();
+        assert_eq!(counts["externalIPs"], 2);
+        assert_eq!(counts["loadBalancerIngress"], 1);
+        assert_eq!(counts["healthCheckNodePort"], 1);
+        // Nothing refused any more: the count goes back to 0.
+        assert_eq!(drop_refused(&mut s.services, &[]), 0);
+        assert!(ignored_entries().iter().all(|(_, n)| *n == 0));
     }
 
     const WEB: &str = r#"

@@ -10,6 +10,7 @@
 //! nodeBlockPrefix: 24          # size of a node's block taken from clusterPoolCIDR
 //! overlay: vxlan               # direct | ipip | vxlan | wireguard
 //! annotationPrefix: ferroplane.io
+//! serviceCIDRs: [10.96.0.0/12]  # optional: Service external/LB IPs inside are ignored
 //! ```
 //!
 //! Every field has a default; every error names its field (`clusterPoolCIDR: ...`).
@@ -52,6 +53,10 @@ pub struct AgentConfig {
     /// Prefix of the Node annotations the agent reads and writes.
     #[serde(default = "default_prefix")]
     pub annotation_prefix: String,
+    /// The cluster's ClusterIP ranges (kube-apiserver `--service-cluster-ip-range`):
+    /// Services' external and load-balancer IPs inside them are ignored (optional).
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<Ipv4Cidr>,
 }
 
 fn default_block() -> u8 {
@@ -74,6 +79,7 @@ impl Default for AgentConfig {
             node_block_prefix: default_block(),
             overlay: Mode::Direct,
             annotation_prefix: default_prefix(),
+            service_cidrs: Vec::new(),
         }
     }
 }

@@ -107,6 +107,13 @@ pub async fn node_spec(
         yaml.push_str(&format!("  podMTU: {mtu}\n"));
     }
     let mut spec = NodeSpec::from_yaml(&yaml)?;
+    // The cluster's own ranges, which no Service may claim as external or load-balancer
+    // IPs (see `services::Protected`): the pod pool (as clusterCIDRs, which otherwise only
+    // matter for masquerading, off in Kubernetes mode) and the ClusterIP ranges.
+    if let Some(pool) = cfg.cluster_pool_cidr {
+        spec.service_proxy.cluster_cidrs = vec![pool.network(), pod_cidr.network()];
+    }
+    spec.service_proxy.service_cidrs = cfg.service_cidrs.clone();
     // Always a cluster section, even for the first node: nodes that join later are added
     // to it (see [`DesiredState::apply_to`]).
     spec.cluster = Some(ClusterSpec {

@@ -211,6 +211,25 @@ impl DesiredState {
                 .cloned()
                 .collect();
         }
+        self.drop_captures(spec);
+    }
+
+    /// Leaves out of `spec.services` the entries that would capture traffic that is not
+    /// theirs (see [`crate::services::refusals`]: external and load-balancer IPs that are
+    /// a pod's, a node's or the cluster's own addresses, health-check ports that clash),
+    /// judged against the spec and every pod of the cluster (also the Nodes with no
+    /// published pod CIDR yet: their pods' addresses). The rest of each service keeps
+    /// working; each entry is logged once and counted
+    /// ([`crate::services::ignored_entries`]). The remote nodes must already be in `spec`.
+    pub fn drop_captures(&self, spec: &mut NodeSpec) -> usize {
+        let protected = crate::services::Protected::of_spec(spec).with_pods(
+            self.policy
+                .pods()
+                .iter()
+                .map(|p| (p.ip, format!("{}/{}", p.namespace, p.name))),
+        );
+        let refused = crate::services::refusals(spec, &protected);
+        crate::services::drop_refused(&mut spec.services, &refused)
     }
 }
 
