@@ -313,3 +313,73 @@ fn sigkilled_agent_fails_closed_with_ip_forward() {
         }
     });
 }
+
+/// `--on-exit detach` (the agent's default) applies to a clean stop only: an agent that dies
+/// (SIGKILL) leaves its programs attached through their pinned links, so the node still
+/// fails closed with `ip_forward=1`; the next agent adopts them, and its clean stop detaches.
+#[test]
+fn sigkilled_agent_in_detach_mode_keeps_programs_attached() {
+    if !require_root() {
+        return;
+    }
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let pin = bpffs.path().join("node").to_string_lossy().to_string();
+    let args = ["--pin-dir", pin.as_str()];
+    let topo = Topology::single_node(3).expect("topology");
+    topo.write_spec(&spec(&topo)).expect("spec");
+    let agent = topo.start_agent_with(&bin_dir(), &args).expect("agent");
+    let (client, server, other) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let to = SocketAddr::from((server.ip, PORT));
+    // The kernel completes handshakes into the backlog: no need to accept.
+    let _listener = server
+        .ns
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
+        .expect("netns thread")
+        .expect("listen");
+    ping(&other.ns, Topology::ROUTER_IP, 1).expect("other -> router");
+    ping(&client.ns, server.ip, 1).expect("client -> server");
+    assert!(!connects(&other.ns, to), "policy: other -> server denied");
+
+    kill9(&agent);
+    assert_eq!(
+        xdp_attached(&topo.node),
+        4,
+        "programs stay attached when an --on-exit detach agent dies"
+    );
+    assert!(
+        !connects(&other.ns, to),
+        "other -> server:8080 must stay denied with the agent dead"
+    );
+    assert!(
+        !connects(&topo.router, to),
+        "router -> server:8080 must stay denied with the agent dead"
+    );
+    ping(&topo.router, Topology::NODE_IP, 1).expect("router -> node address");
+    drop(agent);
+
+    let agent = topo.start_agent_with(&bin_dir(), &args).expect("restart");
+    assert_eq!(xdp_attached(&topo.node), 4, "adopted in place");
+    assert!(
+        connects(&client.ns, to),
+        "client -> server after the restart"
+    );
+    assert!(
+        !connects(&other.ns, to),
+        "other -> server after the restart"
+    );
+    let status = agent.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean stop: {status:?}\n{}",
+        agent.log_tail(20)
+    );
+    assert_eq!(
+        xdp_attached(&topo.node),
+        0,
+        "a clean --on-exit detach stop removes the programs"
+    );
+    let links = std::fs::read_dir(std::path::Path::new(&pin).join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(links, 0, "and their pinned links");
+}
