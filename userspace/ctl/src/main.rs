@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ferroctl [--socket PATH] [-o table|json] show interfaces|routes|counters|errors|xdp
+//! ferroctl show routes ADDRESS|PREFIX   (the route used for it: longest prefix match)
 //! ferroctl show bgp [routes [PREFIX]]
 //! ferroctl show policies [--pod NS/NAME]
 //! ferroctl clear counters
@@ -93,8 +94,12 @@ enum Show {
     Trace,
     /// Interfaces known to the engine, with their counters.
     Interfaces,
-    /// The engine's FIB.
-    Routes,
+    /// The engine's FIB; with an address or a prefix, only the route used for it
+    /// (longest prefix match, like `ip route get`).
+    Routes {
+        /// An IPv4 address (10.244.1.7) or prefix (10.244.1.0/24).
+        prefix: Option<String>,
+    },
     /// The engine's neighbours (next hops): address, MAC, interface, state.
     Neighbors,
     /// The AF_XDP frame pool and each port's fill ring (like VPP `show buffers`).
@@ -177,7 +182,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Show { what } => match what {
             Show::Trace => Request::ShowTrace,
             Show::Interfaces => Request::ShowInterfaces,
-            Show::Routes => Request::ShowRoutes,
+            Show::Routes { .. } => Request::ShowRoutes,
             Show::Neighbors => Request::ShowNeighbors,
             Show::Buffers => Request::ShowBuffers,
             Show::Counters => Request::ShowCounters,
@@ -220,6 +225,15 @@ fn run(cli: &Cli) -> Result<()> {
                     what: Some(bgp::BgpShow::Routes { prefix: Some(p) }),
                 },
         } => bgp::filter_routes(data, p)?,
+        Command::Show {
+            what: Show::Routes { prefix: Some(p) },
+        } => {
+            let routes = decode::<Vec<ferroplane_api::RouteInfo>>(request.clone(), data)?;
+            match render::lookup_route(routes, p)? {
+                Some(r) => serde_json::to_value(vec![r]).context("formatting JSON")?,
+                None => anyhow::bail!("no route for {p} in the engine's FIB"),
+            }
+        }
         _ => data,
     };
     if cli.output == Output::Json {
@@ -231,7 +245,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Show { what } => match what {
             Show::Trace => observe::render_trace(&decode::<Vec<_>>(request, data)?),
             Show::Interfaces => render::interfaces(&decode::<Vec<_>>(request, data)?),
-            Show::Routes => render::routes(&decode::<Vec<_>>(request, data)?),
+            Show::Routes { .. } => render::routes(&decode::<Vec<_>>(request, data)?),
             Show::Neighbors => observe::render_neighbors(&decode::<Vec<_>>(request, data)?),
             Show::Buffers => render::buffers(&decode(request, data)?),
             Show::Counters => render::counters(&decode(request, data)?),

@@ -14,6 +14,40 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| NONE.to_string(), |v| v.to_string())
 }
 
+/// `show routes ADDR|PREFIX`: the route the engine's FIB uses for an address, as
+/// `ip route get` answers: the longest prefix containing it. For a prefix, the longest
+/// route covering all of it (the route itself when the FIB has it). `None`: no route.
+pub fn lookup_route(routes: Vec<RouteInfo>, what: &str) -> anyhow::Result<Option<RouteInfo>> {
+    use std::net::Ipv4Addr;
+    let parse_prefix = |s: &str| -> Option<(u32, u8)> {
+        let (a, l) = s.split_once('/')?;
+        let a: Ipv4Addr = a.parse().ok()?;
+        let l: u8 = l.parse().ok().filter(|l| *l <= 32)?;
+        Some((u32::from(a), l))
+    };
+    let mask = |l: u8| {
+        if l == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(l))
+        }
+    };
+    let (addr, len) = match what.parse::<Ipv4Addr>() {
+        Ok(a) => (u32::from(a), 32),
+        Err(_) => parse_prefix(what).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{what:?} is neither an IPv4 address (10.244.1.7) nor a prefix (10.244.1.0/24)"
+            )
+        })?,
+    };
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| parse_prefix(&r.prefix).map(|p| (p, r)))
+        .filter(|((net, l), _)| *l <= len && net & mask(*l) == addr & mask(*l))
+        .max_by_key(|((_, l), _)| *l)
+        .map(|(_, r)| r))
+}
+
 /// `show interfaces`.
 pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
     use Align::{Left, Right};
@@ -287,6 +321,25 @@ pub fn tunnels(r: &ferroplane_api::TunnelsReport) -> String {
 mod tests {
     use super::*;
     use ferroplane_api::{NodeCounters, RoutePath, RouteSource, Severity};
+
+    #[test]
+    fn lookup_route_is_longest_prefix_match() {
+        let r = |p: &str| RouteInfo {
+            prefix: p.into(),
+            source: RouteSource::Static,
+            paths: vec![],
+        };
+        let fib = vec![r("10.0.0.0/8"), r("10.1.0.0/16"), r("10.1.2.0/24")];
+        let get = |w: &str| lookup_route(fib.clone(), w).unwrap().map(|r| r.prefix);
+        assert_eq!(get("10.1.2.3").as_deref(), Some("10.1.2.0/24"));
+        assert_eq!(get("10.1.3.3").as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(get("10.9.9.9").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(get("10.1.0.0/15").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(get("10.1.2.128/25").as_deref(), Some("10.1.2.0/24"));
+        assert_eq!(get("11.0.0.1"), None, "no default route: no match");
+        assert!(lookup_route(fib.clone(), "10.1.2.3/40").is_err());
+        assert!(lookup_route(fib, "fd00::1").is_err());
+    }
 
     #[test]
     fn buffers_pool_line_then_ports() {

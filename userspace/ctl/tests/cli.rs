@@ -107,6 +107,15 @@ impl Fake {
                     resolved_mac: None,
                 }],
             },
+            RouteInfo {
+                prefix: "10.244.0.0/16".into(),
+                source: RouteSource::Cluster,
+                paths: vec![RoutePath {
+                    via: Some("192.168.100.3".into()),
+                    interface: "up0".into(),
+                    resolved_mac: None,
+                }],
+            },
         ]
     }
 
@@ -313,6 +322,38 @@ fn show_routes_table_and_json() {
     let json: Vec<RouteInfo> =
         serde_json::from_str(&stdout_ok(&agent.ctl(&["show", "routes", "-o", "json"]))).unwrap();
     assert_eq!(json, Fake::routes());
+}
+
+/// `show routes ADDR|PREFIX`: the route used for it, longest prefix match (`ip route get`).
+#[test]
+fn show_routes_longest_prefix_match() {
+    let agent = Agent::start("routes-lpm");
+    let picked = |what: &str| -> String {
+        let v: Vec<RouteInfo> = serde_json::from_str(&stdout_ok(
+            &agent.ctl(&["show", "routes", what, "-o", "json"]),
+        ))
+        .unwrap();
+        assert_eq!(v.len(), 1, "{what}: {v:?}");
+        v[0].prefix.clone()
+    };
+    assert_eq!(picked("10.244.1.10"), "10.244.1.10/32");
+    assert_eq!(picked("10.244.1.11"), "10.244.0.0/16");
+    assert_eq!(picked("10.244.1.10/32"), "10.244.1.10/32");
+    assert_eq!(picked("10.244.1.0/24"), "10.244.0.0/16", "covering route");
+    assert_eq!(picked("10.244.0.0/16"), "10.244.0.0/16");
+    assert_eq!(picked("10.0.0.0/8"), "0.0.0.0/0");
+    assert_eq!(picked("8.8.8.8"), "0.0.0.0/0");
+    let text = stdout_ok(&agent.ctl(&["show", "routes", "10.244.7.1"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["10.244.0.0/16", "cluster", "192.168.100.3", "up0", "-"]
+    );
+    let err = stderr_failed(&agent.ctl(&["show", "routes", "not-an-address"]));
+    assert!(err.contains("neither an IPv4 address"), "{err}");
+    let err = stderr_failed(&agent.ctl(&["show", "routes", "10.0.0.0/33"]));
+    assert!(err.contains("neither"), "{err}");
 }
 
 #[test]
