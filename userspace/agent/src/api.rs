@@ -314,6 +314,7 @@ impl Handler for AgentView {
                 node,
                 count,
                 filter,
+                max_bytes,
             } => {
                 crate::observe::capture_start(
                     &self.shared,
@@ -321,7 +322,7 @@ impl Handler for AgentView {
                     &self.controls,
                     iface.as_deref(),
                     node.as_deref(),
-                    *count,
+                    crate::observe::CaptureLimits::new(*count, *max_bytes)?,
                     filter.as_deref(),
                 )?;
                 Ok(Value::Null)

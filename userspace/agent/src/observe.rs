@@ -110,6 +110,45 @@ pub fn clear_trace(controls: &[Arc<WorkerControl>]) {
     }
 }
 
+/// Most packets one capture may take.
+pub const MAX_CAPTURE_PACKETS: u32 = 100_000;
+/// Bytes of frames a capture takes when the request does not say.
+pub const DEFAULT_CAPTURE_BYTES: u64 = 16 << 20;
+/// Most bytes of frames one capture may take (and so hold until `ferroctl` takes them).
+pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
+/// Most bytes of frames one `capture_take` answer carries (the rest waits for the next).
+pub const TAKE_BYTES: usize = 1 << 20;
+
+/// How much a capture may take: packets and bytes, within the hard maximums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureLimits {
+    /// Packets.
+    pub count: u32,
+    /// Bytes of frames.
+    pub bytes: u64,
+}
+
+impl CaptureLimits {
+    /// Checks a request's `count` and `max_bytes` (default [`DEFAULT_CAPTURE_BYTES`]).
+    pub fn new(count: u32, max_bytes: Option<u64>) -> Result<CaptureLimits, String> {
+        if count == 0 {
+            return Err("capture --count must be at least 1".into());
+        }
+        if count > MAX_CAPTURE_PACKETS {
+            return Err(format!(
+                "capture --count {count}: at most {MAX_CAPTURE_PACKETS} packets per capture"
+            ));
+        }
+        let bytes = max_bytes.unwrap_or(DEFAULT_CAPTURE_BYTES);
+        if bytes == 0 || bytes > MAX_CAPTURE_BYTES {
+            return Err(format!(
+                "capture --max-bytes {bytes}: between 1 and {MAX_CAPTURE_BYTES} bytes"
+            ));
+        }
+        Ok(CaptureLimits { count, bytes })
+    }
+}
+
 /// Start a capture (on the first worker; the foundation runs one).
 pub fn capture_start(
     shared: &Shared,
@@ -117,7 +156,7 @@ pub fn capture_start(
     controls: &[Arc<WorkerControl>],
     iface: Option<&str>,
     node: Option<&str>,
-    count: u32,
+    limits: CaptureLimits,
     filter: Option<&str>,
 ) -> Result<(), String> {
     let point =
@@ -128,9 +167,6 @@ pub fn capture_start(
             })?),
             _ => return Err("capture needs exactly one of --iface or --node".into()),
         };
-    if count == 0 {
-        return Err("capture --count must be at least 1".into());
-    }
     let filter = PacketFilter::parse(filter.unwrap_or(""))?;
     let c = controls.first().ok_or("no engine worker")?;
     let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
@@ -138,18 +174,26 @@ pub fn capture_start(
     cap.spec = Some(CaptureSpec {
         point,
         filter,
-        remaining: count,
+        remaining: limits.count,
+        remaining_bytes: limits.bytes,
     });
     c.capture_active.store(true, Ordering::Relaxed);
     Ok(())
 }
 
-/// Take what the capture has so far.
+/// Take what the capture has so far, at most [`TAKE_BYTES`] of frames (at least one
+/// packet); `done` once the capture ended and everything was taken.
 pub fn capture_take(controls: &[Arc<WorkerControl>]) -> Result<CaptureReport, String> {
     let c = controls.first().ok_or("no engine worker")?;
     let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
-    let done = cap.done();
-    let packets = std::mem::take(&mut cap.packets)
+    let (mut n, mut bytes) = (0, 0);
+    while n < cap.packets.len() && (n == 0 || bytes + cap.packets[n].data.len() <= TAKE_BYTES) {
+        bytes += cap.packets[n].data.len();
+        n += 1;
+    }
+    let taken: Vec<_> = cap.packets.drain(..n).collect();
+    let done = cap.done() && cap.packets.is_empty();
+    let packets = taken
         .into_iter()
         .map(|p| CapturedPacket {
             ts_ns: p.ts_ns,
@@ -199,4 +243,59 @@ pub fn neighbors(snap: &ferroplane_engine::Snapshot) -> Vec<ferroplane_api::Neig
         .collect();
     out.sort_by_key(|(s, ip, _)| (*s, *ip));
     out.into_iter().map(|(_, _, n)| n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroplane_engine::worker::CapturedPacket as Frame;
+
+    #[test]
+    fn capture_limits() {
+        assert_eq!(
+            CaptureLimits::new(10, None).unwrap(),
+            CaptureLimits {
+                count: 10,
+                bytes: DEFAULT_CAPTURE_BYTES
+            }
+        );
+        assert!(CaptureLimits::new(0, None).is_err());
+        assert!(CaptureLimits::new(MAX_CAPTURE_PACKETS + 1, None)
+            .unwrap_err()
+            .contains("at most 100000"));
+        assert!(CaptureLimits::new(1, Some(MAX_CAPTURE_BYTES + 1)).is_err());
+        assert!(CaptureLimits::new(1, Some(0)).is_err());
+        assert_eq!(CaptureLimits::new(1, Some(1500)).unwrap().bytes, 1500);
+    }
+
+    /// A take carries at most [`TAKE_BYTES`] of frames; `done` only once all were taken.
+    #[test]
+    fn take_in_bounded_answers() {
+        let c = Arc::new(WorkerControl::default());
+        {
+            let mut cap = c.capture.lock().unwrap();
+            for _ in 0..600 {
+                cap.packets.push(Frame {
+                    ts_ns: 1,
+                    data: vec![0xab; 4000],
+                });
+            }
+        }
+        let controls = [c];
+        let mut total = 0;
+        let mut takes = 0;
+        loop {
+            let r = capture_take(&controls).unwrap();
+            takes += 1;
+            let bytes: usize = r.packets.iter().map(|p| p.hex.len() / 2).sum();
+            assert!(bytes <= TAKE_BYTES);
+            total += r.packets.len();
+            if r.done {
+                break;
+            }
+            assert!(takes < 10);
+        }
+        assert_eq!(total, 600);
+        assert_eq!(takes, 3);
+    }
 }

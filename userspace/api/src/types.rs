@@ -59,11 +59,16 @@ pub enum Request {
         /// Graph node name (e.g. `error-drop`).
         #[serde(default)]
         node: Option<String>,
-        /// How many packets.
+        /// How many packets (the agent refuses more than its hard maximum, 100000).
         count: u32,
         /// Filter expression.
         #[serde(default)]
         filter: Option<String>,
+        /// At most this many bytes of frames (the agent's default when absent: 16 MiB;
+        /// more than its hard maximum, 64 MiB, is refused); the capture ends when the next
+        /// frame would pass it.
+        #[serde(default)]
+        max_bytes: Option<u64>,
     },
     /// `capture_take`: answers [`CaptureReport`] with what the capture took so far.
     CaptureTake,
@@ -115,6 +120,7 @@ impl Request {
             node: None,
             count: 0,
             filter: None,
+            max_bytes: None,
         },
         Request::CaptureTake,
         Request::ShowServices,

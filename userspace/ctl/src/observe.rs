@@ -38,9 +38,13 @@ pub struct CaptureArgs {
     /// Capture what enters a graph node (e.g. `error-drop` shows what was dropped).
     #[arg(long)]
     node: Option<String>,
-    /// How many packets.
+    /// How many packets (the agent refuses more than 100000).
     #[arg(long, default_value_t = 100)]
     count: u32,
+    /// Stop once the frames taken would pass this many bytes (the agent's default is
+    /// 16 MiB; it refuses more than 64 MiB). Together with --count, bounds the agent's memory.
+    #[arg(long)]
+    max_bytes: Option<u64>,
     /// Filter (as for `trace add`).
     #[arg(long)]
     filter: Option<String>,
@@ -121,14 +125,17 @@ pub fn capture(client: &mut Client, args: &CaptureArgs) -> Result<String> {
         node: args.node.clone(),
         count: args.count,
         filter: args.filter.clone(),
+        max_bytes: args.max_bytes,
     })?;
     let file =
         File::create(&args.write).with_context(|| format!("creating {}", args.write.display()))?;
     let mut writer = PcapWriter::new(BufWriter::new(file)).context("writing the pcap header")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut written = 0u32;
+    let mut ended;
     loop {
         let report: CaptureReport = client.call_typed(&Request::CaptureTake)?;
+        ended = report.done;
         for p in &report.packets {
             let data = unhex(&p.hex)?;
             let ts = Duration::from_nanos(p.ts_ns);
@@ -149,7 +156,9 @@ pub fn capture(client: &mut Client, args: &CaptureArgs) -> Result<String> {
     Ok(format!(
         "{written} packet(s) written to {}{}\n",
         args.write.display(),
-        if written < args.count {
+        if written < args.count && ended {
+            " (the capture reached its byte limit, --max-bytes)".to_string()
+        } else if written < args.count {
             format!(
                 " (timed out after {} s waiting for {})",
                 args.timeout, args.count

@@ -60,6 +60,8 @@ pub struct CaptureSpec {
     pub filter: PacketFilter,
     /// How many more to take.
     pub remaining: u32,
+    /// How many more bytes of frames to take: the capture ends when a frame would pass it.
+    pub remaining_bytes: u64,
 }
 
 /// One captured packet.
@@ -88,7 +90,13 @@ impl CaptureState {
         if spec.remaining == 0 || !spec.filter.matches(frame) {
             return;
         }
+        let len = frame.len() as u64;
+        if len > spec.remaining_bytes {
+            spec.remaining = 0;
+            return;
+        }
         spec.remaining -= 1;
+        spec.remaining_bytes -= len;
         let ts_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

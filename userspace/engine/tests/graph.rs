@@ -335,6 +335,7 @@ fn capture_on_interface_and_at_error_drop() {
         point: CapturePoint::Interface(2),
         filter: Default::default(),
         remaining: 2,
+        remaining_bytes: u64::MAX,
     });
     control
         .capture_active
@@ -361,6 +362,7 @@ fn capture_on_interface_and_at_error_drop() {
             point: CapturePoint::Node(drop),
             filter: Default::default(),
             remaining: 1,
+            remaining_bytes: u64::MAX,
         });
     }
     control
@@ -422,4 +424,34 @@ fn forwarded_flows_are_reported_for_the_xdp_flow_cache() {
     assert!(worker.io_mut().inject(1, &other));
     worker.poll().unwrap();
     assert_eq!(rx.try_iter().count(), 0);
+}
+
+/// A capture ends when the next frame would pass its byte budget, whatever its count.
+#[test]
+fn capture_byte_budget() {
+    use ferroplane_engine::worker::{CapturePoint, CaptureSpec};
+    let control = Arc::new(WorkerControl::default());
+    let io = MemIo::new(1024, 2048, 3);
+    let shared = Arc::new(Shared::new(node_snapshot(2, 0)));
+    let mut w = Worker::new(io, shared, control.clone()).unwrap();
+    let f = udp_frame(host_mac(1), pod_mac(1), pod_ip(1), pod_ip(2), 64, 10);
+    let budget = 2 * f.len() as u64 + f.len() as u64 / 2;
+    control.capture.lock().unwrap().spec = Some(CaptureSpec {
+        point: CapturePoint::Interface(1),
+        filter: Default::default(),
+        remaining: 1000,
+        remaining_bytes: budget,
+    });
+    control
+        .capture_active
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..5 {
+        assert!(w.io_mut().inject(1, &f));
+        w.poll().unwrap();
+    }
+    let cap = control.capture.lock().unwrap();
+    assert_eq!(cap.packets.len(), 2, "two frames fit the budget");
+    let taken: usize = cap.packets.iter().map(|p| p.data.len()).sum();
+    assert!(taken as u64 <= budget);
+    assert!(cap.done(), "the budget ends the capture");
 }
