@@ -354,6 +354,7 @@ pub struct Dataplane {
     attached: HashMap<String, Attachment>,
     pin_dir: Option<PathBuf>,
     keep: bool,
+    replaced_maps: Vec<String>,
 }
 
 impl fmt::Debug for Dataplane {
@@ -399,6 +400,34 @@ where
         }),
     })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Removes the pins under `dir` of ferroplane's maps whose key size, value size or capacity
+/// differ from what `prog`'s object declares (left by a version with another layout, e.g.
+/// a new verdict or a wider `flow4` value): the load then creates them afresh instead of
+/// failing verification or miscounting. Programs still attached keep their old maps until
+/// the new ones are adopted. Returns the names removed.
+fn unpin_incompatible(prog: XdpProg, dir: &Path) -> Vec<String> {
+    let Ok(obj) = aya_obj::Object::parse(prog.object()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for (name, map) in &obj.maps {
+        if !MAP_NAMES.contains(&name.as_str()) {
+            continue;
+        }
+        let path = dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let same = info.key_size() == map.key_size()
+            && info.value_size() == map.value_size()
+            && info.max_entries() == map.max_entries();
+        if !same && std::fs::remove_file(&path).is_ok() {
+            removed.push(name.clone());
+        }
+    }
+    removed
 }
 
 fn load_object(prog: XdpProg, pin_dir: &Path) -> Result<Ebpf> {
@@ -461,6 +490,18 @@ impl Dataplane {
                 private.path()
             }
         };
+        let replaced_maps = match pin_dir {
+            Some(dir) => {
+                let mut names: Vec<String> = XdpProg::ALL
+                    .iter()
+                    .flat_map(|p| unpin_incompatible(*p, dir))
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+            None => Vec::new(),
+        };
         let mut uplink = load_object(XdpProg::Uplink, dir)?;
         let pod = load_object(XdpProg::Pod, dir)?;
         // Both objects now use the same kernel maps; keep handles from one.
@@ -479,7 +520,14 @@ impl Dataplane {
             attached: HashMap::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             keep: false,
+            replaced_maps,
         })
+    }
+
+    /// Pinned maps this load replaced because their layout differed from this version's
+    /// (their old entries are gone; e.g. the flow cache after an upgrade that widened it).
+    pub fn replaced_maps(&self) -> &[String] {
+        &self.replaced_maps
     }
 
     /// The directory the maps are pinned in, if any.

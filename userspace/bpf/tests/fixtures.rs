@@ -1082,6 +1082,43 @@ fn pinned_maps_are_shared_across_loads() {
     assert_eq!(b.pin_dir(), Some(dir.as_path()));
 }
 
+/// A pinned map left with another layout (an older version's) is replaced by the load, not
+/// reused: reusing a narrower `flow4` would fail verification, a shorter `verdicts` would lose
+/// counts. Compatible pins are still reused.
+#[test]
+fn pinned_maps_with_another_layout_are_replaced() {
+    if !require_root("pinned_maps_with_another_layout_are_replaced") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-bpf-shape-{}", std::process::id()));
+    let old = dir.join("old");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in [self.0.join("old"), self.0.clone()] {
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    for e in rd.flatten() {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    drop(Dataplane::load(Some(&old)).unwrap());
+    // A per-CPU array (4-byte keys, 8-byte values) pinned where flow4 belongs.
+    std::fs::rename(old.join("verdicts"), dir.join("flow4")).unwrap();
+    let mut b = Dataplane::load(Some(&dir)).expect("load over a flow4 pin of another layout");
+    assert_eq!(b.replaced_maps(), ["flow4".to_string()]);
+    assert!(b.flow4().unwrap().is_empty());
+    b.add_host4(NODE).unwrap();
+    drop(b);
+    let c = Dataplane::load(Some(&dir)).unwrap();
+    assert!(c.replaced_maps().is_empty(), "{:?}", c.replaced_maps());
+    assert_eq!(c.host4().unwrap(), vec![NODE], "compatible pins are reused");
+}
+
 /// One's complement sum of 16-bit words (0xffff over a header with a valid checksum).
 fn ones_sum(data: &[u8]) -> u32 {
     let mut sum: u32 = data
