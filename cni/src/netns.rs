@@ -2,10 +2,10 @@
 //! (an nsfs file of type `net`), and not the node's own.
 //!
 //! A namespace is identified by the device and inode of its nsfs file, as `ip netns
-//! identify` does. The type comes from the kernel itself: `/proc/self/fd/N` of an open nsfs
-//! file reads `net:[INODE]` (a regular file reads as its path), and that inode must be the
-//! one `fstat` reports, so nothing but a network namespace passes. The file is opened with
-//! `O_NONBLOCK`, so a FIFO planted at the path cannot hang the caller.
+//! identify` does. The type comes from the kernel itself: the open file must live on nsfs
+//! (`fstatfs` gives `NSFS_MAGIC`, also through the bind mounts `ip netns add` makes) and
+//! `NS_GET_NSTYPE` must say `CLONE_NEWNET`, so nothing but a network namespace passes. The
+//! file is opened with `O_NONBLOCK`, so a FIFO planted at the path cannot hang the caller.
 //!
 //! "The node's own namespace" is every namespace in [`host_namespaces`]: the one the
 //! calling process runs in (the agent runs in the node's; the plugin in the runtime's) and
@@ -122,11 +122,49 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
     }
 }
 
-/// What the kernel calls the open file `f`: `net:[INODE]` for a network namespace, the
-/// file's path for a regular file.
-fn kernel_name(f: &File) -> io::Result<String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-    Ok(link.to_string_lossy().into_owned())
+/// `statfs` magic of nsfs (`NSFS_MAGIC` in `linux/magic.h`).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)` in `linux/nsfs.h`): the `CLONE_NEW*` type of an nsfs file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The namespace names of the `CLONE_NEW*` flags, for messages.
+fn ns_type_name(t: libc::c_int) -> &'static str {
+    match t {
+        libc::CLONE_NEWNET => "net",
+        libc::CLONE_NEWNS => "mnt",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        0x80 => "time",
+        _ => "unknown",
+    }
+}
+
+/// Whether the open file `f` lives on nsfs (`fstatfs`).
+fn on_nsfs(f: &File) -> io::Result<bool> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `f` is an open descriptor for the duration of the call and `st` points to
+    // writable memory of the size `fstatfs` fills.
+    let r = unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fstatfs` returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(i64::from(st.f_type) == NSFS_MAGIC)
+}
+
+/// The `CLONE_NEW*` type of the open nsfs file `f` (`NS_GET_NSTYPE`).
+fn ns_type(f: &File) -> io::Result<libc::c_int> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor, which is
+    // open for the duration of the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
 }
 
 /// Checks that `path` is a network namespace (see the module doc) and returns its identity.
@@ -157,19 +195,12 @@ pub fn netns_id(path: &str) -> Result<NsId, NetnsError> {
         // nsfs files are regular files (mode 0444): anything else is not one.
         return Err(not_netns(kind_of(m.file_type()).to_string()));
     }
-    let name = kernel_name(&f).map_err(io_err)?;
-    if name.starts_with('/') {
+    if !on_nsfs(&f).map_err(io_err)? {
         return Err(not_netns("a regular file".to_string()));
     }
-    let (kind, rest) = name
-        .split_once(":[")
-        .ok_or_else(|| not_netns(format!("the kernel calls it {name:?}")))?;
-    let ino = rest.strip_suffix(']').and_then(|n| n.parse::<u64>().ok());
-    if ino != Some(m.ino()) {
-        return Err(not_netns(format!("the kernel calls it {name:?}")));
-    }
-    if kind != "net" {
-        return Err(not_netns(format!("a {kind} namespace")));
+    let t = ns_type(&f).map_err(io_err)?;
+    if t != libc::CLONE_NEWNET {
+        return Err(not_netns(format!("a {} namespace", ns_type_name(t))));
     }
     Ok(NsId {
         dev: m.dev(),

@@ -7,3 +7,5 @@ mod fail_closed;
 mod syn_flood;
 mod martians;
 mod spoofing;
+mod hijack;
+mod cni_input;
