@@ -628,6 +628,10 @@ async fn run(args: Args) -> Result<()> {
     }
     let mut bpf = Dataplane::load((!args.no_pin).then_some(args.pin_dir.as_path()))
         .context("loading the XDP programs")?;
+    if !bpf.replaced_maps().is_empty() {
+        let maps = bpf.replaced_maps();
+        info!(?maps, "pinned maps of another layout (an older version) replaced");
+    }
     let stale = bpf.release_stale_links();
     if stale > 0 {
         info!(
