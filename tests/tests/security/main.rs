@@ -9,3 +9,4 @@ mod martians;
 mod spoofing;
 mod hijack;
 mod cni_input;
+mod listeners;
