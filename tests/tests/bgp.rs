@@ -3,7 +3,8 @@
 //! that sends malformed UPDATEs (RFC 7606).
 //!
 //! Layout: router ns `rtr0` 192.168.100.1 (BIRD, AS 65001) and 192.168.100.3 (GoBGP,
-//! AS 65002, only in the first test); node ns `up0` 192.168.100.2 (agent, AS 64512).
+//! AS 65002, in the first test; a second BIRD, AS 65003, in the transit test); node ns
+//! `up0` 192.168.100.2 (agent, AS 64512; FRR's zebra next to it in the zebra test).
 //! Ports: BGP 179 inside the namespaces; GoBGP's API on 50000 + pid % 1000 (router ns).
 //!
 //! The full-mesh tests use the cluster harness instead: 3 ferroplane nodes on a fabric
@@ -21,7 +22,7 @@ use ferroplane_e2e::cluster::{Cluster, ClusterBgp, OverlayMode};
 use ferroplane_e2e::netns::Netns;
 use ferroplane_e2e::probe::{epoch_now, ping, tcp_transfer, ContinuousPing};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
-use ferroplane_e2e::{bin_dir, require_root, ChildGuard};
+use ferroplane_e2e::{bin_dir, require_root, ChildGuard, TempDir};
 use serde_json::Value;
 
 const AGENT_AS: u32 = 64512;
@@ -30,6 +31,8 @@ const GOBGP_AS: u32 = 65002;
 const ROUTER: &str = "192.168.100.1";
 const ROUTER2: &str = "192.168.100.3";
 const NODE: &str = "192.168.100.2";
+/// The protocol number of the agent's kernel routes (no routing daemon claims it).
+const PROTO: &str = "157";
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -307,7 +310,7 @@ fn bird_and_gobgp_routes_both_ways_ecmp_and_withdraw() {
     wait_for("ECMP group", 15, || {
         fib_paths(&agent, "10.98.0.0/24") == vec![ROUTER.to_string(), ROUTER2.to_string()]
     });
-    let k = kernel_routes(&topo.node, "196");
+    let k = kernel_routes(&topo.node, PROTO);
     assert!(k.contains("10.99.0.0/24 via 192.168.100.1"), "{k}");
     assert!(
         k.contains("10.98.0.0/24") && k.contains("nexthop via 192.168.100.3"),
@@ -357,7 +360,7 @@ fn bird_and_gobgp_routes_both_ways_ecmp_and_withdraw() {
         fib_paths(&agent, "10.99.0.0/24").is_empty()
     });
     wait_for("kernel route gone", 5, || {
-        !kernel_routes(&topo.node, "196").contains("10.99.0.0/24")
+        !kernel_routes(&topo.node, PROTO).contains("10.99.0.0/24")
     });
 
     // Our withdrawal: the agent stops (no graceful restart): Cease, BIRD drops the route.
@@ -375,7 +378,7 @@ fn bird_and_gobgp_routes_both_ways_ecmp_and_withdraw() {
         v.as_object().is_some_and(|o| o.is_empty())
     });
     assert!(
-        kernel_routes(&topo.node, "196").trim().is_empty(),
+        kernel_routes(&topo.node, PROTO).trim().is_empty(),
         "no kernel routes left without graceful restart"
     );
 }
@@ -409,7 +412,7 @@ fn bird_graceful_restart_keeps_forwarding() {
         vec![ROUTER.to_string()],
         "kept in the FIB"
     );
-    assert!(kernel_routes(&topo.node, "196").contains("10.99.0.0/24"));
+    assert!(kernel_routes(&topo.node, PROTO).contains("10.99.0.0/24"));
     ping(pod, "10.99.0.1".parse().unwrap(), 2).expect("forwarding continues while BIRD is down");
 
     let bird = Bird::start(&topo.router, topo.dir(), "bird", &conf, true);
@@ -453,7 +456,7 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
         kernel_routes(&topo.router, "bird").contains("10.244.1.0/24")
     });
     wait_for("our kernel route", 10, || {
-        kernel_routes(&topo.node, "196").contains("10.99.0.0/24")
+        kernel_routes(&topo.node, PROTO).contains("10.99.0.0/24")
     });
     wait_for("FIB", 10, || {
         fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
@@ -475,7 +478,7 @@ fn agent_graceful_restart_keeps_routes_at_the_peer() {
     );
     assert!(kernel_routes(&topo.router, "bird").contains("10.244.1.0/24"));
     assert!(
-        kernel_routes(&topo.node, "196").contains("10.99.0.0/24"),
+        kernel_routes(&topo.node, PROTO).contains("10.99.0.0/24"),
         "kernel routes kept across the restart"
     );
     assert!(
@@ -790,7 +793,7 @@ fn full_mesh(mode: OverlayMode, port: u16) {
         );
     }
     // The node hosts reach remote pods through the kernel routes BGP installed.
-    let k = kernel_routes(&c.nodes[0].ns, "196");
+    let k = kernel_routes(&c.nodes[0].ns, PROTO);
     assert!(
         k.contains(&format!("10.244.3.0/24 via {}", c.nodes[2].address)),
         "{k}"
@@ -971,7 +974,7 @@ fn gobgp_graceful_restart_keeps_its_routes_until_end_of_rib() {
             .expect("routes");
         assert_eq!(r[0]["paths"][0]["stale"], true, "{r}");
     }
-    let k = kernel_routes(&topo.node, "196");
+    let k = kernel_routes(&topo.node, PROTO);
     assert!(
         k.contains("10.98.0.0/24 via 192.168.100.1") && k.contains("10.97.0.0/24"),
         "{k}"
@@ -1030,7 +1033,7 @@ fn gobgp_graceful_restart_keeps_its_routes_until_end_of_rib() {
         .expect("routes");
     assert_eq!(r[0]["paths"][0]["stale"], false, "{r}");
     wait_for("kernel follows", 5, || {
-        let k = kernel_routes(&topo.node, "196");
+        let k = kernel_routes(&topo.node, PROTO);
         k.contains("10.98.0.0/24") && !k.contains("10.97.0.0/24")
     });
     let st = peer_state(&agent, ROUTER);
@@ -1067,7 +1070,7 @@ fn agent_graceful_restart_with_gobgp_as_helper() {
         |g: &GoBgp| g.neighbor(&topo.router)["state"]["messages"]["received"]["open"].as_u64();
     assert_eq!(opens(&g), Some(1));
     wait_for("our kernel route", 10, || {
-        kernel_routes(&topo.node, "196").contains("10.98.0.0/24")
+        kernel_routes(&topo.node, PROTO).contains("10.98.0.0/24")
     });
 
     // Graceful stop: GoBGP keeps our route, marked stale, for its restart time.
@@ -1086,7 +1089,7 @@ fn agent_graceful_restart_with_gobgp_as_helper() {
     let paths = g.rib(&topo.router, "10.244.1.0/24");
     assert_eq!(paths[0]["stale"], true, "kept as stale: {paths:?}");
     assert!(
-        kernel_routes(&topo.node, "196").contains("10.98.0.0/24"),
+        kernel_routes(&topo.node, PROTO).contains("10.98.0.0/24"),
         "our kernel routes kept across the restart"
     );
 
@@ -1183,7 +1186,7 @@ fn ipv6_routes_both_ways_over_an_ipv4_session() {
     // Theirs: IPv6 kernel routes with our protocol number, never in the (IPv4) engine FIB.
     let k6 = || {
         topo.node
-            .ip(&["-6", "route", "show", "proto", "196"])
+            .ip(&["-6", "route", "show", "proto", PROTO])
             .expect("ip -6 route")
     };
     wait_for("IPv6 kernel routes", 15, || {
@@ -1366,10 +1369,10 @@ fn ipv6_session_with_gobgp() {
     );
     assert!(!out.contains("error"), "{out}");
 
-    // Theirs into the kernel (proto 196), ours at GoBGP with our session address as next hop.
+    // Theirs into the kernel (proto 157), ours at GoBGP with our session address as next hop.
     let k6 = || {
         topo.node
-            .ip(&["-6", "route", "show", "proto", "196"])
+            .ip(&["-6", "route", "show", "proto", PROTO])
             .expect("ip -6 route")
     };
     wait_for("IPv6 kernel route", 15, || {
@@ -1483,4 +1486,208 @@ fn service_addresses_follow_their_local_endpoints() {
     wait_for("Local service's addresses back", 15, || {
         has("203.0.113.40") && has("203.0.113.41")
     });
+}
+
+#[test]
+fn protocol_number_is_the_agents() {
+    assert_eq!(
+        PROTO,
+        ferroplane_agent::bgp::RTPROT_FERROPLANE.to_string(),
+        "the suite checks the agent's kernel routes by their protocol number"
+    );
+}
+
+/// FRR's zebra running in a namespace with its own files (as MetalLB's FRR mode runs it
+/// on a node), in the foreground (killed with the guard and the namespace). It drops to
+/// the `frr` user, so its directory is world-writable (its own temp dir).
+struct Zebra {
+    _child: ChildGuard,
+    dir: TempDir,
+}
+
+impl Zebra {
+    fn start(ns: &Netns) -> Zebra {
+        use std::os::unix::fs::PermissionsExt;
+        const ZEBRA: &str = "/usr/lib/frr/zebra";
+        assert!(
+            Path::new(ZEBRA).exists(),
+            "{ZEBRA} missing: install the Debian package frr (cargo xtask deps)"
+        );
+        let dir = TempDir::new("zebra").expect("zebra dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("zebra dir mode");
+        let conf = dir.path().join("zebra.conf");
+        std::fs::write(&conf, "hostname node-zebra\n").expect("zebra.conf");
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        let (c, pid, api) = (conf.display().to_string(), p("zebra.pid"), p("zserv.api"));
+        let vty = dir.path().display().to_string();
+        let child = ns
+            .spawn_logged(
+                &[
+                    ZEBRA,
+                    "-f",
+                    &c,
+                    "-i",
+                    &pid,
+                    "-z",
+                    &api,
+                    "--vty_socket",
+                    &vty,
+                ],
+                &dir.path().join("zebra.log"),
+            )
+            .expect("zebra");
+        let z = Zebra { _child: child, dir };
+        wait_for("zebra's vty", 10, || z.routes().is_object());
+        z
+    }
+
+    /// `show ip route json` (Null while zebra does not answer).
+    fn routes(&self) -> Value {
+        let out = std::process::Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(self.dir.path())
+            .args(["-c", "show ip route json"])
+            .output()
+            .expect("vtysh");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The protocols zebra has `prefix` from (`kernel`, `static`, `bgp`, ...).
+    fn protocols(&self, prefix: &str) -> Vec<String> {
+        self.routes()[prefix]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["protocol"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// FRR's zebra on the node (Debian `frr` 8.4): our kernel routes are plain kernel routes
+/// to it (its `rt_protos.d/frr.conf` names 186-197 as its own; the agent used 196, its
+/// `static`), so a route learnt and then withdrawn leaves the node's kernel and zebra's
+/// table, and zebra never holds it as its own.
+#[test]
+fn zebra_on_the_node_does_not_adopt_our_routes() {
+    if !require_root() {
+        return;
+    }
+    let topo = setup(&bgp_yaml(&[(ROUTER, BIRD_AS)], false), 0);
+    let zebra = Zebra::start(&topo.node);
+    let bird = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird",
+        &bird_conf(&["10.99.0.0/24"], false),
+        false,
+    );
+    let agent = start_agent(&topo);
+    wait_for("BIRD session", 20, || bird.established("agent"));
+    wait_for("learnt route in the node's kernel", 10, || {
+        kernel_routes(&topo.node, PROTO).contains("10.99.0.0/24 via 192.168.100.1")
+    });
+    wait_for("zebra sees it as a kernel route", 10, || {
+        zebra.protocols("10.99.0.0/24") == vec!["kernel".to_string()]
+    });
+    // `show routes ADDRESS`: the route the engine uses for it (longest prefix match).
+    let r = agent
+        .ctl_json(&["show", "routes", "10.99.0.7"])
+        .expect("show routes 10.99.0.7");
+    assert_eq!(r.as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(
+        (r[0]["prefix"].as_str(), r[0]["source"].as_str()),
+        (Some("10.99.0.0/24"), Some("bgp")),
+        "{r}"
+    );
+
+    bird.cmd(&["disable", "st4"]);
+    wait_for("BIRD withdraw in the FIB", 10, || {
+        fib_paths(&agent, "10.99.0.0/24").is_empty()
+    });
+    let exact = || {
+        topo.node
+            .ip(&["route", "show", "10.99.0.0/24"])
+            .expect("ip route")
+    };
+    wait_for(
+        "route gone from the kernel, whatever its protocol",
+        10,
+        || exact().trim().is_empty(),
+    );
+    wait_for("route gone from zebra", 10, || {
+        zebra.protocols("10.99.0.0/24").is_empty()
+    });
+    // And nobody puts it back.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(exact().trim().is_empty(), "{}", exact());
+    assert!(zebra.protocols("10.99.0.0/24").is_empty());
+}
+
+/// The node is not a transit AS by default: what it learns from one peer (BIRD, AS 65001)
+/// does not go on to another (a second BIRD, AS 65003), which gets only the node's own
+/// pod CIDR.
+#[test]
+fn routes_from_one_peer_are_not_advertised_to_another() {
+    if !require_root() {
+        return;
+    }
+    const BIRD2_AS: u32 = 65003;
+    let topo = setup(
+        &bgp_yaml(&[(ROUTER, BIRD_AS), (ROUTER2, BIRD2_AS)], false),
+        0,
+    );
+    topo.router
+        .add_addr(Topology::ROUTER_IF, &format!("{ROUTER2}/24"))
+        .expect("second address");
+    let bird = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird",
+        &bird_conf(&["10.99.0.0/24"], false),
+        false,
+    );
+    let bird2 = Bird::start(
+        &topo.router,
+        topo.dir(),
+        "bird2",
+        &format!(
+            "router id {ROUTER2};
+protocol device {{ }}
+protocol bgp agent {{
+  local {ROUTER2} as {BIRD2_AS}; neighbor {NODE} as {AGENT_AS}; strict bind yes;
+  hold time 9; keepalive time 3; connect retry time 1; connect delay time 0;
+  ipv4 {{ import all; export none; }};
+}}
+"
+        ),
+        false,
+    );
+    let agent = start_agent(&topo);
+    wait_for("both sessions", 20, || {
+        bird.established("agent") && bird2.established("agent")
+    });
+    wait_for("the node learns BIRD's route", 10, || {
+        fib_paths(&agent, "10.99.0.0/24") == vec![ROUTER.to_string()]
+    });
+    wait_for("the second peer gets the pod CIDR", 10, || {
+        bird2
+            .cmd(&["show", "route", "for", "10.244.1.0/24"])
+            .contains("10.244.1.0/24")
+    });
+    // Give a transit route as long again as the pod CIDR took to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = bird2.cmd(&["show", "route", "for", "10.99.0.0/24"]);
+    assert!(
+        !r.contains("10.99.0.0/24"),
+        "transit route at the second peer: {r}"
+    );
+    let p2 = peer_state(&agent, ROUTER2);
+    assert_eq!(
+        p2["advertised"].as_u64(),
+        Some(1),
+        "only our own prefix: {p2}"
+    );
 }
