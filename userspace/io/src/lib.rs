@@ -26,7 +26,8 @@ mod xsk;
 pub use mem::{MemFrames, MemIo};
 pub use tun::TunDevice;
 pub use xsk::{
-    PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskPortStats, MIN_FILL_TARGET,
+    OpenPort, PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskOpener,
+    XskPortStats, MIN_FILL_TARGET, MIN_PORT_CAP,
 };
 
 use std::time::Duration;

@@ -38,7 +38,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,16 @@ pub struct XskConfig {
 
 /// The fill target of a new or idle port (or `fill_target`, if that is smaller).
 pub const MIN_FILL_TARGET: u32 = 32;
+
+/// The least a port may hold (fill/RX plus TX/completion rings) whatever the number of
+/// ports; see [`XskIo::port_cap`].
+pub const MIN_PORT_CAP: u32 = 4 * MIN_FILL_TARGET;
+
+/// First back-off of a port after an error; it doubles per failed retry up to
+/// [`PORT_RETRY_MAX`].
+const PORT_RETRY_MIN: Duration = Duration::from_millis(10);
+/// Longest back-off of a failing port.
+const PORT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Default for XskConfig {
     fn default() -> Self {
@@ -153,6 +163,18 @@ pub struct XskPortStats {
     pub fill_grown: u64,
     /// Frames currently in this port's TX ring or awaiting completion.
     pub tx_in_flight: u32,
+    /// Packets `tx_burst` refused because the port held its share of the pool
+    /// ([`XskIo::port_cap`]), e.g. a port whose device vanished and never completes.
+    pub tx_over_cap: u64,
+    /// Unexpected errors of this port's socket (e.g. an errno of its TX wake-up); each
+    /// one marks the port down for a back-off, then it is retried.
+    pub errors: u64,
+    /// The errno of the last of those errors (0: none).
+    pub last_errno: i32,
+    /// The port is down after an error: it sends nothing until its retry.
+    pub down: bool,
+    /// Times a port came back up after an error.
+    pub resets: u64,
 }
 
 /// The kernel's `XDP_STATISTICS` of one port socket.
@@ -301,6 +323,48 @@ struct Port {
     ifname: String,
     queue_id: u32,
     stats: XskPortStats,
+    health: PortHealth,
+    /// Test hook ([`XskIo::inject_port_error`]): the next TX wake-up fails with this errno.
+    inject_errno: Option<i32>,
+}
+
+/// Error state of one port: an unexpected error marks it down for a back-off (doubling
+/// from [`PORT_RETRY_MIN`] to [`PORT_RETRY_MAX`]), then it is retried; the worker that
+/// owns the [`XskIo`] carries on with the other ports meanwhile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PortHealth {
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl PortHealth {
+    /// An error (`errno`) at `now`: counted, and the port is down until its back-off ends.
+    fn failed(&mut self, s: &mut XskPortStats, errno: i32, now: Instant) {
+        s.errors += 1;
+        s.last_errno = errno;
+        s.down = true;
+        self.backoff = if self.backoff.is_zero() {
+            PORT_RETRY_MIN
+        } else {
+            (self.backoff * 2).min(PORT_RETRY_MAX)
+        };
+        self.retry_at = Some(now + self.backoff);
+    }
+
+    /// Whether the port may be used at `now`: it is up, or down and due for its retry.
+    fn usable(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// The port worked (a retry succeeded): up again.
+    fn succeeded(&mut self, s: &mut XskPortStats) {
+        if s.down {
+            s.down = false;
+            s.resets += 1;
+        }
+        self.retry_at = None;
+        self.backoff = Duration::ZERO;
+    }
 }
 
 /// The socket that registered the UMEM, bound to the anchor device.
@@ -319,7 +383,7 @@ pub struct XskIo {
     // registration next, the memory last.
     ports: Vec<Option<Port>>,
     _anchor: Anchor,
-    umem: Umem,
+    umem: Arc<SharedUmem>,
     owner: Vec<Owner>,
     /// Free frames, used as a stack (capacity `num_frames`: never reallocates).
     free: Vec<BufIdx>,
@@ -336,6 +400,8 @@ pub struct XskIo {
     closed: u64,
     /// Started by the first [`XskIo::close_port`]; joined on drop, before the UMEM goes.
     reaper: Option<Reaper>,
+    /// The most frames one port may hold now ([`XskIo::port_cap`]).
+    port_cap: u32,
     mem: XskMemory,
 }
 
@@ -438,6 +504,135 @@ fn if_info(ifname: &str, queue_id: u32) -> Result<IfInfo, IoError> {
         .map_err(|e| xsk_err("interface", ifname, e))?;
     info.set_queue(queue_id);
     Ok(info)
+}
+
+/// xdpilone's [`Umem`], shared by an [`XskIo`] with its [`XskOpener`]s.
+struct SharedUmem(Umem);
+
+// SAFETY: `Umem` is not `Send`/`Sync` only because it keeps a raw pointer to the UMEM
+// area, which xdpilone reads when registering the area (in `Umem::new`, before the value
+// is shared) and in `Umem::frame` (never called here). The methods used through a shared
+// `&SharedUmem` (`fq_cq`, `rx_tx`, `bind`) read the config and the registration socket's
+// fd (behind an `Arc`) and update xdpilone's set of taken (device, queue) pairs, which is
+// behind a lock (`ControlSet: Send + Sync`). So using it from several threads is sound.
+// The area itself is owned by `XskMemory` and only reached through `XskIo`.
+unsafe impl Send for SharedUmem {}
+// SAFETY: see `Send`.
+unsafe impl Sync for SharedUmem {}
+
+/// Opens AF_XDP sockets on an [`XskIo`]'s UMEM from any thread (see [`XskIo::opener`]).
+#[derive(Clone)]
+pub struct XskOpener {
+    /// Weak: an opener does not keep a dropped backend's UMEM registered.
+    umem: Weak<SharedUmem>,
+    cfg: XskConfig,
+}
+
+impl std::fmt::Debug for XskOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskOpener").finish_non_exhaustive()
+    }
+}
+
+/// A socket opened, given its rings and bound by [`XskOpener::open`], that serves nothing
+/// yet: hand it to [`XskIo::install_port`] (dropping it closes the socket).
+pub struct OpenPort {
+    port: Port,
+    /// The UMEM it shares (address of the backend's `SharedUmem`).
+    umem: usize,
+}
+
+impl std::fmt::Debug for OpenPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenPort")
+            .field("ifname", &self.port.ifname)
+            .field("queue_id", &self.port.queue_id)
+            .field("fd", &self.port.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskOpener {
+    /// Create an AF_XDP socket on `ifname` queue `queue_id`, map its fill, completion,
+    /// RX and TX rings and bind it to the shared UMEM. Nothing is received before the
+    /// port is installed: its fill ring stays empty, and nothing redirects to it until its
+    /// fd is in an XSKMAP. The fill and completion rings are this socket's own (one pair
+    /// per device queue); the [`XskIo`] that installs it is their only user afterwards.
+    /// Retries while the kernel still holds a removed socket's queue (EBUSY).
+    pub fn open(&self, ifname: &str, queue_id: u32) -> Result<OpenPort, IoError> {
+        let umem = self
+            .umem
+            .upgrade()
+            .ok_or_else(|| IoError::Config("the AF_XDP backend is gone".into()))?;
+        let info = if_info(ifname, queue_id)?;
+        // The kernel releases a closed socket's hold on its (device, queue)
+        // from a work queue, so re-adding a queue right after `remove_port`
+        // can briefly see EBUSY: retry for a while.
+        let deadline = Instant::now() + BIND_BUSY_RETRY;
+        let port = loop {
+            match self.open_port(&umem.0, &info, ifname, queue_id) {
+                Err(OpenError { busy: true, .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.error),
+                Ok(port) => break port,
+            }
+        };
+        Ok(OpenPort {
+            port,
+            umem: Arc::as_ptr(&umem) as usize,
+        })
+    }
+
+    /// Create, map and bind one port socket sharing `umem`.
+    fn open_port(
+        &self,
+        umem: &Umem,
+        info: &IfInfo,
+        ifname: &str,
+        queue_id: u32,
+    ) -> Result<Port, OpenError> {
+        let what = format!("{ifname} queue {queue_id}");
+        let socket = Socket::new(info).map_err(|e| OpenError::new("socket", &what, e))?;
+        let fcq = umem
+            .fq_cq(&socket)
+            .map_err(|e| OpenError::new("fill/completion rings", &what, e))?;
+        let sizes = SocketConfig {
+            rx_size: NonZeroU32::new(self.cfg.rx_size),
+            tx_size: NonZeroU32::new(self.cfg.tx_size),
+            // A socket sharing a UMEM takes its mode from the anchor; the
+            // kernel refuses flags here (xdpilone adds XDP_SHARED_UMEM).
+            bind_flags: 0,
+        };
+        let user = umem
+            .rx_tx(&socket, &sizes)
+            .map_err(|e| OpenError::new("rx/tx rings", &what, e))?;
+        let rx = user
+            .map_rx()
+            .map_err(|e| OpenError::new("map rx ring", &what, e))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| OpenError::new("map tx ring", &what, e))?;
+        umem.bind(&user)
+            .map_err(|e| OpenError::new("bind (shared UMEM)", &what, e))?;
+        let fd = user.as_raw_fd();
+        Ok(Port {
+            rx,
+            tx,
+            fcq,
+            user,
+            _socket: socket,
+            fd,
+            ifname: ifname.to_string(),
+            queue_id,
+            stats: XskPortStats {
+                fill_target: MIN_FILL_TARGET.min(self.cfg.fill_target),
+                ..XskPortStats::default()
+            },
+            health: PortHealth::default(),
+            inject_errno: None,
+        })
+    }
 }
 
 /// Wakes an [`XskIo`] sleeping in [`PacketIo::wait`] from another thread, e.g. after
@@ -550,7 +745,6 @@ impl XskIo {
                 _fcq: fcq,
                 _socket: socket,
             },
-            umem,
             owner: vec![Owner::Free; cfg.num_frames as usize],
             free,
             pollfds: Vec::new(),
@@ -561,6 +755,8 @@ impl XskIo {
             closing: Vec::new(),
             closed: 0,
             reaper: None,
+            port_cap: (cfg.num_frames - cfg.num_frames / 4).max(MIN_PORT_CAP),
+            umem: Arc::new(SharedUmem(umem)),
             cfg,
             mem,
         })
@@ -570,8 +766,35 @@ impl XskIo {
     /// and fill its fill ring. Returns the port and the socket fd to put
     /// into the XSKMAP (the fd stays owned by this `XskIo`; it is closed by
     /// [`XskIo::remove_port`] or on drop, which also removes it from any
-    /// XSKMAP). A removed port's id may be reused.
+    /// XSKMAP). A removed port's id may be reused. The same as
+    /// [`XskOpener::open`] followed by [`XskIo::install_port`], on this thread.
     pub fn add_port(&mut self, ifname: &str, queue_id: u32) -> Result<(PortId, RawFd), IoError> {
+        let open = self.opener().open(ifname, queue_id)?;
+        self.install_port(open)
+    }
+
+    /// A handle that opens ports' sockets on this UMEM from another thread: creating a
+    /// socket, its rings and binding it takes the kernel milliseconds (it allocates
+    /// per-frame state for the whole UMEM), which the thread that owns the `XskIo` (the
+    /// engine's worker) should not wait for. The ready socket is handed to
+    /// [`XskIo::install_port`].
+    pub fn opener(&self) -> XskOpener {
+        XskOpener {
+            umem: Arc::downgrade(&self.umem),
+            cfg: self.cfg.clone(),
+        }
+    }
+
+    /// Make a socket opened by [`XskOpener::open`] a port: it gets an id and its fill
+    /// ring is filled. Cheap (no system call but the fill ring's wake-up); returns the port
+    /// and its fd as [`XskIo::add_port`] does.
+    pub fn install_port(&mut self, open: OpenPort) -> Result<(PortId, RawFd), IoError> {
+        if open.umem != Arc::as_ptr(&self.umem) as usize {
+            return Err(IoError::Config(format!(
+                "{} queue {} was opened on another UMEM",
+                open.port.ifname, open.port.queue_id
+            )));
+        }
         let slot = self
             .ports
             .iter()
@@ -580,74 +803,19 @@ impl XskIo {
             .unwrap_or(self.ports.len());
         let id = PortId::try_from(slot)
             .map_err(|_| IoError::Config(format!("too many ports ({slot})")))?;
-        let info = if_info(ifname, queue_id)?;
-        // The kernel releases a closed socket's hold on its (device, queue)
-        // from a work queue, so re-adding a queue right after `remove_port`
-        // can briefly see EBUSY: retry for a while.
-        let deadline = Instant::now() + BIND_BUSY_RETRY;
-        let mut port = loop {
-            match self.open_port(&info, ifname, queue_id) {
-                Err(OpenError { busy: true, .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(e.error),
-                Ok(port) => break port,
-            }
-        };
-        let fd = port.fd;
-        self.refill(id, &mut port);
+        let fd = open.port.fd;
         if slot == self.ports.len() {
-            self.ports.push(Some(port));
+            self.ports.push(Some(open.port));
         } else {
-            self.ports[slot] = Some(port);
+            self.ports[slot] = Some(open.port);
+        }
+        self.update_port_cap();
+        let fs = self.mem.frame_size as u64;
+        if let Some(Some(p)) = self.ports.get_mut(slot) {
+            refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
         }
         self.pollfds_stale = true;
         Ok((id, fd))
-    }
-
-    /// Create, map and bind one port socket sharing the UMEM.
-    fn open_port(&self, info: &IfInfo, ifname: &str, queue_id: u32) -> Result<Port, OpenError> {
-        let what = format!("{ifname} queue {queue_id}");
-        let socket = Socket::new(info).map_err(|e| OpenError::new("socket", &what, e))?;
-        let fcq = self
-            .umem
-            .fq_cq(&socket)
-            .map_err(|e| OpenError::new("fill/completion rings", &what, e))?;
-        let sizes = SocketConfig {
-            rx_size: NonZeroU32::new(self.cfg.rx_size),
-            tx_size: NonZeroU32::new(self.cfg.tx_size),
-            // A socket sharing a UMEM takes its mode from the anchor; the
-            // kernel refuses flags here (xdpilone adds XDP_SHARED_UMEM).
-            bind_flags: 0,
-        };
-        let user = self
-            .umem
-            .rx_tx(&socket, &sizes)
-            .map_err(|e| OpenError::new("rx/tx rings", &what, e))?;
-        let rx = user
-            .map_rx()
-            .map_err(|e| OpenError::new("map rx ring", &what, e))?;
-        let tx = user
-            .map_tx()
-            .map_err(|e| OpenError::new("map tx ring", &what, e))?;
-        self.umem
-            .bind(&user)
-            .map_err(|e| OpenError::new("bind (shared UMEM)", &what, e))?;
-        let fd = user.as_raw_fd();
-        Ok(Port {
-            rx,
-            tx,
-            fcq,
-            user,
-            _socket: socket,
-            fd,
-            ifname: ifname.to_string(),
-            queue_id,
-            stats: XskPortStats {
-                fill_target: MIN_FILL_TARGET.min(self.cfg.fill_target),
-                ..XskPortStats::default()
-            },
-        })
     }
 
     /// Close the socket of `port` (for pod deletion). Every frame its rings
@@ -727,6 +895,7 @@ impl XskIo {
             .and_then(Option::take)
             .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
         self.pollfds_stale = true;
+        self.update_port_cap();
         Ok(p)
     }
 
@@ -744,6 +913,20 @@ impl XskIo {
         {
             self.ports.pop();
         }
+    }
+
+    /// Test hook (fault injection, not for production use): the next TX wake-up of
+    /// `port` fails with `errno`, as an unexpected error of the kernel would. The port is
+    /// then counted and marked down until its retry (see [`XskPortStats::errors`]).
+    #[doc(hidden)]
+    pub fn inject_port_error(&mut self, port: PortId, errno: i32) -> Result<(), IoError> {
+        let p = self
+            .ports
+            .get_mut(usize::from(port))
+            .and_then(Option::as_mut)
+            .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
+        p.inject_errno = Some(errno);
+        Ok(())
     }
 
     /// The socket fd of `port` (for the XSKMAP), if the port exists.
@@ -817,22 +1000,36 @@ impl XskIo {
         self.ports.get(usize::from(port)).and_then(Option::as_ref)
     }
 
-    /// Fill the fill ring of a new port `p` up to its initial fill target.
-    fn refill(&mut self, id: PortId, p: &mut Port) {
-        refill_port(
-            id,
-            p,
-            &mut self.owner,
-            &mut self.free,
-            self.mem.frame_size as u64,
-        );
+    /// The most frames one port may hold in its rings (fill/RX plus TX/completion): an
+    /// equal share of three quarters of the pool among the open ports, at least
+    /// [`MIN_PORT_CAP`]. A port's fill target stays within half of it. So ports whose
+    /// devices vanished (they never receive nor complete) cannot take the pool: while
+    /// there are at most `num_frames * 3 / 4 / MIN_PORT_CAP` ports (48 with 8192
+    /// frames), all of them together hold at most three quarters of it. Above that, each
+    /// still holds at most [`MIN_PORT_CAP`]: size the UMEM to the number of ports.
+    pub fn port_cap(&self) -> u32 {
+        self.port_cap
+    }
+
+    /// Recomputes [`XskIo::port_cap`] after ports came or went.
+    fn update_port_cap(&mut self) {
+        let n = self.ports.iter().flatten().count().max(1) as u32;
+        let share = (self.cfg.num_frames - self.cfg.num_frames / 4) / n;
+        self.port_cap = share.max(MIN_PORT_CAP);
     }
 }
 
 /// Fit a port's fill target to its activity since its last refill, with `free` frames
 /// in the pool (see [`XskConfig::fill_target`]).
-fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig) {
+/// and `cap` the most the port may hold (its fill target stays within half of it, so
+/// TX keeps the other half).
+fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32) {
     let floor = MIN_FILL_TARGET.min(cfg.fill_target);
+    let most = cfg.fill_target.min(cap / 2).max(floor);
+    if s.fill_target > most {
+        s.fill_target = most;
+        return;
+    }
     // A quarter of the pool stays free for frames in flight (vectors, TX rings).
     let reserve = (cfg.num_frames / 4) as usize;
     if free <= reserve {
@@ -840,22 +1037,29 @@ fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig) {
         if s.fill_frames < s.fill_target {
             s.fill_target = (s.fill_target / 2).max(floor);
         }
-    } else if s.fill_frames <= s.fill_target / 2 && s.fill_target < cfg.fill_target {
+    } else if s.fill_frames <= s.fill_target / 2 && s.fill_target < most {
         // Busy: half of the ring (or more) was used since the last refill.
-        s.fill_target = (s.fill_target * 2).min(cfg.fill_target);
+        s.fill_target = (s.fill_target * 2).min(most);
         s.fill_grown += 1;
     }
 }
 
-/// Top the fill ring of port `id` up to its fill target from the free pool.
+/// Top the fill ring of port `id` up to its fill target from the free pool, holding at
+/// most `cap` frames in all its rings.
 fn refill_port(
     id: PortId,
     p: &mut Port,
     owner: &mut [Owner],
     free: &mut Vec<BufIdx>,
     frame_size: u64,
+    cap: u32,
 ) {
-    let want = p.stats.fill_target.saturating_sub(p.stats.fill_frames);
+    let held = p.stats.fill_frames + p.stats.tx_in_flight;
+    let want = p
+        .stats
+        .fill_target
+        .saturating_sub(p.stats.fill_frames)
+        .min(cap.saturating_sub(held));
     let n = (want as usize).min(free.len());
     if n == 0 {
         return;
@@ -913,11 +1117,15 @@ fn reap_completions(
 impl Port {
     /// Wake the kernel to transmit what is queued in the TX ring. In copy
     /// mode it sends at most 32 descriptors per call (EAGAIN: more left).
-    fn kick_tx(&mut self, budget: u32) -> Result<(), IoError> {
+    /// An unexpected failure gives its errno.
+    fn kick_tx(&mut self, budget: u32) -> Result<(), i32> {
         let mut budget = budget;
         while budget > 0 && self.tx.pending() > 0 && self.tx.needs_wakeup() {
             budget -= 1;
             self.stats.tx_kicks += 1;
+            if let Some(errno) = self.inject_errno.take() {
+                return Err(errno);
+            }
             // SAFETY: `fd` is this port's open AF_XDP socket (owned by
             // `self`); a zero-length sendto with null buffer and address is
             // the documented TX wake-up and reads no user memory.
@@ -943,12 +1151,7 @@ impl Port {
                 // at the next flush; descriptors stay queued.
                 Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::ENETDOWN)
                 | Some(libc::ENXIO) => break,
-                _ => {
-                    return Err(IoError::Os {
-                        op: "sendto (AF_XDP TX wake-up)",
-                        source: err,
-                    })
-                }
+                other => return Err(other.unwrap_or(libc::EIO)),
             }
         }
         Ok(())
@@ -1010,6 +1213,21 @@ impl PacketIo for XskIo {
             return 0;
         };
         let fs = self.mem.frame_size;
+        if p.stats.down && !p.health.usable(Instant::now()) {
+            // Down after an error, not due for its retry yet: the caller drops.
+            return 0;
+        }
+        // A port holds at most its share of the pool: one whose device vanished
+        // completes nothing and would otherwise keep what is sent to it.
+        let held = |p: &Port| p.stats.fill_frames + p.stats.tx_in_flight;
+        if held(p) as usize + pkts.len() > self.port_cap as usize {
+            reap_completions(port, p, &mut self.owner, &mut self.free, fs as u64);
+        }
+        let room = self.port_cap.saturating_sub(held(p)) as usize;
+        if room < pkts.len() {
+            p.stats.tx_over_cap += (pkts.len() - room) as u64;
+        }
+        let pkts = &pkts[..pkts.len().min(room)];
         // Validate and claim the prefix of valid descriptors. Claiming right
         // away also rejects the same frame appearing twice.
         let mut valid = 0;
@@ -1043,7 +1261,8 @@ impl PacketIo for XskIo {
             }
             // Ring full: reap what completed and let the kernel drain some.
             reap_completions(port, p, &mut self.owner, &mut self.free, fs as u64);
-            if p.kick_tx(self.cfg.tx_size / KERNEL_TX_BATCH + 1).is_err() {
+            if let Err(errno) = p.kick_tx(self.cfg.tx_size / KERNEL_TX_BATCH + 1) {
+                p.health.failed(&mut p.stats, errno, Instant::now());
                 break;
             }
         }
@@ -1083,26 +1302,36 @@ impl PacketIo for XskIo {
         }
     }
 
+    /// Never fails for one port's sake: a port's unexpected error is counted in its
+    /// [`XskPortStats`] and marks it down until a retry (see [`XskPortStats::down`]).
     fn flush(&mut self) -> Result<(), IoError> {
         if !self.closing.is_empty() {
             self.reap_closed();
         }
         let fs = self.mem.frame_size as u64;
         let kick_budget = self.cfg.tx_size / KERNEL_TX_BATCH + 1;
-        let mut first_err = None;
+        let mut now = None;
         for (i, slot) in self.ports.iter_mut().enumerate() {
             let Some(p) = slot else { continue };
             // Ports are at most u16::MAX + 1 (checked in add_port).
             let id = i as PortId;
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            if let Err(e) = p.kick_tx(kick_budget) {
-                first_err.get_or_insert(e);
+            let due = !p.stats.down || p.health.usable(*now.get_or_insert_with(Instant::now));
+            if due {
+                match p.kick_tx(kick_budget) {
+                    Ok(()) if p.stats.down => p.health.succeeded(&mut p.stats),
+                    Ok(()) => {}
+                    Err(errno) => {
+                        let t = *now.get_or_insert_with(Instant::now);
+                        p.health.failed(&mut p.stats, errno, t);
+                    }
+                }
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg);
-            refill_port(id, p, &mut self.owner, &mut self.free, fs);
+            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, self.port_cap);
+            refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(())
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
@@ -1165,5 +1394,70 @@ impl std::fmt::Debug for XskIo {
             .field("ports", &ports)
             .field("pool", &self.pool_stats())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_errors_back_off_then_retry() {
+        let t0 = Instant::now();
+        let mut s = XskPortStats::default();
+        let mut h = PortHealth::default();
+        assert!(h.usable(t0));
+        h.failed(&mut s, libc::EFAULT, t0);
+        assert_eq!((s.errors, s.last_errno, s.down), (1, libc::EFAULT, true));
+        assert!(!h.usable(t0));
+        assert!(!h.usable(t0 + PORT_RETRY_MIN / 2));
+        assert!(h.usable(t0 + PORT_RETRY_MIN));
+        // Failing again doubles the back-off, up to the maximum.
+        h.failed(&mut s, libc::EINVAL, t0);
+        assert!(!h.usable(t0 + PORT_RETRY_MIN));
+        assert!(h.usable(t0 + 2 * PORT_RETRY_MIN));
+        for _ in 0..20 {
+            h.failed(&mut s, libc::EINVAL, t0);
+        }
+        assert!(!h.usable(t0 + PORT_RETRY_MAX - Duration::from_millis(1)));
+        assert!(h.usable(t0 + PORT_RETRY_MAX));
+        assert_eq!((s.errors, s.last_errno, s.resets), (22, libc::EINVAL, 0));
+        // A retry that works brings the port up and resets the back-off.
+        h.succeeded(&mut s);
+        assert_eq!((s.down, s.resets), (false, 1));
+        assert!(h.usable(t0));
+        h.failed(&mut s, libc::EFAULT, t0);
+        assert!(h.usable(t0 + PORT_RETRY_MIN));
+        // Success while up counts no reset.
+        h.succeeded(&mut s);
+        h.succeeded(&mut s);
+        assert_eq!(s.resets, 2);
+    }
+
+    #[test]
+    fn fill_target_stays_within_half_the_port_cap() {
+        let cfg = XskConfig {
+            num_frames: 8192,
+            fill_target: 512,
+            ..XskConfig::default()
+        };
+        let mut s = XskPortStats {
+            fill_target: 512,
+            fill_frames: 512,
+            ..XskPortStats::default()
+        };
+        // Many ports: the cap shrinks the target of a busy port at once.
+        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
+        assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
+        // Busy again: it grows no further than half the cap.
+        s.fill_frames = 0;
+        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
+        assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
+        // Fewer ports: it grows by doubling up to the configured target.
+        for _ in 0..10 {
+            s.fill_frames = 0;
+            fit_fill_target(&mut s, 8000, &cfg, 4096);
+        }
+        assert_eq!(s.fill_target, 512);
     }
 }

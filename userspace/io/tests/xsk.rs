@@ -572,3 +572,168 @@ fn fill_rings_follow_activity() {
         assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
     });
 }
+
+/// `ip -n <ns> link del <ifname>`, asserting success.
+fn del_link(ns: &str, ifname: &str) {
+    let st = std::process::Command::new("ip")
+        .args(["-n", ns, "link", "del", ifname])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip link del {ifname}");
+}
+
+/// Push valid frames at `port` until it takes no more (or `max` were offered); returns
+/// how many it accepted.
+fn push_until_refused(io: &mut XskIo, port: PortId, max: usize) -> usize {
+    let mut accepted = 0;
+    let mut offered = 0;
+    while offered < max {
+        let mut bufs = [0; 64];
+        let want = (max - offered).min(bufs.len());
+        let n = io.alloc(&mut bufs[..want]);
+        assert!(n > 0, "pool empty: {:?}", io.pool_stats());
+        let descs: Vec<Desc> = bufs[..n]
+            .iter()
+            .map(|&b| {
+                let f = test_frame(parse_mac(B1), parse_mac(B0), 0xd, b);
+                io.memory().frame_mut(b)[256..316].copy_from_slice(&f);
+                Desc {
+                    buf: b,
+                    offset: 256,
+                    len: 60,
+                }
+            })
+            .collect();
+        let sent = io.tx_burst(port, &descs);
+        let refused: Vec<BufIdx> = descs[sent..].iter().map(|d| d.buf).collect();
+        io.free(&refused);
+        io.flush().unwrap();
+        accepted += sent;
+        offered += n;
+        if sent == 0 {
+            break;
+        }
+    }
+    accepted
+}
+
+/// Ports whose devices vanished (a pod's namespace deleted without CNI DEL) complete
+/// nothing: what is sent to them stays in their rings. Each holds at most its share of
+/// the pool (`port_cap`), so three of them (each with a 2048-entry TX ring, which would
+/// take 6144 of the 4096 frames) leave the pool enough for the live ports, which keep
+/// forwarding; closing them returns every frame.
+#[test]
+fn vanished_devices_cannot_starve_the_pool() {
+    if !root_or_skip("vanished_devices_cannot_starve_the_pool") {
+        return;
+    }
+    let ns = two_veth_pairs("dead");
+    ns.veth("c0", "02:00:00:00:0c:00", "c1", "02:00:00:00:0c:01");
+    ns.veth("d0", "02:00:00:00:0d:00", "d1", "02:00:00:00:0d:01");
+    ns.veth("e0", "02:00:00:00:0e:00", "e1", "02:00:00:00:0e:01");
+    let ns_name = ns.name().to_string();
+    in_netns(&ns, move || {
+        let cfg = small_config();
+        let mut io = XskIo::new(cfg.clone()).unwrap();
+        let (pa, fd_a) = io.add_port("a0", 0).unwrap();
+        let (pb, _) = io.add_port("b0", 0).unwrap();
+        let dead: Vec<PortId> = ["c0", "d0", "e0"]
+            .iter()
+            .map(|i| io.add_port(i, 0).unwrap().0)
+            .collect();
+        let cap = io.port_cap();
+        assert_eq!(cap, (cfg.num_frames - cfg.num_frames / 4) / 5);
+        for i in ["c0", "d0", "e0"] {
+            del_link(&ns_name, i);
+        }
+        for &p in &dead {
+            let accepted = push_until_refused(&mut io, p, 4 * cfg.tx_size as usize);
+            let s = io.port_stats(p).unwrap();
+            eprintln!("dead port {p}: accepted {accepted}, {s:?}");
+            assert!(s.fill_frames + s.tx_in_flight <= cap, "{s:?} cap {cap}");
+            assert!(s.tx_over_cap > 0, "{s:?}");
+        }
+        let pool = io.pool_stats();
+        eprintln!("with three dead ports: {pool:?}");
+        assert!(pool.free >= cfg.num_frames / 4, "{pool:?}");
+
+        // The live ports still forward.
+        let mut xdp_a = XdpToXsk::attach("a0");
+        xdp_a.set_socket(0, fd_a);
+        let sink_b1 = RawSock::bind("b1");
+        let n = 3000;
+        let sender = spawn_sender(ns_name.clone(), "a1", A0, A1, 0xe, n, true);
+        let t = forward(&mut io, pa, pb, sender, n, 0xe, B1, B0, Some(&sink_b1));
+        check_direction(&io, pa, &t);
+
+        // Closing the dead ports returns what they held.
+        for &p in &dead {
+            io.close_port(p).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.closing_ports() > 0 && Instant::now() < deadline {
+            io.wait(Duration::from_millis(10)).unwrap();
+            io.flush().unwrap();
+        }
+        assert_eq!(io.closing_ports(), 0);
+        settle_and_count(&mut io, &[pa, pb]);
+        drop(xdp_a);
+        io.remove_port(pa).unwrap();
+        io.remove_port(pb).unwrap();
+        assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
+    });
+}
+
+/// An unexpected error of one port's socket (injected: its TX wake-up fails with EFAULT)
+/// is counted on that port, which goes down for a back-off and is retried; `flush` does
+/// not fail, and the port forwards again afterwards.
+#[test]
+fn a_port_error_marks_the_port_down_not_the_backend() {
+    if !root_or_skip("a_port_error_marks_the_port_down_not_the_backend") {
+        return;
+    }
+    let ns = two_veth_pairs("perr");
+    let ns_name = ns.name().to_string();
+    in_netns(&ns, move || {
+        let cfg = small_config();
+        let mut io = XskIo::new(cfg.clone()).unwrap();
+        let (pa, fd_a) = io.add_port("a0", 0).unwrap();
+        let (pb, _) = io.add_port("b0", 0).unwrap();
+        let mut xdp_a = XdpToXsk::attach("a0");
+        xdp_a.set_socket(0, fd_a);
+        let sink_b1 = RawSock::bind("b1");
+        io.inject_port_error(pb, libc::EFAULT).unwrap();
+        assert!(io.inject_port_error(99, libc::EFAULT).is_err());
+        // A first frame: its wake-up fails, the port goes down, flush still succeeds.
+        assert_eq!(push_until_refused(&mut io, pb, 1), 1);
+        let s = io.port_stats(pb).unwrap();
+        assert_eq!(
+            (s.errors, s.last_errno, s.down),
+            (1, libc::EFAULT, true),
+            "{s:?}"
+        );
+        // After the back-off the port is retried: the queued frame goes out.
+        std::thread::sleep(Duration::from_millis(20));
+        io.flush().unwrap();
+        let s = io.port_stats(pb).unwrap();
+        assert_eq!((s.errors, s.down, s.resets), (1, false, 1), "{s:?}");
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sink_b1
+            .try_recv(&mut buf)
+            .is_none_or(|_| buf[0..6] != parse_mac(B1))
+        {
+            assert!(Instant::now() < deadline, "the queued frame did not go out");
+        }
+        // And it forwards traffic again.
+        let n = 2000;
+        let sender = spawn_sender(ns_name.clone(), "a1", A0, A1, 0xf, n, true);
+        let t = forward(&mut io, pa, pb, sender, n, 0xf, B1, B0, Some(&sink_b1));
+        let s = io.port_stats(pb).unwrap();
+        eprintln!("{t:?} {s:?}");
+        assert_eq!((s.errors, s.down, s.resets), (1, false, 1), "{s:?}");
+        assert!(t.arrived * 10 >= u64::from(n) * 9, "{t:?}");
+        settle_and_count(&mut io, &[pa, pb]);
+        drop(xdp_a);
+    });
+}
