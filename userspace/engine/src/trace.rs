@@ -60,6 +60,12 @@ pub enum NatStep {
         /// Tuple after.
         new: FlowKey,
     },
+    /// A new connection from outside the cluster to a local pod, untranslated but tracked
+    /// (masquerade is on: the pod's replies belong to this session and keep its address).
+    Tracked {
+        /// Session created.
+        session: u32,
+    },
     /// An ICMP error quoting a translated flow, rewritten.
     IcmpError,
     /// Nothing to translate (no service, no session, no masquerade).
@@ -465,6 +471,9 @@ impl TraceData {
                     tuple(old),
                     tuple(new)
                 ),
+                NatStep::Tracked { session } => {
+                    format!("untranslated, tracked session {session} (replies not masqueraded)")
+                }
                 NatStep::IcmpError => "icmp error about a translated flow rewritten".to_string(),
                 NatStep::Untranslated => "no service, session or masquerade: untranslated".into(),
             },
@@ -658,6 +667,10 @@ impl TraceData {
                     f.push(("nat", nat.as_str().into()));
                     f.push(("old", tuple(old)));
                     f.push(("new", tuple(new)));
+                }
+                NatStep::Tracked { session } => {
+                    f.push(("decision", "untranslated-tracked".into()));
+                    f.push(("session", session.to_string()));
                 }
                 NatStep::IcmpError => f.push(("decision", "icmp-error-nat".into())),
                 NatStep::Untranslated => f.push(("decision", "untranslated".into())),

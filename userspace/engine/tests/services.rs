@@ -416,6 +416,248 @@ fn masquerade_outside_the_cluster_only() {
     assert_eq!(r.errors("ip4-nat", "masquerade-sessions"), 5);
 }
 
+/// With masquerade on, a connection from outside the cluster to a pod (a router with a
+/// route to the pod CIDR) is tracked from its first packet: the pod's answers keep its
+/// address, TCP and UDP, while the pod's own connections to the same client are still
+/// masqueraded.
+#[test]
+fn masquerade_leaves_replies_to_outside_connections_alone() {
+    let mut nat = nat_default();
+    nat.masquerade = true;
+    let mut r = rig(2, vec![], nat);
+    let client: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    // Outside -> pod, TCP: SYN delivered untranslated, SYN-ACK and data back untranslated.
+    let syn = tcp_frame(
+        UPLINK_MAC,
+        ROUTER_MAC,
+        client,
+        pod_ip(1),
+        1234,
+        8080,
+        SYN,
+        0,
+    );
+    r.send(0, &syn);
+    assert_eq!(tuple(&r.one(1)), (client, pod_ip(1), 1234, 8080));
+    for flags in [SYN | ACK, ACK] {
+        let back = tcp_frame(
+            host_mac(1),
+            pod_mac(1),
+            pod_ip(1),
+            client,
+            8080,
+            1234,
+            flags,
+            10,
+        );
+        r.send(1, &back);
+        assert_eq!(
+            tuple(&r.one(0)),
+            (pod_ip(1), client, 8080, 1234),
+            "reply keeps the pod's address"
+        );
+        let ack = tcp_frame(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            client,
+            pod_ip(1),
+            1234,
+            8080,
+            ACK,
+            5,
+        );
+        r.send(0, &ack);
+        assert_eq!(tuple(&r.one(1)), (client, pod_ip(1), 1234, 8080));
+    }
+    // Outside -> pod, UDP: the answer keeps the pod's address too.
+    let q = udp_frame_ports(UPLINK_MAC, ROUTER_MAC, client, pod_ip(2), 5353, 53, 8);
+    r.send(0, &q);
+    assert_eq!(tuple(&r.one(2)), (client, pod_ip(2), 5353, 53));
+    let a = udp_frame_ports(host_mac(2), pod_mac(2), pod_ip(2), client, 53, 5353, 8);
+    r.send(2, &a);
+    assert_eq!(tuple(&r.one(0)), (pod_ip(2), client, 53, 5353));
+    assert_eq!(r.errors("ip4-nat", "tracked-sessions"), 2);
+    assert_eq!(r.errors("ip4-nat", "masquerade-sessions"), 0);
+    {
+        let ct = r.sessions();
+        let ct = ct.lock().unwrap();
+        let kinds: Vec<_> = ct.iter().map(|(_, s)| s.nat.as_str()).collect();
+        assert_eq!(kinds, ["none", "none"], "tracked untranslated");
+    }
+    // The pod's own connection to the same client (another port): masqueraded, and its
+    // reply restored.
+    let out = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        client,
+        40000,
+        443,
+        SYN,
+        0,
+    );
+    r.send(1, &out);
+    let (s, d, sp, dp) = tuple(&r.one(0));
+    assert_eq!(
+        (s, d, dp),
+        (NODE_IP, client, 443),
+        "pod-originated: masqueraded"
+    );
+    let back = tcp_frame(
+        UPLINK_MAC,
+        ROUTER_MAC,
+        client,
+        NODE_IP,
+        443,
+        sp,
+        SYN | ACK,
+        0,
+    );
+    r.send(0, &back);
+    assert_eq!(tuple(&r.one(1)), (client, pod_ip(1), 443, 40000));
+    let out = udp_frame_ports(host_mac(2), pod_mac(2), pod_ip(2), client, 5000, 53, 8);
+    r.send(2, &out);
+    let (s, d, _, dp) = tuple(&r.one(0));
+    assert_eq!(
+        (s, d, dp),
+        (NODE_IP, client, 53),
+        "pod-originated UDP: masqueraded"
+    );
+    assert_eq!(r.errors("ip4-nat", "masquerade-sessions"), 2);
+    assert_eq!(r.errors("ip4-nat", "tracked-sessions"), 2);
+}
+
+/// Without masquerade nothing is tracked for routed traffic (it costs nothing), and traffic
+/// from inside the cluster (a pod of another node) is not tracked even with masquerade on.
+#[test]
+fn routed_flows_are_tracked_only_when_their_replies_would_be_masqueraded() {
+    let client: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let other_pod: Ipv4Addr = "10.244.2.10".parse().unwrap();
+    let mut r = rig(1, vec![], nat_default());
+    let syn = tcp_frame(
+        UPLINK_MAC,
+        ROUTER_MAC,
+        client,
+        pod_ip(1),
+        1234,
+        8080,
+        SYN,
+        0,
+    );
+    r.send(0, &syn);
+    assert_eq!(tuple(&r.one(1)), (client, pod_ip(1), 1234, 8080));
+    assert!(r.sessions().lock().unwrap().is_empty());
+    let mut nat = nat_default();
+    nat.masquerade = true;
+    let mut r = rig(1, vec![], nat);
+    let syn = tcp_frame(
+        UPLINK_MAC,
+        ROUTER_MAC,
+        other_pod,
+        pod_ip(1),
+        1234,
+        8080,
+        SYN,
+        0,
+    );
+    r.send(0, &syn);
+    assert_eq!(tuple(&r.one(1)), (other_pod, pod_ip(1), 1234, 8080));
+    let back = tcp_frame(
+        host_mac(1),
+        pod_mac(1),
+        pod_ip(1),
+        other_pod,
+        8080,
+        1234,
+        SYN | ACK,
+        0,
+    );
+    r.send(1, &back);
+    assert_eq!(tuple(&r.one(0)), (pod_ip(1), other_pod, 8080, 1234));
+    assert!(r.sessions().lock().unwrap().is_empty());
+    assert_eq!(r.errors("ip4-nat", "tracked-sessions"), 0);
+}
+
+/// externalTrafficPolicy=Cluster NodePort to a backend on another node, with masquerade on
+/// both nodes: the first node DNATs and SNATs the client's connection to its own address;
+/// the backend's node must answer that address untranslated (it is outside clusterCIDRs:
+/// masquerading the answer broke every such connection), and the first node restores it.
+#[test]
+fn node_port_to_a_remote_backend_with_masquerade_on_both_nodes() {
+    let client: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    // Node 1 (this rig's node): the client's node port, the backend on node 2.
+    let backend_ip: Ipv4Addr = "10.244.2.10".parse().unwrap();
+    let mut nat = nat_default();
+    nat.masquerade = true;
+    for (proto, udp) in [("tcp", false), ("udp", true)] {
+        let svc = if udp {
+            let mut d = udp_service(
+                "default/remote",
+                vip(5),
+                vec![backend(backend_ip, 8080, false)],
+            );
+            d.node_port = Some(30081);
+            d
+        } else {
+            tcp_service(
+                "default/remote",
+                vip(5),
+                Some(30081),
+                vec![backend(backend_ip, 8080, false)],
+            )
+        };
+        let mut first = rig(1, vec![svc], nat.clone());
+        let frame = |src, dst, sport, dport, flags| {
+            if udp {
+                udp_frame_ports(UPLINK_MAC, ROUTER_MAC, src, dst, sport, dport, 8)
+            } else {
+                tcp_frame(UPLINK_MAC, ROUTER_MAC, src, dst, sport, dport, flags, 0)
+            }
+        };
+        first.send(0, &frame(client, NODE_IP, 1235, 30081, SYN));
+        let (s, d, sp, dp) = tuple(&first.one(0));
+        assert_eq!(
+            (s, d, dp),
+            (NODE_IP, backend_ip, 8080),
+            "{proto}: DNAT+SNAT"
+        );
+        // Node 2 (a second rig whose pod 1 is the backend): the SNATed connection arrives
+        // from node 1's address; the backend's answer leaves with its own address.
+        let mut second = rig(1, vec![], nat.clone());
+        let first_node: Ipv4Addr = "192.168.101.2".parse().unwrap();
+        second.send(0, &frame(first_node, pod_ip(1), sp, 8080, SYN));
+        assert_eq!(tuple(&second.one(1)), (first_node, pod_ip(1), sp, 8080));
+        let answer = if udp {
+            udp_frame_ports(host_mac(1), pod_mac(1), pod_ip(1), first_node, 8080, sp, 8)
+        } else {
+            tcp_frame(
+                host_mac(1),
+                pod_mac(1),
+                pod_ip(1),
+                first_node,
+                8080,
+                sp,
+                SYN | ACK,
+                0,
+            )
+        };
+        second.send(1, &answer);
+        assert_eq!(
+            tuple(&second.one(0)),
+            (pod_ip(1), first_node, 8080, sp),
+            "{proto}: the backend's answer is not masqueraded"
+        );
+        assert_eq!(second.errors("ip4-nat", "masquerade-sessions"), 0);
+        // Back on node 1 (as it arrives: from the backend to node 1's SNAT port): restored.
+        first.send(0, &frame(backend_ip, NODE_IP, 8080, sp, SYN | ACK));
+        assert_eq!(
+            tuple(&first.one(0)),
+            (NODE_IP, client, 30081, 1235),
+            "{proto}: restored"
+        );
+    }
+}
+
 #[test]
 fn icmp_error_about_a_translated_flow_is_rewritten() {
     let mut r = rig(

@@ -356,6 +356,10 @@ pub enum NatKind {
     Snat,
     /// Both (service with SNAT: hairpin, externalTrafficPolicy=Cluster to a remote backend).
     DnatSnat,
+    /// Nothing: an untranslated connection tracked only for its direction (a connection
+    /// from outside the cluster to a local pod while masquerade is on: its replies are the
+    /// reverse direction of this session and are never masqueraded).
+    Untranslated,
 }
 
 impl NatKind {
@@ -365,6 +369,7 @@ impl NatKind {
             NatKind::Dnat => "dnat",
             NatKind::Snat => "snat",
             NatKind::DnatSnat => "dnat+snat",
+            NatKind::Untranslated => "none",
         }
     }
 }

@@ -16,6 +16,12 @@
 //! every session is an established connection (`conntrack-full`), so a SYN flood
 //! cannot lock services out. Only packets of established sessions are offered to
 //! the XDP flow cache.
+//!
+//! Masquerade applies to connections a pod *originated*, as the kernel's MASQUERADE (a
+//! rule on the connection's first packet, replies restored from conntrack): with
+//! masquerade on, a connection from outside the cluster to a local pod is tracked
+//! untranslated from its first packet ([`NatKind::Untranslated`]), so the pod's replies
+//! are that session's reply direction and keep the pod's address.
 
 use std::any::Any;
 use std::net::Ipv4Addr;
@@ -26,7 +32,7 @@ use ferroplane_tables::conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use ferroplane_tables::hash::FastMap;
 use ferroplane_tables::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use ferroplane_tables::{
-    Conntrack, CtError, Dir, FlowKey, FrontendKey, NatConfig, NatKind, ServiceTable,
+    Conntrack, CtError, Dir, FlowKey, FrontendKey, Ipv4Prefix, NatConfig, NatKind, ServiceTable,
 };
 use ferroplane_wire::{checksum, Ipv4Packet};
 
@@ -57,6 +63,8 @@ node_errors! {
         EarlyDrop = (Info, "conntrack-early-drop", "session table full: an unestablished or closing session evicted for a new flow"),
         NoPort = (Error, "snat-ports-exhausted", "no free SNAT port for the destination"),
         NoSnatAddress = (Error, "no-snat-address", "SNAT needed but the node has no address"),
+        FragmentNoSession = (Error, "fragment-no-session", "non-first fragment of a flow to translate whose first fragment made no session (dropped or rejected)"),
+        Tracked = (Info, "tracked-sessions", "new connections from outside the cluster to local pods tracked untranslated (masquerade on: their replies are not masqueraded)"),
     }
 }
 
@@ -109,6 +117,8 @@ struct Parsed {
     tcp_flags: u16,
     /// ICMP type for ICMP packets.
     icmp_type: u8,
+    /// A non-first fragment: ports from its first fragment (`ip4-frag`), no L4 header.
+    tail: bool,
 }
 
 /// What kind of packet, for NAT purposes.
@@ -122,14 +132,14 @@ enum Class {
 }
 
 #[inline(always)]
-fn classify(l3: &[u8]) -> Class {
+fn classify(l3: &[u8], m: &crate::buffer::BufMeta) -> Class {
     if l3.len() < 20 {
         return Class::Other;
     }
     let hl = ((l3[0] & 0x0f) as usize) * 4;
     let frag = be16(l3, 6) & 0x1fff;
     if frag != 0 {
-        return Class::Other;
+        return classify_tail(l3, hl, m);
     }
     let proto = l3[9];
     let (src, dst) = (ip_at(l3, 12), ip_at(l3, 16));
@@ -150,6 +160,7 @@ fn classify(l3: &[u8]) -> Class {
                 key,
                 tcp_flags: flags,
                 icmp_type: 0,
+                tail: false,
             })
         }
         PROTO_UDP if l3.len() >= hl + 8 => {
@@ -160,6 +171,7 @@ fn classify(l3: &[u8]) -> Class {
                 key,
                 tcp_flags: 0,
                 icmp_type: 0,
+                tail: false,
             })
         }
         PROTO_ICMP if l3.len() >= hl + 8 => {
@@ -176,10 +188,53 @@ fn classify(l3: &[u8]) -> Class {
                 key,
                 tcp_flags: 0,
                 icmp_type: t,
+                tail: false,
             })
         }
         _ => Class::Other,
     }
+}
+
+/// A non-first fragment: a flow with the ports `ip4-frag` took from its first fragment
+/// (TCP, UDP, ICMP echo), or nothing to translate when `ip4-frag` did not tag it.
+#[inline(always)]
+fn classify_tail(l3: &[u8], hl: usize, m: &crate::buffer::BufMeta) -> Class {
+    let proto = l3[9];
+    let flow = match proto {
+        PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMP => matches!(m.frag_icmp, 0 | 8),
+        _ => false,
+    };
+    if m.flags & crate::buffer::FLAG_FRAG_TAIL == 0 || !flow {
+        return Class::Other;
+    }
+    Class::Flow(Parsed {
+        hl,
+        key: FlowKey {
+            src: ip_at(l3, 12),
+            dst: ip_at(l3, 16),
+            sport: m.frag_ports.0,
+            dport: m.frag_ports.1,
+            proto,
+        },
+        tcp_flags: 0,
+        icmp_type: m.frag_icmp,
+        tail: true,
+    })
+}
+
+/// Whether a flow without a session would be translated (a service frontend, or masquerade
+/// of a pod's flow leaving the cluster): a non-first fragment of such a flow whose first
+/// fragment made no session is dropped, never forwarded untranslated.
+fn fragment_needs_session(env: &Env<'_>, p: &Parsed, from_pod: bool) -> bool {
+    let (nat, key) = (env.nat, &p.key);
+    (key.proto != PROTO_ICMP && env.services.lookup(key.dst, key.proto, key.dport).is_some())
+        || (nat.masquerade
+            && from_pod
+            && !nat.in_cluster(key.dst)
+            && Some(key.dst) != env.node_ip
+            && !env.services.node_addrs().contains(&key.dst)
+            && (key.proto != PROTO_ICMP || p.icmp_type == 8))
 }
 
 #[inline(always)]
@@ -332,7 +387,21 @@ struct Env<'a> {
     services: &'a ServiceTable,
     nat: &'a NatConfig,
     node_ip: Option<Ipv4Addr>,
+    /// This node's pod CIDRs.
+    pod_cidrs: &'a [Ipv4Prefix],
     now: u64,
+}
+
+impl Env<'_> {
+    /// Whether a pod's packet to `addr` leaves the cluster, so that a new pod flow to it
+    /// is masqueraded (when masquerade is on): outside `clusterCIDRs` and not one of the
+    /// node's addresses.
+    #[inline(always)]
+    fn leaves_cluster(&self, addr: Ipv4Addr) -> bool {
+        !self.nat.in_cluster(addr)
+            && Some(addr) != self.node_ip
+            && !self.services.node_addrs().contains(&addr)
+    }
 }
 
 impl Ip4Nat {
@@ -482,9 +551,7 @@ impl Ip4Nat {
         let nat = env.nat;
         if nat.masquerade
             && from_pod
-            && !nat.in_cluster(key.dst)
-            && Some(key.dst) != env.node_ip
-            && !env.services.node_addrs().contains(&key.dst)
+            && env.leaves_cluster(key.dst)
             && (key.proto != PROTO_ICMP || p.icmp_type == 8)
         {
             let Some(a) = nat.masquerade_addr.or(env.node_ip) else {
@@ -515,6 +582,46 @@ impl Ip4Nat {
                 }
                 Err(CtError::Full) => Decision::Drop(NatError::Full),
                 Err(CtError::Exists) => Decision::Drop(NatError::NoPort),
+            };
+        }
+        // The connection's direction, for masquerade. A connection that arrives from outside
+        // the cluster for a pod of this node (a router with a route to the pod CIDR, a
+        // host-network client on another node, a service connection another node SNATed to
+        // its own address and forwarded here) is tracked from its first packet, as the
+        // kernel's conntrack does: the pod's answers are then this session's reply direction
+        // and leave untranslated. Untracked, they would look like new pod flows leaving the
+        // cluster and be masqueraded, and the client would get its answers from the node's
+        // address (a connection that never completes). A stateless mark cannot tell a reply
+        // from a new flow (UDP; TCP past its handshake), so the session is the record.
+        // Cost: one session insert per such connection, and only for what the answers would
+        // be masqueraded to (masquerade on, TCP or UDP: ICMP echo replies never are, source
+        // leaving the cluster, destination in this node's pod CIDRs); later packets in both
+        // directions hit the session instead of missing and re-running this function.
+        // A table full of established connections drops the new connection (as the kernel
+        // does): its answers could not be told from new flows.
+        if nat.masquerade
+            && !from_pod
+            && matches!(key.proto, PROTO_TCP | PROTO_UDP)
+            && env.pod_cidrs.iter().any(|c| c.contains(key.dst))
+            && env.leaves_cluster(key.src)
+        {
+            let r = ct.create(
+                key,
+                key.reversed(),
+                NatKind::Untranslated,
+                None,
+                p.tcp_flags,
+                env.now,
+            );
+            return match r {
+                Ok(id) => {
+                    counts[NatError::Tracked as usize] += 1;
+                    Decision::Session(id)
+                }
+                Err(CtError::Full) => Decision::Drop(NatError::Full),
+                // The pod uses this tuple toward the client already (a simultaneous open):
+                // that session carries the connection.
+                Err(CtError::Exists) => Decision::Pass,
             };
         }
         Decision::Pass
@@ -549,6 +656,9 @@ fn trace_new_flow(
     match decision {
         Decision::Session(id) => {
             let s = ct.get(*id)?;
+            if s.nat == NatKind::Untranslated {
+                return Some(NatStep::Tracked { session: *id });
+            }
             match s.frontend {
                 Some(f) => {
                     let (service, kind) = name(&f)?;
@@ -691,6 +801,9 @@ fn translate_icmp_error(ct: &mut Conntrack, l3: &mut [u8], hl: usize, now: u64) 
     let Some(s) = ct.get(id).copied() else {
         return false;
     };
+    if s.nat == NatKind::Untranslated {
+        return false;
+    }
     let (x, x2) = match dir {
         Dir::Orig => (s.orig, s.reply.reversed()),
         Dir::Reply => (s.reply, s.orig.reversed()),
@@ -748,6 +861,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             services: &services,
             nat: &nat,
             node_ip: cx.snap.node_ip,
+            pod_cidrs: &cx.snap.pod_cidrs,
             now,
         };
         let ifaces = cx.snap.ifaces.clone();
@@ -766,7 +880,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             let Some(l3) = pkt.get_mut(14..) else {
                 continue;
             };
-            let p = match classify(l3) {
+            let p = match classify(l3, &m) {
                 Class::Flow(p) => p,
                 Class::IcmpError(hl) => {
                     if translate_icmp_error(&mut ct, l3, hl, now) {
@@ -803,6 +917,14 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                 Some(h) => h,
                 None => {
                     let from_pod = ifaces.get(rx_if).map(|f| f.kind) == Some(IfKind::Pod);
+                    if p.tail {
+                        // Its first fragment made no session (passed untranslated, or was
+                        // dropped or rejected): never create one from a fragment.
+                        if fragment_needs_session(&env, &p, from_pod) {
+                            nexts[i] = cx.drop_with(b, NatError::FragmentNoSession);
+                        }
+                        continue;
+                    }
                     let decision = self.new_flow(&mut ct, &env, &p, l3, from_pod, &mut counts);
                     if traced {
                         if let Some(step) = trace_new_flow(&ct, &services, &p.key, &decision) {
@@ -844,6 +966,25 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             let Some(s) = ct.get(id) else {
                 continue;
             };
+            if s.nat == NatKind::Untranslated {
+                // Tracked for its direction only: nothing to rewrite, and ip4-policy decides
+                // it as any untranslated flow (its own flow memory), so no established flag.
+                if existing && traced {
+                    let step = NatStep::Session {
+                        session: id,
+                        nat: s.nat,
+                        reply: dir == Dir::Reply,
+                        old: p.key,
+                        new: p.key,
+                    };
+                    cx.trace.push(m.trace_id, node, TraceData::Nat(step));
+                }
+                ct.touch(id, dir, p.tcp_flags, now);
+                if !ct.get(id).is_some_and(|s| s.is_established()) {
+                    cx.meta_mut(b).flags |= crate::buffer::FLAG_NO_CACHE;
+                }
+                continue;
+            }
             let new = match dir {
                 Dir::Orig => s.reply.reversed(),
                 Dir::Reply => s.orig.reversed(),
@@ -862,7 +1003,14 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                 };
                 cx.trace.push(m.trace_id, node, TraceData::Nat(step));
             }
-            rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
+            if p.tail {
+                // A non-first fragment: only its IP header (the L4 header and checksum,
+                // which covers the whole datagram, are in the first fragment).
+                let ip_only = FlowKey { proto: 0, ..p.key };
+                rewrite(l3, p.hl, &ip_only, &new, 0);
+            } else {
+                rewrite(l3, p.hl, &p.key, &new, p.icmp_type);
+            }
             ct.touch(id, dir, p.tcp_flags, now);
             // Only established connections go to the XDP flow cache (a handshake, a
             // half-open flood or a closing connection stays in the engine), and it can
@@ -871,6 +1019,10 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             let mm = cx.meta_mut(b);
             if !cacheable {
                 mm.flags |= crate::buffer::FLAG_NO_CACHE;
+            }
+            if p.tail {
+                // ip4-policy decides the fragment on the translated ports.
+                mm.frag_ports = (new.sport, new.dport);
             }
             if matches!(p.key.proto, PROTO_TCP | PROTO_UDP) {
                 mm.flags |= crate::buffer::FLAG_NAT;
