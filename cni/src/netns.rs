@@ -123,7 +123,7 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
 }
 
 /// `statfs` magic of nsfs (`NSFS_MAGIC` in `linux/magic.h`).
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
 /// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)` in `linux/nsfs.h`): the `CLONE_NEW*` type of an nsfs file.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -153,7 +153,7 @@ fn on_nsfs(f: &File) -> io::Result<bool> {
     }
     // SAFETY: `fstatfs` returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
-    Ok(i64::from(st.f_type) == NSFS_MAGIC)
+    Ok(st.f_type == NSFS_MAGIC)
 }
 
 /// The `CLONE_NEW*` type of the open nsfs file `f` (`NS_GET_NSTYPE`).
