@@ -105,4 +105,9 @@ pub trait PacketIo {
     fn flush(&mut self) -> Result<(), IoError>;
     /// Block until some port may have packets to receive, or `timeout` passes.
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
+    /// Errors of single ports so far (a port with an error is reset by the backend,
+    /// which carries on with the others); 0 for backends without per-port errors.
+    fn port_errors(&self) -> u64 {
+        0
+    }
 }

@@ -402,6 +402,8 @@ pub struct XskIo {
     reaper: Option<Reaper>,
     /// The most frames one port may hold now ([`XskIo::port_cap`]).
     port_cap: u32,
+    /// Errors of single ports since the start ([`PacketIo::port_errors`]).
+    port_errors: u64,
     mem: XskMemory,
 }
 
@@ -756,6 +758,7 @@ impl XskIo {
             closed: 0,
             reaper: None,
             port_cap: (cfg.num_frames - cfg.num_frames / 4).max(MIN_PORT_CAP),
+            port_errors: 0,
             umem: Arc::new(SharedUmem(umem)),
             cfg,
             mem,
@@ -1263,6 +1266,7 @@ impl PacketIo for XskIo {
             reap_completions(port, p, &mut self.owner, &mut self.free, fs as u64);
             if let Err(errno) = p.kick_tx(self.cfg.tx_size / KERNEL_TX_BATCH + 1) {
                 p.health.failed(&mut p.stats, errno, Instant::now());
+                self.port_errors += 1;
                 break;
             }
         }
@@ -1324,6 +1328,7 @@ impl PacketIo for XskIo {
                     Err(errno) => {
                         let t = *now.get_or_insert_with(Instant::now);
                         p.health.failed(&mut p.stats, errno, t);
+                        self.port_errors += 1;
                     }
                 }
             }
@@ -1332,6 +1337,10 @@ impl PacketIo for XskIo {
             refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
         }
         Ok(())
+    }
+
+    fn port_errors(&self) -> u64 {
+        self.port_errors
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
