@@ -625,10 +625,10 @@ mod tests {
         let spec = NodeSpec::from_yaml(&yaml(&other)).unwrap();
         assert!(Overlay::from_spec(&spec, spec.cluster.as_ref()).is_ok());
         let spec = NodeSpec::from_yaml(&yaml(&own)).unwrap();
-        let e = Overlay::from_spec(&spec, spec.cluster.as_ref())
-            .err()
-            .expect("own key refused")
-            .to_string();
+        let Err(e) = Overlay::from_spec(&spec, spec.cluster.as_ref()) else {
+            panic!("own key accepted");
+        };
+        let e = e.to_string();
         assert!(e.contains("node-2") && e.contains("own key"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }

@@ -403,7 +403,7 @@ networkPolicies:
                 .map(|n| (n.metadata.name.clone(), n.metadata.labels.clone()))
                 .collect(),
             &pods(&spec),
-            &[np.clone()],
+            std::slice::from_ref(np),
         )
         .unwrap();
         c.commit();
