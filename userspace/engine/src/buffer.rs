@@ -20,6 +20,11 @@ pub const FLAG_NO_CACHE: u16 = 16;
 /// tuple it arrived with (the flow cache replays the translation).
 pub const FLAG_NAT: u16 = 32;
 
+/// Buffer flag: a non-first IPv4 fragment whose first fragment `ip4-frag` saw:
+/// [`BufMeta::frag_ports`] and [`BufMeta::frag_icmp`] hold the L4 fields of its first
+/// fragment, so `ip4-nat` and `ip4-policy` treat it like its first fragment.
+pub const FLAG_FRAG_TAIL: u16 = 64;
+
 /// Metadata the engine keeps for every frame, indexed by frame number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufMeta {
@@ -48,4 +53,10 @@ pub struct BufMeta {
     /// With [`FLAG_NAT`]: the tuple before translation (source, destination, source port,
     /// destination port).
     pub pre_nat: (u32, u32, u16, u16),
+    /// With [`FLAG_FRAG_TAIL`]: the flow's ports as its first fragment carries them (ICMP
+    /// echo: the id as source port of a request, destination port of a reply), after any
+    /// translation so far.
+    pub frag_ports: (u16, u16),
+    /// With [`FLAG_FRAG_TAIL`] and ICMP: the ICMP type of the first fragment.
+    pub frag_icmp: u8,
 }

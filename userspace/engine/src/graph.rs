@@ -86,6 +86,7 @@ pub struct Graph<M: FrameMemory> {
     nexts: Vec<u16>,
     tap: Option<u16>,
     tapped: Vec<Vec<u8>>,
+    emitted: Vec<(BufIdx, u16)>,
 }
 
 impl<M: FrameMemory> Graph<M> {
@@ -139,6 +140,7 @@ impl<M: FrameMemory> Graph<M> {
             nexts: vec![0; VECTOR_SIZE],
             tap: None,
             tapped: Vec::new(),
+            emitted: Vec::new(),
         })
     }
 
@@ -216,6 +218,7 @@ impl<M: FrameMemory> Graph<M> {
                         out: &mut *out,
                         node: ni as u16,
                         error_base: self.error_base[ni],
+                        emitted: &mut self.emitted,
                     };
                     let t0 = Instant::now();
                     self.nodes[ni].process(&mut cx, &self.scratch, &mut self.nexts[..n]);
@@ -236,11 +239,58 @@ impl<M: FrameMemory> Graph<M> {
                         let target = arcs.get(arc as usize).copied().unwrap_or(arcs[0]) as usize;
                         self.pending[target].push(self.scratch[i]);
                     }
+                    self.flush_emitted(ni);
                 }
             }
             if !any {
                 break;
             }
+        }
+    }
+
+    /// Queue what node `ni` emitted (after its vector's packets, so they keep their order).
+    fn flush_emitted(&mut self, ni: usize) {
+        let arcs = &self.arcs[ni];
+        for (b, arc) in self.emitted.drain(..) {
+            if let Some(&first) = arcs.first() {
+                let target = arcs.get(arc as usize).copied().unwrap_or(first) as usize;
+                self.pending[target].push(b);
+            }
+        }
+    }
+
+    /// Run every node's timers ([`Node::timers`]), then the packets they released.
+    #[allow(clippy::too_many_arguments)]
+    pub fn timers(
+        &mut self,
+        mem: &mut M,
+        meta: &mut [BufMeta],
+        snap: &Snapshot,
+        stats: &WorkerStats,
+        trace: &mut TraceBuffer,
+        out: &mut Outputs,
+    ) {
+        let mut any = false;
+        for ni in 0..self.nodes.len() {
+            let mut cx = Ctx {
+                mem: &mut *mem,
+                meta: &mut *meta,
+                snap,
+                stats,
+                trace: &mut *trace,
+                out: &mut *out,
+                node: ni as u16,
+                error_base: self.error_base[ni],
+                emitted: &mut self.emitted,
+            };
+            self.nodes[ni].timers(&mut cx);
+            if !self.emitted.is_empty() {
+                any = true;
+                self.flush_emitted(ni);
+            }
+        }
+        if any {
+            self.run(mem, meta, snap, stats, trace, out);
         }
     }
 }

@@ -107,6 +107,10 @@ pub trait Node<M: FrameMemory> {
     fn shared_state(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
         None
     }
+    /// Called once per worker round, also when no packet arrived, for a node that holds
+    /// buffers across vectors (e.g. `ip4-frag`) to release or drop them on time with
+    /// [`Ctx::emit`]. The default does nothing.
+    fn timers(&mut self, _cx: &mut Ctx<'_, M>) {}
 }
 
 /// Where terminal nodes put packets: transmit queues, frames to free, punts.
@@ -152,6 +156,8 @@ pub struct Ctx<'a, M: FrameMemory> {
     pub out: &'a mut Outputs,
     pub(crate) node: u16,
     pub(crate) error_base: u16,
+    /// Buffers the node sends on besides its vector (see [`Ctx::emit`]): (buffer, arc).
+    pub(crate) emitted: &'a mut Vec<(BufIdx, u16)>,
 }
 
 impl<M: FrameMemory> Ctx<'_, M> {
@@ -210,6 +216,14 @@ impl<M: FrameMemory> Ctx<'_, M> {
     #[inline(always)]
     pub fn traced(&self, b: BufIdx) -> bool {
         self.meta(b).flags & FLAG_TRACED != 0
+    }
+
+    /// Send `b`, a buffer this node held from an earlier vector (it answered [`CONSUMED`] for
+    /// it then), on next arc `arc`, after the packets of the current vector. Arc 0 drops it
+    /// (set its reason with [`Ctx::drop_with`] first).
+    #[inline(always)]
+    pub fn emit(&mut self, b: BufIdx, arc: u16) {
+        self.emitted.push((b, arc));
     }
 
     /// Add a trace record for `b` at the current node.

@@ -355,6 +355,14 @@ where
                 &mut self.out,
             );
         }
+        self.graph.timers(
+            self.io.memory(),
+            &mut self.meta,
+            &snap,
+            &self.stats,
+            &mut self.trace,
+            &mut self.out,
+        );
         self.drain_outputs(&snap);
         self.io.flush()?;
         Ok(total)

@@ -10,7 +10,7 @@ use super::{be16, ip_at};
 
 node_nexts! {
     /// Next arcs of `ip4-input`.
-    pub enum Ip4InputNext { Drop = "error-drop", Lookup = "ip4-lookup", Nat = "ip4-nat" }
+    pub enum Ip4InputNext { Drop = "error-drop", Lookup = "ip4-lookup", Nat = "ip4-nat", Frag = "ip4-frag" }
 }
 
 node_errors! {
@@ -34,7 +34,8 @@ static INFO: NodeInfo = NodeInfo {
 };
 
 /// Validates IPv4 headers (version, lengths, checksum), sources and destinations, and trims
-/// Ethernet padding.
+/// Ethernet padding. Fragments are valid packets: they go to `ip4-frag`, the others to
+/// `ip4-nat`.
 ///
 /// Sources: a pod sends with its own address only; the uplink never brings a source inside
 /// this node's pod CIDRs ([`crate::Snapshot::pod_cidrs`]); a tunnel's inner sources were
@@ -57,8 +58,15 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
             let pkt = cx.packet(b);
             let l3 = pkt.get(14..).unwrap_or(&[]);
             let verdict = check(l3);
-            let (total, src, dst, proto, ttl) = match verdict {
-                Ok(total) => (total, ip_at(l3, 12), ip_at(l3, 16), l3[9], l3[8]),
+            let (total, src, dst, proto, ttl, frag) = match verdict {
+                Ok(total) => (
+                    total,
+                    ip_at(l3, 12),
+                    ip_at(l3, 16),
+                    l3[9],
+                    l3[8],
+                    be16(l3, 6) & 0x3fff != 0,
+                ),
                 Err(e) => {
                     nexts[i] = cx.drop_with(b, e);
                     continue;
@@ -82,7 +90,9 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
                 nexts[i] = cx.drop_with(b, Ip4InputError::MartianDestination);
                 continue;
             }
-            cx.meta_mut(b).len = 14 + total;
+            let m = cx.meta_mut(b);
+            m.len = 14 + total;
+            m.flags &= !crate::buffer::FLAG_FRAG_TAIL;
             if cx.traced(b) {
                 cx.trace(
                     b,
@@ -95,7 +105,12 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
                     },
                 );
             }
-            nexts[i] = Ip4InputNext::Nat.into();
+            // Fragments (MF or an offset) follow their first fragment: ip4-frag.
+            nexts[i] = if frag {
+                Ip4InputNext::Frag.into()
+            } else {
+                Ip4InputNext::Nat.into()
+            };
         }
     }
 }

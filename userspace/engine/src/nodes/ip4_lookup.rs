@@ -30,7 +30,8 @@ static INFO: NodeInfo = NodeInfo {
 #[derive(Debug, Default)]
 pub struct Ip4Lookup;
 
-/// A symmetric-enough 5-tuple hash for ECMP (same flow, same path).
+/// A symmetric-enough 5-tuple hash for ECMP (same flow, same path); fragments hash on
+/// their addresses and protocol.
 #[inline(always)]
 pub(crate) fn flow_hash(l3: &[u8]) -> u32 {
     let word = |at: usize| -> u32 {
@@ -40,7 +41,10 @@ pub(crate) fn flow_hash(l3: &[u8]) -> u32 {
     };
     let hl = l3.first().map(|v| ((v & 0x0f) as usize) * 4).unwrap_or(20);
     let proto = l3.get(9).copied().unwrap_or(0) as u32;
-    let ports = if proto == 6 || proto == 17 {
+    // Fragments hash on addresses only: the non-first ones carry no ports, and every
+    // fragment of a datagram must take the same path.
+    let fragment = l3.get(6..8).is_some_and(|f| (f[0] & 0x3f) | f[1] != 0);
+    let ports = if (proto == 6 || proto == 17) && !fragment {
         word(hl)
     } else {
         0

@@ -14,6 +14,7 @@ mod arp;
 mod drop;
 mod ethernet;
 mod icmp_error;
+mod ip4_frag;
 mod ip4_input;
 mod ip4_lookup;
 mod ip4_rewrite;
@@ -28,6 +29,7 @@ pub use arp::{ArpError, ArpInput, ArpNext};
 pub use drop::ErrorDrop;
 pub use ethernet::{EthError, EthNext, EthernetInput};
 pub use icmp_error::{IcmpError, IcmpErrorNode, IcmpNext};
+pub use ip4_frag::{FragError, FragLimits, FragNext, Ip4Frag};
 pub use ip4_input::{Ip4Input, Ip4InputError, Ip4InputNext};
 pub use ip4_lookup::{Ip4Lookup, LookupError, LookupNext};
 pub use ip4_rewrite::{Ip4Rewrite, RewriteError, RewriteNext};
@@ -52,6 +54,7 @@ pub fn standard_graph<M: FrameMemory + 'static>() -> Result<Graph<M>, GraphError
         Box::new(EthernetInput),
         Box::new(ArpInput),
         Box::new(Ip4Input),
+        Box::new(Ip4Frag::default()),
         Box::new(Ip4Nat::default()),
         Box::new(Ip4Policy::default()),
         Box::new(Ip4Lookup),

@@ -112,6 +112,20 @@ fn tuple(l3: &[u8]) -> Option<(u128, u16, Option<u128>)> {
     Some((pack(src, dst, sport, dport, proto), dport, quoted))
 }
 
+/// A non-first fragment tagged by `ip4-frag` is decided on its first fragment's ports (as
+/// `ip4-nat` left them), so it gets its first fragment's verdict.
+#[inline(always)]
+fn fragment_ports(m: &crate::buffer::BufMeta, key: u128, dport: u16) -> (u128, u16) {
+    if m.flags & crate::buffer::FLAG_FRAG_TAIL == 0 {
+        return (key, dport);
+    }
+    let (sport, dport) = m.frag_ports;
+    (
+        pack((key >> 96) as u32, (key >> 64) as u32, sport, dport, key as u8),
+        dport,
+    )
+}
+
 fn quoted_tuple(q: &[u8]) -> Option<u128> {
     let (k, _, _) = tuple(q)?;
     Some(k)
@@ -448,6 +462,7 @@ impl<M: FrameMemory> Node<M> for Ip4Policy {
             let Some((key, dport, quoted)) = pkt.get(14..).and_then(tuple) else {
                 continue;
             };
+            let (key, dport) = fragment_ports(&cx.meta(b), key, dport);
             let record = |step, verdict| trace_record(&tables, key, dport, step, verdict);
             if established {
                 cx.trace(b, record(PolicyStep::Established, None));
