@@ -121,7 +121,13 @@ fn fragment_ports(m: &crate::buffer::BufMeta, key: u128, dport: u16) -> (u128, u
     }
     let (sport, dport) = m.frag_ports;
     (
-        pack((key >> 96) as u32, (key >> 64) as u32, sport, dport, key as u8),
+        pack(
+            (key >> 96) as u32,
+            (key >> 64) as u32,
+            sport,
+            dport,
+            key as u8,
+        ),
         dport,
     )
 }
