@@ -9,6 +9,9 @@
  *                                               address is IPv6 or behind a VLAN of the node)
  *   - IPIP / UDP to a tunnel4 port, to the node -> REDIRECT (decap in the engine)
  *   - TCP/UDP/ICMP echo reply to a ports4 port, to the node -> REDIRECT (NodePort, SNAT return)
+ *   - a fragment to the node                  -> REDIRECT (its first fragment tells the engine
+ *                                               whether it is a NodePort's or a SNAT return;
+ *                                               PASS when the engine is away)
  *   - IPv4 to one of the node's addresses     -> PASS
  *   - IPv4 matching steer4                    -> REDIRECT
  *   - other IPv4                              -> PASS (not for this node's pods or services)
@@ -66,6 +69,14 @@ int xdp_uplink(struct xdp_md *ctx)
 		/* NodePorts and the return traffic of SNATed flows are the engine's. */
 		if (fp_is_service_port4(iph, cur.pos, data_end))
 			return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
+		/*
+		 * Fragments to the node: the non-first ones carry no ports, so whether they
+		 * belong to a NodePort or a SNAT return is known only from their first
+		 * fragment, in the engine (ip4-frag); it punts the node's own back to the
+		 * kernel. Engine away: passed (addressed to the node, never forwarded).
+		 */
+		if (iph->frag_off & bpf_htons(0x3fff))
+			return fp_redirect_to_engine(ctx, FP_AWAY_KERNEL);
 		return fp_finish(FP_VERDICT_PASS, XDP_PASS);
 	}
 

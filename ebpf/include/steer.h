@@ -49,7 +49,7 @@ static __always_inline int fp_is_host4(__be32 addr)
 /* What fp_redirect_to_engine does with a frame neither the engine nor the flow cache takes. */
 enum fp_away_action {
 	FP_AWAY_DROP = 0,   /* XDP_DROP, verdict engine_away: fail closed (IPv4, IPv6, anything forwardable) */
-	FP_AWAY_KERNEL = 1, /* XDP_PASS, verdict redirect_failed: only for ARP, which the kernel never forwards */
+	FP_AWAY_KERNEL = 1, /* XDP_PASS, verdict redirect_failed: only for ARP and fragments addressed to the node, which the kernel never forwards */
 };
 
 /*

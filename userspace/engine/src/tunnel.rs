@@ -323,6 +323,11 @@ impl TunnelTable {
         if self.by_remote.is_empty() || l3.len() < 20 {
             return false;
         }
+        // A fragment (MF or an offset) is not decapsulated: the engine does not reassemble
+        // outer packets (it goes to the host like any packet for the node).
+        if u16::from_be_bytes([l3[6], l3[7]]) & 0x3fff != 0 {
+            return false;
+        }
         match l3[9] {
             4 => self.enabled[0],
             17 => {
