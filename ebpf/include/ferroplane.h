@@ -44,6 +44,7 @@
 struct fp_iface {
 	__u32 xsk_slot; /* first xsks slot; the program adds ctx->rx_queue_index */
 	__u32 flags;    /* enum fp_iface_flags bits */
+	__u32 queues;   /* RX queues with a socket: slots xsk_slot .. xsk_slot + queues - 1 */
 };
 
 /* Key of the steer4 LPM trie (layout required by BPF_MAP_TYPE_LPM_TRIE). */
@@ -141,6 +142,7 @@ enum fp_drop_reason {
 	FP_DROP_NO_IFACE,        /* ingress interface not in the ifaces map */
 	FP_DROP_XSK_SLOT_RANGE,  /* xsk_slot + rx queue index outside the xsks map */
 	FP_DROP_NO_XSK,          /* no AF_XDP socket in the xsks slot */
+	FP_DROP_XSK_QUEUE_RANGE, /* rx queue index >= the interface's queues (would be a neighbour's slot) */
 	FP_DROP_MAX,
 };
 

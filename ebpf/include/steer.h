@@ -53,7 +53,9 @@ enum fp_away_action {
 };
 
 /*
- * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue].
+ * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue]
+ * (a queue >= ifaces[ingress].queues is never redirected: its slot is another
+ * interface's).
  * When the interface is not configured or the slot has no socket (the engine
  * is away: the agent is restarting or dead), a flow the engine forwarded
  * recently on this ingress interface is forwarded from the flow4 cache
@@ -73,6 +75,11 @@ static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx, enum fp_awa
 
 	if (!iface) {
 		reason = FP_DROP_NO_IFACE;
+		goto failed;
+	}
+	/* A queue past the interface's own range would land in another port's slot. */
+	if (ctx->rx_queue_index >= iface->queues) {
+		reason = FP_DROP_XSK_QUEUE_RANGE;
 		goto failed;
 	}
 	slot = iface->xsk_slot + ctx->rx_queue_index;

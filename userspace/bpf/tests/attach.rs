@@ -159,8 +159,9 @@ fn redirect_slot_is_base_plus_rx_queue() {
                 .0
         };
 
-        // Base 10: queue 3 -> slot 13 (socket), queue 2 -> slot 12 (none).
-        dp.set_iface(ifindex, FpIface::uplink(10)).unwrap();
+        // Base 10, 4 queues: queue 3 -> slot 13 (socket), queue 2 -> slot 12 (none).
+        dp.set_iface(ifindex, FpIface::uplink(10).with_queues(4))
+            .unwrap();
         assert_eq!(run(&dp, 3), xdp_action::REDIRECT);
         let before = dp.stats().unwrap();
         assert_eq!(run(&dp, 2), xdp_action::DROP, "engine away: fail closed");
@@ -172,8 +173,18 @@ fn redirect_slot_is_base_plus_rx_queue() {
             1
         );
 
+        // Base 10, 3 queues: queue 3 would be slot 13, another interface's: dropped.
+        dp.set_iface(ifindex, FpIface::uplink(10).with_queues(3))
+            .unwrap();
+        let before = dp.stats().unwrap();
+        assert_eq!(run(&dp, 3), xdp_action::DROP, "never a neighbour's slot");
+        let d = dp.stats().unwrap().since(&before);
+        assert_eq!(d.reason(FpDropReason::XskQueueRange), 1);
+        assert_eq!(run(&dp, 2), xdp_action::DROP, "slot 12 has no socket");
+
         // Base 253: queue 3 -> slot 256, outside the map.
-        dp.set_iface(ifindex, FpIface::uplink(253)).unwrap();
+        dp.set_iface(ifindex, FpIface::uplink(253).with_queues(4))
+            .unwrap();
         let before = dp.stats().unwrap();
         assert_eq!(run(&dp, 3), xdp_action::DROP);
         let d = dp.stats().unwrap().since(&before);

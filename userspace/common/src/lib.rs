@@ -25,6 +25,9 @@ pub struct FpIface {
     pub xsk_slot: u32,
     /// [`FpIfaceFlags`] bits ([`FpIface::UPLINK`], [`FpIface::POD`]).
     pub flags: u32,
+    /// RX queues with a socket: slots `xsk_slot .. xsk_slot + queues`. A frame received on
+    /// a queue at or past it is never redirected (it would reach another port's slot).
+    pub queues: u32,
 }
 
 impl FpIface {
@@ -33,20 +36,27 @@ impl FpIface {
     /// Flag bit of a pod veth's host side.
     pub const POD: u32 = FpIfaceFlags::Pod.as_u32();
 
-    /// An uplink entry whose queues start at `xsk_slot`.
+    /// An uplink entry with one queue, at `xsk_slot` (see [`FpIface::with_queues`]).
     pub const fn uplink(xsk_slot: u32) -> Self {
         Self {
             xsk_slot,
             flags: Self::UPLINK,
+            queues: 1,
         }
     }
 
-    /// A pod veth entry whose queues start at `xsk_slot`.
+    /// A pod veth entry with one queue, at `xsk_slot` (see [`FpIface::with_queues`]).
     pub const fn pod(xsk_slot: u32) -> Self {
         Self {
             xsk_slot,
             flags: Self::POD,
+            queues: 1,
         }
+    }
+
+    /// The same entry with `queues` RX queues, at slots `xsk_slot .. xsk_slot + queues`.
+    pub const fn with_queues(self, queues: u32) -> Self {
+        Self { queues, ..self }
     }
 }
 
@@ -162,7 +172,7 @@ mod tests {
     #[test]
     fn struct_layout_matches_c() {
         let rust = [
-            rust_layout!("fp_iface", FpIface, [xsk_slot, flags]),
+            rust_layout!("fp_iface", FpIface, [xsk_slot, flags, queues]),
             rust_layout!("fp_lpm4", FpLpm4, [prefixlen, addr]),
             rust_layout!(
                 "fp_flow4_key",
@@ -284,9 +294,11 @@ mod tests {
             FpIface::uplink(3),
             FpIface {
                 xsk_slot: 3,
-                flags: 1
+                flags: 1,
+                queues: 1
             }
         );
+        assert_eq!(FpIface::pod(5).with_queues(4).queues, 4);
         assert_eq!(FpIface::pod(0).flags, 2);
         assert_eq!(FpDropReason::NoXsk.to_string(), "no_xsk");
     }
