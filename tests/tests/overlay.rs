@@ -14,6 +14,9 @@ use serde_json::Value;
 
 const MB: u64 = 1024 * 1024;
 
+#[path = "overlay/fragments.rs"]
+mod fragments;
+
 /// A ClusterIP service whose only backend is node-2's pod1 (port `port`).
 fn service_yaml(port: u16) -> String {
     format!(
