@@ -1,6 +1,7 @@
 //! Overlay suite: 3-node clusters (each node its own agent and engine) in every mode
 //! (direct, IPIP, VXLAN, WireGuard), interop with a kernel VXLAN endpoint and with
-//! wireguard-go, captures on the fabric, and path MTU.
+//! wireguard-go, captures on the fabric, and path MTU. Every node runs with masquerade
+//! on.
 //!
 //! TCP ports of this suite: 47100-47199.
 
@@ -17,10 +18,23 @@ const MB: u64 = 1024 * 1024;
 #[path = "overlay/fragments.rs"]
 mod fragments;
 
-/// A ClusterIP service whose only backend is node-2's pod1 (port `port`).
+/// Every node of this suite masquerades pod traffic leaving the cluster (the README's
+/// `serviceProxy` settings): the pods here only talk to pods (inside `clusterCIDRs`), so
+/// nothing may be masqueraded, and every answer must come back untranslated.
+const MASQUERADE: &str =
+    "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n  masquerade: true\n";
+
+/// Appends [`MASQUERADE`] to every node's spec (after any section the test added).
+fn masquerade(c: &mut Cluster) {
+    for n in &mut c.nodes {
+        n.extra_yaml.push_str(MASQUERADE);
+    }
+}
+
+/// [`MASQUERADE`] and a ClusterIP service whose only backend is node-2's pod1 (port `port`).
 fn service_yaml(port: u16) -> String {
     format!(
-        "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\nservices:\n  - metadata: {{ name: remote, namespace: default }}\n    spec:\n      type: ClusterIP\n      clusterIP: {SERVICE_IP}\n      ports: [ {{ name: tcp, protocol: TCP, port: {port}, targetPort: {port} }} ]\nendpointSlices:\n  - metadata: {{ name: remote-1, namespace: default, labels: {{ kubernetes.io/service-name: remote }} }}\n    addressType: IPv4\n    ports: [ {{ name: tcp, protocol: TCP, port: {port} }} ]\n    endpoints:\n      - addresses: [10.244.2.11]\n        conditions: {{ ready: true }}\n        nodeName: node-2\n"
+        "{MASQUERADE}services:\n  - metadata: {{ name: remote, namespace: default }}\n    spec:\n      type: ClusterIP\n      clusterIP: {SERVICE_IP}\n      ports: [ {{ name: tcp, protocol: TCP, port: {port}, targetPort: {port} }} ]\nendpointSlices:\n  - metadata: {{ name: remote-1, namespace: default, labels: {{ kubernetes.io/service-name: remote }} }}\n    addressType: IPv4\n    ports: [ {{ name: tcp, protocol: TCP, port: {port} }} ]\n    endpoints:\n      - addresses: [10.244.2.11]\n        conditions: {{ ready: true }}\n        nodeName: node-2\n"
     )
 }
 
@@ -28,10 +42,13 @@ const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 
 fn cluster_with_service(mode: OverlayMode, service_port: Option<u16>) -> Cluster {
     let mut c = Cluster::new(3, 2, mode).expect("cluster");
-    if let Some(port) = service_port {
-        for n in &mut c.nodes {
-            n.extra_yaml = service_yaml(port);
+    match service_port {
+        Some(port) => {
+            for n in &mut c.nodes {
+                n.extra_yaml = service_yaml(port);
+            }
         }
+        None => masquerade(&mut c),
     }
     c.start(&bin_dir()).expect("agents");
     c
@@ -151,7 +168,10 @@ fn cross_node_traffic(mode: OverlayMode, port: u16) {
     assert!(
         table.contains("node-3") && table.contains(mode.as_str()),
         "{table}"
-    );
+    ); // Masquerade is on, and nothing here left the cluster: nothing was masqueraded.
+    for i in 0..c.nodes.len() {
+        assert_eq!(error_count(&c, i, "ip4-nat", "masquerade-sessions"), 0);
+    }
 }
 
 #[test]
@@ -222,6 +242,7 @@ fn ipip_capture_decodes_as_ipv4_in_ipv4() {
         return;
     }
     let mut c = Cluster::new(2, 1, OverlayMode::Ipip).expect("cluster");
+    masquerade(&mut c);
     c.start(&bin_dir()).expect("agents");
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     ping_eventually(&a.pods[0].ns, b.pods[0].ip);
@@ -338,6 +359,7 @@ fn vxlan_interop_with_kernel_vxlan() {
         "10.244.9.1",
     ])
     .expect("route");
+    masquerade(&mut c);
     c.start(&bin_dir()).expect("agents");
     let (pod, k) = (&c.nodes[0].pods[0], &c.extra[0]);
     // kernel -> ferroplane pod
@@ -470,6 +492,7 @@ fn wireguard_interop_with_wireguard_go() {
         .expect("attach a");
     c.attach(Netns::new("wgb").unwrap(), "eth0", ab)
         .expect("attach b");
+    masquerade(&mut c);
     c.start(&bin_dir()).expect("agents");
     let pid = std::process::id() % 100_000;
     let a = start_wg_go(
@@ -583,6 +606,7 @@ fn oversized_df_packet_gets_fragmentation_needed() {
     let mut c = Cluster::new(2, 1, OverlayMode::Vxlan).expect("cluster");
     // The pod's own MTU is larger than the tunnel's, so it can send what the tunnel cannot carry.
     c.nodes[0].pod_mtu = Some(Cluster::MTU);
+    masquerade(&mut c);
     c.start(&bin_dir()).expect("agents");
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     ping_eventually(&a.pods[0].ns, b.pods[0].ip);
@@ -649,6 +673,7 @@ fn mss_clamping_fits_tcp_segments_into_the_tunnel() {
         n.pod_mtu = Some(Cluster::MTU);
         n.extra_yaml = "  mssClamp: true\n".into();
     }
+    masquerade(&mut c);
     c.start(&bin_dir()).expect("agents");
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     ping_eventually(&a.pods[0].ns, b.pods[0].ip);
@@ -687,3 +712,4 @@ fn mss_clamping_fits_tcp_segments_into_the_tunnel() {
     // ... so no segment needed a fragmentation-needed error on the way.
     assert_eq!((too_big(0), too_big(1)), before);
 }
+

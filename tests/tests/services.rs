@@ -4,9 +4,11 @@
 //!
 //! Topology: the foundation's single node (router — node — pods) plus a
 //! "remote" namespace behind the router standing in for a pod on another node
-//! (10.244.2.10, endpoint `nodeName: node-2`). Ports used by this suite:
-//! services 80/53, targets 8080/8081/5353, node ports 30080-30095, health
-//! check node ports 32100-32101, router server 7000.
+//! (10.244.2.10, endpoint `nodeName: node-2`); and a three-node cluster per
+//! overlay mode (direct, VXLAN) for the masquerade matrix. Every spec has
+//! masquerade on. Ports used by this suite: services 80/53, targets
+//! 8080/8081/5353, node ports 30080-30098, health check node ports
+//! 32100-32101, router server 7000.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ferroplane_e2e::cluster::{Cluster, OverlayMode};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, link_veth, require_root, Netns};
 use serde_json::Value;
@@ -304,7 +307,11 @@ impl Rig {
     }
 }
 
-const PROXY: &str = "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n";
+/// Every spec of this suite masquerades pod traffic leaving the cluster (as the README's
+/// `serviceProxy` settings do): nothing here is meant to leave the cluster from a pod but
+/// the masquerade checks, and every answer must come back untranslated.
+const PROXY: &str =
+    "serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n  masquerade: true\n";
 
 fn svc_yaml(name: &str, body: &str) -> String {
     format!("  - metadata: {{ name: {name}, namespace: default }}\n    spec:\n{body}")
@@ -665,8 +672,8 @@ fn affinity_hairpin_and_masquerade() {
             ),
         },
     ];
-    let proxy = format!("{PROXY}  masquerade: true\n");
-    let yaml = rig.spec(&proxy, &services);
+    // PROXY masquerades.
+    let yaml = rig.spec(PROXY, &services);
     rig.start(&yaml);
 
     // ClientIP affinity: one client, one backend.
@@ -891,4 +898,208 @@ fn conntrack_full_drops_new_flows_keeps_established() {
         .ctl_json(&["show", "sessions"])
         .expect("sessions");
     assert!(s["full"].as_u64().unwrap_or(0) >= 1, "{s}");
+}
+
+/// The services of the three-node masquerade matrix: `local` (its backend on node-1, which
+/// every outside client reaches) and `remote` (its backend on node-2), each with a cluster
+/// IP, node ports, an external IP and a load-balancer IP, TCP 80 -> 8080 and UDP 53 -> 5353.
+fn matrix_yaml() -> String {
+    let mut services = String::new();
+    let mut slices = String::new();
+    for (name, i, backend, node) in [
+        ("local", 1, "10.244.1.11", "node-1"),
+        ("remote", 2, "10.244.2.11", "node-2"),
+    ] {
+        services.push_str(&svc_yaml(
+            name,
+            &format!(
+                "      type: LoadBalancer\n      clusterIP: 10.96.0.6{i}\n      externalIPs: [203.0.113.6{i}]\n      ports:\n        - {{ name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: 3009{} }}\n        - {{ name: udp, protocol: UDP, port: 53, targetPort: 5353, nodePort: 3009{} }}\n    status: {{ loadBalancer: {{ ingress: [ {{ ip: 203.0.113.7{i} }} ] }} }}\n",
+                4 + i,
+                6 + i
+            ),
+        ));
+        slices.push_str(&slice(
+            name,
+            "a",
+            "[ { name: tcp, protocol: TCP, port: 8080 }, { name: udp, protocol: UDP, port: 5353 } ]",
+            &[endpoint(backend.parse().expect("ip"), node, "pod1")],
+        ));
+    }
+    format!("{PROXY}services:\n{services}endpointSlices:\n{slices}")
+}
+
+/// One case of the matrix: from `ns`, TCP (two questions on one connection) or UDP to
+/// `dst`; Ok(the backend's name and the address it saw). Three tries (the first packets of
+/// a path may wait for neighbour resolution).
+fn matrix_case(ns: &Netns, dst: SocketAddrV4, udp: bool) -> Result<(String, String), String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let r = ns
+            .run(move || {
+                if udp {
+                    udp_once(dst)
+                } else {
+                    let mut s = connect(dst, 0)?;
+                    let first = ask(&mut s)?;
+                    let second = ask(&mut s)?;
+                    if first != second {
+                        return Err(std::io::Error::other(format!("{first:?} then {second:?}")));
+                    }
+                    split(&first)
+                }
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match r {
+            Ok(a) => return Ok(a),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Every service frontend (ClusterIP from a pod, NodePort, LoadBalancer IP and external IP
+/// from the router) x backend on the client's node / on another node x TCP/UDP, a router
+/// with a route to the pod CIDR talking to a pod, and a host-network client on another node
+/// talking to a pod, on three nodes in `mode`, with masquerade on every node. The router is
+/// a namespace on the fabric (192.168.200.2), with routes to node-1's pod CIDR and to the
+/// service addresses via node-1. Masquerading the pods' answers (issue 15) broke every case whose
+/// client is outside the cluster CIDRs and whose backend answers it directly or through
+/// another node's SNAT: router -> pod, host -> pod, and the remote-backend external cases.
+fn masquerade_matrix(mode: OverlayMode) {
+    let mut c = Cluster::new(3, 2, mode).expect("cluster");
+    for n in &mut c.nodes {
+        n.extra_yaml = matrix_yaml();
+    }
+    let mut servers = Servers::new();
+    for n in &c.nodes[..2] {
+        let name = format!("n{}-pod1", n.index);
+        servers.tcp(&n.pods[1].ns, &name, 8080);
+        servers.udp(&n.pods[1].ns, &name, 5353);
+    }
+    let router = "192.168.200.2";
+    c.attach(
+        Netns::new("router").expect("router ns"),
+        "eth0",
+        router.parse().expect("ip"),
+    )
+    .expect("router on the fabric");
+    c.start(&bin_dir()).expect("agents");
+    let node1 = c.nodes[0].address.to_string();
+    let rtr = &c.extra[0];
+    rtr.add_route("10.244.1.0/24", &node1)
+        .expect("router: pod CIDR route");
+    rtr.add_route("203.0.113.0/24", &node1)
+        .expect("router: service address route");
+    // node-3's kernel reaches node-1's pods directly (as with a routed fabric).
+    c.nodes[2]
+        .ns
+        .ip(&["route", "replace", "10.244.1.0/24", "via", &node1])
+        .expect("node-3: pod CIDR route");
+
+    let pod_client = c.nodes[0].pods[0].ip.to_string();
+    // (case, client namespace, destination, UDP, backend that must answer, source it must see)
+    let mut cases: Vec<(String, &Netns, SocketAddrV4, bool, &str, String)> = Vec::new();
+    for (udp, proto, port) in [(false, "tcp", 80u16), (true, "udp", 53)] {
+        for (backend, i, seen_outside) in [("local", 1u16, router), ("remote", 2, node1.as_str())] {
+            let name = if i == 1 { "n1-pod1" } else { "n2-pod1" };
+            let node_port = if udp { 30096 + i } else { 30094 + i };
+            cases.push((
+                format!("ClusterIP {proto} backend {backend}"),
+                &c.nodes[0].pods[0].ns,
+                addr(&format!("10.96.0.6{i}"), port),
+                udp,
+                name,
+                pod_client.clone(),
+            ));
+            for (what, dst) in [
+                ("NodePort", addr(&node1, node_port)),
+                ("LoadBalancer IP", addr(&format!("203.0.113.7{i}"), port)),
+                ("external IP", addr(&format!("203.0.113.6{i}"), port)),
+            ] {
+                cases.push((
+                    format!("{what} {proto} backend {backend}"),
+                    rtr,
+                    dst,
+                    udp,
+                    name,
+                    seen_outside.to_string(),
+                ));
+            }
+        }
+        let target = addr("10.244.1.11", if udp { 5353 } else { 8080 });
+        cases.push((
+            format!("router -> pod {proto}"),
+            rtr,
+            target,
+            udp,
+            "n1-pod1",
+            router.to_string(),
+        ));
+        cases.push((
+            format!("host network of node-3 -> pod {proto}"),
+            &c.nodes[2].ns,
+            target,
+            udp,
+            "n1-pod1",
+            c.nodes[2].address.to_string(),
+        ));
+    }
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    for (what, ns, dst, udp, want_backend, seen) in &cases {
+        match matrix_case(ns, *dst, *udp) {
+            Ok((n, peer)) if n == *want_backend && host(&peer) == seen => {
+                eprintln!("ok   {what} {dst}: {n} saw {peer}")
+            }
+            Ok((n, peer)) => failed.push(format!(
+                "{what} {dst}: answered by {n} who saw {peer} (want {want_backend}, {seen})"
+            )),
+            Err(e) => failed.push(format!("{what} {dst}: {e}")),
+        }
+    }
+    eprintln!("{} cases in {:?}", cases.len(), t0.elapsed());
+    if !failed.is_empty() {
+        for i in 0..2 {
+            let e = c.agent(i).ctl(&["show", "errors"]).unwrap_or_default();
+            eprintln!("node-{} errors:\n{e}", i + 1);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed in {mode:?}:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+    // The answers were tracked, never masqueraded: no pod originated a flow out of the cluster.
+    for (i, n) in c.nodes.iter().enumerate() {
+        let a = c.agent(i);
+        assert_eq!(
+            error_count(a, "ip4-nat", "masquerade-sessions"),
+            0,
+            "{}: a pod's answer was masqueraded",
+            n.name
+        );
+    }
+    // node-1 tracked the router's and node-3's connections to its pod; node-2 the
+    // connections node-1 SNATed to its own address for the remote backend.
+    assert!(error_count(c.agent(0), "ip4-nat", "tracked-sessions") >= 4);
+    assert!(error_count(c.agent(1), "ip4-nat", "tracked-sessions") >= 6);
+}
+
+#[test]
+fn masquerade_matrix_three_nodes_direct() {
+    if !require_root() {
+        return;
+    }
+    masquerade_matrix(OverlayMode::Direct);
+}
+
+#[test]
+fn masquerade_matrix_three_nodes_vxlan() {
+    if !require_root() {
+        return;
+    }
+    masquerade_matrix(OverlayMode::Vxlan);
 }

@@ -98,6 +98,19 @@ impl PortOpener {
         Ok(self.exec(move |io| io.add_port(&name, 0))??)
     }
 
+    /// [`Engine::add_ports`]: opens and installs the sockets on the worker thread (used for
+    /// the uplink at start, before it forwards anything).
+    pub fn add_ports(&self, ifname: &str, queues: u32) -> Result<Vec<(PortId, RawFd)>, EngineError> {
+        let name = ifname.to_string();
+        Ok(self.exec(move |io| {
+            let opener = io.opener();
+            let opens = (0..queues)
+                .map(|q| opener.open(&name, q))
+                .collect::<Result<Vec<_>, _>>()?;
+            io.install_ports(opens)
+        })??)
+    }
+
     /// [`Engine::remove_port`] from any thread.
     pub fn remove_port(&self, port: PortId) -> Result<(), EngineError> {
         Ok(self.exec(move |io| io.remove_port(port))??)
@@ -194,6 +207,13 @@ impl Engine {
     /// Open an AF_XDP socket on `ifname` queue 0; returns its port and fd (for the XSKMAP).
     pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
         self.opener.add_port(ifname)
+    }
+
+    /// Open one AF_XDP socket per RX queue `0..queues` of `ifname`; returns their ports, with
+    /// consecutive ids (queue `q` is port `first + q`, as the XDP programs' `xsk_slot +
+    /// rx_queue_index` expects), and fds.
+    pub fn add_ports(&self, ifname: &str, queues: u32) -> Result<Vec<(PortId, RawFd)>, EngineError> {
+        self.opener.add_ports(ifname, queues)
     }
 
     /// A handle that opens ports from another thread (the warm pod pool), so the caller's
