@@ -100,7 +100,11 @@ impl PortOpener {
 
     /// [`Engine::add_ports`]: opens and installs the sockets on the worker thread (used for
     /// the uplink at start, before it forwards anything).
-    pub fn add_ports(&self, ifname: &str, queues: u32) -> Result<Vec<(PortId, RawFd)>, EngineError> {
+    pub fn add_ports(
+        &self,
+        ifname: &str,
+        queues: u32,
+    ) -> Result<Vec<(PortId, RawFd)>, EngineError> {
         let name = ifname.to_string();
         Ok(self.exec(move |io| {
             let opener = io.opener();
@@ -212,7 +216,11 @@ impl Engine {
     /// Open one AF_XDP socket per RX queue `0..queues` of `ifname`; returns their ports, with
     /// consecutive ids (queue `q` is port `first + q`, as the XDP programs' `xsk_slot +
     /// rx_queue_index` expects), and fds.
-    pub fn add_ports(&self, ifname: &str, queues: u32) -> Result<Vec<(PortId, RawFd)>, EngineError> {
+    pub fn add_ports(
+        &self,
+        ifname: &str,
+        queues: u32,
+    ) -> Result<Vec<(PortId, RawFd)>, EngineError> {
         self.opener.add_ports(ifname, queues)
     }
 

@@ -206,12 +206,8 @@ impl Agent {
             .map_err(|_| anyhow::anyhow!("BPF state lock poisoned"))
     }
 
-    /// Open the AF_XDP socket, program the maps, attach XDP. Returns (port, mode).
-    fn plug(&self, ifname: &str, ifindex: u32, prog: XdpProg) -> Result<(u16, String)> {
-        self.plug_timed(ifname, ifindex, prog, &mut Phases::new())
-    }
-
-    /// [`Agent::plug`], recording its phases.
+    /// Open the AF_XDP socket, program the maps, attach XDP, recording its phases. Returns
+    /// (port, mode).
     fn plug_timed(
         &self,
         ifname: &str,
@@ -225,14 +221,49 @@ impl Agent {
             .add_port(ifname)
             .with_context(|| format!("opening AF_XDP socket on {ifname}"))?;
         phases.mark("af_xdp");
+        self.plug_ports(ifname, ifindex, prog, &[(port, fd)], phases)
+    }
+
+    /// [`Agent::plug_timed`] for an interface with `queues` RX queues: one AF_XDP socket per queue,
+    /// their ports consecutive (queue q is XSKMAP slot `first + q`, as the programs steer).
+    fn plug_queues(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        prog: XdpProg,
+        queues: u32,
+    ) -> Result<(u16, String)> {
+        let ports = self
+            .engine
+            .add_ports(ifname, queues)
+            .with_context(|| format!("opening {queues} AF_XDP sockets on {ifname}"))?;
+        self.plug_ports(ifname, ifindex, prog, &ports, &mut Phases::new())
+    }
+
+    /// Programs the maps for `ports` (consecutive, one per RX queue from 0) and attaches XDP.
+    fn plug_ports(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        prog: XdpProg,
+        ports: &[(u16, std::os::fd::RawFd)],
+        phases: &mut Phases,
+    ) -> Result<(u16, String)> {
+        let Some(&(port, _)) = ports.first() else {
+            bail!("no AF_XDP socket on {ifname}");
+        };
         let slot = port as u32;
         let mut bpf = self.bpf()?;
-        bpf.set_xsk(slot, fd)
-            .with_context(|| format!("XSKMAP slot {slot} for {ifname}"))?;
+        for &(p, fd) in ports {
+            bpf.set_xsk(u32::from(p), fd)
+                .with_context(|| format!("XSKMAP slot {p} for {ifname}"))?;
+        }
+        let queues = ports.len() as u32;
         let entry = match prog {
             XdpProg::Uplink => FpIface::uplink(slot),
             XdpProg::Pod => FpIface::pod(slot),
-        };
+        }
+        .with_queues(queues);
         bpf.set_iface(ifindex, entry)
             .with_context(|| format!("ifaces map entry for {ifname}"))?;
         phases.mark("bpf_maps");
@@ -240,7 +271,7 @@ impl Agent {
             .attach(prog, ifname, self.attach)
             .with_context(|| format!("attaching {prog} to {ifname}"))?;
         phases.mark("xdp_attach");
-        info!(iface = ifname, port, mode = %mode, "XDP attached, AF_XDP socket open");
+        info!(iface = ifname, port, queues, mode = %mode, "XDP attached, AF_XDP sockets open");
         Ok((port, mode.name().to_string()))
     }
 
@@ -577,6 +608,19 @@ impl Agent {
     }
 }
 
+/// RX queues of `ifname` the kernel delivers on (`/sys/class/net/IF/queues/rx-N`, the
+/// device's real_num_rx_queues: an AF_XDP socket binds to each); 1 if unreadable.
+fn rx_queues(ifname: &str) -> u32 {
+    let n = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(0);
+    u32::try_from(n).unwrap_or(1).clamp(1, u32::from(u16::MAX))
+}
+
 async fn run(args: Args) -> Result<()> {
     // The default WireGuard key file lives under --state-dir.
     ferroplane_agent::cluster::set_state_dir(&args.state_dir);
@@ -687,6 +731,7 @@ async fn run(args: Args) -> Result<()> {
                 mac: up.mac,
                 mtu: up.mtu.min(u16::MAX as u32) as u16,
                 port: None,
+                queues: 1,
                 xdp_mode: None,
             },
             pods: BTreeMap::new(),
@@ -734,8 +779,10 @@ async fn run(args: Args) -> Result<()> {
             bpf.add_host4(*a).context("host4")?;
         }
     }
-    let (port, mode) = agent.plug(&up.name, up.ifindex, XdpProg::Uplink)?;
+    let queues = rx_queues(&up.name);
+    let (port, mode) = agent.plug_queues(&up.name, up.ifindex, XdpProg::Uplink, queues)?;
     agent.state.uplink.port = Some(port);
+    agent.state.uplink.queues = queues as u16;
     agent.state.uplink.xdp_mode = Some(mode);
     for hop in agent.state.uplink_next_hops() {
         agent.resolve(hop).await;

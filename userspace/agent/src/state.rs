@@ -22,8 +22,10 @@ pub struct UplinkState {
     pub mac: [u8; 6],
     /// MTU.
     pub mtu: u16,
-    /// AF_XDP port.
+    /// AF_XDP port of RX queue 0 (it also transmits).
     pub port: Option<u16>,
+    /// RX queues, each with its AF_XDP port: `port .. port + queues`.
+    pub queues: u16,
     /// XDP attach mode.
     pub xdp_mode: Option<String>,
 }
@@ -131,6 +133,7 @@ impl NodeState {
             xdp_mode: self.uplink.xdp_mode.clone(),
             pod: None,
         });
+        ifaces.set_queues(UPLINK_SW_IF, self.uplink.queues);
         let mut b = FibBuilder::new();
         b.interface(UPLINK_SW_IF, self.uplink.mac, self.uplink.mtu);
         for (ip, mac) in &self.neighbours {
@@ -308,6 +311,7 @@ pods:
                 mac: [2, 0, 0, 0, 0, 1],
                 mtu: 1500,
                 port: Some(0),
+                queues: 1,
                 xdp_mode: Some("native".into()),
             },
             pods,

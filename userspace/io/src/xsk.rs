@@ -792,33 +792,53 @@ impl XskIo {
     /// ring is filled. Cheap (no system call but the fill ring's wake-up); returns the port
     /// and its fd as [`XskIo::add_port`] does.
     pub fn install_port(&mut self, open: OpenPort) -> Result<(PortId, RawFd), IoError> {
-        if open.umem != Arc::as_ptr(&self.umem) as usize {
-            return Err(IoError::Config(format!(
-                "{} queue {} was opened on another UMEM",
-                open.port.ifname, open.port.queue_id
-            )));
+        self.install_ports(vec![open])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| IoError::Config("no port installed".into()))
+    }
+
+    /// [`XskIo::install_port`] for the sockets of several RX queues of one interface: they
+    /// get consecutive ids (the first free run long enough), in the order given, so that
+    /// an XSKMAP laid out as `first id + rx queue` reaches each queue's socket. All or
+    /// nothing: on error none is installed (and the sockets are closed).
+    pub fn install_ports(&mut self, opens: Vec<OpenPort>) -> Result<Vec<(PortId, RawFd)>, IoError> {
+        for open in &opens {
+            if open.umem != Arc::as_ptr(&self.umem) as usize {
+                return Err(IoError::Config(format!(
+                    "{} queue {} was opened on another UMEM",
+                    open.port.ifname, open.port.queue_id
+                )));
+            }
         }
-        let slot = self
-            .ports
-            .iter()
-            .enumerate()
-            .position(|(i, p)| p.is_none() && !self.closing.contains(&(i as PortId)))
+        let free = |i: usize| {
+            self.ports.get(i).is_none_or(|p| p.is_none()) && !self.closing.contains(&(i as PortId))
+        };
+        let n = opens.len();
+        let first = (0..=self.ports.len())
+            .find(|&i| (i..i + n).all(free))
             .unwrap_or(self.ports.len());
-        let id = PortId::try_from(slot)
-            .map_err(|_| IoError::Config(format!("too many ports ({slot})")))?;
-        let fd = open.port.fd;
-        if slot == self.ports.len() {
-            self.ports.push(Some(open.port));
-        } else {
+        if first + n > usize::from(PortId::MAX) + 1 {
+            return Err(IoError::Config(format!("too many ports ({})", first + n)));
+        }
+        let mut out = Vec::with_capacity(n);
+        for (slot, open) in (first..).zip(opens) {
+            let id = slot as PortId;
+            out.push((id, open.port.fd));
+            if slot >= self.ports.len() {
+                self.ports.resize_with(slot + 1, || None);
+            }
             self.ports[slot] = Some(open.port);
         }
         self.update_port_cap();
         let fs = self.mem.frame_size as u64;
-        if let Some(Some(p)) = self.ports.get_mut(slot) {
-            refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
+        for &(id, _) in &out {
+            if let Some(Some(p)) = self.ports.get_mut(usize::from(id)) {
+                refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
+            }
         }
         self.pollfds_stale = true;
-        Ok((id, fd))
+        Ok(out)
     }
 
     /// Close the socket of `port` (for pod deletion). Every frame its rings
