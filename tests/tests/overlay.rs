@@ -168,7 +168,8 @@ fn cross_node_traffic(mode: OverlayMode, port: u16) {
     assert!(
         table.contains("node-3") && table.contains(mode.as_str()),
         "{table}"
-    ); // Masquerade is on, and nothing here left the cluster: nothing was masqueraded.
+    );
+    // Masquerade is on, and nothing here left the cluster: nothing was masqueraded.
     for i in 0..c.nodes.len() {
         assert_eq!(error_count(&c, i, "ip4-nat", "masquerade-sessions"), 0);
     }
@@ -712,4 +713,3 @@ fn mss_clamping_fits_tcp_segments_into_the_tunnel() {
     // ... so no segment needed a fragmentation-needed error on the way.
     assert_eq!((too_big(0), too_big(1)), before);
 }
-
