@@ -5,9 +5,11 @@
  * The engine polices and routes everything a pod sends, except what is for
  * the node's kernel itself:
  *   - ARP reply                           -> PASS (the kernel's neighbour resolution toward pods)
- *   - IPv4 to one of the node's addresses -> PASS (local delivery: pod -> node traffic and the
- *                                            pod's answers to node -> pod traffic such as
- *                                            kubelet probes)
+ *   - TCP/UDP to a NodePort (ports4 FP_PORT_NODEPORT: service node ports, hostPorts) on one
+ *     of the node's addresses -> REDIRECT (the engine translates it, as from the uplink)
+ *   - other IPv4 to one of the node's addresses -> PASS (local delivery: pod -> node traffic
+ *                                            and the pod's answers to node -> pod traffic
+ *                                            such as kubelet probes)
  *   - everything else (ARP requests, IPv4, IPv6, any other type) -> REDIRECT to the engine
  *   - truncated/malformed ARP or IPv4 -> REDIRECT too, with the reason counted
  *     here: the engine validates every pod packet and drops these with its own
@@ -34,6 +36,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "steer.h"
+#include "services.h"
 
 SEC("xdp")
 int xdp_pod(struct xdp_md *ctx)
@@ -67,8 +70,12 @@ int xdp_pod(struct xdp_md *ctx)
 								 : FP_DROP_BAD_IP_HEADER);
 			return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 		}
-		if (fp_is_host4(iph->daddr))
+		if (fp_is_host4(iph->daddr)) {
+			/* A node port (service or hostPort) is the engine's, from a pod too. */
+			if (fp_is_node_port4(iph, cur.pos, data_end))
+				return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
+		}
 	}
 	return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 }

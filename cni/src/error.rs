@@ -30,6 +30,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 101;
     /// ferroplane: the agent failed to plumb or tear down the attachment (plugin-specific).
     pub const AGENT_FAILURE: u32 = 102;
+    /// ferroplane: a `portMappings` hostPort is taken (another pod's hostPort, a service's
+    /// node port, a port of the agent or of the node's own connections; plugin-specific).
+    pub const HOSTPORT_CONFLICT: u32 = 103;
 }
 
 /// A CNI error: `code`, `msg` and `details` as the spec's error JSON has them.

@@ -15,5 +15,7 @@ pub mod proto;
 pub mod types;
 
 pub use error::{code, CniError};
-pub use proto::{AgentRequest, AgentResponse, Attachment, Command, DEFAULT_CNI_SOCKET};
+pub use proto::{
+    AgentRequest, AgentResponse, Attachment, Command, PortMapping, DEFAULT_CNI_SOCKET,
+};
 pub use types::{CniResult, Dns, Interface, IpConfig, Route, CNI_VERSION, SUPPORTED_VERSIONS};

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{code, CniError};
 use crate::netns::{check_pod_netns, host_namespaces, HostNs, NetnsError};
-use crate::proto::{AgentRequest, AgentResponse, Attachment, Command, PROTO_VERSION};
+use crate::proto::{AgentRequest, AgentResponse, Attachment, Command, PortMapping, PROTO_VERSION};
 use crate::types::{is_supported, CniResult, Dns, CNI_VERSION, SUPPORTED_VERSIONS, VERBS_1_1};
 
 /// Default time the plugin waits for the agent.
@@ -61,6 +61,9 @@ pub struct NetConf {
     pub timeout: Duration,
     /// GC: attachments to keep.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// `runtimeConfig.portMappings` as given (parsed by [`parse_port_mappings`] on ADD
+    /// only: a DEL must clean up whatever its configuration says).
+    pub port_mappings: Option<Value>,
 }
 
 /// What the process should print and exit with.
@@ -223,6 +226,24 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         },
         None => DEFAULT_TIMEOUT,
     };
+    if let Some(c) = obj.get("capabilities") {
+        if !c.is_object() {
+            return Err(conf_err(format!(
+                "capabilities: expected an object, got {c}"
+            )));
+        }
+    }
+    // Only the capabilities the plugin declares are passed in runtimeConfig; others (a
+    // runtime may add its own) are ignored.
+    let port_mappings = match obj.get("runtimeConfig") {
+        Some(Value::Object(rc)) => rc.get("portMappings").filter(|v| !v.is_null()).cloned(),
+        Some(Value::Null) | None => None,
+        Some(other) => {
+            return Err(conf_err(format!(
+                "runtimeConfig: expected an object, got {other}"
+            )))
+        }
+    };
     let valid_attachments = match obj.get("cni.dev/valid-attachments") {
         Some(v) => Some(
             serde_json::from_value::<Vec<Attachment>>(v.clone())
@@ -238,7 +259,102 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         agent_socket,
         timeout,
         valid_attachments,
+        port_mappings,
     })
+}
+
+/// Parses `runtimeConfig.portMappings` (the CNI conventions' `portMappings` capability):
+/// a list of `{hostPort, containerPort, protocol, hostIP}`. Ports must be 1-65535;
+/// `protocol` is `tcp` or `udp` in any case (absent or empty: `tcp`, the Kubernetes
+/// default); `hostIP` is empty, `0.0.0.0` (both: every node address) or an IPv4 address
+/// (the agent checks it is the node's). Exact duplicates are merged (a runtime may repeat
+/// a mapping); two mappings of one host port, protocol and address to different container
+/// ports conflict. Errors: code 7 (invalid network configuration) for a malformed or
+/// unsupported entry, [`code::HOSTPORT_CONFLICT`] for a conflict.
+pub fn parse_port_mappings(v: &Value) -> Result<Vec<PortMapping>, CniError> {
+    let bad = |i: usize, msg: String| conf_err(format!("runtimeConfig.portMappings[{i}]: {msg}"));
+    let Value::Array(list) = v else {
+        return Err(conf_err(format!(
+            "runtimeConfig.portMappings: expected a list, got {v}"
+        )));
+    };
+    let mut out: Vec<PortMapping> = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(bad(i, format!("expected an object, got {m}")));
+        };
+        let port = |key: &str| -> Result<u16, CniError> {
+            match m.get(key) {
+                Some(p) => match p.as_u64() {
+                    Some(n) if (1..=65535).contains(&n) => Ok(n as u16),
+                    _ => Err(bad(i, format!("{key} {p} is not a port (1-65535)"))),
+                },
+                None => Err(bad(i, format!("{key} is missing"))),
+            }
+        };
+        let host_port = port("hostPort")?;
+        let container_port = port("containerPort")?;
+        let protocol = match m.get("protocol") {
+            None | Some(Value::Null) => "tcp".to_string(),
+            Some(Value::String(p)) if p.is_empty() => "tcp".to_string(),
+            Some(Value::String(p)) if p.eq_ignore_ascii_case("tcp") => "tcp".to_string(),
+            Some(Value::String(p)) if p.eq_ignore_ascii_case("udp") => "udp".to_string(),
+            Some(p) => {
+                return Err(bad(
+                    i,
+                    format!("protocol {p} is not supported (tcp or udp; SCTP is not served)"),
+                ))
+            }
+        };
+        let host_ip = match m.get("hostIP") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(a)) if a.is_empty() || a == "0.0.0.0" => String::new(),
+            Some(Value::String(a)) => match a.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => ip.to_string(),
+                Ok(std::net::IpAddr::V6(_)) => {
+                    return Err(bad(
+                        i,
+                        format!("hostIP {a:?} is IPv6: ferroplane serves IPv4 hostPorts only"),
+                    ))
+                }
+                Err(_) => return Err(bad(i, format!("hostIP {a:?} is not an IP address"))),
+            },
+            Some(other) => return Err(bad(i, format!("hostIP {other} is not a string"))),
+        };
+        for key in m.keys() {
+            if !["hostPort", "containerPort", "protocol", "hostIP"].contains(&key.as_str()) {
+                return Err(bad(i, format!("unknown key {key:?}")));
+            }
+        }
+        let new = PortMapping {
+            host_port,
+            container_port,
+            protocol,
+            host_ip,
+        };
+        if out.contains(&new) {
+            continue;
+        }
+        if let Some(other) = out.iter().find(|o| mappings_overlap(o, &new)) {
+            return Err(CniError::new(
+                code::HOSTPORT_CONFLICT,
+                format!(
+                    "runtimeConfig.portMappings[{i}]: hostPort {}/{} is mapped twice (to container ports {} and {})",
+                    new.host_port, new.protocol, other.container_port, new.container_port
+                ),
+            ));
+        }
+        out.push(new);
+    }
+    Ok(out)
+}
+
+/// Whether two mappings claim the same host port: same protocol and port, and the same
+/// `hostIP` or either one on every address.
+pub fn mappings_overlap(a: &PortMapping, b: &PortMapping) -> bool {
+    a.protocol == b.protocol
+        && a.host_port == b.host_port
+        && (a.host_ip.is_empty() || b.host_ip.is_empty() || a.host_ip == b.host_ip)
 }
 
 /// `CNI_ARGS` (`K=V;K=V`) as pairs. Empty segments are skipped; a segment without `=`,
@@ -551,7 +667,14 @@ fn run_conf(
         dns: conf.dns.clone(),
         expect_ip: None,
         valid_attachments: Vec::new(),
+        port_mappings: Vec::new(),
     };
+    // The network configuration first: a bad mapping is refused before anything else.
+    if cmd == Command::Add {
+        if let Some(pm) = &conf.port_mappings {
+            req.port_mappings = parse_port_mappings(pm)?;
+        }
+    }
     if matches!(cmd, Command::Add | Command::Del | Command::Check) {
         let cid = required(env, "CNI_CONTAINERID", cmd)?;
         if !valid_id(cid) {
@@ -852,6 +975,157 @@ mod tests {
         assert_eq!(prev_ip_of(&m, "eth0", "/n").as_deref(), Some("10.0.0.5"));
         assert_eq!(prev_ip_of(&m, "eth0", "/other"), None);
         assert_eq!(prev_ip_of(&m, "eth1", "/n"), None);
+    }
+
+    #[test]
+    fn port_mappings_parsed_and_validated() {
+        let conf = |rc: &str| {
+            parse_conf(
+                format!(
+                    r#"{{"cniVersion":"1.1.0","name":"fp","type":"ferroplane-cni","capabilities":{{"portMappings":true}},"runtimeConfig":{rc}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        // What containerd and CRI-O pass: lower-case protocols, hostIP empty or set.
+        let c = conf(
+            r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""},{"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"192.168.100.2"},{"hostPort":9000,"containerPort":9000}],"bandwidth":{"ingressRate":1}}"#,
+        )
+        .unwrap();
+        let m = parse_port_mappings(c.port_mappings.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                    host_ip: String::new()
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: "udp".into(),
+                    host_ip: "192.168.100.2".into()
+                },
+                PortMapping {
+                    host_port: 9000,
+                    container_port: 9000,
+                    protocol: "tcp".into(),
+                    host_ip: String::new()
+                },
+            ]
+        );
+        // No runtimeConfig, or one without portMappings: nothing.
+        assert_eq!(conf("{}").unwrap().port_mappings, None);
+        assert_eq!(conf("null").unwrap().port_mappings, None);
+        assert_eq!(code_of_err(conf("[1]")), 7);
+        // 0.0.0.0 is every address; exact duplicates merge.
+        let m = parse_port_mappings(&serde_json::json!([
+            {"hostPort": 80, "containerPort": 8080, "protocol": "TCP", "hostIP": "0.0.0.0"},
+            {"hostPort": 80, "containerPort": 8080, "protocol": "tcp"},
+        ]))
+        .unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].host_ip, "");
+        // Invalid entries: code 7, naming the entry and the field.
+        for (bad, needle) in [
+            (serde_json::json!({"hostPort": 80}), "expected a list"),
+            (serde_json::json!([1]), "expected an object"),
+            (
+                serde_json::json!([{"hostPort": 0, "containerPort": 80}]),
+                "hostPort 0",
+            ),
+            (
+                serde_json::json!([{"hostPort": 65536, "containerPort": 80}]),
+                "hostPort 65536",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": -1}]),
+                "containerPort -1",
+            ),
+            (
+                serde_json::json!([{"containerPort": 80}]),
+                "hostPort is missing",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]),
+                "sctp",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": 80, "protocol": 6}]),
+                "protocol 6",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": 80, "hostIP": "::1"}]),
+                "IPv6",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": 80, "hostIP": "node"}]),
+                "not an IP",
+            ),
+            (
+                serde_json::json!([{"hostPort": 80, "containerPort": 80, "name": "x"}]),
+                "unknown key",
+            ),
+        ] {
+            let e = parse_port_mappings(&bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{bad}: {e:?}");
+            assert!(e.msg.contains(needle), "{needle:?} not in {e:?}");
+            assert!(e.msg.starts_with("runtimeConfig.portMappings"), "{e:?}");
+        }
+        // One host port to two container ports: a conflict (103), also across 0.0.0.0 and
+        // a specific address; another protocol or address is not.
+        for bad in [
+            serde_json::json!([{"hostPort": 80, "containerPort": 1}, {"hostPort": 80, "containerPort": 2}]),
+            serde_json::json!([{"hostPort": 80, "containerPort": 1, "hostIP": "10.0.0.1"}, {"hostPort": 80, "containerPort": 2}]),
+        ] {
+            let e = parse_port_mappings(&bad).unwrap_err();
+            assert_eq!(e.code, code::HOSTPORT_CONFLICT, "{bad}: {e:?}");
+            assert!(e.msg.contains("mapped twice"), "{e:?}");
+        }
+        assert_eq!(
+            parse_port_mappings(&serde_json::json!([
+                {"hostPort": 80, "containerPort": 1},
+                {"hostPort": 80, "containerPort": 2, "protocol": "udp"},
+            ]))
+            .unwrap()
+            .len(),
+            2
+        );
+        assert_eq!(
+            parse_port_mappings(&serde_json::json!([
+                {"hostPort": 80, "containerPort": 1, "hostIP": "10.0.0.1"},
+                {"hostPort": 80, "containerPort": 2, "hostIP": "10.0.0.2"},
+            ]))
+            .unwrap()
+            .len(),
+            2
+        );
+        // Through `run`: a bad mapping fails ADD with 7 before the agent is asked (it would
+        // answer 11: there is no agent); DEL with the same configuration goes on.
+        let stdin = br#"{"cniVersion":"1.1.0","name":"fp","type":"x","agentSocket":"/nonexistent/cni.sock","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80,"protocol":"tcp"}]}}"#;
+        let env_for = |cmd: &str| {
+            env(&[
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+            ])
+        };
+        let o = run(&env_for("DEL"), stdin);
+        assert_eq!(code_of(&o), 11, "{o:?}");
+        let mut e = env_for("ADD");
+        e.insert("CNI_NETNS".into(), "/var/run/netns/x".into());
+        let o = run(&e, stdin);
+        assert_eq!(code_of(&o), 7, "{o:?}");
+        assert!(o.stdout.unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("hostPort 0"));
+    }
+
+    fn code_of_err<T: std::fmt::Debug>(r: Result<T, CniError>) -> u32 {
+        r.unwrap_err().code
     }
 
     #[test]

@@ -101,6 +101,26 @@ pub struct AgentRequest {
     /// GC: the attachments to keep.
     #[serde(default)]
     pub valid_attachments: Vec<Attachment>,
+    /// ADD: the runtime's `runtimeConfig.portMappings` (hostPorts), validated by the plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One entry of `runtimeConfig.portMappings` (the `portMappings` capability of the CNI
+/// conventions): traffic to `hostPort` on the node (on `hostIP` when set) goes to
+/// `containerPort` of the pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// Port on the node.
+    pub host_port: u16,
+    /// Port in the pod.
+    pub container_port: u16,
+    /// `tcp` or `udp` (lower case once validated).
+    pub protocol: String,
+    /// Node address the mapping is bound to; empty for every address of the node.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
 }
 
 /// The agent's answer.
@@ -138,10 +158,25 @@ mod tests {
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
             }],
+            port_mappings: Vec::new(),
         };
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"command\":\"GC\""), "{s}");
         assert!(s.contains("\"containerID\":\"c1\""), "{s}");
+        assert_eq!(serde_json::from_str::<AgentRequest>(&s).unwrap(), r);
+        assert!(!s.contains("portMappings"), "{s}");
+        let mut r = r;
+        r.port_mappings.push(PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: String::new(),
+        });
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(
+            s.contains(r#""portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]"#),
+            "{s}"
+        );
         assert_eq!(serde_json::from_str::<AgentRequest>(&s).unwrap(), r);
         let e = AgentResponse::Error(CniError::new(100, "full"));
         let s = serde_json::to_string(&e).unwrap();

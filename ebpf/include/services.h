@@ -59,4 +59,28 @@ static __always_inline int fp_is_service_port4(struct iphdr *iph, void *l4, void
 	return bpf_map_lookup_elem(&ports4, &key) != NULL;
 }
 
+/*
+ * True if the IPv4 packet at iph is TCP/UDP (not a non-first fragment) to a
+ * destination port that ports4 lists as a NodePort (FP_PORT_NODEPORT: service
+ * node ports and the pods' hostPorts). xdp_pod steers those to the engine
+ * when a pod sends them to the node's address; the pods' answers to the
+ * node's own connections (other ports, the SNAT range included) stay with
+ * the kernel.
+ */
+static __always_inline int fp_is_node_port4(struct iphdr *iph, void *l4, void *data_end)
+{
+	struct udphdr *udp = l4; /* ports at the same offsets in TCP */
+	__u32 key, *kind;
+
+	if (iph->frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (iph->protocol != 6 && iph->protocol != 17)
+		return 0;
+	if ((void *)(udp + 1) > data_end)
+		return 0;
+	key = ((__u32)iph->protocol << 16) | bpf_ntohs(udp->dest);
+	kind = bpf_map_lookup_elem(&ports4, &key);
+	return kind && *kind == FP_PORT_NODEPORT;
+}
+
 #endif /* FP_SERVICES_H */

@@ -357,3 +357,4 @@ impl Handler for AgentView {
         }
     }
 }
+            Request::ShowHostPorts => json(crate::hostports::report_of(&self.services)),

@@ -75,6 +75,8 @@ pub enum PodOp {
         pod: PodSpec,
         /// `namespace/name` of its Kubernetes pod (`CNI_ARGS`), if known.
         identity: Option<String>,
+        /// Its hostPorts (checked and reserved with its address).
+        host_ports: Vec<crate::hostports::HostPort>,
         /// The answer.
         reply: oneshot::Sender<Result<PlumbedPod, String>>,
     },
@@ -128,10 +130,28 @@ pub fn record_identity(r: &Record) -> Option<String> {
     }
 }
 
+/// The hostPorts a reservation records (entries that no longer parse are logged and
+/// left out).
+pub fn record_host_ports(r: &Record) -> Vec<crate::hostports::HostPort> {
+    r.port_mappings
+        .iter()
+        .filter_map(|m| match crate::hostports::HostPort::from_mapping(m) {
+            Ok(hp) => Some(hp),
+            Err(e) => {
+                warn!(container = %r.container_id, "hostPort not restored: {}", e.msg);
+                None
+            }
+        })
+        .collect()
+}
+
+/// A CNI attachment to plumb again at start: its pod, identity and hostPorts.
+pub type Restore = (PodSpec, Option<String>, Vec<crate::hostports::HostPort>);
+
 /// Pods to plumb again when the agent starts: reservations whose network namespace still
 /// exists, is a network namespace and is not the node's own (the others wait for DEL or
-/// GC), with their [`record_identity`].
-pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<(PodSpec, Option<String>)>, IpamError> {
+/// GC), with their [`record_identity`] and [`record_host_ports`].
+pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<Restore>, IpamError> {
     let host = host_namespaces();
     Ok(ipam
         .records()?
@@ -148,7 +168,7 @@ pub fn pods_to_restore(ipam: &Ipam) -> Result<Vec<(PodSpec, Option<String>)>, Ip
                 false
             }
         })
-        .map(|r| (record_pod(r), record_identity(r)))
+        .map(|r| (record_pod(r), record_identity(r), record_host_ports(r)))
         .collect())
 }
 
@@ -159,6 +179,9 @@ pub struct CniContext {
     pub ipam: Arc<Ipam>,
     /// The agent's main loop.
     pub ops: mpsc::Sender<PodOp>,
+    /// The service tables in force: what a hostPort may not take
+    /// ([`crate::hostports::Reserved`]).
+    pub services: crate::services::ServiceCacheHandle,
 }
 
 /// A bound CNI socket; dropping it stops accepting and removes the socket file.
@@ -307,6 +330,7 @@ fn agent_err(msg: impl Into<String>) -> CniError {
 fn ipam_err(e: IpamError) -> CniError {
     match e {
         IpamError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+        IpamError::HostPortConflict { .. } => CniError::new(code::HOSTPORT_CONFLICT, e.to_string()),
         other => CniError::new(code::IO_FAILURE, other.to_string()),
     }
 }
@@ -373,14 +397,50 @@ pub fn check_request_netns(cmd: Command, netns: &str) -> Result<(), CniError> {
     ferroplane_cni::plugin::check_netns(cmd, netns, &host_namespaces())
 }
 
+/// The hostPorts of an ADD, checked against what the node has taken
+/// ([`crate::hostports::Reserved::check`]); the other attachments' are checked when the
+/// address is reserved.
+fn add_host_ports(
+    ctx: &CniContext,
+    req: &AgentRequest,
+) -> Result<Vec<crate::hostports::HostPort>, CniError> {
+    if req.port_mappings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reserved = match ctx.services.lock() {
+        Ok(c) => c.host_ports.reserved.clone(),
+        Err(p) => p.into_inner().host_ports.reserved.clone(),
+    };
+    let node = reserved.node_addr.ok_or_else(|| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the agent has not built its service table yet; try again later",
+        )
+    })?;
+    let ports = crate::hostports::from_request(&req.port_mappings, node)?;
+    let identity = match (&req.pod_namespace, &req.pod_name) {
+        (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+        _ => None,
+    };
+    reserved.check(
+        &ports,
+        identity.as_deref(),
+        crate::hostports::ephemeral_range(),
+    )?;
+    Ok(ports)
+}
+
 async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError> {
     check_request_netns(Command::Add, &req.netns)?;
+    let host_ports = add_host_ports(ctx, &req)?;
     let owner = Owner {
         network: req.network.clone(),
         netns: req.netns.clone(),
         pod_namespace: req.pod_namespace.clone(),
         pod_name: req.pod_name.clone(),
+        port_mappings: host_ports.iter().map(|h| h.to_mapping()).collect(),
     };
+    let mappings = owner.port_mappings.clone();
     let mut phases = crate::timing::Phases::new();
     let ipam = ctx.ipam.clone();
     let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
@@ -395,8 +455,25 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
             ),
         ));
     }
+    if !fresh && record.port_mappings != mappings {
+        return Err(CniError::new(
+            code::HOSTPORT_CONFLICT,
+            format!(
+                "container {} interface {} is already attached with other port mappings ({}); DEL it first",
+                req.container_id,
+                req.ifname,
+                record
+                    .port_mappings
+                    .iter()
+                    .map(crate::hostports::mapping_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     let pod = record_pod(&record);
     let identity = record_identity(&record);
+    let host_ports = record_host_ports(&record);
     // The reservation goes to disk while the main loop plumbs the pod; the answer waits
     // for both.
     let ipam = ctx.ipam.clone();
@@ -411,6 +488,7 @@ async fn add(ctx: &CniContext, req: AgentRequest) -> Result<CniResult, CniError>
         let r = op(ctx, |reply| PodOp::Add {
             pod,
             identity,
+            host_ports,
             reply,
         })
         .await;
@@ -702,7 +780,11 @@ mod tests {
         let sock = dir.join("cni.sock");
         let server = CniServer::bind_with(
             &sock,
-            CniContext { ipam, ops: tx },
+            CniContext {
+                ipam,
+                ops: tx,
+                services: Default::default(),
+            },
             8,
             Duration::from_millis(500),
         )
@@ -722,6 +804,7 @@ mod tests {
                 dns: Default::default(),
                 expect_ip: None,
                 valid_attachments: Vec::new(),
+                port_mappings: Vec::new(),
             })
             .unwrap();
             s.write_all(format!("{req}\n").as_bytes()).await.unwrap();
@@ -810,6 +893,7 @@ mod tests {
         let ctx = CniContext {
             ipam: ipam.clone(),
             ops: tx,
+            services: Default::default(),
         };
         let req = |command, cid: &str| AgentRequest {
             proto: PROTO_VERSION,
@@ -823,6 +907,7 @@ mod tests {
             dns: Default::default(),
             expect_ip: None,
             valid_attachments: Vec::new(),
+            port_mappings: Vec::new(),
         };
         assert_eq!(
             handle(&ctx, req(Command::Status, "")).await,
@@ -898,6 +983,7 @@ mod tests {
         let ctx = CniContext {
             ipam: ipam.clone(),
             ops: tx,
+            services: Default::default(),
         };
         let req = |command, netns: &str| AgentRequest {
             proto: PROTO_VERSION,
@@ -911,6 +997,7 @@ mod tests {
             dns: Default::default(),
             expect_ip: Some("10.3.0.1".into()),
             valid_attachments: Vec::new(),
+            port_mappings: Vec::new(),
         };
         let refused = |r: AgentResponse, needle: &str| match r {
             AgentResponse::Error(e) => {

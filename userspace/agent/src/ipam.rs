@@ -57,6 +57,14 @@ pub enum IpamError {
     /// The store's lock was poisoned by a panic.
     #[error("IPAM lock poisoned")]
     Poisoned,
+    /// A hostPort of the request is another attachment's (nothing was reserved).
+    #[error("hostPort {port} is already mapped to {owner}")]
+    HostPortConflict {
+        /// The port (`8080/tcp`, with its address when it has one).
+        port: String,
+        /// Who has it: the attachment (and its Kubernetes pod, when known).
+        owner: String,
+    },
 }
 
 type Result<T, E = IpamError> = std::result::Result<T, E>;
@@ -83,6 +91,10 @@ pub struct Record {
     /// Kubernetes pod name, when the runtime said.
     #[serde(default)]
     pub pod_name: Option<String>,
+    /// hostPorts of the attachment (the runtime's `portMappings`, validated), kept with
+    /// its address so they are re-created after a restart and released with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<ferroplane_cni::PortMapping>,
 }
 
 impl Record {
@@ -103,6 +115,8 @@ pub struct Owner {
     pub pod_namespace: Option<String>,
     /// Pod name.
     pub pod_name: Option<String>,
+    /// hostPorts: refused (nothing reserved) when another attachment has one of them.
+    pub port_mappings: Vec<ferroplane_cni::PortMapping>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +198,7 @@ impl Ipam {
                         netns: String::new(),
                         pod_namespace: None,
                         pod_name: None,
+                        port_mappings: Vec::new(),
                     }
                 }
             };
@@ -272,6 +287,28 @@ impl Ipam {
         {
             return Ok((r.clone(), false));
         }
+        // hostPorts are checked and taken under the same lock as the address: two ADDs
+        // racing for one hostPort cannot both get it.
+        for want in &owner.port_mappings {
+            if let Some((r, m)) = inner.by_ip.values().find_map(|r| {
+                r.port_mappings
+                    .iter()
+                    .find(|m| ferroplane_cni::plugin::mappings_overlap(m, want))
+                    .map(|m| (r, m))
+            }) {
+                let pod = match (&r.pod_namespace, &r.pod_name) {
+                    (Some(ns), Some(n)) => format!(" (pod {ns}/{n})"),
+                    _ => String::new(),
+                };
+                return Err(IpamError::HostPortConflict {
+                    port: crate::hostports::mapping_name(want),
+                    owner: format!(
+                        "container {} interface {}{pod}, container port {}",
+                        r.container_id, r.ifname, m.container_port
+                    ),
+                });
+            }
+        }
         let base = u32::from(self.pool.addr);
         let size: u64 = 1u64 << (32 - u32::from(self.pool.prefix_len));
         let start = match inner.last {
@@ -292,6 +329,7 @@ impl Ipam {
                 netns: owner.netns.clone(),
                 pod_namespace: owner.pod_namespace.clone(),
                 pod_name: owner.pod_name.clone(),
+                port_mappings: owner.port_mappings.clone(),
             };
             if !self.persist_new(&record)? {
                 // The file exists although memory says free: someone else's; skip it.
@@ -516,6 +554,88 @@ mod tests {
         assert_eq!(gone.len(), 5);
         assert_eq!(ipam.records().unwrap().len(), 1);
         assert_eq!(ipam.free().unwrap(), 5);
+    }
+
+    fn pm(
+        host_port: u16,
+        container_port: u16,
+        protocol: &str,
+        host_ip: &str,
+    ) -> ferroplane_cni::PortMapping {
+        ferroplane_cni::PortMapping {
+            host_port,
+            container_port,
+            protocol: protocol.into(),
+            host_ip: host_ip.into(),
+        }
+    }
+
+    /// hostPorts are taken with the address, atomically: a conflicting reservation takes
+    /// nothing; they survive a reopen (restart) and go with DEL and GC.
+    #[test]
+    fn host_ports_are_reserved_with_the_address() {
+        let d = Dir::new("hostports");
+        let ipam = Ipam::open(&d.0, cidr("10.4.0.0/29")).unwrap();
+        let with = |ports: Vec<ferroplane_cni::PortMapping>| Owner {
+            network: "net".into(),
+            pod_namespace: Some("ns".into()),
+            pod_name: Some("web".into()),
+            port_mappings: ports,
+            ..Owner::default()
+        };
+        let web = with(vec![pm(8080, 80, "tcp", ""), pm(5353, 53, "udp", "")]);
+        let (r, fresh) = ipam.reserve("c1", "eth0", &web).unwrap();
+        assert!(fresh);
+        assert_eq!(r.port_mappings, web.port_mappings);
+        let free = ipam.free().unwrap();
+        // Same port and protocol (any address against every address): refused, nothing taken.
+        for clash in [
+            pm(8080, 81, "tcp", ""),
+            pm(8080, 81, "tcp", "10.0.0.1"),
+            pm(5353, 53, "udp", ""),
+        ] {
+            let e = ipam
+                .reserve("c2", "eth0", &with(vec![clash.clone()]))
+                .unwrap_err();
+            match &e {
+                IpamError::HostPortConflict { port, owner } => {
+                    assert!(port.contains(&clash.host_port.to_string()), "{e}");
+                    assert!(
+                        owner.contains("container c1") && owner.contains("ns/web"),
+                        "{e}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                ipam.free().unwrap(),
+                free,
+                "{clash:?}: an address was taken"
+            );
+            assert!(ipam.get("c2", "eth0").unwrap().is_none());
+        }
+        // Another protocol is another port.
+        ipam.reserve("c3", "eth0", &with(vec![pm(8080, 80, "udp", "")]))
+            .unwrap();
+        // A restart reads them back from the reservation files.
+        drop(ipam);
+        let ipam = Ipam::open(&d.0, cidr("10.4.0.0/29")).unwrap();
+        assert_eq!(
+            ipam.get("c1", "eth0").unwrap().unwrap().port_mappings,
+            web.port_mappings
+        );
+        assert!(ipam
+            .reserve("c4", "eth0", &with(vec![pm(8080, 80, "tcp", "")]))
+            .is_err());
+        // DEL releases them with the address.
+        ipam.release("c1", "eth0").unwrap();
+        ipam.reserve("c4", "eth0", &with(vec![pm(8080, 80, "tcp", "")]))
+            .unwrap();
+        // GC too.
+        let keep: BTreeSet<(String, String)> = [("c3".to_string(), "eth0".to_string())].into();
+        ipam.gc("net", &keep).unwrap();
+        ipam.reserve("c5", "eth0", &with(vec![pm(8080, 80, "tcp", "")]))
+            .unwrap();
     }
 
     #[test]

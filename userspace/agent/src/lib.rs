@@ -9,6 +9,7 @@ pub mod cni_server;
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod hostports;
 pub mod ipam;
 pub mod k8s;
 pub mod listen;

@@ -426,6 +426,7 @@ impl Agent {
         Ok(phases)
     }
 
+                host_ports: Vec::new(),
     /// Tears a pod down (CNI DEL and GC): tables first, then XDP, then its AF_XDP port
     /// (closed by the engine while the veth pair is deleted), recording the phases.
     /// Returns whether anything was there.
@@ -582,6 +583,7 @@ impl Agent {
         }
     }
 
+                host_ports,
     /// Pull the kernel's neighbours on the uplink; republish if they changed.
     async fn refresh_neighbours(&mut self) -> Result<()> {
         let neigh = self
@@ -592,6 +594,7 @@ impl Agent {
         let map: BTreeMap<Ipv4Addr, [u8; 6]> = neigh.iter().map(|n| (n.ip, n.mac)).collect();
         if map != self.state.neighbours {
             self.state.neighbours = map;
+                        p.host_ports = host_ports;
             self.publish()?;
         }
         Ok(())
@@ -843,14 +846,27 @@ async fn run(args: Args) -> Result<()> {
             let ipam_dir = args.state_dir.join("ipam");
             let ipam = Ipam::open(&ipam_dir, spec.node.pod_cidr)
                 .with_context(|| format!("IPAM store {}", ipam_dir.display()))?;
-            for (pod, identity) in cni_server::pods_to_restore(&ipam)? {
+            for (pod, identity, host_ports) in cni_server::pods_to_restore(&ipam)? {
                 match agent.add_pod(&pod).await {
+            k8s_host_ports: Vec::new(),
                     Ok(_) => {
                         if let Some(p) = agent.state.pods.get_mut(&pod.key()) {
                             p.identity = identity;
                         }
                     }
                     Err(e) => warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}"),
+    // hostPorts may not take the agent's own listeners (hostports::Reserved).
+    if let Ok(mut c) = agent.state.services.lock() {
+        let l = &mut c.host_ports.listeners;
+        for (addr, what) in [
+            (args.health_addr, "the agent's health endpoint"),
+            (args.metrics_addr, "the agent's metrics endpoint"),
+        ] {
+            if let Some(a) = addr {
+                l.insert(a.port(), what.to_string());
+            }
+        }
+    }
                 }
             }
             agent.publish()?;
@@ -1004,6 +1020,7 @@ async fn run(args: Args) -> Result<()> {
                         }
                     }
                     if next != agent.state.spec {
+                            p.host_ports = host_ports;
                         match next.validate() {
                             Ok(()) => {
                                 let cluster_changed = next.cluster != agent.state.spec.cluster;
@@ -1013,6 +1030,7 @@ async fn run(args: Args) -> Result<()> {
                                         warn!("{e:#}");
                                     }
                                     if wg_sock.is_none() && agent.state.overlay.has_wireguard() {
+                services: agent.state.services.clone(),
                                         match open_wg_sock(&agent.state.overlay) {
                                             Ok(s) => wg_sock = Some(s),
                                             Err(e) => warn!("{e:#}"),
@@ -1123,3 +1141,12 @@ async fn run(args: Args) -> Result<()> {
     info!("stopped: XDP programs detached, pod namespaces left as they are");
     Ok(())
 }
+                    // hostPorts of this node's pods (runtimes that pass no portMappings).
+                    if desired.host_ports != agent.state.k8s_host_ports {
+                        agent.state.k8s_host_ports = desired.host_ports.clone();
+                        if next == agent.state.spec {
+                            if let Err(e) = agent.publish() {
+                                warn!("applying the Kubernetes pods' hostPorts: {e:#}");
+                            }
+                        }
+                    }

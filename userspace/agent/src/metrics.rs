@@ -259,8 +259,12 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
         capacity as i64,
     );
     let ports = snap.services.ports();
-    let names: std::collections::BTreeSet<&str> =
-        ports.iter().map(|p| p.def.service.as_str()).collect();
+    // hostPorts are service ports too (`hostport:<pod>`); counted apart below.
+    let names: std::collections::BTreeSet<&str> = ports
+        .iter()
+        .map(|p| p.def.service.as_str())
+        .filter(|n| !n.starts_with(crate::hostports::SERVICE_PREFIX))
+        .collect();
     gauge(
         reg,
         "services",
@@ -328,6 +332,24 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
     gauge_family(
         reg,
         "bgp_peer_up",
+    {
+        let hp = match view.services.lock() {
+            Ok(c) => (c.host_ports.served.len(), c.host_ports.shadowed.len()),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.host_ports.served.len(), c.host_ports.shadowed.len())
+            }
+        };
+        gauge_family(
+            reg,
+            "hostports",
+            "Pods' hostPorts (CNI portMappings, Pod hostPort): served by the engine, or shadowed (another owner has the port)",
+            [
+                (l(&[("state", "served")]), hp.0 as i64),
+                (l(&[("state", "shadowed")]), hp.1 as i64),
+            ],
+        );
+    }
         "1 when the BGP session with the peer is Established",
         bgp.peers.iter().map(|p| {
             (

@@ -1422,16 +1422,22 @@ pub struct ServiceState {
 impl ServiceState {
     /// Rebuild from `spec` (sharing unchanged Maglev tables with the current one).
     pub fn rebuild(&mut self, spec: &NodeSpec) -> Result<(), ferroplane_tables::ServiceError> {
+        self.rebuild_defs(spec, service_defs(spec))
+    }
+
+    /// [`ServiceState::rebuild`] from the service ports `defs` ([`service_defs`] of `spec`
+    /// and the hostPorts).
+    pub fn rebuild_defs(
+        &mut self,
+        spec: &NodeSpec,
+        defs: Vec<ServicePortDef>,
+    ) -> Result<(), ferroplane_tables::ServiceError> {
         let max = spec
             .service_proxy
             .maglev_table_size
             .unwrap_or(DEFAULT_TABLE_SIZE);
-        let table = ServiceTable::build(
-            service_defs(spec),
-            vec![spec.node.address.addr],
-            max,
-            Some(&self.table),
-        )?;
+        let table =
+            ServiceTable::build(defs, vec![spec.node.address.addr], max, Some(&self.table))?;
         self.table = Arc::new(table);
         self.nat = Arc::new(nat_config(spec));
         Ok(())
@@ -1571,6 +1577,9 @@ pub struct ServiceCache {
     pub health: HealthChecks,
     /// How long the last rebuild took.
     pub last_build: Option<std::time::Duration>,
+    /// The pods' hostPorts in the table (NodePorts bound to one pod,
+    /// [`crate::hostports`]) and what a new one may not take.
+    pub host_ports: crate::hostports::HostPortTable,
 }
 
 /// Shared handle on the [`ServiceCache`].
@@ -1580,16 +1589,45 @@ pub type ServiceCacheHandle = Arc<Mutex<ServiceCache>>;
 /// A table that cannot be built (the spec validation catches what would fail) keeps the
 /// previous one in force and is logged.
 pub fn tables(cache: &ServiceCacheHandle, spec: &NodeSpec) -> (Arc<ServiceTable>, Arc<NatConfig>) {
+    tables_with_host_ports(cache, spec, &[], Vec::new())
+}
+
+/// [`tables`] with the pods' hostPorts (`bindings`, [`crate::hostports::merge`]d, and what
+/// the merge left out) as NodePorts bound to one pod each.
+pub fn tables_with_host_ports(
+    cache: &ServiceCacheHandle,
+    spec: &NodeSpec,
+    bindings: &[crate::hostports::Binding],
+    merge_shadowed: Vec<crate::hostports::Shadowed>,
+) -> (Arc<ServiceTable>, Arc<NatConfig>) {
     let mut c = match cache.lock() {
         Ok(c) => c,
         Err(p) => p.into_inner(),
     };
     let same = matches!(&c.source, Some((s, e, p, a, n))
         if s == &spec.services && e == &spec.endpoint_slices && p == &spec.service_proxy
-            && *a == spec.node.address.addr && n == &spec.node.name);
+            && *a == spec.node.address.addr && n == &spec.node.name)
+        && c.host_ports.input == bindings;
     if !same {
         let t0 = std::time::Instant::now();
-        match c.state.rebuild(spec) {
+        let mut services = service_defs(spec);
+        let (host_defs, mut shadowed) = crate::hostports::defs(&services, bindings, spec);
+        shadowed.extend(merge_shadowed);
+        let served: Vec<crate::hostports::Binding> = bindings
+            .iter()
+            .filter(|b| !shadowed.iter().any(|s| &s.binding == *b))
+            .cloned()
+            .collect();
+        let listeners = c.host_ports.listeners.clone();
+        c.host_ports = crate::hostports::HostPortTable {
+            input: bindings.to_vec(),
+            served: served.clone(),
+            shadowed,
+            reserved: crate::hostports::Reserved::of(spec, &services, &listeners, &served),
+            listeners,
+        };
+        services.extend(host_defs);
+        match c.state.rebuild_defs(spec, services) {
             Ok(()) => {
                 c.last_build = Some(t0.elapsed());
                 let hc = health_checks(&c.state.table);

@@ -56,6 +56,8 @@ pub struct PodState {
     /// `namespace/name` of the Kubernetes pod a CNI attachment belongs to (from
     /// `CNI_ARGS`), when known: its NetworkPolicy identity instead of `key`.
     pub identity: Option<String>,
+    /// hostPorts of a CNI attachment (the runtime's `portMappings`, [`crate::hostports`]).
+    pub host_ports: Vec<crate::hostports::HostPort>,
 }
 
 /// Everything the tables are computed from.
@@ -79,6 +81,9 @@ pub struct NodeState {
     /// The pods the Kubernetes watchers see (empty in standalone mode): NetworkPolicy peers,
     /// and the identity and labels of the pods plumbed through CNI.
     pub k8s_pods: Vec<ferroplane_policy::PodInfo>,
+    /// hostPorts of this node's Kubernetes pods (empty in standalone mode), served with the
+    /// CNI attachments' ([`crate::hostports::merge`]).
+    pub k8s_host_ports: Vec<crate::hostports::Binding>,
 }
 
 /// Engine index of the uplink.
@@ -115,6 +120,31 @@ impl NodeState {
                 .map(|p| (p.identity.as_deref().unwrap_or(&p.key), p.ip)),
             &self.k8s_pods,
         )
+    }
+
+    /// The hostPorts to serve: the CNI attachments' and the Kubernetes pods' (of pods
+    /// plumbed here), merged, and those the merge left out.
+    pub fn host_port_bindings(
+        &self,
+    ) -> (
+        Vec<crate::hostports::Binding>,
+        Vec<crate::hostports::Shadowed>,
+    ) {
+        use crate::hostports::{Binding, Source};
+        let cni = self
+            .pods
+            .values()
+            .flat_map(|p| {
+                p.host_ports.iter().map(|hp| Binding {
+                    pod: p.identity.clone().unwrap_or_else(|| p.key.clone()),
+                    pod_ip: p.ip,
+                    port: *hp,
+                    source: Source::Cni,
+                })
+            })
+            .collect();
+        let local = self.pods.values().map(|p| p.ip).collect();
+        crate::hostports::merge(cni, &self.k8s_host_ports, &local)
     }
 
     /// Compute the engine snapshot.
@@ -247,7 +277,13 @@ impl NodeState {
             });
         self.overlay
             .contribute(&mut b, &mut ifaces, UPLINK_SW_IF, self.uplink.mtu);
-        let (services, nat) = crate::services::tables(&self.services, &self.spec);
+        let (bindings, shadowed) = self.host_port_bindings();
+        let (services, nat) = crate::services::tables_with_host_ports(
+            &self.services,
+            &self.spec,
+            &bindings,
+            shadowed,
+        );
         Ok(Snapshot {
             services,
             nat,
@@ -301,6 +337,7 @@ pods:
                 port: Some(1),
                 xdp_mode: Some("native".into()),
                 identity: None,
+                host_ports: Vec::new(),
             },
         );
         NodeState {
@@ -320,6 +357,7 @@ pods:
             bgp_routes: BTreeMap::new(),
             services: Default::default(),
             k8s_pods: Vec::new(),
+            k8s_host_ports: Vec::new(),
         }
     }
 

@@ -74,6 +74,9 @@ pub enum Request {
     CaptureTake,
     /// `show_services`: answers `Vec<crate::ServiceInfo>` (frontends, backends, Maglev fill).
     ShowServices,
+    /// `show_hostports`: answers `Vec<crate::HostPortInfo>` (the pods' hostPorts, served or
+    /// shadowed).
+    ShowHostPorts,
     /// `show_sessions`: answers [`crate::SessionsReport`] (sessions matching `filter`).
     ShowSessions {
         /// Filters.
@@ -124,6 +127,7 @@ impl Request {
         },
         Request::CaptureTake,
         Request::ShowServices,
+        Request::ShowHostPorts,
         Request::ShowSessions {
             filter: crate::SessionFilter {
                 addr: None,
@@ -156,6 +160,7 @@ impl Request {
             Request::CaptureStart { .. } => "capture_start",
             Request::CaptureTake => "capture_take",
             Request::ShowServices => "show_services",
+            Request::ShowHostPorts => "show_hostports",
             Request::ShowSessions { .. } => "show_sessions",
             Request::ShowPolicies { .. } => "show_policies",
             Request::ShowNeighbors => "show_neighbors",

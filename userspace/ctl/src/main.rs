@@ -127,6 +127,8 @@ enum Show {
     },
     /// Services: frontends, backends with state and Maglev slots.
     Services,
+    /// hostPorts: node ports translated to one pod (CNI portMappings, pods' hostPort).
+    Hostports,
     /// Sessions (connection tracking / NAT), filtered.
     Sessions {
         /// Only sessions with this address in either tuple.
@@ -190,6 +192,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Xdp { .. } => Request::ShowXdp,
             Show::Tunnels => Request::ShowTunnels,
             Show::Services => Request::ShowServices,
+            Show::Hostports => Request::ShowHostPorts,
             Show::Sessions {
                 addr,
                 port,
@@ -253,6 +256,7 @@ fn run(cli: &Cli) -> Result<()> {
             Show::Xdp { all } => render::xdp(&decode(request, data)?, *all),
             Show::Tunnels => render::tunnels(&decode(request, data)?),
             Show::Services => services::services(&decode::<Vec<_>>(request, data)?),
+            Show::Hostports => services::hostports(&decode::<Vec<_>>(request, data)?),
             Show::Sessions { .. } => services::sessions(&decode(request, data)?),
             Show::Bgp { what: None } => bgp::peers(&decode(request, data)?),
             Show::Bgp { what: Some(_) } => bgp::routes(&decode::<Vec<_>>(request, data)?),

@@ -1,6 +1,6 @@
 //! `show services` and `show sessions`.
 
-use ferroplane_api::{ServiceInfo, SessionsReport};
+use ferroplane_api::{HostPortInfo, ServiceInfo, SessionsReport};
 
 use crate::table::{Align, Table};
 
@@ -98,4 +98,41 @@ pub fn sessions(r: &SessionsReport) -> String {
     }
     out.push_str(&t.render());
     out
+}
+
+/// `show hostports`: one line per hostPort (a node port translated to one pod), served or
+/// not (with why).
+pub fn hostports(list: &[HostPortInfo]) -> String {
+    use Align::Left;
+    if list.is_empty() {
+        return "no hostPorts\n".to_string();
+    }
+    let mut t = Table::new(&[
+        ("Host", Left),
+        ("Proto", Left),
+        ("Pod", Left),
+        ("Backend", Left),
+        ("Source", Left),
+        ("State", Left),
+    ]);
+    for h in list {
+        let host = if h.host_ip.is_empty() {
+            format!("*:{}", h.host_port)
+        } else {
+            format!("{}:{}", h.host_ip, h.host_port)
+        };
+        t.row([
+            host,
+            h.protocol.clone(),
+            h.pod.clone(),
+            format!("{}:{}", h.pod_ip, h.container_port),
+            h.source.clone(),
+            if h.served {
+                "served".to_string()
+            } else {
+                format!("shadowed: {}", h.reason)
+            },
+        ]);
+    }
+    t.render()
 }

@@ -179,6 +179,35 @@ impl Fake {
 
 impl Handler for Fake {
     fn handle(&self, req: &Request) -> Result<Value, String> {
+impl Fake {
+    fn hostports() -> Vec<ferroplane_api::HostPortInfo> {
+        let h = |port: u16, proto: &str, pod: &str, ip: &str, served: bool, reason: &str| {
+            ferroplane_api::HostPortInfo {
+                pod: pod.into(),
+                protocol: proto.into(),
+                host_ip: String::new(),
+                host_port: port,
+                pod_ip: ip.into(),
+                container_port: 8080,
+                source: "cni".into(),
+                served,
+                reason: reason.into(),
+            }
+        };
+        vec![
+            h(8080, "tcp", "shop/web", "10.244.1.10", true, ""),
+            h(
+                30080,
+                "tcp",
+                "shop/late",
+                "10.244.1.11",
+                false,
+                "the node port of service shop/web",
+            ),
+        ]
+    }
+}
+
         let v = match req {
             Request::ShowInterfaces => serde_json::to_value(Self::interfaces()),
             Request::ShowRoutes => serde_json::to_value(Self::routes()),
@@ -192,6 +221,7 @@ impl Handler for Fake {
             Request::Version => serde_json::to_value(VersionInfo::new("1.2.3")),
             other => return Err(format!("{other} is not faked")),
         };
+            Request::ShowHostPorts => serde_json::to_value(Self::hostports()),
         v.map_err(|e| e.to_string())
     }
 }
@@ -571,4 +601,30 @@ fn usage_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn show_hostports_table_and_json() {
+    let agent = Agent::start("hostports");
+    let out = stdout_ok(&agent.ctl(&["show", "hostports"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let header = lines[0];
+    for word in ["Host", "Proto", "Pod", "Backend", "Source", "State"] {
+        assert!(header.contains(word), "{header}");
+    }
+    assert!(lines[1].starts_with("*:8080"), "{out}");
+    assert!(lines[1].contains("shop/web") && lines[1].contains("10.244.1.10:8080"));
+    assert!(lines[1].contains("served"), "{out}");
+    assert!(
+        lines[2].contains("shadowed: the node port of service shop/web"),
+        "{out}"
+    );
+    let backend = column_start(header, "Backend");
+    assert_eq!(lines[1].find("10.244.1.10").unwrap(), backend, "{out}");
+    let json = stdout_ok(&agent.ctl(&["-o", "json", "show", "hostports"]));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v, serde_json::to_value(Fake::hostports()).unwrap());
+    assert_eq!(v[0]["host_port"], 8080);
+    assert_eq!(v[1]["served"], false);
 }

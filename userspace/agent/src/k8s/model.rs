@@ -66,6 +66,8 @@ pub struct DesiredState {
     pub namespaces: Vec<crate::policy::NamespaceSpec>,
     /// NetworkPolicies (the node spec's `networkPolicies:`).
     pub network_policies: Vec<crate::policy::PolicyObject>,
+    /// The hostPorts of this node's pods ([`crate::hostports::from_pods`]).
+    pub host_ports: Vec<crate::hostports::Binding>,
 }
 
 impl DesiredState {
@@ -154,6 +156,7 @@ impl DesiredState {
                     .collect()
             },
             services: services(objects),
+            host_ports: crate::hostports::from_pods(&objects.pods, me),
             policy: policy_model(objects),
             namespaces: {
                 let mut v: Vec<_> = objects
