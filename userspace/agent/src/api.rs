@@ -239,6 +239,8 @@ impl AgentView {
                             port,
                             interface: iface.to_string(),
                             queue,
+                            rx_packets: s.rx_packets,
+                            tx_packets: s.tx_packets,
                             fill_target: s.fill_target,
                             fill_frames: s.fill_frames,
                             fill_grown: s.fill_grown,

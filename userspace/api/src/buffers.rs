@@ -40,6 +40,12 @@ pub struct PortBuffers {
     pub interface: String,
     /// Device queue.
     pub queue: u32,
+    /// Packets the engine received on this port (this queue of the interface).
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// Packets the engine sent on this port.
+    #[serde(default)]
+    pub tx_packets: u64,
     /// Frames the fill ring is topped up to now (grows with traffic).
     pub fill_target: u32,
     /// Frames in the fill and RX rings.

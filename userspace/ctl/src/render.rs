@@ -227,6 +227,8 @@ pub fn buffers(r: &ferroplane_api::BuffersReport) -> String {
         ("Port", Right),
         ("Interface", Left),
         ("Queue", Right),
+        ("Rx", Right),
+        ("Sent", Right),
         ("Fill-target", Right),
         ("Fill", Right),
         ("Grown", Right),
@@ -240,6 +242,8 @@ pub fn buffers(r: &ferroplane_api::BuffersReport) -> String {
             p.port.to_string(),
             p.interface.clone(),
             p.queue.to_string(),
+            p.rx_packets.to_string(),
+            p.tx_packets.to_string(),
             p.fill_target.to_string(),
             p.fill_frames.to_string(),
             p.fill_grown.to_string(),
@@ -357,6 +361,8 @@ mod tests {
                 port: 0,
                 interface: "up0".into(),
                 queue: 0,
+                rx_packets: 900,
+                tx_packets: 800,
                 fill_target: 512,
                 fill_frames: 500,
                 fill_grown: 4,
@@ -380,7 +386,7 @@ mod tests {
         let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
         assert_eq!(
             row,
-            ["0", "up0", "0", "512", "500", "4", "0", "3", "0", "0"]
+            ["0", "up0", "0", "900", "800", "512", "500", "4", "0", "3", "0", "0"]
         );
     }
 
