@@ -351,6 +351,7 @@ impl Handler for AgentView {
             }
             Request::ShowBgpRoutes => json(crate::bgp::routes_report(self.bgp.as_deref())),
             Request::ShowServices => json(crate::services::services_report(&self.services)),
+            Request::ShowHostPorts => json(crate::hostports::report_of(&self.services)),
             Request::ShowPolicies { pod } => json(crate::policy::report(pod.as_deref())?),
             Request::ShowNeighbors => json(crate::observe::neighbors(&self.shared.load())),
             Request::ShowSessions { filter } => {
@@ -359,4 +360,3 @@ impl Handler for AgentView {
         }
     }
 }
-            Request::ShowHostPorts => json(crate::hostports::report_of(&self.services)),

@@ -420,13 +420,13 @@ impl Agent {
                 port: Some(port),
                 xdp_mode: Some(mode),
                 identity: None,
+                host_ports: Vec::new(),
             },
         );
         info!(pod = %pod.key(), ip = %pod.ip, veth = %link.host_ifname, reused = link.reused, "pod plugged");
         Ok(phases)
     }
 
-                host_ports: Vec::new(),
     /// Tears a pod down (CNI DEL and GC): tables first, then XDP, then its AF_XDP port
     /// (closed by the engine while the veth pair is deleted), recording the phases.
     /// Returns whether anything was there.
@@ -482,6 +482,7 @@ impl Agent {
             PodOp::Add {
                 pod,
                 identity,
+                host_ports,
                 reply,
             } => {
                 // A repeated ADD of a plumbed attachment answers what is there.
@@ -492,6 +493,7 @@ impl Agent {
                 let added = self.add_pod(&pod).await.and_then(|mut phases| {
                     if let Some(p) = self.state.pods.get_mut(&pod.key()) {
                         p.identity = identity;
+                        p.host_ports = host_ports;
                     }
                     phases.skip();
                     self.publish()?;
@@ -583,7 +585,6 @@ impl Agent {
         }
     }
 
-                host_ports,
     /// Pull the kernel's neighbours on the uplink; republish if they changed.
     async fn refresh_neighbours(&mut self) -> Result<()> {
         let neigh = self
@@ -594,7 +595,6 @@ impl Agent {
         let map: BTreeMap<Ipv4Addr, [u8; 6]> = neigh.iter().map(|n| (n.ip, n.mac)).collect();
         if map != self.state.neighbours {
             self.state.neighbours = map;
-                        p.host_ports = host_ports;
             self.publish()?;
         }
         Ok(())
@@ -743,11 +743,24 @@ async fn run(args: Args) -> Result<()> {
             bgp_routes: BTreeMap::new(),
             services: Default::default(),
             k8s_pods: Vec::new(),
+            k8s_host_ports: Vec::new(),
         },
         attach,
         spares: Vec::new(),
         keep,
     };
+    // hostPorts may not take the agent's own listeners (hostports::Reserved).
+    if let Ok(mut c) = agent.state.services.lock() {
+        let l = &mut c.host_ports.listeners;
+        for (addr, what) in [
+            (args.health_addr, "the agent's health endpoint"),
+            (args.metrics_addr, "the agent's metrics endpoint"),
+        ] {
+            if let Some(a) = addr {
+                l.insert(a.port(), what.to_string());
+            }
+        }
+    }
     // Spare pairs of a previous run that was killed.
     match agent.plumber.delete_spares().await {
         Ok(0) => {}
@@ -848,31 +861,20 @@ async fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("IPAM store {}", ipam_dir.display()))?;
             for (pod, identity, host_ports) in cni_server::pods_to_restore(&ipam)? {
                 match agent.add_pod(&pod).await {
-            k8s_host_ports: Vec::new(),
                     Ok(_) => {
                         if let Some(p) = agent.state.pods.get_mut(&pod.key()) {
                             p.identity = identity;
+                            p.host_ports = host_ports;
                         }
                     }
                     Err(e) => warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}"),
-    // hostPorts may not take the agent's own listeners (hostports::Reserved).
-    if let Ok(mut c) = agent.state.services.lock() {
-        let l = &mut c.host_ports.listeners;
-        for (addr, what) in [
-            (args.health_addr, "the agent's health endpoint"),
-            (args.metrics_addr, "the agent's metrics endpoint"),
-        ] {
-            if let Some(a) = addr {
-                l.insert(a.port(), what.to_string());
-            }
-        }
-    }
                 }
             }
             agent.publish()?;
             let ctx = CniContext {
                 ipam: Arc::new(ipam),
                 ops: pod_ops_tx.clone(),
+                services: agent.state.services.clone(),
             };
             Some(CniServer::bind(path, ctx).context("CNI socket")?)
         }
@@ -1011,6 +1013,15 @@ async fn run(args: Args) -> Result<()> {
                     desired.apply_to(&mut next);
                     // Pods (policy peers, labels of CNI-plumbed pods) for the policy compiler.
                     let k8s_pods = desired.policy_pods(&next.node.name);
+                    // hostPorts of this node's pods (runtimes that pass no portMappings).
+                    if desired.host_ports != agent.state.k8s_host_ports {
+                        agent.state.k8s_host_ports = desired.host_ports.clone();
+                        if next == agent.state.spec {
+                            if let Err(e) = agent.publish() {
+                                warn!("applying the Kubernetes pods' hostPorts: {e:#}");
+                            }
+                        }
+                    }
                     if k8s_pods != agent.state.k8s_pods {
                         agent.state.k8s_pods = k8s_pods;
                         if next == agent.state.spec {
@@ -1020,7 +1031,6 @@ async fn run(args: Args) -> Result<()> {
                         }
                     }
                     if next != agent.state.spec {
-                            p.host_ports = host_ports;
                         match next.validate() {
                             Ok(()) => {
                                 let cluster_changed = next.cluster != agent.state.spec.cluster;
@@ -1030,7 +1040,6 @@ async fn run(args: Args) -> Result<()> {
                                         warn!("{e:#}");
                                     }
                                     if wg_sock.is_none() && agent.state.overlay.has_wireguard() {
-                services: agent.state.services.clone(),
                                         match open_wg_sock(&agent.state.overlay) {
                                             Ok(s) => wg_sock = Some(s),
                                             Err(e) => warn!("{e:#}"),
@@ -1141,12 +1150,3 @@ async fn run(args: Args) -> Result<()> {
     info!("stopped: XDP programs detached, pod namespaces left as they are");
     Ok(())
 }
-                    // hostPorts of this node's pods (runtimes that pass no portMappings).
-                    if desired.host_ports != agent.state.k8s_host_ports {
-                        agent.state.k8s_host_ports = desired.host_ports.clone();
-                        if next == agent.state.spec {
-                            if let Err(e) = agent.publish() {
-                                warn!("applying the Kubernetes pods' hostPorts: {e:#}");
-                            }
-                        }
-                    }

@@ -293,6 +293,24 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
         snap.services.frontends().count() as i64,
     );
     {
+        let hp = match view.services.lock() {
+            Ok(c) => (c.host_ports.served.len(), c.host_ports.shadowed.len()),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.host_ports.served.len(), c.host_ports.shadowed.len())
+            }
+        };
+        gauge_family(
+            reg,
+            "hostports",
+            "Pods' hostPorts (CNI portMappings, Pod hostPort): served by the engine, or shadowed (another owner has the port)",
+            [
+                (l(&[("state", "served")]), hp.0 as i64),
+                (l(&[("state", "shadowed")]), hp.1 as i64),
+            ],
+        );
+    }
+    {
         let c = crate::policy::compiler();
         let c = match c.lock() {
             Ok(g) => g,
@@ -332,24 +350,6 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
     gauge_family(
         reg,
         "bgp_peer_up",
-    {
-        let hp = match view.services.lock() {
-            Ok(c) => (c.host_ports.served.len(), c.host_ports.shadowed.len()),
-            Err(p) => {
-                let c = p.into_inner();
-                (c.host_ports.served.len(), c.host_ports.shadowed.len())
-            }
-        };
-        gauge_family(
-            reg,
-            "hostports",
-            "Pods' hostPorts (CNI portMappings, Pod hostPort): served by the engine, or shadowed (another owner has the port)",
-            [
-                (l(&[("state", "served")]), hp.0 as i64),
-                (l(&[("state", "shadowed")]), hp.1 as i64),
-            ],
-        );
-    }
         "1 when the BGP session with the peer is Established",
         bgp.peers.iter().map(|p| {
             (

@@ -177,8 +177,6 @@ impl Fake {
     }
 }
 
-impl Handler for Fake {
-    fn handle(&self, req: &Request) -> Result<Value, String> {
 impl Fake {
     fn hostports() -> Vec<ferroplane_api::HostPortInfo> {
         let h = |port: u16, proto: &str, pod: &str, ip: &str, served: bool, reason: &str| {
@@ -208,6 +206,8 @@ impl Fake {
     }
 }
 
+impl Handler for Fake {
+    fn handle(&self, req: &Request) -> Result<Value, String> {
         let v = match req {
             Request::ShowInterfaces => serde_json::to_value(Self::interfaces()),
             Request::ShowRoutes => serde_json::to_value(Self::routes()),
@@ -219,9 +219,9 @@ impl Fake {
                 return Ok(Value::Null);
             }
             Request::Version => serde_json::to_value(VersionInfo::new("1.2.3")),
+            Request::ShowHostPorts => serde_json::to_value(Self::hostports()),
             other => return Err(format!("{other} is not faked")),
         };
-            Request::ShowHostPorts => serde_json::to_value(Self::hostports()),
         v.map_err(|e| e.to_string())
     }
 }
