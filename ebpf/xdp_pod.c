@@ -5,8 +5,10 @@
  * The engine polices and routes everything a pod sends, except what is for
  * the node's kernel itself:
  *   - ARP reply                           -> PASS (the kernel's neighbour resolution toward pods)
- *   - TCP/UDP to a NodePort (ports4 FP_PORT_NODEPORT: service node ports, hostPorts) on one
- *     of the node's addresses -> REDIRECT (the engine translates it, as from the uplink)
+ *   - TCP/UDP to a NodePort (ports4 FP_PORT_NODEPORT: service node ports, hostPorts) or to a
+ *     port of the SNAT range (FP_PORT_SNAT: answers to connections the engine translated to
+ *     the node's address, such as the node's own connections to services) on one of the
+ *     node's addresses -> REDIRECT (the engine translates it, as from the uplink)
  *   - other IPv4 to one of the node's addresses -> PASS (local delivery: pod -> node traffic
  *                                            and the pod's answers to node -> pod traffic
  *                                            such as kubelet probes)
@@ -71,8 +73,8 @@ int xdp_pod(struct xdp_md *ctx)
 			return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 		}
 		if (fp_is_host4(iph->daddr)) {
-			/* A node port (service or hostPort) is the engine's, from a pod too. */
-			if (fp_is_node_port4(iph, cur.pos, data_end))
+			/* A node port (service or hostPort) or a SNAT return is the engine's, from a pod too. */
+			if (fp_is_engine_port4(iph, cur.pos, data_end))
 				return fp_redirect_to_engine(ctx, FP_AWAY_DROP);
 			return fp_finish(FP_VERDICT_PASS, XDP_PASS);
 		}

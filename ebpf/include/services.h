@@ -62,12 +62,15 @@ static __always_inline int fp_is_service_port4(struct iphdr *iph, void *l4, void
 /*
  * True if the IPv4 packet at iph is TCP/UDP (not a non-first fragment) to a
  * destination port that ports4 lists as a NodePort (FP_PORT_NODEPORT: service
- * node ports and the pods' hostPorts). xdp_pod steers those to the engine
- * when a pod sends them to the node's address; the pods' answers to the
- * node's own connections (other ports, the SNAT range included) stay with
- * the kernel.
+ * node ports and the pods' hostPorts) or as a port of the SNAT range
+ * (FP_PORT_SNAT: a local pod's answer to a connection the engine translated
+ * to the node's address, e.g. the node's own connection to a service, which
+ * the engine must restore). xdp_pod steers those to the engine when a pod
+ * sends them to the node's address; the pods' answers to the node's other
+ * connections (kubelet probes: ephemeral ports, outside the SNAT range) stay
+ * with the kernel.
  */
-static __always_inline int fp_is_node_port4(struct iphdr *iph, void *l4, void *data_end)
+static __always_inline int fp_is_engine_port4(struct iphdr *iph, void *l4, void *data_end)
 {
 	struct udphdr *udp = l4; /* ports at the same offsets in TCP */
 	__u32 key, *kind;
@@ -80,7 +83,7 @@ static __always_inline int fp_is_node_port4(struct iphdr *iph, void *l4, void *d
 		return 0;
 	key = ((__u32)iph->protocol << 16) | bpf_ntohs(udp->dest);
 	kind = bpf_map_lookup_elem(&ports4, &key);
-	return kind && *kind == FP_PORT_NODEPORT;
+	return kind && (*kind == FP_PORT_NODEPORT || *kind == FP_PORT_SNAT);
 }
 
 #endif /* FP_SERVICES_H */

@@ -12,7 +12,7 @@ use ferroplane_engine::counters::WorkerStats;
 use ferroplane_engine::graph::GraphInfo;
 use ferroplane_engine::worker::Command;
 use ferroplane_engine::{Shared, Snapshot, Worker, WorkerControl};
-use ferroplane_io::{PortId, TunDevice, XskConfig, XskIo};
+use ferroplane_io::{PortId, TunDevice, XskConfig, XskIo, XskOpener};
 
 /// Errors of the engine thread.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub struct Engine {
     pub info: GraphInfo,
     /// The worker's session table (`ip4-nat`).
     pub sessions: Option<Arc<std::sync::Mutex<ferroplane_tables::Conntrack>>>,
+    /// Kernel index of the punt TUN, once the caller knows it: the engine's punt
+    /// interface ([`crate::hostsvc::with_punt`]).
+    pub punt_ifindex: Option<u32>,
     /// Queues commands for the worker and wakes it.
     opener: PortOpener,
     misses: Receiver<(u16, Ipv4Addr)>,
@@ -60,6 +63,8 @@ const FLOW_REPORTS: usize = 16_384;
 pub struct PortOpener {
     commands: Sender<Command<XskIo>>,
     waker: ferroplane_io::Waker,
+    /// Opens sockets on the worker's UMEM on the caller's thread.
+    xsk: XskOpener,
 }
 
 impl std::fmt::Debug for PortOpener {
@@ -92,10 +97,12 @@ impl PortOpener {
         Ok(())
     }
 
-    /// [`Engine::add_port`], blocking the calling thread until the worker has done it.
+    /// [`Engine::add_port`]: the socket is created, given its rings and bound on the calling
+    /// thread (the kernel takes milliseconds, proportional to the UMEM's size); the worker
+    /// only installs the ready port (fills its fill ring), so it keeps forwarding meanwhile.
     pub fn add_port(&self, ifname: &str) -> Result<(PortId, RawFd), EngineError> {
-        let name = ifname.to_string();
-        Ok(self.exec(move |io| io.add_port(&name, 0))??)
+        let open = self.xsk.open(ifname, 0)?;
+        Ok(self.exec(move |io| io.install_port(open))??)
     }
 
     /// [`Engine::add_ports`]: opens and installs the sockets on the worker thread (used for
@@ -140,6 +147,7 @@ impl Engine {
         let (flow_tx, flow_rx) = mpsc::sync_channel(FLOW_REPORTS);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (s, c) = (shared.clone(), control.clone());
+        let worker_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("fp-worker-0".into())
             .spawn(move || {
@@ -151,6 +159,7 @@ impl Engine {
                     }
                 };
                 let waker = io.waker();
+                let xsk = io.opener();
                 let mut worker = match Worker::new(io, s, c) {
                     Ok(w) => w,
                     Err(e) => {
@@ -162,16 +171,33 @@ impl Engine {
                 worker.set_miss_reports(miss_tx);
                 worker.set_flow_reports(flow_tx);
                 if let Some(tun) = punt {
+                    // The TUN also brings the node's own traffic to services (hostsvc).
+                    let tun = Arc::new(tun);
+                    let w = waker.clone();
+                    match ferroplane_io::TunReader::start(tun.clone(), Box::new(move || w.wake())) {
+                        Ok(r) => worker.set_host_input(Box::new(r)),
+                        Err(e) => tracing::warn!(
+                            "the node's own service traffic is not read from the punt TUN: {e}"
+                        ),
+                    }
                     worker.set_punt(Box::new(move |pkt: &[u8]| tun.write(pkt).is_ok()));
                 }
                 let sessions = worker.shared_state("ip4-nat").and_then(|s| {
                     s.downcast::<std::sync::Mutex<ferroplane_tables::Conntrack>>()
                         .ok()
                 });
-                let _ = ready_tx.send(Ok((worker.stats(), worker.graph_info(), sessions, waker)));
+                let _ = ready_tx.send(Ok((
+                    worker.stats(),
+                    worker.graph_info(),
+                    sessions,
+                    waker,
+                    xsk,
+                )));
                 let r = worker.run();
                 if let Err(e) = &r {
                     tracing::error!("engine worker stopped: {e:?}");
+                } else if !worker_control.stop.load(Ordering::Relaxed) {
+                    tracing::error!("engine worker thread ended without being asked to");
                 }
                 r
             })
@@ -181,11 +207,12 @@ impl Engine {
                     source: e,
                 })
             })?;
-        let (stats, info, sessions, waker) = ready_rx
+        let (stats, info, sessions, waker, xsk) = ready_rx
             .recv_timeout(ANSWER)
             .map_err(|_| EngineError::Timeout(ANSWER))??;
         Ok(Engine {
             sessions,
+            punt_ifindex: None,
             shared,
             control,
             stats,
@@ -193,6 +220,7 @@ impl Engine {
             opener: PortOpener {
                 commands: cmd_tx,
                 waker,
+                xsk,
             },
             misses: miss_rx,
             flows: flow_rx,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod health;
 pub mod hostports;
+pub mod hostsvc;
 pub mod ipam;
 pub mod k8s;
 pub mod listen;

@@ -533,6 +533,9 @@ impl Agent {
         let _timer = ferroplane_agent::metrics::ReconcileTimer::start("publish");
         let mut snap = self.state.snapshot().context("building the FIB")?;
         snap.flow_export = self.keep;
+        if let Some(i) = self.engine.punt_ifindex {
+            ferroplane_agent::hostsvc::with_punt(&mut snap, i, PUNT_IF);
+        }
         self.engine.shared.publish(snap);
         let mut bpf = self.bpf()?;
         ferroplane_agent::services::apply_steering(&self.state.services, &mut bpf)
@@ -713,7 +716,7 @@ async fn run(args: Args) -> Result<()> {
     // Replies go out through the pod veths: loose reverse-path filtering on the TUN.
     let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{PUNT_IF}/rp_filter"), "2");
 
-    let engine = Engine::start(
+    let mut engine = Engine::start(
         XskConfig {
             num_frames: args.frames,
             ..XskConfig::default()
@@ -721,6 +724,7 @@ async fn run(args: Args) -> Result<()> {
         Some(tun),
     )
     .context("starting the engine")?;
+    engine.punt_ifindex = Some(punt.ifindex);
 
     let mut agent = Agent {
         plumber,
@@ -808,6 +812,17 @@ async fn run(args: Args) -> Result<()> {
     }
     agent.refresh_neighbours().await?;
     agent.publish()?;
+    // The node's own traffic to services goes to the engine through the punt TUN.
+    let host_services = ferroplane_agent::hostsvc::start(
+        agent.plumber.handle().clone(),
+        punt.ifindex,
+        PUNT_IF,
+        spec.node.address.addr,
+        agent.pod_mtu(),
+        agent.state.services.clone(),
+    )
+    .await
+    .context("routing the node's own service traffic to the engine (hostsvc)")?;
 
     let mut bgp = match &spec.bgp {
         Some(b) => Some(
@@ -1132,6 +1147,7 @@ async fn run(args: Args) -> Result<()> {
         agent.export_flows();
     }
     agent.engine.stop();
+    host_services.stop(!on_exit_keep).await;
     if on_exit_keep {
         let flows = agent.bpf()?.flow4().map(|f| f.len()).unwrap_or(0);
         info!(

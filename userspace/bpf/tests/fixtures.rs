@@ -673,14 +673,26 @@ fn fixtures() -> Vec<Fixture> {
             V::Pass,
             None,
         ),
+        // A pod's answer to a connection the engine SNATed to the node's address (the
+        // node's own connection to a service whose backend is this pod): the engine
+        // restores the service address.
         fx(
-            "pod: TCP to a SNAT-range port on the node -> PASS (answers to the node)",
+            "pod: TCP to a SNAT-range port on the node -> REDIRECT (SNAT return)",
             Pod,
             service_frame(NODE, 6, SNAT_PORT, 0, 0),
             WithSocket,
-            PASS,
-            V::Pass,
+            REDIRECT,
+            V::Redirect,
             None,
+        ),
+        fx(
+            "pod: TCP to a SNAT-range port on the node, no socket -> DROP",
+            Pod,
+            service_frame(NODE, 6, SNAT_PORT, 0, 0),
+            Standard,
+            DROP,
+            V::EngineAway,
+            Some(R::NoXsk),
         ),
         fx(
             "pod: TCP to an ordinary port on the node -> PASS",

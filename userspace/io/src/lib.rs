@@ -14,7 +14,8 @@
 //! - [`XskIo`]: AF_XDP sockets sharing one UMEM across all ports (devices),
 //!   so a frame received on one port can be sent on another without a copy.
 //! - [`TunDevice`] is not a [`PacketIo`]: it hands IPv4 packets to the host
-//!   kernel (punt path).
+//!   kernel (punt path) and, through a [`TunReader`], the host's own packets the
+//!   kernel routes to it (its traffic to service addresses) to the engine.
 
 #![deny(missing_docs)]
 
@@ -24,7 +25,7 @@ mod tun;
 mod xsk;
 
 pub use mem::{MemFrames, MemIo};
-pub use tun::TunDevice;
+pub use tun::{TunDevice, TunReader};
 pub use xsk::{
     OpenPort, PoolStats, Waker, XskConfig, XskIo, XskKernelStats, XskMemory, XskOpener,
     XskPortStats, MIN_FILL_TARGET, MIN_PORT_CAP,

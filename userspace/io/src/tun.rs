@@ -1,9 +1,15 @@
-//! A TUN device: the punt path that hands IPv4 packets to the host kernel.
+//! A TUN device: the punt path that hands IPv4 packets to the host kernel, and the
+//! host's own packets the kernel routes to it (its traffic to service addresses) to the
+//! engine ([`TunReader`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::IoError;
 
@@ -74,6 +80,129 @@ impl TunDevice {
             source,
         })
     }
+}
+
+/// How long the [`TunReader`] thread sleeps at most before it checks whether it must stop.
+const WATCH_TICK: Duration = Duration::from_millis(100);
+
+/// The read side of a [`TunDevice`] for a thread that must not block on it (the engine
+/// worker): a small watcher thread polls the device and, when packets wait, sets
+/// [`TunReader::ready`] and calls the wake function (which ends the worker's sleep); the
+/// worker then reads without blocking ([`TunReader::try_read`]) until nothing is left,
+/// which re-arms the watcher. No packet is copied twice and the worker makes no system
+/// call while nothing waits.
+#[derive(Debug)]
+pub struct TunReader {
+    tun: Arc<TunDevice>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TunReader {
+    /// Make `tun` non-blocking and start the watcher thread; `wake` is called (from that
+    /// thread) each time packets become ready.
+    pub fn start(tun: Arc<TunDevice>, wake: Box<dyn Fn() + Send>) -> Result<Self, IoError> {
+        set_nonblocking(tun.as_raw_fd())?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st, t) = (ready.clone(), stop.clone(), tun.clone());
+        let thread = std::thread::Builder::new()
+            .name("fp-tun-watch".into())
+            .spawn(move || watch(&t, &r, &st, wake))
+            .map_err(|source| IoError::Os {
+                op: "spawn the TUN watcher",
+                source,
+            })?;
+        Ok(TunReader {
+            tun,
+            ready,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether packets may be waiting (an atomic load: cheap enough for every round).
+    #[inline]
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Read one waiting packet into `buf` (a longer packet is truncated by the kernel);
+    /// `Ok(None)` when none waits, which re-arms the watcher.
+    pub fn try_read(&self, buf: &mut [u8]) -> Result<Option<usize>, IoError> {
+        match (&self.tun.file).read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.ready.store(false, Ordering::Release);
+                if let Some(t) = &self.thread {
+                    t.thread().unpark();
+                }
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
+            Err(source) => Err(IoError::Os {
+                op: "read from TUN",
+                source,
+            }),
+        }
+    }
+}
+
+impl Drop for TunReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// The watcher: wait (poll) until the device is readable, flag it, wake the reader, then
+/// sleep until the reader found it empty ([`TunReader::try_read`] unparks this thread).
+fn watch(tun: &TunDevice, ready: &AtomicBool, stop: &AtomicBool, wake: Box<dyn Fn() + Send>) {
+    let mut pfd = libc::pollfd {
+        fd: tun.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while !stop.load(Ordering::Acquire) {
+        pfd.revents = 0;
+        // SAFETY: `pfd` is one live, exclusively borrowed pollfd for an fd the `Arc`ed
+        // device keeps open for the whole call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, WATCH_TICK.as_millis() as libc::c_int) };
+        if rc <= 0 || pfd.revents & libc::POLLIN == 0 {
+            if pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                std::thread::sleep(WATCH_TICK);
+            }
+            continue;
+        }
+        ready.store(true, Ordering::Release);
+        wake();
+        while ready.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(WATCH_TICK);
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> Result<(), IoError> {
+    // SAFETY: F_GETFL/F_SETFL take and return plain integers on an open descriptor.
+    let rc = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)
+        }
+    };
+    if rc < 0 {
+        return Err(IoError::Os {
+            op: "fcntl O_NONBLOCK on TUN",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 impl AsRawFd for TunDevice {

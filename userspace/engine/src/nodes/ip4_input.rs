@@ -38,7 +38,8 @@ static INFO: NodeInfo = NodeInfo {
 /// `ip4-nat`.
 ///
 /// Sources: a pod sends with its own address only; the uplink never brings a source inside
-/// this node's pod CIDRs ([`crate::Snapshot::pod_cidrs`]); a tunnel's inner sources were
+/// this node's pod CIDRs ([`crate::Snapshot::pod_cidrs`]), nor does the node itself (the
+/// punt TUN); a tunnel's inner sources were
 /// checked against the sending peer by `tunnel-decap`. Destinations that no router forwards
 /// (RFC 1122 3.2.1.3, RFC 5735): limited broadcast, multicast (224.0.0.0/4: the engine has
 /// no multicast routing), 0.0.0.0/8 and loopback are dropped as `martian-destination`.
@@ -74,7 +75,10 @@ impl<M: FrameMemory> Node<M> for Ip4Input {
             };
             let spoofed = match rx.map(|r| (r.kind, r.pod.as_ref())) {
                 Some((IfKind::Pod, pod)) => pod.is_none_or(|p| p.ip != src),
-                Some((IfKind::Uplink, _)) => snap.pod_cidrs.iter().any(|p| p.contains(src)),
+                // The node's own packets (punt TUN) never claim a pod's address either.
+                Some((IfKind::Uplink | IfKind::Punt, _)) => {
+                    snap.pod_cidrs.iter().any(|p| p.contains(src))
+                }
                 _ => false,
             };
             if spoofed {

@@ -64,6 +64,7 @@ node_errors! {
         NoPort = (Error, "snat-ports-exhausted", "no free SNAT port for the destination"),
         NoSnatAddress = (Error, "no-snat-address", "SNAT needed but the node has no address"),
         FragmentNoSession = (Error, "fragment-no-session", "non-first fragment of a flow to translate whose first fragment made no session (dropped or rejected)"),
+        HostService = (Info, "host-sessions", "new service flows from the node itself (punt TUN): source port SNATed into the SNAT range so replies come back to the engine"),
         Tracked = (Info, "tracked-sessions", "new connections from outside the cluster to local pods tracked untranslated (masquerade on: their replies are not masqueraded)"),
     }
 }
@@ -327,6 +328,17 @@ fn rewrite(l3: &mut [u8], hl: usize, old: &FlowKey, new: &FlowKey, icmp_type: u8
     }
 }
 
+/// Where a packet without a session came from, for NAT purposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A local pod's interface.
+    Pod,
+    /// The node itself: the punt TUN's read side (its traffic to service addresses).
+    Host,
+    /// The uplink or a tunnel.
+    Outside,
+}
+
 /// Where a new flow goes.
 enum Decision {
     /// Translate with this session.
@@ -412,9 +424,10 @@ impl Ip4Nat {
         env: &Env<'_>,
         p: &Parsed,
         l3: &[u8],
-        from_pod: bool,
+        from: Origin,
         counts: &mut [u64; NatError::INFO.len()],
     ) -> Decision {
+        let from_pod = from == Origin::Pod;
         let key = p.key;
         if let Some((pi, kind)) = env.services.lookup(key.dst, key.proto, key.dport) {
             if key.proto == PROTO_ICMP {
@@ -423,7 +436,10 @@ impl Ip4Nat {
             let Some(sp) = env.services.port(pi) else {
                 return Decision::Pass;
             };
-            let from_outside = !from_pod;
+            // The node itself is inside the cluster: its traffic to a NodePort or an external
+            // address uses every endpoint, as kube-proxy's (externalTrafficPolicy is about
+            // traffic from outside).
+            let from_outside = from == Origin::Outside;
             let sel = sp.selection(kind, from_outside);
             if sel.is_empty() {
                 return if sp.has_endpoints {
@@ -473,8 +489,14 @@ impl Ip4Nat {
                 return Decision::Reject;
             };
             let hairpin = b.addr == key.src;
+            // The node's own connection keeps its source address and gets a port of the SNAT
+            // range: the backend's answers to that port are steered back to the engine
+            // (ports4, by xdp_uplink and xdp_pod), which restores the service address; with
+            // its own port they would go to the node's kernel untranslated.
             let snat = if hairpin {
                 Some(key.dst)
+            } else if from == Origin::Host {
+                Some(key.src)
             } else if from_outside && kind.is_external() && !b.local {
                 match env.nat.masquerade_addr.or(env.node_ip) {
                     Some(a) => Some(a),
@@ -539,6 +561,8 @@ impl Ip4Nat {
                     counts[NatError::NewService as usize] += 1;
                     if hairpin {
                         counts[NatError::Hairpin as usize] += 1;
+                    } else if from == Origin::Host {
+                        counts[NatError::HostService as usize] += 1;
                     } else if snat.is_some() {
                         counts[NatError::ClusterSnat as usize] += 1;
                     }
@@ -916,7 +940,12 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             let (id, dir) = match hit {
                 Some(h) => h,
                 None => {
-                    let from_pod = ifaces.get(rx_if).map(|f| f.kind) == Some(IfKind::Pod);
+                    let from = match ifaces.get(rx_if).map(|f| f.kind) {
+                        Some(IfKind::Pod) => Origin::Pod,
+                        Some(IfKind::Punt) => Origin::Host,
+                        _ => Origin::Outside,
+                    };
+                    let from_pod = from == Origin::Pod;
                     if p.tail {
                         // Its first fragment made no session (passed untranslated, or was
                         // dropped or rejected): never create one from a fragment.
@@ -925,7 +954,7 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                         }
                         continue;
                     }
-                    let decision = self.new_flow(&mut ct, &env, &p, l3, from_pod, &mut counts);
+                    let decision = self.new_flow(&mut ct, &env, &p, l3, from, &mut counts);
                     if traced {
                         if let Some(step) = trace_new_flow(&ct, &services, &p.key, &decision) {
                             cx.trace.push(m.trace_id, node, TraceData::Nat(step));
