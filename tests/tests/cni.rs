@@ -796,3 +796,124 @@ fn cni_pods_get_network_policy() {
         assert!(node.del(&id(i), ns).ok());
     }
 }
+
+/// Pods whose network namespace is deleted without CNI DEL (`ip netns del`, as a crashed
+/// runtime leaves them): the agent sees their veths vanish (netlink link events), closes
+/// their engine ports (their frames return to the pool) and reports them; the other pods
+/// keep passing traffic; the addresses stay reserved until CNI DEL, which then succeeds.
+#[test]
+fn cni_vanished_pod_namespaces() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start(None, &[]);
+    let mut pods = pods(8);
+    let mut ips = Vec::new();
+    let mut veths = Vec::new();
+    for (i, ns) in pods.iter().enumerate() {
+        let r = node.add(&id(i), ns);
+        assert!(r.ok(), "ADD {i}: {r:?}");
+        ips.push(r.ip().expect("ip"));
+        veths.push(host_if(r.json.as_ref().expect("json")));
+    }
+    // Some traffic into the pods that will vanish, so their ports hold frames.
+    for i in 0..5 {
+        ping(&node.topo.router, ips[i], 1).expect("router -> pod");
+    }
+    let paths: Vec<PathBuf> = pods[..5].iter().map(|ns| ns.path().to_path_buf()).collect();
+    // `ip netns del` of five pods, no DEL.
+    drop(pods.drain(..5).collect::<Vec<_>>());
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (ifs, buffers) = loop {
+        let ifs = node
+            .agent()
+            .ctl_json(&["show", "interfaces"])
+            .expect("show interfaces");
+        let b = node
+            .agent()
+            .ctl_json(&["show", "buffers"])
+            .expect("show buffers");
+        let vanished = ifs
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .filter(|i| i["state"] == "vanished")
+            .count();
+        if (vanished == 5 && b["closing_ports"] == 0 && b["closed_ports"] == 5)
+            || Instant::now() > deadline
+        {
+            break (ifs, b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for v in &veths[..5] {
+        let i = ifs
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .find(|i| i["name"] == v.as_str())
+            .unwrap_or_else(|| panic!("{v} not shown: {ifs}\n{}", node.agent().log_tail(30)));
+        assert_eq!(i["state"], "vanished", "{i}");
+        assert!(i["port"].is_null(), "{i}");
+    }
+    for v in &veths[5..] {
+        let i = ifs
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .find(|i| i["name"] == v.as_str())
+            .unwrap_or_else(|| panic!("{v} not shown: {ifs}"));
+        assert_eq!(i["state"], "up", "{i}");
+    }
+    // Their ports are closed and hold nothing: the pool's fill/TX frames are all held by
+    // the ports that remain (uplink and three pods).
+    assert_eq!(buffers["closing_ports"], 0, "{buffers}");
+    assert_eq!(buffers["closed_ports"], 5, "{buffers}");
+    let ports = buffers["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 4, "{buffers}");
+    for p in ports {
+        let name = p["interface"].as_str().unwrap_or_default();
+        assert!(
+            !veths[..5].iter().any(|v| v == name),
+            "vanished port left: {buffers}"
+        );
+    }
+    let held = |k: &str| -> u64 { ports.iter().map(|p| p[k].as_u64().expect("n")).sum() };
+    assert_eq!(
+        held("fill_frames"),
+        buffers["fill"].as_u64().expect("fill"),
+        "{buffers}"
+    );
+    let log = std::fs::read_to_string(node.agent().log_path()).expect("log");
+    assert_eq!(log.matches("pod interface vanished").count(), 5, "{log}");
+
+    // The remaining pods pass traffic: a transfer between two of them, the router to one.
+    let t = ferroplane_e2e::tcp_transfer(&pods[0], &pods[1], ips[6], 5201, 4 << 20)
+        .expect("transfer pod5 -> pod6 after five pods vanished");
+    assert_eq!(t.bytes, 4 << 20);
+    ping(&node.topo.router, ips[7], 2).expect("router -> pod7");
+
+    // The vanished pods keep their addresses until CNI DEL, which succeeds without the
+    // namespace and removes them from show interfaces.
+    assert_eq!(node.reservations().len(), 8);
+    for (i, path) in paths.iter().enumerate() {
+        let r = node.call(&CniEnv::new("DEL", &id(i), path), &node.conf());
+        assert!(r.ok(), "DEL {i} of a vanished pod: {r:?}");
+    }
+    assert_eq!(node.reservations().len(), 3);
+    let ifs = node
+        .agent()
+        .ctl_json(&["show", "interfaces"])
+        .expect("show interfaces");
+    assert!(
+        !ifs.as_array()
+            .expect("i")
+            .iter()
+            .any(|i| i["state"] == "vanished"),
+        "{ifs}"
+    );
+    for (i, ns) in pods.iter().enumerate() {
+        assert!(node.del(&id(i + 5), ns).ok());
+    }
+}

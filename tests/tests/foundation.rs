@@ -447,6 +447,90 @@ fn agent_restart_with_keep_forwards_established_flows() {
     assert_eq!(xdp_attached(&topo.node).len(), 3, "adopted, still attached");
     drop(agent);
 }
+
+/// `ip netns del`s a namespace this test added by name, on drop.
+struct NamedNetns(String);
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// A standalone spec naming a pod whose network namespace does not exist: the agent
+/// starts anyway (it used to refuse), serves the other pod, reports the pod as missing
+/// (`show interfaces`, log), and plumbs it once the namespace appears.
+#[test]
+fn agent_starts_with_a_missing_pod_namespace() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(2).expect("topology");
+    let late = format!("{}-late", topo.pods[1].ns.name());
+    let spec = topo.spec_yaml().replace(
+        &format!("netns: {}\n", topo.pods[1].ns.name()),
+        &format!("netns: {late}\n"),
+    );
+    assert!(spec.contains(&late), "{spec}");
+    topo.write_spec(&spec).expect("spec");
+    let agent = topo
+        .start_agent(&bin_dir())
+        .expect("agent starts despite a missing netns");
+    ping(&topo.router, pod_ip(&topo, 0), 2).expect("router -> pod0");
+    let state_of = |agent: &AgentGuard| -> Option<String> {
+        let ifs = agent
+            .ctl_json(&["show", "interfaces"])
+            .expect("show interfaces");
+        ifs.as_array()
+            .expect("interfaces")
+            .iter()
+            .find(|i| {
+                i["pod"]
+                    .as_str()
+                    .is_some_and(|p| p.contains(&pod_ip(&topo, 1).to_string()))
+            })
+            .map(|i| i["state"].as_str().unwrap_or("?").to_string())
+    };
+    assert_eq!(state_of(&agent).as_deref(), Some("missing"));
+    assert!(
+        agent
+            .log_tail(200)
+            .contains("pod network namespace missing"),
+        "{}",
+        agent.log_tail(30)
+    );
+    let text = agent.ctl(&["show", "interfaces"]).expect("show interfaces");
+    assert!(text.contains("missing"), "{text}");
+
+    // The namespace appears: the agent plumbs the pod (it retries every 5 s).
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &late])
+        .status()
+        .expect("ip netns add");
+    assert!(st.success());
+    let _late_ns = NamedNetns(late.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while state_of(&agent).as_deref() != Some("up") {
+        assert!(
+            Instant::now() < deadline,
+            "pod not plumbed after its namespace appeared: {:?}\n{}",
+            state_of(&agent),
+            agent.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = std::process::Command::new("ip")
+        .args(["-n", &late, "-j", "addr", "show", Topology::POD_IF])
+        .output()
+        .expect("ip addr");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&pod_ip(&topo, 1).to_string()),
+        "{out:?}"
+    );
+    drop(agent);
+}
 /// Datagrams a namespace's UDP stack took in (delivered or to a closed port).
 fn udp_received(ns: &ferroplane_e2e::netns::Netns) -> u64 {
     let snmp = ns.exec_ok(&["cat", "/proc/net/snmp"]).expect("snmp");

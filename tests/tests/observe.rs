@@ -933,3 +933,99 @@ fn agent_logs_json_lines_when_asked() {
         assert!(v["fields"].is_object(), "{l}");
     }
 }
+
+/// `GET path` on the node's 127.0.0.1:`port`; the status line, or `None` when nothing
+/// answered.
+fn probe(ns: &ferroplane_e2e::Netns, port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.lines().next().map(str::to_string)
+    })
+    .ok()
+    .flatten()
+}
+
+/// The worker watchdog: a healthy agent shows its worker running in `show counters` and
+/// answers its probes with 200; after a fault injected through the test-only hook
+/// (`--test-faults`, SIGUSR1: the worker stalls) the worker shows as stalled and
+/// `/healthz` and `/readyz` answer 503 within a few seconds, while the agent itself (its
+/// API) still answers.
+#[test]
+fn a_stalled_worker_turns_the_probes_red() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(1).expect("topology");
+    let agent = topo
+        .start_agent_with(
+            &bin_dir(),
+            &["--health-addr", "127.0.0.1:9644", "--test-faults"],
+        )
+        .expect("agent");
+    let wait_for = |path: &str, status: &str, within: std::time::Duration| {
+        let start = std::time::Instant::now();
+        loop {
+            let got = probe(&topo.node, 9644, path);
+            if got.as_deref().is_some_and(|l| l.contains(status)) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{path}: {got:?}, wanted {status}\n{}",
+                agent.log_tail(30)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("/healthz", "200", std::time::Duration::from_secs(10));
+    wait_for("/readyz", "200", std::time::Duration::from_secs(10));
+    ping(&topo.router, topo.pods[0].ip, 1).expect("router -> pod0");
+    let c = agent
+        .ctl_json(&["show", "counters"])
+        .expect("show counters");
+    let w = &c["workers"][0];
+    assert_eq!(w["state"], "running", "{c}");
+    assert!(w["heartbeat"].as_u64().is_some_and(|b| b > 0), "{w}");
+    assert!(
+        w["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 2.0),
+        "{w}"
+    );
+    assert_eq!(w["port_errors"], 0, "{w}");
+    let text = agent.ctl(&["show", "counters"]).expect("show counters");
+    assert!(text.contains("Worker 0: running"), "{text}");
+
+    // Inject the fault: the worker stalls.
+    let st = std::process::Command::new("kill")
+        .args(["-USR1", &agent.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let red = wait_for("/healthz", "503", std::time::Duration::from_secs(10));
+    eprintln!("liveness red {red:?} after the stall");
+    wait_for("/readyz", "503", std::time::Duration::from_secs(2));
+    let c = agent
+        .ctl_json(&["show", "counters"])
+        .expect("show counters while stalled");
+    let w = &c["workers"][0];
+    assert_eq!(w["state"], "stalled", "{c}");
+    assert!(
+        w["heartbeat_age_secs"].as_f64().is_some_and(|a| a >= 3.0),
+        "{w}"
+    );
+    let text = agent.ctl(&["show", "counters"]).expect("show counters");
+    assert!(text.contains("Worker 0: stalled"), "{text}");
+    assert!(
+        agent.log_tail(50).contains("engine worker stalled"),
+        "{}",
+        agent.log_tail(30)
+    );
+    assert!(agent.is_running());
+}

@@ -46,6 +46,10 @@ pub struct AgentView {
     pub services: crate::services::ServiceCacheHandle,
     /// Runs queries on the engine worker (its AF_XDP frame pool).
     pub worker: crate::engine::PortOpener,
+    /// The engine workers' watchdog (their state in `show counters`).
+    pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    /// Pods whose interface vanished or whose namespace is missing.
+    pub gone: crate::vanish::GonePods,
 }
 
 impl AgentView {
@@ -81,8 +85,31 @@ impl AgentView {
                     tx_bytes: sum(&|c| c.tx_bytes.get()),
                     drops: sum(&|c| c.tx_drops.get()),
                     pod: i.pod.as_ref().map(|p| format!("{} ({})", p.name, p.ip)),
+                    state: ferroplane_api::InterfaceState::Up,
                 }
             })
+            .chain(
+                crate::vanish::lock(&self.gone)
+                    .values()
+                    .map(|g| InterfaceInfo {
+                        name: g.host_ifname.clone(),
+                        sw_if_index: 0,
+                        kind: InterfaceKind::Pod,
+                        ifindex: 0,
+                        mac: String::new(),
+                        ipv4: None,
+                        mtu: 0,
+                        xdp_mode: None,
+                        port: None,
+                        rx_packets: 0,
+                        rx_bytes: 0,
+                        tx_packets: 0,
+                        tx_bytes: 0,
+                        drops: 0,
+                        pod: Some(format!("{} ({})", g.key, g.ip)),
+                        state: g.state,
+                    }),
+            )
             .collect()
     }
 
@@ -165,6 +192,21 @@ impl AgentView {
                 .map(|w| w.command_max_nanos.get())
                 .max()
                 .unwrap_or(0),
+            workers: self
+                .watchdog
+                .iter()
+                .flat_map(|d| d.workers())
+                .enumerate()
+                .map(|(i, w)| ferroplane_api::WorkerInfo {
+                    worker: i as u32,
+                    state: w.state.as_str().to_string(),
+                    heartbeat: w.heartbeat,
+                    heartbeat_age_secs: w.since_beat.as_secs_f64(),
+                    port_errors: w.port_errors,
+                    io_errors: w.io_errors,
+                    last_io_error: w.last_io_error,
+                })
+                .collect(),
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! `GET /healthz` answers 200 while the agent runs (liveness); `GET /readyz` answers 200 once
 //! the agent has set [`Health::set_ready`] (dataplane up, CNI socket serving and, in
-//! Kubernetes mode, the watchers synced) and 503 before.
+//! Kubernetes mode, the watchers synced) and 503 before. Both answer 503 while an engine
+//! worker is stalled or gone ([`Health::set_engine_stalled`], fed by the watchdog,
+//! [`crate::watchdog`]): a dataplane that forwards nothing is neither live nor ready.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,7 @@ use crate::listen::{self, ConnTable, HttpLimits};
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    engine_stalled: AtomicBool,
 }
 
 impl Health {
@@ -26,6 +29,16 @@ impl Health {
     /// Whether the agent is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks an engine worker stalled or gone (or all running again).
+    pub fn set_engine_stalled(&self, stalled: bool) {
+        self.engine_stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// Whether an engine worker is stalled or gone.
+    pub fn engine_stalled(&self) -> bool {
+        self.engine_stalled.load(Ordering::Relaxed)
     }
 }
 
@@ -42,6 +55,9 @@ pub fn answer_request(method: &str, path: &str, health: &Health) -> (u16, &'stat
         return (405, "method not allowed\n");
     }
     match path {
+        "/healthz" | "/livez" | "/readyz" if health.engine_stalled() => {
+            (503, "engine worker stalled\n")
+        }
         "/healthz" | "/livez" => (200, "ok\n"),
         "/readyz" if health.is_ready() => (200, "ready\n"),
         "/readyz" => (503, "not ready\n"),

@@ -22,3 +22,5 @@ pub mod policy;
 pub mod services;
 pub mod state;
 pub mod timing;
+pub mod vanish;
+pub mod watchdog;

@@ -90,6 +90,10 @@ struct Args {
     /// programs attached: their links are pinned while it runs (unless `--no-pin`).
     #[arg(long, default_value = "detach", value_parser = ["detach", "keep"])]
     on_exit: String,
+    /// Test only (fault injection for the e2e suites; never in production): SIGUSR1 makes
+    /// the engine worker stall (no heartbeat), SIGUSR2 makes it exit.
+    #[arg(long, hide = true)]
+    test_faults: bool,
 }
 
 fn main() -> Result<()> {
@@ -127,6 +131,8 @@ struct Agent {
     /// The XDP links are pinned (not `--no-pin`): the programs outlive the agent if it dies,
     /// so the engine reports forwarded flows for the XDP flow cache.
     keep: bool,
+    /// Pods whose interface vanished or whose namespace is missing (shared with the API).
+    gone: ferroplane_agent::vanish::GonePods,
 }
 
 /// A spare veth pair of the warm pool, ready to become a pod's (see
@@ -424,7 +430,99 @@ impl Agent {
             },
         );
         info!(pod = %pod.key(), ip = %pod.ip, veth = %link.host_ifname, reused = link.reused, "pod plugged");
+        ferroplane_agent::vanish::lock(&self.gone).remove(&pod.key());
         Ok(phases)
+    }
+
+    /// A spec pod whose network namespace does not exist: reported as missing (plumbed
+    /// when the namespace appears, see [`Agent::retry_missing`]) instead of failing.
+    fn missing_pod(&self, pod: &PodSpec) {
+        warn!(pod = %pod.key(), netns = %pod.netns_path().display(), "pod network namespace missing: not plumbed (retried every 5 s)");
+        ferroplane_agent::vanish::lock(&self.gone).insert(
+            pod.key(),
+            ferroplane_agent::vanish::GonePod {
+                key: pod.key(),
+                ip: pod.ip,
+                host_ifname: ferroplane_agent::netlink::host_ifname(&pod.namespace, &pod.name),
+                state: ferroplane_api::InterfaceState::Missing,
+                since: std::time::SystemTime::now(),
+                spec: Some(pod.clone()),
+            },
+        );
+    }
+
+    /// Plumbs the spec pods reported gone whose namespace exists (again).
+    async fn retry_missing(&mut self) {
+        let due: Vec<PodSpec> = ferroplane_agent::vanish::lock(&self.gone)
+            .values()
+            .filter_map(|g| g.spec.clone())
+            .filter(|p| p.netns_path().exists())
+            .collect();
+        for pod in due {
+            match self.add_pod(&pod).await {
+                Ok(_) => {
+                    info!(pod = %pod.key(), "pod network namespace appeared: pod plumbed");
+                    if let Err(e) = self.publish() {
+                        warn!("{e:#}");
+                    }
+                }
+                Err(e) => warn!(pod = %pod.key(), "plumbing a pod whose namespace appeared: {e:#}"),
+            }
+        }
+    }
+
+    /// The kernel deleted link `ifindex`: if it was a pod's veth (its namespace was deleted
+    /// without CNI DEL), the pod leaves the tables, its XDP and map entries go and its
+    /// AF_XDP port is closed (its frames return to the pool); it is reported as vanished
+    /// until CNI DEL or GC, which keep its address reserved until then.
+    fn vanish(&mut self, ifindex: u32) {
+        let Some(key) = self
+            .state
+            .pods
+            .iter()
+            .find(|(_, p)| p.host_ifindex == ifindex)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let Some(p) = self.state.pods.remove(&key) else {
+            return;
+        };
+        if let Err(e) = self.publish() {
+            warn!(pod = %key, "{e:#}");
+        }
+        if let Ok(mut bpf) = self.bpf() {
+            if let Some(port) = p.port {
+                let _ = bpf.clear_xsk(u32::from(port));
+            }
+            let _ = bpf.remove_iface(p.host_ifindex);
+            // The link is gone with its XDP program; this drops our record of it.
+            let _ = bpf.detach(&p.host_ifname);
+        }
+        if let Some(port) = p.port {
+            if let Err(e) = self.engine.close_port(port) {
+                warn!(pod = %key, "closing the AF_XDP port of a vanished pod: {e}");
+            }
+        }
+        warn!(pod = %key, ip = %p.ip, veth = %p.host_ifname, port = ?p.port, "pod interface vanished (its network namespace was deleted without CNI DEL): engine port closed, frames returned; the address stays reserved until CNI DEL or GC");
+        let spec = self
+            .state
+            .spec
+            .pods
+            .iter()
+            .find(|s| s.key() == key)
+            .cloned();
+        ferroplane_agent::vanish::lock(&self.gone).insert(
+            key.clone(),
+            ferroplane_agent::vanish::GonePod {
+                key,
+                ip: p.ip,
+                host_ifname: p.host_ifname,
+                state: ferroplane_api::InterfaceState::Vanished,
+                since: std::time::SystemTime::now(),
+                spec,
+            },
+        );
     }
 
     /// Tears a pod down (CNI DEL and GC): tables first, then XDP, then its AF_XDP port
@@ -432,6 +530,9 @@ impl Agent {
     /// Returns whether anything was there.
     async fn remove_pod(&mut self, pod: &PodSpec, phases: &mut Phases) -> Result<bool> {
         let key = pod.key();
+        let was_gone = ferroplane_agent::vanish::lock(&self.gone)
+            .remove(&key)
+            .is_some();
         let known = self.state.pods.remove(&key);
         if let Some(p) = &known {
             self.publish()?;
@@ -462,10 +563,10 @@ impl Agent {
             .await
             .with_context(|| format!("deleting the veth of {key}"))?;
         phases.mark("veth");
-        if known.is_some() || deleted {
+        if known.is_some() || deleted || was_gone {
             info!(pod = %key, "pod removed");
         }
-        Ok(known.is_some() || deleted)
+        Ok(known.is_some() || deleted || was_gone)
     }
 
     /// Carries out a CNI server request (same add/remove path as the YAML spec's pods).
@@ -752,6 +853,7 @@ async fn run(args: Args) -> Result<()> {
         attach,
         spares: Vec::new(),
         keep,
+        gone: Default::default(),
     };
     // hostPorts may not take the agent's own listeners (hostports::Reserved).
     if let Ok(mut c) = agent.state.services.lock() {
@@ -808,6 +910,10 @@ async fn run(args: Args) -> Result<()> {
         agent.resolve(hop).await;
     }
     for pod in &spec.pods {
+        if !pod.netns_path().exists() {
+            agent.missing_pod(pod);
+            continue;
+        }
         agent.add_pod(pod).await?;
     }
     agent.refresh_neighbours().await?;
@@ -833,6 +939,10 @@ async fn run(args: Args) -> Result<()> {
         None => None,
     };
     let overlay_view = Arc::new(std::sync::RwLock::new(overlay.clone()));
+    let watchdog = ferroplane_agent::watchdog::Watchdog::new(
+        vec![agent.engine.control.clone()],
+        ferroplane_agent::watchdog::STALL_AFTER,
+    );
     let view = AgentView {
         shared: agent.engine.shared.clone(),
         workers: vec![agent.engine.stats.clone()],
@@ -844,6 +954,8 @@ async fn run(args: Args) -> Result<()> {
         sessions: agent.engine.sessions.iter().cloned().collect(),
         services: agent.state.services.clone(),
         worker: agent.engine.port_opener(),
+        watchdog: Some(watchdog.clone()),
+        gone: agent.gone.clone(),
     };
     let view = Arc::new(view);
     let server = ApiServer::bind(&args.api_socket, view.clone())
@@ -860,6 +972,35 @@ async fn run(args: Args) -> Result<()> {
     // CNI: IPAM on the node's pod CIDR, attachments of a previous run plumbed again, then
     // the socket the plugin talks to.
     let health = Arc::new(Health::default());
+    let _watchdog_thread = watchdog
+        .start(health.clone(), ferroplane_agent::watchdog::CHECK_EVERY)
+        .context("starting the engine watchdog")?;
+    if args.test_faults {
+        warn!("--test-faults: SIGUSR1 stalls the engine worker, SIGUSR2 ends it (tests only)");
+        let control = agent.engine.control.clone();
+        let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+        let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
+        tokio::spawn(async move {
+            use ferroplane_engine::worker::WorkerFault;
+            loop {
+                tokio::select! {
+                    Some(()) = usr1.recv() => {
+                        warn!("test fault: engine worker stalls");
+                        control.inject_fault(Some(WorkerFault::Stall));
+                    }
+                    Some(()) = usr2.recv() => {
+                        warn!("test fault: engine worker exits");
+                        control.inject_fault(Some(WorkerFault::Exit));
+                    }
+                    else => break,
+                }
+            }
+        });
+    }
+    // Pods' veths that vanish (namespace deleted without CNI DEL).
+    let (links_tx, mut links_gone) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let _link_watch = ferroplane_agent::vanish::watch_link_deletions(links_tx)
+        .context("subscribing to link notifications")?;
     let _health_task = match args.health_addr {
         Some(addr) => Some(
             health::serve(addr, health.clone())
@@ -1005,6 +1146,7 @@ async fn run(args: Args) -> Result<()> {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             Some(op) = pod_ops.recv() => agent.pod_op(op).await,
+            Some(ifindex) = links_gone.recv() => agent.vanish(ifindex),
             Some(made) = spare_rx.recv() => {
                 spare_pending = false;
                 match made {
@@ -1127,6 +1269,9 @@ async fn run(args: Args) -> Result<()> {
                     }
                 }
                 refresh += 1;
+                if refresh.is_multiple_of(25) {
+                    agent.retry_missing().await;
+                }
                 if !misses.is_empty() || refresh.is_multiple_of(5) {
                     if let Err(e) = agent.refresh_neighbours().await {
                         warn!("{e:#}");

@@ -227,6 +227,46 @@ pub fn render(view: &AgentView) -> String {
         "Version of the tables the engine runs",
         snap.version as i64,
     );
+    // Pods whose interface vanished or whose namespace is missing; the workers' health.
+    gauge_family(
+        &mut reg,
+        "pods_gone",
+        "Pods whose interface vanished (namespace deleted without CNI DEL) or whose network namespace is missing",
+        [
+            ferroplane_api::InterfaceState::Vanished,
+            ferroplane_api::InterfaceState::Missing,
+        ]
+        .map(|st| {
+            let n = ifs.iter().filter(|i| i.state == st).count();
+            (l(&[("state", st.as_str())]), n as i64)
+        }),
+    );
+    let workers = view.watchdog.iter().flat_map(|d| d.workers()).enumerate();
+    let worker = |i: usize| l(&[("worker", &i.to_string())]);
+    let workers: Vec<_> = workers.collect();
+    gauge_family(
+        &mut reg,
+        "worker_stalled",
+        "1 while the engine worker makes no progress (no heartbeat) or has exited",
+        workers.iter().map(|(i, w)| {
+            (
+                worker(*i),
+                i64::from(w.state != crate::watchdog::WorkerState::Running),
+            )
+        }),
+    );
+    counter_family(
+        &mut reg,
+        "worker_port_errors",
+        "Errors of single AF_XDP ports (each port reset, the worker carried on)",
+        workers.iter().map(|(i, w)| (worker(*i), w.port_errors)),
+    );
+    counter_family(
+        &mut reg,
+        "worker_io_errors",
+        "Errors of the engine worker's I/O backend as a whole (retried after a back-off)",
+        workers.iter().map(|(i, w)| (worker(*i), w.io_errors)),
+    );
     control_plane(&mut reg, view, &snap);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

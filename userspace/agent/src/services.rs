@@ -1821,7 +1821,23 @@ pub fn services_report(cache: &ServiceCacheHandle) -> Vec<ferroplane_api::Servic
         .collect()
 }
 
-/// `show_sessions`: the sessions of every worker matching `filter`.
+/// Session slots `show sessions` copies per hold of a worker's session-table lock.
+const SESSION_BATCH: usize = 1024;
+
+/// Locks a worker's session table (a poisoned lock still gives the table).
+fn lock_sessions(
+    t: &Mutex<ferroplane_tables::Conntrack>,
+) -> std::sync::MutexGuard<'_, ferroplane_tables::Conntrack> {
+    match t.lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// `show_sessions`: the sessions of every worker matching `filter`, at most its limit
+/// (default 1000); the walk stops there. The table is read in batches of
+/// [`SESSION_BATCH`] slots, each copied under one short hold of the lock the worker
+/// takes per vector, and filtered after releasing it.
 pub fn sessions_report(
     tables: &[Arc<Mutex<ferroplane_tables::Conntrack>>],
     filter: &ferroplane_api::SessionFilter,
@@ -1844,49 +1860,73 @@ pub fn sessions_report(
     let limit = filter.limit.unwrap_or(1000);
     let tuple = |k: &FlowKey| format!("{}:{} -> {}:{}", k.src, k.sport, k.dst, k.dport);
     let mut r = ferroplane_api::SessionsReport::default();
+    // The worker takes this lock once per vector: hold it for a bounded batch of slots at
+    // a time (copies), match outside it, and stop at the output limit.
+    let mut batch: Vec<ferroplane_tables::Session> = Vec::with_capacity(SESSION_BATCH);
     for t in tables {
-        let ct = match t.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
+        let now = {
+            let ct = lock_sessions(t);
+            r.total += ct.len();
+            r.limit = ct.limit();
+            r.created += ct.stats.created;
+            r.full += ct.stats.full;
+            r.early_drops += ct.stats.early_drops;
+            ct.now_ms()
         };
-        let now = ct.now_ms();
-        r.total += ct.len();
-        r.limit = ct.limit();
-        r.created += ct.stats.created;
-        r.full += ct.stats.full;
-        r.early_drops += ct.stats.early_drops;
-        for (_, s) in ct.iter() {
-            if s.expires <= now {
-                continue;
-            }
-            let keys = [s.orig, s.reply];
-            if let Some(a) = addr {
-                if !keys.iter().any(|k| k.src == a || k.dst == a) {
+        let mut next = 0u32;
+        loop {
+            batch.clear();
+            let more = {
+                let ct = lock_sessions(t);
+                let mut last = None;
+                for (id, s) in ct.iter_from(next).take(SESSION_BATCH) {
+                    batch.push(*s);
+                    last = Some(id);
+                }
+                match last {
+                    Some(id) if batch.len() == SESSION_BATCH => {
+                        next = id + 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            for s in &batch {
+                if s.expires <= now {
                     continue;
                 }
-            }
-            if let Some(p) = filter.port {
-                if !keys.iter().any(|k| k.sport == p || k.dport == p) {
+                let keys = [s.orig, s.reply];
+                if let Some(a) = addr {
+                    if !keys.iter().any(|k| k.src == a || k.dst == a) {
+                        continue;
+                    }
+                }
+                if let Some(p) = filter.port {
+                    if !keys.iter().any(|k| k.sport == p || k.dport == p) {
+                        continue;
+                    }
+                }
+                if proto.is_some_and(|p| p != s.orig.proto) {
                     continue;
                 }
+                if r.sessions.len() >= limit {
+                    break;
+                }
+                r.sessions.push(ferroplane_api::SessionInfo {
+                    protocol: ferroplane_tables::service::proto_name(s.orig.proto),
+                    original: tuple(&s.orig),
+                    reply: tuple(&s.reply),
+                    nat: s.nat.as_str().to_string(),
+                    state: s.state.as_str().to_string(),
+                    service: s.frontend.map(|f| format!("{}:{}", f.addr, f.port)),
+                    expires_in_secs: (s.expires - now) as f64 / 1000.0,
+                    packets_orig: s.packets[0],
+                    packets_reply: s.packets[1],
+                });
             }
-            if proto.is_some_and(|p| p != s.orig.proto) {
-                continue;
+            if !more || r.sessions.len() >= limit {
+                break;
             }
-            if r.sessions.len() >= limit {
-                continue;
-            }
-            r.sessions.push(ferroplane_api::SessionInfo {
-                protocol: ferroplane_tables::service::proto_name(s.orig.proto),
-                original: tuple(&s.orig),
-                reply: tuple(&s.reply),
-                nat: s.nat.as_str().to_string(),
-                state: s.state.as_str().to_string(),
-                service: s.frontend.map(|f| format!("{}:{}", f.addr, f.port)),
-                expires_in_secs: (s.expires - now) as f64 / 1000.0,
-                packets_orig: s.packets[0],
-                packets_reply: s.packets[1],
-            });
         }
     }
     Ok(r)
@@ -2481,5 +2521,43 @@ endpointSlices:
             .insert(port, ("default/web".into(), 0));
         assert!(testkit::get(addr, "/").starts_with("HTTP/1.1 503"));
         task.abort();
+    }
+
+    /// `show sessions` stops at its limit, reads a table larger than one batch whole when
+    /// asked for everything, and filters.
+    #[test]
+    fn sessions_report_is_bounded_and_batched() {
+        use ferroplane_tables::{Conntrack, FlowKey, NatKind, Timeouts};
+        let mut ct = Conntrack::new(10_000, Timeouts::default());
+        let now = ct.now_ms();
+        let n = 2 * SESSION_BATCH as u16 + 100;
+        for i in 0..n {
+            let orig = FlowKey {
+                src: Ipv4Addr::new(10, 244, 1, 10),
+                dst: Ipv4Addr::new(10, 244, 1, 20),
+                sport: 10_000 + i,
+                dport: if i % 2 == 0 { 80 } else { 443 },
+                proto: 6,
+            };
+            ct.create(orig, orig.reversed(), NatKind::Dnat, None, 0x02, now)
+                .unwrap();
+        }
+        let tables = vec![Arc::new(Mutex::new(ct))];
+        let filter = |limit: Option<usize>, port: Option<u16>| ferroplane_api::SessionFilter {
+            addr: None,
+            port,
+            proto: None,
+            limit,
+        };
+        let r = sessions_report(&tables, &filter(Some(10), None)).unwrap();
+        assert_eq!((r.total, r.sessions.len()), (n as usize, 10));
+        let r = sessions_report(&tables, &filter(Some(usize::MAX), None)).unwrap();
+        assert_eq!(r.sessions.len(), n as usize);
+        let r = sessions_report(&tables, &filter(Some(usize::MAX), Some(443))).unwrap();
+        assert_eq!(r.sessions.len(), n as usize / 2);
+        assert!(r.sessions.iter().all(|s| s.original.ends_with(":443")));
+        // The default limit.
+        let r = sessions_report(&tables, &filter(None, None)).unwrap();
+        assert_eq!(r.sessions.len(), 1000);
     }
 }

@@ -53,8 +53,9 @@ pub use server::{ApiServer, Handler, Limits, MAX_CONNECTIONS, MAX_LINE_LEN};
 pub use services::{BackendInfo, ServiceInfo, SessionFilter, SessionInfo, SessionsReport};
 pub use types::{CaptureReport, CapturedPacket, TracePacket, TraceStep};
 pub use types::{
-    CountersReport, ErrorCounter, InterfaceInfo, InterfaceKind, NamedCount, NodeCounters, Request,
-    RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+    CountersReport, ErrorCounter, InterfaceInfo, InterfaceKind, InterfaceState, NamedCount,
+    NodeCounters, Request, RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource, Severity,
+    VersionInfo, WorkerInfo, XdpReport,
 };
 
 /// Version of the wire protocol spoken by this crate.

@@ -266,6 +266,39 @@ impl fmt::Display for InterfaceKind {
     }
 }
 
+/// Whether an interface is there (`show_interfaces`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceState {
+    /// `up`: plumbed and served by the engine.
+    #[default]
+    Up,
+    /// `vanished`: a pod's veth disappeared (its network namespace was deleted without a
+    /// CNI DEL); its engine port is closed and its frames returned; its address stays
+    /// reserved until CNI DEL or GC.
+    Vanished,
+    /// `missing`: the node spec names a pod whose network namespace does not exist; the
+    /// agent plumbs it when the namespace appears.
+    Missing,
+}
+
+impl InterfaceState {
+    /// The wire name (`up`, `vanished`, `missing`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InterfaceState::Up => "up",
+            InterfaceState::Vanished => "vanished",
+            InterfaceState::Missing => "missing",
+        }
+    }
+}
+
+impl fmt::Display for InterfaceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One interface known to the engine (`show_interfaces`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceInfo {
@@ -299,6 +332,9 @@ pub struct InterfaceInfo {
     pub drops: u64,
     /// For pod interfaces: the pod as `namespace/name`.
     pub pod: Option<String>,
+    /// Whether it is there (a pod's interface may have vanished).
+    #[serde(default)]
+    pub state: InterfaceState,
 }
 
 /// Where a route came from.
@@ -433,6 +469,29 @@ pub struct CountersReport {
     /// The longest of them, in nanoseconds.
     #[serde(default)]
     pub command_max_nanos: u64,
+    /// Each worker's health, as the agent's watchdog sees it.
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One engine worker's health (`show_counters`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Worker index.
+    pub worker: u32,
+    /// `running`, `stalled` (no heartbeat for seconds: the probes fail) or `exited`.
+    pub state: String,
+    /// Its heartbeat counter (one per loop iteration that worked).
+    pub heartbeat: u64,
+    /// Seconds since the heartbeat last moved.
+    pub heartbeat_age_secs: f64,
+    /// Errors of single ports (each port was reset, the worker carried on).
+    pub port_errors: u64,
+    /// Errors of the I/O backend as a whole (retried after a back-off).
+    pub io_errors: u64,
+    /// The last of those.
+    #[serde(default)]
+    pub last_io_error: Option<String>,
 }
 
 /// How bad an error counter is.
@@ -566,6 +625,7 @@ mod tests {
             tx_bytes: 4,
             drops: 5,
             pod: None,
+            state: InterfaceState::Up,
         };
         let v = serde_json::to_value(&i).unwrap();
         assert_eq!(
@@ -574,7 +634,8 @@ mod tests {
                 "name": "up0", "sw_if_index": 1, "kind": "uplink", "ifindex": 7,
                 "mac": "02:00:00:00:00:01", "ipv4": "192.168.100.2/24", "mtu": 1500,
                 "xdp_mode": "native", "port": 0, "rx_packets": 1, "rx_bytes": 2,
-                "tx_packets": 3, "tx_bytes": 4, "drops": 5, "pod": null
+                "tx_packets": 3, "tx_bytes": 4, "drops": 5, "pod": null,
+                "state": "up"
             })
         );
         assert_eq!(serde_json::from_value::<InterfaceInfo>(v).unwrap(), i);

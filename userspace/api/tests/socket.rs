@@ -61,6 +61,7 @@ fn interfaces() -> Vec<InterfaceInfo> {
             tx_bytes: 2000,
             drops: 1,
             pod: None,
+            state: ferroplane_api::InterfaceState::Up,
         },
         InterfaceInfo {
             name: "fp0123456789a".into(),
@@ -78,6 +79,7 @@ fn interfaces() -> Vec<InterfaceInfo> {
             tx_bytes: 0,
             drops: 0,
             pod: Some("default/a".into()),
+            state: ferroplane_api::InterfaceState::Up,
         },
     ]
 }

@@ -55,6 +55,7 @@ pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
         ("Name", Left),
         ("Idx", Right),
         ("Kind", Left),
+        ("State", Left),
         ("Ifindex", Right),
         ("MAC", Left),
         ("IPv4", Left),
@@ -73,6 +74,7 @@ pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
             i.name.clone(),
             i.sw_if_index.to_string(),
             i.kind.to_string(),
+            i.state.to_string(),
             i.ifindex.to_string(),
             i.mac.clone(),
             opt(i.ipv4.as_deref()),
@@ -154,8 +156,23 @@ pub fn counters(report: &CountersReport) -> String {
         ]);
     }
     let ms = |ns: u64| ns as f64 / 1e6;
+    let workers: String = report
+        .workers
+        .iter()
+        .map(|w| {
+            let last = w
+                .last_io_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default();
+            format!(
+                "Worker {}: {}, heartbeat {} ({:.1} s ago), port errors {}, I/O errors {}{last}\n",
+                w.worker, w.state, w.heartbeat, w.heartbeat_age_secs, w.port_errors, w.io_errors
+            )
+        })
+        .collect();
     format!(
-        "Workers: {}\nControl commands on the workers: {}, {:.2} ms in all, longest {:.2} ms\n{}",
+        "Workers: {}\n{workers}Control commands on the workers: {}, {:.2} ms in all, longest {:.2} ms\n{}",
         report.worker_count,
         report.commands,
         ms(report.command_nanos),
@@ -432,10 +449,20 @@ mod tests {
             commands: 2,
             command_nanos: 12_500_000,
             command_max_nanos: 12_000_000,
+            workers: vec![ferroplane_api::WorkerInfo {
+                worker: 0,
+                state: "stalled".into(),
+                heartbeat: 42,
+                heartbeat_age_secs: 3.04,
+                port_errors: 1,
+                io_errors: 0,
+                last_io_error: None,
+            }],
         };
         assert_eq!(
             counters(&c),
             "Workers: 1\n\
+             Worker 0: stalled, heartbeat 42 (3.0 s ago), port errors 1, I/O errors 0\n\
              Control commands on the workers: 2, 12.50 ms in all, longest 12.00 ms\n\
              Name        Calls  Vectors  Packets  Clocks/pkt  Vectors/Call\n\
              ip4-lookup      3        3      300       15.00        100.00\n"

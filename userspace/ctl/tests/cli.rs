@@ -66,6 +66,7 @@ impl Fake {
                 tx_bytes: 4200,
                 drops: 7,
                 pod: None,
+                state: ferroplane_api::InterfaceState::Up,
             },
             InterfaceInfo {
                 name: "fp0123456789a".into(),
@@ -83,6 +84,7 @@ impl Fake {
                 tx_bytes: 120,
                 drops: 0,
                 pod: Some("default/a".into()),
+                state: ferroplane_api::InterfaceState::Up,
             },
         ]
     }

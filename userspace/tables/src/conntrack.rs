@@ -806,6 +806,16 @@ impl Conntrack {
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
     }
+
+    /// The live sessions with an id of `start` or more, by id (a reader that takes a
+    /// bounded batch per lock hold resumes after the last id it saw).
+    pub fn iter_from(&self, start: u32) -> impl Iterator<Item = (u32, &Session)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(start as usize)
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
+    }
 }
 
 /// TCP flag bits (host order, as in the header's low byte).
