@@ -170,7 +170,8 @@ pub fn invoke_here(plugin: &Path, env: &CniEnv, stdin: &str, timeout: Duration) 
     })
 }
 
-/// A ferroplane network configuration (cniVersion 1.1.0) pointing at `socket`.
+/// A ferroplane network configuration (cniVersion 1.1.0) pointing at `socket`, declaring the
+/// `portMappings` capability as the shipped conflist does.
 pub fn ferroplane_conf(name: &str, socket: &Path) -> Value {
     serde_json::json!({
         "cniVersion": "1.1.0",
@@ -179,6 +180,7 @@ pub fn ferroplane_conf(name: &str, socket: &Path) -> Value {
         "agentSocket": socket.display().to_string(),
         "timeoutSeconds": 60,
         "dns": {"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]},
+        "capabilities": {"portMappings": true},
     })
 }
 

@@ -7,7 +7,8 @@
 //! client's own address (no SNAT); `show hostports`; a conflicting ADD fails with code 103
 //! and reserves nothing, hostPort 0 with code 7; the mapping survives an agent restart
 //! (restored from the IPAM record); after DEL the port is the node kernel's again
-//! (connection refused).
+//! (connection refused). In Kubernetes mode a Pod's `hostPort` is served although the
+//! runtime passed no `portMappings`, and taken from other pods.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ferroplane_e2e::apiserver::ApiServer;
 use ferroplane_e2e::cni::{ferroplane_conf, invoke, CniCall, CniEnv};
 use ferroplane_e2e::topology::{AgentGuard, Topology};
 use ferroplane_e2e::{bin_dir, bin_path, require_root, Netns};
@@ -464,4 +466,110 @@ fn host_ports_through_the_engine() {
     assert!(node.del("client", client_ns.path(), &[]).ok());
     drop(servers);
     println!("hostport suite: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Kubernetes mode: the runtime passes no `portMappings`; the Pod's `hostPort` (from the API
+/// server) is served all the same, to the pod CNI plumbed, and refused to another pod.
+#[test]
+fn pod_spec_host_ports_in_kubernetes_mode() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::single_node(0).expect("topology");
+    let srv = ApiServer::start_in(&topo.node).expect("api server in the node namespace");
+    srv.apply(serde_json::json!({"kind": "Namespace", "metadata": {"name": "default"}}));
+    srv.apply(serde_json::json!({
+        "kind": "Node",
+        "metadata": {"name": "node-1"},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": Topology::NODE_IP.to_string()}]}
+    }));
+    let kubeconfig = topo.dir().join("kubeconfig");
+    std::fs::write(&kubeconfig, srv.kubeconfig()).expect("kubeconfig");
+    topo.write_spec(
+        "nodeName: node-1\nuplink: up0\ngateway: 192.168.100.1\nxdpMode: auto\noverlay: direct\n",
+    )
+    .expect("agent config");
+    let socket = topo.dir().join("cni.sock");
+    let state = topo.dir().join("state");
+    let agent = topo
+        .start_agent_with(
+            &bin_dir(),
+            &[
+                "--k8s",
+                "--kubeconfig",
+                kubeconfig.to_str().expect("path"),
+                "--cni-socket",
+                socket.to_str().expect("path"),
+                "--state-dir",
+                state.to_str().expect("path"),
+            ],
+        )
+        .expect("agent in Kubernetes mode");
+    let plugin = bin_path(&bin_dir(), "ferroplane-cni").expect("ferroplane-cni");
+    let call = |env: &CniEnv, conf: &Value| {
+        invoke(&topo.node, &plugin, env, &conf.to_string(), CALL_TIMEOUT).expect("plugin")
+    };
+    // A runtime that passes no portMappings (no runtimeConfig at all).
+    let conf = ferroplane_conf(NETWORK, &socket);
+    let web_ns = Netns::new("hpk8sweb").expect("netns");
+    let start = Instant::now();
+    let web = loop {
+        let r = call(&CniEnv::new("ADD", "kweb", web_ns.path()), &conf);
+        if r.ok() || start.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(web.ok(), "ADD: {web:?}\n{}", agent.log_tail(30));
+    let web_ip = web.ip().expect("address");
+    let mut servers = Servers::new();
+    servers.tcp(&web_ns, 80);
+    // The Pod as the API server has it (CNI_ARGS named it default/pod-kweb).
+    srv.apply(serde_json::json!({
+        "kind": "Pod",
+        "metadata": {"name": "pod-kweb", "namespace": "default"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x",
+                 "ports": [{"containerPort": 80, "hostPort": 8081, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": web_ip.to_string(), "podIPs": [{"ip": web_ip.to_string()}]}
+    }));
+    let dst = SocketAddrV4::new(Topology::NODE_IP, 8081);
+    let seen = topo
+        .router
+        .run(move || eventually(Duration::from_secs(15), || tcp_once(dst)))
+        .expect("router ns");
+    assert_eq!(
+        seen.as_ref().ok(),
+        Some(&Topology::ROUTER_IP.to_string()),
+        "router -> node:8081 (Pod hostPort): {seen:?}\n{}",
+        agent.log_tail(30)
+    );
+    let hp = agent
+        .ctl_json(&["show", "hostports"])
+        .expect("show hostports");
+    assert_eq!(hp.as_array().map(Vec::len), Some(1), "{hp}");
+    assert_eq!(hp[0]["source"], "kubernetes", "{hp}");
+    assert_eq!(hp[0]["served"], true, "{hp}");
+    // Another pod asking the runtime for the same hostPort: refused, 103.
+    let other_ns = Netns::new("hpk8sother").expect("netns");
+    let mut with = conf.clone();
+    with["runtimeConfig"] = serde_json::json!({"portMappings": [mapping(8081, 9000, "tcp")]});
+    let clash = call(&CniEnv::new("ADD", "kother", other_ns.path()), &with);
+    assert_eq!(clash.code(), Some(103), "{clash:?}");
+    // The Pod gone: the hostPort is released (the node's kernel refuses the connection).
+    assert!(srv.delete("Pod", "default", "pod-kweb"));
+    let start = Instant::now();
+    loop {
+        let r = topo.router.run(move || tcp_once(dst)).expect("router ns");
+        if r.is_err() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still served after the Pod was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(call(&CniEnv::new("DEL", "kweb", web_ns.path()), &conf).ok());
+    drop(servers);
 }

@@ -220,8 +220,16 @@ fn manifests_cover_what_the_agent_needs() {
     )
     .expect("conflist JSON");
     assert_eq!(conflist["cniVersion"], "1.1.0");
+    // ferroplane-cni alone, serving hostPorts itself: no portmap (its iptables DNAT cannot
+    // work with this dataplane).
+    assert_eq!(
+        conflist["plugins"].as_array().map(Vec::len),
+        Some(1),
+        "{conflist}"
+    );
     let mut first = conflist["plugins"][0].clone();
     assert_eq!(first["type"], "ferroplane-cni");
+    assert_eq!(first["capabilities"]["portMappings"], true, "{first}");
     // The runtime injects cniVersion and name into each plugin's configuration.
     first["cniVersion"] = conflist["cniVersion"].clone();
     first["name"] = conflist["name"].clone();
