@@ -76,6 +76,7 @@ pub enum Request {
     ShowServices,
     /// `show_hostports`: answers `Vec<crate::HostPortInfo>` (the pods' hostPorts, served or
     /// shadowed).
+    #[serde(rename = "show_hostports")]
     ShowHostPorts,
     /// `show_sessions`: answers [`crate::SessionsReport`] (sessions matching `filter`).
     ShowSessions {
