@@ -5,7 +5,8 @@
 //! Topology: the foundation's single node (router — node — pods) plus a
 //! "remote" namespace behind the router standing in for a pod on another node
 //! (10.244.2.10, endpoint `nodeName: node-2`); and a three-node cluster per
-//! overlay mode (direct, VXLAN) for the masquerade matrix. Every spec has
+//! overlay mode (direct, VXLAN) for the masquerade matrix; a two-node cluster
+//! per mode for the node's own traffic to services. Every spec has
 //! masquerade on. Ports used by this suite: services 80/53, targets
 //! 8080/8081/5353, node ports 30080-30098, health check node ports
 //! 32100-32101, router server 7000.
@@ -1102,4 +1103,135 @@ fn masquerade_matrix_three_nodes_vxlan() {
         return;
     }
     masquerade_matrix(OverlayMode::Vxlan);
+}
+
+/// The services of the host-traffic test: [`matrix_yaml`]'s `local` and `remote` plus a
+/// bulk service per backend for byte-checked transfers, whose port, target port and node
+/// port are one number (the transfer probe binds the port it connects to): `bulk-local`
+/// 10.96.0.63:30088 on node-1's pod1, `bulk-remote` 10.96.0.64:30089 on node-2's pod1.
+fn host_traffic_yaml() -> String {
+    let mut y = matrix_yaml();
+    let at = y.find("endpointSlices:\n").expect("slices section");
+    let mut services = String::new();
+    let mut slices = String::new();
+    for (name, ip, port, backend, node) in [
+        ("bulk-local", "10.96.0.63", 30088, "10.244.1.11", "node-1"),
+        ("bulk-remote", "10.96.0.64", 30089, "10.244.2.11", "node-2"),
+    ] {
+        services.push_str(&svc_yaml(
+            name,
+            &format!("      type: NodePort\n      clusterIP: {ip}\n      ports:\n        - {{ name: tcp, protocol: TCP, port: {port}, targetPort: {port}, nodePort: {port} }}\n"),
+        ));
+        slices.push_str(&slice(
+            name,
+            "a",
+            &format!("[ {{ name: tcp, protocol: TCP, port: {port} }} ]"),
+            &[endpoint(backend.parse().expect("ip"), node, "pod1")],
+        ));
+    }
+    y.insert_str(at, &services);
+    y.push_str(&slices);
+    y
+}
+
+/// Issue 15, item 3: processes in the node's own namespace (kubelet, hostNetwork pods)
+/// reach ClusterIPs and NodePorts on the node's address, with the backend on this node and
+/// on another node, TCP and UDP, in `mode`, on two nodes. Every answer comes back from the
+/// service address (connected TCP and UDP sockets take nothing else), from the backend
+/// that must answer, which saw the node's address; a 256 KiB byte-checked TCP transfer per
+/// frontend and backend place. Without the feature every case times out (the kernel sends
+/// ClusterIP traffic to its default route and a NodePort connection to its own, closed,
+/// port).
+fn host_traffic(mode: OverlayMode) {
+    let mut c = Cluster::new(2, 2, mode).expect("cluster");
+    for n in &mut c.nodes {
+        n.extra_yaml = host_traffic_yaml();
+    }
+    let mut servers = Servers::new();
+    for n in &c.nodes {
+        let name = format!("n{}-pod1", n.index);
+        servers.tcp(&n.pods[1].ns, &name, 8080);
+        servers.udp(&n.pods[1].ns, &name, 5353);
+    }
+    c.start(&bin_dir()).expect("agents");
+    let node1 = c.nodes[0].address.to_string();
+    let host = &c.nodes[0].ns;
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    let mut cases = 0;
+    for (udp, proto, port) in [(false, "tcp", 80u16), (true, "udp", 53)] {
+        for (backend, i) in [("local", 1u16), ("remote", 2)] {
+            let want = format!("n{i}-pod1");
+            let node_port = if udp { 30096 + i } else { 30094 + i };
+            for (what, dst) in [
+                ("ClusterIP", addr(&format!("10.96.0.6{i}"), port)),
+                ("NodePort", addr(&node1, node_port)),
+            ] {
+                cases += 1;
+                match matrix_case(host, dst, udp) {
+                    Ok((n, peer)) if n == want && self::host(&peer) == node1 => {
+                        eprintln!("ok   node -> {what} {proto} backend {backend} {dst}: {n} saw {peer}")
+                    }
+                    Ok((n, peer)) => failed.push(format!(
+                        "node -> {what} {proto} backend {backend} {dst}: answered by {n} who saw {peer} (want {want}, {node1})"
+                    )),
+                    Err(e) => failed.push(format!("node -> {what} {proto} backend {backend} {dst}: {e}")),
+                }
+            }
+        }
+    }
+    for (backend, i, vip, port) in [
+        ("local", 0usize, "10.96.0.63", 30088u16),
+        ("remote", 1, "10.96.0.64", 30089),
+    ] {
+        for (what, ip) in [("ClusterIP", vip), ("NodePort", node1.as_str())] {
+            cases += 1;
+            let to = &c.nodes[i].pods[1].ns;
+            match ferroplane_e2e::probe::tcp_transfer(
+                host,
+                to,
+                ip.parse().expect("ip"),
+                port,
+                256 * 1024,
+            ) {
+                Ok(s) => eprintln!("ok   node -> {what} backend {backend} {ip}:{port}: {s:?}"),
+                Err(e) => failed.push(format!(
+                    "node -> {what} backend {backend} {ip}:{port} transfer: {e}"
+                )),
+            }
+        }
+    }
+    eprintln!("{cases} cases in {:?}", t0.elapsed());
+    if !failed.is_empty() {
+        for i in 0..2 {
+            let e = c.agent(i).ctl(&["show", "errors"]).unwrap_or_default();
+            eprintln!("node-{} errors:\n{e}", i + 1);
+        }
+        let rules = host.ip(&["rule"]).unwrap_or_default();
+        eprintln!("node-1 rules:\n{rules}");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {cases} cases failed in {mode:?}:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    // Each connection was the node's own, load-balanced and SNATed by node-1's engine.
+    assert!(error_count(c.agent(0), "ip4-nat", "host-sessions") >= 12);
+}
+
+#[test]
+fn host_traffic_to_services_two_nodes_direct() {
+    if !require_root() {
+        return;
+    }
+    host_traffic(OverlayMode::Direct);
+}
+
+#[test]
+fn host_traffic_to_services_two_nodes_vxlan() {
+    if !require_root() {
+        return;
+    }
+    host_traffic(OverlayMode::Vxlan);
 }
