@@ -546,7 +546,7 @@ mod tests {
             port: 80,
             node_port,
             cluster_ips: vec![vip.parse().unwrap()],
-            external_ips: vec!["203.0.113.7".parse().unwrap()],
+            external_ips: vec![],
             lb_ips: vec![],
             backends: vec![Backend {
                 addr: "10.244.1.10".parse().unwrap(),
@@ -569,6 +569,7 @@ mod tests {
         let node: Ipv4Addr = "192.168.100.2".parse().unwrap();
         let mut lb = def("default/lb", PROTO_TCP, "10.96.0.12", Some(30080));
         lb.lb_ips = vec!["198.51.100.9".parse().unwrap()];
+        lb.external_ips = vec!["203.0.113.7".parse().unwrap()];
         let table = ServiceTable::build(
             vec![
                 def("default/a", PROTO_TCP, "10.96.0.10", None),
@@ -627,6 +628,6 @@ mod tests {
             .iter()
             .any(|a| matches!(a, RuleAttribute::Iifname(_))));
         assert_eq!(table_of(&local_rule(LOCAL_PREF)), 255);
-        assert!(RULE_PREF < DISSECT_PREF && DISSECT_PREF < LOCAL_PREF);
+        const { assert!(RULE_PREF < DISSECT_PREF && DISSECT_PREF < LOCAL_PREF) };
     }
 }
