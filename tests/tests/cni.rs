@@ -817,8 +817,8 @@ fn cni_vanished_pod_namespaces() {
         veths.push(host_if(r.json.as_ref().expect("json")));
     }
     // Some traffic into the pods that will vanish, so their ports hold frames.
-    for i in 0..5 {
-        ping(&node.topo.router, ips[i], 1).expect("router -> pod");
+    for &ip in &ips[..5] {
+        ping(&node.topo.router, ip, 1).expect("router -> pod");
     }
     let paths: Vec<PathBuf> = pods[..5].iter().map(|ns| ns.path().to_path_buf()).collect();
     // `ip netns del` of five pods, no DEL.
