@@ -4,7 +4,8 @@
 //! configuration with `capabilities` and `runtimeConfig.portMappings` on stdin, from the node
 //! namespace); the node runs with `ip_forward=1` and no iptables rule anywhere. Checked: a
 //! TCP and a UDP hostPort reach the pod from the router and from another pod, with the
-//! client's own address (no SNAT); `show hostports`; a conflicting ADD fails with code 103
+//! client's own address (no SNAT), from the node itself (the pod sees the node's address)
+//! and from the pod itself (hairpin); `show hostports`; a conflicting ADD fails with code 103
 //! and reserves nothing, hostPort 0 with code 7; the mapping survives an agent restart
 //! (restored from the IPAM record); after DEL the port is the node kernel's again
 //! (connection refused). In Kubernetes mode a Pod's `hostPort` is served although the
@@ -337,14 +338,39 @@ fn host_ports_through_the_engine() {
         Some(client_ip.to_string()),
         "pod -> node:{UDP_HOST_PORT}/udp"
     );
-    // From the node itself: served once the node's own traffic to node ports is steered
-    // into the engine (issue 15, item 3); reported, not required here.
-    let from_node = node
-        .topo
-        .node
-        .run(move || tcp_once(tcp_dst))
-        .expect("node ns");
-    println!("node -> node:{TCP_HOST_PORT}/tcp (host-originated): {from_node:?}");
+    // Hairpin: the pod to its own hostPort (SNATed to the node's address, its answer comes
+    // back through the SNAT range).
+    let seen = web_ns
+        .run(move || eventually(Duration::from_secs(3), || tcp_once(tcp_dst)))
+        .expect("web ns");
+    assert_eq!(
+        seen.as_ref().ok(),
+        Some(&node_ip.to_string()),
+        "pod -> its own hostPort: {seen:?}"
+    );
+    // From the node itself (the node's own traffic to its node ports is routed into the
+    // engine, which re-syncs its rules every 250 ms): the pod sees the node's address.
+    for (what, dst, udp) in [("tcp", tcp_dst, false), ("udp", udp_dst, true)] {
+        let seen = node
+            .topo
+            .node
+            .run(move || {
+                eventually(Duration::from_secs(3), || {
+                    if udp {
+                        udp_once(dst)
+                    } else {
+                        tcp_once(dst)
+                    }
+                })
+            })
+            .expect("node ns");
+        assert_eq!(
+            seen.as_ref().ok(),
+            Some(&node_ip.to_string()),
+            "node -> node:{}/{what}: {seen:?}",
+            dst.port()
+        );
+    }
 
     // show hostports: both, served, from CNI, to the pod.
     let hp = node.hostports();
