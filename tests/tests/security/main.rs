@@ -3,10 +3,10 @@
 //! sources, no martians, conntrack that survives a SYN flood, no address hijack, listeners
 //! that cannot be starved, CNI input refused before anything is allocated.
 //! Root only (each test skips with a message otherwise). One module per concern.
+mod cni_input;
 mod fail_closed;
-mod syn_flood;
+mod hijack;
+mod listeners;
 mod martians;
 mod spoofing;
-mod hijack;
-mod cni_input;
-mod listeners;
+mod syn_flood;

@@ -781,7 +781,10 @@ async fn run(args: Args) -> Result<()> {
         .context("loading the XDP programs")?;
     if !bpf.replaced_maps().is_empty() {
         let maps = bpf.replaced_maps();
-        info!(?maps, "pinned maps of another layout (an older version) replaced");
+        info!(
+            ?maps,
+            "pinned maps of another layout (an older version) replaced"
+        );
     }
     let stale = bpf.release_stale_links();
     if stale > 0 {
@@ -1043,10 +1046,9 @@ async fn run(args: Args) -> Result<()> {
                 c.uses_wireguard() || c.mode == ferroplane_agent::cluster::Mode::Wireguard
             }) {
                 Some(c) => {
-                    let (private, _) = ferroplane_agent::overlay::load_or_create_key(
-                        &c.wireguard.key_file(),
-                    )
-                    .context("WireGuard key")?;
+                    let (private, _) =
+                        ferroplane_agent::overlay::load_or_create_key(&c.wireguard.key_file())
+                            .context("WireGuard key")?;
                     Some(ferroplane_agent::cluster::encode_key(
                         &ferroplane_engine::tunnel::wg_public_key(private),
                     ))
