@@ -278,6 +278,17 @@ fn metrics_pass_promtool_and_match_ferroctl() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Hijacking service entries left out (Kubernetes mode): listed per field, none here.
+    for field in ["externalIPs", "loadBalancerIngress", "healthCheckNodePort"] {
+        assert_eq!(
+            metric(
+                &body,
+                "ferroplane_service_entries_ignored",
+                &format!("field=\"{field}\"")
+            ),
+            0
+        );
+    }
     // Counters agree with ferroctl (no IPv4 traffic between the two reads).
     let counters = agent.ctl_json(&["show", "counters"]).expect("counters");
     let lookup = counters["nodes"]

@@ -350,6 +350,16 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
             ],
         );
     }
+    // Service entries refused in Kubernetes mode (address hijack: an externalIP or
+    // load-balancer IP that is a pod, node or service address; a bad healthCheckNodePort).
+    gauge_family(
+        reg,
+        "service_entries_ignored",
+        "Service entries left out because they would capture pod, node or service addresses or ports (Kubernetes mode), by field",
+        crate::services::ignored_entries()
+            .into_iter()
+            .map(|(field, n)| (l(&[("field", field)]), n as i64)),
+    );
     {
         let c = crate::policy::compiler();
         let c = match c.lock() {
