@@ -742,6 +742,33 @@ async fn inspect_pod_side(
 mod tests {
     use super::*;
     use crate::config::Ipv4Cidr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stand-in for the agent's main loop: DEL finds nothing, keys are empty, ADD fails
+    /// (no dataplane); every operation it receives is counted in `seen`.
+    fn stand_in_main_loop(seen: Arc<AtomicUsize>) -> mpsc::Sender<PodOp> {
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                match op {
+                    PodOp::Del { reply, .. } => {
+                        let _ = reply.send(Ok(false));
+                    }
+                    PodOp::Keys { reply } => {
+                        let _ = reply.send(Vec::new());
+                    }
+                    PodOp::Get { reply, .. } => {
+                        let _ = reply.send(None);
+                    }
+                    PodOp::Add { reply, .. } => {
+                        let _ = reply.send(Err("no dataplane in this test".into()));
+                    }
+                }
+            }
+        });
+        tx
+    }
 
     #[test]
     fn attachment_keys_are_stable() {
@@ -870,26 +897,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let pool: Ipv4Cidr = "10.3.0.0/30".parse().unwrap();
         let ipam = Arc::new(Ipam::open(&dir, pool).unwrap());
-        let (tx, mut rx) = mpsc::channel(4);
-        // A stand-in for the main loop: DEL finds nothing, keys are empty.
-        tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
-                match op {
-                    PodOp::Del { reply, .. } => {
-                        let _ = reply.send(Ok(false));
-                    }
-                    PodOp::Keys { reply } => {
-                        let _ = reply.send(Vec::new());
-                    }
-                    PodOp::Get { reply, .. } => {
-                        let _ = reply.send(None);
-                    }
-                    PodOp::Add { reply, .. } => {
-                        let _ = reply.send(Err("no dataplane in this test".into()));
-                    }
-                }
-            }
-        });
+        let tx = stand_in_main_loop(Arc::new(AtomicUsize::new(0)));
         let ctx = CniContext {
             ipam: ipam.clone(),
             ops: tx,
@@ -949,7 +957,6 @@ mod tests {
 
     #[tokio::test]
     async fn bad_netns_refused_before_anything_is_reserved() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = std::env::temp_dir().join(format!("fp-cni-netns-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
@@ -959,27 +966,7 @@ mod tests {
         fs::write(&regular, b"").unwrap();
         // Every operation that reaches the main loop is counted: none may.
         let ops = Arc::new(AtomicUsize::new(0));
-        let (tx, mut rx) = mpsc::channel(4);
-        let seen = ops.clone();
-        tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
-                seen.fetch_add(1, Ordering::SeqCst);
-                match op {
-                    PodOp::Del { reply, .. } => {
-                        let _ = reply.send(Ok(false));
-                    }
-                    PodOp::Keys { reply } => {
-                        let _ = reply.send(Vec::new());
-                    }
-                    PodOp::Get { reply, .. } => {
-                        let _ = reply.send(None);
-                    }
-                    PodOp::Add { reply, .. } => {
-                        let _ = reply.send(Err("no dataplane in this test".into()));
-                    }
-                }
-            }
-        });
+        let tx = stand_in_main_loop(ops.clone());
         let ctx = CniContext {
             ipam: ipam.clone(),
             ops: tx,
