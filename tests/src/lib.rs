@@ -1,7 +1,8 @@
 //! End-to-end harness for ferroplane: emulated nodes and pods in network namespaces.
 //!
 //! Everything here needs root (namespaces, veth, XDP). Suites call [`require_root`] first
-//! and return early with a clear message when it says no.
+//! and return when it says no: the test is then counted as skipped by `cargo xtask test`
+//! (a failure when `CI=true`). It also gives the test a time limit (the testkit's watchdog).
 //!
 //! Building blocks:
 //! - [`Netns`]: a uniquely named network namespace (`fp<pid>-<n>-<role>`), deleted on drop
@@ -115,19 +116,12 @@ impl Error {
     }
 }
 
-/// True when running as root. Otherwise prints a skip message naming the calling test
-/// thread and returns false: use as `if !require_root() { return; }`.
-pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let thread = std::thread::current();
-    eprintln!(
-        "SKIPPED {}: needs root (network namespaces, veth, XDP); run `sudo cargo xtask test`",
-        thread.name().unwrap_or("test")
-    );
-    false
-}
+/// The entry check of every suite test: `if !require_root() { return; }`. As root it arms
+/// the test's watchdog (a time limit) and returns true; otherwise the test is skipped with a
+/// `SKIPPED:` marker, or fails when `CI=true` (see [`ferroplane_testkit`]).
+pub use ferroplane_testkit::require_root;
+/// Skips the running test (fails it when `CI=true`); see [`ferroplane_testkit::skip`].
+pub use ferroplane_testkit::{require_tool, skip};
 
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
