@@ -31,7 +31,7 @@ const SKB: u64 = 2;
 
 #[test]
 fn attach_native_skb_auto_and_detach() {
-    if !require_root("attach_native_skb_auto_and_detach") {
+    if !require_root() {
         return;
     }
     let ns = Netns::new("attach");
@@ -123,7 +123,7 @@ fn attach_native_skb_auto_and_detach() {
 /// checked with test runs "received" on queue 3 of a 4-queue veth.
 #[test]
 fn redirect_slot_is_base_plus_rx_queue() {
-    if !require_root("redirect_slot_is_base_plus_rx_queue") {
+    if !require_root() {
         return;
     }
     let ns = Netns::new("queues");
@@ -202,7 +202,7 @@ fn redirect_slot_is_base_plus_rx_queue() {
 /// interface never runs without a program); `detach` still removes them and their pins.
 #[test]
 fn kept_attachments_survive_the_loader_and_are_adopted() {
-    if !require_root("kept_attachments_survive_the_loader_and_are_adopted") {
+    if !require_root() {
         return;
     }
     let ns = Netns::new("keep");

@@ -953,7 +953,7 @@ fn prepare(setup: Setup) -> (Dataplane, Option<XskSocket>) {
 
 #[test]
 fn fixture_table() {
-    if !require_root("fixture_table") {
+    if !require_root() {
         return;
     }
     let table = fixtures();
@@ -1008,7 +1008,7 @@ fn fixture_table() {
 /// Counters accumulate per CPU and are summed; clear_stats resets them.
 #[test]
 fn counters_accumulate_and_clear() {
-    if !require_root("counters_accumulate_and_clear") {
+    if !require_root() {
         return;
     }
     let (mut dp, _sock) = prepare(Setup::WithSocket);
@@ -1031,7 +1031,7 @@ fn counters_accumulate_and_clear() {
 /// Map edits take effect on the next packet; removal reports presence.
 #[test]
 fn map_edits_change_steering() {
-    if !require_root("map_edits_change_steering") {
+    if !require_root() {
         return;
     }
     let (mut dp, _sock) = prepare(Setup::WithSocket);
@@ -1086,7 +1086,7 @@ fn map_edits_change_steering() {
 /// until it is removed; the node's other ports stay with the host throughout.
 #[test]
 fn ports4_edits_change_steering() {
-    if !require_root("ports4_edits_change_steering") {
+    if !require_root() {
         return;
     }
     let (mut dp, _sock) = prepare(Setup::WithSocket);
@@ -1114,7 +1114,7 @@ fn ports4_edits_change_steering() {
 /// last one added is steered like the first.
 #[test]
 fn steer4_holds_ten_thousand_service_addresses() {
-    if !require_root("steer4_holds_ten_thousand_service_addresses") {
+    if !require_root() {
         return;
     }
     let (mut dp, _sock) = prepare(Setup::WithSocket);
@@ -1138,7 +1138,7 @@ fn steer4_holds_ten_thousand_service_addresses() {
 /// Two loads without a pin directory do not share maps.
 #[test]
 fn unpinned_loads_are_independent() {
-    if !require_root("unpinned_loads_are_independent") {
+    if !require_root() {
         return;
     }
     let mut a = Dataplane::load(None).unwrap();
@@ -1152,7 +1152,7 @@ fn unpinned_loads_are_independent() {
 /// With a pin directory the maps are pinned by name and shared by the next load.
 #[test]
 fn pinned_maps_are_shared_across_loads() {
-    if !require_root("pinned_maps_are_shared_across_loads") {
+    if !require_root() {
         return;
     }
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-bpf-test-{}", std::process::id()));
@@ -1183,7 +1183,7 @@ fn pinned_maps_are_shared_across_loads() {
 /// counts. Compatible pins are still reused.
 #[test]
 fn pinned_maps_with_another_layout_are_replaced() {
-    if !require_root("pinned_maps_with_another_layout_are_replaced") {
+    if !require_root() {
         return;
     }
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-bpf-shape-{}", std::process::id()));
@@ -1247,7 +1247,7 @@ fn l4_checksum(ip: &[u8], proto: u8) -> u16 {
 /// socket is there goes to the engine.
 #[test]
 fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
-    if !require_root("flow_cache_forwards_known_flows_only_while_the_engine_is_away") {
+    if !require_root() {
         return;
     }
     let (mut dp, _) = prepare(Setup::Standard);
@@ -1275,8 +1275,10 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
         dport: key.dport,
         flags: 0,
         in_ifindex: LO_IFINDEX,
-        pad: 0,
+        mtu: 0,
         seen_ns,
+        packets: 0,
+        bytes: 0,
     };
     dp.set_flow4(key, entry(ferroplane_bpf::monotonic_ns()))
         .unwrap();

@@ -1,20 +1,12 @@
 //! Helpers shared by the root-only integration tests: frame builders, a
-//! minimal AF_XDP socket, network namespace guards.
+//! minimal AF_XDP socket; the root check and namespace guard are the testkit's.
 #![allow(dead_code, reason = "each test binary uses a subset")]
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 
-/// True when running as root; otherwise prints why the test is skipped.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIP {test}: needs root (BPF_PROG_TEST_RUN, XDP attach, netns)");
-    false
-}
+#[allow(unused_imports, reason = "each test binary uses a subset")]
+pub use ferroplane_testkit::{require_root, Netns};
 
 pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -169,77 +161,6 @@ impl Drop for XskSocket {
         // unpins the pages).
         unsafe {
             libc::munmap(self.umem, self.umem_len);
-        }
-    }
-}
-
-/// Runs a command, panicking with its stderr if it fails; returns stdout.
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace named `fp-bpf-<tag>-<pid>`, deleted on drop (also
-/// while unwinding from a panic; Drop itself never panics).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Self {
-        let name = format!("fp-bpf-{tag}-{}", std::process::id());
-        // A leftover from a crashed run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        Self { name }
-    }
-
-    /// `ip -n <ns> args...`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// Runs `f` on a thread that has entered the namespace; panics propagate.
-    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-                f()
-            });
-            match handle.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
         }
     }
 }
