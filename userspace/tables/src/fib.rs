@@ -8,8 +8,10 @@
 //! an *adjacency*: what to do with the packet (rewrite and send on an
 //! interface, hand to the host, drop, or resolve a neighbour first).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::prefix::{mask, Ipv4Prefix};
 
@@ -146,14 +148,34 @@ pub enum FibError {
     TooLarge(usize),
 }
 
-const PTR: u32 = 1 << 31;
+pub(crate) const PTR: u32 = 1 << 31;
 
-/// Builds [`Fib`] snapshots.
+/// Builds [`Fib`] snapshots: from scratch ([`FibBuilder::build`]) or, for a builder kept
+/// across publishes, as the last FIB it built plus the routes changed since
+/// ([`FibBuilder::build_from`]).
 #[derive(Clone, Debug, Default)]
 pub struct FibBuilder {
-    routes: BTreeMap<Ipv4Prefix, RouteEntry>,
-    ifaces: HashMap<u16, (Mac, u16)>,
-    neighbours: HashMap<(u16, Ipv4Addr), Mac>,
+    pub(crate) routes: BTreeMap<Ipv4Prefix, RouteEntry>,
+    pub(crate) ifaces: HashMap<u16, (Mac, u16)>,
+    pub(crate) neighbours: HashMap<(u16, Ipv4Addr), Mac>,
+    /// Prefixes whose configured route changed since the last build.
+    pub(crate) dirty: BTreeSet<Prefix>,
+    /// Interfaces or neighbours changed since the last build (adjacencies to refresh,
+    /// neighbour routes to derive again).
+    pub(crate) links_dirty: bool,
+    /// The neighbour routes of the last build.
+    pub(crate) derived: BTreeMap<Ipv4Prefix, RouteEntry>,
+    /// Id of the last FIB this builder built (0: none).
+    pub(crate) last_id: u64,
+}
+
+type Prefix = Ipv4Prefix;
+
+/// Ids of built FIBs, so [`FibBuilder::build_from`] knows whether a FIB is its last.
+static NEXT_FIB_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_fib_id() -> u64 {
+    NEXT_FIB_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl FibBuilder {
@@ -164,25 +186,68 @@ impl FibBuilder {
 
     /// Declare an interface: its MAC (the source of rewrites) and IP MTU.
     pub fn interface(&mut self, sw_if: u16, mac: Mac, mtu: u16) -> &mut Self {
-        self.ifaces.insert(sw_if, (mac, mtu));
+        if self.ifaces.insert(sw_if, (mac, mtu)) != Some((mac, mtu)) {
+            self.links_dirty = true;
+        }
+        self
+    }
+
+    /// Forget an interface.
+    pub fn remove_interface(&mut self, sw_if: u16) -> &mut Self {
+        if self.ifaces.remove(&sw_if).is_some() {
+            self.links_dirty = true;
+        }
         self
     }
 
     /// Declare a resolved neighbour.
     pub fn neighbour(&mut self, sw_if: u16, ip: Ipv4Addr, mac: Mac) -> &mut Self {
-        self.neighbours.insert((sw_if, ip), mac);
+        if self.neighbours.insert((sw_if, ip), mac) != Some(mac) {
+            self.links_dirty = true;
+        }
         self
+    }
+
+    /// Forget a neighbour.
+    pub fn remove_neighbour(&mut self, sw_if: u16, ip: Ipv4Addr) -> &mut Self {
+        if self.neighbours.remove(&(sw_if, ip)).is_some() {
+            self.links_dirty = true;
+        }
+        self
+    }
+
+    /// The neighbours declared, by (interface, address).
+    pub fn neighbours(&self) -> &HashMap<(u16, Ipv4Addr), Mac> {
+        &self.neighbours
+    }
+
+    /// The interfaces declared: (MAC, MTU) by interface.
+    pub fn interfaces(&self) -> &HashMap<u16, (Mac, u16)> {
+        &self.ifaces
     }
 
     /// Add or replace a route.
     pub fn route(&mut self, entry: RouteEntry) -> &mut Self {
-        self.routes.insert(entry.prefix, entry);
+        let prefix = entry.prefix;
+        if self.routes.get(&prefix) != Some(&entry) {
+            self.dirty.insert(prefix);
+            self.routes.insert(prefix, entry);
+        }
         self
     }
 
     /// Remove a route.
     pub fn remove(&mut self, prefix: &Ipv4Prefix) -> Option<RouteEntry> {
-        self.routes.remove(prefix)
+        let old = self.routes.remove(prefix);
+        if old.is_some() {
+            self.dirty.insert(*prefix);
+        }
+        old
+    }
+
+    /// The configured route for `prefix`.
+    pub fn get(&self, prefix: &Ipv4Prefix) -> Option<&RouteEntry> {
+        self.routes.get(prefix)
     }
 
     /// Number of configured routes.
@@ -195,30 +260,27 @@ impl FibBuilder {
         self.routes.is_empty()
     }
 
-    /// Compile a snapshot.
+    /// Compile a snapshot from scratch.
     pub fn build(&self) -> Result<Fib, FibError> {
-        let mut adjs = vec![Adjacency::DROP, Adjacency::LOCAL];
-        let mut adj_index: HashMap<(u16, Option<Ipv4Addr>), u32> = HashMap::new();
-        let mut lbs: Vec<Lb> = vec![Lb { start: 0, len: 1 }];
-        let mut buckets: Vec<u32> = vec![0];
-        let mut entries: Vec<RouteEntry> = vec![RouteEntry {
-            prefix: Ipv4Prefix::DEFAULT,
-            source: RouteSource::Static,
-            action: RouteAction::Drop,
-        }];
+        self.build_full(&self.derive_neighbour_routes())
+    }
 
-        // Neighbour /32s inside connected subnets, unless a route says otherwise. They are
-        // merged with the configured routes by reference: with a full table the routes are
-        // the bulk of the builder, and a copy of them would double the peak memory.
-        let mut derived: BTreeMap<Ipv4Prefix, RouteEntry> = BTreeMap::new();
-        for (&(sw_if, ip), _) in self.neighbours.iter() {
-            let connected = self.routes.values().any(|r| {
-                r.source == RouteSource::Connected
-                    && r.prefix.contains(ip)
+    /// Neighbour /32s inside connected subnets, unless a route says otherwise.
+    pub(crate) fn derive_neighbour_routes(&self) -> BTreeMap<Ipv4Prefix, RouteEntry> {
+        // Connected routes are few: collect them once (not once per neighbour).
+        let connected: Vec<&RouteEntry> = self
+            .routes
+            .values()
+            .filter(|r| r.source == RouteSource::Connected)
+            .collect();
+        let mut derived = BTreeMap::new();
+        for &(sw_if, ip) in self.neighbours.keys() {
+            let on_link = connected.iter().any(|r| {
+                r.prefix.contains(ip)
                     && matches!(&r.action, RouteAction::Forward(p) if p.iter().any(|p| p.sw_if == sw_if))
             });
             let host = Ipv4Prefix::host(ip);
-            if connected && !self.routes.contains_key(&host) {
+            if on_link && !self.routes.contains_key(&host) {
                 derived.insert(
                     host,
                     RouteEntry {
@@ -232,107 +294,92 @@ impl FibBuilder {
                 );
             }
         }
+        derived
+    }
 
+    /// The adjacency of a path (`prefix`'s, for an on-link /32) as the interfaces and
+    /// neighbours declared now make it.
+    pub(crate) fn adjacency(&self, prefix: Ipv4Prefix, p: &Path) -> Result<Adjacency, FibError> {
+        let (src_mac, mtu) = *self
+            .ifaces
+            .get(&p.sw_if)
+            .ok_or(FibError::UnknownInterface {
+                prefix,
+                sw_if: p.sw_if,
+            })?;
+        // An on-link /32 resolves to the destination itself.
+        let nh = p.via.or(if prefix.len() == 32 {
+            Some(prefix.addr())
+        } else {
+            None
+        });
+        Ok(self.adjacency_for(p.sw_if, nh, src_mac, mtu))
+    }
+
+    pub(crate) fn adjacency_for(
+        &self,
+        sw_if: u16,
+        nh: Option<Ipv4Addr>,
+        src_mac: Mac,
+        mtu: u16,
+    ) -> Adjacency {
+        let resolved = nh.and_then(|ip| self.neighbours.get(&(sw_if, ip)).copied());
+        Adjacency {
+            kind: if resolved.is_some() {
+                AdjKind::Rewrite
+            } else {
+                AdjKind::Incomplete
+            },
+            sw_if,
+            next_hop: nh,
+            dst_mac: resolved.unwrap_or([0; 6]),
+            src_mac,
+            mtu,
+        }
+    }
+
+    fn build_full(&self, derived: &BTreeMap<Ipv4Prefix, RouteEntry>) -> Result<Fib, FibError> {
+        let mut fib = Fib::empty();
+        // Merged with the configured routes by reference: with a full table the routes are
+        // the bulk of the builder, and a copy of them would double the peak memory.
         let mut all: Vec<&RouteEntry> = self.routes.values().chain(derived.values()).collect();
         all.sort_by_key(|e| e.prefix);
+        fib.lbs.reserve(all.len());
+        fib.entries.reserve(all.len());
         let mut order: Vec<(Ipv4Prefix, u32)> = Vec::with_capacity(all.len());
         for entry in all {
-            let lb = lbs.len() as u32;
-            let start = buckets.len() as u32;
-            match &entry.action {
-                RouteAction::Drop => buckets.push(0),
-                RouteAction::Local => buckets.push(1),
-                RouteAction::Forward(paths) => {
-                    if paths.is_empty() {
-                        return Err(FibError::NoPaths(entry.prefix));
-                    }
-                    let mut sorted = paths.clone();
-                    sorted.sort();
-                    sorted.dedup();
-                    for p in sorted {
-                        let (src_mac, mtu) =
-                            *self
-                                .ifaces
-                                .get(&p.sw_if)
-                                .ok_or(FibError::UnknownInterface {
-                                    prefix: entry.prefix,
-                                    sw_if: p.sw_if,
-                                })?;
-                        // An on-link /32 resolves to the destination itself.
-                        let nh = p.via.or(if entry.prefix.len() == 32 {
-                            Some(entry.prefix.addr())
-                        } else {
-                            None
-                        });
-                        let key = (p.sw_if, nh);
-                        let idx = match adj_index.get(&key) {
-                            Some(&i) => i,
-                            None => {
-                                let resolved =
-                                    nh.and_then(|ip| self.neighbours.get(&(p.sw_if, ip)).copied());
-                                let adj = Adjacency {
-                                    kind: if resolved.is_some() {
-                                        AdjKind::Rewrite
-                                    } else {
-                                        AdjKind::Incomplete
-                                    },
-                                    sw_if: p.sw_if,
-                                    next_hop: nh,
-                                    dst_mac: resolved.unwrap_or([0; 6]),
-                                    src_mac,
-                                    mtu,
-                                };
-                                let i = adjs.len() as u32;
-                                adjs.push(adj);
-                                adj_index.insert(key, i);
-                                i
-                            }
-                        };
-                        buckets.push(idx);
-                    }
-                }
-            }
-            let len = buckets.len() as u32 - start;
-            lbs.push(Lb { start, len });
-            entries.push(entry.clone());
+            let lb = fib.add_lb(self, entry)?;
             order.push((entry.prefix, lb));
-        }
-        if lbs.len() >= PTR as usize {
-            return Err(FibError::TooLarge(lbs.len()));
         }
         // Shorter prefixes first so longer ones overwrite their ranges.
         order.sort_by_key(|(p, _)| p.len());
-        let mut trie = Trie::new();
         for (prefix, lb) in order {
-            trie.insert(prefix, lb)?;
+            fib.trie.insert(prefix, lb)?;
         }
-        Ok(Fib {
-            trie,
-            lbs,
-            buckets,
-            adjs,
-            entries,
-        })
+        Ok(fib)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Lb {
-    start: u32,
-    len: u32,
+pub(crate) struct Lb {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
 }
 
+/// A 256-entry trie chunk, shared between FIB versions until one of them changes it.
+pub(crate) type Chunk = Arc<[u32; 256]>;
+
 #[derive(Clone, Debug)]
-struct Trie {
-    root: Vec<u32>,
-    l2: Vec<[u32; 256]>,
-    l3: Vec<[u32; 256]>,
+pub(crate) struct Trie {
+    pub(crate) root: Arc<Vec<u32>>,
+    pub(crate) l2: Vec<Chunk>,
+    pub(crate) l3: Vec<Chunk>,
 }
 
 impl Trie {
     fn new() -> Self {
         Trie {
-            root: vec![0; 1 << 16],
+            root: Arc::new(vec![0; 1 << 16]),
             l2: Vec::new(),
             l3: Vec::new(),
         }
@@ -344,17 +391,17 @@ impl Trie {
         if len <= 16 {
             let first = (addr >> 16) as usize;
             let count = 1usize << (16 - len);
-            for e in &mut self.root[first..first + count] {
+            for e in &mut Arc::make_mut(&mut self.root)[first..first + count] {
                 *e = lb; // shorter prefixes were inserted first: no pointer can be here yet
             }
             return Ok(());
         }
         let r = (addr >> 16) as usize;
-        let c2 = Self::chunk(&mut self.root[r], &mut self.l2)?;
+        let c2 = Self::chunk(&mut Arc::make_mut(&mut self.root)[r], &mut self.l2)?;
         if len <= 24 {
             let first = ((addr >> 8) & 0xff) as usize;
             let count = 1usize << (24 - len);
-            for e in &mut self.l2[c2][first..first + count] {
+            for e in &mut Arc::make_mut(&mut self.l2[c2])[first..first + count] {
                 *e = lb;
             }
             return Ok(());
@@ -362,17 +409,17 @@ impl Trie {
         let i2 = ((addr >> 8) & 0xff) as usize;
         let mut slot = self.l2[c2][i2];
         let c3 = Self::chunk(&mut slot, &mut self.l3)?;
-        self.l2[c2][i2] = slot;
+        Arc::make_mut(&mut self.l2[c2])[i2] = slot;
         let first = (addr & 0xff) as usize;
         let count = 1usize << (32 - len);
-        for e in &mut self.l3[c3][first..first + count] {
+        for e in &mut Arc::make_mut(&mut self.l3[c3])[first..first + count] {
             *e = lb;
         }
         Ok(())
     }
 
     /// Turn a leaf slot into a chunk pointer (filled with the leaf), or follow it.
-    fn chunk(slot: &mut u32, chunks: &mut Vec<[u32; 256]>) -> Result<usize, FibError> {
+    pub(crate) fn chunk(slot: &mut u32, chunks: &mut Vec<Chunk>) -> Result<usize, FibError> {
         if *slot & PTR != 0 {
             return Ok((*slot & !PTR) as usize);
         }
@@ -380,7 +427,7 @@ impl Trie {
         if idx as u32 >= PTR {
             return Err(FibError::TooLarge(idx));
         }
-        chunks.push([*slot; 256]);
+        chunks.push(Arc::new([*slot; 256]));
         *slot = PTR | idx as u32;
         Ok(idx)
     }
@@ -406,29 +453,163 @@ impl Trie {
 }
 
 /// An immutable, compiled FIB snapshot.
+///
+/// Versions built one from another ([`FibBuilder::build_from`]) share what did not change:
+/// trie chunks and route entries are reference-counted, so a new version costs the copy
+/// of the root array and of the small per-route arrays, not a rebuild.
 #[derive(Clone, Debug)]
 pub struct Fib {
-    trie: Trie,
-    lbs: Vec<Lb>,
-    buckets: Vec<u32>,
-    adjs: Vec<Adjacency>,
-    entries: Vec<RouteEntry>,
+    pub(crate) trie: Trie,
+    pub(crate) lbs: Vec<Lb>,
+    pub(crate) buckets: Vec<u32>,
+    pub(crate) adjs: Vec<Adjacency>,
+    /// The route of each load balance (`None`: a free slot; slot 0 is the implicit drop).
+    pub(crate) entries: Vec<Option<Arc<RouteEntry>>>,
+    /// Load balance of each route.
+    pub(crate) index: HashMap<Ipv4Prefix, u32>,
+    /// Adjacency of each (interface, next hop).
+    pub(crate) adj_index: HashMap<(u16, Option<Ipv4Addr>), u32>,
+    /// Buckets naming each adjacency (an adjacency named by none is free).
+    pub(crate) adj_refs: Vec<u32>,
+    pub(crate) free_lbs: Vec<u32>,
+    pub(crate) free_adjs: Vec<u32>,
+    /// Buckets no load balance uses any more (left behind by incremental builds).
+    pub(crate) garbage: usize,
+    /// Identifies this version for [`FibBuilder::build_from`].
+    pub(crate) id: u64,
 }
 
 impl Default for Fib {
     fn default() -> Self {
-        // An empty builder always builds.
-        FibBuilder::new().build().unwrap_or_else(|_| Fib {
-            trie: Trie::new(),
-            lbs: vec![Lb { start: 0, len: 1 }],
-            buckets: vec![0],
-            adjs: vec![Adjacency::DROP, Adjacency::LOCAL],
-            entries: Vec::new(),
-        })
+        Fib::empty()
     }
 }
 
 impl Fib {
+    /// No routes: everything drops.
+    fn empty() -> Fib {
+        Fib {
+            trie: Trie::new(),
+            lbs: vec![Lb { start: 0, len: 1 }],
+            buckets: vec![0],
+            adjs: vec![Adjacency::DROP, Adjacency::LOCAL],
+            entries: vec![Some(Arc::new(RouteEntry {
+                prefix: Ipv4Prefix::DEFAULT,
+                source: RouteSource::Static,
+                action: RouteAction::Drop,
+            }))],
+            index: HashMap::new(),
+            adj_index: HashMap::new(),
+            adj_refs: vec![u32::MAX, u32::MAX],
+            free_lbs: Vec::new(),
+            free_adjs: Vec::new(),
+            garbage: 0,
+            id: next_fib_id(),
+        }
+    }
+
+    /// Appends the buckets of `entry` (adjacencies found or made); returns their range.
+    pub(crate) fn add_buckets(
+        &mut self,
+        builder: &FibBuilder,
+        entry: &RouteEntry,
+    ) -> Result<Lb, FibError> {
+        let start = self.buckets.len() as u32;
+        match &entry.action {
+            RouteAction::Drop => self.buckets.push(0),
+            RouteAction::Local => self.buckets.push(1),
+            RouteAction::Forward(paths) => {
+                if paths.is_empty() {
+                    return Err(FibError::NoPaths(entry.prefix));
+                }
+                let mut sorted = paths.clone();
+                sorted.sort();
+                sorted.dedup();
+                for p in sorted {
+                    // Checks the interface even when the adjacency exists.
+                    let adj = builder.adjacency(entry.prefix, &p)?;
+                    let key = (p.sw_if, adj.next_hop);
+                    let idx = match self.adj_index.get(&key) {
+                        Some(&i) => i,
+                        None => {
+                            let i = match self.free_adjs.pop() {
+                                Some(i) => {
+                                    self.adjs[i as usize] = adj;
+                                    i
+                                }
+                                None => {
+                                    self.adjs.push(adj);
+                                    self.adj_refs.push(0);
+                                    (self.adjs.len() - 1) as u32
+                                }
+                            };
+                            self.adj_index.insert(key, i);
+                            i
+                        }
+                    };
+                    if let Some(r) = self.adj_refs.get_mut(idx as usize) {
+                        *r = r.saturating_add(1);
+                    }
+                    self.buckets.push(idx);
+                }
+            }
+        }
+        Ok(Lb {
+            start,
+            len: self.buckets.len() as u32 - start,
+        })
+    }
+
+    /// Gives back the buckets of `lb`: adjacencies no bucket names any more become free.
+    pub(crate) fn release_buckets(&mut self, lb: Lb) {
+        for i in lb.start..lb.start + lb.len {
+            let Some(&a) = self.buckets.get(i as usize) else {
+                continue;
+            };
+            let Some(r) = self.adj_refs.get_mut(a as usize) else {
+                continue;
+            };
+            if *r == u32::MAX {
+                continue; // drop and local are never freed
+            }
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                let adj = self.adjs[a as usize];
+                self.adj_index.remove(&(adj.sw_if, adj.next_hop));
+                self.adjs[a as usize] = Adjacency::DROP;
+                self.free_adjs.push(a);
+            }
+        }
+        self.garbage += lb.len as usize;
+    }
+
+    /// A load balance for `entry` (its buckets appended); returns its index.
+    pub(crate) fn add_lb(
+        &mut self,
+        builder: &FibBuilder,
+        entry: &RouteEntry,
+    ) -> Result<u32, FibError> {
+        let range = self.add_buckets(builder, entry)?;
+        let lb = match self.free_lbs.pop() {
+            Some(lb) => {
+                self.lbs[lb as usize] = range;
+                self.entries[lb as usize] = Some(Arc::new(entry.clone()));
+                lb
+            }
+            None => {
+                let lb = self.lbs.len() as u32;
+                if lb >= PTR {
+                    return Err(FibError::TooLarge(lb as usize));
+                }
+                self.lbs.push(range);
+                self.entries.push(Some(Arc::new(entry.clone())));
+                lb
+            }
+        };
+        self.index.insert(entry.prefix, lb);
+        Ok(lb)
+    }
+
     /// The load-balance index of the longest matching route (0 = no route).
     #[inline(always)]
     pub fn lookup(&self, dst: Ipv4Addr) -> u32 {
@@ -458,24 +639,41 @@ impl Fib {
 
     /// The route a load-balance index belongs to (for traces and `show routes`).
     pub fn route_of(&self, lb: u32) -> Option<&RouteEntry> {
-        self.entries.get(lb as usize)
+        self.entries.get(lb as usize).and_then(|e| e.as_deref())
+    }
+
+    /// Load balances of the routes in prefix order, without the implicit drop.
+    fn sorted_lbs(&self) -> Vec<(Ipv4Prefix, u32)> {
+        let mut v: Vec<(Ipv4Prefix, u32)> = self.index.iter().map(|(p, lb)| (*p, *lb)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Number of routes (configured and derived), without the implicit drop.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 
     /// All routes (configured and derived), in prefix order, without the implicit drop.
     pub fn routes(&self) -> impl Iterator<Item = &RouteEntry> {
-        self.entries.iter().skip(1)
+        self.sorted_lbs()
+            .into_iter()
+            .filter_map(move |(_, lb)| self.route_of(lb))
     }
 
     /// Every route (configured and derived) with the adjacencies of its paths.
     pub fn route_table(&self) -> impl Iterator<Item = (&RouteEntry, Vec<&Adjacency>)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(lb, r)| (r, self.route_adjs(lb as u32)))
+        self.sorted_lbs()
+            .into_iter()
+            .filter_map(move |(_, lb)| self.route_of(lb).map(|r| (r, self.route_adjs(lb))))
     }
 
-    /// All adjacencies.
+    /// All adjacencies (free slots of incremental builds show as drop adjacencies).
     pub fn adjacencies(&self) -> &[Adjacency] {
         &self.adjs
     }

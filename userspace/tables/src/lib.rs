@@ -8,6 +8,7 @@
 
 pub mod conntrack;
 pub mod fib;
+mod fib_update;
 pub mod hash;
 pub mod maglev;
 pub mod nat;
