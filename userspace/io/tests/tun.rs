@@ -46,10 +46,10 @@ fn echo_request(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
 
 #[test]
 fn tun_punts_packets_to_the_kernel() {
-    if !root_or_skip("tun_punts_packets_to_the_kernel") {
+    if !require_root() {
         return;
     }
-    let ns = NetNs::create("tun");
+    let ns = quiet_netns("tun");
     let ns_name = ns.name().to_string();
     let tun = std::thread::spawn(move || {
         enter_netns(&ns_name);

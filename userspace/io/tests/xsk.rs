@@ -28,7 +28,7 @@ const B1: &str = "02:00:00:00:0b:01";
 
 /// Run `f` on a thread inside the namespace; re-raise its panic here so the
 /// namespace guard of the caller cleans up.
-fn in_netns<F: FnOnce() + Send + 'static>(ns: &NetNs, f: F) {
+fn in_netns<F: FnOnce() + Send + 'static>(ns: &Netns, f: F) {
     let name = ns.name().to_string();
     let result = std::thread::spawn(move || {
         enter_netns(&name);
@@ -40,8 +40,8 @@ fn in_netns<F: FnOnce() + Send + 'static>(ns: &NetNs, f: F) {
     }
 }
 
-fn two_veth_pairs(tag: &str) -> NetNs {
-    let ns = NetNs::create(tag);
+fn two_veth_pairs(tag: &str) -> Netns {
+    let ns = quiet_netns(tag);
     ns.veth("a0", A0, "a1", A1);
     ns.veth("b0", B0, "b1", B1);
     ns
@@ -225,7 +225,7 @@ fn check_direction(io: &XskIo, from: PortId, t: &Traffic) {
 
 #[test]
 fn xsk_forwards_between_ports_sharing_one_umem() {
-    if !root_or_skip("xsk_forwards_between_ports_sharing_one_umem") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("fwd");
@@ -389,7 +389,7 @@ fn xsk_forwards_between_ports_sharing_one_umem() {
 /// under loss.
 #[test]
 fn xsk_unpaced_forwarding_rate_and_no_leaks() {
-    if !root_or_skip("xsk_unpaced_forwarding_rate_and_no_leaks") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("rate");
@@ -464,7 +464,7 @@ fn xsk_unpaced_forwarding_rate_and_no_leaks() {
 
 #[test]
 fn waker_ends_a_wait_early_with_and_without_ports() {
-    if !root_or_skip("waker_ends_a_wait_early_with_and_without_ports") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("wake");
@@ -497,7 +497,7 @@ fn waker_ends_a_wait_early_with_and_without_ports() {
 
 #[test]
 fn fill_rings_follow_activity() {
-    if !root_or_skip("fill_rings_follow_activity") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("share");
@@ -624,7 +624,7 @@ fn push_until_refused(io: &mut XskIo, port: PortId, max: usize) -> usize {
 /// forwarding; closing them returns every frame.
 #[test]
 fn vanished_devices_cannot_starve_the_pool() {
-    if !root_or_skip("vanished_devices_cannot_starve_the_pool") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("dead");
@@ -689,7 +689,7 @@ fn vanished_devices_cannot_starve_the_pool() {
 /// not fail, and the port forwards again afterwards.
 #[test]
 fn a_port_error_marks_the_port_down_not_the_backend() {
-    if !root_or_skip("a_port_error_marks_the_port_down_not_the_backend") {
+    if !require_root() {
         return;
     }
     let ns = two_veth_pairs("perr");

@@ -1,124 +1,27 @@
-//! Shared helpers for the root-only tests: a network namespace guard, a
-//! test XDP program, raw AF_PACKET sockets.
+//! Shared helpers for the root-only tests: a test XDP program, raw AF_PACKET sockets; the
+//! root check and the network namespace guard are the testkit's.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aya::maps::XskMap;
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
-use nix::sched::CloneFlags;
+use ferroplane_testkit::netns::run;
+pub use ferroplane_testkit::{enter_netns, require_root, Netns};
 use nix::sys::socket::{self, sockopt, MsgFlags};
 
 /// EtherType the test XDP program redirects.
 pub const ETH_P_TEST: u16 = 0x88b5;
 
-/// `true` when running as root; otherwise prints why the test is skipped.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipping {test}: needs root (network namespaces, XDP, AF_XDP)");
-    }
-    root
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace named `fp-io-<pid>-<tag>-<n>`, deleted on drop (also
-/// when a test panics).
-pub struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    pub fn create(tag: &str) -> NetNs {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "fp-io-{}-{tag}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = NetNs { name };
-        // No IPv6 autoconfiguration chatter on the test links.
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `ip -n <ns> <args>`, asserting success.
-    pub fn ip(&self, args: &[&str]) {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args));
-    }
-
-    /// `ip netns exec <ns> <args>`, asserting success.
-    pub fn exec(&self, args: &[&str]) {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args));
-    }
-
-    /// A veth pair `a`/`b` with fixed MACs, one queue each, both up.
-    pub fn veth(&self, a: &str, mac_a: &str, b: &str, mac_b: &str) {
-        self.ip(&[
-            "link",
-            "add",
-            a,
-            "address",
-            mac_a,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b,
-            "address",
-            mac_b,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-        ]);
-        self.ip(&["link", "set", a, "up"]);
-        self.ip(&["link", "set", b, "up"]);
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // Never panic here: this may run while unwinding.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// Move the calling thread into network namespace `name`.
-pub fn enter_netns(name: &str) {
-    let f = File::open(format!("/var/run/netns/{name}")).unwrap();
-    nix::sched::setns(f, CloneFlags::CLONE_NEWNET).unwrap();
+/// The namespace these tests use: IPv6 off, so the links carry only the frames a test sends.
+pub fn quiet_netns(tag: &str) -> Netns {
+    Netns::new_ipv4_only(tag)
 }
 
 /// Compile tests/xdp/to_xsk.c once per test process.
