@@ -1,0 +1,170 @@
+//! What the spec's services become: the engine's service port definitions and NAT settings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferroplane_tables::conntrack::Timeouts;
+use ferroplane_tables::{
+    Backend, EndpointState, Ipv4Prefix, NatConfig, ServicePortDef, ServiceTable, DEFAULT_TABLE_SIZE,
+};
+
+use super::types::proto_of;
+use super::*;
+use crate::config::{Ipv4Cidr, NodeSpec};
+
+/// The service port definitions of a spec for the node `node_name`.
+pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
+    let node_name = spec.node.name.as_str();
+    let mut slices: HashMap<String, Vec<&EndpointSliceSpec>> = HashMap::new();
+    for es in &spec.endpoint_slices {
+        if es.address_type != "IPv4" {
+            continue;
+        }
+        if let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL) {
+            slices
+                .entry(format!("{}/{}", es.metadata.namespace, svc))
+                .or_default()
+                .push(es);
+        }
+    }
+    let mut defs = Vec::new();
+    for s in &spec.services {
+        if s.spec.type_ == ServiceType::ExternalName {
+            continue;
+        }
+        let cluster_ips = s.cluster_ipv4s();
+        let key = s.key();
+        let affinity_secs = (s.spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            s.spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800)
+        });
+        for p in &s.spec.ports {
+            let Ok(proto) = proto_of(&p.protocol) else {
+                continue;
+            };
+            let name = p.name.clone().unwrap_or_default();
+            let mut backends: Vec<Backend> = Vec::new();
+            for es in slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                // The slice port for this service port: same name and protocol (kube-proxy).
+                let sp = es.ports.iter().find(|ep| {
+                    ep.name.clone().unwrap_or_default() == name
+                        && proto_of(&ep.protocol).ok() == Some(proto)
+                });
+                let port = match (sp.and_then(|x| x.port), &p.target_port) {
+                    (Some(n), _) => n,
+                    (None, Some(TargetPort::Number(n))) if es.ports.is_empty() => *n,
+                    (None, None) if es.ports.is_empty() => p.port,
+                    _ => continue,
+                };
+                for e in &es.endpoints {
+                    let Some(&addr) = e.addresses.first() else {
+                        continue;
+                    };
+                    let c = &e.conditions;
+                    let node = e.node_name.clone().unwrap_or_default();
+                    backends.push(Backend {
+                        addr,
+                        port,
+                        local: node == node_name,
+                        state: EndpointState::from_conditions(c.ready, c.serving, c.terminating),
+                        weight: 1,
+                        target: e
+                            .target_ref
+                            .as_ref()
+                            .map(|t| {
+                                format!(
+                                    "{}/{}",
+                                    t.namespace.as_deref().unwrap_or(&es.metadata.namespace),
+                                    t.name.as_deref().unwrap_or("")
+                                )
+                            })
+                            .unwrap_or_default(),
+                        node,
+                    });
+                }
+            }
+            backends.sort_by_key(|b| (b.addr, b.port));
+            backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+            defs.push(ServicePortDef {
+                service: key.clone(),
+                port_name: name,
+                proto,
+                port: p.port,
+                node_port: if s.has_node_ports() {
+                    p.node_port
+                } else {
+                    None
+                },
+                cluster_ips: cluster_ips.clone(),
+                external_ips: s.spec.external_ips.clone(),
+                lb_ips: s.lb_ips(),
+                backends,
+                internal_local: s.spec.internal_traffic_policy == Some(TrafficPolicy::Local),
+                external_local: s.external_local(),
+                affinity_secs,
+                health_check_node_port: s.health_check_node_port(),
+            });
+        }
+    }
+    defs
+}
+
+/// The NAT settings of a spec.
+pub fn nat_config(spec: &NodeSpec) -> NatConfig {
+    let px = &spec.service_proxy;
+    let prefix = |c: &Ipv4Cidr| Ipv4Prefix::new(c.network().addr, c.prefix_len).ok();
+    let mut cluster: Vec<Ipv4Prefix> = px.cluster_cidrs.iter().filter_map(prefix).collect();
+    if cluster.is_empty() {
+        cluster.extend(prefix(&spec.node.pod_cidr));
+    }
+    NatConfig {
+        masquerade: px.masquerade,
+        masquerade_addr: Some(px.masquerade_address.unwrap_or(spec.node.address.addr)),
+        cluster_cidrs: cluster,
+        snat_ports: px
+            .snat_range()
+            .unwrap_or(ferroplane_tables::nat::DEFAULT_SNAT_PORTS),
+        conntrack_max: px
+            .conntrack_max
+            .unwrap_or(ferroplane_tables::nat::DEFAULT_CONNTRACK_MAX),
+        timeouts: Timeouts::default(),
+    }
+}
+
+/// The service side of the node state.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceState {
+    /// The table published to the engine.
+    pub table: Arc<ServiceTable>,
+    /// NAT settings published to the engine.
+    pub nat: Arc<NatConfig>,
+}
+
+impl ServiceState {
+    /// Rebuild from `spec` (sharing unchanged Maglev tables with the current one).
+    pub fn rebuild(&mut self, spec: &NodeSpec) -> Result<(), ferroplane_tables::ServiceError> {
+        self.rebuild_defs(spec, service_defs(spec))
+    }
+
+    /// [`ServiceState::rebuild`] from the service ports `defs` ([`service_defs`] of `spec`
+    /// and the hostPorts).
+    pub fn rebuild_defs(
+        &mut self,
+        spec: &NodeSpec,
+        defs: Vec<ServicePortDef>,
+    ) -> Result<(), ferroplane_tables::ServiceError> {
+        let max = spec
+            .service_proxy
+            .maglev_table_size
+            .unwrap_or(DEFAULT_TABLE_SIZE);
+        let table =
+            ServiceTable::build(defs, vec![spec.node.address.addr], max, Some(&self.table))?;
+        self.table = Arc::new(table);
+        self.nat = Arc::new(nat_config(spec));
+        Ok(())
+    }
+}
