@@ -9,8 +9,9 @@
 //! * Getters need `AsRef<[u8]>`, setters `AsRef<[u8]> + AsMut<[u8]>`.
 //! * All numbers are host order in the API; addresses are
 //!   [`Ipv4Addr`](core::net::Ipv4Addr) and [`EthernetAddress`].
-//! * `Repr` types ([`EthernetRepr`], [`ArpRepr`], [`Ipv4Repr`]) are validated
-//!   summaries with `parse`, `buffer_len` and `emit`.
+//! * `Repr` types ([`EthernetRepr`], [`ArpRepr`], [`Ipv4Repr`], and for tunnels
+//!   [`OuterIpv4Repr`], [`VxlanRepr`], [`WireGuardRepr`]) are validated summaries
+//!   with `parse`, `buffer_len` and `emit`.
 //!
 //! Nothing here allocates, and nothing panics on any input reaching a view built
 //! with `new_checked` (the fuzz targets in `fuzz/` exercise exactly that).
@@ -51,16 +52,22 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod ipip;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
+pub mod vxlan;
+pub mod wireguard;
 
 pub use arp::{ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 pub use icmpv4::Icmpv4Packet;
+pub use ipip::{IpipPacket, OuterIpv4Repr};
 pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
 pub use tcp::TcpPacket;
 pub use udp::UdpPacket;
+pub use vxlan::{VxlanPacket, VxlanRepr};
+pub use wireguard::{MessageType, WireGuardPacket, WireGuardRepr};
 
 /// Why a buffer could not be viewed or parsed as a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
