@@ -5,8 +5,8 @@
 //!   ([`error::DecodeError::notification`]); malformed attributes are handled per
 //!   RFC 7606 (treat-as-withdraw / attribute-discard recorded on the [`update::Update`]).
 //! - [`fsm`]: the RFC 4271 state machine, without I/O.
-//! - [`rib`]: Adj-RIB-In, Loc-RIB with the decision process and ECMP, export rules
-//!   (Adj-RIB-Out, route reflection).
+//! - [`rib`]: Adj-RIB-In, Loc-RIB ([`loc_rib`]) with the decision process and ECMP,
+//!   export rules (Adj-RIB-Out, route reflection); shared attribute sets ([`intern`]).
 //! - [`speaker`]: the tokio driver (listener, one task per peer, graceful restart).
 //!
 //! Why an own codec rather than `netgauze-bgp-pkt` 0.13: that crate is 32k lines on
@@ -17,6 +17,8 @@
 
 pub mod error;
 pub mod fsm;
+pub mod intern;
+pub mod loc_rib;
 pub mod md5;
 pub mod msg;
 pub mod prefix;

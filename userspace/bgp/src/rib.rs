@@ -1,13 +1,22 @@
 //! Routing information bases (RFC 4271 §3.2, §9): Adj-RIB-In per peer, the Loc-RIB
-//! with the decision process and ECMP multipath, and the export rules that build each
-//! peer's Adj-RIB-Out.
+//! ([`LocRib`], in [`crate::loc_rib`]) with the decision process and ECMP multipath, and
+//! the export rules that build each peer's Adj-RIB-Out.
+//!
+//! Memory: a path is a source, a stale bit and an `Arc` to a [`PathInfo`] interned per
+//! peer and attribute set ([`crate::intern`]), so a table of N prefixes sharing a few
+//! attribute sets costs N small entries, not N copies of the attributes. The Adj-RIB-In
+//! keeps only what the Loc-RIB does not: whether a route passed import and is stale
+//! (an accepted route's attributes are its Loc-RIB path's; a refused one's are not
+//! used again, as import policy is fixed for the session).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Deref;
 use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::loc_rib::{Dest, LocRib};
 use crate::prefix::Prefix;
 use crate::update::PathAttributes;
 
@@ -27,13 +36,12 @@ pub enum Source {
     Peer(PeerId),
 }
 
-/// One candidate path for a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Path {
-    /// Origin of the path.
-    pub source: Source,
+/// What every path from one peer with one attribute set has in common: shared by all
+/// of them through one interned `Arc` ([`crate::intern::Interner`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathInfo {
     /// Attributes as received (after import).
-    pub attrs: Arc<PathAttributes>,
+    pub attrs: PathAttributes,
     /// Next hop (IPv4 NEXT_HOP or MP_REACH next hop; unspecified for local routes).
     pub next_hop: IpAddr,
     /// Learnt over eBGP.
@@ -44,8 +52,40 @@ pub struct Path {
     pub peer_addr: IpAddr,
     /// IGP cost to the next hop, when known.
     pub igp_cost: Option<u32>,
+}
+
+impl PathInfo {
+    /// A locally originated path's data (no attributes of its own, no next hop).
+    pub fn local(router_id: Ipv4Addr) -> PathInfo {
+        PathInfo {
+            attrs: PathAttributes::default(),
+            next_hop: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ebgp: false,
+            router_id,
+            peer_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            igp_cost: None,
+        }
+    }
+}
+
+/// One candidate path for a prefix (32 bytes: the data is shared, see [`PathInfo`],
+/// whose fields it dereferences to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// Origin of the path.
+    pub source: Source,
+    /// Attributes, next hop and source peer, shared.
+    pub info: Arc<PathInfo>,
     /// Retained under graceful restart while the peer restarts.
     pub stale: bool,
+}
+
+impl Deref for Path {
+    type Target = PathInfo;
+
+    fn deref(&self) -> &PathInfo {
+        &self.info
+    }
 }
 
 impl Path {
@@ -200,157 +240,11 @@ pub fn select(paths: &[Path], local_as: u32) -> Selection {
     }
 }
 
-/// All paths for one prefix and the outcome of the decision process.
-///
-/// Kept compact, as there is one per prefix (a full table is ~1M): the best path and the
-/// other ECMP members are indices, stored without allocating for the usual single path;
-/// [`Dest::selection`] runs the decision process again for the reasons `show` prints.
-#[derive(Debug, Clone, Default)]
-pub struct Dest {
-    /// Candidate paths (one per source).
-    pub paths: Vec<Path>,
-    /// Index of the best path.
-    best: Option<u32>,
-    /// ECMP members other than the best (indices into `paths`; empty for a single path).
-    others: Box<[u32]>,
-}
-
-impl Dest {
-    /// The best path.
-    pub fn best(&self) -> Option<&Path> {
-        self.best_index().and_then(|i| self.paths.get(i))
-    }
-
-    /// Index of the best path in [`Dest::paths`].
-    pub fn best_index(&self) -> Option<usize> {
-        self.best.map(|i| i as usize)
-    }
-
-    /// Whether path `i` is in the ECMP set (the best path included).
-    pub fn is_multipath(&self, i: usize) -> bool {
-        self.best_index() == Some(i) || self.others.iter().any(|&o| o as usize == i)
-    }
-
-    /// The full decision process result (with each losing path's reason).
-    pub fn selection(&self, local_as: u32) -> Selection {
-        select(&self.paths, local_as)
-    }
-
-    fn reselect(&mut self, local_as: u32) {
-        let s = select(&self.paths, local_as);
-        self.best = s.best.and_then(|b| u32::try_from(b).ok());
-        self.others = s
-            .multipath
-            .iter()
-            .filter(|&&i| Some(i) != s.best)
-            .filter_map(|&i| u32::try_from(i).ok())
-            .collect();
-    }
-
-    /// Distinct next hops of the ECMP set (the best path's first); `multipath = false`
-    /// gives the best path's alone.
-    pub fn next_hops(&self, multipath: bool) -> Vec<IpAddr> {
-        let Some(best) = self.best() else {
-            return Vec::new();
-        };
-        let mut v = vec![best.next_hop];
-        if multipath {
-            for &i in self.others.iter() {
-                if let Some(p) = self.paths.get(i as usize) {
-                    if !v.contains(&p.next_hop) {
-                        v.push(p.next_hop);
-                    }
-                }
-            }
-        }
-        v
-    }
-
-    fn fingerprint(&self, multipath: bool) -> Option<(Source, Arc<PathAttributes>, Vec<IpAddr>)> {
-        self.best()
-            .map(|b| (b.source, b.attrs.clone(), self.next_hops(multipath)))
-    }
-}
-
-/// The Loc-RIB: every prefix with its candidate paths and selection.
-#[derive(Debug, Default)]
-pub struct LocRib {
-    /// Destinations by prefix.
-    pub table: BTreeMap<Prefix, Dest>,
-    /// Our AS (MED grouping of internal paths).
-    pub local_as: u32,
-    /// Install equal paths as ECMP.
-    pub multipath: bool,
-}
-
-impl LocRib {
-    /// An empty Loc-RIB.
-    pub fn new(local_as: u32, multipath: bool) -> LocRib {
-        LocRib {
-            table: BTreeMap::new(),
-            local_as,
-            multipath,
-        }
-    }
-
-    /// Add or replace `path` (keyed by its source). Returns true when the best path or
-    /// the ECMP set changed.
-    pub fn insert(&mut self, prefix: Prefix, path: Path) -> bool {
-        let (la, mp) = (self.local_as, self.multipath);
-        let d = self.table.entry(prefix).or_default();
-        let before = d.fingerprint(mp);
-        match d.paths.iter_mut().find(|p| p.source == path.source) {
-            Some(p) => *p = path,
-            None => {
-                // Most prefixes have one path: no spare capacity.
-                d.paths.reserve_exact(1);
-                d.paths.push(path)
-            }
-        }
-        d.reselect(la);
-        before != d.fingerprint(mp)
-    }
-
-    /// Remove the path from `source`. Returns true when the selection changed.
-    pub fn remove(&mut self, prefix: &Prefix, source: Source) -> bool {
-        let (la, mp) = (self.local_as, self.multipath);
-        let Some(d) = self.table.get_mut(prefix) else {
-            return false;
-        };
-        let before = d.fingerprint(mp);
-        d.paths.retain(|p| p.source != source);
-        if d.paths.is_empty() {
-            self.table.remove(prefix);
-            return before.is_some();
-        }
-        d.reselect(la);
-        before != d.fingerprint(mp)
-    }
-
-    /// The destination of a prefix.
-    pub fn get(&self, prefix: &Prefix) -> Option<&Dest> {
-        self.table.get(prefix)
-    }
-
-    /// Number of prefixes with a best path.
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-}
-
-/// One route in a peer's Adj-RIB-In.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One route in a peer's Adj-RIB-In: its attributes are those of the peer's path in
+/// the Loc-RIB when accepted (not copied here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InRoute {
-    /// Attributes as received.
-    pub attrs: Arc<PathAttributes>,
-    /// Next hop.
-    pub next_hop: IpAddr,
-    /// Passed import policy (else kept for `show` but not in the Loc-RIB).
+    /// Passed import policy (else counted for `show` but not in the Loc-RIB).
     pub accepted: bool,
     /// Retained under graceful restart, waiting for a refresh or End-of-RIB.
     pub stale: bool,
@@ -433,7 +327,7 @@ pub fn export(
             reflect = true;
         }
     }
-    let mut a = (*path.attrs).clone();
+    let mut a = path.attrs.clone();
     let local_nh = if path.source == Source::Local || path.next_hop.is_unspecified() {
         true
     } else {
@@ -476,23 +370,25 @@ mod tests {
     fn path(src: Source, lp: u32, asns: &[u32], nh: &str, ebgp: bool, id: u8) -> Path {
         Path {
             source: src,
-            attrs: Arc::new(PathAttributes {
-                local_pref: Some(lp),
-                as_path: AsPath(if asns.is_empty() {
-                    vec![]
-                } else {
-                    vec![AsSegment {
-                        kind: SegmentKind::Sequence,
-                        asns: asns.to_vec(),
-                    }]
-                }),
-                ..PathAttributes::default()
+            info: Arc::new(PathInfo {
+                attrs: PathAttributes {
+                    local_pref: Some(lp),
+                    as_path: AsPath(if asns.is_empty() {
+                        vec![]
+                    } else {
+                        vec![AsSegment {
+                            kind: SegmentKind::Sequence,
+                            asns: asns.to_vec(),
+                        }]
+                    }),
+                    ..PathAttributes::default()
+                },
+                next_hop: nh.parse().unwrap(),
+                ebgp,
+                router_id: Ipv4Addr::new(id, id, id, id),
+                peer_addr: nh.parse().unwrap(),
+                igp_cost: None,
             }),
-            next_hop: nh.parse().unwrap(),
-            ebgp,
-            router_id: Ipv4Addr::new(id, id, id, id),
-            peer_addr: nh.parse().unwrap(),
-            igp_cost: None,
             stale: false,
         }
     }
@@ -527,7 +423,7 @@ mod tests {
         );
 
         let mut c = path(Source::Peer(1), 100, &[65002, 65010], "10.0.0.2", true, 2);
-        Arc::make_mut(&mut c.attrs).origin = Origin::Incomplete;
+        Arc::make_mut(&mut c.info).attrs.origin = Origin::Incomplete;
         let s = select(&[a.clone(), c], 65000);
         assert_eq!((s.best, s.reasons[1]), (Some(0), Some(Reason::Origin)));
 
@@ -541,9 +437,9 @@ mod tests {
         let mut a = path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1);
         let mut b = path(Source::Peer(1), 100, &[65001], "10.0.0.2", true, 2);
         let mut c = path(Source::Peer(2), 100, &[65002], "10.0.0.3", true, 3);
-        Arc::make_mut(&mut a.attrs).med = Some(50);
-        Arc::make_mut(&mut b.attrs).med = Some(10);
-        Arc::make_mut(&mut c.attrs).med = Some(99);
+        Arc::make_mut(&mut a.info).attrs.med = Some(50);
+        Arc::make_mut(&mut b.info).attrs.med = Some(10);
+        Arc::make_mut(&mut c.info).attrs.med = Some(99);
         let s = select(&[a, b, c], 65000);
         assert_eq!(s.reasons[0], Some(Reason::Med));
         assert_eq!(
@@ -577,7 +473,7 @@ mod tests {
         // The compact selection agrees with a full run of the decision process.
         let full = d.selection(65000);
         assert_eq!(d.best_index(), full.best);
-        for i in 0..d.paths.len() {
+        for i in 0..d.paths().len() {
             assert_eq!(d.is_multipath(i), full.multipath.contains(&i), "path {i}");
         }
         assert!(!d.is_multipath(2));

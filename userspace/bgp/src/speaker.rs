@@ -23,11 +23,12 @@ use tracing::{debug, info, warn};
 
 use crate::error::{cease, code};
 use crate::fsm::{Action, DownReason, Event, Fsm, FsmConfig, State, Timer};
+use crate::intern::Interner;
 use crate::msg::{frame_len, Capability, Ctx, GracefulRestart, Message, Notification, Open};
 use crate::prefix::{Afi, Prefix};
 use crate::rib::{
-    export, AdjRibIn, AdjRibOut, ExportPolicy, ExportTarget, InRoute, LocRib, Path, PeerId, Source,
-    SourceInfo,
+    export, AdjRibIn, AdjRibOut, ExportPolicy, ExportTarget, InRoute, LocRib, Path, PathInfo,
+    PeerId, Source, SourceInfo,
 };
 use crate::update::{pack_announce, pack_withdraw, PathAttributes, Update};
 
@@ -266,6 +267,10 @@ struct PeerRt {
 struct Core {
     cfg: SpeakerConfig,
     rib: LocRib,
+    /// Learnt paths' shared data, one per (peer session, attribute set, next hop).
+    infos: Interner<PathInfo>,
+    /// Advertised attribute sets (Adj-RIB-Outs), one per distinct set.
+    out_attrs: Interner<PathAttributes>,
     peers: Vec<PeerRt>,
     originated: BTreeSet<Prefix>,
     fib_dirty: BTreeSet<Prefix>,
@@ -293,12 +298,7 @@ fn lock(inner: &Inner) -> MutexGuard<'_, Core> {
 fn local_path(router_id: Ipv4Addr) -> Path {
     Path {
         source: Source::Local,
-        attrs: Arc::new(PathAttributes::default()),
-        next_hop: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        ebgp: false,
-        router_id,
-        peer_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        igp_cost: None,
+        info: Arc::new(PathInfo::local(router_id)),
         stale: false,
     }
 }
@@ -317,7 +317,9 @@ impl Core {
     }
 
     fn withdraw_from(&mut self, id: PeerId, p: &Prefix, wake: &mut Vec<Arc<Notify>>) {
-        self.peers[id].adj_in.remove(p);
+        if self.peers[id].adj_in.remove(p).is_some() {
+            crate::loc_rib::shrink(&mut self.peers[id].adj_in);
+        }
         if self.rib.remove(p, Source::Peer(id)) {
             self.changed(*p, wake);
         }
@@ -376,33 +378,42 @@ impl Core {
         let Some(attrs) = u.attrs.as_ref() else {
             return;
         };
-        let attrs = Arc::new(attrs.clone());
         let (ebgp, router_id, addr) = match &self.peers[id].session {
             Some(s) => (s.ebgp, s.router_id, self.peers[id].cfg.address),
             None => return,
         };
+        // One interned PathInfo per next hop of the message (IPv4 NLRI, MP_REACH).
+        let mut info: Option<Arc<PathInfo>> = None;
         for (p, nh) in u.announcements() {
-            let accepted = self.import_ok(id, &attrs, nh);
+            let accepted = self.import_ok(id, attrs, nh);
             self.peers[id].adj_in.insert(
                 p,
                 InRoute {
-                    attrs: attrs.clone(),
-                    next_hop: nh,
                     accepted,
                     stale: false,
                 },
             );
             let changed = if accepted {
+                let shared = match &info {
+                    Some(i) if i.next_hop == nh => i.clone(),
+                    _ => {
+                        let i = self.infos.intern(PathInfo {
+                            attrs: attrs.clone(),
+                            next_hop: nh,
+                            ebgp,
+                            router_id,
+                            peer_addr: addr,
+                            igp_cost: None,
+                        });
+                        info = Some(i.clone());
+                        i
+                    }
+                };
                 self.rib.insert(
                     p,
                     Path {
                         source: Source::Peer(id),
-                        attrs: attrs.clone(),
-                        next_hop: nh,
-                        ebgp,
-                        router_id,
-                        peer_addr: addr,
-                        igp_cost: None,
+                        info: shared,
                         stale: false,
                     },
                 )
@@ -433,7 +444,7 @@ impl Core {
         rt.last_router_id = Some(s.router_id);
         rt.session = Some(s);
         rt.adj_out.clear();
-        rt.dirty = self.rib.table.keys().copied().collect();
+        rt.dirty = self.rib.prefixes().collect();
         rt.need_eor = true;
         rt.eor_seen = false;
         rt.established_count += 1;
@@ -478,8 +489,8 @@ impl Core {
                 .map(|(p, _)| *p)
                 .collect();
             for p in stale {
-                if let Some(d) = self.rib.table.get_mut(&p) {
-                    for path in &mut d.paths {
+                if let Some(d) = self.rib.get_mut(&p) {
+                    for path in d.paths_mut() {
                         if path.source == Source::Peer(id) {
                             path.stale = true;
                         }
@@ -521,7 +532,10 @@ impl Core {
         };
         let ctx = s.ctx;
         let families = s.families.clone();
-        let dirty: Vec<Prefix> = self.peers[id].dirty.drain().collect();
+        // Taken, not drained: a set that held a whole table gives its memory back.
+        let dirty: Vec<Prefix> = std::mem::take(&mut self.peers[id].dirty)
+            .into_iter()
+            .collect();
         let mut announce: HashMap<(PathAttributes, IpAddr), Vec<Prefix>> = HashMap::new();
         let mut withdraw: BTreeMap<Afi, Vec<Prefix>> = BTreeMap::new();
         for p in dirty {
@@ -554,7 +568,7 @@ impl Core {
                     if out.get(&p).is_some_and(|(oa, onh)| **oa == a && *onh == nh) {
                         continue;
                     }
-                    out.insert(p, (Arc::new(a.clone()), nh));
+                    out.insert(p, (self.out_attrs.intern(a.clone()), nh));
                     announce.entry((a, nh)).or_default().push(p);
                 }
                 None => {
@@ -654,6 +668,8 @@ impl Speaker {
             core: Mutex::new(Core {
                 cfg: cfg.clone(),
                 rib,
+                infos: Interner::new(),
+                out_attrs: Interner::new(),
                 peers,
                 originated: originate.into_iter().collect(),
                 fib_dirty: BTreeSet::new(),
@@ -803,10 +819,9 @@ impl Speaker {
         let c = lock(&self.inner);
         let mp = c.rib.multipath;
         c.rib
-            .table
             .iter()
             .filter(|(_, d)| d.best().is_some_and(|b| b.source != Source::Local))
-            .map(|(p, d)| (*p, d.next_hops(mp)))
+            .map(|(p, d)| (p, d.next_hops(mp)))
             .collect()
     }
 
@@ -874,7 +889,7 @@ impl Speaker {
             let d = c.rib.get(p)?;
             let sel = d.selection(c.rib.local_as);
             let mut paths: Vec<(bool, PathStatus)> = d
-                .paths
+                .paths()
                 .iter()
                 .enumerate()
                 .map(|(i, path)| {
@@ -917,17 +932,20 @@ impl Speaker {
             })
         };
         match filter {
-            None => c.rib.table.keys().filter_map(render).collect(),
+            None => {
+                let mut all: Vec<Prefix> = c.rib.prefixes().collect();
+                all.sort_unstable();
+                all.iter().filter_map(render).collect()
+            }
             Some(f) => {
                 if let Ok(p) = f.parse::<Prefix>() {
                     render(&p).into_iter().collect()
                 } else if let Ok(ip) = f.parse::<IpAddr>() {
                     c.rib
-                        .table
-                        .keys()
+                        .prefixes()
                         .filter(|p| p.contains(ip))
                         .max_by_key(|p| p.len())
-                        .and_then(render)
+                        .and_then(|p| render(&p))
                         .into_iter()
                         .collect()
                 } else {
@@ -1445,13 +1463,8 @@ impl Driver {
                 let c = &mut *c;
                 let p = &mut c.peers[self.id];
                 p.adj_out.retain(|k, _| k.afi().code() != afi);
-                p.dirty.extend(
-                    c.rib
-                        .table
-                        .keys()
-                        .filter(|k| k.afi().code() == afi)
-                        .copied(),
-                );
+                p.dirty
+                    .extend(c.rib.prefixes().filter(|k| k.afi().code() == afi));
                 self.notify.notify_one();
             }
         }
