@@ -1,11 +1,14 @@
 //! Numbered steps with timings, and running commands with their output streamed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod testrun;
+pub use testrun::{run_tests, TestCounts, TestRun};
 
 /// Prints `[n/total] title… (t+Xs)` per step and `done in Ys` after it; failures name the
 /// step.
@@ -82,7 +85,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// True when running as root.
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    ferroplane_testkit::is_root()
 }
 
 /// Fails with a clear message unless running as root.
@@ -96,95 +99,9 @@ pub fn require_root(what: &str) -> Result<()> {
     }
 }
 
-/// Totals from libtest's `test result:` lines.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TestCounts {
-    /// Tests passed.
-    pub passed: u64,
-    /// Tests failed.
-    pub failed: u64,
-}
-
-impl TestCounts {
-    /// Adds the counts of one `test result: ...` line; other lines are ignored.
-    pub fn add_line(&mut self, line: &str) -> bool {
-        let Some(rest) = line.trim_start().strip_prefix("test result:") else {
-            return false;
-        };
-        let words: Vec<&str> = rest
-            .split(|c: char| c.is_whitespace() || c == ';' || c == '.')
-            .filter(|w| !w.is_empty())
-            .collect();
-        let mut seen = false;
-        for pair in words.windows(2) {
-            let Ok(n) = pair[0].parse::<u64>() else {
-                continue;
-            };
-            match pair[1] {
-                "passed" => {
-                    self.passed += n;
-                    seen = true;
-                }
-                "failed" => {
-                    self.failed += n;
-                    seen = true;
-                }
-                _ => {}
-            }
-        }
-        seen
-    }
-}
-
-/// Runs a `cargo test` command: stdout streamed line by line and its `test result:` lines
-/// counted, stderr inherited. Returns the counts and whether cargo exited successfully.
-pub fn run_tests(cmd: &mut Command) -> Result<(TestCounts, bool)> {
-    let line = ferroplane_e2e::command_line(cmd);
-    println!("$ {line}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    let mut counts = TestCounts::default();
-    if let Some(out) = child.stdout.take() {
-        let stdout = std::io::stdout();
-        for l in BufReader::new(out).lines() {
-            let l = l.context("reading test output")?;
-            counts.add_line(&l);
-            let mut lock = stdout.lock();
-            let _ = writeln!(lock, "{l}");
-        }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{line}`"))?;
-    Ok((counts, status.success()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_test_result_lines() {
-        let mut c = TestCounts::default();
-        assert!(c.add_line(
-            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s"
-        ));
-        assert!(c.add_line(
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s"
-        ));
-        assert!(!c.add_line("test foo ... ok"));
-        assert!(!c.add_line("running 3 tests"));
-        assert_eq!(
-            c,
-            TestCounts {
-                passed: 15,
-                failed: 2
-            }
-        );
-    }
 
     #[test]
     fn progress_names_failed_step() {

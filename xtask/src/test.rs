@@ -1,21 +1,132 @@
 //! `cargo xtask test`: what CI runs.
+//!
+//! Honest counts: a test that cannot run here (not root, a tool missing) is counted as
+//! skipped, not passed, and with `CI=true` it fails (the testkit does that; see
+//! `progress::testrun`). A hung test is ended by the testkit's per-test watchdog (5 min) and
+//! every `cargo test` command has a time limit of its own, so one stuck suite cannot eat the
+//! CI budget. The fuzz targets run on stable within a bounded budget. The last line is
+//! always `N passed, N failed, N skipped`; the exit status is 1 if anything failed.
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::progress::{cargo, is_root, run as run_cmd, run_tests, Progress, TestCounts};
+use anyhow::{Context, Result};
+
+use crate::progress::{
+    cargo, is_root, root, run as run_cmd, run_tests, Progress, TestCounts, TestRun,
+};
 
 /// Threads for the e2e suites: every namespace has a unique name, so suites may overlap.
 const E2E_THREADS: &str = "2";
+/// Time limit of the unit tests of the default members (today ≈ 2 min).
+const UNIT_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// Time limit of one e2e suite (the longest today takes a few minutes).
+const SUITE_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Time limit of the fuzz step.
+const FUZZ_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// Overrides [`SUITE_LIMIT`], in seconds.
+const SUITE_LIMIT_ENV: &str = "FERROPLANE_SUITE_TIMEOUT";
+/// Executions per fuzz target, and the time bound per target (7 targets: ≤ 56 s in all).
+const FUZZ_EXECS: &str = "300000";
+const FUZZ_SECONDS: &str = "8";
 
-/// `cargo xtask test`: deps, fmt, clippy, release build, unit tests (default members), root
-/// e2e suites. Its last line is always `N passed, N failed`; exits 1 if anything failed.
+/// What the steps found so far.
+#[derive(Default)]
+struct Report {
+    counts: TestCounts,
+    failed_steps: Vec<String>,
+    skipped: Vec<(String, String)>,
+    timeouts: Vec<String>,
+    fuzz: Vec<(String, u64)>,
+}
+
+impl Report {
+    /// Adds one `cargo test` command's results, run as part of `step`.
+    fn record(&mut self, step: &str, run: TestRun) {
+        let o = run.outcome;
+        self.counts.add(o.counts);
+        if run.timed_out {
+            self.failed_steps.push(format!("{step} (timed out)"));
+        } else if !run.success || o.counts.failed > 0 {
+            self.failed_steps.push(step.to_string());
+        }
+        if o.unfinished > 0 {
+            println!(
+                "{step}: {} test(s) did not finish (a test binary was ended early): counted \
+                 as failed",
+                o.unfinished
+            );
+        }
+        for test in &o.unmatched_skips {
+            println!("{step}: {test} wrote a skip marker but did not pass: counted as it ended");
+        }
+        self.skipped.extend(o.skipped);
+        self.timeouts.extend(o.timeouts);
+        self.fuzz.extend(o.fuzz);
+    }
+
+    /// Prints the skips, timeouts and fuzz executions, then the summary line; exits 1 if
+    /// anything failed.
+    fn finish(self, p: &Progress) -> Result<()> {
+        if !self.fuzz.is_empty() {
+            println!("\nfuzz executions per target:");
+            for (target, n) in &self.fuzz {
+                println!("  {target}: {n}");
+            }
+        }
+        if !self.skipped.is_empty() {
+            let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (test, reason) in &self.skipped {
+                by_reason.entry(reason).or_default().push(test);
+            }
+            println!("\nskipped tests (they did not run; with CI=true they fail):");
+            for (reason, tests) in by_reason {
+                println!("  {} skipped: {reason}", tests.len());
+                println!("    {}", tests.join(" "));
+            }
+        }
+        for test in &self.timeouts {
+            println!("TIMEOUT: {test} was still running at its time limit");
+        }
+        let ok = self.failed_steps.is_empty() && self.counts.failed == 0;
+        if ok {
+            println!("\nall steps passed in {:.0}s", p.elapsed_s());
+        } else {
+            println!(
+                "\nFAILED after {:.0}s: {} test(s) failed; failed steps: {}",
+                p.elapsed_s(),
+                self.counts.failed,
+                if self.failed_steps.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.failed_steps.join(", ")
+                }
+            );
+        }
+        println!("{}", self.counts.summary());
+        if !ok {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+}
+
+/// `cargo xtask test`: deps, fmt, clippy, release build, unit tests (default members), fuzz
+/// targets, root e2e suites.
 pub fn run() -> Result<()> {
-    let mut p = Progress::new(6);
-    let mut failed_steps: Vec<String> = Vec::new();
-    let mut counts = TestCounts::default();
+    let mut p = Progress::new(7);
+    let mut report = Report::default();
+    if ferroplane_testkit::in_ci() {
+        println!("CI=true: a test that cannot run here fails");
+        if !is_root() {
+            println!("WARNING: CI=true and not root: every test that needs root will fail");
+        }
+    } else {
+        println!("not CI: a test that cannot run here is counted as skipped (CI=true fails it)");
+    }
 
     if let Err(e) = p.step("system packages", crate::deps::ensure) {
-        abort(e, counts);
+        abort(e, &report);
     }
 
     // fmt and clippy failures are recorded, and the tests still run.
@@ -23,7 +134,7 @@ pub fn run() -> Result<()> {
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))
     }) {
         eprintln!("{e:#}");
-        failed_steps.push("fmt".into());
+        report.failed_steps.push("fmt".into());
     }
     if let Err(e) = p.step("clippy (release, all targets, -D warnings)", || {
         run_cmd(cargo().args([
@@ -37,7 +148,7 @@ pub fn run() -> Result<()> {
         ]))
     }) {
         eprintln!("{e:#}");
-        failed_steps.push("clippy".into());
+        report.failed_steps.push("clippy".into());
     }
 
     // Without a build there is nothing to test.
@@ -45,70 +156,144 @@ pub fn run() -> Result<()> {
         run_cmd(cargo().args(["build", "--release", "--workspace", "--all-targets"]))
     });
     if let Err(e) = built {
-        abort(e, counts);
+        abort(e, &report);
+    }
+
+    if is_root() {
+        let stale = ferroplane_e2e::cleanup_stale_namespaces();
+        if !stale.is_empty() {
+            println!("removed stale namespaces of dead runs: {}", stale.join(" "));
+        }
     }
 
     let unit = p
         .step("unit tests (default members)", || {
-            run_tests(cargo().args(["test", "--release", "--no-fail-fast"]))
+            run_tests(
+                "unit tests",
+                cargo().args(["test", "--release", "--no-fail-fast"]),
+                UNIT_LIMIT,
+            )
         })
-        .unwrap_or_else(|e| abort(e, counts));
-    counts.passed += unit.0.passed;
-    counts.failed += unit.0.failed;
-    if !unit.1 {
-        failed_steps.push("unit tests".into());
-    }
+        .unwrap_or_else(|e| abort(e, &report));
+    report.record("unit tests", unit);
 
-    let e2e = p
-        .step("e2e suites (root, network namespaces)", || {
-            if is_root() {
-                let stale = ferroplane_e2e::cleanup_stale_namespaces();
-                if !stale.is_empty() {
-                    println!("removed stale namespaces of dead runs: {}", stale.join(" "));
-                }
-            } else {
-                println!("WARNING: not root: every e2e suite will skip itself");
-            }
-            run_tests(cargo().args([
-                "test",
-                "--release",
-                "--no-fail-fast",
-                "-p",
-                "ferroplane-e2e",
-                "--",
-                "--test-threads",
-                E2E_THREADS,
-            ]))
+    let fuzz = p
+        .step("fuzz targets on stable (wire, bgp; bounded)", || {
+            run_tests(
+                "fuzz",
+                cargo()
+                    .args(["test", "--release", "--no-fail-fast"])
+                    .args([
+                        "-p",
+                        "ferroplane-wire",
+                        "-p",
+                        "ferroplane-bgp",
+                        "--test",
+                        "fuzz",
+                    ])
+                    .env(ferroplane_testkit::fuzz::EXECS_ENV, FUZZ_EXECS)
+                    .env(ferroplane_testkit::fuzz::SECONDS_ENV, FUZZ_SECONDS),
+                FUZZ_LIMIT,
+            )
         })
-        .unwrap_or_else(|e| abort(e, counts));
-    counts.passed += e2e.0.passed;
-    counts.failed += e2e.0.failed;
-    if !e2e.1 {
-        failed_steps.push("e2e suites".into());
-    }
+        .unwrap_or_else(|e| abort(e, &report));
+    report.record("fuzz", fuzz);
 
-    if failed_steps.is_empty() && counts.failed == 0 {
-        println!("\nall steps passed in {:.0}s", p.elapsed_s());
-        println!("{} passed, {} failed", counts.passed, counts.failed);
-        return Ok(());
-    }
-    println!(
-        "\nFAILED after {:.0}s: {} test(s) failed; failed steps: {}",
-        p.elapsed_s(),
-        counts.failed,
-        if failed_steps.is_empty() {
-            "none".to_string()
-        } else {
-            failed_steps.join(", ")
+    let limit = std::env::var(SUITE_LIMIT_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map_or(SUITE_LIMIT, Duration::from_secs);
+    let e2e = p.step("e2e suites (root, network namespaces)", || {
+        if !is_root() {
+            println!("WARNING: not root: every e2e test will skip itself (fail with CI=true)");
         }
-    );
-    println!("{} passed, {} failed", counts.passed, counts.failed);
-    std::process::exit(1);
+        let mut runs = Vec::new();
+        // The harness's own unit and doc tests, then one command per suite, so a suite's
+        // time limit and failures are its own.
+        for (label, target) in [("e2e lib", "--lib"), ("e2e doc", "--doc")] {
+            let run = run_tests(
+                label,
+                cargo().args([
+                    "test",
+                    "--release",
+                    "--no-fail-fast",
+                    "-p",
+                    "ferroplane-e2e",
+                    target,
+                ]),
+                limit,
+            )?;
+            runs.push((label.to_string(), run));
+        }
+        for suite in e2e_suites()? {
+            let label = format!("e2e suite {suite}");
+            let run = run_tests(
+                &label,
+                cargo()
+                    .args([
+                        "test",
+                        "--release",
+                        "--no-fail-fast",
+                        "-p",
+                        "ferroplane-e2e",
+                    ])
+                    .args(["--test", &suite, "--", "--test-threads", E2E_THREADS]),
+                limit,
+            )?;
+            runs.push((label, run));
+        }
+        Ok(runs)
+    });
+    match e2e {
+        Ok(runs) => {
+            for (label, run) in runs {
+                report.record(&label, run);
+            }
+        }
+        Err(e) => abort(e, &report),
+    }
+
+    report.finish(&p)
+}
+
+/// The e2e suites: `tests/tests/NAME.rs` and `tests/tests/NAME/main.rs`, sorted.
+fn e2e_suites() -> Result<Vec<String>> {
+    let dir = root().join("tests").join("tests");
+    let mut suites = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string);
+        let Some(name) = name else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "rs") || path.join("main.rs").is_file() {
+            suites.push(name);
+        }
+    }
+    suites.sort();
+    Ok(suites)
 }
 
 /// A step that makes going on pointless failed: say why, print the summary line, exit 1.
-fn abort(e: anyhow::Error, counts: TestCounts) -> ! {
+fn abort(e: anyhow::Error, report: &Report) -> ! {
     eprintln!("\nxtask failed: {e:#}");
-    println!("\n{} passed, {} failed", counts.passed, counts.failed);
+    println!("\n{}", report.counts.summary());
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_suite_file_is_found() {
+        let suites = e2e_suites().unwrap();
+        for s in ["foundation", "bgp", "services", "security"] {
+            assert!(suites.iter().any(|x| x == s), "{s} missing: {suites:?}");
+        }
+        assert!(!suites.iter().any(|x| x == "common"), "{suites:?}");
+    }
 }
