@@ -7,20 +7,23 @@ use anyhow::{bail, Context, Result};
 
 use crate::progress::{is_root, run};
 
-/// Everything the build (clang/libbpf/libxdp C builds), the e2e suites and the benches use.
+/// Everything the build, the e2e suites, the benches and the shipping steps use.
 pub const PACKAGES: &[&str] = &[
-    // eBPF C programs and the libbpf/libxdp C builds of xsk-rs.
+    // eBPF C programs (clang-19, libbpf's headers, bpftool for vmlinux.h); gcc and libc6-dev
+    // link Rust binaries and build the bench's LD_PRELOAD shim.
     "clang-19",
-    "llvm-19",
     "libbpf-dev",
     "bpftool",
-    "libelf-dev",
-    "zlib1g-dev",
-    "pkg-config",
     "linux-libc-dev",
-    "m4",
     "gcc",
     "libc6-dev",
+    // `cargo xtask dist`: objcopy/strip split the debug info off the shipped binaries.
+    "binutils",
+    // `cargo xtask image`: the shell and cp/mv/chmod of the DaemonSet's install-cni step.
+    "busybox",
+    // `cargo xtask deny`: the advisory snapshot is laid out as the git repository cargo-deny
+    // opens.
+    "git",
     // Namespaces, probes, captures.
     "iproute2",
     "iputils-ping",

@@ -15,9 +15,13 @@ mod demo_cni;
 mod demo_policy;
 mod demo_restart;
 mod demo_services;
+mod deny;
 mod deps;
+mod dist;
+mod image;
 mod load;
 mod progress;
+mod rootfs;
 mod test;
 
 use std::path::PathBuf;
@@ -69,6 +73,28 @@ enum Cmd {
     },
     /// Everything CI runs: deps, fmt, clippy, release build, unit tests, root e2e suites.
     Test,
+    /// cargo-deny (licenses, bans, sources, advisories) against deny.toml and the vendored
+    /// RustSec advisory snapshot (installs cargo-deny when missing).
+    Deny {
+        /// First rewrite supply-chain/advisory-db/ from this checkout (or bare clone) of the
+        /// RustSec advisory-db.
+        #[arg(long, value_name = "DIR")]
+        refresh_advisories: Option<PathBuf>,
+    },
+    /// Build the release binaries and put them, stripped, with split debug info
+    /// (`<bin>.debug`, linked by .gnu_debuglink), in target/dist/.
+    Dist {
+        /// Use the release binaries already in target/release.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// `dist`, then the OCI image archive target/dist/ferroplane-<version>.oci.tar that
+    /// manifests/03-daemonset.yaml names (no network); checked, and run in a chroot as root.
+    Image {
+        /// Use the release binaries already in target/release.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Benchmarks.
     Bench {
         /// Which benchmark.
@@ -132,6 +158,9 @@ fn main() {
         } => load::build_and_load(&iface, config, &api_socket, &pod_cidr),
         Cmd::Demo { keep, nodes, mode } => demo::run(keep, nodes, mode),
         Cmd::Test => test::run(),
+        Cmd::Deny { refresh_advisories } => deny::run_deny(refresh_advisories),
+        Cmd::Dist { no_build } => dist::run_dist(!no_build),
+        Cmd::Image { no_build } => rootfs::run_image(!no_build),
         Cmd::Bench {
             kind: BenchKind::Cni,
             pods,

@@ -114,7 +114,7 @@ impl Report {
 /// `cargo xtask test`: deps, fmt, clippy, release build, unit tests (default members), fuzz
 /// targets, root e2e suites.
 pub fn run() -> Result<()> {
-    let mut p = Progress::new(7);
+    let mut p = Progress::new(9);
     let mut report = Report::default();
     if ferroplane_testkit::in_ci() {
         println!("CI=true: a test that cannot run here fails");
@@ -150,6 +150,14 @@ pub fn run() -> Result<()> {
         eprintln!("{e:#}");
         report.failed_steps.push("clippy".into());
     }
+    // Licences, bans, sources, advisories (deny.toml; the advisory snapshot's date is printed).
+    if let Err(e) = p.step(
+        "cargo deny (licenses, bans, sources, advisories)",
+        crate::deny::check,
+    ) {
+        eprintln!("{e:#}");
+        report.failed_steps.push("cargo deny".into());
+    }
 
     // Without a build there is nothing to test.
     let built = p.step("building the workspace (release, all targets)", || {
@@ -157,6 +165,14 @@ pub fn run() -> Result<()> {
     });
     if let Err(e) = built {
         abort(e, &report);
+    }
+    // The shipped form of what was just built: stripped binaries + .debug, the OCI archive,
+    // checked, and run in a chroot (root).
+    if let Err(e) = p.step("dist + OCI image (target/dist/)", || {
+        crate::rootfs::make(false).map(|_| ())
+    }) {
+        eprintln!("{e:#}");
+        report.failed_steps.push("image".into());
     }
 
     if is_root() {
