@@ -22,6 +22,7 @@ pub mod loc_rib;
 pub mod md5;
 pub mod msg;
 pub mod prefix;
+pub mod prefix_map;
 pub mod rib;
 pub mod speaker;
 pub mod update;

@@ -2,15 +2,15 @@
 //! of the decision process ([`crate::rib::select`]).
 //!
 //! Kept compact, as there is one entry per prefix (a full Internet table is ~1M):
-//! IPv4 prefixes are keyed by one `u64` (address and length), a destination with one
+//! a [`PrefixMap`] (an IPv4 key is one `u64`), a destination with one
 //! path holds it inline (32 bytes, no allocation) and only prefixes with several paths
 //! allocate a list with their ECMP members.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::prefix::Prefix;
+use crate::prefix_map::PrefixMap;
 use crate::rib::{select, Path, PathInfo, Selection, Source};
 
 /// Several candidate paths and the cached outcome of the decision process.
@@ -181,31 +181,11 @@ impl Many {
     }
 }
 
-/// An IPv4 prefix as one word: address in the high 32 bits, length in the low 8.
-fn v4_key(a: Ipv4Addr, len: u8) -> u64 {
-    (u64::from(u32::from(a)) << 8) | u64::from(len)
-}
-
-fn v4_prefix(k: u64) -> Option<Prefix> {
-    let a = u32::try_from(k >> 8).ok()?;
-    Prefix::v4(Ipv4Addr::from(a), (k & 0xff) as u8).ok()
-}
-
-/// Give memory back once a map is a quarter full (a withdrawn table): halves the
-/// capacity at most once per removal of half the entries, so amortised O(1).
-pub fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
-    if m.capacity() > 1024 && m.len() < m.capacity() / 4 {
-        m.shrink_to(m.len() * 2);
-    }
-}
-
 /// The Loc-RIB: every prefix with its candidate paths and selection.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    /// IPv4 destinations by [`v4_key`].
-    v4: HashMap<u64, Dest>,
-    /// IPv6 (and any other) destinations.
-    other: HashMap<Prefix, Dest>,
+    /// Destinations by prefix.
+    table: PrefixMap<Dest>,
     /// Our AS (MED grouping of internal paths).
     pub local_as: u32,
     /// Install equal paths as ECMP.
@@ -216,9 +196,9 @@ impl LocRib {
     /// An empty Loc-RIB.
     pub fn new(local_as: u32, multipath: bool) -> LocRib {
         LocRib {
+            table: PrefixMap::new(),
             local_as,
             multipath,
-            ..LocRib::default()
         }
     }
 
@@ -226,10 +206,7 @@ impl LocRib {
     /// the ECMP set changed.
     pub fn insert(&mut self, prefix: Prefix, path: Path) -> bool {
         let (la, mp) = (self.local_as, self.multipath);
-        let d = match prefix.addr() {
-            IpAddr::V4(a) => self.v4.entry(v4_key(a, prefix.len())).or_default(),
-            IpAddr::V6(_) => self.other.entry(prefix).or_default(),
-        };
+        let d = self.table.get_or_insert_with(prefix, Dest::default);
         let before = d.fingerprint(mp);
         d.upsert(path, la);
         before != d.fingerprint(mp)
@@ -238,22 +215,13 @@ impl LocRib {
     /// Remove the path from `source`. Returns true when the selection changed.
     pub fn remove(&mut self, prefix: &Prefix, source: Source) -> bool {
         let (la, mp) = (self.local_as, self.multipath);
-        let Some(d) = self.get_mut(prefix) else {
+        let Some(d) = self.table.get_mut(prefix) else {
             return false;
         };
         let before = d.fingerprint(mp);
         d.remove(source, la);
         if d.paths().is_empty() {
-            match prefix.addr() {
-                IpAddr::V4(a) => {
-                    self.v4.remove(&v4_key(a, prefix.len()));
-                    shrink(&mut self.v4);
-                }
-                IpAddr::V6(_) => {
-                    self.other.remove(prefix);
-                    shrink(&mut self.other);
-                }
-            }
+            self.table.remove(prefix);
             return before.is_some();
         }
         before != d.fingerprint(mp)
@@ -261,41 +229,32 @@ impl LocRib {
 
     /// The destination of a prefix.
     pub fn get(&self, prefix: &Prefix) -> Option<&Dest> {
-        match prefix.addr() {
-            IpAddr::V4(a) => self.v4.get(&v4_key(a, prefix.len())),
-            IpAddr::V6(_) => self.other.get(prefix),
-        }
+        self.table.get(prefix)
     }
 
     /// The destination of a prefix, to flag its paths ([`Dest::paths_mut`]).
     pub fn get_mut(&mut self, prefix: &Prefix) -> Option<&mut Dest> {
-        match prefix.addr() {
-            IpAddr::V4(a) => self.v4.get_mut(&v4_key(a, prefix.len())),
-            IpAddr::V6(_) => self.other.get_mut(prefix),
-        }
+        self.table.get_mut(prefix)
     }
 
     /// Every destination, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (Prefix, &Dest)> + '_ {
-        self.v4
-            .iter()
-            .filter_map(|(k, d)| Some((v4_prefix(*k)?, d)))
-            .chain(self.other.iter().map(|(p, d)| (*p, d)))
+        self.table.iter()
     }
 
     /// Every prefix, in no particular order.
     pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
-        self.iter().map(|(p, _)| p)
+        self.table.keys()
     }
 
     /// Number of prefixes with a best path.
     pub fn len(&self) -> usize {
-        self.v4.len() + self.other.len()
+        self.table.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.table.is_empty()
     }
 }
 
@@ -305,16 +264,6 @@ mod tests {
 
     #[test]
     fn compact_keys_round_trip_and_sizes() {
-        for s in [
-            "0.0.0.0/0",
-            "10.244.1.0/24",
-            "255.255.255.255/32",
-            "128.0.0.0/1",
-        ] {
-            let p: Prefix = s.parse().unwrap();
-            let IpAddr::V4(a) = p.addr() else { panic!() };
-            assert_eq!(v4_prefix(v4_key(a, p.len())), Some(p), "{s}");
-        }
         // What a one-path destination costs in the table (plus its 8-byte key).
         assert_eq!(std::mem::size_of::<Path>(), 32);
         assert_eq!(std::mem::size_of::<Dest>(), 32);

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 pub use crate::loc_rib::{Dest, LocRib};
 use crate::prefix::Prefix;
+use crate::prefix_map::PrefixMap;
 use crate::update::PathAttributes;
 
 /// Index of a configured peer.
@@ -251,7 +252,7 @@ pub struct InRoute {
 }
 
 /// Routes received from one peer.
-pub type AdjRibIn = HashMap<Prefix, InRoute>;
+pub type AdjRibIn = PrefixMap<InRoute>;
 
 /// What this speaker last advertised to a peer.
 pub type AdjRibOut = HashMap<Prefix, (Arc<PathAttributes>, IpAddr)>;

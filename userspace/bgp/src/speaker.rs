@@ -317,9 +317,7 @@ impl Core {
     }
 
     fn withdraw_from(&mut self, id: PeerId, p: &Prefix, wake: &mut Vec<Arc<Notify>>) {
-        if self.peers[id].adj_in.remove(p).is_some() {
-            crate::loc_rib::shrink(&mut self.peers[id].adj_in);
-        }
+        self.peers[id].adj_in.remove(p);
         if self.rib.remove(p, Source::Peer(id)) {
             self.changed(*p, wake);
         }
@@ -330,7 +328,7 @@ impl Core {
             .adj_in
             .iter()
             .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p)
             .collect();
         for p in &stale {
             self.withdraw_from(id, p, wake);
@@ -486,7 +484,7 @@ impl Core {
                 .adj_in
                 .iter()
                 .filter(|(_, r)| r.stale)
-                .map(|(p, _)| *p)
+                .map(|(p, _)| p)
                 .collect();
             for p in stale {
                 if let Some(d) = self.rib.get_mut(&p) {
@@ -503,13 +501,13 @@ impl Core {
                 .adj_in
                 .iter()
                 .filter(|(_, r)| !r.stale)
-                .map(|(p, _)| *p)
+                .map(|(p, _)| p)
                 .collect();
             for p in other {
                 self.withdraw_from(id, &p, &mut wake);
             }
         } else {
-            let all: Vec<Prefix> = rt.adj_in.keys().copied().collect();
+            let all: Vec<Prefix> = rt.adj_in.keys().collect();
             for p in all {
                 self.withdraw_from(id, &p, &mut wake);
             }
@@ -649,7 +647,7 @@ impl Speaker {
                 since: None,
                 session: None,
                 last_router_id: None,
-                adj_in: HashMap::new(),
+                adj_in: AdjRibIn::new(),
                 adj_out: HashMap::new(),
                 dirty: HashSet::new(),
                 need_eor: false,
