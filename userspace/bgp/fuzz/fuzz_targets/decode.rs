@@ -1,42 +1,10 @@
-//! Fuzz the BGP message decoder: any input either fails with a typed error (which
-//! maps to a NOTIFICATION) or decodes to a message that encodes and decodes again to
-//! the same thing. Run: `cargo +nightly fuzz run decode` in userspace/bgp/fuzz.
+//! libFuzzer entry of `decode`; the body is `bodies/decode.rs` (also run on stable by
+//! the crate's `tests/fuzz.rs`).
 #![no_main]
 
-use ferroplane_bgp::msg::{frame_len, Ctx, Message};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&flags, data)) = data.split_first() else {
-        return;
-    };
-    let ctx = Ctx {
-        four_octet_as: flags & 1 != 0,
-        ebgp: flags & 2 != 0,
-        peer_as: 65001,
-    };
-    // Treat the input as a stream, like the session reader does.
-    let mut rest = data;
-    while let Ok(Some(n)) = frame_len(rest) {
-        if rest.len() < n {
-            break;
-        }
-        match Message::decode(&rest[..n], &ctx) {
-            Ok(m) => {
-                let again = m.to_bytes(&ctx);
-                let again = Message::decode(&again, &ctx);
-                if let (Message::Update(a), Ok(Message::Update(b))) = (&m, again) {
-                    if a.treat_as_withdraw.is_some() || !a.discarded.is_empty() {
-                        return; // the error is not carried by the re-encoding
-                    }
-                    assert_eq!(a.withdrawals(), b.withdrawals());
-                    assert_eq!(a.announcements(), b.announcements());
-                }
-            }
-            Err(e) => {
-                let _ = e.notification().code;
-            }
-        }
-        rest = &rest[n..];
-    }
-});
+#[path = "../bodies/decode.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));

@@ -1,27 +1,10 @@
-//! ARP: view, every accessor, Repr parse and emit round trip.
+//! libFuzzer entry of `arp`; the body is `bodies/arp.rs` (also run on stable by
+//! the crate's `tests/fuzz.rs`).
 #![no_main]
 
-use ferroplane_wire::{ArpPacket, ArpRepr};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(packet) = ArpPacket::new_checked(data) else {
-        let _ = ArpRepr::parse(&ArpPacket::new_unchecked(data));
-        return;
-    };
-    let _ = (
-        packet.hardware_type(),
-        packet.protocol_type(),
-        packet.hardware_len(),
-        packet.protocol_len(),
-        packet.operation(),
-        packet.sender_hw_addr(),
-        packet.sender_proto_addr(),
-        packet.target_hw_addr(),
-        packet.target_proto_addr(),
-    );
-    let repr = ArpRepr::parse(&packet).expect("checked packet parses");
-    let mut buf = [0u8; 28];
-    repr.emit(&mut ArpPacket::new_unchecked(&mut buf[..]));
-    assert_eq!(&buf[..], &data[..28]);
-});
+#[path = "../bodies/arp.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));

@@ -1,36 +1,10 @@
-//! Ethernet frames: view, every accessor, Repr round trip, then the payload as
-//! IPv4 or ARP according to the EtherType.
+//! libFuzzer entry of `ethernet`; the body is `bodies/ethernet.rs` (also run on stable by
+//! the crate's `tests/fuzz.rs`).
 #![no_main]
 
-use ferroplane_wire::{
-    ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Ipv4Packet, Ipv4Repr,
-};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(frame) = EthernetFrame::new_checked(data) else {
-        return;
-    };
-    let _ = (frame.dst_addr(), frame.src_addr(), frame.ethertype());
-    let _ = (
-        frame.dst_addr().is_multicast(),
-        frame.src_addr().to_string(),
-    );
-    let repr = EthernetRepr::parse(&frame).expect("checked frame parses");
-    let mut buf = [0u8; 14];
-    repr.emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
-    assert_eq!(&buf[..], &data[..14]);
-    match frame.ethertype() {
-        EtherType::IPV4 => {
-            if let Ok(ip) = Ipv4Packet::new_checked(frame.payload()) {
-                let _ = Ipv4Repr::parse(&ip);
-            }
-        }
-        EtherType::ARP => {
-            if let Ok(arp) = ArpPacket::new_checked(frame.payload()) {
-                let _ = ArpRepr::parse(&arp);
-            }
-        }
-        _ => {}
-    }
-});
+#[path = "../bodies/ethernet.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));

@@ -1,26 +1,10 @@
-//! ICMPv4: view, every accessor, checksum fill then verify.
+//! libFuzzer entry of `icmpv4`; the body is `bodies/icmpv4.rs` (also run on stable by
+//! the crate's `tests/fuzz.rs`).
 #![no_main]
 
-use ferroplane_wire::Icmpv4Packet;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(packet) = Icmpv4Packet::new_checked(data) else {
-        return;
-    };
-    let _ = (
-        packet.msg_type(),
-        packet.code(),
-        packet.checksum(),
-        packet.ident(),
-        packet.seq_no(),
-        packet.unused(),
-        packet.next_hop_mtu(),
-        packet.data(),
-        packet.verify_checksum(),
-    );
-    let mut copy = data.to_vec();
-    let mut p = Icmpv4Packet::new_checked(&mut copy[..]).expect("same bytes");
-    p.fill_checksum();
-    assert!(p.verify_checksum());
-});
+#[path = "../bodies/icmpv4.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));
