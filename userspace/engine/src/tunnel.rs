@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use boringtun::noise::Tunn;
 use ferroplane_tables::Ipv4Prefix;
+use ferroplane_wire::{ethernet, ipv4, udp, vxlan, wireguard, IpProtocol, Ipv4Packet, UdpPacket};
 
 /// First engine interface index used by tunnels (pods count up from 1).
 pub const TUNNEL_SW_IF_BASE: u16 = 512;
@@ -27,11 +28,11 @@ pub const TUNNEL_SW_IF_BASE: u16 = 512;
 pub const MAX_TUNNELS: usize = 480;
 
 /// Default VXLAN UDP port (IANA; Linux and flannel use it too).
-pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_PORT: u16 = vxlan::PORT;
 /// Default WireGuard UDP port.
-pub const WIREGUARD_PORT: u16 = 51820;
+pub const WIREGUARD_PORT: u16 = wireguard::PORT;
 /// Bytes of VXLAN header.
-pub const VXLAN_HDR: usize = 8;
+pub const VXLAN_HDR: usize = vxlan::HEADER_LEN;
 
 /// How packets reach a remote node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,14 +58,19 @@ impl TunnelMode {
         }
     }
 
-    /// Bytes the encapsulation adds in front of the inner IPv4 packet (IPv4 outer header).
+    /// Bytes the encapsulation adds in front of the inner IPv4 packet (IPv4 outer header):
+    /// IPIP 20; VXLAN 50 (UDP, VXLAN and the inner Ethernet header); WireGuard 60 (UDP,
+    /// the transport data header and the authentication tag).
     pub fn overhead(&self) -> u16 {
-        match self {
+        const IP4: usize = ipv4::HEADER_LEN;
+        const UDP4: usize = IP4 + udp::HEADER_LEN;
+        let bytes = match self {
             TunnelMode::Direct => 0,
-            TunnelMode::Ipip => 20,
-            TunnelMode::Vxlan => 50,
-            TunnelMode::WireGuard => 60,
-        }
+            TunnelMode::Ipip => IP4,
+            TunnelMode::Vxlan => UDP4 + vxlan::HEADER_LEN + ethernet::HEADER_LEN,
+            TunnelMode::WireGuard => UDP4 + wireguard::TRANSPORT_MIN_LEN,
+        };
+        bytes as u16
     }
 }
 
@@ -320,22 +326,23 @@ impl TunnelTable {
     /// this table decapsulates: protocol 4, or UDP to the VXLAN or WireGuard port.
     #[inline(always)]
     pub fn wants(&self, l3: &[u8]) -> bool {
-        if self.by_remote.is_empty() || l3.len() < 20 {
+        if self.by_remote.is_empty() || l3.len() < ipv4::HEADER_LEN {
             return false;
         }
+        let ip = Ipv4Packet::new_unchecked(l3);
         // A fragment (MF or an offset) is not decapsulated: the engine does not reassemble
         // outer packets (it goes to the host like any packet for the node).
-        if u16::from_be_bytes([l3[6], l3[7]]) & 0x3fff != 0 {
+        if ip.is_fragment() {
             return false;
         }
-        match l3[9] {
-            4 => self.enabled[0],
-            17 => {
-                let hl = ((l3[0] & 0x0f) as usize) * 4;
-                let Some(p) = l3.get(hl + 2..hl + 4) else {
+        match ip.protocol() {
+            IpProtocol::IPIP => self.enabled[0],
+            IpProtocol::UDP => {
+                let hl = usize::from(ip.header_len());
+                let Some(datagram) = l3.get(hl..).filter(|d| d.len() >= 4) else {
                     return false;
                 };
-                let port = u16::from_be_bytes([p[0], p[1]]);
+                let port = UdpPacket::new_unchecked(datagram).dst_port();
                 (self.enabled[1] && port == self.vxlan_port)
                     || (self.enabled[2] && port == self.wg_port)
             }

@@ -24,6 +24,8 @@ mod policy;
 mod punt;
 mod tunnel_decap;
 mod tunnel_encap;
+#[cfg(test)]
+mod tunnel_tests;
 
 pub use arp::{ArpError, ArpInput, ArpNext};
 pub use drop::ErrorDrop;

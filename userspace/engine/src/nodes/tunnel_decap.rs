@@ -3,14 +3,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::TunnResult;
 use ferroplane_io::{BufIdx, FrameMemory};
+use ferroplane_wire::ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
+use ferroplane_wire::{udp, IpProtocol, IpipPacket, Ipv4Packet, UdpPacket};
+use ferroplane_wire::{VxlanPacket, VxlanRepr, WireGuardPacket};
 
 use crate::node::{Ctx, Node, NodeInfo};
 use crate::trace::TraceData;
 use crate::tunnel::{Tunnel, VXLAN_HDR};
 use crate::{node_errors, node_nexts};
 
-use super::tunnel_encap::{write_ip4, write_udp, OUTER_UDP};
-use super::{be16, ip_at};
+use super::tunnel_encap::{write_ip4, write_udp, ETH, IP4, OUTER_UDP};
 
 node_nexts! {
     /// Next arcs of `tunnel-decap`.
@@ -74,25 +76,34 @@ impl<M: FrameMemory> Node<M> for TunnelDecap {
         for (i, &b) in bufs.iter().enumerate() {
             let m = cx.meta(b);
             let off = m.offset as usize;
-            let l3 = cx.packet(b).get(14..).unwrap_or(&[]);
-            if l3.len() < 20 {
+            let l3 = cx.packet(b).get(ETH..).unwrap_or(&[]);
+            if l3.len() < IP4 {
                 nexts[i] = cx.drop_with(b, DecapError::Truncated);
                 continue;
             }
-            let hl = ((l3[0] & 0x0f) as usize) * 4;
-            let total = be16(l3, 2) as usize;
-            let proto = l3[9];
-            let src = ip_at(l3, 12);
-            let dst = ip_at(l3, 16);
+            // ip4-input checked the outer header's lengths and checksum.
+            let ip = Ipv4Packet::new_unchecked(l3);
+            let hl = usize::from(ip.header_len());
+            let total = usize::from(ip.total_len());
+            let proto = ip.protocol();
+            let src = ip.src_addr();
+            let dst = ip.dst_addr();
             let Some(t) = tunnels.by_remote(src).cloned() else {
                 nexts[i] = cx.drop_with(b, DecapError::UnknownPeer);
                 continue;
             };
-            let verdict = if proto == 4 {
-                ipip(cx.frame(b), off, hl, total, &t)
+            let verdict = if proto == IpProtocol::IPIP {
+                ipip(cx.frame(b), off, total, &t)
             } else {
-                let sport = be16(l3, hl);
-                let dport = be16(l3, hl + 2);
+                // The ports (0 when the datagram is too short to hold them: the WireGuard
+                // path then refuses it as truncated).
+                let ports = l3.get(hl..).unwrap_or(&[]);
+                let sport = ports
+                    .get(..2)
+                    .map_or(0, |_| UdpPacket::new_unchecked(ports).src_port());
+                let dport = ports
+                    .get(..4)
+                    .map_or(0, |_| UdpPacket::new_unchecked(ports).dst_port());
                 if dport == tunnels.vxlan_port {
                     vxlan(cx.frame(b), off, hl, total, tunnels.vni, &t)
                 } else {
@@ -101,7 +112,7 @@ impl<M: FrameMemory> Node<M> for TunnelDecap {
             };
             nexts[i] = match verdict {
                 Verdict::Inner(o, l, sw_if) => {
-                    t.counters.rx(l - 14);
+                    t.counters.rx(l - ETH);
                     let mm = cx.meta_mut(b);
                     mm.offset = o as u16;
                     mm.len = l as u16;
@@ -111,7 +122,7 @@ impl<M: FrameMemory> Node<M> for TunnelDecap {
                             tunnel: sw_if,
                             mode: t.mode,
                             remote: src,
-                            len: (l - 14) as u16,
+                            len: (l - ETH) as u16,
                         };
                         cx.trace(b, data);
                     }
@@ -130,11 +141,15 @@ impl<M: FrameMemory> Node<M> for TunnelDecap {
     }
 }
 
-/// Write a synthetic Ethernet header (IPv4) at `frame[at..at + 14]`.
+/// Write a synthetic Ethernet header (IPv4, zero addresses) at `frame[at..at + 14]`.
 #[inline(always)]
 fn eth_ip4(frame: &mut [u8], at: usize) {
-    frame[at..at + 12].copy_from_slice(&[0; 12]);
-    frame[at + 12..at + 14].copy_from_slice(&[0x08, 0x00]);
+    let repr = EthernetRepr {
+        src_addr: EthernetAddress::UNSPECIFIED,
+        dst_addr: EthernetAddress::UNSPECIFIED,
+        ethertype: EtherType::IPV4,
+    };
+    repr.emit(&mut EthernetFrame::new_unchecked(&mut frame[at..at + ETH]));
 }
 
 /// Checks the inner IPv4 header at `frame[at..]` (length `len`): its source must belong to
@@ -145,45 +160,55 @@ fn eth_ip4(frame: &mut [u8], at: usize) {
 #[inline(always)]
 fn inner_ok(frame: &[u8], at: usize, len: usize, t: &Tunnel) -> Result<(), DecapError> {
     let inner = frame.get(at..at + len).unwrap_or(&[]);
-    if inner.len() < 20 || inner[0] >> 4 != 4 {
+    if inner.len() < IP4 {
         return Err(DecapError::NotIp4);
     }
-    let src = ip_at(inner, 12);
+    let ip = Ipv4Packet::new_unchecked(inner);
+    if ip.version() != 4 {
+        return Err(DecapError::NotIp4);
+    }
+    let src = ip.src_addr();
     if src != t.remote && !t.allows(src) {
         return Err(DecapError::SpoofedSource);
     }
     Ok(())
 }
 
-fn ipip(frame: &mut [u8], off: usize, hl: usize, total: usize, t: &Tunnel) -> Verdict {
-    if total < hl + 20 {
+fn ipip(frame: &mut [u8], off: usize, total: usize, t: &Tunnel) -> Verdict {
+    let outer = frame.get(off + ETH..off + ETH + total).unwrap_or(&[]);
+    // The outer header was checked by ip4-input and its protocol is IPIP: what can fail
+    // here is an inner packet shorter than an IPv4 header.
+    let Ok(p) = IpipPacket::new_checked(outer) else {
         return Verdict::Drop(DecapError::Truncated);
-    }
-    let inner_at = off + 14 + hl;
-    let len = total - hl;
+    };
+    let inner_at = off + ETH + p.inner_offset();
+    let len = p.inner().len();
     if let Err(e) = inner_ok(frame, inner_at, len, t) {
         return Verdict::Drop(e);
     }
-    eth_ip4(frame, inner_at - 14);
-    Verdict::Inner(inner_at - 14, len + 14, t.sw_if)
+    eth_ip4(frame, inner_at - ETH);
+    Verdict::Inner(inner_at - ETH, len + ETH, t.sw_if)
 }
 
 fn vxlan(frame: &mut [u8], off: usize, hl: usize, total: usize, vni: u32, t: &Tunnel) -> Verdict {
-    if total < hl + 8 + VXLAN_HDR + 14 + 20 {
+    if total < hl + udp::HEADER_LEN + VXLAN_HDR + ETH + IP4 {
         return Verdict::Drop(DecapError::Truncated);
     }
-    let v = off + 14 + hl + 8;
-    let hdr = &frame[v..v + VXLAN_HDR];
-    let got = u32::from_be_bytes([0, hdr[4], hdr[5], hdr[6]]);
-    if hdr[0] & 0x08 == 0 || got != vni {
+    let v = off + ETH + hl + udp::HEADER_LEN;
+    let end = off + ETH + total;
+    let Some(Ok(packet)) = frame.get(v..end).map(VxlanPacket::new_checked) else {
+        return Verdict::Drop(DecapError::Truncated);
+    };
+    if VxlanRepr::parse(&packet) != Ok(VxlanRepr { vni }) {
         return Verdict::Drop(DecapError::BadVxlan);
     }
-    let inner_frame = v + VXLAN_HDR;
-    if be16(frame, inner_frame + 12) != 0x0800 {
+    // The length check above leaves room for the inner Ethernet and IPv4 headers.
+    if EthernetFrame::new_unchecked(packet.payload()).ethertype() != EtherType::IPV4 {
         return Verdict::Drop(DecapError::NotIp4);
     }
-    let len = total - hl - 8 - VXLAN_HDR;
-    if let Err(e) = inner_ok(frame, inner_frame + 14, len - 14, t) {
+    let inner_frame = v + VXLAN_HDR;
+    let len = end - inner_frame;
+    if let Err(e) = inner_ok(frame, inner_frame + ETH, len - ETH, t) {
         return Verdict::Drop(e);
     }
     Verdict::Inner(inner_frame, len, t.sw_if)
@@ -204,10 +229,17 @@ impl TunnelDecap {
         let Some(wg) = t.wg.as_ref() else {
             return Verdict::Drop(DecapError::NoWireGuard);
         };
-        if total < hl + 8 {
+        if total < hl + udp::HEADER_LEN {
             return Verdict::Drop(DecapError::Truncated);
         }
-        let payload = &frame[off + 14 + hl + 8..off + 14 + total];
+        let payload = &frame[off + ETH + hl + udp::HEADER_LEN..off + ETH + total];
+        // A message no WireGuard receiver accepts (unknown type, reserved bytes set, wrong
+        // length) is refused before taking the peer's lock, as boringtun would refuse it
+        // (InvalidPacket: wg-decrypt). An empty datagram still goes to boringtun, which
+        // reads it as "send what you queued".
+        if !payload.is_empty() && WireGuardPacket::new_checked(payload).is_err() {
+            return Verdict::Drop(DecapError::WgDecrypt);
+        }
         let r = {
             let mut tunn = wg.lock();
             match tunn.decapsulate(Some(IpAddr::V4(from.0)), payload, &mut self.scratch) {
@@ -229,15 +261,15 @@ impl TunnelDecap {
             Err(e) => Verdict::Drop(e),
             Ok((true, n)) => {
                 // Decrypted packets are shorter than their ciphertext: they fit where the frame was.
-                if off + 14 + n > frame.len() {
+                if off + ETH + n > frame.len() {
                     return Verdict::Drop(DecapError::Truncated);
                 }
-                frame[off + 14..off + 14 + n].copy_from_slice(&self.scratch[..n]);
-                if let Err(e) = inner_ok(frame, off + 14, n, t) {
+                frame[off + ETH..off + ETH + n].copy_from_slice(&self.scratch[..n]);
+                if let Err(e) = inner_ok(frame, off + ETH, n, t) {
                     return Verdict::Drop(e);
                 }
                 eth_ip4(frame, off);
-                Verdict::Inner(off, n + 14, t.sw_if)
+                Verdict::Inner(off, n + ETH, t.sw_if)
             }
             Ok((false, n)) => {
                 // Handshake response / cookie: back to where the message came from.
@@ -246,14 +278,19 @@ impl TunnelDecap {
                 }
                 frame[off + OUTER_UDP..off + OUTER_UDP + n].copy_from_slice(&self.scratch[..n]);
                 write_ip4(
-                    &mut frame[off + 14..off + 34],
+                    &mut frame[off + ETH..],
                     0,
-                    (28 + n) as u16,
-                    17,
+                    udp::HEADER_LEN + n,
+                    IpProtocol::UDP,
                     to.0,
                     from.0,
                 );
-                write_udp(&mut frame[off + 34..off + 42], to.1, from.1, (8 + n) as u16);
+                write_udp(
+                    &mut frame[off + ETH + IP4..],
+                    to.1,
+                    from.1,
+                    udp::HEADER_LEN + n,
+                );
                 eth_ip4(frame, off);
                 Verdict::Reply(off, OUTER_UDP + n)
             }

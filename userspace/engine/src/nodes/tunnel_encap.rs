@@ -3,7 +3,10 @@ use std::net::Ipv4Addr;
 use boringtun::noise::TunnResult;
 use ferroplane_io::{BufIdx, FrameMemory};
 use ferroplane_tables::AdjKind;
+use ferroplane_wire::ethernet::{self, EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 use ferroplane_wire::tcp::{self, TcpPacket};
+use ferroplane_wire::{ipv4, udp, IpProtocol, Ipv4Packet, OuterIpv4Repr, UdpPacket};
+use ferroplane_wire::{VxlanPacket, VxlanRepr};
 
 use crate::node::{Ctx, Node, NodeInfo};
 use crate::trace::TraceData;
@@ -38,8 +41,12 @@ static INFO: NodeInfo = NodeInfo {
     errors: EncapError::INFO,
 };
 
+/// Bytes of the outer Ethernet header.
+pub(crate) const ETH: usize = ethernet::HEADER_LEN;
+/// Bytes of the outer IPv4 header (no options).
+pub(crate) const IP4: usize = ipv4::HEADER_LEN;
 /// Bytes of Ethernet + IPv4 + UDP outer headers.
-pub(crate) const OUTER_UDP: usize = 14 + 20 + 8;
+pub(crate) const OUTER_UDP: usize = ETH + IP4 + udp::HEADER_LEN;
 
 /// Encapsulates packets routed into a tunnel interface (IPIP, VXLAN,
 /// WireGuard) and sends them toward the remote node on the uplink.
@@ -56,47 +63,59 @@ impl Default for TunnelEncap {
     }
 }
 
-/// Write an outer IPv4 header (20 bytes, DF clear, TTL 64) at `h[0..20]`.
+/// Write an outer IPv4 header (20 bytes, DF clear, TTL 64, its checksum) carrying
+/// `payload_len` bytes of `proto` at `h[0..20]`.
 #[inline(always)]
 pub(crate) fn write_ip4(
     h: &mut [u8],
     tos: u8,
-    total: u16,
-    proto: u8,
+    payload_len: usize,
+    proto: IpProtocol,
     src: Ipv4Addr,
     dst: Ipv4Addr,
 ) {
-    h[0] = 0x45;
-    h[1] = tos;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[4..8].copy_from_slice(&[0, 0, 0, 0]);
-    h[8] = 64;
-    h[9] = proto;
-    h[10..12].copy_from_slice(&[0, 0]);
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let c = ferroplane_wire::checksum::checksum(&h[..20]);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let repr = OuterIpv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: proto,
+        dscp_ecn: tos,
+        ttl: OuterIpv4Repr::DEFAULT_TTL,
+        payload_len,
+    };
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut h[..IP4]));
 }
 
 /// Write a UDP header (checksum 0: none, allowed over IPv4) at `h[0..8]`.
 #[inline(always)]
-pub(crate) fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: u16) {
-    h[0..2].copy_from_slice(&sport.to_be_bytes());
-    h[2..4].copy_from_slice(&dport.to_be_bytes());
-    h[4..6].copy_from_slice(&len.to_be_bytes());
-    h[6..8].copy_from_slice(&[0, 0]);
+pub(crate) fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: usize) {
+    let mut u = UdpPacket::new_unchecked(&mut h[..udp::HEADER_LEN]);
+    u.set_src_port(sport);
+    u.set_dst_port(dport);
+    u.set_len(len as u16);
+    u.set_checksum(0);
+}
+
+/// Write an Ethernet header (IPv4) at `h[0..14]`.
+#[inline(always)]
+pub(crate) fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    let repr = EthernetRepr {
+        src_addr: EthernetAddress(src),
+        dst_addr: EthernetAddress(dst),
+        ethertype: EtherType::IPV4,
+    };
+    repr.emit(&mut EthernetFrame::new_unchecked(&mut h[..ETH]));
 }
 
 /// Lower the MSS of a TCP SYN (first fragment) in the IPv4 packet `l3` to `max`;
 /// whether it was lowered.
 fn clamp_syn_mss(l3: &mut [u8], max: u16) -> bool {
-    let ihl = usize::from(l3[0] & 0x0f) * 4;
-    let frag = u16::from_be_bytes([l3[6], l3[7]]) & 0x1fff;
-    if l3[9] != 6 || ihl < 20 || frag != 0 {
+    // The caller checked that `l3` holds 20 bytes.
+    let ip = Ipv4Packet::new_unchecked(&*l3);
+    let ihl = usize::from(ip.header_len());
+    if ip.protocol() != IpProtocol::TCP || ihl < IP4 || ip.frag_offset() != 0 {
         return false;
     }
-    let total = usize::from(u16::from_be_bytes([l3[2], l3[3]])).min(l3.len());
+    let total = usize::from(ip.total_len()).min(l3.len());
     let Some(seg) = l3.get_mut(ihl..total) else {
         return false;
     };
@@ -121,12 +140,12 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                 continue;
             };
             let pkt = cx.packet(b);
-            let Some(l3) = pkt.get(14..).filter(|l| l.len() >= 20) else {
+            let Some(l3) = pkt.get(ETH..).filter(|l| l.len() >= IP4) else {
                 nexts[i] = cx.drop_with(b, EncapError::Malformed);
                 continue;
             };
             let hash = flow_hash(l3);
-            let tos = l3[1];
+            let tos = Ipv4Packet::new_unchecked(l3).dscp_ecn();
             let inner_len = l3.len();
             let adj = *fib.adj(fib.resolve(t.remote, || hash));
             match adj.kind {
@@ -145,7 +164,7 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
             }
             if tunnels.mss_clamp && adj.mtu > t.mode.overhead() + 40 {
                 let max = adj.mtu - t.mode.overhead() - 40;
-                if clamp_syn_mss(&mut cx.packet(b)[14..], max) {
+                if clamp_syn_mss(&mut cx.packet(b)[ETH..], max) {
                     cx.count(EncapError::MssClamped, 1);
                 }
             }
@@ -154,17 +173,17 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
             // (new offset, new length) of the outer frame.
             let placed = match t.mode {
                 TunnelMode::Ipip => {
-                    // [eth 14][outer ip 20] in front of the inner IPv4 header (at off + 14).
-                    let Some(start) = (off + 14).checked_sub(34) else {
+                    // [eth][outer ip] in front of the inner IPv4 header (at off + ETH).
+                    let Some(start) = (off + ETH).checked_sub(ETH + IP4) else {
                         nexts[i] = cx.drop_with(b, EncapError::NoRoom);
                         continue;
                     };
                     let frame = cx.frame(b);
                     write_ip4(
-                        &mut frame[start + 14..start + 34],
+                        &mut frame[start + ETH..],
                         tos,
-                        (20 + inner_len) as u16,
-                        4,
+                        inner_len,
+                        IpProtocol::IPIP,
                         t.local,
                         t.remote,
                     );
@@ -178,26 +197,23 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                     };
                     let frame = cx.frame(b);
                     let inner_frame = m.len as usize;
-                    let udp_len = 8 + VXLAN_HDR + inner_frame;
+                    let udp_len = udp::HEADER_LEN + VXLAN_HDR + inner_frame;
                     write_ip4(
-                        &mut frame[start + 14..start + 34],
+                        &mut frame[start + ETH..],
                         tos,
-                        (20 + udp_len) as u16,
-                        17,
+                        udp_len,
+                        IpProtocol::UDP,
                         t.local,
                         t.remote,
                     );
                     write_udp(
-                        &mut frame[start + 34..start + 42],
+                        &mut frame[start + ETH + IP4..],
                         flow_source_port(hash),
                         tunnels.vxlan_port,
-                        udp_len as u16,
+                        udp_len,
                     );
-                    let v = &mut frame[start + 42..start + 50];
-                    v[0] = 0x08;
-                    v[1..4].copy_from_slice(&[0, 0, 0]);
-                    v[4..7].copy_from_slice(&tunnels.vni.to_be_bytes()[1..4]);
-                    v[7] = 0;
+                    let vxlan = &mut frame[start + OUTER_UDP..start + OUTER_UDP + VXLAN_HDR];
+                    VxlanRepr { vni: tunnels.vni }.emit(&mut VxlanPacket::new_unchecked(vxlan));
                     Some((start, end - start))
                 }
                 TunnelMode::WireGuard => {
@@ -205,12 +221,12 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                         nexts[i] = cx.drop_with(b, EncapError::WgError);
                         continue;
                     };
-                    let Some(start) = (off + 14).checked_sub(OUTER_UDP) else {
+                    let Some(start) = (off + ETH).checked_sub(OUTER_UDP) else {
                         nexts[i] = cx.drop_with(b, EncapError::NoRoom);
                         continue;
                     };
                     let (no_session, n) = {
-                        let src = &cx.packet(b)[14..];
+                        let src = &cx.packet(b)[ETH..];
                         let mut tunn = wg.lock();
                         let had = tunn.time_since_last_handshake().is_some();
                         match tunn.encapsulate(src, &mut self.scratch) {
@@ -234,18 +250,18 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                     frame[start + OUTER_UDP..start + OUTER_UDP + n]
                         .copy_from_slice(&self.scratch[..n]);
                     write_ip4(
-                        &mut frame[start + 14..start + 34],
+                        &mut frame[start + ETH..],
                         0,
-                        (28 + n) as u16,
-                        17,
+                        udp::HEADER_LEN + n,
+                        IpProtocol::UDP,
                         t.local,
                         t.remote,
                     );
                     write_udp(
-                        &mut frame[start + 34..start + 42],
+                        &mut frame[start + ETH + IP4..],
                         tunnels.wg_port,
                         wg.port,
-                        (8 + n) as u16,
+                        udp::HEADER_LEN + n,
                     );
                     if no_session {
                         // The packet is queued inside the state machine; this frame carries the handshake.
@@ -259,10 +275,7 @@ impl<M: FrameMemory> Node<M> for TunnelEncap {
                 nexts[i] = cx.drop_with(b, EncapError::NoTunnel);
                 continue;
             };
-            let frame = cx.frame(b);
-            frame[start..start + 6].copy_from_slice(&adj.dst_mac);
-            frame[start + 6..start + 12].copy_from_slice(&adj.src_mac);
-            frame[start + 12..start + 14].copy_from_slice(&[0x08, 0x00]);
+            write_eth(&mut cx.frame(b)[start..], adj.dst_mac, adj.src_mac);
             t.counters.tx(inner_len);
             let mm = cx.meta_mut(b);
             mm.offset = start as u16;
