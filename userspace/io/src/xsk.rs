@@ -77,23 +77,35 @@ pub struct XskConfig {
     /// TX ring entries per port.
     pub tx_size: u32,
     /// The most frames a busy port's fill ring is kept topped up to (at most
-    /// `fill_size`). Fill rings are sized by activity: a new port gets
-    /// [`MIN_FILL_TARGET`] frames; a port that drains at least half of its fill ring
-    /// between two [`PacketIo::flush`]es doubles its target, up to this, while more
-    /// than a quarter of the pool is free; a port refilled while less than a quarter
-    /// is free halves its target again. So many idle ports (pods) hold little, and
-    /// the frames go where the traffic is (see [`XskPortStats::fill_target`]).
+    /// `fill_size`). A new or idle port's fill ring holds `idle_fill`; a port that drains
+    /// at least half of its fill ring between two [`PacketIo::flush`]es doubles its
+    /// target, up to this, while more than a quarter of the pool is free; a port refilled
+    /// while less than a quarter is free halves its target again, down to `idle_fill`
+    /// (see [`XskPortStats::fill_target`]). Both stay within the port's share of the pool
+    /// ([`XskIo::port_cap_of`]).
     pub fill_target: u32,
+    /// Frames in the fill ring of a new or idle port (at most `fill_target`): what the
+    /// kernel can receive for it before the worker, asleep or busy elsewhere, reads and
+    /// refills. The kernel drops what arrives on an empty fill ring (a veth's XDP path
+    /// runs in the sender's context, so an unpaced burst from a pod lands well before the
+    /// worker wakes): the default, 1024, takes a 1,000-packet burst whole. It costs frames:
+    /// every port holds that many while it has its share of the pool.
+    pub idle_fill: u32,
     /// Device whose queue 0 anchors the UMEM (it receives nothing).
     pub anchor_ifname: String,
 }
 
-/// The fill target of a new or idle port (or `fill_target`, if that is smaller).
+/// The least fill target of a port, however small its share of the pool (or
+/// `fill_target`, if that is smaller).
 pub const MIN_FILL_TARGET: u32 = 32;
 
 /// The least a port may hold (fill/RX plus TX/completion rings) whatever the number of
 /// ports; see [`XskIo::port_cap`].
 pub const MIN_PORT_CAP: u32 = 4 * MIN_FILL_TARGET;
+
+/// Frames of a port's cap kept for TX beyond its fill target (a full vector), when its
+/// cap is at least twice that; a smaller cap keeps half for TX.
+pub const TX_ROOM: u32 = 256;
 
 /// First back-off of a port after an error; it doubles per failed retry up to
 /// [`PORT_RETRY_MAX`].
@@ -104,15 +116,18 @@ const PORT_RETRY_MAX: Duration = Duration::from_secs(1);
 impl Default for XskConfig {
     fn default() -> Self {
         XskConfig {
-            // 64 MiB: room for ~60 ports' fill rings plus traffic in flight.
+            // 64 MiB: full idle fill rings for a dozen ports (see `XskIo::port_cap`).
             num_frames: 32768,
             frame_size: 2048,
             headroom: 0,
-            fill_size: 2048,
+            // Twice the largest fill target: the kernel publishes how far it has read
+            // the fill ring lazily, so a port drained by a burst is refilled in full at once.
+            fill_size: 4096,
             comp_size: 2048,
             rx_size: 2048,
             tx_size: 2048,
-            fill_target: 512,
+            fill_target: 2048,
+            idle_fill: 1024,
             anchor_ifname: "lo".to_string(),
         }
     }
@@ -156,8 +171,9 @@ pub struct XskPortStats {
     pub ring_invalid: u64,
     /// Frames currently in this port's fill/RX rings.
     pub fill_frames: u32,
-    /// Frames this port's fill ring is topped up to now: from [`MIN_FILL_TARGET`]
-    /// (idle) up to the configured `fill_target` (busy); see [`XskConfig::fill_target`].
+    /// Frames this port's fill ring is topped up to now: the configured `idle_fill`
+    /// (idle) up to `fill_target` (busy), within the port's share of the pool; see
+    /// [`XskConfig::fill_target`].
     pub fill_target: u32,
     /// Times this port's fill target grew because the port was busy.
     pub fill_grown: u64,
@@ -324,6 +340,10 @@ struct Port {
     queue_id: u32,
     stats: XskPortStats,
     health: PortHealth,
+    /// Shares of the pool this port is entitled to (1 unless [`XskIo::set_port_weight`]).
+    weight: u32,
+    /// The most frames it may hold now ([`XskIo::port_cap_of`]).
+    cap: u32,
     /// Test hook ([`XskIo::inject_port_error`]): the next TX wake-up fails with this errno.
     inject_errno: Option<i32>,
 }
@@ -400,7 +420,7 @@ pub struct XskIo {
     closed: u64,
     /// Started by the first [`XskIo::close_port`]; joined on drop, before the UMEM goes.
     reaper: Option<Reaper>,
-    /// The most frames one port may hold now ([`XskIo::port_cap`]).
+    /// The most frames a port of weight 1 may hold now ([`XskIo::port_cap`]).
     port_cap: u32,
     /// Errors of single ports since the start ([`PacketIo::port_errors`]).
     port_errors: u64,
@@ -627,11 +647,11 @@ impl XskOpener {
             fd,
             ifname: ifname.to_string(),
             queue_id,
-            stats: XskPortStats {
-                fill_target: MIN_FILL_TARGET.min(self.cfg.fill_target),
-                ..XskPortStats::default()
-            },
+            // The fill target is set when the port is installed, from its share.
+            stats: XskPortStats::default(),
             health: PortHealth::default(),
+            weight: 1,
+            cap: MIN_PORT_CAP,
             inject_errno: None,
         })
     }
@@ -702,6 +722,12 @@ impl XskIo {
             return Err(IoError::Config(format!(
                 "fill_target {} exceeds fill_size {}",
                 cfg.fill_target, cfg.fill_size
+            )));
+        }
+        if cfg.idle_fill > cfg.fill_target {
+            return Err(IoError::Config(format!(
+                "idle_fill {} exceeds fill_target {}",
+                cfg.idle_fill, cfg.fill_target
             )));
         }
 
@@ -834,7 +860,8 @@ impl XskIo {
         let fs = self.mem.frame_size as u64;
         for &(id, _) in &out {
             if let Some(Some(p)) = self.ports.get_mut(usize::from(id)) {
-                refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
+                p.stats.fill_target = idle_fill(&self.cfg, p.cap);
+                refill_port(id, p, &mut self.owner, &mut self.free, fs);
             }
         }
         self.pollfds_stale = true;
@@ -1023,34 +1050,94 @@ impl XskIo {
         self.ports.get(usize::from(port)).and_then(Option::as_ref)
     }
 
-    /// The most frames one port may hold in its rings (fill/RX plus TX/completion): an
-    /// equal share of three quarters of the pool among the open ports, at least
-    /// [`MIN_PORT_CAP`]. A port's fill target stays within half of it. So ports whose
-    /// devices vanished (they never receive nor complete) cannot take the pool: while
-    /// there are at most `num_frames * 3 / 4 / MIN_PORT_CAP` ports (48 with 8192
-    /// frames), all of them together hold at most three quarters of it. Above that, each
-    /// still holds at most [`MIN_PORT_CAP`]: size the UMEM to the number of ports.
+    /// The most frames a port of weight 1 (a pod's) may hold in its rings (fill/RX plus
+    /// TX/completion): three quarters of the pool shared among the open ports in
+    /// proportion to their weights ([`XskIo::set_port_weight`]), at least
+    /// [`MIN_PORT_CAP`]. A port's fill target stays within its cap less [`TX_ROOM`] (half
+    /// of it when the cap is small), so TX keeps room. So ports whose devices vanished
+    /// (they never receive nor complete) cannot take the pool: while every port gets at
+    /// least [`MIN_PORT_CAP`], all of them together hold at most three quarters of it.
+    /// Every port's fill ring holds [`XskConfig::idle_fill`] frames while its cap allows
+    /// (with the defaults, 32768 frames: a cap of 1280 or more, i.e. up to 19 shares,
+    /// e.g. an uplink of weight 4 and 15 pods); beyond that the idle fill shrinks with the
+    /// share: size the UMEM to the number of ports.
     pub fn port_cap(&self) -> u32 {
         self.port_cap
     }
 
-    /// Recomputes [`XskIo::port_cap`] after ports came or went.
+    /// The most frames `port` may hold now (its weight times [`XskIo::port_cap`]).
+    pub fn port_cap_of(&self, port: PortId) -> Option<u32> {
+        self.port(port).map(|p| p.cap)
+    }
+
+    /// Give `port` `weight` shares of the pool instead of one (for an uplink queue, which
+    /// carries the traffic of every pod): its cap, fill target and idle fill grow with it,
+    /// and every other port's share shrinks accordingly. `weight` is at least 1.
+    pub fn set_port_weight(&mut self, port: PortId, weight: u32) -> Result<(), IoError> {
+        let p = self
+            .ports
+            .get_mut(usize::from(port))
+            .and_then(Option::as_mut)
+            .ok_or_else(|| IoError::Config(format!("no port {port}")))?;
+        p.weight = weight.max(1);
+        self.update_port_cap();
+        let fs = self.mem.frame_size as u64;
+        if let Some(Some(p)) = self.ports.get_mut(usize::from(port)) {
+            p.stats.fill_target = p.stats.fill_target.max(idle_fill(&self.cfg, p.cap));
+            refill_port(port, p, &mut self.owner, &mut self.free, fs);
+        }
+        Ok(())
+    }
+
+    /// Recomputes every port's cap ([`XskIo::port_cap`]) after ports came or went or a
+    /// weight changed. Fill targets follow at the next flush ([`fit_fill_target`]).
     fn update_port_cap(&mut self) {
-        let n = self.ports.iter().flatten().count().max(1) as u32;
-        let share = (self.cfg.num_frames - self.cfg.num_frames / 4) / n;
+        let weights: u32 = self.ports.iter().flatten().map(|p| p.weight).sum();
+        let share = share_of_pool(self.cfg.num_frames, weights);
         self.port_cap = share.max(MIN_PORT_CAP);
+        for p in self.ports.iter_mut().flatten() {
+            p.cap = share.saturating_mul(p.weight).max(MIN_PORT_CAP);
+        }
     }
 }
 
+/// One share of three quarters of a pool of `num_frames`, split into `weights` shares.
+fn share_of_pool(num_frames: u32, weights: u32) -> u32 {
+    (num_frames - num_frames / 4) / weights.max(1)
+}
+
+/// The most a port with cap `cap` keeps in its fill ring: `fill_target`, leaving
+/// [`TX_ROOM`] of the cap for TX (half of it when the cap is below twice that), and at
+/// least [`MIN_FILL_TARGET`].
+fn most_fill(cfg: &XskConfig, cap: u32) -> u32 {
+    let room = if cap >= 2 * TX_ROOM {
+        cap - TX_ROOM
+    } else {
+        cap / 2
+    };
+    cfg.fill_target
+        .min(room)
+        .max(MIN_FILL_TARGET.min(cfg.fill_target))
+}
+
+/// The fill target of a new or idle port with cap `cap`: `idle_fill`, within [`most_fill`].
+fn idle_fill(cfg: &XskConfig, cap: u32) -> u32 {
+    cfg.idle_fill.min(most_fill(cfg, cap))
+}
+
 /// Fit a port's fill target to its activity since its last refill, with `free` frames
-/// in the pool (see [`XskConfig::fill_target`]).
-/// and `cap` the most the port may hold (its fill target stays within half of it, so
-/// TX keeps the other half).
+/// in the pool (see [`XskConfig::fill_target`]), and `cap` the most the port may hold
+/// (see [`most_fill`]).
 fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32) {
-    let floor = MIN_FILL_TARGET.min(cfg.fill_target);
-    let most = cfg.fill_target.min(cap / 2).max(floor);
+    let most = most_fill(cfg, cap);
+    let floor = idle_fill(cfg, cap);
     if s.fill_target > most {
         s.fill_target = most;
+        return;
+    }
+    if s.fill_target < floor {
+        // The cap grew (ports went away): the port gets its full idle fill back.
+        s.fill_target = floor;
         return;
     }
     // A quarter of the pool stays free for frames in flight (vectors, TX rings).
@@ -1068,15 +1155,15 @@ fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32)
 }
 
 /// Top the fill ring of port `id` up to its fill target from the free pool, holding at
-/// most `cap` frames in all its rings.
+/// most its cap in all its rings.
 fn refill_port(
     id: PortId,
     p: &mut Port,
     owner: &mut [Owner],
     free: &mut Vec<BufIdx>,
     frame_size: u64,
-    cap: u32,
 ) {
+    let cap = p.cap;
     let held = p.stats.fill_frames + p.stats.tx_in_flight;
     let want = p
         .stats
@@ -1243,10 +1330,10 @@ impl PacketIo for XskIo {
         // A port holds at most its share of the pool: one whose device vanished
         // completes nothing and would otherwise keep what is sent to it.
         let held = |p: &Port| p.stats.fill_frames + p.stats.tx_in_flight;
-        if held(p) as usize + pkts.len() > self.port_cap as usize {
+        if held(p) as usize + pkts.len() > p.cap as usize {
             reap_completions(port, p, &mut self.owner, &mut self.free, fs as u64);
         }
-        let room = self.port_cap.saturating_sub(held(p)) as usize;
+        let room = p.cap.saturating_sub(held(p)) as usize;
         if room < pkts.len() {
             p.stats.tx_over_cap += (pkts.len() - room) as u64;
         }
@@ -1353,8 +1440,8 @@ impl PacketIo for XskIo {
                 }
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, self.port_cap);
-            refill_port(id, p, &mut self.owner, &mut self.free, fs, self.port_cap);
+            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, p.cap);
+            refill_port(id, p, &mut self.owner, &mut self.free, fs);
         }
         Ok(())
     }
@@ -1464,10 +1551,11 @@ mod tests {
     }
 
     #[test]
-    fn fill_target_stays_within_half_the_port_cap() {
+    fn fill_target_stays_within_the_port_cap() {
         let cfg = XskConfig {
             num_frames: 8192,
             fill_target: 512,
+            idle_fill: 64,
             ..XskConfig::default()
         };
         let mut s = XskPortStats {
@@ -1475,18 +1563,68 @@ mod tests {
             fill_frames: 512,
             ..XskPortStats::default()
         };
-        // Many ports: the cap shrinks the target of a busy port at once.
+        // Many ports: the cap shrinks the target of a busy port at once; a small cap
+        // keeps half for TX.
         fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
         assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
         // Busy again: it grows no further than half the cap.
         s.fill_frames = 0;
         fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
         assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
+        // A larger cap keeps TX_ROOM for TX.
+        for _ in 0..10 {
+            s.fill_frames = 0;
+            fit_fill_target(&mut s, 8000, &cfg, 600);
+        }
+        assert_eq!(s.fill_target, 600 - TX_ROOM);
         // Fewer ports: it grows by doubling up to the configured target.
         for _ in 0..10 {
             s.fill_frames = 0;
             fit_fill_target(&mut s, 8000, &cfg, 4096);
         }
         assert_eq!(s.fill_target, 512);
+    }
+
+    #[test]
+    fn idle_ports_keep_their_idle_fill_and_come_back_to_it() {
+        let cfg = XskConfig::default();
+        let mut s = XskPortStats {
+            fill_target: 2048,
+            fill_frames: 0,
+            ..XskPortStats::default()
+        };
+        // Short of frames: a busy port halves down to the idle fill, never below.
+        for _ in 0..10 {
+            fit_fill_target(&mut s, 0, &cfg, 8192);
+        }
+        assert_eq!(s.fill_target, cfg.idle_fill);
+        // A port squeezed by a small share gets its idle fill back when the share grows.
+        s.fill_frames = s.fill_target;
+        fit_fill_target(&mut s, 30_000, &cfg, 300);
+        assert_eq!(s.fill_target, 150);
+        s.fill_frames = s.fill_target;
+        fit_fill_target(&mut s, 30_000, &cfg, 4096);
+        assert_eq!(s.fill_target, cfg.idle_fill);
+    }
+
+    /// With the default pool (32768 frames), 50 pods (weight 1) and a 4-queue uplink of
+    /// weight 4 per queue: every queue of the uplink keeps a full idle fill ring and room
+    /// to grow, and the ports together hold at most three quarters of the pool.
+    #[test]
+    fn the_uplink_keeps_its_fill_with_many_pods() {
+        let cfg = XskConfig::default();
+        for queues in [1u32, 4] {
+            let weights = 50 + 4 * queues;
+            let share = share_of_pool(cfg.num_frames, weights).max(MIN_PORT_CAP);
+            let uplink = share * 4;
+            assert!(idle_fill(&cfg, uplink) >= cfg.idle_fill, "{queues} queues");
+            assert!(most_fill(&cfg, uplink) > cfg.idle_fill, "{queues} queues");
+            assert!(50 * share + queues * uplink <= cfg.num_frames * 3 / 4);
+            // A pod still keeps a fill ring of more than one vector.
+            assert!(idle_fill(&cfg, share) >= 128, "{queues} queues: {share}");
+        }
+        // A dozen pods with a one-queue uplink: every port has its full idle fill.
+        let share = share_of_pool(cfg.num_frames, 12 + 4);
+        assert_eq!(idle_fill(&cfg, share), cfg.idle_fill);
     }
 }
