@@ -403,6 +403,10 @@ pub fn check() -> Result<()> {
         &snap.commit[..12],
         age.as_secs() / 86_400
     );
+    // `--offline` below keeps cargo-deny from fetching the advisory database, and also makes
+    // its `cargo metadata` offline: fetch every crate of Cargo.lock first (all targets; a
+    // no-op when the cache has them), so a fresh machine does not fail on a missing one.
+    run(cargo().args(["fetch", "--locked"])).context("cargo fetch --locked")?;
     run(cargo().args([
         "deny",
         "--offline",

@@ -134,7 +134,6 @@ fn crate_notices(files: &mut BTreeMap<String, Entry>) -> Result<usize> {
             "--format-version",
             "1",
             "--locked",
-            "--offline",
             "--filter-platform",
             "x86_64-unknown-linux-gnu",
         ])
