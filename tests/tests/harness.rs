@@ -185,7 +185,7 @@ fn scapy_runs_in_namespace() {
         return;
     }
     if !Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIPPED: /usr/bin/python3 missing (cargo xtask deps installs python3-scapy)");
+        ferroplane_e2e::skip("/usr/bin/python3 missing (cargo xtask deps installs python3-scapy)");
         return;
     }
     let ns = Netns::new("scapy").unwrap();

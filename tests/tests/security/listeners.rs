@@ -239,7 +239,9 @@ fn held_connections_starve_no_listener() {
     }
     let nofile = raise_nofile();
     if nofile < (5 * HELD + 1000) as u64 {
-        eprintln!("SKIP: RLIMIT_NOFILE hard limit {nofile} is too low for 5 x {HELD} connections");
+        ferroplane_e2e::skip(&format!(
+            "RLIMIT_NOFILE hard limit {nofile} is too low for 5 x {HELD} connections"
+        ));
         return;
     }
     let rig = Rig::new();
