@@ -1,15 +1,23 @@
 //! Prometheus metrics: `GET /metrics` on a local address, text exposition
 //! (prometheus-client), computed from the same counters `ferroctl show` reads.
+//!
+//! The body is the Prometheus text format 0.0.4 (what `promtool check metrics` and
+//! Prometheus' classic parser read), written by prometheus-client's encoder as it is:
+//! [`encode_registry`] (no OpenMetrics `# EOF` line), and counters as [`Total`], a
+//! counter metric type whose samples carry the family's own name (`x_total`), as 0.0.4
+//! wants (prometheus-client's `Counter` writes OpenMetrics' `x` family with `x_total`
+//! samples).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::{EncodeGaugeValue, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::api::AgentView;
@@ -17,17 +25,61 @@ use crate::listen::{self, AbortOnDrop, ConnTable, HttpLimits};
 
 type Labels = Vec<(String, String)>;
 
+/// A counter read from the engine's or the agent's own counters when scraped (its value is
+/// set, not counted here), exposed in the Prometheus text format 0.0.4: registered under
+/// its full name (`errors_total`), its samples carry that name. prometheus-client's text
+/// encoder writes OpenMetrics, whose counter family `errors` has samples `errors_total`;
+/// 0.0.4 names the family like its samples. The crate's extension point for metric types
+/// ([`EncodeMetric`]) gives that without touching the encoder's output.
+#[derive(Debug, Default)]
+struct Total<V = u64>(std::sync::Mutex<V>);
+
+impl<V: Copy + Default + std::ops::AddAssign> Total<V> {
+    /// Adds `v` (a label set listed twice is summed).
+    fn add(&self, v: V) {
+        match self.0.lock() {
+            Ok(mut g) => *g += v,
+            Err(p) => *p.into_inner() += v,
+        }
+    }
+
+    fn get(&self) -> V {
+        match self.0.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+}
+
+impl<V> TypedMetric for Total<V> {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl<V: Copy + Default + std::ops::AddAssign + EncodeGaugeValue + std::fmt::Debug> EncodeMetric
+    for Total<V>
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The sample line `name{labels} value`, without OpenMetrics' `_total` suffix.
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Registers the counter family `{name}_total`.
 fn counter_family(
     reg: &mut Registry,
     name: &str,
     help: &str,
     values: impl IntoIterator<Item = (Labels, u64)>,
 ) {
-    let fam = Family::<Labels, Counter>::default();
+    let fam = Family::<Labels, Total>::default();
     for (labels, v) in values {
-        fam.get_or_create(&labels).inc_by(v);
+        fam.get_or_create(&labels).add(v);
     }
-    reg.register(name, help, fam);
+    reg.register(format!("{name}_total"), help, fam);
 }
 
 fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
@@ -173,13 +225,17 @@ pub fn render(view: &AgentView) -> String {
         "Packets processed by the graph node",
         by_node(&|n| n.packets),
     );
-    let seconds = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    let seconds = Family::<Labels, Total<f64>>::default();
     for n in &c.nodes {
         seconds
             .get_or_create(&l(&[("node", &n.name)]))
-            .inc_by(n.clocks as f64 / 1e9);
+            .add(n.clocks as f64 / 1e9);
     }
-    reg.register("node_seconds", "Time spent in the graph node", seconds);
+    reg.register(
+        "node_seconds_total",
+        "Time spent in the graph node",
+        seconds,
+    );
     gauge(&mut reg, "workers", "Engine workers", c.worker_count as i64);
 
     let errors = view.errors();
@@ -269,10 +325,10 @@ pub fn render(view: &AgentView) -> String {
     );
     control_plane(&mut reg, view, &snap);
     let mut out = String::new();
-    if encode(&mut out, &reg).is_err() {
+    if encode_registry(&mut out, &reg).is_err() {
         out.clear();
     }
-    to_prometheus_text(&out)
+    out
 }
 
 /// Sessions, services, policies, BGP, tunnels and reconcile durations.
@@ -473,47 +529,6 @@ fn control_plane(reg: &mut Registry, view: &AgentView, snap: &ferroplane_engine:
     );
 }
 
-/// OpenMetrics (what prometheus-client writes) to the Prometheus 0.0.4 text
-/// format that Prometheus' classic parser and `promtool check metrics` read:
-/// a counter family's HELP/TYPE lines name its `_total` samples, and there is
-/// no `# EOF` line.
-fn to_prometheus_text(open_metrics: &str) -> String {
-    let mut counters = std::collections::HashSet::new();
-    for line in open_metrics.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = rest.strip_suffix(" counter") {
-                counters.insert(name.to_string());
-            }
-        }
-    }
-    let mut out = String::with_capacity(open_metrics.len() + 256);
-    for line in open_metrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let meta = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        match meta {
-            Some((tag, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    out.push_str(&format!("{tag}{name}_total {tail}\n"));
-                } else {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
 /// Status, content type and body for `method` on `path` (with its query, if any).
 fn answer(
     method: &str,
@@ -617,8 +632,8 @@ mod tests {
                 );
                 gauge(&mut reg, "workers", "Engine workers", 1);
                 let mut out = String::new();
-                encode(&mut out, &reg).unwrap();
-                to_prometheus_text(&out)
+                encode_registry(&mut out, &reg).unwrap();
+                out
             });
             listen::response(code, ctype, body)
         });
@@ -642,6 +657,11 @@ mod tests {
         assert!(
             out.contains("ferroplane_errors_total{node=\"ip4-input\"} 3"),
             "{out}"
+                let seconds = Family::<Labels, Total<f64>>::default();
+                seconds
+                    .get_or_create(&l(&[("node", "ip4-input")]))
+                    .add(0.25);
+                reg.register("node_seconds_total", "Time spent", seconds);
         );
         assert!(!out.contains("# EOF"), "{out}");
         assert!(testkit::get(m.addr(), "/x").starts_with("HTTP/1.1 404"));
@@ -654,3 +674,12 @@ mod tests {
         testkit::check_all(m.addr(), "/metrics", m.connections());
     }
 }
+        assert!(
+            out.contains("# HELP ferroplane_errors_total Packets dropped."),
+            "{out}"
+        );
+        assert!(
+            out.contains("ferroplane_node_seconds_total{node=\"ip4-input\"} 0.25"),
+            "{out}"
+        );
+        assert!(!out.contains("_total_total"), "{out}");

@@ -250,6 +250,11 @@ impl FibBuilder {
         self.routes.get(prefix)
     }
 
+    /// The configured routes, in prefix order.
+    pub fn configured(&self) -> impl Iterator<Item = &RouteEntry> {
+        self.routes.values()
+    }
+
     /// Number of configured routes.
     pub fn len(&self) -> usize {
         self.routes.len()
