@@ -631,6 +631,11 @@ mod tests {
                     [(l(&[("node", "ip4-input")]), 3)],
                 );
                 gauge(&mut reg, "workers", "Engine workers", 1);
+                let seconds = Family::<Labels, Total<f64>>::default();
+                seconds
+                    .get_or_create(&l(&[("node", "ip4-input")]))
+                    .add(0.25);
+                reg.register("node_seconds_total", "Time spent", seconds);
                 let mut out = String::new();
                 encode_registry(&mut out, &reg).unwrap();
                 out
@@ -657,12 +662,16 @@ mod tests {
         assert!(
             out.contains("ferroplane_errors_total{node=\"ip4-input\"} 3"),
             "{out}"
-                let seconds = Family::<Labels, Total<f64>>::default();
-                seconds
-                    .get_or_create(&l(&[("node", "ip4-input")]))
-                    .add(0.25);
-                reg.register("node_seconds_total", "Time spent", seconds);
         );
+        assert!(
+            out.contains("# HELP ferroplane_errors_total Packets dropped."),
+            "{out}"
+        );
+        assert!(
+            out.contains("ferroplane_node_seconds_total{node=\"ip4-input\"} 0.25"),
+            "{out}"
+        );
+        assert!(!out.contains("_total_total"), "{out}");
         assert!(!out.contains("# EOF"), "{out}");
         assert!(testkit::get(m.addr(), "/x").starts_with("HTTP/1.1 404"));
         assert!(testkit::get(m.addr(), "/healthz").starts_with("HTTP/1.1 200"));
@@ -674,12 +683,3 @@ mod tests {
         testkit::check_all(m.addr(), "/metrics", m.connections());
     }
 }
-        assert!(
-            out.contains("# HELP ferroplane_errors_total Packets dropped."),
-            "{out}"
-        );
-        assert!(
-            out.contains("ferroplane_node_seconds_total{node=\"ip4-input\"} 0.25"),
-            "{out}"
-        );
-        assert!(!out.contains("_total_total"), "{out}");
