@@ -1,4 +1,4 @@
-//! `cargo xtask bench [forward|engine|all]`.
+//! `cargo xtask bench [forward|engine|all|reconcile]`.
 
 use std::time::Duration;
 
@@ -18,7 +18,20 @@ pub fn run(kind: BenchKind, runs: usize, secs: u64, kernel_only: bool) -> Result
     if matches!(kind, BenchKind::Engine | BenchKind::All) {
         engine()?;
     }
+    if matches!(kind, BenchKind::Reconcile) {
+        reconcile()?;
+    }
     Ok(())
+}
+
+/// The reconcile bench (agent crate, no root): the tables after one pod ADD, route change
+/// and service change at 10,000 routes and services, full rebuild vs incremental.
+fn reconcile() -> Result<()> {
+    let mut p = Progress::new(1);
+    p.step(
+        "reconcile bench (cargo bench -p ferroplane-agent --bench reconcile)",
+        || run_cmd(cargo().args(["bench", "-p", "ferroplane-agent", "--bench", "reconcile"])),
+    )
 }
 
 /// The engine's own benches (criterion, memory I/O backend).

@@ -143,6 +143,8 @@ enum BenchKind {
     Policy,
     /// New connections to 1 / 1,000 / 10,000 services (3 endpoints each): ferroplane vs iptables-nft in kube-proxy's layout (root).
     Services,
+    /// Reconcile: publish time of one pod ADD, route change and service change at 10,000 routes and services, full rebuild vs incremental (no root).
+    Reconcile,
 }
 
 fn main() {
