@@ -141,6 +141,9 @@ fn check(full: &Snapshot, inc: &Snapshot, probes: &[Ipv4Addr]) {
     assert_eq!(full.ifaces.len(), inc.ifaces.len());
 }
 
+/// Applies change number `rep` to a state: what changed, destinations to compare.
+type Change<'a> = &'a mut dyn FnMut(&mut NodeState, usize) -> (Changes, Vec<Ipv4Addr>);
+
 struct Timing {
     full: Vec<Duration>,
     inc: Vec<Duration>,
@@ -183,28 +186,26 @@ fn main() {
         moved.endpoint_slices,
     ];
     let mut results: Vec<(&str, Timing)> = Vec::new();
-    let mut time =
-        |name: &'static str,
-         change: &mut dyn FnMut(&mut NodeState, usize) -> (Changes, Vec<Ipv4Addr>)| {
-            let mut t = Timing {
-                full: Vec::new(),
-                inc: Vec::new(),
-            };
-            for rep in 0..REPS {
-                let (changes, probes) = change(&mut inc_state, rep);
-                change(&mut full_state, rep);
-                let s = Instant::now();
-                let f = full_state.snapshot().expect("full snapshot");
-                t.full.push(s.elapsed());
-                let s = Instant::now();
-                let i = rec
-                    .snapshot(&inc_state, &changes)
-                    .expect("incremental snapshot");
-                t.inc.push(s.elapsed());
-                check(&f, &i, &probes);
-            }
-            results.push((name, t));
+    let mut time = |name: &'static str, change: Change| {
+        let mut t = Timing {
+            full: Vec::new(),
+            inc: Vec::new(),
         };
+        for rep in 0..REPS {
+            let (changes, probes) = change(&mut inc_state, rep);
+            change(&mut full_state, rep);
+            let s = Instant::now();
+            let f = full_state.snapshot().expect("full snapshot");
+            t.full.push(s.elapsed());
+            let s = Instant::now();
+            let i = rec
+                .snapshot(&inc_state, &changes)
+                .expect("incremental snapshot");
+            t.inc.push(s.elapsed());
+            check(&f, &i, &probes);
+        }
+        results.push((name, t));
+    };
 
     time("pod ADD", &mut |s, rep| {
         // Every rep adds a new pod.

@@ -16,8 +16,10 @@ use ferroplane_agent::engine::PortOpener;
 use ferroplane_agent::health::{self, Health};
 use ferroplane_agent::ipam::Ipam;
 use ferroplane_agent::netlink::{Plumber, SpareLink, POD_GATEWAY};
+use ferroplane_agent::reconcile::{Changes, Reconciler};
 use ferroplane_agent::state::{NodeState, PodState, UplinkState};
 use ferroplane_agent::timing::Phases;
+use ferroplane_agent::watch::netlink::LinkEvent;
 use ferroplane_api::ApiServer;
 use ferroplane_bpf::{AttachMode, Dataplane, FpIface, FpSteerKind, XdpProg};
 use ferroplane_io::{TunDevice, XskConfig};
@@ -26,6 +28,12 @@ use tracing::{info, warn};
 
 /// Name of the TUN device packets for the host are written to.
 const PUNT_IF: &str = "fppunt0";
+/// Period of the housekeeping timer (engine misses, WireGuard timers, BGP convergence).
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
+/// Period of the retry of spec pods whose namespace is missing.
+const MISSING_RETRY: Duration = Duration::from_secs(5);
+/// Period of the safety-net resync (tables rebuilt from scratch and compared).
+const RESYNC: Duration = Duration::from_secs(60);
 
 #[derive(Parser, Debug)]
 #[command(name = "ferroplane-agent", version, about = "ferroplane node agent")]
@@ -49,13 +57,15 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
-    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). Fill rings are
-    /// sized by activity (an idle pod holds 32 frames, a busy port up to 512), so 8192
-    /// frames serve a couple of hundred pods. More frames cost CNI ADD time: every AF_XDP
-    /// socket opened on the shared UMEM makes the kernel allocate and clear per-frame
-    /// state for the whole UMEM (measured on a 2-core VM: 8192 frames ~4 ms per new
-    /// socket, 32768 ~18 ms), which a warm pool (`--warm-pods`) takes off the ADD path.
-    #[arg(long, default_value_t = 8192)]
+    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). A port's fill ring
+    /// holds 1024 frames while idle (a 1,000-packet burst into or out of an idle pod is not
+    /// dropped) and up to 2048 when busy, within its share of three quarters of the pool
+    /// (an uplink queue counts 4 shares, a pod 1): 32768 frames give the full idle fill to
+    /// a one-queue uplink and 15 pods; with more pods a pod's idle fill shrinks with its
+    /// share (50 pods: 227 frames). More frames cost CNI ADD time and kernel memory: every
+    /// AF_XDP socket on the shared UMEM makes the kernel allocate and clear 128 bytes per
+    /// UMEM frame (32768 frames: 4 MiB per socket; see the README's buffer section).
+    #[arg(long, default_value_t = 32768)]
     frames: u32,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
@@ -133,6 +143,8 @@ struct Agent {
     keep: bool,
     /// Pods whose interface vanished or whose namespace is missing (shared with the API).
     gone: ferroplane_agent::vanish::GonePods,
+    /// Turns the state into the engine's tables, recomputing what changed.
+    rec: Reconciler,
 }
 
 /// A spare veth pair of the warm pool, ready to become a pod's (see
@@ -462,7 +474,7 @@ impl Agent {
             match self.add_pod(&pod).await {
                 Ok(_) => {
                     info!(pod = %pod.key(), "pod network namespace appeared: pod plumbed");
-                    if let Err(e) = self.publish() {
+                    if let Err(e) = self.publish(Changes::pods()) {
                         warn!("{e:#}");
                     }
                 }
@@ -488,7 +500,7 @@ impl Agent {
         let Some(p) = self.state.pods.remove(&key) else {
             return;
         };
-        if let Err(e) = self.publish() {
+        if let Err(e) = self.publish(Changes::pods()) {
             warn!(pod = %key, "{e:#}");
         }
         if let Ok(mut bpf) = self.bpf() {
@@ -535,7 +547,7 @@ impl Agent {
             .is_some();
         let known = self.state.pods.remove(&key);
         if let Some(p) = &known {
-            self.publish()?;
+            self.publish(Changes::pods())?;
             phases.mark("publish");
             {
                 let mut bpf = self.bpf()?;
@@ -597,7 +609,7 @@ impl Agent {
                         p.host_ports = host_ports;
                     }
                     phases.skip();
-                    self.publish()?;
+                    self.publish(Changes::pods())?;
                     phases.mark("publish");
                     Ok(phases)
                 });
@@ -630,9 +642,14 @@ impl Agent {
         }
     }
 
-    fn publish(&self) -> Result<()> {
+    /// Publishes the tables for the current state; `changes` says what changed since the
+    /// last publish (the reconciler recomputes only that).
+    fn publish(&mut self, changes: Changes) -> Result<()> {
         let _timer = ferroplane_agent::metrics::ReconcileTimer::start("publish");
-        let mut snap = self.state.snapshot().context("building the FIB")?;
+        let mut snap = self
+            .rec
+            .snapshot(&self.state, &changes)
+            .context("building the tables")?;
         snap.flow_export = self.keep;
         if let Some(i) = self.engine.punt_ifindex {
             ferroplane_agent::hostsvc::with_punt(&mut snap, i, PUNT_IF);
@@ -689,6 +706,160 @@ impl Agent {
         }
     }
 
+    /// The kernel's link events: a deleted link may be a pod's veth
+    /// ([`Agent::vanish`]); neighbour changes on the uplink are read again. Drains what
+    /// else is queued first, so a burst of neighbour changes reads the table once.
+    async fn link_events(
+        &mut self,
+        first: LinkEvent,
+        more: &mut tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+    ) {
+        let mut neighbours = false;
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            match ev {
+                LinkEvent::Deleted(ifindex) => self.vanish(ifindex),
+                LinkEvent::Neighbour(ifindex) => {
+                    neighbours |= ifindex == self.state.uplink.ifindex;
+                }
+            }
+            next = more.try_recv().ok();
+        }
+        if neighbours {
+            if let Err(e) = self.refresh_neighbours().await {
+                warn!("{e:#}");
+            }
+        }
+    }
+
+    /// A new version of the standalone spec file: its network policies and services are
+    /// applied (the rest needs a restart).
+    fn spec_file_changed(
+        &mut self,
+        update: ferroplane_agent::watch::spec::SpecUpdate,
+        bgp: Option<&ferroplane_agent::bgp::BgpRuntime>,
+    ) {
+        let new = match update {
+            Ok(new) => new,
+            Err(e) => {
+                warn!("spec file change rejected: {e}");
+                return;
+            }
+        };
+        if ferroplane_agent::policy::take_policies(&mut self.state.spec, &new) {
+            info!("spec file changed: network policies re-applied");
+            if let Err(e) = self.publish(Changes::policy()) {
+                warn!("applying network policies: {e:#}");
+            }
+        }
+        if ferroplane_agent::services::take_services(&mut self.state.spec, new) {
+            info!("spec file changed: services re-applied");
+            if let Err(e) = self.publish(Changes::services()) {
+                warn!("applying services: {e:#}");
+            }
+            if bgp.is_some_and(|b| b.sync_originated(&self.state.spec)) {
+                info!("BGP: originated prefixes follow the services");
+            }
+        }
+    }
+
+    /// The Kubernetes watchers' desired state changed: the spec, the pods network policy
+    /// selects and their hostPorts follow it. Returns whether the cluster's nodes changed.
+    async fn k8s_changed(
+        &mut self,
+        desired: &ferroplane_agent::k8s::DesiredState,
+        overlay_view: &std::sync::RwLock<Arc<ferroplane_agent::overlay::Overlay>>,
+        bgp: Option<&ferroplane_agent::bgp::BgpRuntime>,
+    ) -> bool {
+        let mut next = self.state.spec.clone();
+        desired.apply_to(&mut next);
+        let mut changes = Changes::default();
+        // hostPorts of this node's pods (runtimes that pass no portMappings).
+        if desired.host_ports != self.state.k8s_host_ports {
+            self.state.k8s_host_ports = desired.host_ports.clone();
+            changes.merge(Changes::services());
+        }
+        // Pods (policy peers, labels of CNI-plumbed pods) for the policy compiler.
+        let k8s_pods = desired.policy_pods(&next.node.name);
+        if k8s_pods != self.state.k8s_pods {
+            self.state.k8s_pods = k8s_pods;
+            changes.merge(Changes::policy());
+        }
+        let mut spec_changed = false;
+        let mut cluster_changed = false;
+        if next != self.state.spec {
+            match next.validate() {
+                Ok(()) => {
+                    cluster_changed = next.cluster != self.state.spec.cluster;
+                    changes.merge(Changes::between(&self.state.spec, &next));
+                    self.state.spec = next;
+                    spec_changed = true;
+                    if cluster_changed {
+                        if let Err(e) = self.apply_cluster(overlay_view).await {
+                            warn!("{e:#}");
+                        }
+                    }
+                }
+                Err(e) => warn!("desired state from Kubernetes rejected: {e}"),
+            }
+        }
+        if !changes.is_empty() {
+            if let Err(e) = self.publish(changes) {
+                warn!("applying the Kubernetes desired state: {e:#}");
+            }
+        }
+        if spec_changed && bgp.is_some_and(|b| b.sync_originated(&self.state.spec)) {
+            info!("BGP: originated prefixes follow the services");
+        }
+        info!(
+            services = desired.services.len(),
+            endpoint_slices = desired.endpoint_slices.len(),
+            remote_nodes = desired.remote_nodes.len(),
+            pods = desired.policy.pods().len(),
+            policies = desired.policy.policy_count(),
+            "Kubernetes desired state"
+        );
+        cluster_changed
+    }
+
+    /// BGP's forwarding changes: learnt routes into the FIB (only those prefixes), their
+    /// next hops resolved. Kernel routes follow in the BGP runtime.
+    async fn bgp_changes(&mut self, b: &mut ferroplane_agent::bgp::BgpRuntime) {
+        let changes = b.poll().await;
+        if changes.is_empty() {
+            return;
+        }
+        let prefixes: Vec<_> = changes.iter().map(|(p, _)| *p).collect();
+        let hops = ferroplane_agent::bgp::apply_changes(&mut self.state.bgp_routes, changes);
+        for h in hops
+            .iter()
+            .filter(|h| !self.state.neighbours.contains_key(h))
+        {
+            self.resolve(*h).await;
+        }
+        if let Err(e) = self.publish(Changes::routes(prefixes)) {
+            warn!("BGP routes: {e:#}");
+        }
+    }
+
+    /// The safety net: neighbours read again, and the tables rebuilt from scratch and
+    /// compared with the reconciler's (published, with a warning, if they differ).
+    async fn resync(&mut self) {
+        if let Err(e) = self.refresh_neighbours().await {
+            warn!("{e:#}");
+        }
+        match self.rec.drifted(&self.state) {
+            Ok(false) => {}
+            Ok(true) => {
+                warn!("resync: the incremental tables differ from a full build; publishing the full build");
+                if let Err(e) = self.publish(Changes::all()) {
+                    warn!("{e:#}");
+                }
+            }
+            Err(e) => warn!("resync: {e}"),
+        }
+    }
+
     /// Pull the kernel's neighbours on the uplink; republish if they changed.
     async fn refresh_neighbours(&mut self) -> Result<()> {
         let neigh = self
@@ -699,7 +870,7 @@ impl Agent {
         let map: BTreeMap<Ipv4Addr, [u8; 6]> = neigh.iter().map(|n| (n.ip, n.mac)).collect();
         if map != self.state.neighbours {
             self.state.neighbours = map;
-            self.publish()?;
+            self.publish(Changes::neighbours())?;
         }
         Ok(())
     }
@@ -729,6 +900,17 @@ fn rx_queues(ifname: &str) -> u32 {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Standalone: the spec file is watched from before it is read, so no rewrite is missed.
+    let (spec_tx, mut spec_updates) = tokio::sync::mpsc::channel(4);
+    let _spec_watch = if args.k8s {
+        None
+    } else {
+        Some(
+            ferroplane_agent::watch::spec::watch(&args.config, None, spec_tx.clone())
+                .with_context(|| format!("watching {}", args.config.display()))?,
+        )
+    };
+    drop(spec_tx);
     // The default WireGuard key file lives under --state-dir.
     ferroplane_agent::cluster::set_state_dir(&args.state_dir);
     let (spec, kube) = if args.k8s {
@@ -857,6 +1039,7 @@ async fn run(args: Args) -> Result<()> {
         spares: Vec::new(),
         keep,
         gone: Default::default(),
+        rec: Reconciler::new(),
     };
     // hostPorts may not take the agent's own listeners (hostports::Reserved).
     if let Ok(mut c) = agent.state.services.lock() {
@@ -879,7 +1062,7 @@ async fn run(args: Args) -> Result<()> {
         ),
         Err(e) => warn!("removing stale spare veth pairs: {e}"),
     }
-    agent.publish()?;
+    agent.publish(Changes::all())?;
 
     // Steering: pod CIDR to the engine, the node's own addresses to the kernel.
     {
@@ -919,8 +1102,8 @@ async fn run(args: Args) -> Result<()> {
         }
         agent.add_pod(pod).await?;
     }
+    agent.publish(Changes::all())?;
     agent.refresh_neighbours().await?;
-    agent.publish()?;
     // The node's own traffic to services goes to the engine through the punt TUN.
     let host_services = ferroplane_agent::hostsvc::start(
         agent.plumber.handle().clone(),
@@ -1000,10 +1183,11 @@ async fn run(args: Args) -> Result<()> {
             }
         });
     }
-    // Pods' veths that vanish (namespace deleted without CNI DEL).
-    let (links_tx, mut links_gone) = tokio::sync::mpsc::unbounded_channel::<u32>();
-    let _link_watch = ferroplane_agent::vanish::watch_link_deletions(links_tx)
-        .context("subscribing to link notifications")?;
+    // The kernel's link deletions (pods' veths that vanish: namespace deleted without CNI
+    // DEL) and neighbour changes.
+    let (links_tx, mut links) = tokio::sync::mpsc::unbounded_channel();
+    let _link_watch = ferroplane_agent::watch::netlink::watch(links_tx)
+        .context("subscribing to link and neighbour notifications")?;
     let _health_task = match args.health_addr {
         Some(addr) => Some(
             health::serve(addr, health.clone())
@@ -1029,7 +1213,7 @@ async fn run(args: Args) -> Result<()> {
                     Err(e) => warn!(pod = %pod.key(), "restoring a CNI attachment: {e:#}"),
                 }
             }
-            agent.publish()?;
+            agent.publish(Changes::pods())?;
             let ctx = CniContext {
                 ipam: Arc::new(ipam),
                 ops: pod_ops_tx.clone(),
@@ -1083,10 +1267,7 @@ async fn run(args: Args) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut refresh = 0u32;
-    // Services: health-check node ports, and (standalone) the spec file's services re-read
-    // when it changes.
+    // Services' health-check node ports.
     let _hc_task = tokio::spawn(ferroplane_agent::services::serve_health_checks(
         spec.node.address.addr,
         agent
@@ -1096,8 +1277,6 @@ async fn run(args: Args) -> Result<()> {
             .map(|c| c.health.clone())
             .unwrap_or_default(),
     ));
-    let mut spec_watch =
-        (!args.k8s).then(|| ferroplane_agent::services::SpecWatch::new(&args.config));
     // WireGuard handshake retries, rekeys and keepalives leave through the kernel.
     let open_wg_sock =
         |overlay: &ferroplane_agent::overlay::Overlay| -> Result<std::net::UdpSocket> {
@@ -1113,7 +1292,7 @@ async fn run(args: Args) -> Result<()> {
         None
     };
     // The warm pool (CNI only): one spare in the making at a time, in its own task, so the
-    // main loop keeps serving while the kernel sets the AF_XDP socket up.
+    // event loop keeps serving while the kernel sets the AF_XDP socket up.
     let warm_target = if args.cni_socket.is_some() {
         args.warm_pods
     } else {
@@ -1123,6 +1302,23 @@ async fn run(args: Args) -> Result<()> {
     let mut spare_pending = false;
     let mut spare_seq = 0u32;
     let mut spare_retry = tokio::time::Instant::now();
+    // BGP: the speaker bumps this when it has forwarding changes.
+    let mut bgp_fib = bgp.as_ref().map(|b| b.speaker.fib_watch());
+    // The event loop: every arm but the timers below is an event from a watcher
+    // (ferroplane_agent::watch), applied to the state and published through the reconciler
+    // with what it changed. Timers, for what no event announces:
+    // - housekeeping (200 ms): next hops the engine could not resolve (it queues them),
+    //   WireGuard's timers, BGP's graceful-restart convergence (also time-based);
+    // - missing pod namespaces (5 s): a namespace appearing is not announced;
+    // - resync (60 s), the safety net: the uplink's neighbours read again, the tables
+    //   rebuilt from scratch and compared with the reconciler's; published (and logged)
+    //   only if they differ.
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = tokio::time::Instant::now();
+    let mut missing = tokio::time::interval_at(start + MISSING_RETRY, MISSING_RETRY);
+    let mut resync = tokio::time::interval_at(start + RESYNC, RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !spare_pending
             && agent.spares.len() < warm_target
@@ -1148,7 +1344,7 @@ async fn run(args: Args) -> Result<()> {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             Some(op) = pod_ops.recv() => agent.pod_op(op).await,
-            Some(ifindex) = links_gone.recv() => agent.vanish(ifindex),
+            Some(ev) = links.recv() => agent.link_events(ev, &mut links).await,
             Some(made) = spare_rx.recv() => {
                 spare_pending = false;
                 match made {
@@ -1168,86 +1364,27 @@ async fn run(args: Args) -> Result<()> {
             } => {
                 if let Some(src) = &k8s_source {
                     let desired = src.desired.borrow().clone();
-                    let mut next = agent.state.spec.clone();
-                    desired.apply_to(&mut next);
-                    // Pods (policy peers, labels of CNI-plumbed pods) for the policy compiler.
-                    let k8s_pods = desired.policy_pods(&next.node.name);
-                    // hostPorts of this node's pods (runtimes that pass no portMappings).
-                    if desired.host_ports != agent.state.k8s_host_ports {
-                        agent.state.k8s_host_ports = desired.host_ports.clone();
-                        if next == agent.state.spec {
-                            if let Err(e) = agent.publish() {
-                                warn!("applying the Kubernetes pods' hostPorts: {e:#}");
-                            }
+                    let cluster_changed = agent.k8s_changed(&desired, &overlay_view, bgp.as_ref()).await;
+                    if cluster_changed && wg_sock.is_none() && agent.state.overlay.has_wireguard() {
+                        match open_wg_sock(&agent.state.overlay) {
+                            Ok(s) => wg_sock = Some(s),
+                            Err(e) => warn!("{e:#}"),
                         }
                     }
-                    if k8s_pods != agent.state.k8s_pods {
-                        agent.state.k8s_pods = k8s_pods;
-                        if next == agent.state.spec {
-                            if let Err(e) = agent.publish() {
-                                warn!("applying the Kubernetes pods to network policy: {e:#}");
-                            }
-                        }
-                    }
-                    if next != agent.state.spec {
-                        match next.validate() {
-                            Ok(()) => {
-                                let cluster_changed = next.cluster != agent.state.spec.cluster;
-                                agent.state.spec = next;
-                                if cluster_changed {
-                                    if let Err(e) = agent.apply_cluster(&overlay_view).await {
-                                        warn!("{e:#}");
-                                    }
-                                    if wg_sock.is_none() && agent.state.overlay.has_wireguard() {
-                                        match open_wg_sock(&agent.state.overlay) {
-                                            Ok(s) => wg_sock = Some(s),
-                                            Err(e) => warn!("{e:#}"),
-                                        }
-                                    }
-                                }
-                                if let Err(e) = agent.publish() {
-                                    warn!("applying the Kubernetes desired state: {e:#}");
-                                }
-                                if bgp.as_ref().is_some_and(|b| b.sync_originated(&agent.state.spec)) {
-                                    info!("BGP: originated prefixes follow the services");
-                                }
-                            }
-                            Err(e) => warn!("desired state from Kubernetes rejected: {e}"),
-                        }
-                    }
-                    info!(
-                        services = desired.services.len(),
-                        endpoint_slices = desired.endpoint_slices.len(),
-                        remote_nodes = desired.remote_nodes.len(),
-                        pods = desired.policy.pods().len(),
-                        policies = desired.policy.policy_count(),
-                        "Kubernetes desired state"
-                    );
                     health.set_ready(true);
                 }
             }
-            _ = tick.tick() => {
-                match spec_watch.as_mut().and_then(|w| w.poll()) {
-                    Some(Ok(new)) => {
-                        if ferroplane_agent::policy::take_policies(&mut agent.state.spec, &new) {
-                            info!("spec file changed: network policies re-applied");
-                            if let Err(e) = agent.publish() {
-                                warn!("applying network policies: {e:#}");
-                            }
-                        }
-                        if ferroplane_agent::services::take_services(&mut agent.state.spec, new) {
-                            info!("spec file changed: services re-applied");
-                            if let Err(e) = agent.publish() {
-                                warn!("applying services: {e:#}");
-                            }
-                            if bgp.as_ref().is_some_and(|b| b.sync_originated(&agent.state.spec)) {
-                                info!("BGP: originated prefixes follow the services");
-                            }
-                        }
-                    }
-                    Some(Err(e)) => warn!("spec file change rejected: {e}"),
-                    None => {}
+            Some(update) = spec_updates.recv() => agent.spec_file_changed(update, bgp.as_ref()),
+            changed = async {
+                match bgp_fib.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
                 }
+            } => match (changed, bgp.as_mut()) {
+                (Ok(()), Some(b)) => agent.bgp_changes(b).await,
+                _ => bgp_fib = None,
+            },
+            _ = housekeeping.tick() => {
                 if agent.keep {
                     agent.export_flows();
                 }
@@ -1255,31 +1392,20 @@ async fn run(args: Args) -> Result<()> {
                 for (_, ip) in &misses {
                     agent.resolve(*ip).await;
                 }
-                if let Some(s) = &wg_sock {
-                    agent.state.overlay.tick(s);
-                }
-                if let Some(b) = bgp.as_mut() {
-                    let changes = b.poll().await;
-                    if !changes.is_empty() {
-                        let hops = ferroplane_agent::bgp::apply_changes(&mut agent.state.bgp_routes, changes);
-                        for h in hops.iter().filter(|h| !agent.state.neighbours.contains_key(h)) {
-                            agent.resolve(*h).await;
-                        }
-                        if let Err(e) = agent.publish() {
-                            warn!("BGP routes: {e:#}");
-                        }
-                    }
-                }
-                refresh += 1;
-                if refresh.is_multiple_of(25) {
-                    agent.retry_missing().await;
-                }
-                if !misses.is_empty() || refresh.is_multiple_of(5) {
+                if !misses.is_empty() {
                     if let Err(e) = agent.refresh_neighbours().await {
                         warn!("{e:#}");
                     }
                 }
+                if let Some(s) = &wg_sock {
+                    agent.state.overlay.tick(s);
+                }
+                if let Some(b) = bgp.as_mut() {
+                    agent.bgp_changes(b).await;
+                }
             }
+            _ = missing.tick() => agent.retry_missing().await,
+            _ = resync.tick() => agent.resync().await,
         }
     }
 
