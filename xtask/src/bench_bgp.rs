@@ -1,8 +1,13 @@
 //! `cargo xtask bench bgp`: GoBGP injects N IPv4 prefixes (default 100,000) into
 //! (a) the ferroplane agent: time until all are in the speaker's Loc-RIB and in the
-//! engine FIB, and the agent's RSS growth; (b) BIRD 2 in the same place, same run:
-//! time until all are in its RIB and in its kernel table, and its RSS. Prints both and
-//! the ratios.
+//! engine FIB; (b) BIRD 2 in the same place, same run: time until all are in its RIB
+//! and in its kernel table. Prints both and the ratios.
+//!
+//! Memory is measured the same way on both sides: the growth of the daemon's RSS from
+//! its established, idle session to the steady state with the whole table in its RIB,
+//! its forwarding table and the node's kernel table (the agent installs them too,
+//! `kernelRoutes: true`), once the RSS has not moved for 2 s. The absolute RSS and the
+//! bytes per prefix are printed too.
 //!
 //! Topology: the single-node topology (router ns 192.168.100.1 runs gobgpd, AS 65002;
 //! node ns 192.168.100.2 runs the agent or BIRD, AS 64512). The table is injected with
@@ -30,8 +35,17 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 struct Figures {
     rib_secs: f64,
     fib_secs: f64,
+    /// RSS growth from the idle session to the steady state with the table.
     rss_mib: f64,
+    /// RSS at that steady state.
+    rss_total_mib: f64,
     prefixes: usize,
+}
+
+impl Figures {
+    fn bytes_per_prefix(&self) -> f64 {
+        self.rss_mib * 1048576.0 / self.prefixes.max(1) as f64
+    }
 }
 
 /// `cargo xtask bench bgp`.
@@ -54,24 +68,33 @@ pub fn run(prefixes: usize) -> Result<()> {
         ours.prefixes, bird.prefixes
     );
     println!(
-        "{:<28} {:>12} {:>14} {:>10}",
-        "receiver", "RIB (s)", "FIB (s)", "RSS (MiB)"
+        "{:<28} {:>8} {:>8} {:>11} {:>11} {:>9}",
+        "receiver", "RIB (s)", "FIB (s)", "RSS+ (MiB)", "RSS (MiB)", "B/prefix"
     );
-    println!(
-        "{:<28} {:>12.2} {:>14.2} {:>10.1}",
-        "ferroplane (Loc-RIB/engine)", ours.rib_secs, ours.fib_secs, ours.rss_mib
-    );
-    println!(
-        "{:<28} {:>12.2} {:>14.2} {:>10.1}",
-        "BIRD 2 (RIB/kernel)", bird.rib_secs, bird.fib_secs, bird.rss_mib
-    );
+    for (name, f) in [
+        ("ferroplane (Loc-RIB/engine)", &ours),
+        ("BIRD 2 (RIB/kernel)", &bird),
+    ] {
+        println!(
+            "{:<28} {:>8.2} {:>8.2} {:>11.1} {:>11.1} {:>9.0}",
+            name,
+            f.rib_secs,
+            f.fib_secs,
+            f.rss_mib,
+            f.rss_total_mib,
+            f.bytes_per_prefix()
+        );
+    }
     println!(
         "ratio ferroplane/BIRD: RIB {:.2}x, FIB {:.2}x, RSS {:.2}x (lower is better)",
         ours.rib_secs / bird.rib_secs.max(1e-9),
         ours.fib_secs / bird.fib_secs.max(1e-9),
         ours.rss_mib / bird.rss_mib.max(1e-9)
     );
-    println!("(ferroplane RSS is the growth of the agent's RSS during the injection: the UMEM and engine are excluded)");
+    println!(
+        "(RSS+: growth of each daemon's RSS from its idle established session to the steady state with the \
+         table in its RIB, forwarding table and the kernel; the agent's UMEM and engine were there before)"
+    );
     Ok(())
 }
 
@@ -210,6 +233,32 @@ fn inject(router: &Netns, api: u16, mrt: &Path) -> Result<Instant> {
     Ok(t)
 }
 
+/// The RSS once it has settled: sampled every 250 ms until it moved less than 0.25 MiB
+/// over 2 s (at most 20 s).
+fn settled_rss_mib(pid: u32) -> f64 {
+    let t = Instant::now();
+    let mut window: Vec<f64> = Vec::new();
+    loop {
+        window.push(rss_mib(pid));
+        if window.len() > 8 {
+            window.remove(0);
+        }
+        let (lo, hi) = window
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        if (window.len() == 8 && hi - lo < 0.25) || t.elapsed() > Duration::from_secs(20) {
+            return *window.last().unwrap_or(&0.0);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Routes of protocol `proto` in the node namespace's main table.
+fn kernel_routes(node: &Netns, proto: &str) -> Result<usize> {
+    let o = node.exec(&["ip", "-4", "route", "show", "proto", proto])?;
+    Ok(o.stdout.iter().filter(|b| **b == b'\n').count())
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -236,7 +285,7 @@ fn ferroplane(mrt: &Path) -> Result<Figures> {
         Ok(gobgp_established(&topo.router, api))
     })?;
     std::thread::sleep(Duration::from_millis(500));
-    let rss0 = rss_mib(agent.pid());
+    let rss0 = settled_rss_mib(agent.pid());
     // GoBGP's table holds our pod CIDR too: count only what the injection adds.
     wait("our route at GoBGP", || {
         Ok(gobgp_count(&topo.router, api) >= 1)
@@ -272,11 +321,16 @@ fn ferroplane(mrt: &Path) -> Result<Figures> {
             >= n)
     })?;
     let fib = t0.elapsed().as_secs_f64();
-    let rss = rss_mib(agent.pid()) - rss0;
+    // Memory at the same point as BIRD's: the kernel table complete too.
+    wait("agent's kernel routes", || {
+        Ok(kernel_routes(&topo.node, "157")? >= n)
+    })?;
+    let rss = settled_rss_mib(agent.pid());
     Ok(Figures {
         rib_secs: rib,
         fib_secs: fib,
-        rss_mib: rss,
+        rss_mib: rss - rss0,
+        rss_total_mib: rss,
         prefixes: n,
     })
 }
@@ -302,6 +356,7 @@ fn bird(mrt: &Path) -> Result<Figures> {
         Ok(gobgp_established(&topo.router, api))
     })?;
     std::thread::sleep(Duration::from_millis(500));
+    let rss0 = settled_rss_mib(bird.pid());
     let count = || -> Result<usize> {
         let o = std::process::Command::new("birdc")
             .args(["-s", &s, "show", "route", "count"])
@@ -320,16 +375,15 @@ fn bird(mrt: &Path) -> Result<Figures> {
     wait("BIRD RIB", || Ok(count()? >= n))?;
     let rib = t0.elapsed().as_secs_f64();
     wait("BIRD kernel table", || {
-        let o = topo
-            .node
-            .exec(&["ip", "-4", "route", "show", "proto", "bird"])?;
-        Ok(o.stdout.iter().filter(|b| **b == b'\n').count() >= n)
+        Ok(kernel_routes(&topo.node, "bird")? >= n)
     })?;
     let fib = t0.elapsed().as_secs_f64();
+    let rss = settled_rss_mib(bird.pid());
     Ok(Figures {
         rib_secs: rib,
         fib_secs: fib,
-        rss_mib: rss_mib(bird.pid()),
+        rss_mib: rss - rss0,
+        rss_total_mib: rss,
         prefixes: n,
     })
 }
