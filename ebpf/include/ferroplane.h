@@ -31,10 +31,12 @@
 #define FP_MAX_TUNNEL4 16
 /* Capacity of the ports4 hash (NodePorts and SNAT ports on the node's addresses). */
 #define FP_MAX_PORTS4 32768
-/* Capacity of the flow4 LRU hash (flows the XDP programs forward themselves while the engine is away). */
+/* Capacity of the flow4 LRU hash (established flows the XDP programs forward themselves). */
 #define FP_MAX_FLOW4 65536
 /* A flow4 entry not used or refreshed for this long (ns) is ignored (and left to the LRU). */
 #define FP_FLOW4_IDLE_NS 120000000000ULL
+/* Capacity of the fastif per-CPU hash (fast-path counters per kernel interface). */
+#define FP_MAX_FASTIF 1024
 /* ports4 value: a service NodePort. */
 #define FP_PORT_NODEPORT 1
 /* ports4 value: a port of the SNAT range (return traffic of translated flows). */
@@ -72,12 +74,16 @@ struct fp_flow4_key {
  * Value of the flow4 map: what the engine did with that flow: the tuple it
  * left with (different from the key when the engine translated it: service
  * DNAT, SNAT, masquerade; TCP and UDP only), TTL decremented, these MACs, out
- * of ifindex. Written by the agent from the engine's forwarding decisions;
- * used by the XDP programs only when the engine's AF_XDP socket for the
- * ingress interface is missing (agent restarting or dead), and only for a
- * frame arriving on in_ifindex (a pod cannot replay another pod's flow by
- * forging its tuple), so established flows keep forwarding and new ones are
- * dropped (fail closed).
+ * of ifindex. Written by the agent from the engine's forwarding decisions
+ * (established flows only). Used by the XDP programs only for a frame
+ * arriving on in_ifindex (a pod cannot replay another pod's flow by forging
+ * its tuple):
+ *   - in steady state (fp_config FP_CFG_FAST_PATH, no trace active): the
+ *     flow's packets other than TCP SYN/FIN/RST are forwarded by XDP without
+ *     crossing AF_XDP (the fast path), which updates seen_ns, packets, bytes;
+ *   - while the engine's AF_XDP socket for the ingress interface is missing
+ *     (agent restarting or dead): established flows keep forwarding and new
+ *     ones are dropped (fail closed).
  */
 struct fp_flow4 {
 	__u32 ifindex;  /* output interface (node's namespace) */
@@ -89,12 +95,33 @@ struct fp_flow4 {
 	__be16 dport;   /* destination port to write (network order) */
 	__u32 flags;    /* FP_FLOW4_NAT when the tuple changes */
 	__u32 in_ifindex; /* interface the engine received the flow on: replayed only for frames arriving there */
-	__u32 pad;      /* zero */
+	__u32 mtu;      /* IP MTU of the output interface: longer packets go to the engine (0: unchecked) */
 	__u64 seen_ns;  /* last refresh by the agent or use by XDP (CLOCK_MONOTONIC ns) */
+	__u64 packets;  /* packets XDP forwarded from this entry */
+	__u64 bytes;    /* bytes (IPv4 total length) XDP forwarded from this entry */
 };
 
 /* fp_flow4.flags: rewrite addresses and ports (with the checksums). */
 #define FP_FLOW4_NAT 1
+
+/* Value of the config array (one entry, key 0): the agent's switches for the XDP programs. */
+struct fp_config {
+	__u32 flags; /* FP_CFG_* bits */
+	__u32 pad;   /* zero */
+};
+
+/* fp_config.flags: forward established flows from flow4 while the engine runs (the fast path). */
+#define FP_CFG_FAST_PATH 1
+/* fp_config.flags: a packet trace is active: every packet goes to the engine (fast path bypassed). */
+#define FP_CFG_TRACE 2
+
+/* Value of the fastif per-CPU hash (key: kernel ifindex): packets the fast path took in and sent out. */
+struct fp_if_count {
+	__u64 rx_packets; /* forwarded by the fast path, arrived on this interface */
+	__u64 rx_bytes;   /* their bytes (IPv4 total length) */
+	__u64 tx_packets; /* forwarded by the fast path out of this interface */
+	__u64 tx_bytes;   /* their bytes (IPv4 total length) */
+};
 
 /* Bits of struct fp_iface.flags. */
 enum fp_iface_flags {
@@ -123,6 +150,7 @@ enum fp_verdict {
 	FP_VERDICT_REDIRECT_FAILED, /* ARP request from a pod, engine away (no usable socket): passed to the kernel, which never forwards ARP */
 	FP_VERDICT_FLOW_CACHE,      /* engine away: forwarded by XDP from the flow4 cache */
 	FP_VERDICT_ENGINE_AWAY,     /* meant for the engine, no usable socket and no flow4 entry: dropped (fail closed) */
+	FP_VERDICT_FAST_PATH,       /* engine running: an established flow forwarded by XDP from the flow4 cache */
 	FP_VERDICT_MAX,
 };
 
@@ -144,6 +172,21 @@ enum fp_drop_reason {
 	FP_DROP_NO_XSK,          /* no AF_XDP socket in the xsks slot */
 	FP_DROP_XSK_QUEUE_RANGE, /* rx queue index >= the interface's queues (would be a neighbour's slot) */
 	FP_DROP_MAX,
+};
+
+/*
+ * Index of the flowstats per-CPU counters: what the fast path did with a
+ * packet meant for the engine while FP_CFG_FAST_PATH is on (hit, or why it
+ * went to the engine).
+ */
+enum fp_flow_stat {
+	FP_FLOW_HIT = 0,       /* forwarded by XDP from the flow4 cache */
+	FP_FLOW_MISS,          /* no flow4 entry for the tuple on this ingress interface */
+	FP_FLOW_STALE,         /* flow4 entry idle for longer than FP_FLOW4_IDLE_NS */
+	FP_FLOW_CONTROL,       /* TCP SYN, FIN or RST: to the engine, which keeps the session state */
+	FP_FLOW_UNCACHEABLE,   /* not IPv4 TCP/UDP/SCTP/ICMP echo, a fragment, TTL <= 1, or longer than the MTU */
+	FP_FLOW_BYPASS,        /* a packet trace is active: every packet to the engine */
+	FP_FLOW_MAX,
 };
 
 #endif /* FERROPLANE_H */

@@ -1,14 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * flow.h: the flow4 cache. While the engine is away (its AF_XDP socket for the
- * ingress interface is missing: the agent is restarting or dead), a packet of
- * a flow the engine forwarded recently, arriving on the interface the engine
- * saw it arrive on, is forwarded here the way the engine did it: TTL
- * decremented, the engine's MACs written, out of the engine's interface.
- * Anything else fails closed: the caller (steer.h) drops it, whatever the
- * kernel's ip_forward. Translated TCP/UDP flows (services, masquerade) are
- * replayed with their addresses and ports; fragments, ICMP other than echo
- * and translated ICMP never are.
+ * flow.h: the flow4 cache. The engine reports the established flows it
+ * forwards; the agent writes them here. A packet of such a flow, arriving on
+ * the interface the engine saw it arrive on, is forwarded by XDP the way the
+ * engine did it: translated (TCP/UDP services, masquerade: addresses, ports,
+ * both checksums), TTL decremented, the engine's MACs written, out of the
+ * engine's interface (bpf_redirect). Two modes:
+ *   - steady state (fp_config FP_CFG_FAST_PATH, no trace active; the fast
+ *     path): the engine runs, XDP takes the flow's packets itself except TCP
+ *     SYN/FIN/RST (the engine keeps the session state exact and removes the
+ *     entries of a closing connection), fragments, ICMP errors, packets longer
+ *     than the output MTU and stale entries, which all go to the engine;
+ *   - engine away (its AF_XDP socket for the ingress interface is missing:
+ *     the agent is restarting or dead): any packet of a cached flow is
+ *     forwarded; anything else fails closed (the caller, steer.h, drops it,
+ *     whatever the kernel's ip_forward).
+ * Fragments, ICMP other than echo and translated ICMP are never replayed.
  */
 #ifndef FP_FLOW_H
 #define FP_FLOW_H
@@ -94,11 +101,51 @@ static __always_inline int fp_flow_nat(struct iphdr *iph, void *l4, void *data_e
 	return 0;
 }
 
+/* Counts one packet under enum fp_flow_stat s. */
+static __always_inline void fp_count_flow(__u32 s)
+{
+	__u64 *c = bpf_map_lookup_elem(&flowstats, &s);
+
+	if (c)
+		*c += 1;
+}
+
+/* Counts a fast-path packet of `bytes` bytes on interface ifindex (in or out). */
+static __always_inline void fp_count_if(__u32 ifindex, int out, __u64 bytes)
+{
+	struct fp_if_count *c = bpf_map_lookup_elem(&fastif, &ifindex);
+
+	if (!c) {
+		struct fp_if_count zero = {};
+
+		bpf_map_update_elem(&fastif, &ifindex, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&fastif, &ifindex);
+		if (!c)
+			return;
+	}
+	if (out) {
+		c->tx_packets += 1;
+		c->tx_bytes += bytes;
+	} else {
+		c->rx_packets += 1;
+		c->rx_bytes += bytes;
+	}
+}
+
+/* How fp_flow_forward uses the cache. */
+enum fp_flow_mode {
+	FP_FLOW_MODE_AWAY = 0,   /* the engine's socket is missing: replay any packet of the flow */
+	FP_FLOW_MODE_STEADY = 1, /* the engine runs: the fast path (not TCP SYN/FIN/RST) */
+};
+
+/* TCP flags that always go to the engine in steady state: FIN, SYN, RST. */
+#define FP_TCP_CONTROL 0x07
+
 /*
  * Forwards the frame from the flow4 cache. Returns XDP_REDIRECT (counted) on
- * a hit, -1 on a miss (nothing changed).
+ * a hit; on a miss, minus the enum fp_flow_stat saying why (nothing changed).
  */
-static __always_inline int fp_flow_forward(struct xdp_md *ctx)
+static __always_inline int fp_flow_forward(struct xdp_md *ctx, enum fp_flow_mode mode)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct fp_cursor cur = { .pos = (void *)(long)ctx->data };
@@ -108,17 +155,18 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx)
 	struct iphdr *iph;
 	__u64 now;
 	__u32 csum;
+	__u16 len;
 
 	if (fp_parse_eth(&cur, data_end, &eth) != FP_PARSE_OK)
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	if (fp_parse_ipv4(&cur, data_end, &iph) != FP_PARSE_OK)
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	if (iph->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	if (iph->ttl <= 1)
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	key.saddr = iph->saddr;
 	key.daddr = iph->daddr;
 	key.proto = iph->protocol;
@@ -126,40 +174,53 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx)
 		struct udphdr *l4 = cur.pos; /* ports at the same offsets in TCP and SCTP */
 
 		if ((void *)(l4 + 1) > data_end)
-			return -1;
+			return -FP_FLOW_UNCACHEABLE;
 		key.sport = l4->source;
 		key.dport = l4->dest;
+		if (mode == FP_FLOW_MODE_STEADY && iph->protocol == 6) {
+			__u8 *flags = cur.pos + 13;
+
+			if ((void *)(flags + 1) > data_end)
+				return -FP_FLOW_UNCACHEABLE;
+			if (*flags & FP_TCP_CONTROL)
+				return -FP_FLOW_CONTROL;
+		}
 	} else if (iph->protocol == 1) {
 		struct fp_flow_icmp *icmp = cur.pos;
 
 		if ((void *)(icmp + 1) > data_end)
-			return -1;
+			return -FP_FLOW_UNCACHEABLE;
 		if (icmp->type == 8)
 			key.sport = icmp->id;
 		else if (icmp->type == 0)
 			key.dport = icmp->id;
 		else
-			return -1;
+			return -FP_FLOW_UNCACHEABLE;
 	} else {
-		return -1;
+		return -FP_FLOW_UNCACHEABLE;
 	}
 
 	f = bpf_map_lookup_elem(&flow4, &key);
 	if (!f)
-		return -1;
+		return -FP_FLOW_MISS;
 	/* Only where the engine saw the flow arrive: a pod forging another pod's tuple gets nothing. */
 	if (f->in_ifindex != ctx->ingress_ifindex)
-		return -1;
+		return -FP_FLOW_MISS;
+	len = bpf_ntohs(iph->tot_len);
+	if (f->mtu && len > f->mtu)
+		return -FP_FLOW_UNCACHEABLE; /* the engine fragments or answers frag-needed */
 	now = bpf_ktime_get_ns();
 	if (now - f->seen_ns > FP_FLOW4_IDLE_NS)
-		return -1;
-	f->seen_ns = now;
+		return -FP_FLOW_STALE;
 	if (f->flags & FP_FLOW4_NAT) {
 		if (iph->protocol != 6 && iph->protocol != 17)
-			return -1;
+			return -FP_FLOW_UNCACHEABLE;
 		if (fp_flow_nat(iph, cur.pos, data_end, f) != 0)
-			return -1;
+			return -FP_FLOW_UNCACHEABLE;
 	}
+	f->seen_ns = now;
+	__sync_fetch_and_add(&f->packets, 1);
+	__sync_fetch_and_add(&f->bytes, len);
 
 	/* TTL - 1 with the incremental checksum update of RFC 1624 (as ip_decrease_ttl). */
 	csum = (__u32)iph->check + (__u32)bpf_htons(0x0100);
@@ -167,7 +228,14 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx)
 	iph->ttl -= 1;
 	__builtin_memcpy(eth->h_dest, f->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, f->smac, ETH_ALEN);
-	fp_count_verdict(FP_VERDICT_FLOW_CACHE);
+	if (mode == FP_FLOW_MODE_STEADY) {
+		fp_count_verdict(FP_VERDICT_FAST_PATH);
+		fp_count_flow(FP_FLOW_HIT);
+		fp_count_if(ctx->ingress_ifindex, 0, len);
+		fp_count_if(f->ifindex, 1, len);
+	} else {
+		fp_count_verdict(FP_VERDICT_FLOW_CACHE);
+	}
 	return bpf_redirect(f->ifindex, 0);
 }
 

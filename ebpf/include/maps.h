@@ -88,7 +88,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ports4 SEC(".maps");
 
-/* flow4: struct fp_flow4_key -> struct fp_flow4; flows forwarded by XDP itself while the engine is away. */
+/* flow4: struct fp_flow4_key -> struct fp_flow4; established flows XDP forwards itself (fast path; engine away). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FP_MAX_FLOW4);
@@ -96,5 +96,32 @@ struct {
 	__type(value, struct fp_flow4);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flow4 SEC(".maps");
+
+/* config: key 0 -> struct fp_config, the agent's switches (fast path on, trace active). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+/* flowstats: per-CPU packet count per enum fp_flow_stat (fast-path hits and why packets missed it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_FLOW_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flowstats SEC(".maps");
+
+/* fastif: kernel ifindex -> per-CPU struct fp_if_count, fast-path packets per interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FP_MAX_FASTIF);
+	__type(key, __u32);
+	__type(value, struct fp_if_count);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fastif SEC(".maps");
 
 #endif /* FP_MAPS_H */

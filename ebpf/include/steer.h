@@ -53,7 +53,9 @@ enum fp_away_action {
 };
 
 /*
- * Redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue]
+ * With the fast path on (fp_config), a packet of an established flow in the
+ * flow4 cache is forwarded by XDP itself (flow.h) and never reaches the engine.
+ * Otherwise redirects the frame to the engine: xsks[ifaces[ingress].xsk_slot + rx queue]
  * (a queue >= ifaces[ingress].queues is never redirected: its slot is another
  * interface's).
  * When the interface is not configured or the slot has no socket (the engine
@@ -67,12 +69,28 @@ enum fp_away_action {
 static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx, enum fp_away_action away)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
-	struct fp_iface *iface = bpf_map_lookup_elem(&ifaces, &ifindex);
+	struct fp_iface *iface;
+	struct fp_config *cfg;
+	__u32 zero = 0;
 	__u32 reason;
 	__u32 slot;
 	long rc;
 	int act;
 
+	/* The fast path: an established flow the engine handed to the cache (flow.h). */
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && (cfg->flags & FP_CFG_FAST_PATH)) {
+		if (cfg->flags & FP_CFG_TRACE) {
+			fp_count_flow(FP_FLOW_BYPASS);
+		} else {
+			act = fp_flow_forward(ctx, FP_FLOW_MODE_STEADY);
+			if (act >= 0)
+				return act;
+			fp_count_flow(-act);
+		}
+	}
+
+	iface = bpf_map_lookup_elem(&ifaces, &ifindex);
 	if (!iface) {
 		reason = FP_DROP_NO_IFACE;
 		goto failed;
@@ -93,7 +111,7 @@ static __always_inline int fp_redirect_to_engine(struct xdp_md *ctx, enum fp_awa
 		return fp_finish(FP_VERDICT_REDIRECT, XDP_REDIRECT);
 	reason = FP_DROP_NO_XSK;
 failed:
-	act = fp_flow_forward(ctx);
+	act = fp_flow_forward(ctx, FP_FLOW_MODE_AWAY);
 	if (act >= 0)
 		return act;
 	fp_count_reason(reason);

@@ -106,6 +106,15 @@ fn forward(runs: usize, secs: u64, kernel_only: bool) -> Result<()> {
     if !kernel_only && ferroplane.is_err() {
         bail!("the ferroplane half of the benchmark failed (see above)");
     }
+    // Issue 17: the fast path next to the kernel and a bare XDP redirect (Mpps, CPU/packet).
+    let table = crate::bench_fastpath::rows(
+        &topo,
+        &tools,
+        &cfg,
+        &ferroplane_e2e::bin_dir(),
+        !kernel_only,
+    )?;
+    println!("\n=== fast path: (a) kernel, (b) bare XDP redirect, (c)/(d) ferroplane fast path off/on ===\n{table}");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! clearly and exit non-zero when they need it and do not have it.
 
 mod bench;
+mod bench_fastpath;
 mod bench_bgp;
 mod bench_cni;
 mod bench_overlay;

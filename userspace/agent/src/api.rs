@@ -55,6 +55,15 @@ pub struct AgentView {
 impl AgentView {
     pub(crate) fn interfaces(&self) -> Vec<InterfaceInfo> {
         let snap = self.shared.load();
+        // Fast-path packets per kernel ifindex (XDP's fastif map).
+        let fast: std::collections::HashMap<u32, ferroplane_bpf::FpIfCount> = self
+            .bpf
+            .lock()
+            .ok()
+            .and_then(|dp| dp.fastif().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         snap.ifaces
             .iter()
             .map(|i| {
@@ -84,6 +93,8 @@ impl AgentView {
                     tx_packets: sum(&|c| c.tx_packets.get()),
                     tx_bytes: sum(&|c| c.tx_bytes.get()),
                     drops: sum(&|c| c.tx_drops.get()),
+                    fast_rx_packets: fast.get(&i.ifindex).map_or(0, |c| c.rx_packets),
+                    fast_tx_packets: fast.get(&i.ifindex).map_or(0, |c| c.tx_packets),
                     pod: i.pod.as_ref().map(|p| format!("{} ({})", p.name, p.ip)),
                     state: ferroplane_api::InterfaceState::Up,
                 }
@@ -106,6 +117,8 @@ impl AgentView {
                         tx_packets: 0,
                         tx_bytes: 0,
                         drops: 0,
+                        fast_rx_packets: 0,
+                        fast_tx_packets: 0,
                         pod: Some(format!("{} ({})", g.key, g.ip)),
                         state: g.state,
                     }),
@@ -261,6 +274,18 @@ impl AgentView {
                     name: r.name().to_string(),
                     description: r.description().to_string(),
                     count: s.reason(*r),
+                })
+                .collect(),
+            fast_path: dp
+                .config()
+                .is_ok_and(|c| c.flags & ferroplane_bpf::FpConfig::FAST_PATH != 0),
+            flow_entries: dp.flow4().map_or(0, |e| e.len() as u64),
+            flow_cache: ferroplane_bpf::FpFlowStat::ALL
+                .iter()
+                .map(|f| NamedCount {
+                    name: f.name().to_string(),
+                    description: f.description().to_string(),
+                    count: s.flow(*f),
                 })
                 .collect(),
         })

@@ -49,7 +49,7 @@ pub struct Engine {
     /// Queues commands for the worker and wakes it.
     opener: PortOpener,
     misses: Receiver<(u16, Ipv4Addr)>,
-    flows: Receiver<ferroplane_engine::flow_export::FlowExport>,
+    flows: Option<Receiver<ferroplane_engine::flow_export::FlowExport>>,
     thread: Option<JoinHandle<Result<(), ferroplane_io::IoError>>>,
 }
 
@@ -223,7 +223,7 @@ impl Engine {
                 xsk,
             },
             misses: miss_rx,
-            flows: flow_rx,
+            flows: Some(flow_rx),
             thread: Some(thread),
         })
     }
@@ -277,9 +277,21 @@ impl Engine {
         self.misses.try_iter().collect()
     }
 
-    /// Flows the engine forwarded (for the XDP flow cache) since the last call.
+    /// Flows the engine forwarded (for the XDP flow cache) since the last call (none once
+    /// [`Engine::take_flow_reports`] took the channel).
     pub fn take_flows(&self) -> Vec<ferroplane_engine::flow_export::FlowExport> {
-        self.flows.try_iter().collect()
+        self.flows
+            .as_ref()
+            .map(|r| r.try_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The channel of forwarded-flow reports, for a reader of its own (the flow-cache
+    /// writer, [`crate::fastpath`]); `None` after the first call.
+    pub fn take_flow_reports(
+        &mut self,
+    ) -> Option<Receiver<ferroplane_engine::flow_export::FlowExport>> {
+        self.flows.take()
     }
 
     /// Stop the worker and wait for it.

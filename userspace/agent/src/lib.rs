@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cni_server;
 pub mod config;
 pub mod engine;
+pub mod fastpath;
 pub mod health;
 pub mod hostports;
 pub mod hostsvc;

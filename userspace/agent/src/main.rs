@@ -104,6 +104,11 @@ struct Args {
     /// the engine worker stall (no heartbeat), SIGUSR2 makes it exit.
     #[arg(long, hide = true)]
     test_faults: bool,
+    /// `on`: the XDP programs forward established flows themselves (the flow cache as a
+    /// steady-state fast path; first packets, TCP SYN/FIN/RST, fragments, ICMP errors and
+    /// traced flows stay in the engine). `off`: every packet goes through the engine.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    fast_path: String,
 }
 
 fn main() -> Result<()> {
@@ -138,11 +143,10 @@ struct Agent {
     attach: AttachMode,
     /// The warm pool: spare veth pairs with their AF_XDP port open and XDP attached.
     spares: Vec<Spare>,
-    /// The XDP links are pinned (not `--no-pin`): the programs outlive the agent if it dies,
-    /// so the engine reports forwarded flows for the XDP flow cache.
-    keep: bool,
     /// Pods whose interface vanished or whose namespace is missing (shared with the API).
     gone: ferroplane_agent::vanish::GonePods,
+    /// The flow-cache writer (ferroplane_agent::fastpath).
+    fast: ferroplane_agent::fastpath::FastPath,
     /// Turns the state into the engine's tables, recomputing what changed.
     rec: Reconciler,
 }
@@ -650,7 +654,7 @@ impl Agent {
             .rec
             .snapshot(&self.state, &changes)
             .context("building the tables")?;
-        snap.flow_export = self.keep;
+        snap.flow_export = self.fast.exports();
         if let Some(i) = self.engine.punt_ifindex {
             ferroplane_agent::hostsvc::with_punt(&mut snap, i, PUNT_IF);
         }
@@ -659,51 +663,6 @@ impl Agent {
         ferroplane_agent::services::apply_steering(&self.state.services, &mut bpf)
             .context("steering services to the engine")?;
         Ok(())
-    }
-
-    /// Writes the flows the engine reported forwarding into the XDP flow cache (`flow4`),
-    /// stamped now: XDP replays them only while the engine is away (agent restarting or dead).
-    fn export_flows(&self) {
-        let flows = self.engine.take_flows();
-        if flows.is_empty() {
-            return;
-        }
-        let Ok(mut bpf) = self.bpf() else {
-            return;
-        };
-        let now = ferroplane_bpf::monotonic_ns();
-        for f in flows {
-            let key = ferroplane_bpf::FpFlow4Key {
-                saddr: f.src.octets(),
-                daddr: f.dst.octets(),
-                sport: f.sport.to_be_bytes(),
-                dport: f.dport.to_be_bytes(),
-                proto: f.proto,
-                pad: [0; 3],
-            };
-            let (src, dst, sport, dport) = f.nat.unwrap_or((f.src, f.dst, f.sport, f.dport));
-            let value = ferroplane_bpf::FpFlow4 {
-                ifindex: f.ifindex,
-                dmac: f.dst_mac,
-                smac: f.src_mac,
-                saddr: src.octets(),
-                daddr: dst.octets(),
-                sport: sport.to_be_bytes(),
-                dport: dport.to_be_bytes(),
-                flags: if f.nat.is_some() {
-                    ferroplane_bpf::FpFlow4::NAT
-                } else {
-                    0
-                },
-                in_ifindex: f.in_ifindex,
-                pad: 0,
-                seen_ns: now,
-            };
-            if let Err(e) = bpf.set_flow4(key, value) {
-                warn!("flow cache: {e}");
-                return;
-            }
-        }
     }
 
     /// The kernel's link events: a deleted link may be a pod's veth
@@ -1011,6 +970,12 @@ async fn run(args: Args) -> Result<()> {
     )
     .context("starting the engine")?;
     engine.punt_ifindex = Some(punt.ifindex);
+    let fast = ferroplane_agent::fastpath::FastPath::start(
+        bpf.clone(),
+        &mut engine,
+        args.fast_path == "on",
+        keep,
+    );
 
     let mut agent = Agent {
         plumber,
@@ -1037,8 +1002,8 @@ async fn run(args: Args) -> Result<()> {
         },
         attach,
         spares: Vec::new(),
-        keep,
         gone: Default::default(),
+        fast,
         rec: Reconciler::new(),
     };
     // hostPorts may not take the agent's own listeners (hostports::Reserved).
@@ -1385,9 +1350,6 @@ async fn run(args: Args) -> Result<()> {
                 _ => bgp_fib = None,
             },
             _ = housekeeping.tick() => {
-                if agent.keep {
-                    agent.export_flows();
-                }
                 let misses = agent.engine.take_misses();
                 for (_, ip) in &misses {
                     agent.resolve(*ip).await;
@@ -1416,9 +1378,7 @@ async fn run(args: Args) -> Result<()> {
     for spare in std::mem::take(&mut agent.spares) {
         agent.discard_spare(spare).await;
     }
-    if agent.keep {
-        agent.export_flows();
-    }
+    agent.fast.stop();
     agent.engine.stop();
     host_services.stop(!on_exit_keep).await;
     if on_exit_keep {

@@ -193,6 +193,18 @@ pub fn render(view: &AgentView) -> String {
         "Packets that could not be queued on the interface",
         by_if(&|i| i.drops),
     );
+    counter_family(
+        &mut reg,
+        "interface_fast_path_rx_packets",
+        "Packets the XDP fast path forwarded that arrived on the interface (not seen by the engine)",
+        by_if(&|i| i.fast_rx_packets),
+    );
+    counter_family(
+        &mut reg,
+        "interface_fast_path_tx_packets",
+        "Packets the XDP fast path forwarded out of the interface",
+        by_if(&|i| i.fast_tx_packets),
+    );
     gauge(
         &mut reg,
         "interfaces",
@@ -268,6 +280,20 @@ pub fn render(view: &AgentView) -> String {
             "xdp_reasons",
             "Reason counters of the XDP programs",
             x.drops.iter().map(|v| (l(&[("reason", &v.name)]), v.count)),
+        );
+        counter_family(
+            &mut reg,
+            "xdp_flow_cache",
+            "Fast-path outcomes of the XDP flow cache (hit, or why the packet went to the engine)",
+            x.flow_cache
+                .iter()
+                .map(|v| (l(&[("outcome", &v.name)]), v.count)),
+        );
+        gauge(
+            &mut reg,
+            "xdp_flow_cache_entries",
+            "Entries in the XDP flow cache (flow4)",
+            x.flow_entries as i64,
         );
     }
     let snap = view.shared.load();

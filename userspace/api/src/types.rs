@@ -331,6 +331,13 @@ pub struct InterfaceInfo {
     pub tx_bytes: u64,
     /// Packets dropped on this interface (rx or tx).
     pub drops: u64,
+    /// Packets the XDP fast path forwarded that arrived on this interface (never seen by
+    /// the engine; `rx_packets` does not count them).
+    #[serde(default)]
+    pub fast_rx_packets: u64,
+    /// Packets the XDP fast path forwarded out of this interface.
+    #[serde(default)]
+    pub fast_tx_packets: u64,
     /// For pod interfaces: the pod as `namespace/name`.
     pub pod: Option<String>,
     /// Whether it is there (a pod's interface may have vanished).
@@ -554,6 +561,16 @@ pub struct XdpReport {
     pub verdicts: Vec<NamedCount>,
     /// One entry per drop/anomaly reason, zero counts included.
     pub drops: Vec<NamedCount>,
+    /// Whether the XDP fast path (`--fast-path on`) forwards established flows itself.
+    #[serde(default)]
+    pub fast_path: bool,
+    /// Entries in the flow cache (`flow4`).
+    #[serde(default)]
+    pub flow_entries: u64,
+    /// Fast-path outcomes: `hit` (forwarded by XDP), then why other packets went to the
+    /// engine (`miss`, `stale`, `control`, `uncacheable`, `bypass`), zero counts included.
+    #[serde(default)]
+    pub flow_cache: Vec<NamedCount>,
 }
 
 /// Answer to `version`.
@@ -625,9 +642,18 @@ mod tests {
             tx_packets: 3,
             tx_bytes: 4,
             drops: 5,
+            fast_rx_packets: 0,
+            fast_tx_packets: 0,
             pod: None,
             state: InterfaceState::Up,
         };
+        // Older agents send no fast-path counters: zero.
+        let mut old = serde_json::to_value(&i).unwrap();
+        if let Some(o) = old.as_object_mut() {
+            o.remove("fast_rx_packets");
+            o.remove("fast_tx_packets");
+        }
+        assert_eq!(serde_json::from_value::<InterfaceInfo>(old).unwrap(), i);
         let v = serde_json::to_value(&i).unwrap();
         assert_eq!(
             v,
@@ -635,8 +661,8 @@ mod tests {
                 "name": "up0", "sw_if_index": 1, "kind": "uplink", "ifindex": 7,
                 "mac": "02:00:00:00:00:01", "ipv4": "192.168.100.2/24", "mtu": 1500,
                 "xdp_mode": "native", "port": 0, "rx_packets": 1, "rx_bytes": 2,
-                "tx_packets": 3, "tx_bytes": 4, "drops": 5, "pod": null,
-                "state": "up"
+                "tx_packets": 3, "tx_bytes": 4, "drops": 5, "fast_rx_packets": 0,
+                "fast_tx_packets": 0, "pod": null, "state": "up"
             })
         );
         assert_eq!(serde_json::from_value::<InterfaceInfo>(v).unwrap(), i);

@@ -60,6 +60,8 @@ fn interfaces() -> Vec<InterfaceInfo> {
             tx_packets: 20,
             tx_bytes: 2000,
             drops: 1,
+            fast_rx_packets: 0,
+            fast_tx_packets: 0,
             pod: None,
             state: ferroplane_api::InterfaceState::Up,
         },
@@ -78,6 +80,8 @@ fn interfaces() -> Vec<InterfaceInfo> {
             tx_packets: 0,
             tx_bytes: 0,
             drops: 0,
+            fast_rx_packets: 0,
+            fast_tx_packets: 0,
             pod: Some("default/a".into()),
             state: ferroplane_api::InterfaceState::Up,
         },
@@ -122,6 +126,9 @@ fn xdp() -> XdpReport {
             count: 5,
         }],
         drops: vec![],
+        fast_path: false,
+        flow_entries: 0,
+        flow_cache: vec![],
     }
 }
 

@@ -15,6 +15,8 @@
 #![deny(missing_docs)]
 
 mod bpffs;
+mod fastpath;
+pub use fastpath::FLOW4_IDLE_NS;
 pub mod pinned;
 mod test_run;
 
@@ -33,7 +35,8 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 pub use ferroplane_common::{
-    FpDropReason, FpFlow4, FpFlow4Key, FpIface, FpIfaceFlags, FpSteerKind, FpVerdict,
+    FpConfig, FpDropReason, FpFlow4, FpFlow4Key, FpFlowStat, FpIfCount, FpIface, FpIfaceFlags,
+    FpSteerKind, FpVerdict,
 };
 
 /// The ELF object of `xdp_uplink` (built from `ebpf/xdp_uplink.c`).
@@ -47,8 +50,9 @@ pub fn pod_object() -> &'static [u8] {
 }
 
 /// Names of the maps every program shares (pinned under these names).
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 12] = [
     "xsks", "ifaces", "steer4", "host4", "verdicts", "drops", "tunnel4", "ports4", "flow4",
+    "config", "flowstats", "fastif",
 ];
 
 /// Subdirectory of the pin directory holding the XDP links kept attached across an agent
@@ -142,6 +146,8 @@ pub struct XdpStats {
     pub verdicts: [u64; FpVerdict::COUNT],
     /// Packets per reason, indexed by [`FpDropReason`].
     pub drops: [u64; FpDropReason::COUNT],
+    /// Fast-path outcomes, indexed by [`FpFlowStat`] (hits, and why packets missed it).
+    pub flows: [u64; FpFlowStat::COUNT],
 }
 
 impl XdpStats {
@@ -155,6 +161,11 @@ impl XdpStats {
         self.drops[r as usize]
     }
 
+    /// Packets counted under fast-path outcome `f`.
+    pub fn flow(&self, f: FpFlowStat) -> u64 {
+        self.flows[f as usize]
+    }
+
     /// Counter-wise `self - earlier` (saturating), e.g. the effect of one packet.
     pub fn since(&self, earlier: &Self) -> Self {
         let mut d = *self;
@@ -164,10 +175,14 @@ impl XdpStats {
         for (a, b) in d.drops.iter_mut().zip(earlier.drops) {
             *a = a.saturating_sub(b);
         }
+        for (a, b) in d.flows.iter_mut().zip(earlier.flows) {
+            *a = a.saturating_sub(b);
+        }
         d
     }
 
-    /// Non-zero counters as (name, description, value): verdicts, then reasons.
+    /// Non-zero counters as (name, description, value): verdicts, reasons, then fast-path
+    /// outcomes.
     pub fn nonzero(&self) -> Vec<(&'static str, &'static str, u64)> {
         let verdicts = FpVerdict::ALL
             .iter()
@@ -175,7 +190,14 @@ impl XdpStats {
         let drops = FpDropReason::ALL
             .iter()
             .map(|r| (r.name(), r.description(), self.reason(*r)));
-        verdicts.chain(drops).filter(|c| c.2 != 0).collect()
+        let flows = FpFlowStat::ALL
+            .iter()
+            .map(|f| (f.name(), f.description(), self.flow(*f)));
+        verdicts
+            .chain(drops)
+            .chain(flows)
+            .filter(|c| c.2 != 0)
+            .collect()
     }
 }
 
@@ -351,6 +373,9 @@ pub struct Dataplane {
     flow4: BpfHashMap<MapData, FpFlow4Key, FpFlow4>,
     verdicts: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    config: aya::maps::Array<MapData, FpConfig>,
+    flowstats: PerCpuArray<MapData, u64>,
+    fastif: aya::maps::PerCpuHashMap<MapData, u32, FpIfCount>,
     attached: HashMap<String, Attachment>,
     pin_dir: Option<PathBuf>,
     keep: bool,
@@ -515,6 +540,9 @@ impl Dataplane {
             flow4: take_map(&mut uplink, "flow4")?,
             verdicts: take_map(&mut uplink, "verdicts")?,
             drops: take_map(&mut uplink, "drops")?,
+            config: take_map(&mut uplink, "config")?,
+            flowstats: take_map(&mut uplink, "flowstats")?,
+            fastif: take_map(&mut uplink, "fastif")?,
             uplink,
             pod,
             attached: HashMap::new(),
@@ -817,7 +845,7 @@ impl Dataplane {
             .count()
     }
 
-    /// Records how the XDP programs forward a flow while the engine is away (`flow4`).
+    /// Records how the XDP programs forward an established flow (`flow4`).
     pub fn set_flow4(&mut self, key: FpFlow4Key, value: FpFlow4) -> Result<()> {
         self.flow4.insert(key, value, 0).map_err(map_err("flow4"))
     }
@@ -1014,6 +1042,9 @@ impl Dataplane {
         for (i, c) in stats.drops.iter_mut().enumerate() {
             *c = sum(&self.drops, "drops", i)?;
         }
+        for (i, c) in stats.flows.iter_mut().enumerate() {
+            *c = sum(&self.flowstats, "flowstats", i)?;
+        }
         Ok(stats)
     }
 
@@ -1033,6 +1064,13 @@ impl Dataplane {
                 .set(index, zeros()?, 0)
                 .map_err(map_err("drops"))?;
         }
+        for i in 0..FpFlowStat::ALL.len() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            self.flowstats
+                .set(index, zeros()?, 0)
+                .map_err(map_err("flowstats"))?;
+        }
+        self.clear_fastif()?;
         Ok(())
     }
 

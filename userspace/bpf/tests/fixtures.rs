@@ -21,8 +21,8 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use ferroplane_bpf::{
-    xdp_action, Dataplane, FpDropReason, FpFlow4, FpFlow4Key, FpIface, FpSteerKind, FpVerdict,
-    XdpProg,
+    xdp_action, Dataplane, FpConfig, FpDropReason, FpFlow4, FpFlow4Key, FpFlowStat, FpIface,
+    FpSteerKind, FpVerdict, XdpProg,
 };
 
 /// Loopback: test runs without an explicit ifindex see ingress_ifindex 1.
@@ -1428,4 +1428,150 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
     let after = dp.stats().unwrap().since(&before);
     assert_eq!(after.verdict(FpVerdict::Redirect), 1);
     assert_eq!(after.verdict(FpVerdict::FlowCache), 0);
+}
+
+/// The fast path: with `config` saying so, an established flow in `flow4` is forwarded by
+/// XDP itself even though the engine's socket is there (verdict fast_path, counted per
+/// interface and on the entry), except TCP SYN/FIN/RST, packets longer than the entry's MTU
+/// and everything while a trace is active, which go to the engine; with the switch off the
+/// engine gets every packet.
+#[test]
+fn fast_path_forwards_established_flows_while_the_engine_runs() {
+    if !require_root() {
+        return;
+    }
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    let run = |dp: &Dataplane, f: &[u8]| dp.prog_test_run(XdpProg::Uplink, f).unwrap();
+    let key = FpFlow4Key {
+        saddr: PEER.octets(),
+        daddr: POD_A.octets(),
+        sport: 40000u16.to_be_bytes(),
+        dport: 5000u16.to_be_bytes(),
+        proto: 6,
+        pad: [0; 3],
+    };
+    let dmac = [0x02, 0xaa, 0, 0, 0, 0x0a];
+    let entry = FpFlow4 {
+        ifindex: LO_IFINDEX,
+        dmac,
+        smac: [0x02, 0xbb, 0, 0, 0, 0x0b],
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        flags: 0,
+        in_ifindex: LO_IFINDEX,
+        mtu: 1500,
+        seen_ns: ferroplane_bpf::monotonic_ns(),
+        packets: 0,
+        bytes: 0,
+    };
+    dp.set_flow4(key, entry).unwrap();
+    let tcp = |flags: u8| {
+        let mut f = service_frame(POD_A, 6, 5000, 0, 0);
+        f[14 + 20 + 13] = flags;
+        f
+    };
+    let ack = tcp(0x10);
+
+    // Off (the default config): the engine takes it.
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &ack).0, xdp_action::REDIRECT);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::Redirect), 1);
+    assert_eq!(d.verdict(FpVerdict::FastPath), 0);
+
+    dp.set_config(FpConfig {
+        flags: FpConfig::FAST_PATH,
+        pad: 0,
+    })
+    .unwrap();
+    let before = dp.stats().unwrap();
+    let (act, out) = run(&dp, &ack);
+    assert_eq!(act, xdp_action::REDIRECT);
+    assert_eq!(&out[0..6], &dmac, "rewritten by XDP");
+    assert_eq!(out[14 + 8], ack[14 + 8] - 1, "TTL decremented");
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::FastPath), 1);
+    assert_eq!(d.verdict(FpVerdict::Redirect), 0);
+    assert_eq!(d.flow(FpFlowStat::Hit), 1);
+    let e = dp.flow4_get(&key).unwrap().unwrap();
+    assert_eq!(e.packets, 1);
+    assert_eq!(e.bytes, 36, "IPv4 total length");
+    assert!(e.seen_ns >= entry.seen_ns);
+    let per_if = dp.fastif().unwrap();
+    let lo = per_if.iter().find(|(i, _)| *i == LO_IFINDEX).unwrap().1;
+    assert_eq!((lo.rx_packets, lo.tx_packets), (1, 1));
+    assert_eq!((lo.rx_bytes, lo.tx_bytes), (36, 36));
+
+    // SYN, FIN, RST: the engine keeps the session state.
+    for flags in [0x02, 0x11, 0x04, 0x12] {
+        let before = dp.stats().unwrap();
+        let (act, out) = run(&dp, &tcp(flags));
+        assert_eq!(act, xdp_action::REDIRECT);
+        assert_eq!(out, tcp(flags), "untouched (flags {flags:#x})");
+        let d = dp.stats().unwrap().since(&before);
+        assert_eq!(d.verdict(FpVerdict::Redirect), 1, "flags {flags:#x}");
+        assert_eq!(d.flow(FpFlowStat::Control), 1, "flags {flags:#x}");
+    }
+
+    // Longer than the output MTU: the engine (fragmentation, frag-needed).
+    dp.set_flow4(key, FpFlow4 { mtu: 30, ..entry }).unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &ack).0, xdp_action::REDIRECT);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::Redirect), 1);
+    assert_eq!(d.flow(FpFlowStat::Uncacheable), 1);
+    dp.set_flow4(key, entry).unwrap();
+
+    // Another flow: a miss, to the engine.
+    let before = dp.stats().unwrap();
+    assert_eq!(
+        run(&dp, &service_frame(POD_A, 6, 5001, 0, 0)).0,
+        xdp_action::REDIRECT
+    );
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(
+        (d.verdict(FpVerdict::Redirect), d.flow(FpFlowStat::Miss)),
+        (1, 1)
+    );
+
+    // A stale entry: to the engine.
+    let old = ferroplane_bpf::monotonic_ns().saturating_sub(121_000_000_000);
+    dp.set_flow4(
+        key,
+        FpFlow4 {
+            seen_ns: old,
+            ..entry
+        },
+    )
+    .unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &ack).0, xdp_action::REDIRECT);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(
+        (d.verdict(FpVerdict::Redirect), d.flow(FpFlowStat::Stale)),
+        (1, 1)
+    );
+    dp.set_flow4(key, entry).unwrap();
+
+    // A trace is active: every packet to the engine.
+    dp.set_config(FpConfig {
+        flags: FpConfig::FAST_PATH | FpConfig::TRACE,
+        pad: 0,
+    })
+    .unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &ack).0, xdp_action::REDIRECT);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::Redirect), 1);
+    assert_eq!(d.flow(FpFlowStat::Bypass), 1);
+    assert_eq!(d.verdict(FpVerdict::FastPath), 0);
+
+    // Counters clear, entries go.
+    dp.clear_stats().unwrap();
+    assert!(dp.fastif().unwrap().is_empty());
+    assert!(dp.remove_flow4(&key).unwrap());
+    assert!(!dp.remove_flow4(&key).unwrap());
+    assert_eq!(dp.flow4_get(&key).unwrap(), None);
 }

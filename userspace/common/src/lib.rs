@@ -1,7 +1,7 @@
 //! Types shared between ferroplane's XDP programs (C, `ebpf/include/ferroplane.h`)
 //! and userspace.
 //!
-//! The enums ([`FpVerdict`], [`FpDropReason`], [`FpSteerKind`], [`FpIfaceFlags`])
+//! The enums ([`FpVerdict`], [`FpDropReason`], [`FpFlowStat`], [`FpSteerKind`], [`FpIfaceFlags`])
 //! and the `FP_*` limits are generated from the header by `build.rs`; the
 //! `#[repr(C)]` structs are written here and a test checks their layout
 //! against the header as compiled by the host C compiler.
@@ -89,9 +89,10 @@ pub struct FpFlow4Key {
     pub pad: [u8; 3],
 }
 
-/// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards a flow while the engine
-/// is away (the tuple to write when [`FpFlow4::NAT`] is set, decrement TTL, these MACs, out
-/// of `ifindex`), for frames that arrive on `in_ifindex`.
+/// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards an established flow
+/// itself, in steady state (the fast path) or while the engine is away (the tuple to write
+/// when [`FpFlow4::NAT`] is set, decrement TTL, these MACs, out of `ifindex`), for frames
+/// that arrive on `in_ifindex`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FpFlow4 {
@@ -114,10 +115,46 @@ pub struct FpFlow4 {
     /// Interface the engine received the flow on: XDP replays the entry only for frames
     /// arriving there (a pod cannot replay another pod's flow by forging its tuple).
     pub in_ifindex: u32,
-    /// Zero.
-    pub pad: u32,
+    /// IP MTU of the output interface: longer packets go to the engine (0: unchecked).
+    pub mtu: u32,
     /// Last refresh or use, CLOCK_MONOTONIC nanoseconds.
     pub seen_ns: u64,
+    /// Packets XDP forwarded from this entry.
+    pub packets: u64,
+    /// Bytes (IPv4 total length) XDP forwarded from this entry.
+    pub bytes: u64,
+}
+
+/// Value of the `config` array (`struct fp_config`, one entry): the agent's switches.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpConfig {
+    /// [`FpConfig::FAST_PATH`], [`FpConfig::TRACE`] bits.
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+impl FpConfig {
+    /// `flags` bit: forward established flows from `flow4` while the engine runs.
+    pub const FAST_PATH: u32 = FP_CFG_FAST_PATH;
+    /// `flags` bit: a packet trace is active, every packet goes to the engine.
+    pub const TRACE: u32 = FP_CFG_TRACE;
+}
+
+/// Value of the `fastif` per-CPU hash (`struct fp_if_count`): fast-path packets of one
+/// kernel interface.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FpIfCount {
+    /// Packets the fast path forwarded that arrived on the interface.
+    pub rx_packets: u64,
+    /// Their bytes (IPv4 total length).
+    pub rx_bytes: u64,
+    /// Packets the fast path forwarded out of the interface.
+    pub tx_packets: u64,
+    /// Their bytes (IPv4 total length).
+    pub tx_bytes: u64,
 }
 
 impl FpFlow4 {
@@ -138,6 +175,12 @@ unsafe impl aya::Pod for FpFlow4Key {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FpFlow4 {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpConfig {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FpIfCount {}
 
 #[cfg(test)]
 mod tests {
@@ -183,9 +226,15 @@ mod tests {
                 "fp_flow4",
                 FpFlow4,
                 [
-                    ifindex, dmac, smac, saddr, daddr, sport, dport, flags, in_ifindex, pad,
-                    seen_ns
+                    ifindex, dmac, smac, saddr, daddr, sport, dport, flags, in_ifindex, mtu,
+                    seen_ns, packets, bytes
                 ]
+            ),
+            rust_layout!("fp_config", FpConfig, [flags, pad]),
+            rust_layout!(
+                "fp_if_count",
+                FpIfCount,
+                [rx_packets, rx_bytes, tx_packets, tx_bytes]
             ),
         ];
         // Every struct of the header has a mirror, and no mirror is left over.
@@ -224,6 +273,12 @@ mod tests {
         );
         rust.push(("FP_DROP_MAX", FpDropReason::COUNT as i64));
         rust.extend(
+            FpFlowStat::ALL
+                .iter()
+                .map(|v| (v.c_name(), i64::from(v.as_u32()))),
+        );
+        rust.push(("FP_FLOW_MAX", FpFlowStat::COUNT as i64));
+        rust.extend(
             FpSteerKind::ALL
                 .iter()
                 .map(|v| (v.c_name(), i64::from(v.as_u32()))),
@@ -252,6 +307,9 @@ mod tests {
             ("FP_PORT_SNAT", FP_PORT_SNAT),
             ("FP_MAX_FLOW4", FP_MAX_FLOW4),
             ("FP_FLOW4_NAT", FP_FLOW4_NAT),
+            ("FP_MAX_FASTIF", FP_MAX_FASTIF),
+            ("FP_CFG_FAST_PATH", FP_CFG_FAST_PATH),
+            ("FP_CFG_TRACE", FP_CFG_TRACE),
         ];
         assert_eq!(C_DEFINES.len(), rust.len());
         for (name, v) in rust {
@@ -275,6 +333,11 @@ mod tests {
         }
         assert_eq!(FpDropReason::ALL.len(), FpDropReason::COUNT);
         assert_eq!(FpDropReason::from_u32(FpDropReason::COUNT as u32), None);
+        for (i, r) in FpFlowStat::ALL.iter().enumerate() {
+            assert_eq!(r.as_u32() as usize, i);
+            assert!(!r.description().is_empty());
+        }
+        assert_eq!(FpFlowStat::ALL.len(), FpFlowStat::COUNT);
     }
 
     #[test]

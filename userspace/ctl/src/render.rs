@@ -67,6 +67,8 @@ pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
         ("Tx-pkts", Right),
         ("Tx-bytes", Right),
         ("Drops", Right),
+        ("Fast-rx", Right),
+        ("Fast-tx", Right),
         ("Pod", Left),
     ]);
     for i in ifaces {
@@ -86,6 +88,8 @@ pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
             i.tx_packets.to_string(),
             i.tx_bytes.to_string(),
             i.drops.to_string(),
+            i.fast_rx_packets.to_string(),
+            i.fast_tx_packets.to_string(),
             opt(i.pod.as_deref()),
         ]);
     }
@@ -203,7 +207,8 @@ pub fn errors(errors: &[ErrorCounter], all: bool) -> String {
     t.render()
 }
 
-/// `show xdp`: the verdicts, then the drop reasons (zero ones only with `all`).
+/// `show xdp`: the verdicts, the drop reasons (zero ones only with `all`), then the fast
+/// path: on or off, flow cache entries, hits and why packets missed it.
 pub fn xdp(report: &XdpReport, all: bool) -> String {
     fn table(first: &str, counts: &[NamedCount], all: bool) -> String {
         let mut t = Table::new(&[
@@ -217,9 +222,12 @@ pub fn xdp(report: &XdpReport, all: bool) -> String {
         t.render()
     }
     format!(
-        "{}\n{}",
+        "{}\n{}\nfast path: {}, flow cache entries: {}\n{}",
         table("Verdict", &report.verdicts, true),
-        table("Drop reason", &report.drops, all)
+        table("Drop reason", &report.drops, all),
+        if report.fast_path { "on" } else { "off" },
+        report.flow_entries,
+        table("Flow cache", &report.flow_cache, true)
     )
 }
 

@@ -65,6 +65,8 @@ impl Fake {
                 tx_packets: 42,
                 tx_bytes: 4200,
                 drops: 7,
+                fast_rx_packets: 0,
+                fast_tx_packets: 0,
                 pod: None,
                 state: ferroplane_api::InterfaceState::Up,
             },
@@ -83,6 +85,8 @@ impl Fake {
                 tx_packets: 2,
                 tx_bytes: 120,
                 drops: 0,
+                fast_rx_packets: 0,
+                fast_tx_packets: 0,
                 pod: Some("default/a".into()),
                 state: ferroplane_api::InterfaceState::Up,
             },
@@ -175,6 +179,9 @@ impl Fake {
                 nc("truncated_eth", "frame shorter than Ethernet", 2),
                 nc("truncated_ip", "packet shorter than IPv4", 0),
             ],
+            fast_path: false,
+            flow_entries: 0,
+            flow_cache: vec![],
         }
     }
 }
@@ -467,12 +474,16 @@ fn show_xdp_tables() {
     let agent = Agent::start("xdp");
     let text = stdout_ok(&agent.ctl(&["show", "xdp"]));
     let blocks: Vec<&str> = text.split("\n\n").collect();
-    assert_eq!(blocks.len(), 2, "{text}");
+    assert_eq!(blocks.len(), 3, "{text}");
     assert!(blocks[0].starts_with("Verdict "));
     assert_eq!(blocks[0].lines().count(), 4, "all verdicts shown: {text}");
     assert!(blocks[1].starts_with("Drop reason "));
     assert!(blocks[1].contains("truncated_eth"));
     assert!(!blocks[1].contains("truncated_ip"));
+    assert!(
+        blocks[2].starts_with("fast path: off, flow cache entries: 0\nFlow cache "),
+        "{text}"
+    );
     let all = stdout_ok(&agent.ctl(&["show", "xdp", "--all"]));
     assert!(all.contains("truncated_ip"));
     let json: XdpReport =

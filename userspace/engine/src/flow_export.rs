@@ -1,13 +1,20 @@
-//! Export of forwarded flows to the XDP flow cache.
+//! Export of forwarded flows to the XDP flow cache (the fast path).
 //!
-//! While the agent restarts, the engine is away: its AF_XDP sockets are closed and the XDP
-//! programs cannot hand it anything. So that established flows keep forwarding meanwhile,
-//! `interface-output` reports each flow it forwards the way the XDP programs can replay
-//! by themselves (routed: TTL - 1, the next hop's MACs, out of a pod veth or the uplink;
-//! TCP/UDP translations with the tuple written) and the agent writes it into the pinned
-//! `flow4` map. XDP uses an entry only
-//! when the engine's socket is missing, so the engine stays the one that decides while it
-//! runs; new flows during a restart find no entry and fail closed.
+//! `interface-output` reports each established flow it forwards the way the XDP programs
+//! can replay by themselves (routed: TTL - 1, the next hop's MACs, out of a pod veth or the
+//! uplink; TCP/UDP translations with the tuple written) and the agent writes it into the
+//! `flow4` map. XDP then forwards the flow's following packets itself, in steady state
+//! (the fast path, `--fast-path on`) and while the agent restarts (engine away), except TCP
+//! SYN/FIN/RST, fragments, ICMP errors and packets longer than the output MTU, which keep
+//! coming here. What is exported is decided by the engine: `ip4-nat` marks packets of
+//! tracked sessions that are not established (handshake, closing) with `FLAG_NO_CACHE`,
+//! as it does tunnelled, fragmented and generated packets.
+//!
+//! A TCP FIN or RST forwarded here is reported as a *close* ([`FlowExport::close`]): the
+//! agent removes both directions' entries at once, so the rest of the closing exchange is
+//! seen by the engine (its session state stays exact). Flows without a session (pod to
+//! pod, untranslated) are then remembered as closed for [`CLOSED_SECS`] and not exported
+//! again, until a new connection's SYN reuses the tuple.
 //!
 //! Cost on the fast path: one flag test per packet when the export is off; when on, the
 //! flow tuple and one probe of a direct-mapped table that remembers which flows were
@@ -21,6 +28,9 @@ use std::net::Ipv4Addr;
 pub const REFRESH_SECS: u32 = 10;
 /// Slots of the per-worker table of reported flows (a power of two).
 pub const SEEN_SLOTS: usize = 1 << 14;
+/// Seconds a closed flow (FIN or RST seen) is not exported again, unless a SYN opens a new
+/// connection on its tuple (the longest TCP closing state: TIME_WAIT, 120 s).
+pub const CLOSED_SECS: u32 = 120;
 
 /// One forwarded flow: the tuple as it arrived and how it left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +56,26 @@ pub struct FlowExport {
     pub dst_mac: [u8; 6],
     /// Source MAC written.
     pub src_mac: [u8; 6],
+    /// IP MTU of the output interface (XDP hands longer packets to the engine).
+    pub mtu: u16,
+    /// A TCP FIN or RST of the flow was forwarded: the agent removes the entries of both
+    /// directions (this tuple, and the reverse of the tuple it left with) instead of
+    /// writing one.
+    pub close: bool,
+}
+
+impl FlowExport {
+    /// The tuple the flow left with: (source, destination, source port, destination port).
+    pub fn out_tuple(&self) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+        self.nat
+            .unwrap_or((self.src, self.dst, self.sport, self.dport))
+    }
+
+    /// The arriving tuple of the other direction of the connection (its replies).
+    pub fn reverse_tuple(&self) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+        let (s, d, sp, dp) = self.out_tuple();
+        (d, s, dp, sp)
+    }
 }
 
 /// The tuple of an IPv4 packet the XDP flow cache can match, the way `flow.h` computes it:
@@ -76,13 +106,63 @@ pub fn cacheable_tuple(l3: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16, u8)> 
     Some((src, dst, sport, dport, proto))
 }
 
-/// Remembers which flows a worker reported recently (lossy: a direct-mapped table of tags).
+/// Remembers which flows a worker reported recently, and which closed (lossy: direct-mapped
+/// tables of tags).
 #[derive(Debug, Default)]
 pub struct Seen {
     slots: Vec<u64>,
+    closed: Vec<u64>,
 }
 
 impl Seen {
+    /// Records that `flow` closed at `now_s` (both directions) and forgets that it was
+    /// reported, so a new connection on the tuple is reported at once.
+    pub fn closed(&mut self, flow: &FlowExport, now_s: u32) {
+        if self.closed.is_empty() {
+            self.closed = vec![0; SEEN_SLOTS];
+        }
+        if let Some(slot) = self.slots.get_mut((hash(flow) as usize) & (SEEN_SLOTS - 1)) {
+            *slot = 0;
+        }
+        let (s, d, sp, dp) = flow.reverse_tuple();
+        for h in [
+            tuple_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto),
+            tuple_hash(s, d, sp, dp, flow.proto),
+        ] {
+            self.closed[(h as usize) & (SEEN_SLOTS - 1)] =
+                (h & 0xffff_ffff_0000_0000) | u64::from(now_s);
+        }
+    }
+
+    /// A new connection (SYN) on `flow`'s tuple: it is no longer closed (both directions).
+    pub fn reopened(&mut self, flow: &FlowExport) {
+        if self.closed.is_empty() {
+            return;
+        }
+        let (s, d, sp, dp) = flow.reverse_tuple();
+        for h in [
+            tuple_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto),
+            tuple_hash(s, d, sp, dp, flow.proto),
+        ] {
+            let slot = &mut self.closed[(h as usize) & (SEEN_SLOTS - 1)];
+            if *slot & 0xffff_ffff_0000_0000 == h & 0xffff_ffff_0000_0000 {
+                *slot = 0;
+            }
+        }
+    }
+
+    /// Whether `flow`'s tuple closed less than [`CLOSED_SECS`] before `now_s`.
+    pub fn is_closed(&self, flow: &FlowExport, now_s: u32) -> bool {
+        let h = tuple_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
+        self.closed
+            .get((h as usize) & (SEEN_SLOTS - 1))
+            .is_some_and(|&t| {
+                t != 0
+                    && t & 0xffff_ffff_0000_0000 == h & 0xffff_ffff_0000_0000
+                    && now_s.wrapping_sub(t as u32) < CLOSED_SECS
+            })
+    }
+
     /// Whether `flow` should be reported at `now_s` (seconds on any monotonic clock); records
     /// it as reported when it should.
     pub fn should_report(&mut self, flow: &FlowExport, now_s: u32) -> bool {
@@ -103,6 +183,14 @@ impl Seen {
         self.slots[slot] = tag;
         true
     }
+}
+
+fn tuple_hash(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> u64 {
+    let a = (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst));
+    let b = (u64::from(sport) << 48) | (u64::from(dport) << 32) | u64::from(proto);
+    let mut x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b;
+    x = (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^ (x >> 32)
 }
 
 fn hash(f: &FlowExport) -> u64 {
@@ -188,6 +276,8 @@ mod tests {
             in_ifindex: 5,
             dst_mac: [2, 0, 0, 0, 0, 1],
             src_mac: [2, 0, 0, 0, 0, 2],
+            mtu: 1500,
+            close: false,
         };
         assert!(seen.should_report(&f, 100));
         assert!(!seen.should_report(&f, 100));
@@ -204,5 +294,60 @@ mod tests {
             ..f
         };
         assert!(seen.should_report(&natted, 100 + REFRESH_SECS));
+    }
+
+    #[test]
+    fn a_closed_flow_stays_closed_both_ways_until_a_new_connection() {
+        let mut seen = Seen::default();
+        let f = FlowExport {
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 96, 0, 10),
+            sport: 40000,
+            dport: 80,
+            proto: 6,
+            nat: Some((
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 1, 7),
+                40000,
+                8080,
+            )),
+            ifindex: 7,
+            in_ifindex: 5,
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+            mtu: 1500,
+            close: false,
+        };
+        // The reply direction arrives with the reverse of the translated tuple.
+        let (s, d, sp, dp) = f.reverse_tuple();
+        assert_eq!(
+            (s, d, sp, dp),
+            (
+                Ipv4Addr::new(10, 0, 1, 7),
+                Ipv4Addr::new(10, 0, 0, 1),
+                8080,
+                40000
+            )
+        );
+        let reply = FlowExport {
+            src: s,
+            dst: d,
+            sport: sp,
+            dport: dp,
+            nat: Some((f.dst, f.src, f.dport, f.sport)),
+            ..f
+        };
+        assert!(seen.should_report(&f, 10));
+        assert!(!seen.is_closed(&f, 10));
+        seen.closed(&f, 10);
+        assert!(seen.is_closed(&f, 11));
+        assert!(seen.is_closed(&reply, 11), "the other direction too");
+        assert!(seen.should_report(&f, 11), "forgotten as reported");
+        assert!(!seen.is_closed(&f, 10 + CLOSED_SECS), "not forever");
+        let other = FlowExport { sport: 40001, ..f };
+        assert!(!seen.is_closed(&other, 11));
+        seen.reopened(&f);
+        assert!(!seen.is_closed(&f, 12));
+        assert!(!seen.is_closed(&reply, 12));
     }
 }

@@ -725,6 +725,30 @@ impl Conntrack {
         }
     }
 
+    /// Account packets the XDP fast path forwarded for the session `key` belongs to (either
+    /// direction): `packets` more in that direction, last seen at `seen` (this table's clock,
+    /// [`Conntrack::now_ms`]), expiry pushed back as a packet would. The state does not
+    /// change (TCP SYN/FIN/RST never take the fast path); a session that is not established
+    /// (or closing) is left alone. Returns whether the key matched an established session.
+    pub fn refresh(&mut self, key: &FlowKey, seen: u64, packets: u64, now: u64) -> bool {
+        let Some((id, dir)) = self.lookup(key, now) else {
+            return false;
+        };
+        let t = self.timeouts;
+        let Some(Some(s)) = self.slots.get_mut(id as usize) else {
+            return false;
+        };
+        if !s.is_established() {
+            return false;
+        }
+        s.packets[(dir.bit() - 1) as usize] += packets;
+        if seen > s.last_seen {
+            s.last_seen = seen;
+            s.expires = s.expires.max(seen + t.of(s.orig.proto, s.state, s.assured));
+        }
+        true
+    }
+
     /// Remove a session.
     pub fn remove(&mut self, id: u32) -> Option<Session> {
         let s = self.slots.get_mut(id as usize)?.take()?;
@@ -1338,5 +1362,30 @@ mod tests {
         // slots are reused
         dnat(&mut ct, 9, later).unwrap();
         assert_eq!(ct.iter().count(), 1);
+    }
+
+    #[test]
+    fn fast_path_refresh_keeps_an_established_session_alive() {
+        let mut ct = Conntrack::new(16, Timeouts::default());
+        let id = handshake(&mut ct, 40000, 0);
+        let s = *ct.get(id).unwrap();
+        assert!(s.is_established());
+        let before = s.expires;
+        // XDP forwarded 10 reply packets, the last one at 5 s.
+        assert!(ct.refresh(&s.reply, 5_000, 10, 6_000));
+        let r = *ct.get(id).unwrap();
+        assert_eq!(r.last_seen, 5_000);
+        assert_eq!(r.packets[1], s.packets[1] + 10);
+        assert!(r.expires >= before + 5_000 - s.last_seen);
+        assert_eq!(r.state, s.state, "no state change");
+        // An older time never moves it back.
+        assert!(ct.refresh(&s.orig, 1_000, 1, 6_000));
+        assert_eq!(ct.get(id).unwrap().last_seen, 5_000);
+        // Unknown tuples and sessions that are not established are not refreshed.
+        assert!(!ct.refresh(&orig(1), 5_000, 1, 6_000));
+        let half = dnat_flags(&mut ct, 40001, TCP_SYN, 0).unwrap();
+        let h = *ct.get(half).unwrap();
+        assert!(!ct.refresh(&h.orig, 5_000, 1, 6_000));
+        assert_eq!(ct.get(half).unwrap().last_seen, h.last_seen);
     }
 }

@@ -35,7 +35,8 @@ pub struct InterfaceOutput {
 impl InterfaceOutput {
     /// Reports the flow of the routed packet `b` leaving on `out` (a pod veth or the uplink)
     /// if it came in through XDP (a pod veth or the uplink), with the tuple it arrived with
-    /// when `ip4-nat` translated it.
+    /// when `ip4-nat` translated it: an established flow for the cache, or a TCP FIN/RST as a
+    /// close ([`crate::flow_export`]).
     fn export<M: FrameMemory>(
         &mut self,
         cx: &mut Ctx<'_, M>,
@@ -44,9 +45,7 @@ impl InterfaceOutput {
         now_s: u32,
     ) {
         let m = cx.meta(b);
-        if m.flags & (FLAG_ROUTED | FLAG_NO_CACHE) != FLAG_ROUTED
-            || !matches!(out.kind, IfKind::Pod | IfKind::Uplink)
-        {
+        if m.flags & FLAG_ROUTED == 0 || !matches!(out.kind, IfKind::Pod | IfKind::Uplink) {
             return;
         }
         let Some(rx) = cx
@@ -65,6 +64,13 @@ impl InterfaceOutput {
         let Some((src, dst, sport, dport, proto)) = pkt.get(14..).and_then(cacheable_tuple) else {
             return;
         };
+        // TCP flags (FIN 1, SYN 2, RST 4, ACK 16): cacheable_tuple checked the header length.
+        let tcp_flags = if proto == 6 {
+            let hl = usize::from(pkt[14] & 0x0f) * 4;
+            pkt.get(14 + hl + 13).copied().unwrap_or(0)
+        } else {
+            0
+        };
         let mut dst_mac = [0u8; 6];
         let mut src_mac = [0u8; 6];
         dst_mac.copy_from_slice(&pkt[0..6]);
@@ -78,7 +84,7 @@ impl InterfaceOutput {
         } else {
             ((src, dst, sport, dport), None)
         };
-        let flow = FlowExport {
+        let mut flow = FlowExport {
             src: key.0,
             dst: key.1,
             sport: key.2,
@@ -89,7 +95,24 @@ impl InterfaceOutput {
             in_ifindex,
             dst_mac,
             src_mac,
+            mtu: out.mtu,
+            close: false,
         };
+        if tcp_flags & 0x05 != 0 {
+            // FIN or RST, whatever the session's state: both directions leave the cache.
+            flow.close = true;
+            self.seen.closed(&flow, now_s);
+            cx.out.flows.push(flow);
+            return;
+        }
+        if m.flags & FLAG_NO_CACHE != 0 {
+            return;
+        }
+        if tcp_flags & 0x12 == 0x02 {
+            self.seen.reopened(&flow); // a new connection's SYN
+        } else if self.seen.is_closed(&flow, now_s) {
+            return;
+        }
         if self.seen.should_report(&flow, now_s) {
             cx.out.flows.push(flow);
         }

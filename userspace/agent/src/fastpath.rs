@@ -1,0 +1,505 @@
+//! The XDP fast path's control side: the flow-cache writer.
+//!
+//! The engine reports the established flows it forwards (and the TCP FIN/RST that close
+//! them, [`ferroplane_engine::flow_export`]); this thread writes them into the `flow4` map
+//! as soon as they arrive, so XDP forwards the flows' following packets itself (steady
+//! state, `--fast-path on`) and while the agent restarts. It also keeps the cache honest:
+//!
+//! - **closes**: a FIN or RST removes the entries of both directions at once; the rest of
+//!   the closing exchange goes through the engine;
+//! - **liveness**: every [`SYNC`] it reads the entries' last-seen times and packet counts
+//!   (XDP updates them) and refreshes the engine's sessions ([`Conntrack::refresh`]), so no
+//!   session expires while XDP forwards its packets; translated entries whose session is
+//!   gone (expired, closed, a new agent's empty table) and entries idle for
+//!   `FP_FLOW4_IDLE_NS` are removed;
+//! - **changes**: when the control plane publishes new tables, every entry is checked
+//!   against them (its interfaces still there, the route of its destination still leading
+//!   out of its interface to its MAC, no removed service backend on either side); one that
+//!   fails is removed at once. Deleting a pod, a backend or a route so takes its flows out
+//!   of the cache; the engine decides their next packets. Reports are checked the same way
+//!   before they are written (a report may have been taken with the previous tables);
+//! - **policy**: when the NetworkPolicy ACLs of a pod change, the entries of its
+//!   untranslated flows are removed: the engine decides their next packets as it would
+//!   without the cache (connections it remembers as allowed keep working and come back to
+//!   the cache, the others follow the new policy); translated flows are established
+//!   sessions, which policy never cuts;
+//! - **trace**: while `ferroctl trace add` has packets to trace, the `config` map tells XDP
+//!   to send every packet to the engine, so the trace sees every packet of the flows it
+//!   matches (set within [`TICK`] of the trace command).
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferroplane_bpf::{Dataplane, FpConfig, FpFlow4, FpFlow4Key};
+use ferroplane_engine::flow_export::FlowExport;
+use ferroplane_engine::{IfKind, Shared, Snapshot, WorkerControl};
+use ferroplane_tables::conntrack::FlowKey;
+use ferroplane_tables::fib::AdjKind;
+use ferroplane_tables::policy::PolicyTables;
+use ferroplane_tables::Conntrack;
+use tracing::{info, warn};
+
+/// How often the writer wakes when no report arrives (trace switch, table changes).
+pub const TICK: Duration = Duration::from_millis(20);
+/// How often the entries' last-seen times reach the engine's sessions.
+pub const SYNC: Duration = Duration::from_secs(2);
+/// Entries idle for longer are removed (XDP ignores them already).
+const IDLE_NS: u64 = ferroplane_bpf::FLOW4_IDLE_NS;
+
+/// What the writer did, for `show xdp` and metrics.
+#[derive(Debug, Default)]
+pub struct FastPathStats {
+    /// Entries written from the engine's reports.
+    pub written: AtomicU64,
+    /// Entries removed because their connection closed (FIN/RST).
+    pub closed: AtomicU64,
+    /// Entries removed or refused because a pod, a route or a backend changed.
+    pub invalidated: AtomicU64,
+    /// Entries removed because idle, or because their session is gone from the engine.
+    pub expired: AtomicU64,
+    /// Engine sessions refreshed from XDP's last-seen times.
+    pub refreshed: AtomicU64,
+}
+
+/// The flow-cache writer thread.
+pub struct FastPath {
+    on: bool,
+    export: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<FastPathStats>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("on", &self.on)
+            .field("export", &self.export)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastPath {
+    /// Starts the writer: `on` turns the steady-state fast path on (the XDP programs forward
+    /// established flows themselves), `keep` keeps the cache for restarts (the programs
+    /// outlive the agent). With neither, nothing is exported and no thread runs.
+    pub fn start(
+        bpf: Arc<Mutex<Dataplane>>,
+        engine: &mut crate::engine::Engine,
+        on: bool,
+        keep: bool,
+    ) -> FastPath {
+        let stats = Arc::new(FastPathStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let export = on || keep;
+        let mut writer = Writer {
+            bpf,
+            shared: engine.shared.clone(),
+            control: engine.control.clone(),
+            sessions: engine.sessions.clone(),
+            on,
+            config: None,
+            version: None,
+            gone_backends: HashSet::new(),
+            policy: None,
+            backends: HashSet::new(),
+            counted: HashMap::new(),
+            known: HashSet::new(),
+            ours: HashSet::new(),
+            last_sync: Instant::now(),
+            last_sync_ns: 0,
+            stats: stats.clone(),
+        };
+        writer.set_config(false);
+        let thread = match (export, engine.take_flow_reports()) {
+            (true, Some(rx)) => {
+                let s = stop.clone();
+                std::thread::Builder::new()
+                    .name("fp-flowcache".into())
+                    .spawn(move || writer.run(&rx, &s))
+                    .map_err(|e| warn!("flow cache writer thread: {e}"))
+                    .ok()
+            }
+            _ => None,
+        };
+        info!(fast_path = on, keep, "XDP flow cache");
+        FastPath {
+            on,
+            export,
+            stop,
+            thread,
+            stats,
+        }
+    }
+
+    /// Whether the engine must report forwarded flows (the snapshot's `flow_export`).
+    pub fn exports(&self) -> bool {
+        self.export
+    }
+
+    /// Whether the steady-state fast path is on.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// What the writer did so far.
+    pub fn stats(&self) -> Arc<FastPathStats> {
+        self.stats.clone()
+    }
+
+    /// Writes the reports still queued and stops the writer.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FastPath {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Writer {
+    bpf: Arc<Mutex<Dataplane>>,
+    shared: Arc<Shared>,
+    control: Arc<WorkerControl>,
+    sessions: Option<Arc<Mutex<Conntrack>>>,
+    on: bool,
+    /// The `config` flags last written.
+    config: Option<u32>,
+    /// Snapshot version the entries were last checked against.
+    version: Option<u64>,
+    /// Service backends (address, port) of the last snapshot.
+    backends: HashSet<(Ipv4Addr, u16)>,
+    /// Backends removed and not back since: entries touching them are refused.
+    gone_backends: HashSet<(Ipv4Addr, u16)>,
+    /// Policy tables of the last snapshot.
+    policy: Option<Arc<PolicyTables>>,
+    /// Packets of each entry already credited to the engine's session.
+    counted: HashMap<FpFlow4Key, u64>,
+    /// Kernel ifindexes of the pod veths and uplink seen in any snapshot.
+    known: HashSet<u32>,
+    /// Entries this writer wrote (a previous agent's have no session in this engine).
+    ours: HashSet<FpFlow4Key>,
+    last_sync: Instant,
+    last_sync_ns: u64,
+    stats: Arc<FastPathStats>,
+}
+
+fn key_of(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FpFlow4Key {
+    FpFlow4Key {
+        saddr: src.octets(),
+        daddr: dst.octets(),
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+fn flow_key(k: &FpFlow4Key) -> FlowKey {
+    FlowKey {
+        src: Ipv4Addr::from(k.saddr),
+        dst: Ipv4Addr::from(k.daddr),
+        sport: u16::from_be_bytes(k.sport),
+        dport: u16::from_be_bytes(k.dport),
+        proto: k.proto,
+    }
+}
+
+/// The `flow4` entry of a report, stamped `now_ns`.
+pub fn entry_of(f: &FlowExport, now_ns: u64) -> (FpFlow4Key, FpFlow4) {
+    let key = key_of(f.src, f.dst, f.sport, f.dport, f.proto);
+    let (src, dst, sport, dport) = f.out_tuple();
+    let value = FpFlow4 {
+        ifindex: f.ifindex,
+        dmac: f.dst_mac,
+        smac: f.src_mac,
+        saddr: src.octets(),
+        daddr: dst.octets(),
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        flags: if f.nat.is_some() { FpFlow4::NAT } else { 0 },
+        in_ifindex: f.in_ifindex,
+        mtu: u32::from(f.mtu),
+        seen_ns: now_ns,
+        packets: 0,
+        bytes: 0,
+    };
+    (key, value)
+}
+
+/// Whether the NetworkPolicy ACLs of pod `ip` differ between `old` and `new` (ACLs are
+/// interned by content: an unchanged policy keeps its `Arc`).
+fn acls_changed(old: &PolicyTables, new: &PolicyTables, ip: Ipv4Addr) -> bool {
+    let same = |a: &Option<Arc<_>>, b: &Option<Arc<_>>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    match (old.pod(ip), new.pod(ip)) {
+        (None, None) => false,
+        (Some(o), Some(n)) => !(same(&o.ingress, &n.ingress) && same(&o.egress, &n.egress)),
+        _ => true,
+    }
+}
+
+/// Service backends (address, target port) of a snapshot.
+fn backends_of(snap: &Snapshot) -> HashSet<(Ipv4Addr, u16)> {
+    snap.services
+        .ports()
+        .iter()
+        .flat_map(|p| p.def.backends.iter().map(|b| (b.addr, b.port)))
+        .collect()
+}
+
+/// Whether `snap` still forwards the flow of entry (`k`, `v`) the way it says: neither
+/// side is a removed backend; its input and output interfaces are there (an interface in
+/// `known`, seen earlier, that is missing went away); and when both are, the route of its
+/// (translated) destination leads out of `v.ifindex` to `v.dmac`. An entry whose interfaces
+/// this agent has not seen (yet) is a previous agent's, left for the restart story (XDP
+/// replays it until the pods are plumbed again, then it is checked like any other).
+fn still_valid(
+    snap: &Snapshot,
+    known: &HashSet<u32>,
+    gone: &HashSet<(Ipv4Addr, u16)>,
+    k: &FpFlow4Key,
+    v: &FpFlow4,
+) -> bool {
+    let touches =
+        |a: [u8; 4], p: [u8; 2]| gone.contains(&(Ipv4Addr::from(a), u16::from_be_bytes(p)));
+    if touches(k.saddr, k.sport)
+        || touches(k.daddr, k.dport)
+        || touches(v.saddr, v.sport)
+        || touches(v.daddr, v.dport)
+    {
+        return false;
+    }
+    let present = |ifindex: u32| {
+        snap.ifaces
+            .iter()
+            .any(|i| i.ifindex == ifindex && matches!(i.kind, IfKind::Pod | IfKind::Uplink))
+    };
+    let (input, output) = (present(v.in_ifindex), present(v.ifindex));
+    if !input && known.contains(&v.in_ifindex) || !output && known.contains(&v.ifindex) {
+        return false;
+    }
+    if !(input && output) {
+        return true;
+    }
+    let lb = snap.fib.lookup(Ipv4Addr::from(v.daddr));
+    snap.fib.route_adjs(lb).iter().any(|a| {
+        a.kind == AdjKind::Rewrite
+            && snap.ifaces.get(a.sw_if).map(|i| i.ifindex) == Some(v.ifindex)
+            && (a.dst_mac == v.dmac || a.next_hop.is_none())
+    })
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<FlowExport>, stop: &AtomicBool) {
+        let mut batch = Vec::new();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            match rx.recv_timeout(if stopping { Duration::ZERO } else { TICK }) {
+                Ok(f) => {
+                    batch.push(f);
+                    batch.extend(rx.try_iter());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if stopping {
+                        return;
+                    }
+                    std::thread::sleep(TICK);
+                }
+            }
+            let snap = self.shared.load();
+            if self.version != Some(snap.version) {
+                self.revalidate(&snap);
+            }
+            if !batch.is_empty() {
+                self.write(&snap, &mut batch);
+            }
+            if stopping {
+                return;
+            }
+            let tracing = self.control.trace_remaining.load(Ordering::Relaxed) > 0;
+            self.set_config(tracing);
+            if self.last_sync.elapsed() >= SYNC {
+                self.sync();
+            }
+        }
+    }
+
+    /// Writes `config`: the fast path on (unless off), bypassed while a trace runs.
+    fn set_config(&mut self, tracing: bool) {
+        let mut flags = 0;
+        if self.on {
+            flags |= FpConfig::FAST_PATH;
+        }
+        if tracing {
+            flags |= FpConfig::TRACE;
+        }
+        if self.config == Some(flags) {
+            return;
+        }
+        let written = match self.bpf.lock() {
+            Ok(mut bpf) => bpf.set_config(FpConfig { flags, pad: 0 }),
+            Err(_) => return,
+        };
+        match written {
+            Ok(()) => self.config = Some(flags),
+            Err(e) => warn!("flow cache: writing config: {e}"),
+        }
+    }
+
+    fn write(&mut self, snap: &Snapshot, batch: &mut Vec<FlowExport>) {
+        let Some(mut bpf) = self.bpf.lock().ok() else {
+            batch.clear();
+            return;
+        };
+        let now = ferroplane_bpf::monotonic_ns();
+        for f in batch.drain(..) {
+            let (key, value) = entry_of(&f, now);
+            if f.close {
+                let (s, d, sp, dp) = f.reverse_tuple();
+                for k in [key, key_of(s, d, sp, dp, f.proto)] {
+                    self.counted.remove(&k);
+                    self.ours.remove(&k);
+                    match bpf.remove_flow4(&k) {
+                        Ok(true) => {
+                            self.stats.closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!("flow cache: {e}"),
+                    }
+                }
+                continue;
+            }
+            if !still_valid(snap, &self.known, &self.gone_backends, &key, &value) {
+                self.stats.invalidated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.counted.remove(&key);
+            self.ours.insert(key);
+            if let Err(e) = bpf.set_flow4(key, value) {
+                warn!("flow cache: {e}");
+                continue;
+            }
+            self.stats.written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Checks every entry against the tables just published; removes those they no longer
+    /// forward the same way.
+    fn revalidate(&mut self, snap: &Snapshot) {
+        let backends = backends_of(snap);
+        self.gone_backends
+            .extend(self.backends.difference(&backends).copied());
+        self.gone_backends.retain(|b| !backends.contains(b));
+        self.backends = backends;
+        self.version = Some(snap.version);
+        self.known.extend(
+            snap.ifaces
+                .iter()
+                .filter(|i| matches!(i.kind, IfKind::Pod | IfKind::Uplink))
+                .map(|i| i.ifindex),
+        );
+        let Some(mut bpf) = self.bpf.lock().ok() else {
+            return;
+        };
+        let entries = match bpf.flow4() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("flow cache: {e}");
+                return;
+            }
+        };
+        // Untranslated flows of pods whose policy changed go back to the engine, which
+        // decides them as it would without the cache (its flow memory keeps the connections
+        // it allowed; see ip4-policy); translated flows are established sessions, which
+        // policy lets through whatever it says.
+        let old_policy = self.policy.replace(snap.policy.clone());
+        let policy_changed = |k: &FpFlow4Key, v: &FpFlow4| {
+            v.flags & FpFlow4::NAT == 0
+                && old_policy.as_ref().is_some_and(|old| {
+                    acls_changed(old, &snap.policy, Ipv4Addr::from(k.saddr))
+                        || acls_changed(old, &snap.policy, Ipv4Addr::from(k.daddr))
+                })
+        };
+        for (k, v) in entries {
+            if !still_valid(snap, &self.known, &self.gone_backends, &k, &v)
+                || policy_changed(&k, &v)
+            {
+                self.counted.remove(&k);
+                self.ours.remove(&k);
+                if let Ok(true) = bpf.remove_flow4(&k) {
+                    self.stats.invalidated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Brings XDP's activity to the engine's sessions; removes idle entries and translated
+    /// entries whose session is gone.
+    fn sync(&mut self) {
+        self.last_sync = Instant::now();
+        let now_ns = ferroplane_bpf::monotonic_ns();
+        let since = std::mem::replace(&mut self.last_sync_ns, now_ns);
+        let Some(mut bpf) = self.bpf.lock().ok() else {
+            return;
+        };
+        let entries = match bpf.flow4() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("flow cache: {e}");
+                return;
+            }
+        };
+        let mut ct = self.sessions.as_ref().and_then(|s| s.lock().ok());
+        let mut live = HashSet::with_capacity(entries.len());
+        for (k, v) in entries {
+            let idle = now_ns.saturating_sub(v.seen_ns) > IDLE_NS;
+            let mut gone = idle;
+            if let Some(ct) = ct.as_deref_mut() {
+                let fk = flow_key(&k);
+                let now_ms = ct.now_ms();
+                if !idle && v.seen_ns > since {
+                    let age_ms = now_ns.saturating_sub(v.seen_ns) / 1_000_000;
+                    let counted = self.counted.get(&k).copied().unwrap_or(0);
+                    let delta = v.packets.saturating_sub(counted);
+                    if ct.refresh(&fk, now_ms.saturating_sub(age_ms), delta, now_ms) {
+                        self.counted.insert(k, v.packets);
+                        self.stats.refreshed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // A translated flow of this engine whose session expired or closed.
+                if v.flags & FpFlow4::NAT != 0
+                    && self.ours.contains(&k)
+                    && !ct.contains(&fk, now_ms)
+                {
+                    gone = true;
+                }
+            }
+            if gone {
+                self.counted.remove(&k);
+                self.ours.remove(&k);
+                if let Ok(true) = bpf.remove_flow4(&k) {
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                live.insert(k);
+            }
+        }
+        self.counted.retain(|k, _| live.contains(k));
+        self.ours.retain(|k| live.contains(k));
+    }
+}
