@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,6 @@ const IP_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Linux interface name limit (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
-
-static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 type SharedChild = Arc<Mutex<Option<Child>>>;
 
@@ -64,8 +61,8 @@ impl Netns {
                 "netns role {role:?} must be non-empty [a-z0-9-]"
             )));
         }
-        let n = NS_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("fp{}-{}-{}", std::process::id(), n, role);
+        // The project's one naming scheme (shared counter with the testkit's own guard).
+        let name = ferroplane_testkit::netns::unique_name(role);
         run_ok(ip_cmd(&["netns", "add", &name]), IP_TIMEOUT)?;
         let ns = Netns {
             path: Path::new(NETNS_DIR).join(&name),
@@ -382,7 +379,7 @@ pub fn cleanup_stale_namespaces() -> Vec<String> {
     let mut deleted = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = harness_pid(&name) else {
+        let Some(pid) = ferroplane_testkit::netns::owner_pid(&name) else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -391,16 +388,6 @@ pub fn cleanup_stale_namespaces() -> Vec<String> {
         }
     }
     deleted
-}
-
-/// The PID in a harness namespace name `fp<pid>-<n>-<role>`.
-fn harness_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("fp")?;
-    let mut parts = rest.splitn(3, '-');
-    let pid = parts.next()?.parse().ok()?;
-    let _n: u32 = parts.next()?.parse().ok()?;
-    parts.next().filter(|r| !r.is_empty())?;
-    Some(pid)
 }
 
 /// Creates a veth pair `if_a` (in `a`) <-> `if_b` (in `b`) and sets both ends up.
@@ -559,7 +546,7 @@ fn stop_child(child: &mut Child, sig: Signal, grace: Duration) -> Option<ExitSta
 
 #[cfg(test)]
 mod tests {
-    use super::harness_pid;
+    use ferroplane_testkit::netns::owner_pid as harness_pid;
 
     #[test]
     fn parses_harness_names() {
