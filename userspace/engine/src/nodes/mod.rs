@@ -1,14 +1,62 @@
-//! The nodes of the foundation graph.
+//! The nodes of the standard graph ([`standard_graph`]), and its arcs.
 //!
 //! ```text
-//! ethernet-input ─┬─> arp-input ──────────────────────────────┐
-//!                 └─> ip4-input ─> ip4-lookup ─┬─> ip4-rewrite ┼─> interface-output
-//!                                    ▲         │        │      │
-//!                                    │         │        v      │
-//!                                    └── ip4-icmp-error <┘     │
-//!                                              └─> host-punt   │
-//!                         (every node) ─> error-drop <─────────┘
+//!   AF_XDP RX rings (uplink queues, pod veths), punt TUN read side (the node's own
+//!   traffic to services, behind a synthetic Ethernet header)
+//!      │
+//!      v
+//!   ethernet-input ──────> arp-input ─────────────────────────────────────┐
+//!      │                                                                  │
+//!      v                                                                  │
+//!   ip4-input ─────────> ip4-frag                                         │
+//!      ╎    │               │                                             │
+//!      ╎    v               │                                             │
+//!      ╎   ip4-nat <────────┘                                             │
+//!      ╎    │    └────────────────────────> ip4-icmp-error                │
+//!      ╎    v                                 │      ^                    │
+//!      ╎   ip4-policy                         │      │                    │
+//!      ╎    │                                 │      │                    │
+//!      v    v                                 │      │                    │
+//!   ip4-lookup <──────────────────────────────┘      │                    │
+//!      │    │    │                                   │                    │
+//!      │    │    └──> tunnel-decap ──> ip4-input (the inner packet)       │
+//!      │    │                     └──> ip4-lookup (a WireGuard handshake  │
+//!      │    │                          response or cookie, to the peer)   │
+//!      │    └──> host-punt ──> punt TUN write side                        │
+//!      v                                             │                    │
+//!   ip4-rewrite ─────────────────────────────────────┘                    │
+//!      │          (TTL exceeded, fragmentation needed)                    │
+//!      v                                                                  │
+//!   interface-output <────────────────────────────────────────────────────┘
+//!      │    ^    └──> AF_XDP TX rings
+//!      v    │
+//!   tunnel-encap   (output on a tunnel interface; the outer packet leaves on the uplink)
+//!
+//!   ╎ declared, not taken today (ip4-input sends every packet to ip4-nat or ip4-frag)
+//!   every node except host-punt and error-drop ──> error-drop (the frame goes back to
+//!   the pool, counted under the node's reason)
 //! ```
+//!
+//! Arcs, as each node declares them (arc 0 is always `error-drop`):
+//!
+//! | node | next arcs |
+//! |---|---|
+//! | `ethernet-input` | `arp-input`, `ip4-input` |
+//! | `arp-input` | `interface-output` (replies) |
+//! | `ip4-input` | `ip4-lookup` (not taken today), `ip4-nat`, `ip4-frag` (fragments) |
+//! | `ip4-frag` | `ip4-nat` (fragments with their first fragment's ports) |
+//! | `ip4-nat` | `ip4-policy`, `ip4-icmp-error` (port unreachable for a service without endpoints) |
+//! | `ip4-policy` | `ip4-lookup` |
+//! | `ip4-lookup` | `ip4-rewrite`, `host-punt`, `tunnel-decap` |
+//! | `ip4-rewrite` | `interface-output`, `ip4-icmp-error` |
+//! | `ip4-icmp-error` | `ip4-lookup` (the error is routed back to the sender) |
+//! | `tunnel-decap` | `ip4-input` (the inner packet), `ip4-lookup` (a WireGuard handshake response or cookie) |
+//! | `tunnel-encap` | `interface-output` (the outer packet, on the uplink) |
+//! | `interface-output` | `tunnel-encap` (output on a tunnel interface); otherwise the TX rings |
+//! | `host-punt` | none: the punt TUN |
+//! | `error-drop` | none: the frame goes back to the pool |
+//!
+//! A test checks this table against the nodes' declarations (names between backquotes).
 
 mod arp;
 mod drop;
@@ -84,5 +132,48 @@ pub(crate) fn ip_at(b: &[u8], at: usize) -> std::net::Ipv4Addr {
     match b.get(at..at + 4) {
         Some(s) => std::net::Ipv4Addr::new(s[0], s[1], s[2], s[3]),
         None => std::net::Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+#[cfg(test)]
+mod graph_doc_tests {
+    use ferroplane_io::MemFrames;
+
+    /// The arcs table of this module's documentation, as (node, next arcs).
+    fn documented() -> Vec<(String, Vec<String>)> {
+        let quoted = |s: &str| -> Vec<String> {
+            s.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        include_str!("mod.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .filter_map(|row| {
+                let mut cols = row.split(" | ");
+                let node = cols.next()?.trim_end_matches('`').to_string();
+                Some((node, quoted(cols.next()?)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_arcs_are_the_declared_ones() {
+        let graph = super::standard_graph::<MemFrames>().unwrap();
+        let info = graph.info();
+        let doc = documented();
+        let names: Vec<&str> = info.nodes.iter().map(|n| n.name).collect();
+        let mut doc_names: Vec<&str> = doc.iter().map(|(n, _)| n.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        doc_names.sort_unstable();
+        assert_eq!(doc_names, sorted, "every node of the graph has a row");
+        for (node, arcs) in &doc {
+            let declared = info.nodes.iter().find(|n| n.name == node).unwrap().nexts;
+            let declared: Vec<&str> = declared.iter().skip(1).copied().collect();
+            assert_eq!(arcs, &declared, "{node}: arcs after error-drop");
+        }
     }
 }
