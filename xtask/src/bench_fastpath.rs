@@ -124,10 +124,18 @@ fn ifindex(ns: &Netns, ifname: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("no ifindex for {ifname}: {out}"))
 }
 
+/// A fresh veth node (`POD_VETH`) <-> pod0 (`eth0`): an agent that ran before leaves its
+/// pod interface in the namespace (a clean stop does not unplug pods).
+fn plug_pod0(topo: &Topology, pod: &Netns) -> Result<()> {
+    let _ = pod.ip(&["link", "del", Topology::POD_IF]);
+    link_veth(&topo.node, POD_VETH, pod, Topology::POD_IF)?;
+    Ok(())
+}
+
 /// (a): the node kernel forwards to a veth into pod0 (/32 route, permanent neighbour).
 fn kernel_row(topo: &Topology, tools: &BenchTools, cfg: &RunConfig) -> Result<Row> {
     let pod = topo.pods.first().ok_or_else(|| anyhow!("no pod0"))?;
-    link_veth(&topo.node, POD_VETH, &pod.ns, Topology::POD_IF)?;
+    plug_pod0(topo, &pod.ns)?;
     let r = (|| -> Result<(Vec<f64>, Vec<f64>)> {
         let ip = pod.ip.to_string();
         pod.ns.add_addr(Topology::POD_IF, &format!("{ip}/32"))?;
@@ -151,7 +159,7 @@ fn kernel_row(topo: &Topology, tools: &BenchTools, cfg: &RunConfig) -> Result<Ro
 /// (b): `xdp_redirect.c` on the uplink sends every frame into the veth to pod0.
 fn bare_xdp_row(topo: &Topology, tools: &BenchTools, cfg: &RunConfig) -> Result<Row> {
     let pod = topo.pods.first().ok_or_else(|| anyhow!("no pod0"))?;
-    link_veth(&topo.node, POD_VETH, &pod.ns, Topology::POD_IF)?;
+    plug_pod0(topo, &pod.ns)?;
     let r = (|| -> Result<(Vec<f64>, Vec<f64>)> {
         bench::attach_xdp_drop(&pod.ns, Topology::POD_IF, &tools.xdp_drop)?;
         let mac = |m: String| {
@@ -216,6 +224,10 @@ fn ferroplane_row(
     let agent =
         topo.start_agent_with(bin_dir, &["--fast-path", if fast { "on" } else { "off" }])?;
     let r = (|| -> Result<(Vec<f64>, Vec<f64>)> {
+        // The agent may reuse the pod's veth of the previous row, sink attached.
+        let _ = pod
+            .ns
+            .ip(&["link", "set", "dev", Topology::POD_IF, "xdpdrv", "off"]);
         bench::attach_xdp_drop(&pod.ns, Topology::POD_IF, &tools.xdp_drop)?;
         measure(topo, tools, cfg, &pod.ns)
     })();
