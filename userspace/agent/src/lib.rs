@@ -22,6 +22,7 @@ pub mod overlay;
 pub mod policy;
 pub mod reconcile;
 pub mod services;
+pub mod spec;
 pub mod state;
 pub mod timing;
 pub mod vanish;

@@ -19,8 +19,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::cluster::Mode;
-use crate::config::{ConfigError, Ipv4Cidr, XdpMode, MAX_POD_MTU, MIN_POD_MTU};
+use crate::spec::cluster::Mode;
+use crate::spec::{ConfigError, Ipv4Cidr, XdpMode, MAX_POD_MTU, MIN_POD_MTU};
 
 /// The ConfigMap-mounted agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::cluster::{ClusterSpec, Mode};
-use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
 use crate::netlink::{LinkInfo, Plumber};
+use crate::spec::cluster::{ClusterSpec, Mode};
+use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
 pub use config::AgentConfig;
 pub use model::{DesiredState, Objects};
 pub use source::{K8sError, K8sSource};
@@ -76,7 +76,7 @@ pub async fn node_spec(
     cfg: &AgentConfig,
     node: &Node,
     pod_cidr: Ipv4Cidr,
-    remote: Vec<crate::cluster::RemoteNodeSpec>,
+    remote: Vec<crate::spec::cluster::RemoteNodeSpec>,
 ) -> Result<NodeSpec, BootstrapError> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let internal = model::node_internal_ip(node);
@@ -95,9 +95,9 @@ pub async fn node_spec(
         "node:\n  name: {name}\n  uplink: {}\n  address: {addr}/{prefix_len}\n  podCIDR: {pod_cidr}\n  xdpMode: {}\n",
         up.name,
         match cfg.xdp_mode {
-            crate::config::XdpMode::Auto => "auto",
-            crate::config::XdpMode::Native => "native",
-            crate::config::XdpMode::Skb => "skb",
+            crate::spec::XdpMode::Auto => "auto",
+            crate::spec::XdpMode::Native => "native",
+            crate::spec::XdpMode::Skb => "skb",
         }
     );
     if let Some(gw) = cfg.gateway {
@@ -205,7 +205,7 @@ pub fn own_annotations(
         .cluster
         .as_ref()
         .and_then(|c| c.vtep_mac)
-        .unwrap_or_else(|| crate::cluster::MacAddr::vtep_for(addr));
+        .unwrap_or_else(|| crate::spec::cluster::MacAddr::vtep_for(addr));
     let mut a = std::collections::BTreeMap::new();
     a.insert(annotation::TUNNEL_ADDRESS.to_string(), addr.to_string());
     a.insert(annotation::VTEP_MAC.to_string(), vtep.to_string());

@@ -14,9 +14,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
 use super::policy::{PodView, PolicyModel};
-use crate::cluster::{MacAddr, RemoteNodeSpec};
-use crate::config::{Ipv4Cidr, NodeSpec};
-use crate::services::{EndpointSliceSpec, ServiceSpec, SERVICE_NAME_LABEL};
+use crate::spec::cluster::{MacAddr, RemoteNodeSpec};
+use crate::spec::services::{EndpointSliceSpec, ServiceSpec, SERVICE_NAME_LABEL};
+use crate::spec::{Ipv4Cidr, NodeSpec};
 
 /// Node annotation suffixes the agent publishes and reads (prefixed `<prefix>/`).
 pub mod annotation {
@@ -63,9 +63,9 @@ pub struct DesiredState {
     /// Pods, namespaces and policies.
     pub policy: PolicyModel,
     /// Namespaces with their labels (the node spec's `namespaces:`).
-    pub namespaces: Vec<crate::policy::NamespaceSpec>,
+    pub namespaces: Vec<crate::spec::policy::NamespaceSpec>,
     /// NetworkPolicies (the node spec's `networkPolicies:`).
-    pub network_policies: Vec<crate::policy::PolicyObject>,
+    pub network_policies: Vec<crate::spec::policy::PolicyObject>,
     /// The hostPorts of this node's pods ([`crate::hostports::from_pods`]).
     pub host_ports: Vec<crate::hostports::Binding>,
 }
@@ -162,10 +162,10 @@ impl DesiredState {
                 let mut v: Vec<_> = objects
                     .namespaces
                     .iter()
-                    .map(|n| crate::policy::NamespaceSpec {
+                    .map(|n| crate::spec::policy::NamespaceSpec {
                         api_version: Some("v1".into()),
                         kind: Some("Namespace".into()),
-                        metadata: crate::policy::NamespaceMeta {
+                        metadata: crate::spec::policy::NamespaceMeta {
                             name: name_of(&n.metadata),
                             labels: n.metadata.labels.clone().unwrap_or_default(),
                         },
@@ -181,7 +181,7 @@ impl DesiredState {
                     .map(|p| {
                         let mut p = p.clone();
                         ferroplane_policy::set_defaults(&mut p);
-                        crate::policy::PolicyObject(p)
+                        crate::spec::policy::PolicyObject(p)
                     })
                     .collect();
                 v.sort_by(|a, b| {
@@ -209,7 +209,7 @@ impl DesiredState {
                 .remote_nodes
                 .iter()
                 .filter(|n| {
-                    c.mode_of(n) != crate::cluster::Mode::Wireguard || n.public_key.is_some()
+                    c.mode_of(n) != crate::spec::cluster::Mode::Wireguard || n.public_key.is_some()
                 })
                 .cloned()
                 .collect();
@@ -218,21 +218,21 @@ impl DesiredState {
     }
 
     /// Leaves out of `spec.services` the entries that would capture traffic that is not
-    /// theirs (see [`crate::services::refusals`]: external and load-balancer IPs that are
+    /// theirs (see [`crate::spec::services::refusals`]: external and load-balancer IPs that are
     /// a pod's, a node's or the cluster's own addresses, health-check ports that clash),
     /// judged against the spec and every pod of the cluster (also the Nodes with no
     /// published pod CIDR yet: their pods' addresses). The rest of each service keeps
     /// working; each entry is logged once and counted
-    /// ([`crate::services::ignored_entries`]). The remote nodes must already be in `spec`.
+    /// ([`crate::spec::services::ignored_entries`]). The remote nodes must already be in `spec`.
     pub fn drop_captures(&self, spec: &mut NodeSpec) -> usize {
-        let protected = crate::services::Protected::of_spec(spec).with_pods(
+        let protected = crate::spec::services::Protected::of_spec(spec).with_pods(
             self.policy
                 .pods()
                 .iter()
                 .map(|p| (p.ip, format!("{}/{}", p.namespace, p.name))),
         );
-        let refused = crate::services::refusals(spec, &protected);
-        crate::services::drop_refused(&mut spec.services, &refused)
+        let refused = crate::spec::services::refusals(spec, &protected);
+        crate::spec::services::drop_refused(&mut spec.services, &refused)
     }
 }
 
@@ -319,7 +319,7 @@ fn convert<T: serde::de::DeserializeOwned, K: serde::Serialize>(
 }
 
 /// Services in the node spec's shape, with the API defaults applied
-/// ([`crate::services::set_service_defaults`]; ExternalName services are left out).
+/// ([`crate::spec::services::set_service_defaults`]; ExternalName services are left out).
 pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
     let mut v: Vec<ServiceSpec> = objects
         .services
@@ -327,7 +327,7 @@ pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName"))
         .filter_map(|s| convert(s, SERVICE_FIELDS, "Service"))
         .map(|mut s| {
-            crate::services::set_service_defaults(&mut s);
+            crate::spec::services::set_service_defaults(&mut s);
             s
         })
         .collect();
@@ -338,7 +338,7 @@ pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
 }
 
 /// IPv4 EndpointSlices in the node spec's shape, with the API defaults applied
-/// ([`crate::services::set_endpoint_slice_defaults`]).
+/// ([`crate::spec::services::set_endpoint_slice_defaults`]).
 pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
     let mut v: Vec<EndpointSliceSpec> = objects
         .endpoint_slices
@@ -346,7 +346,7 @@ pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
         .filter(|s| s.address_type == "IPv4")
         .filter_map(|s| convert(s, SLICE_FIELDS, "EndpointSlice"))
         .map(|mut s| {
-            crate::services::set_endpoint_slice_defaults(&mut s);
+            crate::spec::services::set_endpoint_slice_defaults(&mut s);
             s
         })
         .collect();

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::model::{annotation, node_pod_cidr, DesiredState, Objects};
-use crate::config::Ipv4Cidr;
+use crate::spec::Ipv4Cidr;
 
 /// Kinds watched.
 pub const WATCHED_KINDS: usize = 6;

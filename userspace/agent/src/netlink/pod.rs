@@ -11,7 +11,7 @@ use netlink_packet_route::neighbour::NeighbourState as NlNeighbourState;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::config::PodSpec;
+use crate::spec::PodSpec;
 
 use super::*;
 

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::link::LinkMessage;
 use rtnetlink::{LinkUnspec, LinkVeth};
 
-use crate::config::PodSpec;
+use crate::spec::PodSpec;
 
 use super::*;
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use ferroplane_tables::{NatConfig, ServiceTable};
 
 use super::*;
-use crate::config::NodeSpec;
+use crate::spec::NodeSpec;
 
 /// What the service tables were last built from.
 type Source = (

@@ -1,6 +1,6 @@
 //! Re-reading the standalone spec file's services when it changes.
 
-use crate::config::{ConfigError, NodeSpec};
+use crate::spec::{ConfigError, NodeSpec};
 
 /// Watches the standalone spec file: a changed file is re-read and its services,
 /// endpoint slices and service proxy settings applied (the rest needs a restart).

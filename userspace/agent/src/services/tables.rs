@@ -8,9 +8,9 @@ use ferroplane_tables::{
     Backend, EndpointState, Ipv4Prefix, NatConfig, ServicePortDef, ServiceTable, DEFAULT_TABLE_SIZE,
 };
 
-use super::types::proto_of;
 use super::*;
-use crate::config::{Ipv4Cidr, NodeSpec};
+use crate::spec::services::proto_of;
+use crate::spec::{Ipv4Cidr, NodeSpec};
 
 /// The service port definitions of a spec for the node `node_name`.
 pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {

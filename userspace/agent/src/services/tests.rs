@@ -10,7 +10,7 @@ use ferroplane_tables::EndpointState;
 
 use super::report::SESSION_BATCH;
 use super::*;
-use crate::config::{ConfigError, NodeSpec};
+use crate::spec::{ConfigError, NodeSpec};
 
 const BASE: &str = r#"
 node:

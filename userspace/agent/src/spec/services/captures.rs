@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use super::types::invalid;
+use super::invalid;
 use super::*;
-use crate::config::{ConfigError, Ipv4Cidr, NodeSpec};
+use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
 
 /// Ports of the agent's own listeners a `healthCheckNodePort` must not take (the
 /// documented defaults of `--health-addr` and `--metrics-addr`; BGP and WireGuard ports
@@ -118,7 +118,7 @@ impl Protected {
                         .push((cidr, format!("inside pod CIDR {cidr} of node {}", n.name)));
                 }
             }
-            if c.uses_wireguard() || c.mode == crate::cluster::Mode::Wireguard {
+            if c.uses_wireguard() || c.mode == crate::spec::cluster::Mode::Wireguard {
                 p.listener_ports.insert(
                     c.wireguard.port,
                     "the agent's WireGuard port (cluster.wireguard.port)".to_string(),

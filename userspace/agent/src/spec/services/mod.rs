@@ -1,5 +1,61 @@
-//! The Service and EndpointSlice shapes of the spec (Kubernetes `v1` / `discovery.k8s.io/v1`
-//! fields the dataplane uses) and the `serviceProxy:` settings.
+//! Services in the standalone spec, in the shape of Kubernetes `Service` and
+//! `EndpointSlice` objects (so the Kubernetes watcher maps them 1:1), their
+//! validation, and what they become: the engine's service table and NAT
+//! settings, the XDP steering entries, and the health-check node ports.
+//!
+//! ```yaml
+//! serviceProxy:                      # optional
+//!   clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]  # never masqueraded (default: node.podCIDR)
+//!   masquerade: true                 # pod traffic leaving the cluster gets the node address
+//!   masqueradeAddress: 192.168.100.2 # default node.address
+//!   snatPorts: 61000-65535           # ports SNATed flows use on that address
+//!   conntrackMax: 262144             # sessions per engine worker
+//!   maglevTableSize: 65537           # largest Maglev table (a prime)
+//!   serviceCIDRs: [10.96.0.0/12]     # ClusterIP ranges: no external/LB IP inside (optional)
+//! services:
+//!   - metadata: { name: web, namespace: default }
+//!     spec:
+//!       type: NodePort               # ClusterIP | NodePort | LoadBalancer
+//!       clusterIP: 10.96.0.10
+//!       ports:
+//!         - { name: http, protocol: TCP, port: 80, targetPort: http, nodePort: 30080 }
+//!       externalIPs: [203.0.113.5]
+//!       sessionAffinity: ClientIP
+//!       sessionAffinityConfig: { clientIP: { timeoutSeconds: 10800 } }
+//!       externalTrafficPolicy: Local
+//!       internalTrafficPolicy: Cluster
+//!       healthCheckNodePort: 32000
+//!     status: { loadBalancer: { ingress: [ { ip: 203.0.113.10 } ] } }
+//! endpointSlices:
+//!   - metadata: { name: web-abc, namespace: default, labels: { kubernetes.io/service-name: web } }
+//!     addressType: IPv4
+//!     ports: [ { name: http, protocol: TCP, port: 8080 } ]
+//!     endpoints:
+//!       - addresses: [10.244.1.10]
+//!         conditions: { ready: true, serving: true, terminating: false }
+//!         nodeName: node-1
+//!         targetRef: { kind: Pod, namespace: default, name: a }
+//! ```
+//!
+//! Captures are refused (the CVE-2020-8554 class): an `externalIPs` entry or a
+//! LoadBalancer ingress IP that is a pod's address, inside a pod CIDR (this node's,
+//! `cluster.nodes`', `serviceProxy.clusterCIDRs`), a cluster IP or inside
+//! `serviceProxy.serviceCIDRs`, a node's address (this node's, its gateway, the masquerade
+//! address, `cluster.nodes`', the uplink broadcast) or a special address (0.0.0.0/8,
+//! loopback, link-local, multicast, 240.0.0.0/4, broadcast); a `healthCheckNodePort` below
+//! 1024, equal to a node port or another health-check port, one of the agent's listener
+//! ports, or inside `serviceProxy.snatPorts`. The standalone spec refuses them with an error
+//! naming the field ([`validate_captures`]; a reload with one is refused and the old spec
+//! stays); Kubernetes mode leaves just those entries out with a warning
+//! ([`drop_refused`], [`ignored_entries`]).
+
+mod captures;
+mod defaults;
+mod validate;
+
+pub use captures::*;
+pub use defaults::*;
+pub use validate::*;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -7,14 +63,14 @@ use std::net::Ipv4Addr;
 use ferroplane_tables::service::{PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{ConfigError, Ipv4Cidr};
+use crate::spec::{ConfigError, Ipv4Cidr};
 
 /// The label of an EndpointSlice naming its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default NodePort range.
 pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
-pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -44,7 +100,7 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
 }
 
-pub(super) fn default_ns() -> String {
+fn default_ns() -> String {
     "default".into()
 }
 
@@ -261,7 +317,7 @@ pub struct EndpointSliceSpec {
     pub endpoints: Vec<Endpoint>,
 }
 
-pub(super) fn ipv4() -> String {
+fn ipv4() -> String {
     "IPv4".into()
 }
 
@@ -388,7 +444,7 @@ impl ServiceProxyConfig {
     }
 }
 
-pub(super) fn proto_of(p: &Option<String>) -> Result<u8, String> {
+pub(crate) fn proto_of(p: &Option<String>) -> Result<u8, String> {
     match p.as_deref().unwrap_or("TCP") {
         "TCP" => Ok(PROTO_TCP),
         "UDP" => Ok(PROTO_UDP),
@@ -396,7 +452,7 @@ pub(super) fn proto_of(p: &Option<String>) -> Result<u8, String> {
     }
 }
 
-pub(super) fn is_prime(n: u32) -> bool {
+fn is_prime(n: u32) -> bool {
     n > 2
         && n % 2 == 1
         && (3..)
@@ -442,7 +498,7 @@ impl ServiceSpec {
             .collect()
     }
 
-    pub(super) fn has_node_ports(&self) -> bool {
+    pub(crate) fn has_node_ports(&self) -> bool {
         match self.spec.type_ {
             ServiceType::NodePort => true,
             ServiceType::LoadBalancer => self.spec.allocate_load_balancer_node_ports != Some(false),
@@ -450,7 +506,7 @@ impl ServiceSpec {
         }
     }
 
-    pub(super) fn external_local(&self) -> bool {
+    pub(crate) fn external_local(&self) -> bool {
         self.spec.external_traffic_policy == Some(TrafficPolicy::Local)
             && (self.has_node_ports()
                 || !self.spec.external_ips.is_empty()

@@ -2,7 +2,7 @@
 //! the agent takes in.
 
 use super::*;
-use crate::config::NodeSpec;
+use crate::spec::NodeSpec;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset
 /// (`v1.DefaultClientIPServiceAffinitySeconds`).
@@ -25,7 +25,7 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 ///   they are of one family.
 ///
 /// Idempotent. Run once on every Service the agent takes in: the standalone spec
-/// ([`crate::config::NodeSpec::from_yaml`]) and the Kubernetes watchers.
+/// ([`crate::spec::NodeSpec::from_yaml`]) and the Kubernetes watchers.
 pub fn set_service_defaults(s: &mut ServiceSpec) {
     let spec = &mut s.spec;
     let affinity = spec.session_affinity.get_or_insert_with(|| "None".into());

@@ -3,9 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use super::types::{invalid, is_prime, proto_of};
 use super::*;
-use crate::config::{ConfigError, NodeSpec};
+use super::{invalid, is_prime, proto_of};
+use crate::spec::{ConfigError, NodeSpec};
 
 /// Validate `services`, `endpointSlices` and `serviceProxy` of a spec.
 pub fn validate(spec: &NodeSpec) -> Result<(), ConfigError> {
