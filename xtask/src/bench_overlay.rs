@@ -115,6 +115,17 @@ fn ferroplane(mode: OverlayMode, secs: u64) -> Result<Figures> {
 /// Plumbs pods and the chosen kernel datapath on a cluster whose agents are not started.
 fn kernel(mode: OverlayMode, secs: u64) -> Result<Figures> {
     let c = Cluster::new(2, 1, mode)?;
+    let wg = kernel_plumb(&c, mode)?;
+    let (a, b) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
+    warm(&a.ns, b.ip)?;
+    let r = measure(&a.ns, &b.ns, b.ip, secs);
+    drop(wg);
+    r
+}
+
+/// Wires the first pod of each of `c`'s two nodes with the kernel's datapath for `mode`
+/// (agents not started); the returned guards (wireguard-go) must live while it is used.
+pub(crate) fn kernel_plumb(c: &Cluster, mode: OverlayMode) -> Result<Vec<ChildGuard>> {
     let mut wg = Vec::new();
     let keys = [WgKeys::generate()?, WgKeys::generate()?];
     let pid = std::process::id() % 100_000;
@@ -218,7 +229,7 @@ fn kernel(mode: OverlayMode, secs: u64) -> Result<Figures> {
             OverlayMode::WireGuard => {
                 let ifname = format!("fpbw{i}{pid}");
                 wg.push(start_wireguard_go(
-                    &c,
+                    c,
                     &n.ns,
                     &ifname,
                     &keys[i],
@@ -229,11 +240,7 @@ fn kernel(mode: OverlayMode, secs: u64) -> Result<Figures> {
             }
         }
     }
-    let (a, b) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
-    warm(&a.ns, b.ip)?;
-    let r = measure(&a.ns, &b.ns, b.ip, secs);
-    drop(wg);
-    r
+    Ok(wg)
 }
 
 fn start_wireguard_go(
@@ -278,7 +285,7 @@ fn start_wireguard_go(
 }
 
 /// Pings until the path works (neighbours, handshakes).
-fn warm(ns: &Netns, ip: Ipv4Addr) -> Result<()> {
+pub(crate) fn warm(ns: &Netns, ip: Ipv4Addr) -> Result<()> {
     for _ in 0..40 {
         if ferroplane_e2e::ping(ns, ip, 1).is_ok() {
             return Ok(());
@@ -296,15 +303,31 @@ fn iperf(
     secs: u64,
     udp: bool,
 ) -> Result<serde_json::Value> {
+    let udp_args: &[&str] = if udp {
+        &["-u", "-l", "64", "-b", "0"]
+    } else {
+        &[]
+    };
+    iperf_args(client, server, ip, port, secs, udp_args)
+}
+
+/// One iperf3 run (`-J`) from `client` to a one-shot server in `server` on `port`, with
+/// `extra` client arguments (`-P 8`, `-u ...`); the JSON report.
+pub(crate) fn iperf_args(
+    client: &Netns,
+    server: &Netns,
+    ip: Ipv4Addr,
+    port: u16,
+    secs: u64,
+    extra: &[&str],
+) -> Result<serde_json::Value> {
     let port_s = port.to_string();
     let _srv = server.spawn(&["iperf3", "-s", "-1", "-p", &port_s])?;
     std::thread::sleep(Duration::from_millis(300));
     let t = secs.to_string();
     let ip_s = ip.to_string();
     let mut args = vec!["iperf3", "-c", &ip_s, "-p", &port_s, "-t", &t, "-J"];
-    if udp {
-        args.extend(["-u", "-l", "64", "-b", "0"]);
-    }
+    args.extend(extra);
     let out = client.exec_timeout(&args, Duration::from_secs(secs + 20))?;
     serde_json::from_slice(&out.stdout).with_context(|| {
         format!(

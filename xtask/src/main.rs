@@ -10,6 +10,7 @@ mod bench_cni;
 mod bench_overlay;
 mod bench_policy;
 mod bench_services;
+mod bench_tcp;
 mod demo;
 mod demo_cluster;
 mod demo_cni;
@@ -144,6 +145,8 @@ enum BenchKind {
     Policy,
     /// New connections to 1 / 1,000 / 10,000 services (3 endpoints each): ferroplane vs iptables-nft in kube-proxy's layout (root).
     Services,
+    /// TCP pod -> pod (one node; two nodes direct): iperf3 1 / 8 streams and 1-byte round trips (pod, ClusterIP), kernel routing vs ferroplane (fast path off/on) (root).
+    Tcp,
     /// Reconcile: publish time of one pod ADD, route change and service change at 10,000 routes and services, full rebuild vs incremental (no root).
     Reconcile,
 }
@@ -187,6 +190,11 @@ fn main() {
             secs,
             ..
         } => bench_policy::run(runs, secs),
+        Cmd::Bench {
+            kind: BenchKind::Tcp,
+            secs,
+            ..
+        } => bench_tcp::run(secs),
         Cmd::Bench {
             kind: BenchKind::Services,
             runs,
