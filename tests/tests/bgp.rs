@@ -1468,7 +1468,6 @@ fn service_addresses_follow_their_local_endpoints() {
     assert!(has("10.244.1.0/24"), "the pod CIDR too");
 
     // The only local endpoint stops being ready: the Local service's addresses go.
-    std::thread::sleep(Duration::from_millis(1100)); // a distinct file mtime
     topo.write_spec(&(base.clone() + &advertised_services(pod, false)))
         .expect("spec");
     wait_for("Local service's addresses withdrawn", 15, || {
@@ -1480,7 +1479,6 @@ fn service_addresses_follow_their_local_endpoints() {
     assert!(!originated.contains("203.0.113.40"), "{originated}");
 
     // Ready again: advertised again.
-    std::thread::sleep(Duration::from_millis(1100));
     topo.write_spec(&(base + &advertised_services(pod, true)))
         .expect("spec");
     wait_for("Local service's addresses back", 15, || {

@@ -809,7 +809,6 @@ fn backend_removed_mid_run() {
             &[endpoint(rig.pod_ip(3), "node-1", "pod3")],
         ),
     };
-    std::thread::sleep(Duration::from_millis(1100)); // a distinct file mtime
     rig.topo
         .write_spec(&rig.spec(PROXY, &[without]))
         .expect("spec");

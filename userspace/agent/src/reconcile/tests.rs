@@ -255,3 +255,42 @@ fn untouched_tables_are_shared() {
         Some(RouteSource::Bgp)
     );
 }
+
+#[test]
+fn fifty_pods_added_and_removed_one_at_a_time() {
+    let mut s = state();
+    s.neighbours.insert(ip("192.168.100.1"), [2, 9, 9, 9, 9, 1]);
+    let mut rec = Reconciler::new();
+    rec.snapshot(&s, &Changes::all()).unwrap();
+    let check = |s: &NodeState, inc: &Snapshot| {
+        same(&s.snapshot().unwrap(), inc, &probes(s)).unwrap();
+        for p in s.pods.values() {
+            let a = inc.fib.adj(inc.fib.resolve(p.ip, || 0));
+            assert_eq!(
+                (a.kind, a.sw_if, a.dst_mac),
+                (ferroplane_tables::AdjKind::Rewrite, p.sw_if, p.pod_mac),
+                "pod {}",
+                p.key
+            );
+        }
+    };
+    for i in 0..50 {
+        let p = pod(i);
+        s.pods.insert(p.key.clone(), p);
+        let inc = rec.snapshot(&s, &Changes::pods()).unwrap();
+        check(&s, &inc);
+    }
+    for i in (0..50).step_by(3) {
+        s.pods.remove(&format!("default/p{i}"));
+        let inc = rec.snapshot(&s, &Changes::pods()).unwrap();
+        check(&s, &inc);
+    }
+    // New pods take the freed engine interfaces (and load balances, adjacencies).
+    for i in (0..50).step_by(3) {
+        let mut p = pod(i);
+        p.pod_mac[0] = 6;
+        s.pods.insert(p.key.clone(), p);
+        let inc = rec.snapshot(&s, &Changes::pods()).unwrap();
+        check(&s, &inc);
+    }
+}
