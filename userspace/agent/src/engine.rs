@@ -54,6 +54,11 @@ pub struct Engine {
 }
 
 const ANSWER: Duration = Duration::from_secs(5);
+/// Shares of the AF_XDP frame pool each uplink queue's port gets, a pod's port getting one
+/// ([`XskIo::set_port_weight`]): the uplink carries every pod's traffic with the outside, so
+/// its fill rings must not shrink to a pod's share as pods are added (with the default
+/// 32768 frames and 50 pods, a one-queue uplink keeps a 1,564-frame fill ring).
+pub const UPLINK_QUEUE_WEIGHT: u32 = 4;
 /// Forwarded-flow reports buffered between two drains (the agent drains every 200 ms).
 const FLOW_REPORTS: usize = 16_384;
 
@@ -106,7 +111,8 @@ impl PortOpener {
     }
 
     /// [`Engine::add_ports`]: opens and installs the sockets on the worker thread (used for
-    /// the uplink at start, before it forwards anything).
+    /// the uplink at start, before it forwards anything). Each queue's port gets
+    /// [`UPLINK_QUEUE_WEIGHT`] shares of the frame pool.
     pub fn add_ports(
         &self,
         ifname: &str,
@@ -118,7 +124,11 @@ impl PortOpener {
             let opens = (0..queues)
                 .map(|q| opener.open(&name, q))
                 .collect::<Result<Vec<_>, _>>()?;
-            io.install_ports(opens)
+            let ports = io.install_ports(opens)?;
+            for &(port, _) in &ports {
+                io.set_port_weight(port, UPLINK_QUEUE_WEIGHT)?;
+            }
+            Ok::<_, ferroplane_io::IoError>(ports)
         })??)
     }
 
