@@ -14,52 +14,28 @@ use ferroplane_agent::netlink::{
 };
 use serde_json::Value;
 
+/// The testkit's checks: skipped (a failure when `CI=true`) without root or iproute2.
 fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root to create network namespaces");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIP: iproute2 `ip` not found");
-        return false;
-    }
-    true
+    ferroplane_testkit::require_root() && ferroplane_testkit::require_tool("ip", "iproute2")
 }
 
-/// A named network namespace (`ip netns add`), deleted on drop.
+/// The testkit's namespace guard (`fp<pid>-<n>-<tag>`, deleted on drop), its name at hand.
 struct Netns {
     name: String,
+    _guard: ferroplane_testkit::Netns,
 }
 
 impl Netns {
     fn new(tag: &str) -> Netns {
-        let name = format!("fpt{}-{tag}", std::process::id());
-        // A leftover from a crashed run with a recycled PID.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(&["ip", "netns", "add", &name]);
-        Netns { name }
+        let guard = ferroplane_testkit::Netns::new(tag);
+        Netns {
+            name: guard.name().to_string(),
+            _guard: guard,
+        }
     }
 
     fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Never panic here (we may be unwinding).
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "deleting netns {}: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("deleting netns {}: {e}", self.name),
-        }
     }
 }
 
@@ -362,7 +338,7 @@ fn missing_pod_netns_is_an_error() {
         ));
         let lo = plumber.link_info("lo").await.unwrap();
         assert_eq!(lo.ifindex, 1);
-        assert!(!lo.up);
+        assert!(lo.up, "the testkit's namespace guard sets lo up");
     });
 }
 
