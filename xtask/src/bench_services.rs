@@ -41,6 +41,8 @@ use ferroplane_e2e::{link_veth, TempDir, Topology};
 use crate::load::build_binaries;
 use crate::progress::{require_root, Progress};
 
+/// Services (and long flows, one per service) of the established-flow workload.
+const ESTABLISHED_SERVICES: usize = 10_000;
 /// Service counts measured.
 const COUNTS: [usize; 3] = [1, 1_000, 10_000];
 /// Endpoints per service (pod0, pod1, pod2).
@@ -211,17 +213,45 @@ fn services_yaml(n: usize, pods: &[Ipv4Addr], conntrack_max: usize) -> String {
 
 /// trafgen's packet for run `run` against `n` services: every packet a new flow (source
 /// address and port incremented, destination cycling over the external IPs).
+#[cfg(test)]
 fn trafgen_conf(dst_mac: &str, src_mac: &str, n: usize, run: usize) -> String {
+    trafgen_conf_for(Workload::NewFlows, dst_mac, src_mac, n, run)
+}
+
+/// What the generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Every packet a new flow (see the module docs).
+    NewFlows,
+    /// One long flow per service: a fixed source (172.31.0.1:40000) to each of the N external
+    /// IPs in turn, so the same N 5-tuples repeat for the whole run and every packet after the
+    /// warm-up belongs to an established flow (a conntrack / session hit, no new NAT decision).
+    Established,
+}
+
+/// trafgen's packet for `workload`.
+fn trafgen_conf_for(
+    workload: Workload,
+    dst_mac: &str,
+    src_mac: &str,
+    n: usize,
+    run: usize,
+) -> String {
     // trafgen refuses dinc(min, max) with min == max: one service is a fixed address.
     let daddr = if n > 1 {
         format!("daddr={EXT_BASE}, daddr[2:2]=dinc(1, {n})")
     } else {
         format!("daddr={}", ext_ip(0))
     };
-    format!(
-        "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.{}.0.0, saddr[2:2]=dinc(0, 65535), {daddr}, ttl=64), udp(sp=dinc(1025, 65535), dp={SVC_PORT}), fill(0x41,18) }}\n",
-        16 + (run % 16)
-    )
+    match workload {
+        Workload::NewFlows => format!(
+            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.{}.0.0, saddr[2:2]=dinc(0, 65535), {daddr}, ttl=64), udp(sp=dinc(1025, 65535), dp={SVC_PORT}), fill(0x41,18) }}\n",
+            16 + (run % 16)
+        ),
+        Workload::Established => format!(
+            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.31.0.1, {daddr}, ttl=64), udp(sp=40000, dp={SVC_PORT}), fill(0x41,18) }}\n"
+        ),
+    }
 }
 
 /// The session-table limit that one run cannot fill: the generator's ceiling (≈ 1.1 Mpps,
@@ -321,6 +351,18 @@ fn kernel(
     n: usize,
     run_no: &mut usize,
 ) -> Result<Vec<f64>> {
+    kernel_for(Workload::NewFlows, topo, tools, cfg, n, run_no)
+}
+
+/// Kernel path with `n` services under `workload`.
+fn kernel_for(
+    workload: Workload,
+    topo: &Topology,
+    tools: &BenchTools,
+    cfg: &RunConfig,
+    n: usize,
+    run_no: &mut usize,
+) -> Result<Vec<f64>> {
     let t0 = Instant::now();
     let _path = KernelPath::new(topo, tools, n)?;
     println!(
@@ -332,7 +374,7 @@ fn kernel(
     let sinks = sinks(topo);
     let mut rates = Vec::with_capacity(cfg.runs);
     for _ in 0..cfg.runs {
-        let conf = trafgen_conf(&dst_mac, &src_mac, n, *run_no);
+        let conf = trafgen_conf_for(workload, &dst_mac, &src_mac, n, *run_no);
         *run_no += 1;
         rates.push(bench::measure_pps_conf(
             tools,
@@ -355,6 +397,19 @@ fn ferroplane(
     n: usize,
     run_no: &mut usize,
 ) -> Result<Vec<f64>> {
+    ferroplane_for(Workload::NewFlows, &[], topo, tools, cfg, n, run_no)
+}
+
+/// ferroplane with `n` services under `workload`, the agent started with `agent_args`.
+fn ferroplane_for(
+    workload: Workload,
+    agent_args: &[&str],
+    topo: &Topology,
+    tools: &BenchTools,
+    cfg: &RunConfig,
+    n: usize,
+    run_no: &mut usize,
+) -> Result<Vec<f64>> {
     let pods: Vec<Ipv4Addr> = topo.pods.iter().map(|p| p.ip).collect();
     topo.write_spec(&format!(
         "{}{}",
@@ -368,7 +423,7 @@ fn ferroplane(
     let mut rates = Vec::with_capacity(cfg.runs);
     for _ in 0..cfg.runs {
         let t0 = Instant::now();
-        let agent = topo.start_agent(&ferroplane_e2e::bin_dir())?;
+        let agent = topo.start_agent_with(&ferroplane_e2e::bin_dir(), agent_args)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let shown = agent
@@ -400,7 +455,7 @@ fn ferroplane(
                 .ip(&["link", "set", "dev", Topology::POD_IF, "xdpdrv", "off"]);
             bench::attach_xdp_drop(&pod.ns, Topology::POD_IF, &tools.xdp_drop)?;
         }
-        let conf = trafgen_conf(&dst_mac, &src_mac, n, *run_no);
+        let conf = trafgen_conf_for(workload, &dst_mac, &src_mac, n, *run_no);
         *run_no += 1;
         let r = bench::measure_pps_conf(tools, topo.dir(), gen(topo), &conf, &sinks(topo), cfg);
         let full = agent
@@ -412,6 +467,9 @@ fn ferroplane(
             eprintln!("agent log (last 30 lines):\n{}", agent.log_tail(30));
         }
         println!("  engine errors: {}", engine_errors(&agent));
+        if workload == Workload::Established {
+            println!("  {}", xdp_verdicts(&agent));
+        }
         agent.stop();
         let r = r?;
         if full > 0 {
@@ -420,6 +478,25 @@ fn ferroplane(
         rates.push(r);
     }
     Ok(rates)
+}
+
+/// `show xdp`'s verdicts: packets redirected to the engine and forwarded by the fast path.
+fn xdp_verdicts(agent: &ferroplane_e2e::AgentGuard) -> String {
+    let Ok(x) = agent.ctl_json(&["show", "xdp"]) else {
+        return "(ferroctl show xdp failed)".into();
+    };
+    let count = |name: &str| {
+        x["verdicts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["count"].as_u64())
+            .unwrap_or(0)
+    };
+    format!(
+        "XDP verdicts: redirect (to the engine) {}, fast_path {}",
+        count("redirect"),
+        count("fast_path")
+    )
 }
 
 /// The engine's non-zero error counters (`node: reason count`), largest first.
@@ -517,6 +594,34 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
         )?;
         results.push((n, r.0, r.1));
     }
+    let n = ESTABLISHED_SERVICES;
+    let est = p.step(
+        &format!(
+            "established flows ({n} long flows, one per service): kernel iptables-nft, ferroplane fast path off, on; {runs} x {secs} s each"
+        ),
+        || {
+            let k = kernel_for(Workload::Established, &topo, &tools, &cfg, n, &mut run_no)?;
+            println!("  kernel (Mpps): {}", crate::bench::fmt_rates(&k));
+            let mut rows = vec![("kernel iptables-nft".to_string(), median(&k))];
+            for fast in ["off", "on"] {
+                let f = ferroplane_for(
+                    Workload::Established,
+                    &["--fast-path", fast],
+                    &topo,
+                    &tools,
+                    &cfg,
+                    n,
+                    &mut run_no,
+                )?;
+                println!(
+                    "  ferroplane, fast path {fast} (Mpps): {}",
+                    crate::bench::fmt_rates(&f)
+                );
+                rows.push((format!("ferroplane, fast path {fast}"), median(&f)));
+            }
+            Ok(rows)
+        },
+    )?;
     println!(
         "{}",
         crate::bench::scaling_report(
@@ -525,7 +630,26 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
             &results
         )
     );
+    println!(
+        "{}",
+        established_report(
+            &format!("services (external IP, eTP=Local), established flows: {n} long UDP flows, one per service ({ENDPOINTS} endpoints each), medians of {runs} x {secs} s"),
+            &est
+        )
+    );
     Ok(())
+}
+
+/// The established-flow table: Mpps per path and its ratio to the first (the kernel) row.
+fn established_report(title: &str, rows: &[(String, f64)]) -> String {
+    let mut s = format!("\n=== {title} ===\n");
+    let _ = writeln!(s, "{:<26} {:>8} {:>10}", "path", "Mpps", "vs kernel");
+    let k = rows.first().map_or(0.0, |r| r.1);
+    for (label, pps) in rows {
+        let ratio = if k > 0.0 { pps / k } else { f64::NAN };
+        let _ = writeln!(s, "{label:<26} {:>8.3} {ratio:>9.2}x", pps / 1e6);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -617,6 +741,27 @@ mod tests {
         assert!(one.contains("daddr=198.18.0.1, ttl"), "{one}");
         assert_eq!(vip(9_999), Ipv4Addr::new(10, 96, 39, 16));
         assert_eq!(ext_ip(9_999), Ipv4Addr::new(198, 18, 39, 16));
+    }
+
+    #[test]
+    fn established_workload_repeats_one_flow_per_service() {
+        let c = trafgen_conf_for(
+            Workload::Established,
+            "02:00:00:00:00:02",
+            "02:00:00:00:00:01",
+            10_000,
+            3,
+        );
+        assert!(c.contains("saddr=172.31.0.1,"), "{c}");
+        assert!(c.contains("daddr[2:2]=dinc(1, 10000)"), "{c}");
+        assert!(c.contains("udp(sp=40000, dp=80)"), "{c}");
+        assert!(!c.contains("sp=dinc"), "{c}");
+        let t = established_report(
+            "t",
+            &[("kernel".into(), 0.5e6), ("ferroplane".into(), 0.8e6)],
+        );
+        assert!(t.contains("1.60x"), "{t}");
+        assert!(t.contains("1.00x"), "{t}");
     }
 
     #[test]
