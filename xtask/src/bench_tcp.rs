@@ -70,7 +70,7 @@ struct Row {
 pub fn run(secs: u64) -> Result<()> {
     require_root("bench tcp")?;
     let secs = secs.max(1);
-    let mut p = Progress::new(7);
+    let mut p = Progress::new(8);
     p.step("system packages", crate::deps::ensure)?;
     p.step("building release binaries", build_binaries)?;
     let mut rows = Vec::new();
