@@ -541,7 +541,7 @@ pub fn run(runs: usize, secs: u64) -> Result<()> {
         duration: Duration::from_secs(secs),
         warmup: Duration::from_secs(1),
     };
-    let mut p = Progress::new(4 + COUNTS.len());
+    let mut p = Progress::new(5 + COUNTS.len());
     p.step("system packages", crate::deps::ensure)?;
     if let Some(dir) = std::env::var_os("FERROPLANE_BIN_DIR") {
         // Prebuilt binaries (e.g. a tree mid-edit elsewhere): ferroplane_e2e::bin_dir() uses them.
