@@ -60,12 +60,13 @@ struct Args {
     /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). A port's fill ring
     /// holds 1024 frames while idle (a 1,000-packet burst into or out of an idle pod is not
     /// dropped) and up to 2048 when busy, within its share of three quarters of the pool
-    /// (an uplink queue counts 4 shares, a pod 1): 32768 frames give the full idle fill to
-    /// a one-queue uplink and 15 pods; with more pods a pod's idle fill shrinks with its
-    /// share (50 pods: 227 frames). More frames cost CNI ADD time and kernel memory: every
-    /// AF_XDP socket on the shared UMEM makes the kernel allocate and clear 128 bytes per
-    /// UMEM frame (32768 frames: 4 MiB per socket; see the README's buffer section).
-    #[arg(long, default_value_t = 32768)]
+    /// (an uplink queue counts 4 shares, a pod 1): 16384 frames give the full idle fill to
+    /// a one-queue uplink and 5 pods, 32768 to 15 pods; with more pods a pod's idle fill
+    /// shrinks with its share (50 pods, 16384 frames: 113). More frames cost CNI ADD time
+    /// and kernel memory: every AF_XDP socket on the shared UMEM makes the kernel allocate
+    /// and clear 128 bytes per UMEM frame (measured: 16384 frames ~2.5 ms and 2 MiB per
+    /// socket, 32768 ~12 ms and 4 MiB, which puts ADD above the reference plugins).
+    #[arg(long, default_value_t = 16384)]
     frames: u32,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
