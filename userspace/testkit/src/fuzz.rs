@@ -142,7 +142,7 @@ pub fn run_with(
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut time_bound = false;
     while done < execs {
-        if done % 512 == 0 && start.elapsed() >= time {
+        if done.is_multiple_of(512) && start.elapsed() >= time {
             time_bound = true;
             break;
         }
@@ -163,7 +163,7 @@ pub fn run_with(
         };
         exec(&input, done);
         done += 1;
-        if done % 64 == 0 {
+        if done.is_multiple_of(64) {
             if pool.len() < POOL {
                 pool.push(input);
             } else {
