@@ -223,9 +223,12 @@ fn trafgen_conf(dst_mac: &str, src_mac: &str, n: usize, run: usize) -> String {
 enum Workload {
     /// Every packet a new flow (see the module docs).
     NewFlows,
-    /// One long flow per service: a fixed source (172.31.0.1:40000) to each of the N external
-    /// IPs in turn, so the same N 5-tuples repeat for the whole run and every packet after the
-    /// warm-up belongs to an established flow (a conntrack / session hit, no new NAT decision).
+    /// One long flow per service: from 172.31.0.1, source port 1025 + i to external IP i, both
+    /// incremented per packet with the same period N, so the same N 5-tuples repeat for the
+    /// whole run and every packet after the warm-up belongs to an established flow (a
+    /// conntrack / session hit, no new NAT decision). Distinct source ports keep the N flows
+    /// distinct after DNAT to the same 3 endpoints (one source port for all would make their
+    /// translated tuples clash and force source-port rewriting).
     Established,
 }
 
@@ -249,7 +252,12 @@ fn trafgen_conf_for(
             16 + (run % 16)
         ),
         Workload::Established => format!(
-            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.31.0.1, {daddr}, ttl=64), udp(sp=40000, dp={SVC_PORT}), fill(0x41,18) }}\n"
+            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(saddr=172.31.0.1, {daddr}, ttl=64), udp(sp={}, dp={SVC_PORT}), fill(0x41,18) }}\n",
+            if n > 1 {
+                format!("dinc(1025, {})", 1024 + n.min(64_511))
+            } else {
+                "1025".to_string()
+            }
         ),
     }
 }
@@ -754,8 +762,7 @@ mod tests {
         );
         assert!(c.contains("saddr=172.31.0.1,"), "{c}");
         assert!(c.contains("daddr[2:2]=dinc(1, 10000)"), "{c}");
-        assert!(c.contains("udp(sp=40000, dp=80)"), "{c}");
-        assert!(!c.contains("sp=dinc"), "{c}");
+        assert!(c.contains("udp(sp=dinc(1025, 11024), dp=80)"), "{c}");
         let t = established_report(
             "t",
             &[("kernel".into(), 0.5e6), ("ferroplane".into(), 0.8e6)],
