@@ -68,6 +68,14 @@ struct Args {
     /// socket, 32768 ~12 ms and 4 MiB, which puts ADD above the reference plugins).
     #[arg(long, default_value_t = 16384)]
     frames: u32,
+    /// Frames an idle port keeps in its fill ring (at most 2048). 1024 takes a 1,000-packet
+    /// burst into or out of an idle pod whole, but the kernel cannot hand back frames an
+    /// idle port holds, so the first ports to open keep their fill when more pods arrive:
+    /// with the default `--frames` that starves pods beyond about ten. The default, 32,
+    /// serves any pod count the pool allows; raise it together with `--frames` (roughly
+    /// `frames * 3/4 >= idle fill * (pods + 4 * uplink queues)`).
+    #[arg(long, default_value_t = 32)]
+    idle_fill: u32,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
     cni_socket: Option<PathBuf>,
@@ -108,7 +116,9 @@ struct Args {
     /// `on`: the XDP programs forward established flows themselves (the flow cache as a
     /// steady-state fast path; first packets, TCP SYN/FIN/RST, fragments, ICMP errors and
     /// traced flows stay in the engine). `off`: every packet goes through the engine.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    /// Off by default until cross-node TCP through the cache is proven (a direct-mode
+    /// transfer between nodes stalled with it on; see README).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     fast_path: String,
 }
 
@@ -965,6 +975,7 @@ async fn run(args: Args) -> Result<()> {
     let mut engine = Engine::start(
         XskConfig {
             num_frames: args.frames,
+            idle_fill: args.idle_fill,
             ..XskConfig::default()
         },
         Some(tun),
