@@ -166,7 +166,7 @@ fn tcp_transfers_take_the_fast_path() {
     if !require_root() {
         return;
     }
-    let (topo, agent) = start(2, &[]);
+    let (topo, agent) = start(2, &["--fast-path", "on"]);
     let (a, b) = (&topo.pods[0], &topo.pods[1]);
     assert_eq!(xdp(&agent)["fast_path"], true);
     for (what, dst, port) in [("pod -> pod", b.ip, 5001), ("pod -> ClusterIP", VIP, 8080)] {
@@ -209,7 +209,7 @@ fn fin_closes_the_session_and_removes_its_entries() {
     if !require_root() {
         return;
     }
-    let (topo, agent) = start(2, &[]);
+    let (topo, agent) = start(2, &["--fast-path", "on"]);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| echo_server(&topo.pods[1].ns, 8080, &stop));
@@ -268,7 +268,7 @@ fn policy_change_keeps_what_the_engine_keeps() {
     if !require_root() {
         return;
     }
-    let (topo, agent) = start(3, &[]);
+    let (topo, agent) = start(3, &["--fast-path", "on"]);
     let np = |name: &str, spec: Value| {
         serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": "default"}, "spec": spec})
@@ -350,7 +350,7 @@ fn backend_removal_and_pod_deletion_remove_entries() {
     if !require_root() {
         return;
     }
-    let (mut topo, agent) = start(3, &[]);
+    let (mut topo, agent) = start(3, &["--fast-path", "on"]);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| echo_server(&topo.pods[1].ns, 8080, &stop));
@@ -411,7 +411,7 @@ fn trace_sees_every_packet_of_a_cached_flow() {
     if !require_root() {
         return;
     }
-    let (topo, agent) = start(2, &[]);
+    let (topo, agent) = start(2, &["--fast-path", "on"]);
     let dst = (topo.pods[1].ip, 7777);
     let sink = topo.pods[1]
         .ns

@@ -94,12 +94,12 @@ pub fn run(secs: u64) -> Result<()> {
     })?;
     rows.push(row("2 nodes direct", "kernel".into(), true, k));
     let f = p.step(
-        "2 nodes, direct: ferroplane (default: fast path on)",
+        "2 nodes, direct: ferroplane (the agent default: fast path off)",
         || Ok(two_nodes_ferroplane(secs)),
     )?;
     rows.push(row(
         "2 nodes direct",
-        "ferroplane, fast path on".into(),
+        "ferroplane, fast path off (default)".into(),
         false,
         f,
     ));
