@@ -4,9 +4,9 @@
 //! clearly and exit non-zero when they need it and do not have it.
 
 mod bench;
-mod bench_fastpath;
 mod bench_bgp;
 mod bench_cni;
+mod bench_fastpath;
 mod bench_overlay;
 mod bench_policy;
 mod bench_services;

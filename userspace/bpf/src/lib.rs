@@ -51,8 +51,18 @@ pub fn pod_object() -> &'static [u8] {
 
 /// Names of the maps every program shares (pinned under these names).
 pub const MAP_NAMES: [&str; 12] = [
-    "xsks", "ifaces", "steer4", "host4", "verdicts", "drops", "tunnel4", "ports4", "flow4",
-    "config", "flowstats", "fastif",
+    "xsks",
+    "ifaces",
+    "steer4",
+    "host4",
+    "verdicts",
+    "drops",
+    "tunnel4",
+    "ports4",
+    "flow4",
+    "config",
+    "flowstats",
+    "fastif",
 ];
 
 /// Subdirectory of the pin directory holding the XDP links kept attached across an agent
