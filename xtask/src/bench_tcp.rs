@@ -416,7 +416,7 @@ mod tests {
     fn table_ratios_against_the_scenario_kernel() {
         let fig = |g: f64, l: f64| Figures {
             gbps1: Some(g),
-            gbps8: Some(2.0 * g),
+            gbps8: Some(3.0 * g),
             rr: Some((l, 2.0 * l)),
             svc: None,
             errors: Vec::new(),
@@ -427,6 +427,7 @@ mod tests {
         ];
         let t = table(&rows);
         assert!(t.contains("5.00 (0.50x)"), "{t}");
+        assert!(t.contains("15.00 (0.50x)"), "{t}");
         assert!(t.contains("30 (1.50x)/60 (1.50x)"), "{t}");
         assert!(!t.contains("10.00 ("), "{t}");
     }
