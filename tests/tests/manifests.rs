@@ -33,11 +33,10 @@ fn validate(path: &Path) -> std::process::Output {
 
 fn docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("read");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).expect("yaml");
-            serde_json::to_value(v).expect("json")
-        })
+    // serde-saphyr skips empty documents (`---` with nothing after it).
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }

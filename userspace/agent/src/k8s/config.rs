@@ -97,11 +97,7 @@ impl AgentConfig {
         let cfg: AgentConfig = if text.trim().is_empty() {
             AgentConfig::default()
         } else {
-            let de = serde_yaml::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Yaml {
-                path: e.path().to_string(),
-                message: e.into_inner().to_string(),
-            })?
+            crate::spec::from_yaml_str(text)?
         };
         cfg.validate()?;
         Ok(cfg)

@@ -18,7 +18,7 @@ pub enum ConfigError {
     Yaml {
         /// Path of the offending field (`node.podCIDR`, `pods[1].ip`), or `.` for the document.
         path: String,
-        /// What serde_yaml reported, with the line and column when known.
+        /// What the YAML parser reported, with the line and column when known.
         message: String,
     },
     /// The document parsed but is semantically invalid.

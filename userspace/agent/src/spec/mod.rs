@@ -44,7 +44,9 @@ pub mod policy;
 pub mod services;
 #[cfg(test)]
 mod tests;
+mod yaml;
 
 pub use cidr::*;
 pub use error::*;
 pub use node::*;
+pub use yaml::from_yaml_str;

@@ -172,13 +172,7 @@ pub struct RouteSpec {
 impl NodeSpec {
     /// Parses and validates a YAML node spec.
     pub fn from_yaml(text: &str) -> Result<NodeSpec, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let spec: NodeSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = strip_yaml_path(&path, e.into_inner().to_string());
-            ConfigError::Yaml { path, message }
-        })?;
-        let mut spec = spec;
+        let mut spec: NodeSpec = super::from_yaml_str(text)?;
         spec.set_defaults();
         spec.validate()?;
         Ok(spec)
@@ -379,21 +373,6 @@ impl NodeSpec {
         }
         Ok(())
     }
-}
-
-/// serde_yaml prefixes its messages with its own, coarser idea of the path ("node: ...");
-/// drop it when it is a prefix of the precise path from serde_path_to_error.
-fn strip_yaml_path(path: &str, message: String) -> String {
-    if let Some((head, rest)) = message.split_once(": ") {
-        let pathlike = !head.is_empty()
-            && head
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']' | '_' | '-'));
-        if pathlike && path.starts_with(head) {
-            return rest.to_string();
-        }
-    }
-    message
 }
 
 fn check_unicast(field: &str, ip: Ipv4Addr) -> Result<(), ConfigError> {
