@@ -85,6 +85,13 @@ pub struct WorkerStats {
     pub command_nanos: Counter,
     /// The longest one, in nanoseconds.
     pub command_max_nanos: Counter,
+    /// Packets this worker handed to another (several workers: the flow or the output
+    /// port is the other's, [`crate::handoff`]).
+    pub handoff_sent: Counter,
+    /// Packets other workers handed to this one.
+    pub handoff_received: Counter,
+    /// Packets dropped at a handoff: the receiver's queue was full, or it had no free frame.
+    pub handoff_drops: Counter,
 }
 
 impl WorkerStats {
@@ -98,6 +105,9 @@ impl WorkerStats {
             commands: Counter::default(),
             command_nanos: Counter::default(),
             command_max_nanos: Counter::default(),
+            handoff_sent: Counter::default(),
+            handoff_received: Counter::default(),
+            handoff_drops: Counter::default(),
         }
     }
 
@@ -122,6 +132,9 @@ impl WorkerStats {
         self.commands.clear();
         self.command_nanos.clear();
         self.command_max_nanos.clear();
+        self.handoff_sent.clear();
+        self.handoff_received.clear();
+        self.handoff_drops.clear();
         for i in &self.ifaces {
             i.rx_packets.clear();
             i.rx_bytes.clear();

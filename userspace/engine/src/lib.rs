@@ -20,6 +20,7 @@ pub mod counters;
 pub mod filter;
 pub mod flow_export;
 pub mod graph;
+pub mod handoff;
 pub mod interfaces;
 pub mod node;
 pub mod nodes;

@@ -126,6 +126,9 @@ pub struct Outputs {
     pub misses: Vec<(u16, Ipv4Addr)>,
     /// Forwarded flows to (re)export to the XDP flow cache.
     pub flows: Vec<crate::flow_export::FlowExport>,
+    /// Reply tuples of the translated sessions created this round (`ip4-nat`): with several
+    /// workers, the worker registers them so that replies reach it ([`crate::handoff`]).
+    pub translated: Vec<ferroplane_tables::FlowKey>,
 }
 
 impl Outputs {

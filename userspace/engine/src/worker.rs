@@ -14,6 +14,7 @@ use crate::counters::WorkerStats;
 use crate::filter::PacketFilter;
 use crate::flow_export::FlowExport;
 use crate::graph::{Graph, GraphError, GraphInfo};
+use crate::handoff::{flow_id, flow_owner, FlowId, HandoffKind, HandoffLink, HANDOFF_OFFSET};
 use crate::node::Outputs;
 use crate::nodes::{standard_graph, ENTRY};
 use crate::snapshot::Shared;
@@ -214,7 +215,29 @@ pub struct Worker<P: PacketIo> {
     asked: HashMap<(u16, Ipv4Addr), Instant>,
     idle_wait: Duration,
     capture_was_active: bool,
+    multi: Option<Multi>,
 }
+
+/// A worker's part in a group of workers ([`Worker::set_handoff`]).
+struct Multi {
+    link: HandoffLink,
+    /// This worker's session table (`ip4-nat`), to see which registered tuples are gone.
+    sessions: Option<Arc<Mutex<ferroplane_tables::Conntrack>>>,
+    /// Reply tuples this worker registered in the flow directory.
+    registered: Vec<ferroplane_tables::FlowKey>,
+    /// Next entry of `registered` to check.
+    cursor: usize,
+    /// Non-first fragments follow their first fragment: (src, dst, proto, id) -> owner,
+    /// for first fragments whose owner is not the address hash's.
+    frags: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), usize>,
+    /// Packets owned here, from this round's ports, with the interface they came from.
+    frames: Vec<BufIdx>,
+}
+
+/// Registered tuples checked per round.
+const SWEEP_BUDGET: usize = 32;
+/// Fragment owners remembered at most.
+const FRAG_OWNERS_MAX: usize = 4096;
 
 impl<P: PacketIo> Worker<P>
 where
@@ -252,7 +275,36 @@ where
             asked: HashMap::new(),
             idle_wait: Duration::from_millis(5),
             capture_was_active: false,
+            multi: None,
         })
+    }
+
+    /// Make this worker one of a group ([`crate::handoff`]): it receives only on the ports
+    /// the group's [`crate::handoff::PortOwners`] give it, hands packets of flows other
+    /// workers own to them, and transmits on other workers' ports through them.
+    pub fn set_handoff(&mut self, link: HandoffLink) {
+        let sessions = self
+            .graph
+            .shared_state("ip4-nat")
+            .and_then(|s| s.downcast::<Mutex<ferroplane_tables::Conntrack>>().ok());
+        self.multi = Some(Multi {
+            link,
+            sessions,
+            registered: Vec::new(),
+            cursor: 0,
+            frags: HashMap::new(),
+            frames: Vec::new(),
+        });
+    }
+
+    /// The worker's index in its group (0 alone).
+    pub fn index(&self) -> usize {
+        self.multi.as_ref().map_or(0, |m| m.link.index())
+    }
+
+    /// The I/O backend, taken back (e.g. to read a memory backend's output after a run).
+    pub fn into_io(self) -> P {
+        self.io
     }
 
     /// Receive commands to run on the worker thread from this channel.
@@ -310,12 +362,245 @@ where
         let ports = self.io.num_ports();
         for port in 0..ports {
             let port = port as u16;
+            if self.multi.as_ref().is_some_and(|m| !m.link.owns(port)) {
+                continue;
+            }
             let n = self.io.rx_burst(port, &mut self.rx[..]);
             if n == 0 {
                 continue;
             }
             total += n;
             let sw_if = snap.ifaces.sw_if_of_port(port);
+            let n = if self.multi.is_some() {
+                self.dispatch(&snap, sw_if, n)
+            } else {
+                n
+            };
+            if n == 0 {
+                continue;
+            }
+            self.ingest(&snap, sw_if, n, self.multi.is_none());
+        }
+        if self.multi.is_some() {
+            total += self.receive_handoff(&snap);
+        }
+        total += self.poll_host(&snap);
+        self.graph.timers(
+            self.io.memory(),
+            &mut self.meta,
+            &snap,
+            &self.stats,
+            &mut self.trace,
+            &mut self.out,
+        );
+        self.drain_outputs(&snap);
+        if self.multi.is_some() {
+            self.finish_handoff();
+        }
+        self.io.flush()?;
+        Ok(total)
+    }
+
+    /// Keep in `self.rx[..]` the packets of `self.rx[..n]` this worker owns, hand the
+    /// others to their owners (counting all as received on `sw_if`); returns how many are
+    /// kept.
+    fn dispatch(&mut self, snap: &crate::snapshot::Snapshot, sw_if: u16, n: usize) -> usize {
+        let Some(m) = self.multi.as_mut() else {
+            return n;
+        };
+        let me = m.link.index();
+        let workers = m.link.workers();
+        let vxlan_port = snap.tunnels.vxlan_port;
+        let mut keep = 0;
+        let mut bytes = 0u64;
+        m.frames.clear();
+        let mem = self.io.memory();
+        for i in 0..n {
+            let d = self.rx[i];
+            bytes += d.len as u64;
+            let start = d.offset as usize;
+            let frame = mem.frame(d.buf);
+            let pkt = frame.get(start..start + d.len as usize).unwrap_or(&[]);
+            let owner = match pkt
+                .get(12..14)
+                .filter(|t| t == &[0x08, 0x00])
+                .and_then(|_| flow_id(&pkt[14..], vxlan_port))
+            {
+                Some(FlowId::Tuple(key)) => {
+                    let w = flow_owner(&key, m.link.directory(), workers);
+                    // A first fragment whose owner is not the addresses': its followers
+                    // (no ports) must find it.
+                    let l3 = &pkt[14..];
+                    if l3.get(6).is_some_and(|f| f & 0x20 != 0)
+                        && w != crate::handoff::addr_owner(key.src, key.dst, workers)
+                    {
+                        if m.frags.len() >= FRAG_OWNERS_MAX {
+                            m.frags.clear();
+                        }
+                        let id = u16::from_be_bytes([l3[4], l3[5]]);
+                        m.frags.insert((key.src, key.dst, key.proto, id), w);
+                    }
+                    w
+                }
+                Some(FlowId::Fragment { key, id, more }) => {
+                    let k = (key.src, key.dst, key.proto, id);
+                    let w = if m.frags.is_empty() {
+                        None
+                    } else if more {
+                        m.frags.get(&k).copied()
+                    } else {
+                        m.frags.remove(&k)
+                    };
+                    w.unwrap_or_else(|| crate::handoff::addr_owner(key.src, key.dst, workers))
+                }
+                None => me,
+            };
+            if owner == me {
+                self.rx[keep] = d;
+                keep += 1;
+            } else {
+                m.link.push(owner, HandoffKind::Rx(sw_if), pkt);
+                m.frames.push(d.buf);
+            }
+        }
+        let c = self.stats.iface(sw_if);
+        c.rx_packets.add(n as u64);
+        c.rx_bytes.add(bytes);
+        if !m.frames.is_empty() {
+            self.stats.handoff_sent.add(m.frames.len() as u64);
+            self.io.free(&m.frames);
+        }
+        keep
+    }
+
+    /// Run the packets other workers handed to this one: received packets through the
+    /// graph, packets to transmit onto this worker's ports. Returns how many.
+    fn receive_handoff(&mut self, snap: &crate::snapshot::Snapshot) -> usize {
+        let mut total = 0;
+        // A bounded number of batches per round, so the worker's own ports are not starved.
+        for _ in 0..crate::handoff::QUEUE_BATCHES {
+            let Some(batch) = self.multi.as_mut().and_then(|m| m.link.recv()) else {
+                break;
+            };
+            total += batch.pkts.len();
+            self.stats.handoff_received.add(batch.pkts.len() as u64);
+            let mut i = 0;
+            while i < batch.pkts.len() {
+                // A run of packets of the same kind, at most a vector.
+                let kind = batch.pkts[i].kind;
+                let mut end = i + 1;
+                while end < batch.pkts.len()
+                    && batch.pkts[end].kind == kind
+                    && end - i < VECTOR_SIZE
+                {
+                    end += 1;
+                }
+                let mut frames = [0 as BufIdx; VECTOR_SIZE];
+                let want = end - i;
+                let got = self.io.alloc(&mut frames[..want]);
+                if got < want {
+                    self.stats.handoff_drops.add((want - got) as u64);
+                }
+                let mem = self.io.memory();
+                let mut n = 0;
+                for (p, &f) in batch.pkts[i..i + got].iter().zip(&frames[..got]) {
+                    let bytes = batch.bytes(p);
+                    let frame = mem.frame_mut(f);
+                    match frame.get_mut(HANDOFF_OFFSET..HANDOFF_OFFSET + bytes.len()) {
+                        Some(dst) => {
+                            dst.copy_from_slice(bytes);
+                            self.rx[n] = ferroplane_io::Desc {
+                                buf: f,
+                                offset: HANDOFF_OFFSET as u16,
+                                len: bytes.len() as u16,
+                            };
+                            n += 1;
+                        }
+                        None => {
+                            self.stats.handoff_drops.add(1);
+                            self.out.free.push(f);
+                        }
+                    }
+                }
+                match kind {
+                    HandoffKind::Rx(sw_if) => {
+                        if n > 0 {
+                            self.ingest(snap, sw_if, n, false);
+                        }
+                    }
+                    HandoffKind::Tx(port) => {
+                        for d in &self.rx[..n] {
+                            self.out.tx(port, *d);
+                        }
+                    }
+                }
+                i = end;
+            }
+            if let Some(m) = self.multi.as_mut() {
+                m.link.give_back(batch);
+            }
+        }
+        total
+    }
+
+    /// Register this round's translated sessions in the flow directory (before their
+    /// packets leave, so that no reply can overtake the entry); alone, forget them.
+    fn register_translated(&mut self) {
+        let Some(m) = self.multi.as_mut() else {
+            self.out.translated.clear();
+            return;
+        };
+        let me = m.link.index();
+        let workers = m.link.workers();
+        let dir = m.link.directory().clone();
+        for key in self.out.translated.drain(..) {
+            if flow_owner(&key, &dir, workers) != me
+                && dir.insert(crate::handoff::tuple_hash(&key), me)
+            {
+                m.registered.push(key);
+            }
+        }
+    }
+
+    /// End of a round with several workers: forget a few gone sessions' directory entries,
+    /// send the batches filled this round.
+    fn finish_handoff(&mut self) {
+        let Some(m) = self.multi.as_mut() else {
+            return;
+        };
+        let me = m.link.index();
+        let dir = m.link.directory().clone();
+        if !m.registered.is_empty() {
+            if let Some(sessions) = &m.sessions {
+                let ct = match sessions.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                let now = ct.now_ms();
+                for _ in 0..SWEEP_BUDGET.min(m.registered.len()) {
+                    if m.cursor >= m.registered.len() {
+                        m.cursor = 0;
+                    }
+                    let key = m.registered[m.cursor];
+                    if ct.contains(&key, now) {
+                        m.cursor += 1;
+                    } else {
+                        dir.remove(crate::handoff::tuple_hash(&key), me);
+                        m.registered.swap_remove(m.cursor);
+                    }
+                }
+            }
+        }
+        let dropped = m.link.send_all();
+        if dropped > 0 {
+            self.stats.handoff_drops.add(dropped);
+        }
+    }
+
+    /// Run the graph on `self.rx[..n]`, received on `sw_if` (trace, capture, counters when
+    /// `count_rx`).
+    fn ingest(&mut self, snap: &crate::snapshot::Snapshot, sw_if: u16, n: usize, count_rx: bool) {
+        {
             let mut tracing = self.control.trace_remaining.load(Ordering::Relaxed);
             let mut trace_filter = None;
             if tracing > 0 {
@@ -376,31 +661,21 @@ where
                     |r| Some(r.saturating_sub(taken)),
                 );
             }
-            let c = self.stats.iface(sw_if);
-            c.rx_packets.add(n as u64);
-            c.rx_bytes.add(bytes);
+            if count_rx {
+                let c = self.stats.iface(sw_if);
+                c.rx_packets.add(n as u64);
+                c.rx_bytes.add(bytes);
+            }
             self.graph.enqueue(self.entry, &self.bufs);
             self.graph.run(
                 self.io.memory(),
                 &mut self.meta,
-                &snap,
+                snap,
                 &self.stats,
                 &mut self.trace,
                 &mut self.out,
             );
         }
-        total += self.poll_host(&snap);
-        self.graph.timers(
-            self.io.memory(),
-            &mut self.meta,
-            &snap,
-            &self.stats,
-            &mut self.trace,
-            &mut self.out,
-        );
-        self.drain_outputs(&snap);
-        self.io.flush()?;
-        Ok(total)
     }
 
     /// Take up to [`HOST_BURST`] of the host's packets into the graph (when its source says
@@ -544,9 +819,27 @@ where
             self.capture_was_active = self.control.capture_active.load(Ordering::Relaxed);
             self.capture_out(snap);
         }
+        self.register_translated();
         for port in 0..self.out.tx.len() {
             if self.out.tx[port].is_empty() {
                 continue;
+            }
+            if let Some(m) = self.multi.as_mut() {
+                if let Some(peer) = m.link.tx_peer(port as u16) {
+                    // Another worker's port: it transmits a copy; the frame stays here.
+                    let mem = self.io.memory();
+                    let list = &self.out.tx[port];
+                    for d in list {
+                        let start = d.offset as usize;
+                        let frame = mem.frame(d.buf);
+                        let pkt = frame.get(start..start + d.len as usize).unwrap_or(&[]);
+                        m.link.push(peer, HandoffKind::Tx(port as u16), pkt);
+                        self.out.free.push(d.buf);
+                    }
+                    self.stats.handoff_sent.add(list.len() as u64);
+                    self.out.tx[port].clear();
+                    continue;
+                }
             }
             let list = std::mem::take(&mut self.out.tx[port]);
             let sent = self.io.tx_burst(port as u16, &list);
@@ -623,6 +916,24 @@ where
         }
     }
 
+    /// Sleep in the backend's wait, unless another worker handed packets over meanwhile
+    /// (it wakes a worker it sees sleeping, [`crate::handoff::HandoffLink::set_waker`]).
+    fn idle(&mut self) -> Result<(), IoError> {
+        match self.multi.as_mut() {
+            None => self.io.wait(self.idle_wait),
+            Some(m) => {
+                if !m.link.may_sleep() {
+                    return Ok(());
+                }
+                let r = self.io.wait(self.idle_wait);
+                if let Some(m) = self.multi.as_ref() {
+                    m.link.awake();
+                }
+                r
+            }
+        }
+    }
+
     /// Run until [`WorkerControl::stop`] is set: poll, run commands, sleep in
     /// the backend's `wait` when idle. A backend error does not end it: it is counted
     /// ([`WorkerControl::io_errors`]) and the loop goes on after a back-off (1 ms doubling
@@ -658,7 +969,7 @@ where
             }
             self.stats.loops.add(1);
             let done = match self.poll() {
-                Ok(0) => self.io.wait(self.idle_wait),
+                Ok(0) => self.idle(),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
             };

@@ -297,7 +297,13 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
                         }
                     }
                     match decision {
-                        Decision::Session(id) => (id, Dir::Orig),
+                        Decision::Session(id) => {
+                            // Translated: its replies carry another tuple (see `handoff`).
+                            if let Some(s) = ct.get(id).filter(|s| s.nat != NatKind::Untranslated) {
+                                cx.out.translated.push(s.reply);
+                            }
+                            (id, Dir::Orig)
+                        }
                         Decision::Pass => continue,
                         Decision::Drop(e) => {
                             nexts[i] = cx.drop_with(b, e);
