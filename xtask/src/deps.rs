@@ -49,6 +49,12 @@ pub const PACKAGES: &[&str] = &[
     "frr",
 ];
 
+/// What the io crate's `dpdk` cargo feature needs to build and run: DPDK 22.11's headers
+/// and libraries (with its poll-mode drivers, `net_af_packet` and `net_af_xdp` among them)
+/// and pkg-config, which its build script finds DPDK with. Installed only for DPDK builds
+/// (`cargo xtask deps --dpdk`), so the default build never needs DPDK.
+pub const DPDK_PACKAGES: &[&str] = &["libdpdk-dev", "pkg-config"];
+
 fn installed(pkg: &str) -> Result<bool> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -59,10 +65,10 @@ fn installed(pkg: &str) -> Result<bool> {
         && String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
-/// The packages of [`PACKAGES`] not installed.
-pub fn missing() -> Result<Vec<&'static str>> {
+/// The packages of `list` not installed.
+fn missing_of(list: &[&'static str]) -> Result<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for pkg in PACKAGES {
+    for pkg in list {
         if !installed(pkg)? {
             missing.push(*pkg);
         }
@@ -120,9 +126,18 @@ pub fn ensure_pip() -> Result<()> {
 /// Installs what is missing (`apt-get update` once, install retried once), or does nothing.
 pub fn ensure() -> Result<()> {
     ensure_pip()?;
-    let todo = missing()?;
+    ensure_packages(PACKAGES)
+}
+
+/// Installs the [`DPDK_PACKAGES`] that are missing (for builds with `--features dpdk`).
+pub fn ensure_dpdk() -> Result<()> {
+    ensure_packages(DPDK_PACKAGES)
+}
+
+fn ensure_packages(list: &[&'static str]) -> Result<()> {
+    let todo = missing_of(list)?;
     if todo.is_empty() {
-        println!("all {} system packages present", PACKAGES.len());
+        println!("all {} system packages present", list.len());
         return Ok(());
     }
     println!("missing system packages: {}", todo.join(" "));
@@ -142,7 +157,7 @@ pub fn ensure() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         run(&mut apt_get(&install)).context("apt-get install (second attempt)")?;
     }
-    let still = missing()?;
+    let still = missing_of(list)?;
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(" "));
     }
@@ -150,8 +165,12 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask deps`.
-pub fn run_deps() -> Result<()> {
-    let mut p = crate::progress::Progress::new(1);
-    p.step("system packages (dpkg-query, apt-get if missing)", ensure)
+/// `cargo xtask deps [--dpdk]`.
+pub fn run_deps(dpdk: bool) -> Result<()> {
+    let mut p = crate::progress::Progress::new(if dpdk { 2 } else { 1 });
+    p.step("system packages (dpkg-query, apt-get if missing)", ensure)?;
+    if dpdk {
+        p.step("DPDK packages (libdpdk-dev, pkg-config)", ensure_dpdk)?;
+    }
+    Ok(())
 }

@@ -42,7 +42,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Install the system packages the build, tests and benches need (apt-get; root).
-    Deps,
+    Deps {
+        /// Also the packages of the io crate's `dpdk` feature (libdpdk-dev, pkg-config).
+        #[arg(long)]
+        dpdk: bool,
+    },
     /// Build the XDP programs (release build of ferroplane-bpf) and list the objects.
     BuildEbpf,
     /// Install deps, build agent and ferroctl (release), and run the agent on IFACE in the
@@ -154,7 +158,7 @@ enum BenchKind {
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Cmd::Deps => deps::run_deps(),
+        Cmd::Deps { dpdk } => deps::run_deps(dpdk),
         Cmd::BuildEbpf => load::build_ebpf(),
         Cmd::BuildAndLoad {
             iface,

@@ -13,12 +13,16 @@
 //!   caller; for engine unit tests and benchmarks (no system calls).
 //! - [`XskIo`]: AF_XDP sockets sharing one UMEM across all ports (devices),
 //!   so a frame received on one port can be sent on another without a copy.
+//! - `dpdk::DpdkIo` (cargo feature `dpdk`): DPDK poll-mode drivers, frames are the
+//!   numbered mbufs of one mempool.
 //! - [`TunDevice`] is not a [`PacketIo`]: it hands IPv4 packets to the host
 //!   kernel (punt path) and, through a [`TunReader`], the host's own packets the
 //!   kernel routes to it (its traffic to service addresses) to the engine.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod ethtool;
 mod mem;
 mod tun;
