@@ -8,6 +8,7 @@
 //! of the agent runs exactly as in standalone mode; pods come from the CNI plugin.
 
 pub mod config;
+pub mod convert;
 pub mod model;
 pub mod policy;
 pub mod source;

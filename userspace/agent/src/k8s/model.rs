@@ -11,7 +11,6 @@ use ferroplane_tables::service::{PROTO_TCP, PROTO_UDP};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde_json::Value;
 
 use super::policy::{PodView, PolicyModel};
 use crate::spec::cluster::{MacAddr, RemoteNodeSpec};
@@ -263,59 +262,14 @@ fn proto_of(p: Option<&str>) -> Option<u8> {
     }
 }
 
-/// The fields of a Service the standalone spec's `services:` entries carry.
-const SERVICE_FIELDS: &str = r#"{"apiVersion":1,"kind":1,
- "metadata":{"name":1,"namespace":1,"labels":1},
- "spec":{"type":1,"clusterIP":1,"clusterIPs":1,
-   "ports":[{"name":1,"protocol":1,"port":1,"targetPort":1,"nodePort":1,"appProtocol":1}],
-   "externalIPs":1,"sessionAffinity":1,"sessionAffinityConfig":{"clientIP":{"timeoutSeconds":1}},
-   "externalTrafficPolicy":1,"internalTrafficPolicy":1,"healthCheckNodePort":1,"selector":1,
-   "ipFamilies":1,"ipFamilyPolicy":1,"allocateLoadBalancerNodePorts":1},
- "status":{"loadBalancer":{"ingress":[{"ip":1,"hostname":1,"ipMode":1}]}}}"#;
-
-/// The fields of an EndpointSlice the standalone spec's `endpointSlices:` entries carry.
-const SLICE_FIELDS: &str = r#"{"apiVersion":1,"kind":1,
- "metadata":{"name":1,"namespace":1,"labels":1},
- "addressType":1,"ports":[{"name":1,"protocol":1,"port":1,"appProtocol":1}],
- "endpoints":[{"addresses":1,"conditions":{"ready":1,"serving":1,"terminating":1},
-   "nodeName":1,"hostname":1,"zone":1,"targetRef":{"kind":1,"namespace":1,"name":1,"uid":1}}]}"#;
-
-/// Keeps the parts of `v` that `schema` lists (objects: listed keys, recursively; arrays:
-/// each element against the schema's single element; `1`: the value as is). Nulls go.
-pub fn project(v: &Value, schema: &Value) -> Value {
-    match (v, schema) {
-        (Value::Object(o), Value::Object(s)) => Value::Object(
-            o.iter()
-                .filter(|(_, x)| !x.is_null())
-                .filter_map(|(k, x)| s.get(k).map(|sub| (k.clone(), project(x, sub))))
-                .collect(),
-        ),
-        (Value::Array(a), Value::Array(s)) => match s.first() {
-            Some(sub) => Value::Array(a.iter().map(|x| project(x, sub)).collect()),
-            None => v.clone(),
-        },
-        _ => v.clone(),
-    }
-}
-
-fn convert<T: serde::de::DeserializeOwned, K: serde::Serialize>(
-    obj: &K,
-    fields: &str,
+/// Logs an object the spec cannot take (it is left out of the desired state).
+fn left_out<T>(
     what: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    r: Result<T, super::convert::ConvertError>,
 ) -> Option<T> {
-    let schema: Value = serde_json::from_str(fields).ok()?;
-    let v = serde_json::to_value(obj).ok()?;
-    match serde_json::from_value(project(&v, &schema)) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!(
-                "{what} {}/{} left out: {e}",
-                v["metadata"]["namespace"],
-                v["metadata"]["name"]
-            );
-            None
-        }
-    }
+    r.map_err(|e| tracing::warn!("{what} {}/{} left out: {e}", ns_of(meta), name_of(meta)))
+        .ok()
 }
 
 /// Services in the node spec's shape, with the API defaults applied
@@ -325,7 +279,7 @@ pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
         .services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName"))
-        .filter_map(|s| convert(s, SERVICE_FIELDS, "Service"))
+        .filter_map(|s| left_out("Service", &s.metadata, super::convert::service(s)))
         .map(|mut s| {
             crate::spec::services::set_service_defaults(&mut s);
             s
@@ -344,7 +298,13 @@ pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
         .endpoint_slices
         .iter()
         .filter(|s| s.address_type == "IPv4")
-        .filter_map(|s| convert(s, SLICE_FIELDS, "EndpointSlice"))
+        .filter_map(|s| {
+            left_out(
+                "EndpointSlice",
+                &s.metadata,
+                super::convert::endpoint_slice(s),
+            )
+        })
         .map(|mut s| {
             crate::spec::services::set_endpoint_slice_defaults(&mut s);
             s
