@@ -9,6 +9,7 @@
 //! - [`policy`]: namespaces, container ports, NetworkPolicies; defaults and validation.
 //! - [`cluster`]: the other nodes and the overlay (`cluster:`).
 //! - [`bgp`]: the BGP speaker (`bgp:`).
+//! - [`uplink`]: the uplink's driver (`node.uplinkDriver`, `node.dpdk`).
 //!
 //! The standalone file (standalone mode):
 //!
@@ -44,6 +45,7 @@ pub mod policy;
 pub mod services;
 #[cfg(test)]
 mod tests;
+pub mod uplink;
 mod yaml;
 
 pub use cidr::*;

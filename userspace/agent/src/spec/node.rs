@@ -89,6 +89,12 @@ pub struct NodeConfig {
     /// XDP attach mode.
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// The uplink's driver (see [`super::uplink`]).
+    #[serde(default)]
+    pub uplink_driver: super::uplink::UplinkDriver,
+    /// DPDK settings, with `uplinkDriver: dpdk`.
+    #[serde(default)]
+    pub dpdk: Option<super::uplink::DpdkSpec>,
 }
 
 impl NodeConfig {
@@ -205,6 +211,7 @@ impl NodeSpec {
             return Err(ConfigError::invalid("node.name", "must not be empty"));
         }
         check_ifname("node.uplink", &node.uplink)?;
+        super::uplink::validate(node.uplink_driver, node.dpdk.as_ref())?;
 
         let addr = node.address;
         if addr.prefix_len == 0 {
