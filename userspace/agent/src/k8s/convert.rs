@@ -52,6 +52,18 @@ fn meta(m: &K8sMeta) -> Result<ObjectMeta, ConvertError> {
     })
 }
 
+/// `f` over an optional list with each element's index (an absent list is empty).
+fn each<T, U>(
+    v: &Option<Vec<T>>,
+    f: impl Fn(usize, &T) -> Result<U, ConvertError>,
+) -> Result<Vec<U>, ConvertError> {
+    v.iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, x)| f(i, x))
+        .collect()
+}
+
 fn ipv4(field: impl Into<String>, s: &str) -> Result<Ipv4Addr, ConvertError> {
     s.parse()
         .map_err(|_| err(field, format!("{s:?} is not an IPv4 address")))
@@ -108,22 +120,23 @@ fn service_port(i: usize, p: &core::ServicePort) -> Result<ServicePortSpec, Conv
 }
 
 fn affinity_config(c: &core::SessionAffinityConfig) -> Result<SessionAffinityConfig, ConvertError> {
-    let client_ip = match &c.client_ip {
-        None => None,
-        Some(ip) => Some(ClientIpConfig {
-            timeout_seconds: ip
-                .timeout_seconds
-                .map(|t| {
-                    u32::try_from(t).map_err(|_| {
-                        err(
-                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                            format!("{t} is negative"),
-                        )
-                    })
-                })
-                .transpose()?,
-        }),
+    let timeout = |t: i32| {
+        u32::try_from(t).map_err(|_| {
+            err(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("{t} is negative"),
+            )
+        })
     };
+    let client_ip = c
+        .client_ip
+        .as_ref()
+        .map(|ip| {
+            Ok(ClientIpConfig {
+                timeout_seconds: ip.timeout_seconds.map(timeout).transpose()?,
+            })
+        })
+        .transpose()?;
     Ok(SessionAffinityConfig { client_ip })
 }
 
@@ -132,20 +145,10 @@ fn service_body(s: &core::ServiceSpec) -> Result<ServiceSpecBody, ConvertError> 
         type_: service_type(s.type_.as_deref())?,
         cluster_ip: s.cluster_ip.clone(),
         cluster_ips: s.cluster_ips.clone().unwrap_or_default(),
-        ports: s
-            .ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| service_port(i, p))
-            .collect::<Result<_, _>>()?,
-        external_ips: s
-            .external_ips
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, a)| ipv4(format!("spec.externalIPs[{i}]"), a))
-            .collect::<Result<_, _>>()?,
+        ports: each(&s.ports, service_port)?,
+        external_ips: each(&s.external_ips, |i, a| {
+            ipv4(format!("spec.externalIPs[{i}]"), a)
+        })?,
         session_affinity: s.session_affinity.clone(),
         session_affinity_config: s
             .session_affinity_config
@@ -171,29 +174,31 @@ fn service_body(s: &core::ServiceSpec) -> Result<ServiceSpecBody, ConvertError> 
     })
 }
 
+fn lb_ingress(
+    i: usize,
+    ing: &core::LoadBalancerIngress,
+) -> Result<LoadBalancerIngress, ConvertError> {
+    Ok(LoadBalancerIngress {
+        ip: ing
+            .ip
+            .as_deref()
+            .map(|a| ipv4(format!("status.loadBalancer.ingress[{i}].ip"), a))
+            .transpose()?,
+        hostname: ing.hostname.clone(),
+        ip_mode: ing.ip_mode.clone(),
+    })
+}
+
 fn service_status(s: &core::ServiceStatus) -> Result<ServiceStatus, ConvertError> {
-    let load_balancer = match &s.load_balancer {
-        None => None,
-        Some(lb) => Some(LoadBalancerStatus {
-            ingress: lb
-                .ingress
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, ing)| {
-                    Ok(LoadBalancerIngress {
-                        ip: ing
-                            .ip
-                            .as_deref()
-                            .map(|a| ipv4(format!("status.loadBalancer.ingress[{i}].ip"), a))
-                            .transpose()?,
-                        hostname: ing.hostname.clone(),
-                        ip_mode: ing.ip_mode.clone(),
-                    })
-                })
-                .collect::<Result<_, ConvertError>>()?,
-        }),
-    };
+    let load_balancer = s
+        .load_balancer
+        .as_ref()
+        .map(|lb| {
+            Ok(LoadBalancerStatus {
+                ingress: each(&lb.ingress, lb_ingress)?,
+            })
+        })
+        .transpose()?;
     Ok(ServiceStatus { load_balancer })
 }
 
@@ -242,30 +247,18 @@ pub fn endpoint_slice(s: &EndpointSlice) -> Result<EndpointSliceSpec, ConvertErr
         kind: Some(EndpointSlice::KIND.into()),
         metadata: meta(&s.metadata)?,
         address_type: s.address_type.clone(),
-        ports: s
-            .ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| {
-                Ok(EndpointPort {
-                    name: p.name.clone(),
-                    protocol: p.protocol.clone(),
-                    port: p
-                        .port
-                        .map(|n| port(format!("ports[{i}].port"), n))
-                        .transpose()?,
-                    app_protocol: p.app_protocol.clone(),
-                })
+        ports: each(&s.ports, |i, p| {
+            Ok(EndpointPort {
+                name: p.name.clone(),
+                protocol: p.protocol.clone(),
+                port: p
+                    .port
+                    .map(|n| port(format!("ports[{i}].port"), n))
+                    .transpose()?,
+                app_protocol: p.app_protocol.clone(),
             })
-            .collect::<Result<_, ConvertError>>()?,
-        endpoints: s
-            .endpoints
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, e)| endpoint(i, e))
-            .collect::<Result<_, _>>()?,
+        })?,
+        endpoints: each(&s.endpoints, endpoint)?,
     })
 }
 
