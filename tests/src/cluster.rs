@@ -201,6 +201,8 @@ pub struct Cluster {
     /// BGP between the nodes (none by default).
     pub bgp: Option<ClusterBgp>,
     external: Vec<ExternalPeer>,
+    /// Extra arguments for every agent (see [`Cluster::set_agent_args`]).
+    agent_args: Vec<String>,
     dir: TempDir,
 }
 
@@ -243,6 +245,7 @@ impl Cluster {
             mode,
             bgp: None,
             external: Vec::new(),
+            agent_args: Vec::new(),
             dir,
         };
         let f = &cluster.fabric;
@@ -268,9 +271,14 @@ impl Cluster {
                 .ip(&["link", "set", &port, "master", Self::BRIDGE])?;
             // The bridge port's receive path in NAPI mode (GRO on) takes frames XDP on the
             // node's uplink redirects (the flow cache while an agent restarts), as a NIC does.
+            // Its send side puts full checksums on the frames it hands the node, as a wire does:
+            // with TX checksum offload on, what GRO merged here and the bridge re-segments
+            // reaches the node with only the pseudo-header sum in the TCP checksum field
+            // (CHECKSUM_PARTIAL), which XDP cannot see; forwarded as it is (the fast path, or
+            // the engine), the receiving pod drops it (TcpInCsumErrors).
             cluster
                 .fabric
-                .exec_ok(&["ethtool", "-K", &port, "gro", "on"])?;
+                .exec_ok(&["ethtool", "-K", &port, "gro", "on", "tx", "off"])?;
             // Frames the node's kernel sends (WireGuard timers, ARP) carry full checksums,
             // as on a real wire: the receiving engine cannot see offload state.
             ns.exec_ok(&["ethtool", "-K", Self::UPLINK_IF, "tx", "off"])?;
@@ -314,19 +322,26 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Extra arguments for every agent [`Cluster::start`] starts (e.g. `--fast-path on`).
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Lists a non-ferroplane peer in every node's spec (call before [`Cluster::start`]).
     pub fn add_external_peer(&mut self, peer: ExternalPeer) {
         self.external.push(peer);
     }
 
     /// Plugs `ns` into the fabric bridge: veth `ifname` in `ns` (port `x<n>` on the bridge)
-    /// with `address/24`, TX checksum offload off. The namespace is kept (and deleted) with
+    /// with `address/24`, TX checksum offload off at both ends. The namespace is kept (and deleted) with
     /// the cluster.
     pub fn attach(&mut self, ns: Netns, ifname: &str, address: Ipv4Addr) -> Result<&Netns> {
         let port = format!("x{}", self.extra.len());
         link_veth(&ns, ifname, &self.fabric, &port)?;
         self.fabric
             .ip(&["link", "set", &port, "master", Self::BRIDGE])?;
+        self.fabric
+            .exec_ok(&["ethtool", "-K", &port, "tx", "off"])?;
         ns.exec_ok(&["ethtool", "-K", ifname, "tx", "off"])?;
         ns.add_addr(ifname, &format!("{address}/{}", Self::FABRIC_PREFIX_LEN))?;
         self.extra.push(ns);
@@ -422,7 +437,7 @@ impl Cluster {
             }
         }
         for i in 0..self.nodes.len() {
-            let guard = start_agent(&self.nodes[i], bin_dir)?;
+            let guard = start_agent(&self.nodes[i], bin_dir, &self.agent_args)?;
             self.agents.push(guard);
         }
         Ok(())
@@ -457,7 +472,7 @@ impl Cluster {
 }
 
 /// Starts node `n`'s agent in its namespace and waits for its API.
-fn start_agent(n: &ClusterNode, bin_dir: &Path) -> Result<AgentGuard> {
+fn start_agent(n: &ClusterNode, bin_dir: &Path, extra: &[String]) -> Result<AgentGuard> {
     let agent = bin_path(bin_dir, "ferroplane-agent")?;
     let ctl = bin_path(bin_dir, "ferroctl")?;
     let _ = std::fs::remove_file(&n.api_socket);
@@ -466,6 +481,9 @@ fn start_agent(n: &ClusterNode, bin_dir: &Path) -> Result<AgentGuard> {
     let sock_s = n.api_socket.to_string_lossy();
     let mut cmd =
         n.ns.command(&[&agent_s, "--config", &spec_s, "--api-socket", &sock_s]);
+    cmd.args(extra);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    cmd.args(crate::agent_env_args(&extra));
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }

@@ -141,6 +141,18 @@ pub fn bin_dir() -> PathBuf {
     workspace_root().join("target").join("release")
 }
 
+/// Agent arguments every e2e agent gets from the environment: `FERRO_FAST_PATH=on|off` adds
+/// `--fast-path on|off` (to run any suite with the XDP fast path forced on or off), unless
+/// the test passes its own `--fast-path` in `extra`.
+pub fn agent_env_args(extra: &[&str]) -> Vec<String> {
+    match std::env::var("FERRO_FAST_PATH") {
+        Ok(v) if !v.is_empty() && !extra.contains(&"--fast-path") => {
+            vec!["--fast-path".to_string(), v]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Path of binary `name` in `dir`, or an error telling how to build it.
 pub fn bin_path(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);

@@ -195,6 +195,7 @@ impl Topology {
             .node
             .command(&[&agent_s, "--config", &spec_s, "--api-socket", &sock_s]);
         cmd.args(extra);
+        cmd.args(crate::agent_env_args(extra));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
