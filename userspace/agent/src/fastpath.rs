@@ -22,7 +22,12 @@
 //!   untranslated flows are removed: the engine decides their next packets as it would
 //!   without the cache (connections it remembers as allowed keep working and come back to
 //!   the cache, the others follow the new policy); translated flows are established
-//!   sessions, which policy never cuts;
+//!   sessions, which policy never cuts. The engine's memory of allowed untranslated flows
+//!   (`ip4-policy`, idle timeout) only sees the packets the engine forwards, so an active
+//!   untranslated entry the engine has not reported for [`POLICY_REFRESH`] is removed: its
+//!   next packet goes through the engine, which refreshes that memory and reports the flow
+//!   again (one packet per flow and [`POLICY_REFRESH`]). A connection XDP forwards is thus
+//!   remembered as long as it is active, as without the cache;
 //! - **trace**: while `ferroctl trace add` has packets to trace, the `config` map tells XDP
 //!   to send every packet to the engine, so the trace sees every packet of the flows it
 //!   matches (set within [`TICK`] of the trace command).
@@ -50,6 +55,10 @@ pub const TICK: Duration = Duration::from_millis(20);
 pub const SYNC: Duration = Duration::from_secs(2);
 /// Entries idle for longer are removed (XDP ignores them already).
 const IDLE_NS: u64 = ferroplane_bpf::FLOW4_IDLE_NS;
+/// How long an active untranslated flow stays in the cache without an engine report: then
+/// one of its packets goes through the engine (which refreshes its NetworkPolicy flow
+/// memory, 60 s idle for UDP, 10 min for TCP). Well under the shortest of those timeouts.
+pub const POLICY_REFRESH: Duration = Duration::from_secs(20);
 
 /// What the writer did, for `show xdp` and metrics.
 #[derive(Debug, Default)]
@@ -64,6 +73,8 @@ pub struct FastPathStats {
     pub expired: AtomicU64,
     /// Engine sessions refreshed from XDP's last-seen times.
     pub refreshed: AtomicU64,
+    /// Untranslated entries handed back to the engine after [`POLICY_REFRESH`].
+    pub handed_back: AtomicU64,
 }
 
 /// The flow-cache writer thread.
@@ -111,6 +122,7 @@ impl FastPath {
             counted: HashMap::new(),
             known: HashSet::new(),
             ours: HashSet::new(),
+            reported: HashMap::new(),
             last_sync: Instant::now(),
             last_sync_ns: 0,
             stats: stats.clone(),
@@ -189,6 +201,8 @@ struct Writer {
     known: HashSet<u32>,
     /// Entries this writer wrote (a previous agent's have no session in this engine).
     ours: HashSet<FpFlow4Key>,
+    /// When the engine last reported each entry this writer wrote (it forwarded a packet).
+    reported: HashMap<FpFlow4Key, Instant>,
     last_sync: Instant,
     last_sync_ns: u64,
     stats: Arc<FastPathStats>,
@@ -303,6 +317,16 @@ fn still_valid(
     })
 }
 
+/// Whether the untranslated entry `v` this writer wrote, last reported by the engine at
+/// `reported`, goes back to the engine for one packet at `now`: XDP forwarded it since
+/// `since_ns` (it is active) and the engine has not seen it for [`POLICY_REFRESH`] (its
+/// NetworkPolicy flow memory ages only with the packets the engine forwards).
+fn hand_back(v: &FpFlow4, reported: Option<Instant>, now: Instant, since_ns: u64) -> bool {
+    v.flags & FpFlow4::NAT == 0
+        && v.seen_ns > since_ns
+        && reported.is_some_and(|t| now.saturating_duration_since(t) >= POLICY_REFRESH)
+}
+
 impl Writer {
     fn run(&mut self, rx: &Receiver<FlowExport>, stop: &AtomicBool) {
         let mut batch = Vec::new();
@@ -374,6 +398,7 @@ impl Writer {
                 for k in [key, key_of(s, d, sp, dp, f.proto)] {
                     self.counted.remove(&k);
                     self.ours.remove(&k);
+                    self.reported.remove(&k);
                     match bpf.remove_flow4(&k) {
                         Ok(true) => {
                             self.stats.closed.fetch_add(1, Ordering::Relaxed);
@@ -390,6 +415,7 @@ impl Writer {
             }
             self.counted.remove(&key);
             self.ours.insert(key);
+            self.reported.insert(key, Instant::now());
             if let Err(e) = bpf.set_flow4(key, value) {
                 warn!("flow cache: {e}");
                 continue;
@@ -441,6 +467,7 @@ impl Writer {
             {
                 self.counted.remove(&k);
                 self.ours.remove(&k);
+                self.reported.remove(&k);
                 if let Ok(true) = bpf.remove_flow4(&k) {
                     self.stats.invalidated.fetch_add(1, Ordering::Relaxed);
                 }
@@ -492,8 +519,18 @@ impl Writer {
             if gone {
                 self.counted.remove(&k);
                 self.ours.remove(&k);
+                self.reported.remove(&k);
                 if let Ok(true) = bpf.remove_flow4(&k) {
                     self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if hand_back(&v, self.reported.get(&k).copied(), Instant::now(), since) {
+                // The next packet refreshes the engine's policy memory; the engine reports
+                // the flow again and it comes back here (counted as XDP's until now).
+                self.counted.remove(&k);
+                self.ours.remove(&k);
+                self.reported.remove(&k);
+                if let Ok(true) = bpf.remove_flow4(&k) {
+                    self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
                 }
             } else {
                 live.insert(k);
@@ -501,5 +538,48 @@ impl Writer {
         }
         self.counted.retain(|k, _| live.contains(k));
         self.ours.retain(|k| live.contains(k));
+        self.reported.retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(flags: u32, seen_ns: u64) -> FpFlow4 {
+        FpFlow4 {
+            ifindex: 2,
+            dmac: [0; 6],
+            smac: [0; 6],
+            saddr: [10, 244, 1, 10],
+            daddr: [10, 244, 1, 11],
+            sport: [0, 1],
+            dport: [0, 2],
+            flags,
+            in_ifindex: 3,
+            mtu: 1500,
+            seen_ns,
+            packets: 10,
+            bytes: 1000,
+        }
+    }
+
+    #[test]
+    fn active_untranslated_entries_go_back_to_the_engine_after_policy_refresh() {
+        let now = Instant::now();
+        let old = now
+            .checked_sub(POLICY_REFRESH)
+            .expect("monotonic clock past 20 s");
+        let fresh = now.checked_sub(POLICY_REFRESH / 2).expect("clock");
+        // Active since the last sync, reported 20 s ago: back to the engine.
+        assert!(hand_back(&entry(0, 200), Some(old), now, 100));
+        // Reported recently: stays.
+        assert!(!hand_back(&entry(0, 200), Some(fresh), now, 100));
+        // Idle since the last sync: its memory ages as without the cache.
+        assert!(!hand_back(&entry(0, 50), Some(old), now, 100));
+        // Translated: the session is refreshed from XDP's counters instead.
+        assert!(!hand_back(&entry(FpFlow4::NAT, 200), Some(old), now, 100));
+        // Not written by this writer (a previous agent's): left alone.
+        assert!(!hand_back(&entry(0, 200), None, now, 100));
     }
 }
