@@ -31,7 +31,7 @@ fn setup() -> (Topology, AgentGuard) {
     // Every packet through the engine and its AF_XDP ports: the XDP fast path (on by
     // default) would forward the established part of a burst without them.
     let agent = topo
-        .start_agent_with(&bin_dir(), &["--fast-path", "off", "--idle-fill", "1024"])
+        .start_agent_with(&bin_dir(), &["--fast-path", "off"])
         .expect("agent start");
     // Resolve every neighbour the bursts need (pods -> 169.254.1.1, router <-> node), so
     // that no burst packet waits for ARP.

@@ -20,7 +20,7 @@ fn pod_iface(topo: &Topology, agent: &AgentGuard, i: usize) -> String {
 }
 
 /// `ferroctl show buffers`: the frame pool adds up, an idle pod's port holds the idle fill
-/// (`--idle-fill`, 32 by default), and a bulk transfer grows the fill ring of the port the data arrives on.
+/// (`--idle-fill`, 128 by default), and a bulk transfer grows the fill ring of the port the data arrives on.
 #[test]
 fn buffers_show_the_pool_and_fill_rings_following_traffic() {
     if !require_root() {
@@ -56,7 +56,7 @@ fn buffers_show_the_pool_and_fill_rings_following_traffic() {
     let idle = port(&before, &pod0_if);
     let idle_fill = num(&idle, "fill_target");
     assert_eq!(
-        idle_fill, 32,
+        idle_fill, 128,
         "an idle pod's port (the default --idle-fill): {idle}"
     );
     assert_eq!(num(&idle, "fill_frames"), idle_fill, "{idle}");

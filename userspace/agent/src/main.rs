@@ -57,25 +57,35 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
-    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port). A port's fill ring
-    /// holds 1024 frames while idle (a 1,000-packet burst into or out of an idle pod is not
-    /// dropped) and up to 2048 when busy, within its share of three quarters of the pool
-    /// (an uplink queue counts 4 shares, a pod 1): 16384 frames give the full idle fill to
-    /// a one-queue uplink and 5 pods, 32768 to 15 pods; with more pods a pod's idle fill
-    /// shrinks with its share (50 pods, 16384 frames: 113). More frames cost CNI ADD time
-    /// and kernel memory: every AF_XDP socket on the shared UMEM makes the kernel allocate
-    /// and clear 128 bytes per UMEM frame (measured: 16384 frames ~2.5 ms and 2 MiB per
-    /// socket, 32768 ~12 ms and 4 MiB, which puts ADD above the reference plugins).
+    /// Frames in the AF_XDP UMEM (2 KiB each; shared by every port): 16384 is 32 MiB,
+    /// pinned. A port's fill ring holds `--idle-fill` frames while idle and up to 2048 when
+    /// busy, within its share of three quarters of the pool (an uplink queue counts 4
+    /// shares, a pod 1) and never taking the floors (32 frames) kept for the ports still to
+    /// come up to `--max-ports`. More frames cost kernel memory and CNI ADD time: every
+    /// AF_XDP socket on the shared UMEM makes the kernel allocate and clear 128 bytes per
+    /// UMEM frame (16384 frames: 2 MiB per socket).
     #[arg(long, default_value_t = 16384)]
     frames: u32,
-    /// Frames an idle port keeps in its fill ring (at most 2048). 1024 takes a 1,000-packet
-    /// burst into or out of an idle pod whole, but the kernel cannot hand back frames an
-    /// idle port holds, so the first ports to open keep their fill when more pods arrive:
-    /// with the default `--frames` that starves pods beyond about ten. The default, 32,
-    /// serves any pod count the pool allows; raise it together with `--frames` (roughly
-    /// `frames * 3/4 >= idle fill * (pods + 4 * uplink queues)`).
-    #[arg(long, default_value_t = 32)]
+    /// Frames an idle port keeps in its fill ring (at most 2048): what the kernel can take
+    /// for it before the engine worker runs; on its first packets the port jumps to the
+    /// busy fill (2048) and is refilled at once. With the real-time worker
+    /// (`--worker-priority`), 128 takes a 1,000-packet burst into or out of an idle pod
+    /// whole; under the normal scheduler it takes about 1024 (and then `--frames` must grow:
+    /// roughly `frames * 3/4 >= idle fill * (pods + 4 * uplink queues)`).
+    #[arg(long, default_value_t = 128)]
     idle_fill: u32,
+    /// The most AF_XDP ports (pods plus uplink queues) the pool keeps a fill-ring floor
+    /// (32 frames) for: ports opened early never take the frames of ports opened later,
+    /// because the kernel cannot hand back what an idle port's fill ring holds. The
+    /// default covers kubelet's default maxPods (110) and a 16-queue uplink.
+    #[arg(long, default_value_t = 128)]
+    max_ports: u32,
+    /// Real-time priority (`SCHED_FIFO`, 1-99) of the engine worker thread; 0 keeps it
+    /// under the normal scheduler. Real-time lets the worker preempt a pod that floods
+    /// an idle port, so it refills the port's fill ring during the burst instead of after
+    /// it (with 0, a 1,000-packet burst loses what exceeds the idle fill).
+    #[arg(long, default_value_t = 1)]
+    worker_priority: u8,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
     cni_socket: Option<PathBuf>,
@@ -976,9 +986,11 @@ async fn run(args: Args) -> Result<()> {
         XskConfig {
             num_frames: args.frames,
             idle_fill: args.idle_fill,
+            max_ports: args.max_ports,
             ..XskConfig::default()
         },
         Some(tun),
+        args.worker_priority,
     )
     .context("starting the engine")?;
     engine.punt_ifindex = Some(punt.ifindex);

@@ -78,19 +78,31 @@ pub struct XskConfig {
     pub tx_size: u32,
     /// The most frames a busy port's fill ring is kept topped up to (at most
     /// `fill_size`). A new or idle port's fill ring holds `idle_fill`; a port that drains
-    /// at least half of its fill ring between two [`PacketIo::flush`]es doubles its
-    /// target, up to this, while more than a quarter of the pool is free; a port refilled
-    /// while less than a quarter is free halves its target again, down to `idle_fill`
-    /// (see [`XskPortStats::fill_target`]). Both stay within the port's share of the pool
-    /// ([`XskIo::port_cap_of`]).
+    /// at least half of its fill ring since its last refill jumps to this target and is
+    /// refilled at once (in [`PacketIo::rx_burst`], before its packets are processed),
+    /// while more than a quarter of the pool (beyond the floors kept for ports not open
+    /// yet, [`XskIo::floor_reserve`]) is free; a port refilled while less is free halves
+    /// its target again, down to `idle_fill` (see [`XskPortStats::fill_target`]). Both
+    /// stay within the port's share of the pool ([`XskIo::port_cap_of`]).
     pub fill_target: u32,
     /// Frames in the fill ring of a new or idle port (at most `fill_target`): what the
     /// kernel can receive for it before the worker, asleep or busy elsewhere, reads and
-    /// refills. The kernel drops what arrives on an empty fill ring (a veth's XDP path
-    /// runs in the sender's context, so an unpaced burst from a pod lands well before the
-    /// worker wakes): the default, 1024, takes a 1,000-packet burst whole. It costs frames:
-    /// every port holds that many while it has its share of the pool.
+    /// refills (then the port jumps to `fill_target`). The kernel drops what arrives on an
+    /// empty fill ring, and a veth's XDP path runs in the sender's context: an unpaced
+    /// burst from a pod lands while the worker wakes. With a real-time worker (the agent's
+    /// default), which preempts the sender once woken, the default, 128, takes a
+    /// 1,000-packet burst whole (a worker under the normal scheduler waits for the
+    /// sender's time slice and needs about the whole burst, 1024). It costs frames: every
+    /// port holds that many while its share of the pool and the floors of the ports still
+    /// to come ([`XskConfig::max_ports`]) allow.
     pub idle_fill: u32,
+    /// The most ports (sockets: pod veths, uplink queues) this backend is expected to
+    /// serve at once. Every port not open yet, up to this many, has [`MIN_FILL_TARGET`]
+    /// frames of the free pool kept for its fill ring: frames above that floor go to fill
+    /// rings (idle fills, busy growth) only while the pool keeps those floors, so ports
+    /// opened late are never left without frames by ports opened early (the kernel cannot
+    /// hand back what a fill ring holds). More ports may open; they share what is left.
+    pub max_ports: u32,
     /// Device whose queue 0 anchors the UMEM (it receives nothing).
     pub anchor_ifname: String,
 }
@@ -116,8 +128,10 @@ const PORT_RETRY_MAX: Duration = Duration::from_secs(1);
 impl Default for XskConfig {
     fn default() -> Self {
         XskConfig {
-            // 64 MiB: full idle fill rings for a dozen ports (see `XskIo::port_cap`).
-            num_frames: 32768,
+            // 32 MiB. Each socket on the UMEM costs the kernel 128 bytes per frame (see
+            // `XskIo::opener`), so the pool is kept small: with a real-time worker a
+            // 128-frame idle fill takes a 1,000-packet burst (see `idle_fill`).
+            num_frames: 16384,
             frame_size: 2048,
             headroom: 0,
             // Twice the largest fill target: the kernel publishes how far it has read
@@ -127,7 +141,9 @@ impl Default for XskConfig {
             rx_size: 2048,
             tx_size: 2048,
             fill_target: 2048,
-            idle_fill: 1024,
+            idle_fill: 128,
+            // kubelet's default maxPods (110), up to 16 uplink queues, and the spare.
+            max_ports: 128,
             anchor_ifname: "lo".to_string(),
         }
     }
@@ -422,6 +438,9 @@ pub struct XskIo {
     reaper: Option<Reaper>,
     /// The most frames a port of weight 1 may hold now ([`XskIo::port_cap`]).
     port_cap: u32,
+    /// Free frames kept for the fill-ring floors of ports not open yet
+    /// ([`XskIo::floor_reserve`]).
+    floor_reserve: usize,
     /// Errors of single ports since the start ([`PacketIo::port_errors`]).
     port_errors: u64,
     mem: XskMemory,
@@ -784,6 +803,7 @@ impl XskIo {
             closed: 0,
             reaper: None,
             port_cap: (cfg.num_frames - cfg.num_frames / 4).max(MIN_PORT_CAP),
+            floor_reserve: floor_reserve(&cfg, 0),
             port_errors: 0,
             umem: Arc::new(SharedUmem(umem)),
             cfg,
@@ -858,10 +878,11 @@ impl XskIo {
         }
         self.update_port_cap();
         let fs = self.mem.frame_size as u64;
+        let reserve = self.floor_reserve;
         for &(id, _) in &out {
             if let Some(Some(p)) = self.ports.get_mut(usize::from(id)) {
                 p.stats.fill_target = idle_fill(&self.cfg, p.cap);
-                refill_port(id, p, &mut self.owner, &mut self.free, fs);
+                refill_port(id, p, &mut self.owner, &mut self.free, fs, reserve);
             }
         }
         self.pollfds_stale = true;
@@ -1065,6 +1086,13 @@ impl XskIo {
         self.port_cap
     }
 
+    /// Free frames kept now for the fill-ring floors ([`MIN_FILL_TARGET`] each) of the
+    /// ports not open yet, up to [`XskConfig::max_ports`]: fill rings take frames above
+    /// their floor only while this many stay free.
+    pub fn floor_reserve(&self) -> usize {
+        self.floor_reserve
+    }
+
     /// The most frames `port` may hold now (its weight times [`XskIo::port_cap`]).
     pub fn port_cap_of(&self, port: PortId) -> Option<u32> {
         self.port(port).map(|p| p.cap)
@@ -1082,9 +1110,10 @@ impl XskIo {
         p.weight = weight.max(1);
         self.update_port_cap();
         let fs = self.mem.frame_size as u64;
+        let reserve = self.floor_reserve;
         if let Some(Some(p)) = self.ports.get_mut(usize::from(port)) {
             p.stats.fill_target = p.stats.fill_target.max(idle_fill(&self.cfg, p.cap));
-            refill_port(port, p, &mut self.owner, &mut self.free, fs);
+            refill_port(port, p, &mut self.owner, &mut self.free, fs, reserve);
         }
         Ok(())
     }
@@ -1092,6 +1121,8 @@ impl XskIo {
     /// Recomputes every port's cap ([`XskIo::port_cap`]) after ports came or went or a
     /// weight changed. Fill targets follow at the next flush ([`fit_fill_target`]).
     fn update_port_cap(&mut self) {
+        let open = self.ports.iter().flatten().count() + self.closing.len();
+        self.floor_reserve = floor_reserve(&self.cfg, open);
         let weights: u32 = self.ports.iter().flatten().map(|p| p.weight).sum();
         let share = share_of_pool(self.cfg.num_frames, weights);
         self.port_cap = share.max(MIN_PORT_CAP);
@@ -1099,6 +1130,13 @@ impl XskIo {
             p.cap = share.saturating_mul(p.weight).max(MIN_PORT_CAP);
         }
     }
+}
+
+/// Frames kept free for the fill-ring floors of the ports not open yet when `open` are
+/// (see [`XskConfig::max_ports`]).
+fn floor_reserve(cfg: &XskConfig, open: usize) -> usize {
+    let floor = MIN_FILL_TARGET.min(cfg.idle_fill) as usize;
+    (cfg.max_ports as usize).saturating_sub(open) * floor
 }
 
 /// One share of three quarters of a pool of `num_frames`, split into `weights` shares.
@@ -1126,9 +1164,10 @@ fn idle_fill(cfg: &XskConfig, cap: u32) -> u32 {
 }
 
 /// Fit a port's fill target to its activity since its last refill, with `free` frames
-/// in the pool (see [`XskConfig::fill_target`]), and `cap` the most the port may hold
-/// (see [`most_fill`]).
-fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32) {
+/// in the pool (see [`XskConfig::fill_target`]), `cap` the most the port may hold
+/// (see [`most_fill`]) and `floors` frames kept for ports not open yet
+/// ([`XskIo::floor_reserve`]).
+fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32, floors: usize) {
     let most = most_fill(cfg, cap);
     let floor = idle_fill(cfg, cap);
     if s.fill_target > most {
@@ -1140,28 +1179,32 @@ fn fit_fill_target(s: &mut XskPortStats, free: usize, cfg: &XskConfig, cap: u32)
         s.fill_target = floor;
         return;
     }
-    // A quarter of the pool stays free for frames in flight (vectors, TX rings).
-    let reserve = (cfg.num_frames / 4) as usize;
+    // A quarter of the pool stays free for frames in flight (vectors, TX rings), beyond
+    // the floors kept for ports not open yet.
+    let reserve = (cfg.num_frames / 4) as usize + floors;
     if free <= reserve {
         // Short of frames: a port using its fill ring gives some back as it receives.
         if s.fill_frames < s.fill_target {
             s.fill_target = (s.fill_target / 2).max(floor);
         }
     } else if s.fill_frames <= s.fill_target / 2 && s.fill_target < most {
-        // Busy: half of the ring (or more) was used since the last refill.
-        s.fill_target = (s.fill_target * 2).min(most);
+        // Busy: half of the ring (or more) was used since the last refill. Straight to the
+        // busy target: the rest of a burst into an idle port is on its way.
+        s.fill_target = most;
         s.fill_grown += 1;
     }
 }
 
 /// Top the fill ring of port `id` up to its fill target from the free pool, holding at
-/// most its cap in all its rings.
+/// most its cap in all its rings, and leaving `reserve` frames in the pool beyond the
+/// port's [`MIN_FILL_TARGET`] (see [`XskConfig::max_ports`]).
 fn refill_port(
     id: PortId,
     p: &mut Port,
     owner: &mut [Owner],
     free: &mut Vec<BufIdx>,
     frame_size: u64,
+    reserve: usize,
 ) {
     let cap = p.cap;
     let held = p.stats.fill_frames + p.stats.tx_in_flight;
@@ -1170,7 +1213,11 @@ fn refill_port(
         .fill_target
         .saturating_sub(p.stats.fill_frames)
         .min(cap.saturating_sub(held));
-    let n = (want as usize).min(free.len());
+    // Up to its floor from anywhere in the pool; above it, only what the floors of the
+    // ports still to come leave.
+    let floor = MIN_FILL_TARGET.saturating_sub(p.stats.fill_frames) as usize;
+    let spare = free.len().saturating_sub(reserve).max(floor);
+    let n = (want as usize).min(spare).min(free.len());
     if n == 0 {
         return;
     }
@@ -1286,6 +1333,7 @@ impl PacketIo for XskIo {
             return 0;
         };
         let fs = self.mem.frame_size as u64;
+        let reserve = self.floor_reserve;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
         if want == 0 {
             return 0;
@@ -1313,7 +1361,15 @@ impl PacketIo for XskIo {
             }
         }
         reader.release();
+        drop(reader);
         p.stats.rx_packets += n as u64;
+        if n > 0 && p.stats.fill_frames <= p.stats.fill_target / 2 {
+            // Half of the fill ring went since the last refill: the port is busy (a burst
+            // may be arriving while the engine was asleep). Jump to the busy target and
+            // refill now, before the vector is processed, not at the next flush.
+            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, p.cap, reserve);
+            refill_port(port, p, &mut self.owner, &mut self.free, fs, reserve);
+        }
         n
     }
 
@@ -1421,6 +1477,7 @@ impl PacketIo for XskIo {
         }
         let fs = self.mem.frame_size as u64;
         let kick_budget = self.cfg.tx_size / KERNEL_TX_BATCH + 1;
+        let reserve = self.floor_reserve;
         let mut now = None;
         for (i, slot) in self.ports.iter_mut().enumerate() {
             let Some(p) = slot else { continue };
@@ -1440,8 +1497,8 @@ impl PacketIo for XskIo {
                 }
             }
             reap_completions(id, p, &mut self.owner, &mut self.free, fs);
-            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, p.cap);
-            refill_port(id, p, &mut self.owner, &mut self.free, fs);
+            fit_fill_target(&mut p.stats, self.free.len(), &self.cfg, p.cap, reserve);
+            refill_port(id, p, &mut self.owner, &mut self.free, fs, reserve);
         }
         Ok(())
     }
@@ -1565,24 +1622,31 @@ mod tests {
         };
         // Many ports: the cap shrinks the target of a busy port at once; a small cap
         // keeps half for TX.
-        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
+        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP, 0);
         assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
         // Busy again: it grows no further than half the cap.
         s.fill_frames = 0;
-        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP);
+        fit_fill_target(&mut s, 8000, &cfg, MIN_PORT_CAP, 0);
         assert_eq!(s.fill_target, MIN_PORT_CAP / 2);
         // A larger cap keeps TX_ROOM for TX.
         for _ in 0..10 {
             s.fill_frames = 0;
-            fit_fill_target(&mut s, 8000, &cfg, 600);
+            fit_fill_target(&mut s, 8000, &cfg, 600, 0);
         }
         assert_eq!(s.fill_target, 600 - TX_ROOM);
-        // Fewer ports: it grows by doubling up to the configured target.
-        for _ in 0..10 {
-            s.fill_frames = 0;
-            fit_fill_target(&mut s, 8000, &cfg, 4096);
-        }
+        // Fewer ports: busy, it jumps to the configured target at once.
+        s.fill_frames = 0;
+        fit_fill_target(&mut s, 8000, &cfg, 4096, 0);
         assert_eq!(s.fill_target, 512);
+        // Not while the pool is down to a quarter plus the floors of ports to come.
+        let mut t = XskPortStats {
+            fill_target: 64,
+            ..XskPortStats::default()
+        };
+        fit_fill_target(&mut t, 2048 + 1000, &cfg, 4096, 1000);
+        assert_eq!(t.fill_target, 64);
+        fit_fill_target(&mut t, 2048 + 1001, &cfg, 4096, 1000);
+        assert_eq!(t.fill_target, 512);
     }
 
     #[test]
@@ -1595,19 +1659,19 @@ mod tests {
         };
         // Short of frames: a busy port halves down to the idle fill, never below.
         for _ in 0..10 {
-            fit_fill_target(&mut s, 0, &cfg, 8192);
+            fit_fill_target(&mut s, 0, &cfg, 8192, 0);
         }
         assert_eq!(s.fill_target, cfg.idle_fill);
         // A port squeezed by a small share gets its idle fill back when the share grows.
         s.fill_frames = s.fill_target;
-        fit_fill_target(&mut s, 30_000, &cfg, 300);
-        assert_eq!(s.fill_target, 150);
+        fit_fill_target(&mut s, 30_000, &cfg, 200, 0);
+        assert_eq!(s.fill_target, 100);
         s.fill_frames = s.fill_target;
-        fit_fill_target(&mut s, 30_000, &cfg, 4096);
+        fit_fill_target(&mut s, 30_000, &cfg, 4096, 0);
         assert_eq!(s.fill_target, cfg.idle_fill);
     }
 
-    /// With the default pool (32768 frames), 50 pods (weight 1) and a 4-queue uplink of
+    /// With the default pool (16384 frames), 50 pods (weight 1) and a 4-queue uplink of
     /// weight 4 per queue: every queue of the uplink keeps a full idle fill ring and room
     /// to grow, and the ports together hold at most three quarters of the pool.
     #[test]
@@ -1620,11 +1684,31 @@ mod tests {
             assert!(idle_fill(&cfg, uplink) >= cfg.idle_fill, "{queues} queues");
             assert!(most_fill(&cfg, uplink) > cfg.idle_fill, "{queues} queues");
             assert!(50 * share + queues * uplink <= cfg.num_frames * 3 / 4);
-            // A pod still keeps a fill ring of more than one vector.
-            assert!(idle_fill(&cfg, share) >= 128, "{queues} queues: {share}");
+            // A pod still keeps a fill ring of more than half a vector.
+            assert!(idle_fill(&cfg, share) >= 64, "{queues} queues: {share}");
         }
         // A dozen pods with a one-queue uplink: every port has its full idle fill.
         let share = share_of_pool(cfg.num_frames, 12 + 4);
         assert_eq!(idle_fill(&cfg, share), cfg.idle_fill);
+    }
+
+    /// The floors kept for ports to come: all of `max_ports` at the start, none once that
+    /// many are open, and never above a quarter of the default pool.
+    #[test]
+    fn floors_are_kept_for_the_ports_to_come() {
+        let cfg = XskConfig::default();
+        assert_eq!(
+            floor_reserve(&cfg, 0),
+            (cfg.max_ports * MIN_FILL_TARGET) as usize
+        );
+        assert_eq!(floor_reserve(&cfg, 100), 28 * MIN_FILL_TARGET as usize);
+        assert_eq!(floor_reserve(&cfg, 200), 0);
+        assert!(floor_reserve(&cfg, 0) <= cfg.num_frames as usize / 4);
+        // A smaller idle fill is the floor.
+        let small = XskConfig {
+            idle_fill: 8,
+            ..XskConfig::default()
+        };
+        assert_eq!(floor_reserve(&small, 0), (small.max_ports * 8) as usize);
     }
 }

@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferroplane_io::{BufIdx, Desc, FrameMemory, PacketIo, PortId, XskConfig, XskIo};
+use ferroplane_io::{
+    BufIdx, Desc, FrameMemory, PacketIo, PortId, XskConfig, XskIo, MIN_FILL_TARGET,
+};
 
 const A0: &str = "02:00:00:00:0a:00";
 const A1: &str = "02:00:00:00:0a:01";
@@ -53,8 +55,10 @@ fn small_config() -> XskConfig {
         rx_size: 2048,
         tx_size: 2048,
         fill_target: 1024,
-        // Small, so that growing with activity shows (the default is 1024).
+        // Small, so that growing with activity shows (the default is 128).
         idle_fill: 64,
+        // These tests open at most four ports: no floors kept for more.
+        max_ports: 4,
         ..XskConfig::default()
     }
 }
@@ -583,11 +587,14 @@ fn an_idle_port_takes_a_burst_while_nobody_reads() {
     let ns = two_veth_pairs("idle");
     let ns_name = ns.name().to_string();
     in_netns(&ns, move || {
+        // Nobody reads during this burst: the idle fill alone must take it (the agent's
+        // real-time worker refills during a burst and needs less: the e2e suite `bursts`).
         let cfg = XskConfig {
             num_frames: 8192,
+            idle_fill: 1024,
+            max_ports: 2,
             ..XskConfig::default()
         };
-        assert_eq!(cfg.idle_fill, 1024);
         let mut io = XskIo::new(cfg.clone()).unwrap();
         let (pa, fd_a) = io.add_port("a0", 0).unwrap();
         let (pb, _) = io.add_port("b0", 0).unwrap();
@@ -804,5 +811,66 @@ fn a_port_error_marks_the_port_down_not_the_backend() {
         assert!(t.arrived * 2 >= u64::from(n), "{t:?}");
         settle_and_count(&mut io, &[pa, pb]);
         drop(xdp_a);
+    });
+}
+
+/// The kernel cannot hand back what an idle port's fill ring holds, so ports opened early
+/// must not take the frames of ports opened late: with a pool far too small for every
+/// port's idle fill, the first ports get theirs and every later port (up to `max_ports`)
+/// still gets its floor, `MIN_FILL_TARGET`.
+#[test]
+fn ports_opened_late_keep_a_fill_floor() {
+    if !require_root() {
+        return;
+    }
+    const PORTS: usize = 40;
+    let ns = quiet_netns("floor");
+    for i in 0..PORTS {
+        ns.veth(
+            &format!("f{i}a"),
+            &format!("02:00:00:00:1a:{i:02x}"),
+            &format!("f{i}b"),
+            &format!("02:00:00:00:1b:{i:02x}"),
+        );
+    }
+    in_netns(&ns, move || {
+        // 40 ports x 256 frames would need 10,240 frames; the pool has 4,096.
+        let cfg = XskConfig {
+            num_frames: 4096,
+            fill_size: 1024,
+            comp_size: 1024,
+            rx_size: 1024,
+            tx_size: 1024,
+            fill_target: 512,
+            idle_fill: 256,
+            max_ports: PORTS as u32,
+            ..XskConfig::default()
+        };
+        let mut io = XskIo::new(cfg.clone()).unwrap();
+        assert_eq!(io.floor_reserve(), PORTS * MIN_FILL_TARGET as usize);
+        let ports: Vec<PortId> = (0..PORTS)
+            .map(|i| io.add_port(&format!("f{i}a"), 0).unwrap().0)
+            .collect();
+        assert_eq!(io.floor_reserve(), 0);
+        let fills: Vec<u32> = ports
+            .iter()
+            .map(|&p| io.port_stats(p).unwrap().fill_frames)
+            .collect();
+        eprintln!("fill frames per port, in opening order: {fills:?}");
+        assert_eq!(
+            fills[0], cfg.idle_fill,
+            "the first port gets its whole idle fill"
+        );
+        for (i, &f) in fills.iter().enumerate() {
+            assert!(f >= MIN_FILL_TARGET, "port {i} got {f} frames: {fills:?}");
+        }
+        // Flushes (refills) change nothing: idle ports keep what they have.
+        io.flush().unwrap();
+        let pool = io.pool_stats();
+        assert_eq!(pool.fill, fills.iter().sum::<u32>(), "{pool:?}");
+        for p in ports {
+            io.remove_port(p).unwrap();
+        }
+        assert_eq!(io.free_frames(), cfg.num_frames as usize, "frames leaked");
     });
 }
