@@ -31,8 +31,12 @@ use ferroplane_tables::FlowKey;
 /// The most workers a group may have.
 pub const MAX_WORKERS: usize = 64;
 
-/// Batches in flight from one worker to another before the sender drops (backpressure).
+/// Batches in flight from one worker to another before the sender drops.
 pub const QUEUE_BATCHES: usize = 64;
+
+/// Batches of a worker in flight (sent, not yet given back) at which it stops receiving
+/// from its ports until the others caught up ([`HandoffLink::take_congested`]).
+pub const IN_FLIGHT_MAX: usize = 8;
 
 /// Where handed-off packets start in their new frame (the XDP headroom, as received frames).
 pub const HANDOFF_OFFSET: usize = 256;
@@ -474,6 +478,10 @@ pub struct HandoffLink {
     spares: Vec<Batch>,
     /// The batch being filled for each worker this round.
     filling: Vec<Option<Batch>>,
+    /// A receiver's queue was full at the last send.
+    congested: bool,
+    /// Batches sent and not given back yet.
+    in_flight: usize,
 }
 
 /// Links for a group of `workers` workers sharing port ownership and a flow directory.
@@ -507,6 +515,8 @@ pub fn links(workers: usize, owners: Arc<PortOwners>, dir: Arc<FlowDirectory>) -
             spare_rx,
             spares: Vec::new(),
             filling: (0..workers).map(|_| None).collect(),
+            congested: false,
+            in_flight: 0,
         })
         .collect()
 }
@@ -553,18 +563,13 @@ impl HandoffLink {
     /// Queue `bytes` for worker `to` (sent by [`HandoffLink::send_all`]).
     #[inline]
     pub fn push(&mut self, to: usize, kind: HandoffKind, bytes: &[u8]) {
-        let Some(slot) = self.filling.get_mut(to) else {
-            return;
-        };
-        if slot.is_none() {
-            while let Ok(b) = self.spare_rx.try_recv() {
-                self.spares.push(b);
-            }
+        if self.filling.get(to).is_some_and(Option::is_none) {
+            self.reclaim();
             let mut b = self.spares.pop().unwrap_or_default();
             b.from = self.index;
-            *slot = Some(b);
+            self.filling[to] = Some(b);
         }
-        if let Some(b) = slot.as_mut() {
+        if let Some(Some(b)) = self.filling.get_mut(to) {
             b.push(kind, bytes);
         }
     }
@@ -583,6 +588,7 @@ impl HandoffLink {
             };
             match tx.try_send(b) {
                 Ok(()) => {
+                    self.in_flight += 1;
                     if self.group.sleeping[w].load(Ordering::SeqCst) {
                         if let Some(wake) = self.group.wakers[w].get() {
                             wake();
@@ -590,6 +596,7 @@ impl HandoffLink {
                     }
                 }
                 Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+                    self.congested = true;
                     dropped += b.pkts.len() as u64;
                     b.clear();
                     self.spares.push(b);
@@ -597,6 +604,24 @@ impl HandoffLink {
             }
         }
         dropped
+    }
+
+    /// Whether a receiver's queue was full at the last [`HandoffLink::send_all`] (cleared
+    /// by the call), or [`IN_FLIGHT_MAX`] of this worker's batches wait to be run: the
+    /// worker then skips receiving from its ports for a round, leaving
+    /// packets in their rings (where the kernel drops what does not fit) instead of
+    /// receiving packets it would have to drop at the handoff.
+    pub fn take_congested(&mut self) -> bool {
+        self.reclaim();
+        std::mem::take(&mut self.congested) || self.in_flight >= IN_FLIGHT_MAX
+    }
+
+    /// Take back the batches the others are done with.
+    fn reclaim(&mut self) {
+        while let Ok(b) = self.spare_rx.try_recv() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.spares.push(b);
+        }
     }
 
     /// The next batch handed to this worker.

@@ -230,10 +230,14 @@ struct Multi {
     /// Non-first fragments follow their first fragment: (src, dst, proto, id) -> owner,
     /// for first fragments whose owner is not the address hash's.
     frags: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), usize>,
-    /// Packets owned here, from this round's ports, with the interface they came from.
+    /// Frames handed off this round (freed once copied).
     frames: Vec<BufIdx>,
+    /// This round left the ports alone (the others' queues are full): do not sleep.
+    congested: bool,
 }
 
+/// Packets handed over by other workers taken per round (from whole batches).
+const HANDOFF_BUDGET: usize = 4 * VECTOR_SIZE;
 /// Registered tuples checked per round.
 const SWEEP_BUDGET: usize = 32;
 /// Fragment owners remembered at most.
@@ -294,6 +298,7 @@ where
             cursor: 0,
             frags: HashMap::new(),
             frames: Vec::new(),
+            congested: false,
         });
     }
 
@@ -360,6 +365,12 @@ where
         let snap = self.shared.load();
         let mut total = 0;
         let ports = self.io.num_ports();
+        // A peer's handoff queue was full: leave this round's packets in the rings.
+        let congested = self.multi.as_mut().is_some_and(|m| m.link.take_congested());
+        let ports = if congested { 0 } else { ports };
+        if let Some(m) = self.multi.as_mut() {
+            m.congested = congested;
+        }
         for port in 0..ports {
             let port = port as u16;
             if self.multi.as_ref().is_some_and(|m| !m.link.owns(port)) {
@@ -477,8 +488,9 @@ where
     /// graph, packets to transmit onto this worker's ports. Returns how many.
     fn receive_handoff(&mut self, snap: &crate::snapshot::Snapshot) -> usize {
         let mut total = 0;
-        // A bounded number of batches per round, so the worker's own ports are not starved.
-        for _ in 0..crate::handoff::QUEUE_BATCHES {
+        // A bounded number of packets per round (as from its own ports), so the worker's
+        // ports are not starved and its frames are freed before the pool runs dry.
+        while total < HANDOFF_BUDGET {
             let Some(batch) = self.multi.as_mut().and_then(|m| m.link.recv()) else {
                 break;
             };
@@ -922,6 +934,11 @@ where
         match self.multi.as_mut() {
             None => self.io.wait(self.idle_wait),
             Some(m) => {
+                if m.congested {
+                    // Packets wait in the ports' rings; the others are catching up.
+                    std::thread::yield_now();
+                    return Ok(());
+                }
                 if !m.link.may_sleep() {
                     return Ok(());
                 }
