@@ -28,30 +28,45 @@ const D1: &str = "02:00:00:00:0d:01";
 /// EAL memory of the test process (MiB of ordinary pages, `--no-huge`).
 const EAL_MB: u32 = 256;
 const POOL: PoolConfig = PoolConfig {
-    num_mbufs: 2047,
+    // More than the 2,048 mbufs net_af_xdp puts on its fill ring at start.
+    num_mbufs: 4095,
     cache: 0,
     data_room: 2048 + 128,
 };
 
+/// The test process's EAL; `FP_DPDK_LOG_LEVEL` (e.g. `debug`, `pmd.net.af_xdp:debug`)
+/// sets DPDK's log level for debugging.
 fn eal() -> Eal {
     let start = Instant::now();
-    let eal = Eal::init(&EalConfig::for_tests(EAL_MB)).unwrap();
+    let mut config = EalConfig::for_tests(EAL_MB);
+    if let Ok(level) = std::env::var("FP_DPDK_LOG_LEVEL") {
+        config.log_level = level;
+    }
+    let eal = Eal::init(&config).unwrap();
     eprintln!("EAL ready in {:?}", start.elapsed());
     eal
 }
 
+/// The virtual devices the tests drive d0 with.
+#[derive(Clone, Copy, Debug)]
+enum Vdev {
+    AfPacket,
+    AfXdp,
+}
+
 /// A namespace with veth d0/d1 and a pool; `f` runs inside the namespace (where the
-/// af_packet device must be probed) with the device string for d0.
-fn with_veth<T: Send>(tag: &str, f: impl FnOnce(DpdkPool, String) -> T + Send) -> T {
+/// virtual device must be probed) with the device string for d0.
+fn with_veth<T: Send>(tag: &str, vdev: Vdev, f: impl FnOnce(DpdkPool, String) -> T + Send) -> T {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let ns = quiet_netns(tag);
     ns.veth("d0", D0, "d1", D1);
     let eal = eal();
     let pool = DpdkPool::new(&eal, POOL).unwrap();
-    let device = format!(
-        "net_af_packet{},iface=d0",
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let device = match vdev {
+        Vdev::AfPacket => format!("net_af_packet{n},iface=d0"),
+        Vdev::AfXdp => format!("net_af_xdp{n},iface=d0,start_queue=0,queue_count=1"),
+    };
     ns.enter(move || f(pool, device))
 }
 
@@ -87,10 +102,19 @@ fn receive(io: &mut DpdkIo, tag: u32, want: usize) -> Vec<(Desc, Vec<u8>)> {
 
 #[test]
 fn receives_frames_sent_from_the_peer() {
+    receives(Vdev::AfPacket);
+}
+
+#[test]
+fn receives_frames_sent_from_the_peer_af_xdp() {
+    receives(Vdev::AfXdp);
+}
+
+fn receives(vdev: Vdev) {
     if !require_root() {
         return;
     }
-    with_veth("dpdk-rx", |pool, device| {
+    with_veth("dpdk-rx", vdev, |pool, device| {
         let mut io = open(&pool, &device);
         let sock = RawSock::bind("d1");
         let (dst, src) = (parse_mac(D0), parse_mac(D1));
@@ -107,8 +131,9 @@ fn receives_frames_sent_from_the_peer() {
                 test_frame(dst, src, 7, i as u32)[..],
                 "frame {i}"
             );
-            // In place in the mbuf, with DPDK's headroom in front for encapsulation.
-            assert_eq!(d.offset, headroom);
+            // In place in the mbuf, with at least DPDK's headroom in front for
+            // encapsulation (net_af_xdp adds XDP's 256 bytes).
+            assert!(d.offset >= headroom, "offset {} < {headroom}", d.offset);
             assert!(usize::from(d.offset) + usize::from(d.len) <= io.memory().frame_size());
         }
         assert_eq!(io.frames_out(), N as usize);
@@ -128,7 +153,7 @@ fn transmits_frames_the_peer_receives() {
     if !require_root() {
         return;
     }
-    with_veth("dpdk-tx", |pool, device| {
+    with_veth("dpdk-tx", Vdev::AfPacket, |pool, device| {
         let mut io = open(&pool, &device);
         let sock = RawSock::bind("d1");
         let (dst, src) = (parse_mac(D1), parse_mac(D0));
@@ -187,10 +212,19 @@ fn transmits_frames_the_peer_receives() {
 
 #[test]
 fn no_mbuf_leaks_after_traffic_and_stop() {
+    no_leaks(Vdev::AfPacket);
+}
+
+// No leak test on net_af_xdp: DPDK 22.11's driver, in its zero-copy mode (mbufs as the
+// UMEM), does not give back the ~2,048 mbufs on its fill ring when the port is closed
+// (measured: 2,074 of 4,095 missing after close). They are lost per open and close, not
+// per packet, and freed with the pool.
+
+fn no_leaks(vdev: Vdev) {
     if !require_root() {
         return;
     }
-    with_veth("dpdk-leak", |pool, device| {
+    with_veth("dpdk-leak", vdev, |pool, device| {
         let total = pool.num_mbufs();
         assert_eq!(pool.available(), total, "a fresh pool is full");
         let mut io = open(&pool, &device);
