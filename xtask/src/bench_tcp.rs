@@ -7,8 +7,8 @@
 //!   kube-proxy-style `iptables` DNAT for the ClusterIP; ferroplane runs with
 //!   `--fast-path off` and `--fast-path on` (separate rows), the ClusterIP in its spec;
 //! - two nodes, direct mode (`Cluster::new(2, 1, Direct)`, pod on node 1 → pod on node 2):
-//!   kernel IP forwarding and routes (`bench_overlay`'s plumbing) against ferroplane with its
-//!   default (fast path on; the cluster harness takes no agent flags).
+//!   kernel IP forwarding and routes (`bench_overlay`'s plumbing) against ferroplane with
+//!   `--fast-path off` and `--fast-path on`.
 //!
 //! Figures per row: iperf3 TCP with 1 and with 8 streams (Gbit/s received), and 1-byte
 //! request/response round trips on one TCP connection (our own client/server, `TCP_NODELAY`,
@@ -70,7 +70,7 @@ struct Row {
 pub fn run(secs: u64) -> Result<()> {
     require_root("bench tcp")?;
     let secs = secs.max(1);
-    let mut p = Progress::new(8);
+    let mut p = Progress::new(9);
     p.step("system packages", crate::deps::ensure)?;
     p.step("building release binaries", build_binaries)?;
     let mut rows = Vec::new();
@@ -93,16 +93,13 @@ pub fn run(secs: u64) -> Result<()> {
         Ok(two_nodes_kernel(secs))
     })?;
     rows.push(row("2 nodes direct", "kernel".into(), true, k));
-    let f = p.step(
-        "2 nodes, direct: ferroplane (the agent default: fast path off)",
-        || Ok(two_nodes_ferroplane(secs)),
-    )?;
-    rows.push(row(
-        "2 nodes direct",
-        "ferroplane, fast path off (default)".into(),
-        false,
-        f,
-    ));
+    for fast in [false, true] {
+        let name = format!("ferroplane, fast path {}", if fast { "on" } else { "off" });
+        let f = p.step(&format!("2 nodes, direct: {name}"), || {
+            Ok(two_nodes_ferroplane(fast, secs))
+        })?;
+        rows.push(row("2 nodes direct", name, false, f));
+    }
     println!(
         "\n=== TCP, pod -> pod: iperf3 {secs} s (1 and 8 streams), 1-byte request/response ({RR_ROUNDS} round trips, one connection); ratio = ferroplane/kernel of the same scenario ===\n{}",
         table(&rows)
@@ -394,9 +391,10 @@ fn two_nodes_kernel(secs: u64) -> Result<Figures> {
     measure(&a.ns, &b.ns, b.ip, None, secs)
 }
 
-/// Two nodes, direct: ferroplane (agent defaults).
-fn two_nodes_ferroplane(secs: u64) -> Result<Figures> {
+/// Two nodes, direct: ferroplane with the fast path `fast`.
+fn two_nodes_ferroplane(fast: bool, secs: u64) -> Result<Figures> {
     let mut c = Cluster::new(2, 1, OverlayMode::Direct)?;
+    c.set_agent_args(&["--fast-path", if fast { "on" } else { "off" }]);
     c.start(&ferroplane_e2e::bin_dir())?;
     let (a, b) = (&c.nodes[0].pods[0], &c.nodes[1].pods[0]);
     measure(&a.ns, &b.ns, b.ip, None, secs)

@@ -126,8 +126,9 @@ struct Args {
     /// `on`: the XDP programs forward established flows themselves (the flow cache as a
     /// steady-state fast path; first packets, TCP SYN/FIN/RST, fragments, ICMP errors and
     /// traced flows stay in the engine). `off`: every packet goes through the engine.
-    /// Off by default until cross-node TCP through the cache is proven (a direct-mode
-    /// transfer between nodes stalled with it on; see README).
+    /// Off by default until the suites pass with it on: with it on, frames a pod sends with
+    /// another source MAC ride its cached flows (security suite), and the engine's packet
+    /// capture and counters miss the cached packets (observe, foundation suites); see README.
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     fast_path: String,
 }
