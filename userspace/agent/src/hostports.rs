@@ -245,8 +245,8 @@ pub fn merge(
 /// binding, node port = hostPort, one local backend (the pod's address and container port).
 /// A binding whose port a service node port (or health-check node port) or an earlier
 /// binding has, or whose address is not the node's, is left out as shadowed.
-pub fn defs(
-    services: &[ServicePortDef],
+pub fn defs<'a>(
+    services: impl IntoIterator<Item = &'a ServicePortDef>,
     bindings: &[Binding],
     spec: &NodeSpec,
 ) -> (Vec<ServicePortDef>, Vec<Shadowed>) {
@@ -413,9 +413,9 @@ impl Reserved {
     /// agent's listeners (`listeners`: the actual health and metrics ports; BGP and
     /// WireGuard from the spec), the tunnel ports and the SNAT range, plus the
     /// `bindings` in force.
-    pub fn of(
+    pub fn of<'a>(
         spec: &NodeSpec,
-        services: &[ServicePortDef],
+        services: impl IntoIterator<Item = &'a ServicePortDef>,
         listeners: &BTreeMap<u16, String>,
         bindings: &[Binding],
     ) -> Reserved {
@@ -437,7 +437,7 @@ impl Reserved {
                 });
             }
         }
-        let protected = crate::services::Protected::of_spec(spec);
+        let protected = crate::services::Protected::ports_of_spec(spec);
         for (port, what) in protected.listener_ports.iter().chain(listeners) {
             for proto in [PROTO_TCP, PROTO_UDP] {
                 r.ports

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use crate::hash::FastMap;
 use crate::maglev::{mix64, Maglev, MaglevBackend, MaglevError};
 
+mod update;
+
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
@@ -289,7 +291,7 @@ pub struct FrontendRef {
 /// The service table.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceTable {
-    ports: Vec<ServicePort>,
+    ports: Vec<Arc<ServicePort>>,
     frontends: FastMap<FrontendKey, FrontendRef>,
     node_ports: FastMap<(u8, u16), u32>,
     node_addrs: Vec<Ipv4Addr>,
@@ -314,6 +316,93 @@ fn eligible(backends: &[Backend], local_only: bool) -> Vec<u16> {
     }
 }
 
+/// Builds the [`ServicePort`]s of one build or update: shares the selections of the port
+/// it replaces (`old`) when its eligible backends are the same, and those of the other
+/// ports of the same build with the same backends.
+struct PortMaker {
+    max_table_size: u32,
+    cache: HashMap<Vec<(u64, u32)>, Arc<Selection>>,
+}
+
+impl PortMaker {
+    fn new(max_table_size: u32) -> PortMaker {
+        PortMaker {
+            max_table_size,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn select(
+        &mut self,
+        def: &ServicePortDef,
+        local_only: bool,
+        old: Option<(&ServicePort, &Arc<Selection>)>,
+    ) -> Result<Arc<Selection>, ServiceError> {
+        let chosen = eligible(&def.backends, local_only);
+        let ident: Vec<(u64, u32)> = chosen
+            .iter()
+            .filter_map(|&i| def.backends.get(i as usize).map(|b| (b.key(), b.weight)))
+            .collect();
+        if let Some((op, o)) = old {
+            if o.identity(&op.def.backends) == ident && o.backends == chosen {
+                return Ok(o.clone());
+            }
+        }
+        if let Some(s) = self.cache.get(&ident) {
+            if s.backends == chosen {
+                return Ok(s.clone());
+            }
+        }
+        let mb: Vec<MaglevBackend> = ident
+            .iter()
+            .map(|&(key, weight)| MaglevBackend { key, weight })
+            .collect();
+        let mut size = Maglev::size_for(mb.len(), self.max_table_size.max(251));
+        if let Some((_, o)) = old {
+            size = size.max(o.maglev.size());
+        }
+        let maglev = Maglev::new(&mb, size).map_err(|source| ServiceError::Maglev {
+            service: def.service.clone(),
+            source,
+        })?;
+        let s = Arc::new(Selection {
+            backends: chosen,
+            maglev,
+        });
+        self.cache.insert(ident, s.clone());
+        Ok(s)
+    }
+
+    /// The service port of `def`; `old` is the port of the same service, port name and
+    /// protocol in the table in force.
+    fn port(
+        &mut self,
+        def: ServicePortDef,
+        old: Option<&ServicePort>,
+    ) -> Result<ServicePort, ServiceError> {
+        let internal = self.select(&def, def.internal_local, old.map(|o| (o, &o.internal)))?;
+        let external = if def.external_local == def.internal_local {
+            internal.clone()
+        } else {
+            self.select(&def, def.external_local, old.map(|o| (o, &o.external)))?
+        };
+        let has_endpoints = !eligible(&def.backends, false).is_empty();
+        let local_endpoints = eligible(&def.backends, true).len();
+        Ok(ServicePort {
+            def,
+            internal,
+            external,
+            has_endpoints,
+            local_endpoints,
+        })
+    }
+}
+
+/// The identity of a service port across tables: service, port name, protocol.
+fn port_id(def: &ServicePortDef) -> (&str, &str, u8) {
+    (def.service.as_str(), def.port_name.as_str(), def.proto)
+}
+
 impl ServiceTable {
     /// Build a table. `prev` (the table in force) lets unchanged selections
     /// be shared and keeps Maglev table sizes from shrinking (minimal disruption).
@@ -324,21 +413,7 @@ impl ServiceTable {
         prev: Option<&ServiceTable>,
     ) -> Result<ServiceTable, ServiceError> {
         let prev_ports: HashMap<(&str, &str, u8), &ServicePort> = prev
-            .map(|p| {
-                p.ports
-                    .iter()
-                    .map(|sp| {
-                        (
-                            (
-                                sp.def.service.as_str(),
-                                sp.def.port_name.as_str(),
-                                sp.def.proto,
-                            ),
-                            sp,
-                        )
-                    })
-                    .collect()
-            })
+            .map(|p| p.ports.iter().map(|sp| (port_id(&sp.def), &**sp)).collect())
             .unwrap_or_default();
         let mut t = ServiceTable {
             ports: Vec::with_capacity(defs.len()),
@@ -347,113 +422,71 @@ impl ServiceTable {
             node_addrs,
             max_table_size,
         };
-        let mut cache: HashMap<Vec<(u64, u32)>, Arc<Selection>> = HashMap::new();
+        let mut maker = PortMaker::new(max_table_size);
         for def in defs {
             let idx = t.ports.len() as u32;
-            let old = prev_ports
-                .get(&(def.service.as_str(), def.port_name.as_str(), def.proto))
-                .copied();
-            let mut select = |local_only: bool,
-                              old_sel: Option<&Arc<Selection>>|
-             -> Result<Arc<Selection>, ServiceError> {
-                let chosen = eligible(&def.backends, local_only);
-                let ident: Vec<(u64, u32)> = chosen
-                    .iter()
-                    .filter_map(|&i| def.backends.get(i as usize).map(|b| (b.key(), b.weight)))
-                    .collect();
-                if let (Some(o), Some(op)) = (old_sel, old) {
-                    if o.identity(&op.def.backends) == ident && o.backends == chosen {
-                        return Ok(o.clone());
-                    }
-                }
-                if let Some(s) = cache.get(&ident) {
-                    if s.backends == chosen {
-                        return Ok(s.clone());
-                    }
-                }
-                let mb: Vec<MaglevBackend> = ident
-                    .iter()
-                    .map(|&(key, weight)| MaglevBackend { key, weight })
-                    .collect();
-                let mut size = Maglev::size_for(mb.len(), max_table_size.max(251));
-                if let Some(o) = old_sel {
-                    size = size.max(o.maglev.size());
-                }
-                let maglev = Maglev::new(&mb, size).map_err(|source| ServiceError::Maglev {
-                    service: def.service.clone(),
-                    source,
-                })?;
-                let s = Arc::new(Selection {
-                    backends: chosen,
-                    maglev,
-                });
-                cache.insert(ident, s.clone());
-                Ok(s)
-            };
-            let internal = select(def.internal_local, old.map(|o| &o.internal))?;
-            let external = if def.external_local == def.internal_local {
-                internal.clone()
-            } else {
-                select(def.external_local, old.map(|o| &o.external))?
-            };
-            let has_endpoints = !eligible(&def.backends, false).is_empty();
-            let local_endpoints = eligible(&def.backends, true).len();
-            let mut claim = |addr: Ipv4Addr, kind: FrontendKind| -> Result<(), ServiceError> {
-                let key = FrontendKey {
-                    addr,
-                    proto: def.proto,
-                    port: def.port,
-                };
-                if let Some(f) = t.frontends.get(&key) {
-                    let first = t
-                        .ports
-                        .get(f.port as usize)
-                        .map(|p| p.def.service.clone())
-                        .unwrap_or_default();
-                    if first != def.service || f.port != idx {
-                        return Err(ServiceError::DuplicateFrontend {
-                            key,
-                            first,
-                            second: def.service.clone(),
-                        });
-                    }
-                }
-                t.frontends.insert(key, FrontendRef { port: idx, kind });
-                Ok(())
-            };
-            for &a in &def.cluster_ips {
-                claim(a, FrontendKind::ClusterIp)?;
-            }
-            for &a in &def.external_ips {
-                claim(a, FrontendKind::ExternalIp)?;
-            }
-            for &a in &def.lb_ips {
-                claim(a, FrontendKind::LoadBalancer)?;
-            }
-            if let Some(np) = def.node_port {
-                if let Some(&other) = t.node_ports.get(&(def.proto, np)) {
-                    return Err(ServiceError::DuplicateNodePort {
-                        proto: def.proto,
-                        port: np,
-                        first: t
-                            .ports
-                            .get(other as usize)
-                            .map(|p| p.def.service.clone())
-                            .unwrap_or_default(),
-                        second: def.service.clone(),
-                    });
-                }
-                t.node_ports.insert((def.proto, np), idx);
-            }
-            t.ports.push(ServicePort {
-                def,
-                internal,
-                external,
-                has_endpoints,
-                local_endpoints,
-            });
+            let old = prev_ports.get(&port_id(&def)).copied();
+            let port = maker.port(def, old)?;
+            t.claim(idx, &port.def)?;
+            t.ports.push(Arc::new(port));
         }
         Ok(t)
+    }
+
+    /// Enters the frontends and the NodePort of `def`, the port at `idx`. A frontend or
+    /// NodePort another port has is an error.
+    fn claim(&mut self, idx: u32, def: &ServicePortDef) -> Result<(), ServiceError> {
+        let mut claim = |addr: Ipv4Addr, kind: FrontendKind| -> Result<(), ServiceError> {
+            let key = FrontendKey {
+                addr,
+                proto: def.proto,
+                port: def.port,
+            };
+            // Taken by another port, or twice by this one (a cluster IP that is also an
+            // external IP).
+            if let Some(f) = self.frontends.get(&key) {
+                let first = if f.port == idx {
+                    def.service.clone()
+                } else {
+                    self.ports
+                        .get(f.port as usize)
+                        .map(|p| p.def.service.clone())
+                        .unwrap_or_default()
+                };
+                return Err(ServiceError::DuplicateFrontend {
+                    key,
+                    first,
+                    second: def.service.clone(),
+                });
+            }
+            self.frontends.insert(key, FrontendRef { port: idx, kind });
+            Ok(())
+        };
+        for &a in &def.cluster_ips {
+            claim(a, FrontendKind::ClusterIp)?;
+        }
+        for &a in &def.external_ips {
+            claim(a, FrontendKind::ExternalIp)?;
+        }
+        for &a in &def.lb_ips {
+            claim(a, FrontendKind::LoadBalancer)?;
+        }
+        if let Some(np) = def.node_port {
+            if let Some(&other) = self.node_ports.get(&(def.proto, np)) {
+                return Err(ServiceError::DuplicateNodePort {
+                    proto: def.proto,
+                    port: np,
+                    first: self
+                        .ports
+                        .get(other as usize)
+                        .map(|p| p.def.service.clone())
+                        .unwrap_or_default(),
+                    second: def.service.clone(),
+                });
+            }
+            self.node_ports.insert((def.proto, np), idx);
+        }
+        Ok(())
     }
 
     /// The frontend for a destination, if it is a service (VIP or NodePort on a node address).
@@ -481,11 +514,12 @@ impl ServiceTable {
     /// A service port by index.
     #[inline(always)]
     pub fn port(&self, i: u32) -> Option<&ServicePort> {
-        self.ports.get(i as usize)
+        self.ports.get(i as usize).map(|p| &**p)
     }
 
-    /// All service ports.
-    pub fn ports(&self) -> &[ServicePort] {
+    /// All service ports (in no particular order: [`ServiceTable::update`] fills the
+    /// places of removed ports).
+    pub fn ports(&self) -> &[Arc<ServicePort>] {
         &self.ports
     }
 

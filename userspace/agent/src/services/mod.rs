@@ -1,12 +1,11 @@
 //! What the spec's services become at run time: the engine's service table and NAT
-//! settings (rebuilt only when their inputs change), the XDP steering entries, the
-//! health-check node ports, the spec file's reload, and the API's `show services` and
+//! settings (changed only where their inputs change), the XDP steering entries, the
+//! health-check node ports, and the API's `show services` and
 //! `show sessions`. The Service and EndpointSlice shapes, their defaults, validation and
 //! captures are the spec's ([`crate::spec::services`], re-exported here).
 
 mod cache;
 mod health;
-mod reload;
 mod report;
 mod steering;
 mod tables;
@@ -15,7 +14,6 @@ mod tests;
 
 pub use cache::*;
 pub use health::*;
-pub use reload::*;
 pub use report::*;
 pub use steering::*;
 pub use tables::*;

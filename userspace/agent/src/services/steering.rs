@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ferroplane_tables::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use ferroplane_tables::{NatConfig, ServiceTable};
@@ -52,8 +53,18 @@ pub fn apply_steering(
         Ok(c) => c,
         Err(p) => p.into_inner(),
     };
-    let want = steering(&c.state.table, &c.state.nat);
+    // The same tables as last time, all of it applied: nothing to compute (a publish for
+    // pods or routes shares the service tables).
+    let tables = (c.state.table.clone(), c.state.nat.clone());
+    if c.steered
+        .as_ref()
+        .is_some_and(|(t, n)| Arc::ptr_eq(t, &tables.0) && Arc::ptr_eq(n, &tables.1))
+    {
+        return Ok(());
+    }
+    let want = steering(&tables.0, &tables.1);
     if want == c.applied {
+        c.steered = Some(tables);
         return Ok(());
     }
     for a in c.applied.vips.difference(&want.vips) {
@@ -94,6 +105,8 @@ pub fn apply_steering(
             "BPF steering maps refused entries: those services stay unreachable from outside the node"
         );
     }
+    // Refused entries are tried again on the next publish.
+    c.steered = refused.is_empty().then_some(tables);
     c.applied = applied;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What the spec's services become: the engine's service port definitions and NAT settings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ferroplane_tables::conntrack::Timeouts;
@@ -12,103 +12,136 @@ use super::*;
 use crate::spec::services::proto_of;
 use crate::spec::{Ipv4Cidr, NodeSpec};
 
-/// The service port definitions of a spec for the node `node_name`.
+/// The service port definitions of a spec, in the spec's order.
 pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
-    let node_name = spec.node.name.as_str();
-    let mut slices: HashMap<String, Vec<&EndpointSliceSpec>> = HashMap::new();
+    defs_by_service(spec, None)
+        .into_iter()
+        .flat_map(|(_, d)| d)
+        .collect()
+}
+
+/// The service port definitions of the spec's services by service (`namespace/name`), in
+/// the spec's order; with `only`, of those services only (`(namespace, name)`), in one
+/// pass over the spec without building the others.
+pub fn defs_by_service(
+    spec: &NodeSpec,
+    only: Option<&BTreeSet<(&str, &str)>>,
+) -> Vec<(String, Vec<ServicePortDef>)> {
+    let wanted = |ns: &str, name: &str| only.is_none_or(|o| o.contains(&(ns, name)));
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSliceSpec>> = HashMap::new();
     for es in &spec.endpoint_slices {
         if es.address_type != "IPv4" {
             continue;
         }
         if let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL) {
-            slices
-                .entry(format!("{}/{}", es.metadata.namespace, svc))
-                .or_default()
-                .push(es);
+            if wanted(&es.metadata.namespace, svc) {
+                slices
+                    .entry((es.metadata.namespace.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(es);
+            }
         }
     }
+    spec.services
+        .iter()
+        .filter(|s| wanted(&s.metadata.namespace, &s.metadata.name))
+        .map(|s| {
+            let of = slices
+                .get(&(s.metadata.namespace.as_str(), s.metadata.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            (s.key(), port_defs(s, of, &spec.node.name))
+        })
+        .collect()
+}
+
+/// The port definitions of service `s` with its endpoint slices `slices`, on node
+/// `node_name`.
+pub fn port_defs(
+    s: &ServiceSpec,
+    slices: &[&EndpointSliceSpec],
+    node_name: &str,
+) -> Vec<ServicePortDef> {
     let mut defs = Vec::new();
-    for s in &spec.services {
-        if s.spec.type_ == ServiceType::ExternalName {
+    if s.spec.type_ == ServiceType::ExternalName {
+        return defs;
+    }
+    let cluster_ips = s.cluster_ipv4s();
+    let key = s.key();
+    let affinity_secs = (s.spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        s.spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(10800)
+    });
+    for p in &s.spec.ports {
+        let Ok(proto) = proto_of(&p.protocol) else {
             continue;
-        }
-        let cluster_ips = s.cluster_ipv4s();
-        let key = s.key();
-        let affinity_secs = (s.spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            s.spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10800)
-        });
-        for p in &s.spec.ports {
-            let Ok(proto) = proto_of(&p.protocol) else {
-                continue;
-            };
-            let name = p.name.clone().unwrap_or_default();
-            let mut backends: Vec<Backend> = Vec::new();
-            for es in slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
-                // The slice port for this service port: same name and protocol (kube-proxy).
-                let sp = es.ports.iter().find(|ep| {
-                    ep.name.clone().unwrap_or_default() == name
-                        && proto_of(&ep.protocol).ok() == Some(proto)
-                });
-                let port = match (sp.and_then(|x| x.port), &p.target_port) {
-                    (Some(n), _) => n,
-                    (None, Some(TargetPort::Number(n))) if es.ports.is_empty() => *n,
-                    (None, None) if es.ports.is_empty() => p.port,
-                    _ => continue,
-                };
-                for e in &es.endpoints {
-                    let Some(&addr) = e.addresses.first() else {
-                        continue;
-                    };
-                    let c = &e.conditions;
-                    let node = e.node_name.clone().unwrap_or_default();
-                    backends.push(Backend {
-                        addr,
-                        port,
-                        local: node == node_name,
-                        state: EndpointState::from_conditions(c.ready, c.serving, c.terminating),
-                        weight: 1,
-                        target: e
-                            .target_ref
-                            .as_ref()
-                            .map(|t| {
-                                format!(
-                                    "{}/{}",
-                                    t.namespace.as_deref().unwrap_or(&es.metadata.namespace),
-                                    t.name.as_deref().unwrap_or("")
-                                )
-                            })
-                            .unwrap_or_default(),
-                        node,
-                    });
-                }
-            }
-            backends.sort_by_key(|b| (b.addr, b.port));
-            backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
-            defs.push(ServicePortDef {
-                service: key.clone(),
-                port_name: name,
-                proto,
-                port: p.port,
-                node_port: if s.has_node_ports() {
-                    p.node_port
-                } else {
-                    None
-                },
-                cluster_ips: cluster_ips.clone(),
-                external_ips: s.spec.external_ips.clone(),
-                lb_ips: s.lb_ips(),
-                backends,
-                internal_local: s.spec.internal_traffic_policy == Some(TrafficPolicy::Local),
-                external_local: s.external_local(),
-                affinity_secs,
-                health_check_node_port: s.health_check_node_port(),
+        };
+        let name = p.name.clone().unwrap_or_default();
+        let mut backends: Vec<Backend> = Vec::new();
+        for es in slices {
+            // The slice port for this service port: same name and protocol (kube-proxy).
+            let sp = es.ports.iter().find(|ep| {
+                ep.name.as_deref().unwrap_or_default() == name
+                    && proto_of(&ep.protocol).ok() == Some(proto)
             });
+            let port = match (sp.and_then(|x| x.port), &p.target_port) {
+                (Some(n), _) => n,
+                (None, Some(TargetPort::Number(n))) if es.ports.is_empty() => *n,
+                (None, None) if es.ports.is_empty() => p.port,
+                _ => continue,
+            };
+            for e in &es.endpoints {
+                let Some(&addr) = e.addresses.first() else {
+                    continue;
+                };
+                let c = &e.conditions;
+                let node = e.node_name.clone().unwrap_or_default();
+                backends.push(Backend {
+                    addr,
+                    port,
+                    local: node == node_name,
+                    state: EndpointState::from_conditions(c.ready, c.serving, c.terminating),
+                    weight: 1,
+                    target: e
+                        .target_ref
+                        .as_ref()
+                        .map(|t| {
+                            format!(
+                                "{}/{}",
+                                t.namespace.as_deref().unwrap_or(&es.metadata.namespace),
+                                t.name.as_deref().unwrap_or("")
+                            )
+                        })
+                        .unwrap_or_default(),
+                    node,
+                });
+            }
         }
+        backends.sort_by_key(|b| (b.addr, b.port));
+        backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+        defs.push(ServicePortDef {
+            service: key.clone(),
+            port_name: name,
+            proto,
+            port: p.port,
+            node_port: if s.has_node_ports() {
+                p.node_port
+            } else {
+                None
+            },
+            cluster_ips: cluster_ips.clone(),
+            external_ips: s.spec.external_ips.clone(),
+            lb_ips: s.lb_ips(),
+            backends,
+            internal_local: s.spec.internal_traffic_policy == Some(TrafficPolicy::Local),
+            external_local: s.external_local(),
+            affinity_secs,
+            health_check_node_port: s.health_check_node_port(),
+        });
     }
     defs
 }

@@ -72,13 +72,7 @@ impl Protected {
     /// IPs and listeners.
     pub fn of_spec(spec: &NodeSpec) -> Protected {
         let node = &spec.node;
-        let mut p = Protected {
-            snat_ports: spec
-                .service_proxy
-                .snat_range()
-                .unwrap_or(ferroplane_tables::nat::DEFAULT_SNAT_PORTS),
-            ..Protected::default()
-        };
+        let mut p = Protected::ports_of_spec(spec);
         for pod in &spec.pods {
             p.pods
                 .insert(pod.ip, format!("the address of pod {}", pod.key()));
@@ -118,12 +112,6 @@ impl Protected {
                         .push((cidr, format!("inside pod CIDR {cidr} of node {}", n.name)));
                 }
             }
-            if c.uses_wireguard() || c.mode == crate::spec::cluster::Mode::Wireguard {
-                p.listener_ports.insert(
-                    c.wireguard.port,
-                    "the agent's WireGuard port (cluster.wireguard.port)".to_string(),
-                );
-            }
         }
         for (i, c) in spec.service_proxy.cluster_cidrs.iter().enumerate() {
             p.pod_cidrs.push((
@@ -148,6 +136,27 @@ impl Protected {
                 p.cluster_ips
                     .entry(ip)
                     .or_insert_with(|| format!("the cluster IP of service {}", s.key()));
+            }
+        }
+        p
+    }
+
+    /// Only the ports of [`Protected::of_spec`] (listeners, SNAT range), without going
+    /// through the services (what hostPorts are checked against).
+    pub fn ports_of_spec(spec: &NodeSpec) -> Protected {
+        let mut p = Protected {
+            snat_ports: spec
+                .service_proxy
+                .snat_range()
+                .unwrap_or(ferroplane_tables::nat::DEFAULT_SNAT_PORTS),
+            ..Protected::default()
+        };
+        if let Some(c) = &spec.cluster {
+            if c.uses_wireguard() || c.mode == crate::spec::cluster::Mode::Wireguard {
+                p.listener_ports.insert(
+                    c.wireguard.port,
+                    "the agent's WireGuard port (cluster.wireguard.port)".to_string(),
+                );
             }
         }
         for (port, what) in AGENT_LISTENER_PORTS {
