@@ -22,6 +22,8 @@ const E2E_THREADS: &str = "2";
 const UNIT_LIMIT: Duration = Duration::from_secs(20 * 60);
 /// Time limit of one e2e suite (the longest today takes a few minutes).
 const SUITE_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Time limit of the DPDK step's tests (today ≈ 1 s of tests after the build).
+const DPDK_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// Time limit of the fuzz step.
 const FUZZ_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// Overrides [`SUITE_LIMIT`], in seconds.
@@ -112,9 +114,9 @@ impl Report {
 }
 
 /// `cargo xtask test`: deps, fmt, clippy, release build, unit tests (default members), fuzz
-/// targets, root e2e suites.
+/// targets, the DPDK backend (feature `dpdk`), root e2e suites.
 pub fn run() -> Result<()> {
-    let mut p = Progress::new(9);
+    let mut p = Progress::new(10);
     let mut report = Report::default();
     if ferroplane_testkit::in_ci() {
         println!("CI=true: a test that cannot run here fails");
@@ -214,6 +216,48 @@ pub fn run() -> Result<()> {
         })
         .unwrap_or_else(|e| abort(e, &report));
     report.record("fuzz", fuzz);
+
+    // The io crate's DPDK backend (feature `dpdk`, off in the default build): its packages,
+    // clippy with the feature, its unit tests and the vdev suite (root, namespaces;
+    // net_af_packet and net_af_xdp on veths, no hugepages). Adds about a minute: the io
+    // crate and its test targets built once more with the feature.
+    let dpdk = p
+        .step("DPDK backend (ferroplane-io --features dpdk)", || {
+            crate::deps::ensure_dpdk()?;
+            if let Err(e) = run_cmd(cargo().args([
+                "clippy",
+                "--release",
+                "-p",
+                "ferroplane-io",
+                "--features",
+                "dpdk",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])) {
+                eprintln!("{e:#}");
+                report.failed_steps.push("clippy (dpdk)".into());
+            }
+            run_tests(
+                "dpdk",
+                cargo().args([
+                    "test",
+                    "--release",
+                    "--no-fail-fast",
+                    "-p",
+                    "ferroplane-io",
+                    "--features",
+                    "dpdk",
+                    "--lib",
+                    "--test",
+                    "dpdk",
+                ]),
+                DPDK_LIMIT,
+            )
+        })
+        .unwrap_or_else(|e| abort(e, &report));
+    report.record("dpdk", dpdk);
 
     let limit = std::env::var(SUITE_LIMIT_ENV)
         .ok()
