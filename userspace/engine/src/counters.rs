@@ -65,6 +65,29 @@ pub struct IfCounters {
     pub tx_drops: Counter,
 }
 
+/// One worker's totals ([`WorkerStats::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerTotals {
+    /// Packets received from its ports (and the host), over all interfaces.
+    pub rx_packets: u64,
+    /// Packets its graph sent to interfaces (some transmitted by another worker).
+    pub tx_packets: u64,
+    /// Packets its ports could not queue for transmission.
+    pub tx_drops: u64,
+    /// Packets through nodes, summed over nodes (a packet counts once per node).
+    pub node_packets: u64,
+    /// Time in nodes, in nanoseconds.
+    pub nanos: u64,
+    /// Loop iterations.
+    pub loops: u64,
+    /// Packets handed to other workers.
+    pub handoff_sent: u64,
+    /// Packets other workers handed to it.
+    pub handoff_received: u64,
+    /// Packets dropped at handoffs.
+    pub handoff_drops: u64,
+}
+
 /// Maximum number of interfaces (`sw_if_index` values) a worker counts.
 pub const MAX_IFACES: usize = 1024;
 
@@ -116,6 +139,28 @@ impl WorkerStats {
     pub fn iface(&self, sw_if: u16) -> &IfCounters {
         let i = (sw_if as usize).min(MAX_IFACES - 1);
         &self.ifaces[i]
+    }
+
+    /// This worker's totals over its interfaces and nodes (one line per worker in a
+    /// per-worker view, as VPP's per-thread `show runtime`).
+    pub fn totals(&self) -> WorkerTotals {
+        let mut t = WorkerTotals {
+            loops: self.loops.get(),
+            handoff_sent: self.handoff_sent.get(),
+            handoff_received: self.handoff_received.get(),
+            handoff_drops: self.handoff_drops.get(),
+            ..WorkerTotals::default()
+        };
+        for i in &self.ifaces {
+            t.rx_packets += i.rx_packets.get();
+            t.tx_packets += i.tx_packets.get();
+            t.tx_drops += i.tx_drops.get();
+        }
+        for n in &self.nodes {
+            t.node_packets += n.packets.get();
+            t.nanos += n.nanos.get();
+        }
+        t
     }
 
     /// Zero every counter.

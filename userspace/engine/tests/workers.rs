@@ -447,9 +447,129 @@ fn threaded_workers_forward_between_each_others_ports() {
         assert_eq!(s.handoff_drops.get(), 0, "worker {i}");
         assert!(s.handoff_received.get() > 0, "worker {i} received handoffs");
     }
+    // Per worker totals: each received what its port brought, both together forwarded
+    // everything, and every packet crossed exactly once (to the flow's owner, or from it to
+    // the output port's owner).
+    let t: Vec<_> = stats.iter().map(|s| s.totals()).collect();
+    assert_eq!((t[0].rx_packets, t[1].rx_packets), (N, N));
+    assert_eq!(t[0].tx_packets + t[1].tx_packets, 2 * N);
+    assert_eq!(t[0].handoff_sent + t[1].handoff_sent, 2 * N);
+    assert_eq!(t[0].handoff_received + t[1].handoff_received, 2 * N);
     let mut ios = ios;
     for io in &mut ios {
         assert_eq!(io.free_frames(), 4096);
         let _ = io.num_ports();
     }
+}
+
+/// A UDP datagram of `len` payload bytes with IP ID `id`, split into fragments of 1,480
+/// bytes of IP payload (MF on all but the last).
+#[allow(clippy::too_many_arguments)]
+fn fragmented_udp(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    id: u16,
+    len: usize,
+) -> Vec<Vec<u8>> {
+    use ferroplane_wire::checksum;
+    let mut f = udp_frame_ports(macs.0, macs.1, src, dst, sport, dport, len);
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7);
+    }
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20] = 0;
+    let u = &mut f[34..];
+    u[6..8].copy_from_slice(&[0, 0]);
+    let c = checksum::fold(
+        checksum::pseudo_header_v4(src, dst, ferroplane_wire::IpProtocol::UDP, u.len() as u16)
+            + checksum::sum(u),
+    );
+    u[6..8].copy_from_slice(&(!c).to_be_bytes());
+    let payload = f[34..].to_vec();
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + 1480).min(payload.len());
+        let mut g = f[..34].to_vec();
+        g.extend_from_slice(&payload[off..end]);
+        let ip = &mut g[14..];
+        ip[2..4].copy_from_slice(&((20 + end - off) as u16).to_be_bytes());
+        let mf = if end < payload.len() { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&((mf | (off / 8)) as u16).to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        out.push(g);
+        off = end;
+    }
+    out
+}
+
+/// A fragmented reply of a DNAT session whose two addresses hash to another worker than the
+/// session's: its first fragment finds the session's worker through the flow directory, the
+/// following fragments (no ports) follow the first one there, and the client gets the
+/// whole datagram translated back (source VIP:53, checksums right).
+#[test]
+fn fragmented_replies_follow_their_first_fragment() {
+    // A client, a VIP and a backend such that the reply's addresses hash elsewhere.
+    let (c, v, b) = (1..=4u16)
+        .flat_map(|c| (0..64u32).map(move |v| (c, v)))
+        .flat_map(|(c, v)| (5..=8u16).map(move |b| (c, v, b)))
+        .find(|&(c, v, b)| {
+            addr_owner(pod_ip(c), vip(v), WORKERS) != addr_owner(pod_ip(b), pod_ip(c), WORKERS)
+        })
+        .expect("a layout where the reply hashes to the other worker");
+    let svc = udp_service("default/dns", vip(v), vec![backend(pod_ip(b), 5353, true)]);
+    let mut g = group(8, vec![svc], nat_default());
+    let q = udp_frame_ports(host_mac(c), pod_mac(c), pod_ip(c), vip(v), 33000, 53, 32);
+    g.send(c, &q);
+    assert_eq!(tuple(&g.one(b)), (pod_ip(c), pod_ip(b), 33000, 5353));
+    let frags = fragmented_udp(
+        (host_mac(b), pod_mac(b)),
+        pod_ip(b),
+        pod_ip(c),
+        5353,
+        33000,
+        0x7777,
+        4000,
+    );
+    assert_eq!(frags.len(), 3);
+    for f in &frags {
+        g.send(b, f);
+    }
+    let got = g.tx(c);
+    assert_eq!(got.len(), 3, "every fragment delivered to the client");
+    let mut data = Vec::new();
+    for (i, f) in got.iter().enumerate() {
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr()),
+            (vip(v), pod_ip(c)),
+            "fragment {i}"
+        );
+        let fo = u16::from_be_bytes([f[20], f[21]]);
+        assert_eq!(
+            usize::from(fo & 0x1fff) * 8,
+            data.len(),
+            "in order, contiguous"
+        );
+        data.extend_from_slice(ip.payload());
+    }
+    let u = ferroplane_wire::UdpPacket::new_checked(&data[..]).unwrap();
+    assert!(
+        u.verify_checksum(vip(v), pod_ip(c)),
+        "udp checksum of the whole"
+    );
+    assert_eq!((u.src_port(), u.dst_port()), (53, 33000));
+    assert_eq!(u.payload().len(), 4000);
+    assert!(u
+        .payload()
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == (i as u8).wrapping_mul(7)));
+    g.assert_no_leak();
 }
