@@ -280,3 +280,38 @@ fn no_leaks(vdev: Vdev) {
         );
     });
 }
+
+#[test]
+fn a_queue_has_one_poller() {
+    fn assert_send<T: Send>() {}
+    // Workers own their backend on their own thread.
+    assert_send::<DpdkIo>();
+    if !require_root() {
+        return;
+    }
+    with_veth("dpdk-claim", Vdev::AfPacket, |pool, device| {
+        let port = DpdkPort::open(&pool, &PortConfig::new(device.as_str())).unwrap();
+        // A device is opened once; a second open fails without harming the first.
+        let err = DpdkPort::open(&pool, &PortConfig::new(device.as_str())).unwrap_err();
+        assert!(err.to_string().contains("already open"), "{err}");
+        let io = DpdkIo::new(&pool, vec![(port.clone(), 0)]).unwrap();
+        let err = DpdkIo::new(&pool, vec![(port.clone(), 0)]).unwrap_err();
+        assert!(err.to_string().contains("already polled"), "{err}");
+        assert!(
+            DpdkIo::new(&pool, vec![(port.clone(), 1)]).is_err(),
+            "no queue 1"
+        );
+        drop(io);
+        let mut io = DpdkIo::new(&pool, vec![(port.clone(), 0)]).unwrap();
+        assert_eq!(io.num_ports(), 1);
+        // The port still works.
+        let sock = RawSock::bind("d1");
+        sock.send(&test_frame(parse_mac(D0), parse_mac(D1), 3, 0));
+        let got = receive(&mut io, 3, 1);
+        assert_eq!(got.len(), 1);
+        drop(io);
+        drop(port);
+        // Closed: the device can be opened again.
+        DpdkPort::open(&pool, &PortConfig::new(device.as_str())).unwrap();
+    });
+}

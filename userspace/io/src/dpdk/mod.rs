@@ -94,18 +94,25 @@ impl DpdkIo {
         if ports.len() > usize::from(PortId::MAX) {
             return Err(IoError::Config(format!("dpdk: {} ports", ports.len())));
         }
-        for (port, queue) in &ports {
-            if *queue >= port.queues() {
-                return Err(IoError::Config(format!(
-                    "dpdk: queue {queue} of device {} (it has {})",
-                    port.name(),
-                    port.queues()
-                )));
-            }
+        for (port, _) in &ports {
             if !std::sync::Arc::ptr_eq(&port.inner_pool().inner, &pool.inner) {
                 return Err(IoError::Config(format!(
                     "dpdk: device {} takes its buffers from another pool",
                     port.name()
+                )));
+            }
+        }
+        // One poller per queue: claim them all or none.
+        for (i, (port, queue)) in ports.iter().enumerate() {
+            if !port.claim(*queue) {
+                for (p, q) in &ports[..i] {
+                    p.release(*q);
+                }
+                return Err(IoError::Config(format!(
+                    "dpdk: queue {queue} of device {} does not exist (it has {}) or is \
+                     already polled by another backend",
+                    port.name(),
+                    port.queues()
                 )));
             }
         }
@@ -170,6 +177,9 @@ impl Drop for DpdkIo {
             .map(|(i, _)| i)
             .collect();
         self.free_indices(&out);
+        for (port, queue) in &self.ports {
+            port.release(*queue);
+        }
     }
 }
 
@@ -194,7 +204,7 @@ impl PacketIo for DpdkIo {
             let want = (out.len() - done).min(CHUNK);
             let mut chained = 0u64;
             // SAFETY: the port is started and this backend is the only poller of its
-            // queue (one DpdkIo per queue); `scratch` has CHUNK >= want slots.
+            // queue (claimed in `new`, `&mut self`); `scratch` has CHUNK >= want slots.
             let got = unsafe {
                 ffi::fp_dpdk_rx(
                     port_id,
@@ -252,7 +262,7 @@ impl PacketIo for DpdkIo {
             }
             // SAFETY: `scratch[..valid]` holds frames the caller owns (so not in a ring
             // or the pool), each packet inside its frame; the table outlives the call;
-            // this backend is the only sender on the queue.
+            // this backend is the only sender on the queue (claimed in `new`).
             let sent = unsafe {
                 ffi::fp_dpdk_tx(
                     port_id,

@@ -1,6 +1,7 @@
 //! Ethernet devices driven by DPDK poll-mode drivers: probed from a device string,
 //! configured with RX/TX queues fed by a [`DpdkPool`], stopped and removed on drop.
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +15,8 @@ pub struct PortConfig {
     /// The device: a PCI address bound to vfio-pci (`0000:01:00.0`, also listed in
     /// [`super::EalConfig::pci_allow`]) or a virtual device string
     /// (`net_af_packet0,iface=eth0`, `net_af_xdp0,iface=eth0`). Its name (up to the first
-    /// comma) must be unique in the process.
+    /// comma) must be unique in the process: a device is opened once (clone the
+    /// [`DpdkPort`] to share it).
     pub device: String,
     /// RX and TX queues (one pair per engine worker).
     pub queues: u16,
@@ -57,22 +59,26 @@ pub struct DpdkPortStats {
     pub rx_nombuf: u64,
 }
 
-/// Serialises device probe, start and removal: DPDK's hotplug and ethdev control calls
-/// are not thread-safe.
-static CONTROL: Mutex<()> = Mutex::new(());
+/// The names of the devices open in this process; its lock serialises device probe,
+/// start and removal (DPDK's hotplug and ethdev control calls are not thread-safe).
+static OPEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 pub(crate) struct PortInner {
     pub(crate) port_id: u16,
     name: String,
     mac: [u8; 6],
     queues: u16,
+    /// `claimed[q]`: queue pair `q` is polled by a [`super::DpdkIo`] (one at a time:
+    /// DPDK's burst functions are not thread-safe on one queue).
+    claimed: Mutex<Vec<bool>>,
     // Kept until the port is closed: its RX rings hold mbufs of this pool.
     pool: DpdkPool,
 }
 
 impl Drop for PortInner {
     fn drop(&mut self) {
-        let _control = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.remove(&self.name);
         // SAFETY: the last handle to the port is gone, so no thread polls its queues;
         // stopping returns the RX rings' mbufs to the pool, which `pool` keeps alive
         // until after this.
@@ -129,7 +135,12 @@ impl DpdkPort {
         let devargs = CString::new(config.device.as_str()).map_err(bad)?;
         let cname = CString::new(name.as_str()).map_err(bad)?;
         let mut port_id = 0u16;
-        let _control = CONTROL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        if open.contains(&name) {
+            return Err(IoError::Config(format!(
+                "dpdk: device {name} is already open in this process"
+            )));
+        }
         // SAFETY: both strings are NUL-terminated and outlive the call; `port_id` is a
         // valid out-pointer. Probing needs the EAL, which the pool proves.
         let rc = unsafe { ffi::fp_dpdk_probe(devargs.as_ptr(), cname.as_ptr(), &mut port_id) };
@@ -164,12 +175,14 @@ impl DpdkPort {
                 ffi::strerror(-rc)
             )));
         }
+        open.insert(name.clone());
         Ok(DpdkPort {
             inner: Arc::new(PortInner {
                 port_id,
                 name,
                 mac,
                 queues: config.queues,
+                claimed: Mutex::new(vec![false; usize::from(config.queues)]),
                 pool: pool.clone(),
             }),
         })
@@ -193,6 +206,27 @@ impl DpdkPort {
     /// Number of RX/TX queue pairs.
     pub fn queues(&self) -> u16 {
         self.inner.queues
+    }
+
+    /// Reserves queue pair `queue` for one poller; false if it does not exist or is
+    /// taken.
+    pub(crate) fn claim(&self, queue: u16) -> bool {
+        let mut claimed = self.inner.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        match claimed.get_mut(usize::from(queue)) {
+            Some(c) if !*c => {
+                *c = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back a queue pair reserved by [`DpdkPort::claim`].
+    pub(crate) fn release(&self, queue: u16) {
+        let mut claimed = self.inner.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = claimed.get_mut(usize::from(queue)) {
+            *c = false;
+        }
     }
 
     pub(crate) fn inner_pool(&self) -> &DpdkPool {
