@@ -28,9 +28,10 @@
 //!   next packet goes through the engine, which refreshes that memory and reports the flow
 //!   again (one packet per flow and [`POLICY_REFRESH`]). A connection XDP forwards is thus
 //!   remembered as long as it is active, as without the cache;
-//! - **trace**: while `ferroctl trace add` has packets to trace, the `config` map tells XDP
-//!   to send every packet to the engine, so the trace sees every packet of the flows it
-//!   matches (set within [`TICK`] of the trace command).
+//! - **trace**: while `ferroctl trace add` has packets to trace, or a `ferroctl capture`
+//!   runs, the `config` map tells XDP to send every packet to the engine, so the trace (the
+//!   capture) sees every packet of the flows it matches (set within [`TICK`] of the
+//!   command).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -355,7 +356,9 @@ impl Writer {
             if stopping {
                 return;
             }
-            let tracing = self.control.trace_remaining.load(Ordering::Relaxed) > 0;
+            // A trace or a packet capture sees every packet: the cache is bypassed meanwhile.
+            let tracing = self.control.trace_remaining.load(Ordering::Relaxed) > 0
+                || self.control.capture_active.load(Ordering::Relaxed);
             self.set_config(tracing);
             if self.last_sync.elapsed() >= SYNC {
                 self.sync();
