@@ -666,6 +666,48 @@ fn multi_queue_uplink_uses_every_queue() {
         assert!(packets > 0, "queue {queue} received nothing: {rx:?}");
     }
     assert_eq!(got, sent, "every datagram reached pod0");
+    // `show interfaces`: the uplink has one entry per RX queue, each of which carried
+    // traffic and dropped nothing, and the table prints a line per queue.
+    let ifaces = agent
+        .ctl_json(&["show", "interfaces"])
+        .expect("show interfaces");
+    let uplink = ifaces
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == u))
+        .unwrap_or_else(|| panic!("no {u} in {ifaces}"));
+    let queues = uplink["queues"].as_array().expect("queues");
+    let per_queue: Vec<(u64, u64, u64)> = queues
+        .iter()
+        .map(|q| {
+            (
+                q["queue"].as_u64().expect("queue"),
+                q["rx_packets"].as_u64().expect("rx_packets"),
+                q["rx_drops"].as_u64().expect("rx_drops"),
+            )
+        })
+        .collect();
+    println!("show interfaces, {u} per queue (queue, rx packets, rx drops): {per_queue:?}");
+    assert_eq!(
+        per_queue.iter().map(|&(q, _, _)| q).collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "one entry per rx queue: {uplink}"
+    );
+    for &(q, rx, drops) in &per_queue {
+        assert!(rx > 0, "queue {q} carried no traffic: {uplink}");
+        assert_eq!(drops, 0, "queue {q} dropped: {uplink}");
+    }
+    let table = agent.ctl(&["show", "interfaces"]).expect("show interfaces");
+    let (_, queue_lines) = table
+        .split_once("one per RX queue:")
+        .unwrap_or_else(|| panic!("no per-queue section: {table}"));
+    assert_eq!(
+        queue_lines
+            .lines()
+            .filter(|l| l.starts_with(&format!("{u} ")))
+            .count(),
+        4,
+        "{table}"
+    );
     let drops = agent.ctl_json(&["show", "xdp"]).expect("show xdp");
     for reason in ["xsk_queue_range", "no_xsk", "xsk_slot_range"] {
         let n = drops["drops"]

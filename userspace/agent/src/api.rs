@@ -53,7 +53,50 @@ pub struct AgentView {
 }
 
 impl AgentView {
+    /// Every AF_XDP socket's counters by interface name, in queue order (several for a
+    /// multi-queue interface); empty when the worker does not answer.
+    fn queue_counters(&self) -> std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> {
+        self.worker
+            .exec(|io| {
+                let mut m: std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> =
+                    std::collections::HashMap::new();
+                for i in 0..io.num_ports() {
+                    let Ok(port) = PortId::try_from(i) else {
+                        continue;
+                    };
+                    let (Some((ifname, queue)), Some(s)) =
+                        (io.port_info(port), io.port_stats(port))
+                    else {
+                        continue;
+                    };
+                    let k = io.kernel_stats(port).unwrap_or_default();
+                    m.entry(ifname.to_string())
+                        .or_default()
+                        .push(ferroplane_api::QueueInfo {
+                            queue,
+                            port,
+                            rx_packets: s.rx_packets,
+                            rx_bytes: s.rx_bytes,
+                            tx_packets: s.tx_packets,
+                            tx_bytes: s.tx_bytes,
+                            tx_drops: s.tx_ring_full + s.tx_over_cap + s.tx_invalid,
+                            rx_drops: k.rx_dropped + k.rx_ring_full,
+                            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+                            rx_ring_full: k.rx_ring_full,
+                            fill_frames: s.fill_frames,
+                            fill_target: s.fill_target,
+                        });
+                }
+                for v in m.values_mut() {
+                    v.sort_by_key(|q| q.queue);
+                }
+                m
+            })
+            .unwrap_or_default()
+    }
+
     pub(crate) fn interfaces(&self) -> Vec<InterfaceInfo> {
+        let mut queues = self.queue_counters();
         let snap = self.shared.load();
         // Fast-path packets per kernel ifindex (XDP's fastif map).
         let fast: std::collections::HashMap<u32, ferroplane_bpf::FpIfCount> = self
@@ -97,6 +140,7 @@ impl AgentView {
                     fast_tx_packets: fast.get(&i.ifindex).map_or(0, |c| c.tx_packets),
                     pod: i.pod.as_ref().map(|p| format!("{} ({})", p.name, p.ip)),
                     state: ferroplane_api::InterfaceState::Up,
+                    queues: queues.remove(&i.name).unwrap_or_default(),
                 }
             })
             .chain(
@@ -121,6 +165,7 @@ impl AgentView {
                         fast_tx_packets: 0,
                         pod: Some(format!("{} ({})", g.key, g.ip)),
                         state: g.state,
+                        queues: Vec::new(),
                     }),
             )
             .collect()

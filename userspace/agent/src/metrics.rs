@@ -211,6 +211,46 @@ pub fn render(view: &AgentView) -> String {
         "Interfaces in the engine's table",
         ifs.len() as i64,
     );
+    // One series per AF_XDP socket (RX queue) of each interface.
+    let by_queue = |f: &dyn Fn(&ferroplane_api::QueueInfo) -> u64| {
+        ifs.iter()
+            .flat_map(|i| {
+                i.queues.iter().map(move |q| {
+                    let queue = q.queue.to_string();
+                    (l(&[("interface", &i.name), ("queue", &queue)]), f(q))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    for (name, help, f) in [
+        (
+            "interface_queue_rx_packets",
+            "Packets the engine read from the AF_XDP socket of the interface's RX queue",
+            (|q| q.rx_packets) as fn(&ferroplane_api::QueueInfo) -> u64,
+        ),
+        (
+            "interface_queue_tx_packets",
+            "Packets the engine queued for TX on the AF_XDP socket of the queue",
+            |q| q.tx_packets,
+        ),
+        (
+            "interface_queue_tx_drops",
+            "Packets the AF_XDP socket of the queue could not take for TX",
+            |q| q.tx_drops,
+        ),
+        (
+            "interface_queue_rx_drops",
+            "Packets the kernel dropped for the AF_XDP socket of the queue (fill ring empty, RX ring full, other)",
+            |q| q.rx_drops,
+        ),
+        (
+            "interface_queue_fill_ring_empty",
+            "Packets that found the fill ring of the queue's AF_XDP socket empty",
+            |q| q.rx_fill_ring_empty,
+        ),
+    ] {
+        counter_family(&mut reg, name, help, by_queue(&f));
+    }
 
     let c = view.counters();
     let by_node = |f: &dyn Fn(&ferroplane_api::NodeCounters) -> u64| {

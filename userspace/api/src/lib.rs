@@ -54,8 +54,8 @@ pub use services::{BackendInfo, ServiceInfo, SessionFilter, SessionInfo, Session
 pub use types::{CaptureReport, CapturedPacket, TracePacket, TraceStep};
 pub use types::{
     CountersReport, ErrorCounter, InterfaceInfo, InterfaceKind, InterfaceState, NamedCount,
-    NodeCounters, Request, RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource, Severity,
-    VersionInfo, WorkerInfo, XdpReport,
+    NodeCounters, QueueInfo, Request, RequestEnvelope, Response, RouteInfo, RoutePath, RouteSource,
+    Severity, VersionInfo, WorkerInfo, XdpReport,
 };
 
 /// Version of the wire protocol spoken by this crate.

@@ -343,6 +343,41 @@ pub struct InterfaceInfo {
     /// Whether it is there (a pod's interface may have vanished).
     #[serde(default)]
     pub state: InterfaceState,
+    /// One entry per AF_XDP socket of the interface (one per RX queue: several for a
+    /// multi-queue uplink), in queue order; empty when the worker did not answer.
+    #[serde(default)]
+    pub queues: Vec<QueueInfo>,
+}
+
+/// The counters of one RX queue's AF_XDP socket of an interface (`show_interfaces`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The device's RX queue the socket is bound to.
+    pub queue: u32,
+    /// The engine's AF_XDP port id (the XSKMAP slot).
+    pub port: u16,
+    /// Packets the engine read from the socket.
+    pub rx_packets: u64,
+    /// Bytes the engine read from the socket.
+    pub rx_bytes: u64,
+    /// Packets the engine queued on the socket's TX ring.
+    pub tx_packets: u64,
+    /// Bytes the engine queued on the socket's TX ring.
+    pub tx_bytes: u64,
+    /// Packets the socket could not take for TX (ring full, over the port's share of the
+    /// pool, invalid).
+    pub tx_drops: u64,
+    /// Packets the kernel dropped for this socket (no fill-ring frame, RX ring full or
+    /// other reasons: XDP_STATISTICS).
+    pub rx_drops: u64,
+    /// Packets that found the fill ring empty (counted in `rx_drops` too).
+    pub rx_fill_ring_empty: u64,
+    /// Packets dropped because the RX ring was full (counted in `rx_drops` too).
+    pub rx_ring_full: u64,
+    /// Frames in the fill ring now.
+    pub fill_frames: u32,
+    /// Frames the fill ring is topped up to now.
+    pub fill_target: u32,
 }
 
 /// Where a route came from.
@@ -646,12 +681,14 @@ mod tests {
             fast_tx_packets: 0,
             pod: None,
             state: InterfaceState::Up,
+            queues: Vec::new(),
         };
-        // Older agents send no fast-path counters: zero.
+        // Older agents send no fast-path counters (zero) and no queues (none).
         let mut old = serde_json::to_value(&i).unwrap();
         if let Some(o) = old.as_object_mut() {
             o.remove("fast_rx_packets");
             o.remove("fast_tx_packets");
+            o.remove("queues");
         }
         assert_eq!(serde_json::from_value::<InterfaceInfo>(old).unwrap(), i);
         let v = serde_json::to_value(&i).unwrap();
@@ -662,7 +699,7 @@ mod tests {
                 "mac": "02:00:00:00:00:01", "ipv4": "192.168.100.2/24", "mtu": 1500,
                 "xdp_mode": "native", "port": 0, "rx_packets": 1, "rx_bytes": 2,
                 "tx_packets": 3, "tx_bytes": 4, "drops": 5, "fast_rx_packets": 0,
-                "fast_tx_packets": 0, "pod": null, "state": "up"
+                "fast_tx_packets": 0, "pod": null, "state": "up", "queues": []
             })
         );
         assert_eq!(serde_json::from_value::<InterfaceInfo>(v).unwrap(), i);

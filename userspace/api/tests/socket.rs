@@ -64,6 +64,7 @@ fn interfaces() -> Vec<InterfaceInfo> {
             fast_tx_packets: 0,
             pod: None,
             state: ferroplane_api::InterfaceState::Up,
+            queues: Vec::new(),
         },
         InterfaceInfo {
             name: "fp0123456789a".into(),
@@ -84,6 +85,7 @@ fn interfaces() -> Vec<InterfaceInfo> {
             fast_tx_packets: 0,
             pod: Some("default/a".into()),
             state: ferroplane_api::InterfaceState::Up,
+            queues: Vec::new(),
         },
     ]
 }

@@ -93,6 +93,52 @@ pub fn interfaces(ifaces: &[InterfaceInfo]) -> String {
             opt(i.pod.as_deref()),
         ]);
     }
+    let mut out = t.render();
+    let multi: Vec<&InterfaceInfo> = ifaces.iter().filter(|i| i.queues.len() > 1).collect();
+    if !multi.is_empty() {
+        out.push_str("\nAF_XDP sockets of multi-queue interfaces, one per RX queue:\n");
+        out.push_str(&queues(&multi));
+    }
+    out
+}
+
+/// The per-queue lines of `show interfaces`: one per AF_XDP socket of each interface.
+fn queues(ifaces: &[&InterfaceInfo]) -> String {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[
+        ("Name", Left),
+        ("Queue", Right),
+        ("Port", Right),
+        ("Rx-pkts", Right),
+        ("Rx-bytes", Right),
+        ("Tx-pkts", Right),
+        ("Tx-bytes", Right),
+        ("Tx-drops", Right),
+        ("Rx-drops", Right),
+        ("Fill-empty", Right),
+        ("Rx-full", Right),
+        ("Fill", Right),
+        ("Fill-target", Right),
+    ]);
+    for i in ifaces {
+        for q in &i.queues {
+            t.row([
+                i.name.clone(),
+                q.queue.to_string(),
+                q.port.to_string(),
+                q.rx_packets.to_string(),
+                q.rx_bytes.to_string(),
+                q.tx_packets.to_string(),
+                q.tx_bytes.to_string(),
+                q.tx_drops.to_string(),
+                q.rx_drops.to_string(),
+                q.rx_fill_ring_empty.to_string(),
+                q.rx_ring_full.to_string(),
+                q.fill_frames.to_string(),
+                q.fill_target.to_string(),
+            ]);
+        }
+    }
     t.render()
 }
 

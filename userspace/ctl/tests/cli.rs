@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use ferroplane_api::{
     ApiServer, CountersReport, ErrorCounter, Handler, InterfaceInfo, InterfaceKind, NamedCount,
-    NodeCounters, Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo, XdpReport,
+    NodeCounters, QueueInfo, Request, RouteInfo, RoutePath, RouteSource, Severity, VersionInfo,
+    XdpReport,
 };
 use serde_json::Value;
 
@@ -69,6 +70,26 @@ impl Fake {
                 fast_tx_packets: 0,
                 pod: None,
                 state: ferroplane_api::InterfaceState::Up,
+                queues: vec![
+                    QueueInfo {
+                        queue: 0,
+                        port: 0,
+                        rx_packets: 100000,
+                        tx_packets: 40,
+                        ..QueueInfo::default()
+                    },
+                    QueueInfo {
+                        queue: 1,
+                        port: 1,
+                        rx_packets: 23456,
+                        tx_packets: 2,
+                        rx_fill_ring_empty: 3,
+                        rx_drops: 3,
+                        fill_frames: 128,
+                        fill_target: 128,
+                        ..QueueInfo::default()
+                    },
+                ],
             },
             InterfaceInfo {
                 name: "fp0123456789a".into(),
@@ -89,6 +110,7 @@ impl Fake {
                 fast_tx_packets: 0,
                 pod: Some("default/a".into()),
                 state: ferroplane_api::InterfaceState::Up,
+                queues: Vec::new(),
             },
         ]
     }
@@ -298,8 +320,38 @@ fn column_start(header: &str, word: &str) -> usize {
 fn show_interfaces_table() {
     let agent = Agent::start("ifaces");
     let text = stdout_ok(&agent.ctl(&["show", "interfaces"]));
-    let lines: Vec<&str> = text.lines().collect();
+    let (main, queues) = text
+        .split_once("\nAF_XDP sockets of multi-queue interfaces, one per RX queue:\n")
+        .expect("a per-queue section for the two-queue uplink");
+    let lines: Vec<&str> = main.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
+    // One line per RX queue of the uplink (the pod's one socket is not repeated).
+    let q: Vec<&str> = queues.lines().collect();
+    assert_eq!(q.len(), 3, "{queues}");
+    for col in [
+        "Queue",
+        "Port",
+        "Rx-pkts",
+        "Tx-drops",
+        "Fill-empty",
+        "Fill-target",
+    ] {
+        assert!(q[0].contains(col), "missing {col} in {}", q[0]);
+    }
+    let qrx_end = column_start(q[0], "Rx-pkts") + "Rx-pkts".len();
+    assert!(
+        q[1].starts_with("up0 ") && q[1][..qrx_end].ends_with(" 100000"),
+        "{}",
+        q[1]
+    );
+    assert!(
+        q[2].starts_with("up0 ") && q[2][..qrx_end].ends_with(" 23456"),
+        "{}",
+        q[2]
+    );
+    let empty_end = column_start(q[0], "Fill-empty") + "Fill-empty".len();
+    assert!(q[2][..empty_end].ends_with(" 3"), "{}", q[2]);
+    assert!(q[2].ends_with(" 128"), "{}", q[2]);
     let header = lines[0];
     assert!(header.starts_with("Name "), "{header}");
     for col in [
