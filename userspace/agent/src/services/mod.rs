@@ -5,6 +5,8 @@
 //! captures are the spec's ([`crate::spec::services`], re-exported here).
 
 mod cache;
+#[cfg(test)]
+mod cache_tests;
 mod health;
 mod report;
 mod steering;
