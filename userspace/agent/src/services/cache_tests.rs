@@ -157,7 +157,7 @@ impl Model {
                 }
             }
             Step::Bind(pod, port) => {
-                if !self.bindings.iter().any(|b| *b == (pod, port)) {
+                if !self.bindings.contains(&(pod, port)) {
                     self.bindings.push((pod, port));
                 }
             }
