@@ -141,6 +141,11 @@ pub(crate) fn kernel_plumb(c: &Cluster, mode: OverlayMode) -> Result<Vec<ChildGu
                 _ => 0,
             };
         n.ns.set_sysctl("net.ipv4.ip_forward", "1")?;
+        // The kernel's nodes take offloaded (partial) checksums: give the fabric port its TX
+        // offloads back (the harness turns them off for XDP, which cannot see them), so
+        // the kernel baseline keeps GSO across the fabric.
+        c.fabric
+            .exec_ok(&["ethtool", "-K", &format!("f{idx}"), "tx", "on"])?;
         n.ns.ip(&[
             "link",
             "add",
