@@ -199,12 +199,7 @@ const TRIM_AFTER: usize = 10_000;
 /// mapped otherwise: measured with 100,000 routes, it is the difference between the
 /// live heap and an RSS 30 MiB higher.
 fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it
-    // takes no pointer and is thread-safe (it locks each arena).
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    ferroplane_io::sys::trim_heap();
 }
 
 /// Work for the kernel route task (netlink round trips never delay the engine FIB).

@@ -338,20 +338,13 @@ impl Engine {
 /// throttling (`sched_rt_runtime_us`, 95% by default) still leaves time to the other
 /// tasks of its CPU.
 pub fn set_realtime(priority: u8) {
-    let param = libc::sched_param {
-        sched_priority: i32::from(priority.clamp(1, 99)),
-    };
-    // SAFETY: `param` is a live, initialised sched_param; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    if rc == 0 {
-        tracing::info!(priority, "engine worker runs SCHED_FIFO");
-    } else {
-        tracing::warn!(
+    match ferroplane_io::sys::set_realtime(priority) {
+        Ok(()) => tracing::info!(priority, "engine worker runs SCHED_FIFO"),
+        Err(e) => tracing::warn!(
             priority,
-            "engine worker stays under the normal scheduler (SCHED_FIFO refused: {}); \
-             bursts into or out of idle pods may lose packets",
-            std::io::Error::last_os_error()
-        );
+            "engine worker stays under the normal scheduler (SCHED_FIFO refused: {e}); \
+             bursts into or out of idle pods may lose packets"
+        ),
     }
 }
 

@@ -25,6 +25,7 @@
 pub mod dpdk;
 pub mod ethtool;
 mod mem;
+pub mod sys;
 mod tun;
 mod xsk;
 
