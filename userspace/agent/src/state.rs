@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use ferroplane_engine::{IfKind, Interface, Interfaces, PodInfo, Snapshot};
-use ferroplane_tables::{
-    FibBuilder, FibError, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource,
-};
+use ferroplane_engine::{Interfaces, Snapshot};
+use ferroplane_tables::{FibBuilder, FibError, Ipv4Prefix};
 
 use crate::config::NodeSpec;
 
@@ -147,126 +145,39 @@ impl NodeState {
         crate::hostports::merge(cni, &self.k8s_host_ports, &local)
     }
 
-    /// Compute the engine snapshot.
+    /// Compute the engine snapshot from scratch (the reference the reconciler's
+    /// incremental snapshots are checked against; the route and interface entries are
+    /// the reconciler's, the order that decides a prefix is this build's own).
     pub fn snapshot(&self) -> Result<Snapshot, FibError> {
+        use crate::reconcile::{interfaces, learnt_route, node_routes, pod_cidrs, pod_route};
         let node = &self.spec.node;
-        let mut ifaces = Interfaces::new();
-        ifaces.insert(Interface {
-            sw_if: UPLINK_SW_IF,
-            name: self.uplink.name.clone(),
-            kind: IfKind::Uplink,
-            ifindex: self.uplink.ifindex,
-            mac: self.uplink.mac,
-            ip4: Some((node.address.addr, node.address.prefix_len)),
-            mtu: self.uplink.mtu,
-            port: self.uplink.port,
-            xdp_mode: self.uplink.xdp_mode.clone(),
-            pod: None,
-        });
-        ifaces.set_queues(UPLINK_SW_IF, self.uplink.queues);
         let mut b = FibBuilder::new();
         b.interface(UPLINK_SW_IF, self.uplink.mac, self.uplink.mtu);
         for (ip, mac) in &self.neighbours {
             b.neighbour(UPLINK_SW_IF, *ip, *mac);
         }
-        let prefix =
-            |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
-        b.route(RouteEntry {
-            prefix: prefix(node.address.addr, node.address.prefix_len),
-            source: RouteSource::Connected,
-            action: RouteAction::Forward(vec![Path {
-                via: None,
-                sw_if: UPLINK_SW_IF,
-            }]),
-        });
-        b.route(RouteEntry {
-            prefix: Ipv4Prefix::host(node.address.addr),
-            source: RouteSource::Local,
-            action: RouteAction::Local,
-        });
-        if let Some(gw) = node.gateway {
-            b.route(RouteEntry {
-                prefix: Ipv4Prefix::DEFAULT,
-                source: RouteSource::Static,
-                action: RouteAction::Forward(vec![Path {
-                    via: Some(gw),
-                    sw_if: UPLINK_SW_IF,
-                }]),
-            });
+        for e in node_routes(self) {
+            b.route(e);
         }
-        for r in &self.spec.routes {
-            b.route(RouteEntry {
-                prefix: prefix(r.prefix.addr, r.prefix.prefix_len),
-                source: RouteSource::Static,
-                action: RouteAction::Forward(vec![Path {
-                    via: Some(r.via),
-                    sw_if: UPLINK_SW_IF,
-                }]),
-            });
-        }
-        // Addresses of the pod CIDR without a pod are dropped here, not sent back to the gateway.
-        b.route(RouteEntry {
-            prefix: prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
-            source: RouteSource::Pod,
-            action: RouteAction::Drop,
-        });
         for p in self.pods.values() {
-            ifaces.insert(Interface {
-                sw_if: p.sw_if,
-                name: p.host_ifname.clone(),
-                kind: IfKind::Pod,
-                ifindex: p.host_ifindex,
-                mac: p.host_mac,
-                ip4: None,
-                mtu: p.mtu,
-                port: p.port,
-                xdp_mode: p.xdp_mode.clone(),
-                pod: Some(PodInfo {
-                    name: p.key.clone(),
-                    ip: p.ip,
-                    mac: p.pod_mac,
-                }),
-            });
             b.interface(p.sw_if, p.host_mac, p.mtu);
             b.neighbour(p.sw_if, p.ip, p.pod_mac);
-            b.route(RouteEntry {
-                prefix: Ipv4Prefix::host(p.ip),
-                source: RouteSource::Pod,
-                action: RouteAction::Forward(vec![Path {
-                    via: None,
-                    sw_if: p.sw_if,
-                }]),
-            });
+            b.route(pod_route(p));
         }
+        let prefix =
+            |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
         let own = [
             prefix(node.address.addr, node.address.prefix_len),
             prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
         ];
-        // A next hop that is a cluster node reached through a tunnel goes through that
-        // tunnel (and the tunnel accepts the prefix as inner source); others are on the uplink.
         let mut learnt_via_tunnels = Vec::new();
         for (p, hops) in &self.bgp_routes {
             if hops.is_empty() || own.contains(p) {
                 continue;
             }
-            let paths = hops
-                .iter()
-                .map(|h| {
-                    let tunnel = self.overlay.tunnel_to(*h);
-                    if tunnel.is_some() {
-                        learnt_via_tunnels.push((*p, *h));
-                    }
-                    Path {
-                        via: Some(*h),
-                        sw_if: tunnel.unwrap_or(UPLINK_SW_IF),
-                    }
-                })
-                .collect();
-            b.route(RouteEntry {
-                prefix: *p,
-                source: RouteSource::Bgp,
-                action: RouteAction::Forward(paths),
-            });
+            let (entry, through) = learnt_route(self, *p, hops);
+            learnt_via_tunnels.extend(through.into_iter().map(|h| (*p, h)));
+            b.route(entry);
         }
         let tunnels = self
             .overlay
@@ -275,8 +186,12 @@ impl NodeState {
                 tracing::warn!("tunnel table with BGP routes: {e}");
                 self.overlay.table()
             });
-        self.overlay
-            .contribute(&mut b, &mut ifaces, UPLINK_SW_IF, self.uplink.mtu);
+        self.overlay.contribute(
+            &mut b,
+            &mut Interfaces::new(),
+            UPLINK_SW_IF,
+            self.uplink.mtu,
+        );
         let (bindings, shadowed) = self.host_port_bindings();
         let (services, nat) = crate::services::tables_with_host_ports(
             &self.services,
@@ -290,12 +205,9 @@ impl NodeState {
             tunnels,
             version: 0,
             fib: Arc::new(b.build()?),
-            ifaces: Arc::new(ifaces),
+            ifaces: Arc::new(interfaces(self)),
             node_ip: Some(node.address.addr),
-            // Never the catch-all fallback of `prefix`: that would refuse every source.
-            pod_cidrs: Ipv4Prefix::new(node.pod_cidr.addr, node.pod_cidr.prefix_len)
-                .into_iter()
-                .collect(),
+            pod_cidrs: pod_cidrs(self),
             policy: crate::policy::compile_pods(&self.spec, &self.policy_pods()),
             flow_export: false,
         })
@@ -305,7 +217,7 @@ impl NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferroplane_tables::AdjKind;
+    use ferroplane_tables::{AdjKind, RouteSource};
 
     const SPEC: &str = r#"
 node:

@@ -370,41 +370,10 @@ impl Reconciler {
     }
 
     fn sync_node(&mut self, state: &NodeState) {
-        let node = &state.spec.node;
-        let mut want = BTreeMap::new();
-        let mut add = |e: RouteEntry| {
-            want.insert(e.prefix, e);
-        };
-        add(RouteEntry {
-            prefix: prefix(node.address.addr, node.address.prefix_len),
-            source: RouteSource::Connected,
-            action: forward(None, UPLINK_SW_IF),
-        });
-        add(RouteEntry {
-            prefix: Ipv4Prefix::host(node.address.addr),
-            source: RouteSource::Local,
-            action: RouteAction::Local,
-        });
-        if let Some(gw) = node.gateway {
-            add(RouteEntry {
-                prefix: Ipv4Prefix::DEFAULT,
-                source: RouteSource::Static,
-                action: forward(Some(gw), UPLINK_SW_IF),
-            });
-        }
-        for r in &state.spec.routes {
-            add(RouteEntry {
-                prefix: prefix(r.prefix.addr, r.prefix.prefix_len),
-                source: RouteSource::Static,
-                action: forward(Some(r.via), UPLINK_SW_IF),
-            });
-        }
-        // Addresses of the pod CIDR without a pod are dropped here, not sent back to the gateway.
-        add(RouteEntry {
-            prefix: prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
-            source: RouteSource::Pod,
-            action: RouteAction::Drop,
-        });
+        let want = node_routes(state)
+            .into_iter()
+            .map(|e| (e.prefix, e))
+            .collect();
         self.set_layer(Layer::Node, want);
         let mut links = Links::default();
         links
@@ -419,11 +388,7 @@ impl Reconciler {
         for p in state.pods.values() {
             links.ifaces.insert(p.sw_if, (p.host_mac, p.mtu));
             links.neighbours.insert((p.sw_if, p.ip), p.pod_mac);
-            let e = RouteEntry {
-                prefix: Ipv4Prefix::host(p.ip),
-                source: RouteSource::Pod,
-                action: forward(None, p.sw_if),
-            };
+            let e = pod_route(p);
             want.insert(e.prefix, e);
         }
         self.set_layer(Layer::Pods, want);
@@ -487,34 +452,13 @@ impl Reconciler {
             self.set(Layer::Learnt, p, None);
             return;
         };
-        let mut through = Vec::new();
-        let paths = hops
-            .iter()
-            .map(|h| {
-                let tunnel = state.overlay.tunnel_to(*h);
-                if tunnel.is_some() {
-                    through.push(*h);
-                }
-                Path {
-                    via: Some(*h),
-                    sw_if: tunnel.unwrap_or(UPLINK_SW_IF),
-                }
-            })
-            .collect();
+        let (entry, through) = learnt_route(state, p, hops);
         if through.is_empty() {
             self.via_tunnels.remove(&p);
         } else {
             self.via_tunnels.insert(p, through);
         }
-        self.set(
-            Layer::Learnt,
-            p,
-            Some(RouteEntry {
-                prefix: p,
-                source: RouteSource::Bgp,
-                action: RouteAction::Forward(paths),
-            }),
-        );
+        self.set(Layer::Learnt, p, Some(entry));
     }
 
     fn tunnel_table(&self, state: &NodeState) -> Arc<ferroplane_engine::tunnel::TunnelTable> {
@@ -584,6 +528,84 @@ fn sync_links(fib: &mut FibBuilder, old: &mut Links, new: Links) {
     *old = new;
 }
 
+/// The node's routes: its subnet (connected), its address (local), the default and
+/// static routes, and its pod CIDR (addresses without a pod are dropped here, not sent
+/// back to the gateway).
+pub(crate) fn node_routes(state: &NodeState) -> Vec<RouteEntry> {
+    let node = &state.spec.node;
+    let mut v = vec![
+        RouteEntry {
+            prefix: prefix(node.address.addr, node.address.prefix_len),
+            source: RouteSource::Connected,
+            action: forward(None, UPLINK_SW_IF),
+        },
+        RouteEntry {
+            prefix: Ipv4Prefix::host(node.address.addr),
+            source: RouteSource::Local,
+            action: RouteAction::Local,
+        },
+    ];
+    if let Some(gw) = node.gateway {
+        v.push(RouteEntry {
+            prefix: Ipv4Prefix::DEFAULT,
+            source: RouteSource::Static,
+            action: forward(Some(gw), UPLINK_SW_IF),
+        });
+    }
+    for r in &state.spec.routes {
+        v.push(RouteEntry {
+            prefix: prefix(r.prefix.addr, r.prefix.prefix_len),
+            source: RouteSource::Static,
+            action: forward(Some(r.via), UPLINK_SW_IF),
+        });
+    }
+    v.push(RouteEntry {
+        prefix: prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+        source: RouteSource::Pod,
+        action: RouteAction::Drop,
+    });
+    v
+}
+
+/// The route for learnt prefix `p` through `hops`, and the hops that are cluster nodes
+/// reached through a tunnel (the route goes through that tunnel, which accepts the prefix
+/// as inner source); other hops are on the uplink.
+pub(crate) fn learnt_route(
+    state: &NodeState,
+    p: Ipv4Prefix,
+    hops: &[Ipv4Addr],
+) -> (RouteEntry, Vec<Ipv4Addr>) {
+    let mut through = Vec::new();
+    let paths = hops
+        .iter()
+        .map(|h| {
+            let tunnel = state.overlay.tunnel_to(*h);
+            if tunnel.is_some() {
+                through.push(*h);
+            }
+            Path {
+                via: Some(*h),
+                sw_if: tunnel.unwrap_or(UPLINK_SW_IF),
+            }
+        })
+        .collect();
+    let entry = RouteEntry {
+        prefix: p,
+        source: RouteSource::Bgp,
+        action: RouteAction::Forward(paths),
+    };
+    (entry, through)
+}
+
+/// A pod's /32 through its veth.
+pub(crate) fn pod_route(p: &crate::state::PodState) -> RouteEntry {
+    RouteEntry {
+        prefix: Ipv4Prefix::host(p.ip),
+        source: RouteSource::Pod,
+        action: forward(None, p.sw_if),
+    }
+}
+
 fn prefix(addr: Ipv4Addr, len: u8) -> Ipv4Prefix {
     Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT)
 }
@@ -594,13 +616,13 @@ fn forward(via: Option<Ipv4Addr>, sw_if: u16) -> RouteAction {
 
 /// This node's pod CIDRs (never the catch-all fallback of `prefix`: that would refuse
 /// every source).
-fn pod_cidrs(state: &NodeState) -> Vec<Ipv4Prefix> {
+pub(crate) fn pod_cidrs(state: &NodeState) -> Vec<Ipv4Prefix> {
     let c = &state.spec.node.pod_cidr;
     Ipv4Prefix::new(c.addr, c.prefix_len).into_iter().collect()
 }
 
 /// The engine's interface table: the uplink, the pods, the tunnels.
-fn interfaces(state: &NodeState) -> Interfaces {
+pub(crate) fn interfaces(state: &NodeState) -> Interfaces {
     let node = &state.spec.node;
     let mut ifaces = Interfaces::new();
     ifaces.insert(Interface {
