@@ -115,6 +115,11 @@ fn forward(runs: usize, secs: u64, kernel_only: bool) -> Result<()> {
         !kernel_only,
     )?;
     println!("\n=== fast path: (a) kernel, (b) bare XDP redirect, (c)/(d) ferroplane fast path off/on ===\n{table}");
+    if !kernel_only {
+        // Issue 15: one AF_XDP socket per RX queue, a 1-queue against a 4-queue uplink.
+        let table = crate::bench_queues::rows(&topo, &tools, &cfg, &ferroplane_e2e::bin_dir())?;
+        println!("\n=== multi-queue uplink: ferroplane (defaults) with a 1-queue and a 4-queue uplink ===\n{table}");
+    }
     Ok(())
 }
 

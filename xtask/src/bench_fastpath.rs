@@ -67,7 +67,8 @@ fn clock_ticks() -> f64 {
 
 /// `cfg.runs` windows of trafgen from the router to `sink`'s `eth0`; CPU sampled over the
 /// same window as the sink's counter (a thread that waits out the warm-up alongside).
-fn measure(
+/// Returns (packets per second, CPU ns per delivered packet), one value per run.
+pub(crate) fn measure(
     topo: &Topology,
     tools: &BenchTools,
     cfg: &RunConfig,

@@ -9,6 +9,7 @@ mod bench_cni;
 mod bench_fastpath;
 mod bench_overlay;
 mod bench_policy;
+mod bench_queues;
 mod bench_services;
 mod bench_tcp;
 mod demo;
