@@ -7,6 +7,10 @@ use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 
+/// The most YAML nodes (scalars, sequences, mappings) one document may hold: about
+/// 200,000 Services with an EndpointSlice each.
+pub const MAX_NODES: usize = 10_000_000;
+
 /// Parses one YAML document into `T`. On error, [`ConfigError::Yaml`] carries the path of
 /// the offending field (`.` when the error is about the document as a whole, e.g. a syntax
 /// error after the last field) and the parser's message with its line and column.
@@ -18,7 +22,18 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> 
     let text = if is_blank(text) { "{}" } else { text };
     let mut path = None;
     // One-line messages: the snippet of the source that serde-saphyr can add spans lines.
-    let options = serde_saphyr::options! { with_snippet: false };
+    // The budget keeps serde-saphyr's guards against alias bombs and deep nesting, but
+    // sizes the document limits for a cluster's worth of Services and EndpointSlices
+    // (the defaults, 250,000 nodes and 1,000,000 events, refuse a spec of 10,000 Services
+    // with their slices; serde_yaml had no such limit).
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_NODES,
+            max_events: 3 * MAX_NODES,
+            max_total_scalar_bytes: 512 << 20,
+        },
+    };
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = Some(e.path().to_string());
@@ -36,4 +51,50 @@ fn is_blank(text: &str) -> bool {
     text.lines()
         .map(str::trim)
         .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::NodeSpec;
+
+    /// A spec the size of a large cluster (20,000 Services, each with a slice) loads: the
+    /// YAML parser's default budget (250,000 nodes) refused it.
+    #[test]
+    fn a_cluster_sized_spec_loads() {
+        let mut y = String::from(
+            "node:\n  name: n1\n  uplink: up0\n  address: 192.168.100.2/24\n  podCIDR: 10.244.1.0/24\nservices:\n",
+        );
+        let n = 20_000u32;
+        for i in 0..n {
+            let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i + 10);
+            y.push_str(&format!(
+                "  - metadata: {{ name: s{i} }}\n    spec:\n      clusterIP: {ip}\n      ports: [ {{ name: http, protocol: TCP, port: 80, targetPort: 8080 }} ]\n"
+            ));
+        }
+        y.push_str("endpointSlices:\n");
+        for i in 0..n {
+            y.push_str(&format!(
+                "  - metadata: {{ name: s{i}-a, labels: {{ kubernetes.io/service-name: s{i} }} }}\n    ports: [ {{ name: http, protocol: TCP, port: 8080 }} ]\n    endpoints:\n      - addresses: [10.244.1.{}]\n",
+                10 + i % 200
+            ));
+        }
+        let spec = NodeSpec::from_yaml(&y).expect("a cluster-sized spec loads");
+        assert_eq!(spec.services.len(), n as usize);
+        assert_eq!(spec.endpoint_slices.len(), n as usize);
+    }
+
+    /// An alias bomb is still refused by the budget (not expanded).
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut y = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            y.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let r: Result<std::collections::BTreeMap<String, serde_json::Value>, _> =
+            super::from_yaml_str(&y);
+        assert!(r.is_err(), "10^12 expanded nodes must be refused");
+    }
 }
