@@ -287,11 +287,17 @@ pub fn rows(
     Ok(render(&rows))
 }
 
-fn render(rows: &[Row]) -> String {
+/// The table of `rows`: label (in a column of `width`), median Mpps, median CPU ns per
+/// packet, every run's figures, and a row's note under it.
+pub(crate) fn render_rows<'a>(
+    first_column: &str,
+    width: usize,
+    rows: impl Iterator<Item = &'a Row>,
+) -> String {
     let med = |v: &[f64]| bench::median(v);
     let mut out = format!(
-        "{:<32} {:>8} {:>12}   {}\n",
-        "path", "Mpps", "CPU ns/pkt", "runs: Mpps / CPU ns per packet"
+        "{first_column:<width$} {:>8} {:>12}   {}\n",
+        "Mpps", "CPU ns/pkt", "runs: Mpps / CPU ns per packet"
     );
     for r in rows {
         let runs: Vec<String> = r
@@ -302,16 +308,22 @@ fn render(rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<32} {:>8.3} {:>12.0}   {}",
+            "{:<width$} {:>8.3} {:>12.0}   {}",
             r.label,
             med(&r.pps) / 1e6,
             med(&r.cpu_ns),
             runs.join(" ")
         );
         if !r.note.is_empty() {
-            let _ = writeln!(out, "{:<32} {}", "", r.note);
+            let _ = writeln!(out, "{:<width$} {}", "", r.note);
         }
     }
+    out
+}
+
+fn render(rows: &[Row]) -> String {
+    let med = |v: &[f64]| bench::median(v);
+    let mut out = render_rows("path", 32, rows.iter());
     let find = |p: &str| rows.iter().find(|r| r.label.starts_with(p));
     if let (Some(b), Some(c), Some(d)) = (find("(b)"), find("(c)"), find("(d)")) {
         let mpps = med(&d.pps) / med(&b.pps).max(1e-9);

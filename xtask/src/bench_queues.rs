@@ -159,29 +159,7 @@ pub fn rows(
 
 fn render(one: &Row, four: &Row) -> String {
     let med = |v: &[f64]| bench::median(v);
-    let mut out = format!(
-        "{:<28} {:>8} {:>12}   {}\n",
-        "uplink", "Mpps", "CPU ns/pkt", "runs: Mpps / CPU ns per packet"
-    );
-    for r in [one, four] {
-        let runs: Vec<String> = r
-            .pps
-            .iter()
-            .zip(&r.cpu_ns)
-            .map(|(p, c)| format!("{:.3}/{:.0}", p / 1e6, c))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:<28} {:>8.3} {:>12.0}   {}",
-            r.label,
-            med(&r.pps) / 1e6,
-            med(&r.cpu_ns),
-            runs.join(" ")
-        );
-        if !r.note.is_empty() {
-            let _ = writeln!(out, "{:<28} {}", "", r.note);
-        }
-    }
+    let mut out = crate::bench_fastpath::render_rows("uplink", 28, [one, four].into_iter());
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let _ = writeln!(
         out,
