@@ -97,10 +97,4 @@ fn summary() {
 
 criterion_group!(benches, bench);
 
-fn main() {
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-    summary();
-}
+ferroplane_engine::bench_main_with_summary!(benches, summary);

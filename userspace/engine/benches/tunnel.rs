@@ -13,152 +13,22 @@
 //! repeated template). Prints Mpps per path, median of 5 rounds.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
+use ferroplane_engine::testutil::tunnel::{host_mac, pod_ip, pod_mac, tunnel_node, POD, UPLINK};
 use ferroplane_engine::testutil::udp_frame;
-use ferroplane_engine::tunnel::{
-    wg_public_key, Tunnel, TunnelCounters, TunnelMode, TunnelTable, WgPeer, TUNNEL_SW_IF_BASE,
-};
-use ferroplane_engine::{
-    IfKind, Interface, Interfaces, PodInfo, Shared, Snapshot, Worker, WorkerControl,
-};
+use ferroplane_engine::tunnel::TunnelMode;
+use ferroplane_engine::{Shared, Worker, WorkerControl};
 use ferroplane_io::MemIo;
-use ferroplane_tables::{FibBuilder, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource};
-
-const TUN: u16 = TUNNEL_SW_IF_BASE;
-const UPLINK: u16 = 0;
-const POD: u16 = 1;
-
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 100, 10 + i)
-}
-fn uplink_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 0, i]
-}
-fn vtep_mac(i: u8) -> [u8; 6] {
-    [2, 0xfe, 0, 0, 0, i]
-}
-fn host_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, i]
-}
-fn pod_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 2, i]
-}
-fn pod_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, i, 10)
-}
-fn key(i: u8) -> [u8; 32] {
-    let mut k = [i.wrapping_mul(37).wrapping_add(1); 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    k
-}
-
-fn iface(sw_if: u16, name: &str, kind: IfKind, mac: [u8; 6], mtu: u16) -> Interface {
-    Interface {
-        sw_if,
-        name: name.into(),
-        kind,
-        ifindex: u32::from(sw_if) + 2,
-        mac,
-        ip4: None,
-        mtu,
-        port: (sw_if < TUN).then_some(sw_if),
-        xdp_mode: None,
-        pod: None,
-    }
-}
 
 /// Node `me` (1 or 2) with a pod, an uplink, and a tunnel to the other node.
 fn node(me: u8, mode: TunnelMode) -> Worker<MemIo> {
-    let other = 3 - me;
-    let mtu = 1500 - mode.overhead();
-    let mut ifaces = Interfaces::new();
-    let mut up = iface(UPLINK, "up0", IfKind::Uplink, uplink_mac(me), 1500);
-    up.ip4 = Some((node_ip(me), 24));
-    ifaces.insert(up);
-    let mut pod = iface(POD, "fppod", IfKind::Pod, host_mac(me), 1500);
-    pod.pod = Some(PodInfo {
-        name: "default/p".into(),
-        ip: pod_ip(me),
-        mac: pod_mac(me),
-    });
-    ifaces.insert(pod);
-    ifaces.insert(iface(TUN, "tun", IfKind::Tunnel, vtep_mac(me), mtu));
-    let mut b = FibBuilder::new();
-    b.interface(UPLINK, uplink_mac(me), 1500)
-        .interface(POD, host_mac(me), 1500)
-        .interface(TUN, vtep_mac(me), mtu);
-    b.neighbour(UPLINK, node_ip(other), uplink_mac(other))
-        .neighbour(POD, pod_ip(me), pod_mac(me))
-        .neighbour(TUN, node_ip(other), vtep_mac(other));
-    let forward = |via, sw_if| RouteAction::Forward(vec![Path { via, sw_if }]);
-    let prefix = |a, len| Ipv4Prefix::new(a, len).unwrap_or_else(|e| panic!("{e}"));
-    let remote = prefix(Ipv4Addr::new(10, 244, other, 0), 24);
-    for (prefix, source, action) in [
-        (
-            prefix(node_ip(me), 24),
-            RouteSource::Connected,
-            forward(None, UPLINK),
-        ),
-        (
-            Ipv4Prefix::host(node_ip(me)),
-            RouteSource::Local,
-            RouteAction::Local,
-        ),
-        (
-            Ipv4Prefix::host(pod_ip(me)),
-            RouteSource::Pod,
-            forward(None, POD),
-        ),
-        (
-            remote,
-            RouteSource::Static,
-            forward(Some(node_ip(other)), TUN),
-        ),
-    ] {
-        b.route(RouteEntry {
-            prefix,
-            source,
-            action,
-        });
-    }
-    let wg = (mode == TunnelMode::WireGuard).then(|| {
-        Arc::new(WgPeer::new(
-            key(me),
-            wg_public_key(key(other)),
-            u32::from(me),
-            51820,
-            None,
-        ))
-    });
-    let mut tunnels = TunnelTable::new(42, 4789, 51820);
-    tunnels
-        .insert(Tunnel {
-            sw_if: TUN,
-            name: format!("node-{other}"),
-            mode,
-            local: node_ip(me),
-            remote: node_ip(other),
-            allowed: vec![remote],
-            vtep_mac: vtep_mac(other),
-            counters: Arc::new(TunnelCounters::default()),
-            wg,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    let snap = Snapshot {
-        fib: Arc::new(b.build().unwrap_or_else(|e| panic!("{e}"))),
-        ifaces: Arc::new(ifaces),
-        node_ip: Some(node_ip(me)),
-        tunnels: Arc::new(tunnels),
-        ..Snapshot::default()
-    };
+    let snapshot = tunnel_node(me, mode, false).snapshot;
     Worker::new(
         MemIo::new(4096, 2048, 2),
-        Arc::new(Shared::new(snap)),
+        Arc::new(Shared::new(snapshot)),
         Arc::new(WorkerControl::default()),
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -276,10 +146,4 @@ fn summary() {
 
 criterion_group!(benches, criterion_benches);
 
-fn main() {
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-    summary();
-}
+ferroplane_engine::bench_main_with_summary!(benches, summary);

@@ -327,10 +327,4 @@ fn summary() {
 
 criterion_group!(benches, criterion_benches);
 
-fn main() {
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-    summary();
-}
+ferroplane_engine::bench_main_with_summary!(benches, summary);

@@ -9,6 +9,8 @@ use ferroplane_wire::checksum;
 use crate::interfaces::{IfKind, Interface, Interfaces, PodInfo};
 use crate::snapshot::Snapshot;
 
+pub mod tunnel;
+
 /// MAC of the uplink in the test node.
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 1];
 /// MAC of the router behind the uplink.
@@ -177,4 +179,43 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
     a[14..18].copy_from_slice(&sender.octets());
     a[24..28].copy_from_slice(&target.octets());
     f
+}
+
+/// Split `frame`'s IPv4 payload (an Ethernet + 20-byte IPv4 header frame) into fragments
+/// of `size` bytes (a multiple of 8), each with its header's length, MF flag, offset and
+/// checksum set.
+pub fn ipv4_fragments(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let payload = &frame[34..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + size).min(payload.len());
+        let mut f = frame[..34].to_vec();
+        f.extend_from_slice(&payload[off..end]);
+        let ip = &mut f[14..];
+        ip[2..4].copy_from_slice(&((20 + end - off) as u16).to_be_bytes());
+        let mf = if end < payload.len() { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&((mf | (off / 8)) as u16).to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+/// A bench's `main`: run the criterion group `$group`, print criterion's summary, then
+/// call `$summary` (the bench's own table of figures). The bench must depend on criterion.
+#[macro_export]
+macro_rules! bench_main_with_summary {
+    ($group:path, $summary:path) => {
+        fn main() {
+            $group();
+            ::criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+            $summary();
+        }
+    };
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ferroplane_tables::service::{PROTO_TCP, PROTO_UDP};
 use ferroplane_tables::{
-    Backend, EndpointState, NatConfig, ServicePortDef, ServiceTable, DEFAULT_TABLE_SIZE,
+    Backend, EndpointState, Ipv4Prefix, NatConfig, ServicePortDef, ServiceTable, DEFAULT_TABLE_SIZE,
 };
 use ferroplane_wire::checksum;
 
@@ -194,4 +194,52 @@ pub fn many_services_distinct(n: u32) -> Vec<ServicePortDef> {
             )
         })
         .collect()
+}
+
+/// The NAT configuration of the test node: masquerade to [`NODE_IP`], cluster CIDRs
+/// 10.244.0.0/16 (pods) and 10.96.0.0/12 (services), masquerading off.
+pub fn nat_default() -> NatConfig {
+    let prefix = |a, len| Ipv4Prefix::new(a, len).unwrap_or_else(|e| panic!("{e}"));
+    NatConfig {
+        masquerade_addr: Some(NODE_IP),
+        cluster_cidrs: vec![
+            prefix(Ipv4Addr::new(10, 244, 0, 0), 16),
+            prefix(Ipv4Addr::new(10, 96, 0, 0), 12),
+        ],
+        ..NatConfig::default()
+    }
+}
+
+/// A UDP datagram (payload of `len` bytes, a pattern keyed by `seed`) as one unfragmented
+/// frame with IP ID `id`, DF clear and valid checksums (split it with
+/// [`crate::testutil::ipv4_fragments`]).
+#[allow(clippy::too_many_arguments)]
+pub fn udp_datagram(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    id: u16,
+    len: usize,
+    seed: u8,
+) -> Vec<u8> {
+    let mut f = udp_frame_ports(macs.0, macs.1, src, dst, sport, dport, len);
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(7).wrapping_add(seed);
+    }
+    let ip = &mut f[14..];
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6] = 0;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = &mut ip[20..];
+    u[6..8].copy_from_slice(&[0, 0]);
+    let c = checksum::fold(
+        checksum::pseudo_header_v4(src, dst, ferroplane_wire::IpProtocol::UDP, u.len() as u16)
+            + checksum::sum(u),
+    );
+    u[6..8].copy_from_slice(&(!c).to_be_bytes());
+    f
 }

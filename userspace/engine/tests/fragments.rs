@@ -16,7 +16,7 @@ use ferroplane_io::MemIo;
 use ferroplane_tables::policy::{
     Acl, AclSpec, AddrSet, Direction, Entry, PodAcls, PolicyTables, PortMatch, RuleRef,
 };
-use ferroplane_tables::{Ipv4Prefix, NatConfig, ServicePortDef};
+use ferroplane_tables::{NatConfig, ServicePortDef};
 use ferroplane_wire::{checksum, Ipv4Packet, UdpPacket};
 
 struct Rig {
@@ -75,68 +75,8 @@ impl Rig {
 fn nat(masquerade: bool) -> NatConfig {
     NatConfig {
         masquerade,
-        masquerade_addr: Some(NODE_IP),
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse::<Ipv4Prefix>().unwrap(),
-            "10.96.0.0/12".parse().unwrap(),
-        ],
-        ..NatConfig::default()
+        ..nat_default()
     }
-}
-
-/// A UDP datagram (payload of `len` bytes, a pattern keyed by `seed`) as one unfragmented
-/// frame with IP ID `id` and DF clear.
-#[allow(clippy::too_many_arguments)]
-fn datagram(
-    macs: ([u8; 6], [u8; 6]),
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    id: u16,
-    len: usize,
-    seed: u8,
-) -> Vec<u8> {
-    let mut f = udp_frame_ports(macs.0, macs.1, src, dst, sport, dport, len);
-    for (i, b) in f[42..].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(7).wrapping_add(seed);
-    }
-    let ip = &mut f[14..];
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[6] = 0;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    let c = checksum::checksum(&ip[..20]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let u = &mut ip[20..];
-    u[6..8].copy_from_slice(&[0, 0]);
-    let c = checksum::fold(
-        checksum::pseudo_header_v4(src, dst, ferroplane_wire::IpProtocol::UDP, u.len() as u16)
-            + checksum::sum(u),
-    );
-    u[6..8].copy_from_slice(&(!c).to_be_bytes());
-    f
-}
-
-/// Split a frame's IPv4 payload into fragments of `size` bytes (a multiple of 8).
-fn fragment(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
-    let payload = &frame[34..];
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off < payload.len() {
-        let end = (off + size).min(payload.len());
-        let mut f = frame[..34].to_vec();
-        f.extend_from_slice(&payload[off..end]);
-        let ip = &mut f[14..];
-        ip[2..4].copy_from_slice(&((20 + end - off) as u16).to_be_bytes());
-        let mf = if end < payload.len() { 0x2000 } else { 0 };
-        ip[6..8].copy_from_slice(&((mf | (off / 8)) as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum::checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        out.push(f);
-        off = end;
-    }
-    out
 }
 
 /// One datagram received whole.
@@ -239,8 +179,8 @@ fn service_dnat_and_reply_in_and_out_of_order() {
     ] {
         id += 1;
         let sport = 40000 + id;
-        let d = datagram(pod_macs(1), pod_ip(1), vip(1), sport, 53, id, len, id as u8);
-        let mut frags = fragment(&d, 1480);
+        let d = udp_datagram(pod_macs(1), pod_ip(1), vip(1), sport, 53, id, len, id as u8);
+        let mut frags = ipv4_fragments(&d, 1480);
         assert!(frags.len() >= 3);
         match order {
             "in" => r.send_each(1, &frags),
@@ -283,7 +223,7 @@ fn service_dnat_and_reply_in_and_out_of_order() {
             "{len} {order}"
         );
         // The backend's reply, reversed: restored to the VIP.
-        let rd = datagram(
+        let rd = udp_datagram(
             pod_macs(port),
             pod_ip(port),
             pod_ip(1),
@@ -293,7 +233,7 @@ fn service_dnat_and_reply_in_and_out_of_order() {
             len,
             3,
         );
-        let mut rf = fragment(&rd, 1480);
+        let mut rf = ipv4_fragments(&rd, 1480);
         rf.reverse();
         r.send_each(port, &rf);
         let back = reassemble(&r.tx(1));
@@ -311,8 +251,8 @@ fn service_dnat_and_reply_in_and_out_of_order() {
     }
     // NodePort from outside, reversed.
     let client: Ipv4Addr = "198.51.100.9".parse().unwrap();
-    let d = datagram(UPLINK, client, NODE_IP, 5555, 30053, 7, 9000, 9);
-    let mut frags = fragment(&d, 1480);
+    let d = udp_datagram(UPLINK, client, NODE_IP, 5555, 30053, 7, 9000, 9);
+    let mut frags = ipv4_fragments(&d, 1480);
     frags.reverse();
     r.send_each(0, &frags);
     let mut got = Vec::new();
@@ -338,8 +278,8 @@ fn service_dnat_and_reply_in_and_out_of_order() {
 fn masquerade_and_reply_out_of_order() {
     let mut r = rig(snapshot_with(2, vec![], nat(true)), 3, 1024);
     let ext: Ipv4Addr = "8.8.8.8".parse().unwrap();
-    let d = datagram(pod_macs(1), pod_ip(1), ext, 6000, 9999, 55, 9000, 1);
-    let mut frags = fragment(&d, 1480);
+    let d = udp_datagram(pod_macs(1), pod_ip(1), ext, 6000, 9999, 55, 9000, 1);
+    let mut frags = ipv4_fragments(&d, 1480);
     frags.reverse();
     r.send_each(1, &frags);
     let out = reassemble(&r.tx(0));
@@ -347,8 +287,8 @@ fn masquerade_and_reply_out_of_order() {
     assert_eq!((out[0].src, out[0].dst, out[0].dport), (NODE_IP, ext, 9999));
     assert_eq!(out[0].payload, pattern(9000, 1));
     let port = out[0].sport;
-    let rd = datagram(UPLINK, ext, NODE_IP, 9999, port, 56, 3000, 2);
-    let mut rf = fragment(&rd, 1480);
+    let rd = udp_datagram(UPLINK, ext, NODE_IP, 9999, port, 56, 3000, 2);
+    let mut rf = ipv4_fragments(&rd, 1480);
     rf.reverse();
     r.send_each(0, &rf);
     let back = reassemble(&r.tx(1));
@@ -406,7 +346,7 @@ fn policy_allows_or_denies_every_fragment() {
         ))
     });
     for (id, reversed) in [(1u16, false), (2, true)] {
-        let d = datagram(
+        let d = udp_datagram(
             pod_macs(1),
             pod_ip(1),
             pod_ip(3),
@@ -416,7 +356,7 @@ fn policy_allows_or_denies_every_fragment() {
             3000,
             4,
         );
-        let mut frags = fragment(&d, 1480);
+        let mut frags = ipv4_fragments(&d, 1480);
         if reversed {
             frags.reverse();
         }
@@ -424,7 +364,7 @@ fn policy_allows_or_denies_every_fragment() {
         let got = reassemble(&r.tx(3));
         assert_eq!(got.len(), 1, "allowed datagram {id} whole");
         assert_eq!(got[0].payload, pattern(3000, 4));
-        let rd = datagram(
+        let rd = udp_datagram(
             pod_macs(3),
             pod_ip(3),
             pod_ip(1),
@@ -434,15 +374,15 @@ fn policy_allows_or_denies_every_fragment() {
             9000,
             5,
         );
-        let mut rf = fragment(&rd, 1480);
+        let mut rf = ipv4_fragments(&rd, 1480);
         rf.reverse();
         r.send_each(3, &rf);
         assert_eq!(reassemble(&r.tx(1)).len(), 1, "reply {id} whole");
     }
     let denied_before = r.errors("ip4-policy", "policy-denied-ingress");
     for reversed in [false, true] {
-        let d = datagram(pod_macs(2), pod_ip(2), pod_ip(3), 5000, 7777, 9, 9000, 6);
-        let mut frags = fragment(&d, 1480);
+        let d = udp_datagram(pod_macs(2), pod_ip(2), pod_ip(3), 5000, 7777, 9, 9000, 6);
+        let mut frags = ipv4_fragments(&d, 1480);
         if reversed {
             frags.reverse();
         }
@@ -468,8 +408,8 @@ fn unassociated_fragments_dropped_and_counted() {
         nat(false),
     );
     let mut r = rig(snap, 3, 1024);
-    let d = datagram(pod_macs(1), pod_ip(1), vip(2), 4444, 53, 77, 3000, 0);
-    let frags = fragment(&d, 1480);
+    let d = udp_datagram(pod_macs(1), pod_ip(1), vip(2), 4444, 53, 77, 3000, 0);
+    let frags = ipv4_fragments(&d, 1480);
     r.send_each(1, &frags);
     assert_eq!(r.tx(0).len(), 0, "nothing to the uplink");
     assert_eq!(r.tx(1).len(), 1, "port unreachable for the first fragment");
@@ -478,8 +418,8 @@ fn unassociated_fragments_dropped_and_counted() {
         frags.len() as u64 - 1
     );
     // The same VIP, first fragment lost: the tails wait, then are dropped.
-    let d = datagram(pod_macs(1), pod_ip(1), vip(2), 4445, 53, 78, 9000, 0);
-    let frags = fragment(&d, 1480);
+    let d = udp_datagram(pod_macs(1), pod_ip(1), vip(2), 4445, 53, 78, 9000, 0);
+    let frags = ipv4_fragments(&d, 1480);
     r.send_each(1, &frags[1..]);
     assert_eq!(r.tx(0).len() + r.tx(1).len(), 0, "held, not forwarded");
     assert_eq!(r.errors("ip4-frag", "held"), frags.len() as u64 - 1);
@@ -490,8 +430,8 @@ fn unassociated_fragments_dropped_and_counted() {
     assert_eq!(r.tx(0).len() + r.tx(1).len(), 0);
     assert!(r.all_frames_free(), "held frames returned to the pool");
     // A tiny first fragment (UDP header cut) is refused.
-    let mut tiny = fragment(
-        &datagram(pod_macs(1), pod_ip(1), vip(2), 1, 53, 79, 100, 0),
+    let mut tiny = ipv4_fragments(
+        &udp_datagram(pod_macs(1), pod_ip(1), vip(2), 1, 53, 79, 100, 0),
         8,
     )
     .remove(0);
@@ -512,8 +452,8 @@ fn bounds_and_timeout() {
     let mut r = rig(node_snapshot(2, 0), 3, 4096);
     // One datagram, 70 tails before its first fragment: 64 held, 6 refused.
     let mk = |id: u16, off: usize| {
-        let d = datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, id, 200, 0);
-        let mut f = fragment(&d, 8)[1].clone();
+        let d = udp_datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, id, 200, 0);
+        let mut f = ipv4_fragments(&d, 8)[1].clone();
         f[20..22].copy_from_slice(&(0x2000u16 | (off as u16)).to_be_bytes());
         f[24..26].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(&f[14..34]);
@@ -534,8 +474,8 @@ fn bounds_and_timeout() {
     assert_eq!(r.errors("ip4-frag", "hold-full"), 6 + 20 * 64 - (1024 - 64));
     assert_eq!(r.tx(2).len(), 0);
     // Datagram 1's first fragment releases its 64 in order behind it.
-    let first = fragment(
-        &datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, 1, 200, 0),
+    let first = ipv4_fragments(
+        &udp_datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, 1, 200, 0),
         8,
     )
     .remove(0);
@@ -548,8 +488,8 @@ fn bounds_and_timeout() {
     assert!(r.all_frames_free());
     // 4,096 datagrams tracked (first fragments, their tails never come); the next refused.
     for id in 0..4097u16 {
-        let d = datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, id, 200, 0);
-        r.send_vector(1, &fragment(&d, 104)[..1]);
+        let d = udp_datagram(pod_macs(1), pod_ip(1), pod_ip(2), 1000, 2000, id, 200, 0);
+        r.send_vector(1, &ipv4_fragments(&d, 104)[..1]);
     }
     assert_eq!(r.tx(2).len(), 4096);
     assert_eq!(r.errors("ip4-frag", "table-full"), 1);

@@ -16,7 +16,7 @@ use ferroplane_engine::worker::HostSource;
 use ferroplane_engine::{Shared, Worker, WorkerControl};
 use ferroplane_io::MemIo;
 use ferroplane_tables::nat::DEFAULT_SNAT_PORTS;
-use ferroplane_tables::{Ipv4Prefix, NatConfig, ServicePortDef};
+use ferroplane_tables::ServicePortDef;
 use ferroplane_wire::{Ipv4Packet, TcpPacket, UdpPacket};
 
 const PUNT_MAC: [u8; 6] = [0x02, 0xfe, 0xff, 0, 0, 1];
@@ -48,14 +48,7 @@ struct Rig {
 }
 
 fn rig(defs: Vec<ServicePortDef>) -> Rig {
-    let nat = NatConfig {
-        masquerade_addr: Some(NODE_IP),
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse::<Ipv4Prefix>().unwrap(),
-            "10.96.0.0/12".parse().unwrap(),
-        ],
-        ..NatConfig::default()
-    };
+    let nat = nat_default();
     let mut snap = snapshot_with(4, defs, nat);
     let mut ifaces: Interfaces = (*snap.ifaces).clone();
     ifaces.insert(Interface {

@@ -4,43 +4,14 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use ferroplane_engine::testutil::tunnel::{
+    host_mac, node_ip, pod_ip, pod_mac, tunnel_node, uplink_mac, vtep_mac, TunnelNode,
+};
 use ferroplane_engine::testutil::udp_frame;
-use ferroplane_engine::tunnel::{
-    wg_public_key, Tunnel, TunnelCounters, TunnelMode, TunnelTable, WgPeer, TUNNEL_SW_IF_BASE,
-};
-use ferroplane_engine::{
-    IfKind, Interface, Interfaces, PodInfo, Shared, Snapshot, Worker, WorkerControl,
-};
+use ferroplane_engine::tunnel::{TunnelCounters, TunnelMode, WgPeer};
+use ferroplane_engine::{Shared, Worker, WorkerControl};
 use ferroplane_io::MemIo;
-use ferroplane_tables::{FibBuilder, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource};
 use ferroplane_wire::Ipv4Packet;
-
-const TUN: u16 = TUNNEL_SW_IF_BASE;
-
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 100, 10 + i)
-}
-fn uplink_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 0, i]
-}
-fn vtep_mac(i: u8) -> [u8; 6] {
-    [2, 0xfe, 0, 0, 0, i]
-}
-fn host_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, i]
-}
-fn pod_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 2, i]
-}
-fn pod_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, i, 10)
-}
-fn key(i: u8) -> [u8; 32] {
-    let mut k = [i.wrapping_mul(37).wrapping_add(1); 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    k
-}
 
 struct Node {
     worker: Worker<MemIo>,
@@ -50,126 +21,15 @@ struct Node {
 
 impl Node {
     fn new(me: u8, mode: TunnelMode) -> Node {
-        let other = 3 - me;
-        let mtu = 1500 - mode.overhead();
-        let mut ifaces = Interfaces::new();
-        let mut b = FibBuilder::new();
-        ifaces.insert(Interface {
-            sw_if: 0,
-            name: "up0".into(),
-            kind: IfKind::Uplink,
-            ifindex: 2,
-            mac: uplink_mac(me),
-            ip4: Some((node_ip(me), 24)),
-            mtu: 1500,
-            port: Some(0),
-            xdp_mode: None,
-            pod: None,
-        });
-        ifaces.insert(Interface {
-            sw_if: 1,
-            name: "fppod".into(),
-            kind: IfKind::Pod,
-            ifindex: 3,
-            mac: host_mac(me),
-            ip4: None,
-            mtu: 1500,
-            port: Some(1),
-            xdp_mode: None,
-            pod: Some(PodInfo {
-                name: "default/p".into(),
-                ip: pod_ip(me),
-                mac: pod_mac(me),
-            }),
-        });
-        ifaces.insert(Interface {
-            sw_if: TUN,
-            name: "tun".into(),
-            kind: IfKind::Tunnel,
-            ifindex: 0,
-            mac: vtep_mac(me),
-            ip4: None,
-            mtu,
-            port: None,
-            xdp_mode: None,
-            pod: None,
-        });
-        b.interface(0, uplink_mac(me), 1500)
-            .interface(1, host_mac(me), 1500)
-            .interface(TUN, vtep_mac(me), mtu);
-        b.neighbour(0, node_ip(other), uplink_mac(other))
-            .neighbour(1, pod_ip(me), pod_mac(me))
-            .neighbour(TUN, node_ip(other), vtep_mac(other));
-        let route = |prefix: Ipv4Prefix, source, action| RouteEntry {
-            prefix,
-            source,
-            action,
-        };
-        b.route(route(
-            Ipv4Prefix::new(node_ip(me), 24).unwrap(),
-            RouteSource::Connected,
-            RouteAction::Forward(vec![Path {
-                via: None,
-                sw_if: 0,
-            }]),
-        ));
-        b.route(route(
-            Ipv4Prefix::host(node_ip(me)),
-            RouteSource::Local,
-            RouteAction::Local,
-        ));
-        b.route(route(
-            Ipv4Prefix::host(pod_ip(me)),
-            RouteSource::Pod,
-            RouteAction::Forward(vec![Path {
-                via: None,
-                sw_if: 1,
-            }]),
-        ));
-        let remote = Ipv4Prefix::new(Ipv4Addr::new(10, 244, other, 0), 24).unwrap();
-        b.route(route(
-            remote,
-            RouteSource::Static,
-            RouteAction::Forward(vec![Path {
-                via: Some(node_ip(other)),
-                sw_if: TUN,
-            }]),
-        ));
-        let counters = Arc::new(TunnelCounters::default());
-        let wg = (mode == TunnelMode::WireGuard).then(|| {
-            Arc::new(WgPeer::new(
-                key(me),
-                wg_public_key(key(other)),
-                u32::from(me),
-                51820,
-                None,
-            ))
-        });
-        let mut tunnels = TunnelTable::new(42, 4789, 51820);
-        tunnels
-            .insert(Tunnel {
-                sw_if: TUN,
-                name: format!("node-{other}"),
-                mode,
-                local: node_ip(me),
-                remote: node_ip(other),
-                allowed: vec![remote],
-                vtep_mac: vtep_mac(other),
-                counters: counters.clone(),
-                wg: wg.clone(),
-            })
-            .unwrap();
-        let snap = Snapshot {
-            fib: Arc::new(b.build().unwrap()),
-            ifaces: Arc::new(ifaces),
-            node_ip: Some(node_ip(me)),
-            tunnels: Arc::new(tunnels),
-            ..Snapshot::default()
-        };
+        let TunnelNode {
+            snapshot,
+            counters,
+            wg,
+        } = tunnel_node(me, mode, false);
         let io = MemIo::new(512, 4096, 2);
         let worker = Worker::new(
             io,
-            Arc::new(Shared::new(snap)),
+            Arc::new(Shared::new(snapshot)),
             Arc::new(WorkerControl::default()),
         )
         .unwrap();

@@ -11,7 +11,7 @@ use ferroplane_engine::testutil::*;
 use ferroplane_engine::testutil_services::*;
 use ferroplane_engine::{Shared, Worker, WorkerControl};
 use ferroplane_io::MemIo;
-use ferroplane_tables::{Conntrack, Ipv4Prefix, NatConfig, ServicePortDef};
+use ferroplane_tables::{Conntrack, NatConfig, ServicePortDef};
 use ferroplane_wire::{checksum, Ipv4Packet, TcpPacket, UdpPacket};
 
 struct Rig {
@@ -29,17 +29,6 @@ fn rig(pods: u16, defs: Vec<ServicePortDef>, nat: NatConfig) -> Rig {
         worker,
         shared,
         info,
-    }
-}
-
-fn nat_default() -> NatConfig {
-    NatConfig {
-        masquerade_addr: Some(NODE_IP),
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse::<Ipv4Prefix>().unwrap(),
-            "10.96.0.0/12".parse().unwrap(),
-        ],
-        ..NatConfig::default()
     }
 }
 

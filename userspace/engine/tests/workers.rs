@@ -15,7 +15,7 @@ use ferroplane_engine::testutil_services::*;
 use ferroplane_engine::worker::Command;
 use ferroplane_engine::{Shared, Worker, WorkerControl};
 use ferroplane_io::{MemIo, PacketIo};
-use ferroplane_tables::{Conntrack, CtState, Ipv4Prefix, NatConfig, ServicePortDef};
+use ferroplane_tables::{Conntrack, CtState, NatConfig, ServicePortDef};
 use ferroplane_wire::Ipv4Packet;
 
 const WORKERS: usize = 2;
@@ -53,17 +53,6 @@ fn group(pods: u16, defs: Vec<ServicePortDef>, nat: NatConfig) -> Group {
         workers,
         owners,
         dir,
-    }
-}
-
-fn nat_default() -> NatConfig {
-    NatConfig {
-        masquerade_addr: Some(NODE_IP),
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse::<Ipv4Prefix>().unwrap(),
-            "10.96.0.0/12".parse().unwrap(),
-        ],
-        ..NatConfig::default()
     }
 }
 
@@ -462,52 +451,6 @@ fn threaded_workers_forward_between_each_others_ports() {
     }
 }
 
-/// A UDP datagram of `len` payload bytes with IP ID `id`, split into fragments of 1,480
-/// bytes of IP payload (MF on all but the last).
-#[allow(clippy::too_many_arguments)]
-fn fragmented_udp(
-    macs: ([u8; 6], [u8; 6]),
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    id: u16,
-    len: usize,
-) -> Vec<Vec<u8>> {
-    use ferroplane_wire::checksum;
-    let mut f = udp_frame_ports(macs.0, macs.1, src, dst, sport, dport, len);
-    for (i, b) in f[42..].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(7);
-    }
-    f[18..20].copy_from_slice(&id.to_be_bytes());
-    f[20] = 0;
-    let u = &mut f[34..];
-    u[6..8].copy_from_slice(&[0, 0]);
-    let c = checksum::fold(
-        checksum::pseudo_header_v4(src, dst, ferroplane_wire::IpProtocol::UDP, u.len() as u16)
-            + checksum::sum(u),
-    );
-    u[6..8].copy_from_slice(&(!c).to_be_bytes());
-    let payload = f[34..].to_vec();
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off < payload.len() {
-        let end = (off + 1480).min(payload.len());
-        let mut g = f[..34].to_vec();
-        g.extend_from_slice(&payload[off..end]);
-        let ip = &mut g[14..];
-        ip[2..4].copy_from_slice(&((20 + end - off) as u16).to_be_bytes());
-        let mf = if end < payload.len() { 0x2000 } else { 0 };
-        ip[6..8].copy_from_slice(&((mf | (off / 8)) as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let c = checksum::checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        out.push(g);
-        off = end;
-    }
-    out
-}
-
 /// A fragmented reply of a DNAT session whose two addresses hash to another worker than the
 /// session's: its first fragment finds the session's worker through the flow directory, the
 /// following fragments (no ports) follow the first one there, and the client gets the
@@ -527,7 +470,7 @@ fn fragmented_replies_follow_their_first_fragment() {
     let q = udp_frame_ports(host_mac(c), pod_mac(c), pod_ip(c), vip(v), 33000, 53, 32);
     g.send(c, &q);
     assert_eq!(tuple(&g.one(b)), (pod_ip(c), pod_ip(b), 33000, 5353));
-    let frags = fragmented_udp(
+    let d = udp_datagram(
         (host_mac(b), pod_mac(b)),
         pod_ip(b),
         pod_ip(c),
@@ -535,7 +478,9 @@ fn fragmented_replies_follow_their_first_fragment() {
         33000,
         0x7777,
         4000,
+        0,
     );
+    let frags = ipv4_fragments(&d, 1480);
     assert_eq!(frags.len(), 3);
     for f in &frags {
         g.send(b, f);

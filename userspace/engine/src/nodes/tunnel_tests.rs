@@ -6,45 +6,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ferroplane_io::MemIo;
-use ferroplane_tables::{FibBuilder, Ipv4Prefix, Path, RouteAction, RouteEntry, RouteSource};
 use ferroplane_wire::{IpProtocol, Ipv4Packet, OuterIpv4Repr, UdpPacket};
 
-use crate::interfaces::{IfKind, Interface, Interfaces, PodInfo};
-use crate::snapshot::{Shared, Snapshot};
-use crate::testutil::udp_frame;
-use crate::tunnel::{
-    wg_public_key, Tunnel, TunnelCounters, TunnelMode, TunnelTable, WgPeer, TUNNEL_SW_IF_BASE,
+use crate::snapshot::Shared;
+use crate::testutil::tunnel::{
+    host_mac, node_ip, pod_ip, pod_mac, tunnel_node, uplink_mac, vtep_mac, TunnelNode, POD, UPLINK,
 };
+use crate::testutil::udp_frame;
+use crate::tunnel::{TunnelCounters, TunnelMode};
 use crate::worker::{Worker, WorkerControl};
-
-const TUN: u16 = TUNNEL_SW_IF_BASE;
-const UPLINK: u16 = 0;
-const POD: u16 = 1;
-
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 168, 100, 10 + i)
-}
-fn uplink_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 0, i]
-}
-fn vtep_mac(i: u8) -> [u8; 6] {
-    [2, 0xfe, 0, 0, 0, i]
-}
-fn host_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, i]
-}
-fn pod_mac(i: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 2, i]
-}
-fn pod_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, i, 10)
-}
-fn key(i: u8) -> [u8; 32] {
-    let mut k = [i.wrapping_mul(37).wrapping_add(1); 32];
-    k[0] &= 248;
-    k[31] = (k[31] & 127) | 64;
-    k
-}
 
 struct Node {
     worker: Worker<MemIo>,
@@ -54,104 +24,12 @@ struct Node {
 impl Node {
     /// Node `me` (1 or 2): uplink, one pod, a tunnel to the other node (MSS clamping on).
     fn new(me: u8, mode: TunnelMode) -> Node {
-        let other = 3 - me;
-        let mtu = 1500 - mode.overhead();
-        let iface = |sw_if: u16, kind, mac, mtu| Interface {
-            sw_if,
-            name: format!("if{sw_if}"),
-            kind,
-            ifindex: u32::from(sw_if) + 2,
-            mac,
-            ip4: None,
-            mtu,
-            port: (sw_if < TUN).then_some(sw_if),
-            xdp_mode: None,
-            pod: None,
-        };
-        let mut ifaces = Interfaces::new();
-        let mut up = iface(UPLINK, IfKind::Uplink, uplink_mac(me), 1500);
-        up.ip4 = Some((node_ip(me), 24));
-        ifaces.insert(up);
-        let mut pod = iface(POD, IfKind::Pod, host_mac(me), 1500);
-        pod.pod = Some(PodInfo {
-            name: "default/p".into(),
-            ip: pod_ip(me),
-            mac: pod_mac(me),
-        });
-        ifaces.insert(pod);
-        ifaces.insert(iface(TUN, IfKind::Tunnel, vtep_mac(me), mtu));
-        let mut b = FibBuilder::new();
-        b.interface(UPLINK, uplink_mac(me), 1500)
-            .interface(POD, host_mac(me), 1500)
-            .interface(TUN, vtep_mac(me), mtu);
-        b.neighbour(UPLINK, node_ip(other), uplink_mac(other))
-            .neighbour(POD, pod_ip(me), pod_mac(me))
-            .neighbour(TUN, node_ip(other), vtep_mac(other));
-        let forward = |via, sw_if| RouteAction::Forward(vec![Path { via, sw_if }]);
-        let remote = Ipv4Prefix::new(Ipv4Addr::new(10, 244, other, 0), 24).unwrap();
-        for (prefix, source, action) in [
-            (
-                Ipv4Prefix::new(node_ip(me), 24).unwrap(),
-                RouteSource::Connected,
-                forward(None, UPLINK),
-            ),
-            (
-                Ipv4Prefix::host(node_ip(me)),
-                RouteSource::Local,
-                RouteAction::Local,
-            ),
-            (
-                Ipv4Prefix::host(pod_ip(me)),
-                RouteSource::Pod,
-                forward(None, POD),
-            ),
-            (
-                remote,
-                RouteSource::Static,
-                forward(Some(node_ip(other)), TUN),
-            ),
-        ] {
-            b.route(RouteEntry {
-                prefix,
-                source,
-                action,
-            });
-        }
-        let wg = (mode == TunnelMode::WireGuard).then(|| {
-            Arc::new(WgPeer::new(
-                key(me),
-                wg_public_key(key(other)),
-                u32::from(me),
-                51820,
-                None,
-            ))
-        });
-        let counters = Arc::new(TunnelCounters::default());
-        let mut tunnels = TunnelTable::new(42, 4789, 51820);
-        tunnels.mss_clamp = true;
-        tunnels
-            .insert(Tunnel {
-                sw_if: TUN,
-                name: format!("node-{other}"),
-                mode,
-                local: node_ip(me),
-                remote: node_ip(other),
-                allowed: vec![remote],
-                vtep_mac: vtep_mac(other),
-                counters: counters.clone(),
-                wg,
-            })
-            .unwrap();
-        let snap = Snapshot {
-            fib: Arc::new(b.build().unwrap()),
-            ifaces: Arc::new(ifaces),
-            node_ip: Some(node_ip(me)),
-            tunnels: Arc::new(tunnels),
-            ..Snapshot::default()
-        };
+        let TunnelNode {
+            snapshot, counters, ..
+        } = tunnel_node(me, mode, true);
         let worker = Worker::new(
             MemIo::new(256, 4096, 2),
-            Arc::new(Shared::new(snap)),
+            Arc::new(Shared::new(snapshot)),
             Arc::new(WorkerControl::default()),
         )
         .unwrap();
