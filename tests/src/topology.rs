@@ -170,6 +170,50 @@ impl Topology {
         self.dir.path()
     }
 
+    /// Replaces the router <-> node uplink veth with one of `queues` RX and TX queues on
+    /// both ends (a multi-queue NIC as a veth can emulate it: the receiving queue follows
+    /// the sender's TX queue), addressed and routed as [`Topology::single_node`] sets it up.
+    pub fn set_uplink_queues(&self, queues: u32) -> Result<()> {
+        let (r, u) = (Self::ROUTER_IF, Self::UPLINK_IF);
+        let q = queues.to_string();
+        let _ = self.router.ip(&["link", "del", r]);
+        let node = self.node.name().to_string();
+        self.router.ip(&[
+            "link",
+            "add",
+            r,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            u,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            &node,
+        ])?;
+        self.router.set_up(r)?;
+        self.node.set_up(u)?;
+        self.router
+            .exec_ok(&["ethtool", "-K", r, "tx", "off", "gro", "on"])?;
+        let plen = Self::UPLINK_PREFIX_LEN;
+        self.router
+            .add_addr(r, &format!("{}/{plen}", Self::ROUTER_IP))?;
+        self.node
+            .add_addr(u, &format!("{}/{plen}", Self::NODE_IP))?;
+        self.router
+            .add_route(Self::POD_CIDR, &Self::NODE_IP.to_string())?;
+        self.node
+            .add_route("default", &Self::ROUTER_IP.to_string())?;
+        Ok(())
+    }
+
     /// Keeps the temp dir (logs, spec) after drop.
     pub fn keep_dir(&mut self) {
         self.dir.keep();

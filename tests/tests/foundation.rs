@@ -564,49 +564,8 @@ fn multi_queue_uplink_uses_every_queue() {
         return;
     }
     let topo = Topology::single_node(1).expect("topology");
-    let (r, u) = (Topology::ROUTER_IF, Topology::UPLINK_IF);
-    topo.router.ip(&["link", "del", r]).expect("del uplink");
-    let node = topo.node.name().to_string();
-    topo.router
-        .ip(&[
-            "link",
-            "add",
-            r,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            u,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-            "netns",
-            &node,
-        ])
-        .expect("4-queue uplink");
-    topo.router.set_up(r).expect("up");
-    topo.node.set_up(u).expect("up");
-    topo.router
-        .exec_ok(&["ethtool", "-K", r, "tx", "off", "gro", "on"])
-        .expect("ethtool");
-    let plen = Topology::UPLINK_PREFIX_LEN;
-    topo.router
-        .add_addr(r, &format!("{}/{plen}", Topology::ROUTER_IP))
-        .expect("addr");
-    topo.node
-        .add_addr(u, &format!("{}/{plen}", Topology::NODE_IP))
-        .expect("addr");
-    topo.router
-        .add_route(Topology::POD_CIDR, &Topology::NODE_IP.to_string())
-        .expect("route");
-    topo.node
-        .add_route("default", &Topology::ROUTER_IP.to_string())
-        .expect("route");
+    topo.set_uplink_queues(4).expect("4-queue uplink");
+    let u = Topology::UPLINK_IF;
     let agent = topo.start_agent(&bin_dir()).expect("agent start");
     ping(&topo.router, pod_ip(&topo, 0), 3).expect("router -> pod0");
 

@@ -21,49 +21,6 @@ use ferroplane_e2e::Topology;
 
 use crate::bench_fastpath::{measure, Row};
 
-/// Replaces the router <-> node uplink veth with one of `queues` RX and TX queues on both
-/// ends, addressed and routed as [`Topology::single_node`] sets it up.
-fn set_uplink_queues(topo: &Topology, queues: u32) -> Result<()> {
-    let (r, u) = (Topology::ROUTER_IF, Topology::UPLINK_IF);
-    let q = queues.to_string();
-    let _ = topo.router.ip(&["link", "del", r]);
-    let node = topo.node.name().to_string();
-    topo.router.ip(&[
-        "link",
-        "add",
-        r,
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        u,
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-        "netns",
-        &node,
-    ])?;
-    topo.router.set_up(r)?;
-    topo.node.set_up(u)?;
-    topo.router
-        .exec_ok(&["ethtool", "-K", r, "tx", "off", "gro", "on"])?;
-    let plen = Topology::UPLINK_PREFIX_LEN;
-    topo.router
-        .add_addr(r, &format!("{}/{plen}", Topology::ROUTER_IP))?;
-    topo.node
-        .add_addr(u, &format!("{}/{plen}", Topology::NODE_IP))?;
-    topo.router
-        .add_route(Topology::POD_CIDR, &Topology::NODE_IP.to_string())?;
-    topo.node
-        .add_route("default", &Topology::ROUTER_IP.to_string())?;
-    Ok(())
-}
-
 /// `(queue, rx packets)` of every RX-queue socket of `ifname` in `show interfaces` JSON.
 fn queue_rx(interfaces: &serde_json::Value, ifname: &str) -> Vec<(u64, u64)> {
     interfaces
@@ -115,7 +72,7 @@ fn queue_row(
     label: &'static str,
 ) -> Result<Row> {
     let pod = topo.pods.first().ok_or_else(|| anyhow!("no pod0"))?;
-    set_uplink_queues(topo, queues)?;
+    topo.set_uplink_queues(queues)?;
     let (key, value) = ferroplane_e2e::topology::NODE_IP_FORWARD;
     topo.node.set_sysctl(key, value)?;
     let agent = topo.start_agent(bin_dir)?;

@@ -52,11 +52,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn trim_heap_runs() {
-        let v: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 4096]).collect();
-        drop(v);
-        super::trim_heap();
-    }
 }
