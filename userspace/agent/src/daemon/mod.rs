@@ -1,4 +1,9 @@
 //! The binary's own modules (the library, `ferroplane_agent`, holds what they drive): the
 //! agent's life from the command line to the clean stop, in the order `main.rs` runs it.
 
+pub mod agent;
 pub mod args;
+pub mod events;
+pub mod pods;
+pub mod ports;
+pub mod warm;
