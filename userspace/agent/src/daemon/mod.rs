@@ -3,7 +3,12 @@
 
 pub mod agent;
 pub mod args;
+pub mod event_loop;
 pub mod events;
+pub mod faults;
 pub mod pods;
 pub mod ports;
+pub mod serve;
+pub mod start;
+pub mod stop;
 pub mod warm;

@@ -2,15 +2,84 @@
 //! attached, made ahead of the CNI ADD that adopts one, and undone at the stop.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ferroplane_agent::config::PodSpec;
 use ferroplane_agent::engine::PortOpener;
 use ferroplane_agent::netlink::{Plumber, SpareLink, POD_GATEWAY};
 use ferroplane_bpf::{AttachMode, Dataplane, FpIface, XdpProg};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::agent::Agent;
+
+/// The warm pool's refilling (CNI only): one spare in the making at a time, in its own
+/// task, so the event loop keeps serving while the kernel sets the AF_XDP socket up.
+pub struct WarmPool {
+    /// Spares to keep ready (`--warm-pods`).
+    target: usize,
+    tx: mpsc::Sender<Result<Spare>>,
+    /// Spares made (or why not), from the task making one.
+    pub made: mpsc::Receiver<Result<Spare>>,
+    pending: bool,
+    seq: u32,
+    /// When to try again after a failure.
+    pub retry: Instant,
+}
+
+impl WarmPool {
+    /// A pool that keeps `target` spares ready (0: none).
+    pub fn new(target: usize) -> WarmPool {
+        let (tx, made) = mpsc::channel::<Result<Spare>>(1);
+        WarmPool {
+            target,
+            tx,
+            made,
+            pending: false,
+            seq: 0,
+            retry: Instant::now(),
+        }
+    }
+
+    /// Whether the pool wants another spare: none in the making, fewer than the target.
+    pub fn wants(&self, agent: &Agent) -> bool {
+        !self.pending && agent.spares.len() < self.target
+    }
+
+    /// Starts making a spare if the pool wants one and its retry time has come.
+    pub fn refill(&mut self, agent: &Agent) {
+        if self.wants(agent) && Instant::now() >= self.retry {
+            self.pending = true;
+            self.seq = self.seq.wrapping_add(1);
+            let task = make_spare(
+                agent.plumber.clone(),
+                agent.engine.port_opener(),
+                agent.bpf.clone(),
+                agent.attach,
+                self.seq,
+                agent.pod_mtu(),
+            );
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(task.await).await;
+            });
+        }
+    }
+
+    /// A spare made (into the pool) or not (retried in 5 s).
+    pub fn take(&mut self, agent: &mut Agent, made: Result<Spare>) {
+        self.pending = false;
+        match made {
+            Ok(spare) => agent.spares.push(spare),
+            Err(e) => {
+                warn!("warm pool: {e:#}; retrying in 5 s");
+                self.retry = Instant::now() + Duration::from_secs(5);
+            }
+        }
+    }
+}
 
 /// A spare veth pair of the warm pool, ready to become a pod's (see
 /// [`Plumber::adopt_spare`]): opening an AF_XDP socket on a shared UMEM costs the kernel
