@@ -535,6 +535,36 @@ pub struct WorkerInfo {
     /// The last of those.
     #[serde(default)]
     pub last_io_error: Option<String>,
+    /// Packets it received from its ports (and the host), over all interfaces.
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// Packets its graph sent to interfaces (some transmitted by another worker).
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Packets through graph nodes, summed over nodes.
+    #[serde(default)]
+    pub node_packets: u64,
+    /// Time in graph nodes, in nanoseconds.
+    #[serde(default)]
+    pub node_nanos: u64,
+    /// Loop iterations.
+    #[serde(default)]
+    pub loops: u64,
+    /// Packets it handed to other workers (their flow or output port is another's).
+    #[serde(default)]
+    pub handoff_sent: u64,
+    /// Packets other workers handed to it.
+    #[serde(default)]
+    pub handoff_received: u64,
+    /// Packets dropped at its handoffs (a receiver's queue full, or no free frame).
+    #[serde(default)]
+    pub handoff_drops: u64,
+    /// AF_XDP ports it owns (uplink queues and pod veths).
+    #[serde(default)]
+    pub ports: u32,
+    /// Sessions in its table.
+    #[serde(default)]
+    pub sessions: u64,
 }
 
 /// How bad an error counter is.

@@ -222,13 +222,55 @@ pub fn counters(report: &CountersReport) -> String {
         })
         .collect();
     format!(
-        "Workers: {}\n{workers}Control commands on the workers: {}, {:.2} ms in all, longest {:.2} ms\n{}",
+        "Workers: {}\n{workers}{}Control commands on the workers: {}, {:.2} ms in all, longest {:.2} ms\n{}",
         report.worker_count,
+        per_worker(report),
         report.commands,
         ms(report.command_nanos),
         ms(report.command_max_nanos),
         t.render()
     )
+}
+
+/// With several workers, one line of totals per worker (as VPP's per-thread
+/// `show runtime`): what it received, sent, handed to the others and took from them.
+fn per_worker(report: &CountersReport) -> String {
+    use Align::{Left, Right};
+    if report.workers.len() < 2 {
+        return String::new();
+    }
+    let mut t = Table::new(&[
+        ("Worker", Left),
+        ("Ports", Right),
+        ("Rx", Right),
+        ("Tx", Right),
+        ("Handoff-out", Right),
+        ("Handoff-in", Right),
+        ("Handoff-drops", Right),
+        ("Sessions", Right),
+        ("Loops", Right),
+        ("ns/pkt", Right),
+    ]);
+    for w in &report.workers {
+        let per_pkt = if w.rx_packets > 0 {
+            w.node_nanos as f64 / w.rx_packets as f64
+        } else {
+            0.0
+        };
+        t.row([
+            w.worker.to_string(),
+            w.ports.to_string(),
+            w.rx_packets.to_string(),
+            w.tx_packets.to_string(),
+            w.handoff_sent.to_string(),
+            w.handoff_received.to_string(),
+            w.handoff_drops.to_string(),
+            w.sessions.to_string(),
+            w.loops.to_string(),
+            ratio(per_pkt),
+        ]);
+    }
+    t.render()
 }
 
 /// `show errors`, like VPP's: zero counters only with `all`.
@@ -511,6 +553,7 @@ mod tests {
                 port_errors: 1,
                 io_errors: 0,
                 last_io_error: None,
+                ..Default::default()
             }],
         };
         assert_eq!(
@@ -520,6 +563,41 @@ mod tests {
              Control commands on the workers: 2, 12.50 ms in all, longest 12.00 ms\n\
              Name        Calls  Vectors  Packets  Clocks/pkt  Vectors/Call\n\
              ip4-lookup      3        3      300       15.00        100.00\n"
+        );
+    }
+
+    #[test]
+    fn counters_have_a_line_per_worker_with_several() {
+        let w = |i: u32, rx: u64, out: u64, inn: u64| ferroplane_api::WorkerInfo {
+            worker: i,
+            state: "running".into(),
+            rx_packets: rx,
+            tx_packets: rx,
+            node_packets: rx * 5,
+            node_nanos: rx * 100,
+            handoff_sent: out,
+            handoff_received: inn,
+            ports: 2,
+            sessions: 3,
+            loops: 10,
+            ..Default::default()
+        };
+        let c = CountersReport {
+            worker_count: 2,
+            nodes: vec![],
+            commands: 0,
+            command_nanos: 0,
+            command_max_nanos: 0,
+            workers: vec![w(0, 100, 40, 7), w(1, 50, 7, 40)],
+        };
+        let text = counters(&c);
+        assert!(
+            text.contains(
+                "Worker  Ports   Rx   Tx  Handoff-out  Handoff-in  Handoff-drops  Sessions  Loops  ns/pkt\n\
+                 0           2  100  100           40           7              0         3     10  100.00\n\
+                 1           2   50   50            7          40              0         3     10  100.00\n"
+            ),
+            "{text}"
         );
     }
 

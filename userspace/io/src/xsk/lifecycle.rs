@@ -82,6 +82,42 @@ impl XskIo {
     /// an XSKMAP laid out as `first id + rx queue` reaches each queue's socket. All or
     /// nothing: on error none is installed (and the sockets are closed).
     pub fn install_ports(&mut self, opens: Vec<OpenPort>) -> Result<Vec<(PortId, RawFd)>, IoError> {
+        let n = opens.len();
+        let first = (0..=self.ports.len())
+            .find(|&i| (i..i + n).all(|i| PortId::try_from(i).is_ok_and(|id| self.port_free(id))))
+            .unwrap_or(self.ports.len());
+        self.place_ports(first, opens)
+    }
+
+    /// Whether port id `id` is free here: no port has it and none is being closed with it.
+    pub fn port_free(&self, id: PortId) -> bool {
+        self.ports.get(usize::from(id)).is_none_or(|p| p.is_none()) && !self.closing.contains(&id)
+    }
+
+    /// [`XskIo::install_ports`] at ids chosen by the caller: `first`, `first + 1`, ... (when
+    /// several backends share one numbering of ports, e.g. one per engine worker, each port
+    /// id also being its XSKMAP slot). Fails, installing none, if one of them is not
+    /// [`XskIo::port_free`].
+    pub fn install_ports_at(
+        &mut self,
+        first: PortId,
+        opens: Vec<OpenPort>,
+    ) -> Result<Vec<(PortId, RawFd)>, IoError> {
+        let first = usize::from(first);
+        if let Some(busy) = (first..first + opens.len())
+            .find(|&i| !PortId::try_from(i).is_ok_and(|id| self.port_free(id)))
+        {
+            return Err(IoError::Config(format!("port id {busy} is taken")));
+        }
+        self.place_ports(first, opens)
+    }
+
+    /// Installs `opens` at ids `first..` (checked free by the caller).
+    fn place_ports(
+        &mut self,
+        first: usize,
+        opens: Vec<OpenPort>,
+    ) -> Result<Vec<(PortId, RawFd)>, IoError> {
         for open in &opens {
             if open.umem != Arc::as_ptr(&self.umem) as usize {
                 return Err(IoError::Config(format!(
@@ -90,13 +126,7 @@ impl XskIo {
                 )));
             }
         }
-        let free = |i: usize| {
-            self.ports.get(i).is_none_or(|p| p.is_none()) && !self.closing.contains(&(i as PortId))
-        };
         let n = opens.len();
-        let first = (0..=self.ports.len())
-            .find(|&i| (i..i + n).all(free))
-            .unwrap_or(self.ports.len());
         if first + n > usize::from(PortId::MAX) + 1 {
             return Err(IoError::Config(format!("too many ports ({})", first + n)));
         }
