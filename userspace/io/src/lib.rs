@@ -15,6 +15,9 @@
 //!   so a frame received on one port can be sent on another without a copy.
 //! - `dpdk::DpdkIo` (cargo feature `dpdk`): DPDK poll-mode drivers, frames are the
 //!   numbered mbufs of one mempool.
+//! - [`HybridIo`]: two backends as one (the pods' AF_XDP sockets and a DPDK uplink): one
+//!   frame index space over both pools, a copy when a frame leaves through the other
+//!   backend, and the uplink's exception path to the host ([`steer`]).
 //! - [`TunDevice`] is not a [`PacketIo`]: it hands IPv4 packets to the host
 //!   kernel (punt path) and, through a [`TunReader`], the host's own packets the
 //!   kernel routes to it (its traffic to service addresses) to the engine.
@@ -24,11 +27,14 @@
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod ethtool;
+mod hybrid;
 mod mem;
+pub mod steer;
 pub mod sys;
 mod tun;
 mod xsk;
 
+pub use hybrid::{ExceptionPath, HybridIo, HybridStats};
 pub use mem::{MemFrames, MemIo};
 pub use tun::{TunDevice, TunReader};
 pub use xsk::{
@@ -85,6 +91,13 @@ pub trait FrameMemory {
     fn frame(&self, buf: BufIdx) -> &[u8];
     /// The whole frame `buf`, writable.
     fn frame_mut(&mut self, buf: BufIdx) -> &mut [u8];
+}
+
+/// A backend whose frames can also be read through a shared borrow (what [`HybridIo`]
+/// needs to give the engine one memory over two backends).
+pub trait FramesRef: PacketIo {
+    /// The backend's packet memory, read-only.
+    fn memory_ref(&self) -> &Self::Memory;
 }
 
 /// A packet I/O backend: a frame pool plus ports.

@@ -249,6 +249,12 @@ impl MemIo {
     }
 }
 
+impl crate::FramesRef for MemIo {
+    fn memory_ref(&self) -> &MemFrames {
+        &self.mem
+    }
+}
+
 impl PacketIo for MemIo {
     type Memory = MemFrames;
 

@@ -183,6 +183,12 @@ impl Drop for DpdkIo {
     }
 }
 
+impl crate::FramesRef for DpdkIo {
+    fn memory_ref(&self) -> &DpdkFrames {
+        &self.frames
+    }
+}
+
 impl PacketIo for DpdkIo {
     type Memory = DpdkFrames;
 

@@ -17,6 +17,12 @@ use crate::{BufIdx, Desc, IoError, PacketIo, PortId};
 /// it answers EAGAIN while more are queued.
 const KERNEL_TX_BATCH: u32 = 32;
 
+impl crate::FramesRef for XskIo {
+    fn memory_ref(&self) -> &XskMemory {
+        &self.mem
+    }
+}
+
 impl PacketIo for XskIo {
     type Memory = XskMemory;
 
