@@ -75,9 +75,12 @@ struct fp_flow4_key {
  * left with (different from the key when the engine translated it: service
  * DNAT, SNAT, masquerade; TCP and UDP only), TTL decremented, these MACs, out
  * of ifindex. Written by the agent from the engine's forwarding decisions
- * (established flows only). Used by the XDP programs only for a frame
- * arriving on in_ifindex (a pod cannot replay another pod's flow by forging
- * its tuple):
+ * (established flows only). Used by the XDP programs only for a frame that
+ * the engine's ethernet-input would accept as the flow's: arriving on
+ * in_ifindex (a pod cannot replay another pod's flow by forging its tuple),
+ * sent to in_dmac (the interface's own MAC) and, with FP_FLOW4_SRC_MAC (pod
+ * interfaces), from in_smac (the pod's own MAC: a frame with the pod's address
+ * but another source MAC goes to the engine, which drops it as spoofed):
  *   - in steady state (fp_config FP_CFG_FAST_PATH, no trace active): the
  *     flow's packets other than TCP SYN/FIN/RST are forwarded by XDP without
  *     crossing AF_XDP (the fast path), which updates seen_ns, packets, bytes;
@@ -96,6 +99,9 @@ struct fp_flow4 {
 	__u32 flags;    /* FP_FLOW4_NAT when the tuple changes */
 	__u32 in_ifindex; /* interface the engine received the flow on: replayed only for frames arriving there */
 	__u32 mtu;      /* IP MTU of the output interface: longer packets go to the engine (0: unchecked) */
+	__u8 in_dmac[6]; /* destination MAC frames of the flow arrive with (the ingress interface's own) */
+	__u8 in_smac[6]; /* source MAC frames of the flow arrive with, checked with FP_FLOW4_SRC_MAC */
+	__u32 pad;      /* zero */
 	__u64 seen_ns;  /* last refresh by the agent or use by XDP (CLOCK_MONOTONIC ns) */
 	__u64 packets;  /* packets XDP forwarded from this entry */
 	__u64 bytes;    /* bytes (IPv4 total length) XDP forwarded from this entry */
@@ -103,6 +109,8 @@ struct fp_flow4 {
 
 /* fp_flow4.flags: rewrite addresses and ports (with the checksums). */
 #define FP_FLOW4_NAT 1
+/* fp_flow4.flags: frames must come from in_smac (a pod interface: the pod's own MAC). */
+#define FP_FLOW4_SRC_MAC 2
 
 /* Value of the config array (one entry, key 0): the agent's switches for the XDP programs. */
 struct fp_config {
@@ -186,6 +194,7 @@ enum fp_flow_stat {
 	FP_FLOW_CONTROL,       /* TCP SYN, FIN or RST: to the engine, which keeps the session state */
 	FP_FLOW_UNCACHEABLE,   /* not IPv4 TCP/UDP/SCTP/ICMP echo, a fragment, TTL <= 1, or longer than the MTU */
 	FP_FLOW_BYPASS,        /* a packet trace is active: every packet to the engine */
+	FP_FLOW_WRONG_MAC,     /* Ethernet destination or (pod) source not the flow's: to the engine, which validates it */
 	FP_FLOW_MAX,
 };
 

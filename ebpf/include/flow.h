@@ -15,7 +15,10 @@
  *     the agent is restarting or dead): any packet of a cached flow is
  *     forwarded; anything else fails closed (the caller, steer.h, drops it,
  *     whatever the kernel's ip_forward).
- * Fragments, ICMP other than echo and translated ICMP are never replayed.
+ * Fragments, ICMP other than echo and translated ICMP are never replayed. In
+ * both modes a frame is the flow's only if it arrives where the engine saw
+ * the flow arrive, with the MACs the engine's ethernet-input accepts there
+ * (the interface's own as destination; a pod's own as source).
  */
 #ifndef FP_FLOW_H
 #define FP_FLOW_H
@@ -99,6 +102,17 @@ static __always_inline int fp_flow_nat(struct iphdr *iph, void *l4, void *data_e
 	ports->source = f->sport;
 	ports->dest = f->dport;
 	return 0;
+}
+
+/* True if the two 6-byte MACs are equal (no branch per byte, no helper call). */
+static __always_inline int fp_mac_eq(const __u8 *a, const __u8 *b)
+{
+	__u8 d = 0;
+
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
 }
 
 /* Counts one packet under enum fp_flow_stat s. */
@@ -206,6 +220,15 @@ static __always_inline int fp_flow_forward(struct xdp_md *ctx, enum fp_flow_mode
 	/* Only where the engine saw the flow arrive: a pod forging another pod's tuple gets nothing. */
 	if (f->in_ifindex != ctx->ingress_ifindex)
 		return -FP_FLOW_MISS;
+	/*
+	 * Only frames the engine's ethernet-input would take as this flow's: sent to the
+	 * interface's MAC and, from a pod, with the pod's own source MAC. A frame carrying
+	 * a pod's address but another MAC goes to the engine, which drops it as spoofed.
+	 */
+	if (!fp_mac_eq(eth->h_dest, f->in_dmac))
+		return -FP_FLOW_WRONG_MAC;
+	if ((f->flags & FP_FLOW4_SRC_MAC) && !fp_mac_eq(eth->h_source, f->in_smac))
+		return -FP_FLOW_WRONG_MAC;
 	len = bpf_ntohs(iph->tot_len);
 	if (f->mtu && len > f->mtu)
 		return -FP_FLOW_UNCACHEABLE; /* the engine fragments or answers frag-needed */

@@ -7,6 +7,8 @@
 //!   refuses new ones;
 //! - removing a service backend or deleting a pod removes their entries at once;
 //! - `ferroctl trace add` sees every packet of a traced flow (the cache is bypassed);
+//! - a pod's frames with its cached flow's tuple but another source MAC go to the engine,
+//!   which drops them as spoofed;
 //! - `--fast-path off`: no packet takes the fast path;
 //! - across two nodes in direct mode (the cluster harness), a byte-checked transfer takes the
 //!   fast path out of one uplink and in from the other, with no TCP checksum error in the
@@ -93,7 +95,8 @@ fn entries(agent: &AgentGuard) -> u64 {
     xdp(agent)["flow_entries"].as_u64().expect("flow_entries")
 }
 
-/// (engine rx, fast-path rx) packets of the pod interface of `ip` (`show interfaces`).
+/// (engine rx, fast-path rx) packets of the pod interface of `ip` (`show interfaces`:
+/// `rx_packets` counts both, `fast_rx_packets` the fast path's).
 fn pod_rx(agent: &AgentGuard, ip: Ipv4Addr) -> (u64, u64) {
     let v = agent
         .ctl_json(&["show", "interfaces"])
@@ -108,10 +111,12 @@ fn pod_rx(agent: &AgentGuard, ip: Ipv4Addr) -> (u64, u64) {
             })
         })
         .unwrap_or_else(|| panic!("no interface of {ip}: {v}"));
-    (
+    let (total, fast) = (
         i["rx_packets"].as_u64().expect("rx_packets"),
         i["fast_rx_packets"].as_u64().expect("fast_rx_packets"),
-    )
+    );
+    assert!(total >= fast, "rx_packets includes fast_rx_packets: {i}");
+    (total - fast, fast)
 }
 
 /// Waits up to 3 s for `cond`.
@@ -500,6 +505,108 @@ fn trace_sees_every_packet_of_a_cached_flow() {
         flow_stat(&xdp(&agent), "hit") >= hits + 10,
         "fast path after the trace"
     );
+}
+
+/// The engine's `spoofed-source` counter of `ethernet-input` (`show errors --all`).
+fn spoofed_by_mac(agent: &AgentGuard) -> u64 {
+    let v = agent
+        .ctl_json(&["show", "errors", "--all"])
+        .expect("show errors");
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|e| e["node"] == "ethernet-input" && e["reason"] == "spoofed-source")
+        })
+        .and_then(|e| e["count"].as_u64())
+        .unwrap_or_else(|| panic!("no ethernet-input spoofed-source counter: {v}"))
+}
+
+/// Source validation holds for cached flows: once a pod's flow takes the fast path, frames
+/// with the flow's tuple (the pod's address and ports) but another source MAC are not
+/// forwarded by XDP: they go to the engine, which drops them as `spoofed-source`
+/// (counted `wrong_mac` by the fast path), while the pod's own frames keep the fast path.
+#[test]
+fn a_pod_cannot_ride_its_cached_flow_with_another_mac() {
+    if !require_root() {
+        return;
+    }
+    let (topo, agent) = start(2, &["--fast-path", "on"]);
+    let (a, b) = (&topo.pods[0], &topo.pods[1]);
+    let sink =
+        b.ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7801)).expect("bind"))
+            .expect("pod1 netns");
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let client =
+        a.ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7800)).expect("bind"))
+            .expect("pod0 netns");
+    let send = |n: usize| {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            client.send_to(b"own", (b.ip, 7801)).expect("send");
+            let (len, _) = sink.recv_from(&mut buf).expect("pod1 receives");
+            assert_eq!(&buf[..len], b"own");
+        }
+    };
+    send(3);
+    eventually("flow cached", &agent, || entries(&agent) >= 1);
+    let hits = flow_stat(&xdp(&agent), "hit");
+    send(10);
+    assert!(
+        flow_stat(&xdp(&agent), "hit") >= hits + 10,
+        "the pod's own frames take the fast path"
+    );
+
+    // The same tuple from pod0's veth with another source MAC (sent to the gateway MAC).
+    let gateway = agent
+        .ctl_json(&["show", "interfaces"])
+        .expect("show interfaces")
+        .as_array()
+        .and_then(|l| {
+            l.iter().find(|i| {
+                i["pod"]
+                    .as_str()
+                    .is_some_and(|p| p.contains(&format!("({})", a.ip)))
+            })
+        })
+        .and_then(|i| i["mac"].as_str().map(str::to_string))
+        .expect("pod0's gateway MAC");
+    const FORGED: u64 = 8;
+    let (x0, spoofed0) = (xdp(&agent), spoofed_by_mac(&agent));
+    let script = format!(
+        "from scapy.all import Ether, IP, UDP, sendp\n\
+         sendp([Ether(src='02:de:ad:be:ef:01', dst='{gateway}')/IP(src='{}', dst='{}', ttl=64)\
+         /UDP(sport=7800, dport=7801)/b'forged' for _ in range({FORGED})], iface='{}', verbose=False)\n",
+        a.ip,
+        b.ip,
+        Topology::POD_IF
+    );
+    ferroplane_e2e::probe::scapy(&a.ns, &script).expect("scapy");
+    let (mut forged, mut buf) = (0, [0u8; 64]);
+    while let Ok((len, _)) = sink.recv_from(&mut buf) {
+        forged += u64::from(&buf[..len] == b"forged");
+    }
+    let x1 = xdp(&agent);
+    assert_eq!(forged, 0, "frames with another source MAC reached pod1");
+    assert_eq!(
+        flow_stat(&x1, "hit"),
+        flow_stat(&x0, "hit"),
+        "none forwarded by XDP"
+    );
+    assert_eq!(
+        flow_stat(&x1, "wrong_mac") - flow_stat(&x0, "wrong_mac"),
+        FORGED,
+        "each went to the engine as a MAC mismatch: {x1}"
+    );
+    assert_eq!(
+        spoofed_by_mac(&agent) - spoofed0,
+        FORGED,
+        "the engine dropped each as spoofed"
+    );
+    // The pod's own frames still take the fast path.
+    let hits = flow_stat(&xdp(&agent), "hit");
+    send(5);
+    assert!(flow_stat(&xdp(&agent), "hit") >= hits + 5);
 }
 
 /// `--fast-path off`: a transfer goes through the engine entirely.

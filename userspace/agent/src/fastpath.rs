@@ -230,8 +230,25 @@ fn flow_key(k: &FpFlow4Key) -> FlowKey {
     }
 }
 
-/// The `flow4` entry of a report, stamped `now_ns`.
-pub fn entry_of(f: &FlowExport, now_ns: u64) -> (FpFlow4Key, FpFlow4) {
+/// The MACs the engine's `ethernet-input` accepts on interface `ifindex` of `snap`, as the
+/// `flow4` fields (`in_dmac`, `in_smac`, flags): the interface's own as destination and,
+/// on a pod interface, the pod's own as source ([`FpFlow4::SRC_MAC`]). `None` when the
+/// interface is not a pod veth or uplink of `snap`, or a pod interface without its pod
+/// (the engine takes nothing there).
+fn arrival_macs(snap: &Snapshot, ifindex: u32) -> Option<([u8; 6], [u8; 6], u32)> {
+    let iface = snap.ifaces.iter().find(|i| i.ifindex == ifindex)?;
+    match iface.kind {
+        IfKind::Uplink => Some((iface.mac, [0; 6], 0)),
+        IfKind::Pod => Some((iface.mac, iface.pod.as_ref()?.mac, FpFlow4::SRC_MAC)),
+        _ => None,
+    }
+}
+
+/// The `flow4` entry of a report, stamped `now_ns`, with the MACs its frames arrive with
+/// on its ingress interface in `snap` ([`arrival_macs`]); `None` if that interface is not
+/// one the fast path serves.
+pub fn entry_of(f: &FlowExport, snap: &Snapshot, now_ns: u64) -> Option<(FpFlow4Key, FpFlow4)> {
+    let (in_dmac, in_smac, mac_flags) = arrival_macs(snap, f.in_ifindex)?;
     let key = key_of(f.src, f.dst, f.sport, f.dport, f.proto);
     let (src, dst, sport, dport) = f.out_tuple();
     let value = FpFlow4 {
@@ -242,14 +259,17 @@ pub fn entry_of(f: &FlowExport, now_ns: u64) -> (FpFlow4Key, FpFlow4) {
         daddr: dst.octets(),
         sport: sport.to_be_bytes(),
         dport: dport.to_be_bytes(),
-        flags: if f.nat.is_some() { FpFlow4::NAT } else { 0 },
+        flags: if f.nat.is_some() { FpFlow4::NAT } else { 0 } | mac_flags,
         in_ifindex: f.in_ifindex,
         mtu: u32::from(f.mtu),
+        in_dmac,
+        in_smac,
+        pad: 0,
         seen_ns: now_ns,
         packets: 0,
         bytes: 0,
     };
-    (key, value)
+    Some((key, value))
 }
 
 /// Whether the NetworkPolicy ACLs of pod `ip` differ between `old` and `new` (ACLs are
@@ -278,8 +298,9 @@ fn backends_of(snap: &Snapshot) -> HashSet<(Ipv4Addr, u16)> {
 
 /// Whether `snap` still forwards the flow of entry (`k`, `v`) the way it says: neither
 /// side is a removed backend; its input and output interfaces are there (an interface in
-/// `known`, seen earlier, that is missing went away); and when both are, the route of its
-/// (translated) destination leads out of `v.ifindex` to `v.dmac`. An entry whose interfaces
+/// `known`, seen earlier, that is missing went away); and when both are, its arrival MACs
+/// are still the input interface's ([`arrival_macs`]: a pod's MAC, the interface's own) and
+/// the route of its (translated) destination leads out of `v.ifindex` to `v.dmac`. An entry whose interfaces
 /// this agent has not seen (yet) is a previous agent's, left for the restart story (XDP
 /// replays it until the pods are plumbed again, then it is checked like any other).
 fn still_valid(
@@ -305,6 +326,10 @@ fn still_valid(
     };
     let (input, output) = (present(v.in_ifindex), present(v.ifindex));
     if !input && known.contains(&v.in_ifindex) || !output && known.contains(&v.ifindex) {
+        return false;
+    }
+    let macs = (v.in_dmac, v.in_smac, v.flags & FpFlow4::SRC_MAC);
+    if input && arrival_macs(snap, v.in_ifindex) != Some(macs) {
         return false;
     }
     if !(input && output) {
@@ -395,8 +420,8 @@ impl Writer {
         };
         let now = ferroplane_bpf::monotonic_ns();
         for f in batch.drain(..) {
-            let (key, value) = entry_of(&f, now);
             if f.close {
+                let key = key_of(f.src, f.dst, f.sport, f.dport, f.proto);
                 let (s, d, sp, dp) = f.reverse_tuple();
                 for k in [key, key_of(s, d, sp, dp, f.proto)] {
                     self.counted.remove(&k);
@@ -412,10 +437,12 @@ impl Writer {
                 }
                 continue;
             }
-            if !still_valid(snap, &self.known, &self.gone_backends, &key, &value) {
+            let Some((key, value)) = entry_of(&f, snap, now)
+                .filter(|(k, v)| still_valid(snap, &self.known, &self.gone_backends, k, v))
+            else {
                 self.stats.invalidated.fetch_add(1, Ordering::Relaxed);
                 continue;
-            }
+            };
             self.counted.remove(&key);
             self.ours.insert(key);
             self.reported.insert(key, Instant::now());
@@ -561,10 +588,136 @@ mod tests {
             flags,
             in_ifindex: 3,
             mtu: 1500,
+            in_dmac: [0; 6],
+            in_smac: [0; 6],
+            pad: 0,
             seen_ns,
             packets: 10,
             bytes: 1000,
         }
+    }
+
+    const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    /// A snapshot with a pod veth (ifindex 3, the pod's MAC `pod_mac`), the uplink
+    /// (ifindex 2) and a pod veth whose pod is not known (ifindex 4).
+    fn snapshot(pod_mac: [u8; 6]) -> Snapshot {
+        use ferroplane_engine::interfaces::{Interface, Interfaces, PodInfo};
+        let iface = |sw_if, ifindex, kind, mac, pod| Interface {
+            sw_if,
+            name: format!("if{ifindex}"),
+            kind,
+            ifindex,
+            mac,
+            ip4: None,
+            mtu: 1500,
+            port: None,
+            xdp_mode: None,
+            pod,
+        };
+        let mut ifaces = Interfaces::new();
+        ifaces.insert(iface(0, 2, IfKind::Uplink, UPLINK_MAC, None));
+        let pod = PodInfo {
+            name: "default/pod0".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 10),
+            mac: pod_mac,
+        };
+        ifaces.insert(iface(1, 3, IfKind::Pod, GW_MAC, Some(pod)));
+        ifaces.insert(iface(2, 4, IfKind::Pod, GW_MAC, None));
+        Snapshot {
+            ifaces: Arc::new(ifaces),
+            ..Snapshot::default()
+        }
+    }
+
+    fn report(in_ifindex: u32) -> FlowExport {
+        FlowExport {
+            src: Ipv4Addr::new(10, 244, 1, 10),
+            dst: Ipv4Addr::new(192, 168, 100, 1),
+            sport: 40000,
+            dport: 53,
+            proto: 17,
+            nat: None,
+            ifindex: 2,
+            in_ifindex,
+            dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+            src_mac: UPLINK_MAC,
+            mtu: 1500,
+            close: false,
+        }
+    }
+
+    /// An entry checks the MACs `ethernet-input` accepts where the flow arrives: from a
+    /// pod, its own source MAC (SRC_MAC) and the veth's MAC; from the uplink, the uplink's
+    /// MAC only; nothing is written for an interface the fast path does not serve.
+    #[test]
+    fn entries_carry_the_arrival_macs_of_their_interface() {
+        let snap = snapshot(POD_MAC);
+        let (_, pod) = entry_of(&report(3), &snap, 1).expect("pod entry");
+        assert_eq!((pod.in_dmac, pod.in_smac), (GW_MAC, POD_MAC));
+        assert_eq!(pod.flags, FpFlow4::SRC_MAC);
+        assert_eq!(pod.in_ifindex, 3);
+        let (_, up) = entry_of(&report(2), &snap, 1).expect("uplink entry");
+        assert_eq!((up.in_dmac, up.in_smac, up.flags), (UPLINK_MAC, [0; 6], 0));
+        let nat = FlowExport {
+            nat: Some((Ipv4Addr::new(192, 168, 100, 2), report(3).dst, 61000, 53)),
+            ..report(3)
+        };
+        let (_, nat) = entry_of(&nat, &snap, 1).expect("translated entry");
+        assert_eq!(nat.flags, FpFlow4::NAT | FpFlow4::SRC_MAC);
+        assert!(
+            entry_of(&report(9), &snap, 1).is_none(),
+            "unknown interface"
+        );
+        assert!(
+            entry_of(&report(4), &snap, 1).is_none(),
+            "a veth without its pod"
+        );
+    }
+
+    /// An entry whose pod MAC is no longer the pod's (or whose pod is gone from its veth)
+    /// is invalid; the same entry with the pod's MAC is not refused for its MACs.
+    #[test]
+    fn entries_of_a_pod_whose_mac_changed_are_invalid() {
+        let (k, v) = entry_of(&report(3), &snapshot(POD_MAC), 1).expect("entry");
+        let (none, gone) = (HashSet::new(), HashSet::new());
+        // The output interface (2) exists in no snapshot here, so only the MACs decide.
+        let only_input = |mac| {
+            let mut s = snapshot(mac);
+            let mut ifaces = (*s.ifaces).clone();
+            ifaces.remove(0);
+            s.ifaces = Arc::new(ifaces);
+            s
+        };
+        assert!(still_valid(&only_input(POD_MAC), &none, &gone, &k, &v));
+        assert!(!still_valid(
+            &only_input([0x02, 0, 0, 0, 0, 0x0b]),
+            &none,
+            &gone,
+            &k,
+            &v
+        ));
+        let forged = FpFlow4 {
+            in_smac: [0x02, 0xde, 0xad, 0, 0, 1],
+            ..v
+        };
+        assert!(!still_valid(
+            &only_input(POD_MAC),
+            &none,
+            &gone,
+            &k,
+            &forged
+        ));
+        let unchecked = FpFlow4 { flags: 0, ..v };
+        assert!(!still_valid(
+            &only_input(POD_MAC),
+            &none,
+            &gone,
+            &k,
+            &unchecked
+        ));
     }
 
     #[test]

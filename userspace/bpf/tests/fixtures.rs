@@ -1276,6 +1276,9 @@ fn flow_cache_forwards_known_flows_only_while_the_engine_is_away() {
         flags: 0,
         in_ifindex: LO_IFINDEX,
         mtu: 0,
+        in_dmac: HOST_MAC,
+        in_smac: [0; 6],
+        pad: 0,
         seen_ns,
         packets: 0,
         bytes: 0,
@@ -1462,6 +1465,9 @@ fn fast_path_forwards_established_flows_while_the_engine_runs() {
         flags: 0,
         in_ifindex: LO_IFINDEX,
         mtu: 1500,
+        in_dmac: HOST_MAC,
+        in_smac: [0; 6],
+        pad: 0,
         seen_ns: ferroplane_bpf::monotonic_ns(),
         packets: 0,
         bytes: 0,
@@ -1574,4 +1580,106 @@ fn fast_path_forwards_established_flows_while_the_engine_runs() {
     assert!(dp.remove_flow4(&key).unwrap());
     assert!(!dp.remove_flow4(&key).unwrap());
     assert_eq!(dp.flow4_get(&key).unwrap(), None);
+}
+
+/// Source validation holds on the fast path: a `flow4` entry takes only frames with the
+/// MACs the engine's `ethernet-input` accepts for the flow (sent to the interface's own MAC;
+/// with `SRC_MAC`, a pod interface, from the pod's own MAC). A frame with the flow's tuple
+/// but another source or destination MAC goes to the engine (which drops a pod's spoofed
+/// frame and counts it) while the engine runs, and is dropped (fail closed) while it is
+/// away; it is never forwarded by XDP.
+#[test]
+fn flow_cache_takes_only_frames_with_the_flows_macs() {
+    if !require_root() {
+        return;
+    }
+    let key = FpFlow4Key {
+        saddr: PEER.octets(),
+        daddr: POD_A.octets(),
+        sport: 40000u16.to_be_bytes(),
+        dport: 5000u16.to_be_bytes(),
+        proto: 17,
+        pad: [0; 3],
+    };
+    let entry = FpFlow4 {
+        ifindex: LO_IFINDEX,
+        dmac: [0x02, 0xaa, 0, 0, 0, 0x0a],
+        smac: [0x02, 0xbb, 0, 0, 0, 0x0b],
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        flags: FpFlow4::SRC_MAC,
+        in_ifindex: LO_IFINDEX,
+        mtu: 1500,
+        in_dmac: HOST_MAC,
+        in_smac: POD_MAC,
+        pad: 0,
+        seen_ns: ferroplane_bpf::monotonic_ns(),
+        packets: 0,
+        bytes: 0,
+    };
+    // `service_frame` is sent by POD_MAC to HOST_MAC.
+    let good = service_frame(POD_A, 17, 5000, 0, 0);
+    let mut other_src = good.clone();
+    other_src[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x66]);
+    let mut other_dst = good.clone();
+    other_dst[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+    let run = |dp: &Dataplane, f: &[u8]| dp.prog_test_run(XdpProg::Uplink, f).unwrap();
+
+    // Steady state (the engine runs, fast path on).
+    let (mut dp, _sock) = prepare(Setup::WithSocket);
+    dp.set_config(FpConfig {
+        flags: FpConfig::FAST_PATH,
+        pad: 0,
+    })
+    .unwrap();
+    dp.set_flow4(key, entry).unwrap();
+    let before = dp.stats().unwrap();
+    let (act, out) = run(&dp, &good);
+    assert_eq!(act, xdp_action::REDIRECT);
+    assert_eq!(
+        &out[0..6],
+        &entry.dmac,
+        "the flow's frame: forwarded by XDP"
+    );
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(
+        (d.verdict(FpVerdict::FastPath), d.flow(FpFlowStat::Hit)),
+        (1, 1)
+    );
+    for (what, frame) in [("source", &other_src), ("destination", &other_dst)] {
+        let before = dp.stats().unwrap();
+        let (act, out) = run(&dp, frame);
+        assert_eq!(act, xdp_action::REDIRECT, "another {what} MAC");
+        assert_eq!(&out, frame, "another {what} MAC: untouched, to the engine");
+        let d = dp.stats().unwrap().since(&before);
+        assert_eq!(d.verdict(FpVerdict::Redirect), 1, "another {what} MAC");
+        assert_eq!(d.verdict(FpVerdict::FastPath), 0, "another {what} MAC");
+        assert_eq!(d.flow(FpFlowStat::WrongMac), 1, "another {what} MAC");
+    }
+    // Without SRC_MAC (an uplink's entry: the engine checks no source MAC there) any
+    // source passes, the destination MAC is still checked.
+    dp.set_flow4(key, FpFlow4 { flags: 0, ..entry }).unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &other_src).0, xdp_action::REDIRECT);
+    assert_eq!(run(&dp, &other_dst).0, xdp_action::REDIRECT);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(
+        d.verdict(FpVerdict::FastPath),
+        1,
+        "only the right destination"
+    );
+    assert_eq!(d.flow(FpFlowStat::WrongMac), 1);
+
+    // Engine away: the flow's frames are replayed, the others dropped (fail closed).
+    let (mut dp, _) = prepare(Setup::Standard);
+    dp.set_flow4(key, entry).unwrap();
+    let before = dp.stats().unwrap();
+    assert_eq!(run(&dp, &good).0, xdp_action::REDIRECT);
+    assert_eq!(run(&dp, &other_src).0, xdp_action::DROP);
+    assert_eq!(run(&dp, &other_dst).0, xdp_action::DROP);
+    let d = dp.stats().unwrap().since(&before);
+    assert_eq!(d.verdict(FpVerdict::FlowCache), 1);
+    assert_eq!(d.verdict(FpVerdict::EngineAway), 2);
 }

@@ -92,7 +92,8 @@ pub struct FpFlow4Key {
 /// Value of the `flow4` map (`struct fp_flow4`): how XDP forwards an established flow
 /// itself, in steady state (the fast path) or while the engine is away (the tuple to write
 /// when [`FpFlow4::NAT`] is set, decrement TTL, these MACs, out of `ifindex`), for frames
-/// that arrive on `in_ifindex`.
+/// the engine would take as the flow's: arriving on `in_ifindex`, sent to `in_dmac` and,
+/// with [`FpFlow4::SRC_MAC`] (pod interfaces), from `in_smac`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FpFlow4 {
@@ -117,6 +118,14 @@ pub struct FpFlow4 {
     pub in_ifindex: u32,
     /// IP MTU of the output interface: longer packets go to the engine (0: unchecked).
     pub mtu: u32,
+    /// Destination MAC the flow's frames arrive with (the ingress interface's own).
+    pub in_dmac: [u8; 6],
+    /// Source MAC the flow's frames arrive with (a pod's own), checked with
+    /// [`FpFlow4::SRC_MAC`]: a frame with the pod's address but another MAC goes to the
+    /// engine, which drops it as spoofed.
+    pub in_smac: [u8; 6],
+    /// Zero.
+    pub pad: u32,
     /// Last refresh or use, CLOCK_MONOTONIC nanoseconds.
     pub seen_ns: u64,
     /// Packets XDP forwarded from this entry.
@@ -160,6 +169,8 @@ pub struct FpIfCount {
 impl FpFlow4 {
     /// `flags` bit: rewrite addresses and ports (`FP_FLOW4_NAT`).
     pub const NAT: u32 = FP_FLOW4_NAT;
+    /// `flags` bit: frames must come from `in_smac` (`FP_FLOW4_SRC_MAC`).
+    pub const SRC_MAC: u32 = FP_FLOW4_SRC_MAC;
 }
 
 // SAFETY: the structs are #[repr(C)], made only of integers (every bit pattern
@@ -227,7 +238,7 @@ mod tests {
                 FpFlow4,
                 [
                     ifindex, dmac, smac, saddr, daddr, sport, dport, flags, in_ifindex, mtu,
-                    seen_ns, packets, bytes
+                    in_dmac, in_smac, pad, seen_ns, packets, bytes
                 ]
             ),
             rust_layout!("fp_config", FpConfig, [flags, pad]),
@@ -307,6 +318,7 @@ mod tests {
             ("FP_PORT_SNAT", FP_PORT_SNAT),
             ("FP_MAX_FLOW4", FP_MAX_FLOW4),
             ("FP_FLOW4_NAT", FP_FLOW4_NAT),
+            ("FP_FLOW4_SRC_MAC", FP_FLOW4_SRC_MAC),
             ("FP_MAX_FASTIF", FP_MAX_FASTIF),
             ("FP_CFG_FAST_PATH", FP_CFG_FAST_PATH),
             ("FP_CFG_TRACE", FP_CFG_TRACE),
