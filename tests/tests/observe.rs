@@ -27,7 +27,11 @@ fn buffers_show_the_pool_and_fill_rings_following_traffic() {
         return;
     }
     let topo = Topology::single_node(2).expect("topology");
-    let agent = topo.start_agent(&bin_dir()).expect("agent");
+    // The AF_XDP fill rings follow the traffic the engine receives: the transfer must
+    // cross the engine, not the XDP fast path (which never touches AF_XDP).
+    let agent = topo
+        .start_agent_with(&bin_dir(), &["--fast-path", "off"])
+        .expect("agent");
     let (pod0_if, pod1_if) = (pod_iface(&topo, &agent, 0), pod_iface(&topo, &agent, 1));
     let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     let port = |b: &Value, ifname: &str| -> Value {
@@ -304,7 +308,22 @@ fn metrics_pass_promtool_and_match_ferroctl() {
         .expect("ip4-lookup")["packets"]
         .as_u64()
         .expect("packets");
-    assert!(lookup >= 10, "5 pings and 5 replies crossed the engine");
+    // Each ping and reply crossed the engine, or the XDP fast path once the engine had
+    // installed its flow.
+    let xdp = agent.ctl_json(&["show", "xdp"]).expect("show xdp");
+    let fast = xdp["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .find(|n| n["name"] == "fast_path")
+        .expect("fast_path")["count"]
+        .as_u64()
+        .expect("count");
+    assert!(
+        lookup + fast >= 10,
+        "5 pings and 5 replies crossed the dataplane: engine {lookup}, fast path {fast}"
+    );
+    assert!(lookup >= 2, "the engine decided both directions: {lookup}");
     assert_eq!(
         metric(
             &body,
@@ -312,6 +331,14 @@ fn metrics_pass_promtool_and_match_ferroctl() {
             "node=\"ip4-lookup\""
         ),
         lookup
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "ferroplane_xdp_verdicts_total",
+            "verdict=\"fast_path\""
+        ),
+        fast
     );
     let replied = metric(&body, "ferroplane_errors_total", "reason=\"replied\"");
     assert!(replied >= 1, "ARP replies counted");
@@ -620,6 +647,9 @@ fn trace_of_a_cluster_ip_packet_shows_service_policy_and_route_decisions() {
 struct Seen {
     pod0_if: String,
     pods: Vec<std::net::Ipv4Addr>,
+    /// Packets the XDP fast path forwarded (`show xdp` verdict `fast_path`) after the
+    /// traffic: each packet is forwarded either by the engine or by the fast path.
+    fast: u64,
 }
 
 /// One ferroctl command: its arguments, a check of its parsed JSON, and the strings its
@@ -705,11 +735,12 @@ const CASES: &[Case] = &[
     },
     Case {
         args: &["show", "counters"],
-        json: |v, _| {
+        json: |v, s| {
             let l = find(&v["nodes"], "name", "ip4-lookup");
             assert!(
-                num(&l["packets"], "packets") >= 10,
-                "pings and replies: {l}"
+                num(&l["packets"], "packets") + s.fast >= 10,
+                "pings and replies, through the engine or the fast path ({} packets): {l}",
+                s.fast
             );
             assert!(num(&l["calls"], "calls") >= 1, "{l}");
             assert!(
@@ -737,14 +768,16 @@ const CASES: &[Case] = &[
     },
     Case {
         args: &["show", "xdp"],
-        json: |v, _| {
+        json: |v, s| {
             let r = find(&v["verdicts"], "name", "redirect");
+            let f = find(&v["verdicts"], "name", "fast_path");
+            assert_eq!(num(&f["count"], "fast_path"), s.fast, "{f}");
             assert!(
-                num(&r["count"], "redirect") >= 5,
-                "pod traffic redirected: {r}"
+                num(&r["count"], "redirect") + s.fast >= 10,
+                "the 10 ping packets redirected to the engine or forwarded by the fast path: {r} {f}"
             );
         },
-        table: |_| vec!["redirect".into()],
+        table: |_| vec!["redirect".into(), "fast_path".into()],
     },
     Case {
         args: &["show", "services"],
@@ -862,9 +895,14 @@ fn every_ferroctl_command_shows_a_table_and_json_consistent_with_traffic() {
     ping(&topo.pods[0].ns, Topology::ROUTER_IP, 5).expect("ping");
     syn(&topo.pods[0].ns, "10.96.0.10:80".parse().expect("addr"));
     syn(&topo.pods[0].ns, "10.96.0.20:80".parse().expect("addr"));
+    let xdp = agent.ctl_json(&["show", "xdp"]).expect("show xdp");
     let seen = Seen {
         pod0_if,
         pods: topo.pods.iter().map(|p| p.ip).collect(),
+        fast: num(
+            &find(&xdp["verdicts"], "name", "fast_path")["count"],
+            "fast_path",
+        ),
     };
     for case in CASES {
         let v = agent

@@ -95,7 +95,11 @@ impl AgentView {
             .unwrap_or_default()
     }
 
+    /// The interfaces with the dataplane's counters: `rx_packets` and the others count what
+    /// the engine and the XDP fast path forwarded; `fast_*` the fast path's part.
     pub(crate) fn interfaces(&self) -> Vec<InterfaceInfo> {
+        /// Ethernet header bytes of a fast-path frame (its counters hold IPv4 lengths).
+        const ETH_HLEN: u64 = 14;
         let mut queues = self.queue_counters();
         let snap = self.shared.load();
         // Fast-path packets per kernel ifindex (XDP's fastif map).
@@ -116,6 +120,7 @@ impl AgentView {
                         .map(|w| f(w.iface(i.sw_if)))
                         .sum::<u64>()
                 };
+                let f = fast.get(&i.ifindex).copied().unwrap_or_default();
                 InterfaceInfo {
                     name: i.name.clone(),
                     sw_if_index: i.sw_if as u32,
@@ -131,13 +136,16 @@ impl AgentView {
                     mtu: i.mtu as u32,
                     xdp_mode: i.xdp_mode.clone(),
                     port: i.port,
-                    rx_packets: sum(&|c| c.rx_packets.get()),
-                    rx_bytes: sum(&|c| c.rx_bytes.get()),
-                    tx_packets: sum(&|c| c.tx_packets.get()),
-                    tx_bytes: sum(&|c| c.tx_bytes.get()),
+                    // The dataplane's totals: the engine's and the fast path's (whose
+                    // byte counts are IPv4 lengths: plus the Ethernet header, as the
+                    // engine counts frames).
+                    rx_packets: sum(&|c| c.rx_packets.get()) + f.rx_packets,
+                    rx_bytes: sum(&|c| c.rx_bytes.get()) + f.rx_bytes + ETH_HLEN * f.rx_packets,
+                    tx_packets: sum(&|c| c.tx_packets.get()) + f.tx_packets,
+                    tx_bytes: sum(&|c| c.tx_bytes.get()) + f.tx_bytes + ETH_HLEN * f.tx_packets,
                     drops: sum(&|c| c.tx_drops.get()),
-                    fast_rx_packets: fast.get(&i.ifindex).map_or(0, |c| c.rx_packets),
-                    fast_tx_packets: fast.get(&i.ifindex).map_or(0, |c| c.tx_packets),
+                    fast_rx_packets: f.rx_packets,
+                    fast_tx_packets: f.tx_packets,
                     pod: i.pod.as_ref().map(|p| format!("{} ({})", p.name, p.ip)),
                     state: ferroplane_api::InterfaceState::Up,
                     queues: queues.remove(&i.name).unwrap_or_default(),

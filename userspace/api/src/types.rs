@@ -321,21 +321,23 @@ pub struct InterfaceInfo {
     pub xdp_mode: Option<String>,
     /// The engine's AF_XDP port id, when the interface has one.
     pub port: Option<u16>,
-    /// Packets received by the engine on this interface.
+    /// Packets received on this interface by the dataplane: by the engine (AF_XDP) and by
+    /// the XDP fast path (`fast_rx_packets` of them).
     pub rx_packets: u64,
-    /// Bytes received by the engine on this interface.
+    /// Bytes of those packets (frames; for the fast path's, IPv4 length plus 14).
     pub rx_bytes: u64,
-    /// Packets sent by the engine on this interface.
+    /// Packets sent on this interface by the dataplane: by the engine and by the XDP fast
+    /// path (`fast_tx_packets` of them).
     pub tx_packets: u64,
-    /// Bytes sent by the engine on this interface.
+    /// Bytes of those packets (frames; for the fast path's, IPv4 length plus 14).
     pub tx_bytes: u64,
     /// Packets dropped on this interface (rx or tx).
     pub drops: u64,
     /// Packets the XDP fast path forwarded that arrived on this interface (never seen by
-    /// the engine; `rx_packets` does not count them).
+    /// the engine; part of `rx_packets`).
     #[serde(default)]
     pub fast_rx_packets: u64,
-    /// Packets the XDP fast path forwarded out of this interface.
+    /// Packets the XDP fast path forwarded out of this interface (part of `tx_packets`).
     #[serde(default)]
     pub fast_tx_packets: u64,
     /// For pod interfaces: the pod as `namespace/name`.

@@ -23,25 +23,25 @@ pub(super) fn interfaces(reg: &mut Registry, ifs: &[ferroplane_api::InterfaceInf
     counter_family(
         reg,
         "interface_rx_packets",
-        "Packets the engine received from the interface",
+        "Packets received from the interface by the dataplane (the engine and the XDP fast path)",
         by_if(&|i| i.rx_packets),
     );
     counter_family(
         reg,
         "interface_rx_bytes",
-        "Bytes the engine received from the interface",
+        "Bytes received from the interface by the dataplane (the engine and the XDP fast path)",
         by_if(&|i| i.rx_bytes),
     );
     counter_family(
         reg,
         "interface_tx_packets",
-        "Packets the engine sent on the interface",
+        "Packets sent on the interface by the dataplane (the engine and the XDP fast path)",
         by_if(&|i| i.tx_packets),
     );
     counter_family(
         reg,
         "interface_tx_bytes",
-        "Bytes the engine sent on the interface",
+        "Bytes sent on the interface by the dataplane (the engine and the XDP fast path)",
         by_if(&|i| i.tx_bytes),
     );
     counter_family(
@@ -53,13 +53,13 @@ pub(super) fn interfaces(reg: &mut Registry, ifs: &[ferroplane_api::InterfaceInf
     counter_family(
         reg,
         "interface_fast_path_rx_packets",
-        "Packets the XDP fast path forwarded that arrived on the interface (not seen by the engine)",
+        "Packets the XDP fast path forwarded that arrived on the interface (part of interface_rx_packets; not seen by the engine)",
         by_if(&|i| i.fast_rx_packets),
     );
     counter_family(
         reg,
         "interface_fast_path_tx_packets",
-        "Packets the XDP fast path forwarded out of the interface",
+        "Packets the XDP fast path forwarded out of the interface (part of interface_tx_packets)",
         by_if(&|i| i.fast_tx_packets),
     );
     gauge(
