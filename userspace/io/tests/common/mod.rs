@@ -77,8 +77,17 @@ pub struct RawSock {
 
 impl RawSock {
     pub fn bind(ifname: &str) -> RawSock {
+        RawSock::bind_proto(ifname, ETH_P_TEST)
+    }
+
+    /// Like [`RawSock::bind`], for every EtherType (`ETH_P_ALL`).
+    pub fn bind_all(ifname: &str) -> RawSock {
+        RawSock::bind_proto(ifname, libc::ETH_P_ALL as u16)
+    }
+
+    fn bind_proto(ifname: &str, ethertype: u16) -> RawSock {
         let ifindex = nix::net::if_::if_nametoindex(ifname).unwrap();
-        let proto = ETH_P_TEST.to_be();
+        let proto = ethertype.to_be();
         // SAFETY: socket(2) with constant arguments; the result is checked.
         let raw = unsafe {
             libc::socket(
