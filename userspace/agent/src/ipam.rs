@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Ipv4Cidr;
+use crate::spec::Ipv4NetExt;
 
 /// Name of the file remembering the last address handed out (round-robin start point).
 const LAST_FILE: &str = "last_reserved";
@@ -36,7 +37,7 @@ pub enum IpamError {
     #[error("no free address in pod CIDR {pool}: all {usable} usable addresses are reserved")]
     Exhausted {
         /// The pool.
-        pool: Ipv4Cidr,
+        pool: Ipv4Net,
         /// Its number of usable addresses.
         usable: u64,
     },
@@ -53,7 +54,7 @@ pub enum IpamError {
     },
     /// The pool cannot hold pod addresses.
     #[error("pod CIDR {0} has no usable address")]
-    BadPool(Ipv4Cidr),
+    BadPool(Ipv4Net),
     /// The store's lock was poisoned by a panic.
     #[error("IPAM lock poisoned")]
     Poisoned,
@@ -129,7 +130,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct Ipam {
     dir: PathBuf,
-    pool: Ipv4Cidr,
+    pool: Ipv4Net,
     inner: Mutex<Inner>,
 }
 
@@ -155,9 +156,9 @@ impl Ipam {
     ///
     /// Records for addresses outside `pool` (the pool changed) are kept, so DEL and GC can
     /// release them, but no new address is taken outside `pool`.
-    pub fn open(dir: impl Into<PathBuf>, pool: Ipv4Cidr) -> Result<Ipam> {
+    pub fn open(dir: impl Into<PathBuf>, pool: Ipv4Net) -> Result<Ipam> {
         let dir = dir.into();
-        let pool = pool.network();
+        let pool = pool.trunc();
         if usable(pool) == 0 {
             return Err(IpamError::BadPool(pool));
         }
@@ -213,7 +214,7 @@ impl Ipam {
     }
 
     /// The pool.
-    pub fn pool(&self) -> Ipv4Cidr {
+    pub fn pool(&self) -> Ipv4Net {
         self.pool
     }
 
@@ -309,10 +310,10 @@ impl Ipam {
                 });
             }
         }
-        let base = u32::from(self.pool.addr);
-        let size: u64 = 1u64 << (32 - u32::from(self.pool.prefix_len));
+        let base = u32::from(self.pool.addr());
+        let size: u64 = 1u64 << (32 - u32::from(self.pool.prefix_len()));
         let start = match inner.last {
-            Some(l) if self.pool.contains(l) => u64::from(u32::from(l) - base) + 1,
+            Some(l) if self.pool.contains(&l) => u64::from(u32::from(l) - base) + 1,
             _ => 0,
         };
         for i in 0..size {
@@ -442,9 +443,9 @@ impl Ipam {
 }
 
 /// Usable host addresses of a pool (network and broadcast excluded below /31).
-pub fn usable(pool: Ipv4Cidr) -> u64 {
-    let size = 1u64 << (32 - u32::from(pool.prefix_len));
-    if pool.prefix_len >= 31 {
+pub fn usable(pool: Ipv4Net) -> u64 {
+    let size = 1u64 << (32 - u32::from(pool.prefix_len()));
+    if pool.prefix_len() >= 31 {
         size
     } else {
         size - 2
@@ -474,7 +475,7 @@ mod tests {
         }
     }
 
-    fn cidr(s: &str) -> Ipv4Cidr {
+    fn cidr(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 

@@ -168,7 +168,7 @@ impl Overlay {
         let Some(c) = cluster else {
             return Ok(Overlay::default());
         };
-        let local = spec.node.address.addr;
+        let local = spec.node.address.addr();
         let mut private = None;
         let mut public_key = None;
         if c.uses_wireguard() {
@@ -231,10 +231,7 @@ impl Overlay {
                     counters: old.counters.clone(),
                     wg: old.wg.clone(),
                 });
-                if let Some(prefix) = n
-                    .pod_cidr
-                    .and_then(|c| Ipv4Prefix::new(c.addr, c.prefix_len).ok())
-                {
+                if let Some(prefix) = n.pod_cidr.map(Ipv4Prefix::from) {
                     routes.push(RemoteRoute {
                         prefix,
                         next_hop: n.address,
@@ -273,10 +270,7 @@ impl Overlay {
             });
             // Without a podCIDR in the spec the node's prefixes come from BGP
             // (see `table_with_learnt` and `tunnel_to`).
-            if let Some(prefix) = n
-                .pod_cidr
-                .and_then(|c| Ipv4Prefix::new(c.addr, c.prefix_len).ok())
-            {
+            if let Some(prefix) = n.pod_cidr.map(Ipv4Prefix::from) {
                 routes.push(RemoteRoute {
                     prefix,
                     next_hop: n.address,

@@ -164,11 +164,9 @@ impl NodeState {
             b.neighbour(p.sw_if, p.ip, p.pod_mac);
             b.route(pod_route(p));
         }
-        let prefix =
-            |addr: Ipv4Addr, len: u8| Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT);
         let own = [
-            prefix(node.address.addr, node.address.prefix_len),
-            prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+            Ipv4Prefix::from(node.address),
+            Ipv4Prefix::from(node.pod_cidr),
         ];
         let mut learnt_via_tunnels = Vec::new();
         for (p, hops) in &self.bgp_routes {
@@ -206,7 +204,7 @@ impl NodeState {
             version: 0,
             fib: Arc::new(b.build()?),
             ifaces: Arc::new(interfaces(self)),
-            node_ip: Some(node.address.addr),
+            node_ip: Some(node.address.addr()),
             pod_cidrs: pod_cidrs(self),
             policy: crate::policy::compile_pods(&self.spec, &self.policy_pods()),
             flow_export: false,

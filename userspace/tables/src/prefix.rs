@@ -5,6 +5,10 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// An IPv4 prefix (`10.244.1.0/24`); host bits are always zero.
+///
+/// The dataplane's LPM key, not the control plane's prefix type (that is `ipnet::Ipv4Net`):
+/// it holds a host-order `u32` with the host bits cleared by construction, so the FIB compares
+/// and masks keys with no conversion or check per lookup. Convert with `From` both ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Prefix {
     addr: u32,
@@ -84,6 +88,23 @@ pub fn mask(len: u8) -> u32 {
     }
 }
 
+/// The network of `net` (its host bits cleared).
+impl From<ipnet::Ipv4Net> for Ipv4Prefix {
+    fn from(net: ipnet::Ipv4Net) -> Self {
+        Ipv4Prefix {
+            addr: u32::from(net.network()),
+            len: net.prefix_len(),
+        }
+    }
+}
+
+impl From<Ipv4Prefix> for ipnet::Ipv4Net {
+    fn from(p: Ipv4Prefix) -> Self {
+        // `len` is at most 32: every constructor checks it, so this cannot panic.
+        ipnet::Ipv4Net::new_assert(p.addr(), p.len)
+    }
+}
+
 impl fmt::Display for Ipv4Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr(), self.len)
@@ -118,6 +139,20 @@ mod tests {
         assert!(!p.contains("10.244.2.1".parse().unwrap()));
         assert_eq!(p.to_string(), "10.244.1.0/24");
         assert!(Ipv4Prefix::DEFAULT.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipnet_conversions() {
+        let net: ipnet::Ipv4Net = "10.244.1.7/24".parse().unwrap();
+        let p = Ipv4Prefix::from(net);
+        assert_eq!(p.to_string(), "10.244.1.0/24", "host bits cleared");
+        assert_eq!(ipnet::Ipv4Net::from(p), net.trunc());
+        assert_eq!(
+            ipnet::Ipv4Net::from(Ipv4Prefix::DEFAULT).to_string(),
+            "0.0.0.0/0"
+        );
+        let host = Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(Ipv4Prefix::from(ipnet::Ipv4Net::from(host)), host);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tokio::net::UnixStream;
 
 use super::server::MAX_REQUEST;
 use super::*;
-use crate::config::Ipv4Cidr;
 use crate::ipam::Owner;
+use ipnet::Ipv4Net;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A stand-in for the agent's main loop: DEL finds nothing, keys are empty, ADD fails
@@ -63,7 +63,7 @@ async fn socket_survives_held_slow_and_oversized_clients() {
     use tokio::io::AsyncWriteExt;
     let dir = std::env::temp_dir().join(format!("fp-cni-held-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
+    let pool: Ipv4Net = "10.3.0.0/29".parse().unwrap();
     let ipam = Arc::new(Ipam::open(dir.join("ipam"), pool).unwrap());
     let (tx, mut rx) = mpsc::channel(4);
     tokio::spawn(async move {
@@ -164,7 +164,7 @@ async fn socket_survives_held_slow_and_oversized_clients() {
 async fn status_and_del_without_plumbing() {
     let dir = std::env::temp_dir().join(format!("fp-cni-srv-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let pool: Ipv4Cidr = "10.3.0.0/30".parse().unwrap();
+    let pool: Ipv4Net = "10.3.0.0/30".parse().unwrap();
     let ipam = Arc::new(Ipam::open(&dir, pool).unwrap());
     let tx = stand_in_main_loop(Arc::new(AtomicUsize::new(0)));
     let ctx = CniContext {
@@ -228,7 +228,7 @@ async fn status_and_del_without_plumbing() {
 async fn bad_netns_refused_before_anything_is_reserved() {
     let dir = std::env::temp_dir().join(format!("fp-cni-netns-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let pool: Ipv4Cidr = "10.3.0.0/29".parse().unwrap();
+    let pool: Ipv4Net = "10.3.0.0/29".parse().unwrap();
     let ipam = Arc::new(Ipam::open(dir.join("ipam"), pool).unwrap());
     let free = ipam.free().unwrap();
     let regular = dir.join("regular-file");

@@ -58,7 +58,7 @@ pub async fn run(
         bgp,
         ..
     } = serving;
-    let node = agent.state.spec.node.address.addr;
+    let node = agent.state.spec.node.address.addr();
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // Services' health-check node ports.

@@ -17,7 +17,7 @@ pub fn defs<'a>(
     bindings: &[Binding],
     spec: &NodeSpec,
 ) -> (Vec<ServicePortDef>, Vec<Shadowed>) {
-    let node_addr = spec.node.address.addr;
+    let node_addr = spec.node.address.addr();
     let mut taken: BTreeMap<(u8, u16), String> = BTreeMap::new();
     for d in services {
         if let Some(np) = d.node_port {

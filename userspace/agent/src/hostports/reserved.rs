@@ -37,7 +37,7 @@ impl Reserved {
         bindings: &[Binding],
     ) -> Reserved {
         let mut r = Reserved {
-            node_addr: Some(spec.node.address.addr),
+            node_addr: Some(spec.node.address.addr()),
             bindings: bindings.to_vec(),
             ..Reserved::default()
         };

@@ -171,12 +171,14 @@ fn bindings_become_node_ports_and_service_node_ports_win() {
     // The table builds with the service and the hostPorts together, and looks them up.
     let mut all = services.clone();
     all.extend(d);
-    let t = ferroplane_tables::ServiceTable::build(all, vec![spec.node.address.addr], 251, None)
+    let t = ferroplane_tables::ServiceTable::build(all, vec![spec.node.address.addr()], 251, None)
         .unwrap();
-    let (i, kind) = t.lookup(spec.node.address.addr, PROTO_TCP, 8080).unwrap();
+    let (i, kind) = t.lookup(spec.node.address.addr(), PROTO_TCP, 8080).unwrap();
     assert_eq!(kind, ferroplane_tables::service::FrontendKind::NodePort);
     assert_eq!(t.port(i).unwrap().def.service, "hostport:ns/a");
-    assert!(t.lookup(spec.node.address.addr, PROTO_TCP, 8081).is_none());
+    assert!(t
+        .lookup(spec.node.address.addr(), PROTO_TCP, 8081)
+        .is_none());
 }
 
 #[test]

@@ -17,10 +17,11 @@
 
 use std::path::Path;
 
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::spec::cluster::Mode;
-use crate::spec::{ConfigError, Ipv4Cidr, XdpMode, MAX_POD_MTU, MIN_POD_MTU};
+use crate::spec::{ConfigError, Ipv4NetExt, XdpMode, MAX_POD_MTU, MIN_POD_MTU};
 
 /// The ConfigMap-mounted agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,8 +43,12 @@ pub struct AgentConfig {
     #[serde(default, rename = "podMTU")]
     pub pod_mtu: Option<u32>,
     /// Pool the agent takes its block from when the Node has no podCIDR.
-    #[serde(default, rename = "clusterPoolCIDR")]
-    pub cluster_pool_cidr: Option<Ipv4Cidr>,
+    #[serde(
+        default,
+        rename = "clusterPoolCIDR",
+        deserialize_with = "crate::spec::de::opt_ipv4_net"
+    )]
+    pub cluster_pool_cidr: Option<Ipv4Net>,
     /// Prefix length of a node's block from the pool.
     #[serde(default = "default_block")]
     pub node_block_prefix: u8,
@@ -55,8 +60,12 @@ pub struct AgentConfig {
     pub annotation_prefix: String,
     /// The cluster's ClusterIP ranges (kube-apiserver `--service-cluster-ip-range`):
     /// Services' external and load-balancer IPs inside them are ignored (optional).
-    #[serde(default, rename = "serviceCIDRs")]
-    pub service_cidrs: Vec<Ipv4Cidr>,
+    #[serde(
+        default,
+        rename = "serviceCIDRs",
+        deserialize_with = "crate::spec::de::vec_ipv4_net"
+    )]
+    pub service_cidrs: Vec<Ipv4Net>,
 }
 
 fn default_block() -> u8 {
@@ -140,24 +149,22 @@ impl AgentConfig {
             if !pool.is_network() {
                 return Err(invalid(
                     "clusterPoolCIDR",
-                    format!(
-                        "{pool} has host bits set (the network is {})",
-                        pool.network()
-                    ),
+                    format!("{pool} has host bits set (the network is {})", pool.trunc()),
                 ));
             }
-            if pool.prefix_len == 0 || pool.prefix_len > 30 {
+            if pool.prefix_len() == 0 || pool.prefix_len() > 30 {
                 return Err(invalid(
                     "clusterPoolCIDR",
                     format!("{pool}: prefix length must be 1..30"),
                 ));
             }
-            if self.node_block_prefix < pool.prefix_len || self.node_block_prefix > 30 {
+            if self.node_block_prefix < pool.prefix_len() || self.node_block_prefix > 30 {
                 return Err(invalid(
                     "nodeBlockPrefix",
                     format!(
                         "{} must be between clusterPoolCIDR's prefix ({}) and 30",
-                        self.node_block_prefix, pool.prefix_len
+                        self.node_block_prefix,
+                        pool.prefix_len()
                     ),
                 ));
             }

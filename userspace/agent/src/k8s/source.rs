@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::model::{annotation, node_pod_cidr, DesiredState, Objects};
-use crate::spec::Ipv4Cidr;
+use crate::spec::Ipv4NetExt;
 
 /// Kinds watched.
 pub const WATCHED_KINDS: usize = 6;
@@ -54,7 +55,7 @@ pub enum K8sError {
     #[error("clusterPoolCIDR {pool} has no free /{prefix} block")]
     PoolExhausted {
         /// The pool.
-        pool: Ipv4Cidr,
+        pool: Ipv4Net,
         /// Block size.
         prefix: u8,
     },
@@ -91,10 +92,10 @@ pub async fn pod_cidr(
     client: &Client,
     node_name: &str,
     prefix: &str,
-    pool: Option<Ipv4Cidr>,
+    pool: Option<Ipv4Net>,
     block: u8,
     wait: Duration,
-) -> Result<(Node, Ipv4Cidr), K8sError> {
+) -> Result<(Node, Ipv4Net), K8sError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = tokio::time::Instant::now() + wait;
     let node = loop {
@@ -117,19 +118,16 @@ pub async fn pod_cidr(
         .list(&Default::default())
         .await
         .map_err(api_err("listing Nodes"))?;
-    let used: Vec<Ipv4Cidr> = all
+    let used: Vec<Ipv4Net> = all
         .items
         .iter()
         .filter_map(|n| node_pod_cidr(n, prefix))
         .collect();
-    let step = 1u64 << (32 - u32::from(block));
-    let count = 1u64 << (u32::from(block) - u32::from(pool.prefix_len));
-    let base = u64::from(u32::from(pool.addr));
-    let free = (0..count)
-        .map(|i| Ipv4Cidr {
-            addr: std::net::Ipv4Addr::from((base + i * step) as u32),
-            prefix_len: block,
-        })
+    // `subnets` refuses a block shorter than the pool (the config refuses it first): no block.
+    let free = pool
+        .subnets(block)
+        .into_iter()
+        .flatten()
         .find(|c| !used.iter().any(|u| u.overlaps(c)))
         .ok_or(K8sError::PoolExhausted {
             pool,

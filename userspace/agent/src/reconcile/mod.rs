@@ -182,7 +182,8 @@ struct Links {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     fib: FibBuilder,
-    layers: [BTreeMap<Ipv4Prefix, RouteEntry>; 4],
+    /// Each route is one `Arc`, shared with the FIB builder and the FIBs built from it.
+    layers: [BTreeMap<Ipv4Prefix, Arc<RouteEntry>>; 4],
     node_links: Links,
     pod_links: Links,
     uplink_neighbours: Links,
@@ -265,7 +266,7 @@ impl Reconciler {
             services,
             nat,
             policy,
-            node_ip: Some(state.spec.node.address.addr),
+            node_ip: Some(state.spec.node.address.addr()),
             pod_cidrs: pod_cidrs(state),
             version: 0,
             flow_export: false,
@@ -318,7 +319,7 @@ impl Reconciler {
             services,
             nat,
             policy: crate::policy::compile_pods(&state.spec, &state.policy_pods()),
-            node_ip: Some(state.spec.node.address.addr),
+            node_ip: Some(state.spec.node.address.addr()),
             pod_cidrs: pod_cidrs(state),
             version: 0,
             flow_export: false,
@@ -333,10 +334,10 @@ impl Reconciler {
         let l = &mut self.layers[layer as usize];
         match entry {
             Some(e) => {
-                if l.get(&prefix) == Some(&e) {
+                if l.get(&prefix).is_some_and(|old| **old == e) {
                     return;
                 }
-                l.insert(prefix, e);
+                l.insert(prefix, Arc::new(e));
             }
             None => {
                 if l.remove(&prefix).is_none() {
@@ -346,7 +347,7 @@ impl Reconciler {
         }
         match self.layers.iter().rev().find_map(|l| l.get(&prefix)) {
             Some(e) => {
-                self.fib.route(e.clone());
+                self.fib.route_shared(e.clone());
             }
             None => {
                 self.fib.remove(&prefix);
@@ -440,8 +441,8 @@ impl Reconciler {
     fn sync_learnt(&mut self, state: &NodeState, p: Ipv4Prefix) {
         let node = &state.spec.node;
         let own = [
-            prefix(node.address.addr, node.address.prefix_len),
-            prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+            Ipv4Prefix::from(node.address),
+            Ipv4Prefix::from(node.pod_cidr),
         ];
         let hops = state
             .bgp_routes
@@ -535,12 +536,12 @@ pub(crate) fn node_routes(state: &NodeState) -> Vec<RouteEntry> {
     let node = &state.spec.node;
     let mut v = vec![
         RouteEntry {
-            prefix: prefix(node.address.addr, node.address.prefix_len),
+            prefix: Ipv4Prefix::from(node.address),
             source: RouteSource::Connected,
             action: forward(None, UPLINK_SW_IF),
         },
         RouteEntry {
-            prefix: Ipv4Prefix::host(node.address.addr),
+            prefix: Ipv4Prefix::host(node.address.addr()),
             source: RouteSource::Local,
             action: RouteAction::Local,
         },
@@ -554,13 +555,13 @@ pub(crate) fn node_routes(state: &NodeState) -> Vec<RouteEntry> {
     }
     for r in &state.spec.routes {
         v.push(RouteEntry {
-            prefix: prefix(r.prefix.addr, r.prefix.prefix_len),
+            prefix: Ipv4Prefix::from(r.prefix),
             source: RouteSource::Static,
             action: forward(Some(r.via), UPLINK_SW_IF),
         });
     }
     v.push(RouteEntry {
-        prefix: prefix(node.pod_cidr.addr, node.pod_cidr.prefix_len),
+        prefix: Ipv4Prefix::from(node.pod_cidr),
         source: RouteSource::Pod,
         action: RouteAction::Drop,
     });
@@ -606,19 +607,13 @@ pub(crate) fn pod_route(p: &crate::state::PodState) -> RouteEntry {
     }
 }
 
-fn prefix(addr: Ipv4Addr, len: u8) -> Ipv4Prefix {
-    Ipv4Prefix::new(addr, len).unwrap_or(Ipv4Prefix::DEFAULT)
-}
-
 fn forward(via: Option<Ipv4Addr>, sw_if: u16) -> RouteAction {
     RouteAction::Forward(vec![Path { via, sw_if }])
 }
 
-/// This node's pod CIDRs (never the catch-all fallback of `prefix`: that would refuse
-/// every source).
+/// This node's pod CIDRs.
 pub(crate) fn pod_cidrs(state: &NodeState) -> Vec<Ipv4Prefix> {
-    let c = &state.spec.node.pod_cidr;
-    Ipv4Prefix::new(c.addr, c.prefix_len).into_iter().collect()
+    vec![state.spec.node.pod_cidr.into()]
 }
 
 /// The engine's interface table: the uplink, the pods, the tunnels.
@@ -631,7 +626,7 @@ pub(crate) fn interfaces(state: &NodeState) -> Interfaces {
         kind: IfKind::Uplink,
         ifindex: state.uplink.ifindex,
         mac: state.uplink.mac,
-        ip4: Some((node.address.addr, node.address.prefix_len)),
+        ip4: Some((node.address.addr(), node.address.prefix_len())),
         mtu: state.uplink.mtu,
         port: state.uplink.port,
         xdp_mode: state.uplink.xdp_mode.clone(),

@@ -1,12 +1,21 @@
-//! [`Ipv4Cidr`]: an IPv4 address with a prefix length, as written in the spec.
+//! IPv4 prefixes in the spec: [`ipnet::Ipv4Net`], the control plane's one prefix type.
+//!
+//! An `Ipv4Net` keeps the host bits it was written with (`node.address: 192.168.100.2/24` is an
+//! interface address; [`Ipv4Net::trunc`] gives its network, [`Ipv4Net::network`] the network's
+//! first address). What ipnet lacks and the agent needs is here:
+//!
+//! - [`parse_ipv4_net`]: the spec's parser. ipnet's `FromStr` says only "invalid IP address
+//!   syntax"; this one says which part is wrong (`invalid prefix length "33" (expected
+//!   0..=32)`), and refuses `/+8` or `/033`, which are typos in a spec.
+//! - [`de`]: `#[serde(deserialize_with = ...)]` helpers that deserialize spec fields (plain,
+//!   `Option`, `Vec`) through that parser, so YAML errors keep naming the field.
+//! - [`Ipv4NetExt`]: `is_network`, `is_host_of`, `overlaps`.
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer};
+use ipnet::Ipv4Net;
 
-/// An error parsing an [`Ipv4Cidr`].
+/// An error parsing an IPv4 prefix written `ADDRESS/PREFIX`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrParseError {
     /// No `/` separator.
@@ -20,110 +29,92 @@ pub enum CidrParseError {
     BadPrefix(String),
 }
 
-/// An IPv4 address with a prefix length, e.g. `192.168.100.2/24`.
-///
-/// The address may have host bits set (an interface address); use [`Ipv4Cidr::network`]
-/// for the network itself and [`Ipv4Cidr::is_network`] to check that there are none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Cidr {
-    /// The address (host bits possibly set).
-    pub addr: Ipv4Addr,
-    /// The prefix length, 0..=32.
-    pub prefix_len: u8,
+/// Parses `ADDRESS/PREFIX` (e.g. `192.168.100.2/24`; host bits kept) into an [`Ipv4Net`],
+/// with an error that says which part is wrong.
+pub fn parse_ipv4_net(s: &str) -> Result<Ipv4Net, CidrParseError> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| CidrParseError::MissingPrefix(s.to_string()))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| CidrParseError::BadAddress(addr.to_string()))?;
+    // u8::from_str accepts a leading '+': require plain digits.
+    if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CidrParseError::BadPrefix(prefix.to_string()));
+    }
+    let prefix_len: u8 = prefix
+        .parse()
+        .map_err(|_| CidrParseError::BadPrefix(prefix.to_string()))?;
+    Ipv4Net::new(addr, prefix_len).map_err(|_| CidrParseError::BadPrefix(prefix.to_string()))
 }
 
-impl Ipv4Cidr {
-    /// Builds a CIDR; `None` if `prefix_len > 32`.
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
-        (prefix_len <= 32).then_some(Ipv4Cidr { addr, prefix_len })
-    }
+/// Serde helpers for spec fields holding [`Ipv4Net`]s, used as
+/// `#[serde(deserialize_with = "crate::spec::de::ipv4_net")]` (or `opt_ipv4_net`,
+/// `vec_ipv4_net`): they parse with [`parse_ipv4_net`], so a YAML error names the field and
+/// says what is wrong with the prefix. An `Option` field also needs `#[serde(default)]`.
+pub mod de {
+    use ipnet::Ipv4Net;
+    use serde::{Deserialize, Deserializer};
 
-    /// The netmask as a host-order integer.
-    pub fn mask(&self) -> u32 {
-        if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix_len))
+    /// A prefix in its text form, parsed by [`super::parse_ipv4_net`].
+    struct Text(Ipv4Net);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let s = String::deserialize(deserializer)?;
+            super::parse_ipv4_net(&s)
+                .map(Text)
+                .map_err(serde::de::Error::custom)
         }
     }
 
-    /// The network: the address with its host bits cleared.
-    pub fn network(&self) -> Ipv4Cidr {
-        Ipv4Cidr {
-            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
-            prefix_len: self.prefix_len,
-        }
+    /// Deserializes an `Ipv4Net` field.
+    pub fn ipv4_net<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+        Text::deserialize(deserializer).map(|t| t.0)
     }
 
-    /// The directed broadcast address of the network (all host bits set).
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    /// Deserializes an `Option<Ipv4Net>` field (`null` is `None`).
+    pub fn opt_ipv4_net<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Ipv4Net>, D::Error> {
+        Ok(Option::<Text>::deserialize(deserializer)?.map(|t| t.0))
     }
 
-    /// Whether the address has no host bits set.
-    pub fn is_network(&self) -> bool {
-        self.network().addr == self.addr
+    /// Deserializes a `Vec<Ipv4Net>` field.
+    pub fn vec_ipv4_net<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Ipv4Net>, D::Error> {
+        Ok(Vec::<Text>::deserialize(deserializer)?
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
     }
+}
 
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-
-    /// Whether `other` is entirely inside this network (equal networks included).
-    pub fn contains_net(&self, other: &Ipv4Cidr) -> bool {
-        other.prefix_len >= self.prefix_len && self.contains(other.addr)
-    }
-
-    /// Whether the two networks share at least one address.
-    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
-        self.contains_net(other) || other.contains_net(self)
-    }
+/// What the agent asks of a prefix beyond what [`Ipv4Net`] offers.
+pub trait Ipv4NetExt {
+    /// Whether the address has no host bits set (`10.244.1.0/24`, not `10.244.1.1/24`).
+    fn is_network(&self) -> bool;
 
     /// Whether `ip` is a usable host address of this network: inside it and, for prefixes
     /// shorter than /31, neither the network nor the broadcast address.
-    pub fn is_host_of(&self, ip: Ipv4Addr) -> bool {
-        self.contains(ip)
-            && (self.prefix_len >= 31 || (ip != self.network().addr && ip != self.broadcast()))
-    }
+    fn is_host_of(&self, ip: Ipv4Addr) -> bool;
+
+    /// Whether the two networks share at least one address.
+    fn overlaps(&self, other: &Ipv4Net) -> bool;
 }
 
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+impl Ipv4NetExt for Ipv4Net {
+    fn is_network(&self) -> bool {
+        self.addr() == self.network()
     }
-}
 
-impl FromStr for Ipv4Cidr {
-    type Err = CidrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| CidrParseError::MissingPrefix(s.to_string()))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| CidrParseError::BadAddress(addr.to_string()))?;
-        // u8::from_str accepts a leading '+': require plain digits.
-        if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(CidrParseError::BadPrefix(prefix.to_string()));
-        }
-        let prefix_len: u8 = prefix
-            .parse()
-            .map_err(|_| CidrParseError::BadPrefix(prefix.to_string()))?;
-        Ipv4Cidr::new(addr, prefix_len).ok_or_else(|| CidrParseError::BadPrefix(prefix.to_string()))
+    fn is_host_of(&self, ip: Ipv4Addr) -> bool {
+        self.contains(&ip)
+            && (self.prefix_len() >= 31 || (ip != self.network() && ip != self.broadcast()))
     }
-}
 
-impl<'de> Deserialize<'de> for Ipv4Cidr {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl serde::Serialize for Ipv4Cidr {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+    fn overlaps(&self, other: &Ipv4Net) -> bool {
+        self.contains(other) || other.contains(self)
     }
 }

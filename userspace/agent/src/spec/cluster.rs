@@ -34,9 +34,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use ferroplane_engine::tunnel::{TunnelMode, VXLAN_PORT, WIREGUARD_PORT};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer};
 
-use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
+use crate::spec::{ConfigError, Ipv4NetExt, NodeSpec};
 
 /// File name of the WireGuard private key under the agent's `--state-dir` when
 /// `cluster.wireguard.privateKeyFile` is not set.
@@ -215,8 +216,12 @@ pub struct RemoteNodeSpec {
     /// Its uplink address.
     pub address: Ipv4Addr,
     /// Its pod network; `None`: learnt over BGP (needs the `bgp:` section).
-    #[serde(default, rename = "podCIDR")]
-    pub pod_cidr: Option<Ipv4Cidr>,
+    #[serde(
+        default,
+        rename = "podCIDR",
+        deserialize_with = "crate::spec::de::opt_ipv4_net"
+    )]
+    pub pod_cidr: Option<Ipv4Net>,
     /// Per-node mode (default `cluster.mode`).
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -293,12 +298,12 @@ impl ClusterSpec {
                 format!("{} is also cluster.vxlan.port", self.wireguard.port),
             ));
         }
-        let own = spec.node.address.addr;
+        let own = spec.node.address.addr();
         let own_cidr = spec.node.pod_cidr;
         let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
-        let mut cidrs: Vec<(Ipv4Cidr, usize)> = Vec::new();
+        let mut cidrs: Vec<(Ipv4Net, usize)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let f = |field: &str| format!("cluster.nodes[{i}].{field}");
             if n.name.trim().is_empty() {
@@ -345,10 +350,10 @@ impl ClusterSpec {
                 }
                 None => {}
                 Some(c) => {
-                    if !c.is_network() || c.prefix_len == 0 {
+                    if !c.is_network() || c.prefix_len() == 0 {
                         return Err(invalid(
                             f("podCIDR"),
-                            format!("{c} is not a network (the network is {})", c.network()),
+                            format!("{c} is not a network (the network is {})", c.trunc()),
                         ));
                     }
                     if c.overlaps(&own_cidr) {
@@ -367,12 +372,12 @@ impl ClusterSpec {
                 }
             }
             let mode = self.mode_of(n);
-            if mode == Mode::Direct && !spec.node.address.network().contains(a) {
+            if mode == Mode::Direct && !spec.node.address.trunc().contains(&a) {
                 return Err(invalid(
                     f("mode"),
                     format!(
                         "direct routing needs {a} on the uplink subnet {} (use a tunnel mode)",
-                        spec.node.address.network()
+                        spec.node.address.trunc()
                     ),
                 ));
             }

@@ -351,31 +351,73 @@ fn load_file() {
 
 #[test]
 fn cidr_basics() {
-    let c: Ipv4Cidr = "192.168.100.2/24".parse().unwrap();
-    assert_eq!(c.network().to_string(), "192.168.100.0/24");
+    let c = parse_ipv4_net("192.168.100.2/24").unwrap();
+    assert_eq!(c.to_string(), "192.168.100.2/24", "host bits kept");
+    assert_eq!(c.trunc().to_string(), "192.168.100.0/24");
     assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 100, 255));
     assert!(!c.is_network());
-    assert!(c.contains(Ipv4Addr::new(192, 168, 100, 200)));
-    assert!(!c.contains(Ipv4Addr::new(192, 168, 101, 1)));
-    let all: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
-    assert_eq!(all.mask(), 0);
-    assert!(all.contains(Ipv4Addr::new(1, 2, 3, 4)));
-    assert!(all.contains_net(&c));
-    assert!(!c.contains_net(&all));
-    assert!(c.overlaps(&all));
-    let host: Ipv4Cidr = "10.0.0.1/32".parse().unwrap();
+    assert!(c.trunc().is_network());
+    assert!(c.contains(&Ipv4Addr::new(192, 168, 100, 200)));
+    assert!(!c.contains(&Ipv4Addr::new(192, 168, 101, 1)));
+    assert!(c.is_host_of(Ipv4Addr::new(192, 168, 100, 1)));
+    assert!(
+        !c.is_host_of(Ipv4Addr::new(192, 168, 100, 0)),
+        "network address"
+    );
+    assert!(
+        !c.is_host_of(Ipv4Addr::new(192, 168, 100, 255)),
+        "broadcast"
+    );
+    let all = parse_ipv4_net("0.0.0.0/0").unwrap();
+    assert!(all.contains(&Ipv4Addr::new(1, 2, 3, 4)));
+    assert!(all.contains(&c));
+    assert!(!c.contains(&all));
+    assert!(c.overlaps(&all) && all.overlaps(&c));
+    let other = parse_ipv4_net("192.168.101.0/24").unwrap();
+    assert!(!c.overlaps(&other) && !other.overlaps(&c));
+    let host = parse_ipv4_net("10.0.0.1/32").unwrap();
     assert!(host.is_host_of(Ipv4Addr::new(10, 0, 0, 1)));
-    let p2p: Ipv4Cidr = "10.0.0.0/31".parse().unwrap();
+    let p2p = parse_ipv4_net("10.0.0.0/31").unwrap();
     assert!(p2p.is_host_of(Ipv4Addr::new(10, 0, 0, 0)));
-    for bad in [
-        "10.0.0.0",
-        "10.0.0.0/",
-        "10.0.0.0/+8",
-        "10.0.0.0/033",
-        "x/8",
-        "10.0.0.0/8/8",
+    assert!(p2p.is_host_of(Ipv4Addr::new(10, 0, 0, 1)));
+    for (bad, want) in [
+        ("10.0.0.0", CidrParseError::MissingPrefix("10.0.0.0".into())),
+        ("10.0.0.0/", CidrParseError::BadPrefix("".into())),
+        ("10.0.0.0/+8", CidrParseError::BadPrefix("+8".into())),
+        ("10.0.0.0/033", CidrParseError::BadPrefix("033".into())),
+        ("10.0.0.0/33", CidrParseError::BadPrefix("33".into())),
+        ("x/8", CidrParseError::BadAddress("x".into())),
+        ("10.0.0.0/8/8", CidrParseError::BadPrefix("8/8".into())),
     ] {
-        assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        assert_eq!(parse_ipv4_net(bad), Err(want), "{bad}");
     }
-    assert_eq!(Ipv4Cidr::new(Ipv4Addr::LOCALHOST, 33), None);
+}
+
+/// The serde helpers for `Option` and `Vec` fields keep the parser's message and the path.
+#[test]
+fn cidr_errors_in_option_and_vec_fields_name_the_field() {
+    let spec = format!("{GOOD}serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/40]\n");
+    let e = err(&spec);
+    assert_err(
+        &e,
+        "serviceProxy.clusterCIDRs[1]",
+        "invalid prefix length \"40\" (expected 0..=32)",
+    );
+    let spec = format!("{GOOD}serviceProxy:\n  clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]\n");
+    let parsed = NodeSpec::from_yaml(&spec).unwrap();
+    assert_eq!(
+        parsed.service_proxy.cluster_cidrs,
+        vec![
+            parse_ipv4_net("10.244.0.0/16").unwrap(),
+            parse_ipv4_net("10.96.0.0/12").unwrap()
+        ]
+    );
+    let cluster =
+        "cluster:\n  nodes:\n    - {name: node-2, address: 192.168.100.3, podCIDR: 10.244.2.0}\n";
+    let e = err(&format!("{GOOD}{cluster}"));
+    assert_err(
+        &e,
+        "cluster.nodes[0].podCIDR",
+        "expected ADDRESS/PREFIX, got \"10.244.2.0\"",
+    );
 }
