@@ -94,12 +94,10 @@ pub struct Args {
     /// the engine worker stall (no heartbeat), SIGUSR2 makes it exit.
     #[arg(long, hide = true)]
     pub test_faults: bool,
-    /// `on`: the XDP programs forward established flows themselves (the flow cache as a
-    /// steady-state fast path; first packets, TCP SYN/FIN/RST, fragments, ICMP errors and
-    /// traced flows stay in the engine). `off`: every packet goes through the engine.
-    /// Off by default until the suites pass with it on: with it on, frames a pod sends with
-    /// another source MAC ride its cached flows (security suite), and the engine's packet
-    /// capture and counters miss the cached packets (observe, foundation suites); see README.
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    /// `on` (the default): the XDP programs forward established flows themselves (the flow
+    /// cache as a steady-state fast path; first packets, TCP SYN/FIN/RST, fragments, ICMP
+    /// errors, traced and captured flows stay in the engine). `off`: every packet goes
+    /// through the engine (for comparison and debugging); see README.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub fast_path: String,
 }
