@@ -7,6 +7,8 @@ pub mod bgp;
 pub mod cluster;
 pub mod cni_server;
 pub mod config;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod engine;
 pub mod fastpath;
 pub mod health;
