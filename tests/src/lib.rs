@@ -142,15 +142,32 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Agent arguments every e2e agent gets from the environment: `FERRO_FAST_PATH=on|off` adds
-/// `--fast-path on|off` (to run any suite with the XDP fast path forced on or off), unless
-/// the test passes its own `--fast-path` in `extra`.
+/// `--fast-path on|off` (to run any suite with the XDP fast path forced on or off), and
+/// `FERRO_WORKERS=N` adds `--workers N` (to run any suite with N engine workers), unless the
+/// test passes its own flag in `extra`.
 pub fn agent_env_args(extra: &[&str]) -> Vec<String> {
-    match std::env::var("FERRO_FAST_PATH") {
-        Ok(v) if !v.is_empty() && !extra.contains(&"--fast-path") => {
-            vec!["--fast-path".to_string(), v]
+    let mut args = Vec::new();
+    for (var, flag) in [
+        ("FERRO_FAST_PATH", "--fast-path"),
+        ("FERRO_WORKERS", "--workers"),
+    ] {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() && !extra.contains(&flag) => {
+                args.push(flag.to_string());
+                args.push(v);
+            }
+            _ => {}
         }
-        _ => Vec::new(),
     }
+    args
+}
+
+/// Engine workers the e2e agents run with: `FERRO_WORKERS` (1 when unset).
+pub fn env_workers() -> usize {
+    std::env::var("FERRO_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Path of binary `name` in `dir`, or an error telling how to build it.

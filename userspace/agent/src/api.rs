@@ -44,55 +44,62 @@ pub struct AgentView {
     pub sessions: Vec<Arc<Mutex<ferroplane_tables::Conntrack>>>,
     /// The service tables.
     pub services: crate::services::ServiceCacheHandle,
-    /// Runs queries on the engine worker (its AF_XDP frame pool).
+    /// Runs queries on the engine workers (their AF_XDP frame pools), one at a time.
     pub worker: crate::engine::PortOpener,
     /// The engine workers' watchdog (their state in `show counters`).
     pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     /// Pods whose interface vanished or whose namespace is missing.
     pub gone: crate::vanish::GonePods,
+    /// The capture in progress over the workers.
+    pub captures: Mutex<crate::observe::CaptureBook>,
 }
 
 impl AgentView {
     /// Every AF_XDP socket's counters by interface name, in queue order (several for a
     /// multi-queue interface); empty when the worker does not answer.
     fn queue_counters(&self) -> std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> {
-        self.worker
-            .exec(|io| {
-                let mut m: std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> =
-                    std::collections::HashMap::new();
-                for i in 0..io.num_ports() {
-                    let Ok(port) = PortId::try_from(i) else {
-                        continue;
-                    };
-                    let (Some((ifname, queue)), Some(s)) =
-                        (io.port_info(port), io.port_stats(port))
-                    else {
-                        continue;
-                    };
-                    let k = io.kernel_stats(port).unwrap_or_default();
-                    m.entry(ifname.to_string())
-                        .or_default()
-                        .push(ferroplane_api::QueueInfo {
-                            queue,
-                            port,
-                            rx_packets: s.rx_packets,
-                            rx_bytes: s.rx_bytes,
-                            tx_packets: s.tx_packets,
-                            tx_bytes: s.tx_bytes,
-                            tx_drops: s.tx_ring_full + s.tx_over_cap + s.tx_invalid,
-                            rx_drops: k.rx_dropped + k.rx_ring_full,
-                            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
-                            rx_ring_full: k.rx_ring_full,
-                            fill_frames: s.fill_frames,
-                            fill_target: s.fill_target,
-                        });
-                }
-                for v in m.values_mut() {
-                    v.sort_by_key(|q| q.queue);
-                }
-                m
-            })
-            .unwrap_or_default()
+        // Each worker in turn reports the ports it owns.
+        let mut all: std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> =
+            std::collections::HashMap::new();
+        for part in self.worker.exec_each(|_, io| {
+            let mut m: std::collections::HashMap<String, Vec<ferroplane_api::QueueInfo>> =
+                std::collections::HashMap::new();
+            for i in 0..io.num_ports() {
+                let Ok(port) = PortId::try_from(i) else {
+                    continue;
+                };
+                let (Some((ifname, queue)), Some(s)) = (io.port_info(port), io.port_stats(port))
+                else {
+                    continue;
+                };
+                let k = io.kernel_stats(port).unwrap_or_default();
+                m.entry(ifname.to_string())
+                    .or_default()
+                    .push(ferroplane_api::QueueInfo {
+                        queue,
+                        port,
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                        tx_drops: s.tx_ring_full + s.tx_over_cap + s.tx_invalid,
+                        rx_drops: k.rx_dropped + k.rx_ring_full,
+                        rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+                        rx_ring_full: k.rx_ring_full,
+                        fill_frames: s.fill_frames,
+                        fill_target: s.fill_target,
+                    });
+            }
+            m
+        }) {
+            for (name, queues) in part.unwrap_or_default() {
+                all.entry(name).or_default().extend(queues);
+            }
+        }
+        for v in all.values_mut() {
+            v.sort_by_key(|q| q.queue);
+        }
+        all
     }
 
     /// The interfaces with the dataplane's counters: `rx_packets` and the others count what
@@ -258,22 +265,55 @@ impl AgentView {
                 .map(|w| w.command_max_nanos.get())
                 .max()
                 .unwrap_or(0),
-            workers: self
-                .watchdog
-                .iter()
-                .flat_map(|d| d.workers())
-                .enumerate()
-                .map(|(i, w)| ferroplane_api::WorkerInfo {
-                    worker: i as u32,
-                    state: w.state.as_str().to_string(),
-                    heartbeat: w.heartbeat,
-                    heartbeat_age_secs: w.since_beat.as_secs_f64(),
-                    port_errors: w.port_errors,
-                    io_errors: w.io_errors,
-                    last_io_error: w.last_io_error,
-                })
-                .collect(),
+            workers: self.worker_lines(),
         }
+    }
+
+    /// One line per worker: its health (the watchdog's) and its totals.
+    fn worker_lines(&self) -> Vec<ferroplane_api::WorkerInfo> {
+        let health = self
+            .watchdog
+            .as_ref()
+            .map(|d| d.workers())
+            .unwrap_or_default();
+        let ports = self.worker.ports_per_worker();
+        let n = health.len().max(self.workers.len());
+        (0..n)
+            .map(|i| {
+                let mut line = ferroplane_api::WorkerInfo {
+                    worker: i as u32,
+                    ports: ports.get(i).copied().unwrap_or(0) as u32,
+                    ..Default::default()
+                };
+                if let Some(w) = health.get(i) {
+                    line.state = w.state.as_str().to_string();
+                    line.heartbeat = w.heartbeat;
+                    line.heartbeat_age_secs = w.since_beat.as_secs_f64();
+                    line.port_errors = w.port_errors;
+                    line.io_errors = w.io_errors;
+                    line.last_io_error = w.last_io_error.clone();
+                }
+                if let Some(s) = self.workers.get(i) {
+                    let t = s.totals();
+                    line.rx_packets = t.rx_packets;
+                    line.tx_packets = t.tx_packets;
+                    line.node_packets = t.node_packets;
+                    line.node_nanos = t.nanos;
+                    line.loops = t.loops;
+                    line.handoff_sent = t.handoff_sent;
+                    line.handoff_received = t.handoff_received;
+                    line.handoff_drops = t.handoff_drops;
+                }
+                // One worker's table locked at a time.
+                if let Some(ct) = self.sessions.get(i) {
+                    line.sessions = match ct.lock() {
+                        Ok(g) => g.len() as u64,
+                        Err(p) => p.into_inner().len() as u64,
+                    };
+                }
+                line
+            })
+            .collect()
     }
 
     pub(crate) fn errors(&self) -> Vec<ErrorCounter> {
@@ -346,45 +386,64 @@ impl AgentView {
 
     /// `show_buffers`: asks the worker where its frames are.
     pub(crate) fn buffers(&self) -> Result<BuffersReport, String> {
-        self.worker
-            .exec(|io| {
-                let pool = io.pool_stats();
-                let ports = (0..io.num_ports())
-                    .filter_map(|i| {
-                        let port = PortId::try_from(i).ok()?;
-                        let (iface, queue) = io.port_info(port)?;
-                        let s = io.port_stats(port)?;
-                        let k = io.kernel_stats(port).unwrap_or_default();
-                        Some(PortBuffers {
-                            port,
-                            interface: iface.to_string(),
-                            queue,
-                            rx_packets: s.rx_packets,
-                            tx_packets: s.tx_packets,
-                            fill_target: s.fill_target,
-                            fill_frames: s.fill_frames,
-                            fill_grown: s.fill_grown,
-                            tx_in_flight: s.tx_in_flight,
-                            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
-                            rx_ring_full: k.rx_ring_full,
-                            rx_dropped: k.rx_dropped,
-                        })
+        // Each worker's pool in turn, summed (ports in id order).
+        let mut total: Option<BuffersReport> = None;
+        for part in self.worker.exec_each(|_, io| {
+            let pool = io.pool_stats();
+            let ports = (0..io.num_ports())
+                .filter_map(|i| {
+                    let port = PortId::try_from(i).ok()?;
+                    let (iface, queue) = io.port_info(port)?;
+                    let s = io.port_stats(port)?;
+                    let k = io.kernel_stats(port).unwrap_or_default();
+                    Some(PortBuffers {
+                        port,
+                        interface: iface.to_string(),
+                        queue,
+                        rx_packets: s.rx_packets,
+                        tx_packets: s.tx_packets,
+                        fill_target: s.fill_target,
+                        fill_frames: s.fill_frames,
+                        fill_grown: s.fill_grown,
+                        tx_in_flight: s.tx_in_flight,
+                        rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+                        rx_ring_full: k.rx_ring_full,
+                        rx_dropped: k.rx_dropped,
                     })
-                    .collect();
-                BuffersReport {
-                    total: pool.total,
-                    frame_size: io.config().frame_size,
-                    free: pool.free,
-                    user: pool.user,
-                    fill: pool.fill,
-                    tx: pool.tx,
-                    max_fill_target: io.config().fill_target,
-                    closing_ports: io.closing_ports() as u32,
-                    closed_ports: io.closed_ports(),
-                    ports,
+                })
+                .collect();
+            BuffersReport {
+                total: pool.total,
+                frame_size: io.config().frame_size,
+                free: pool.free,
+                user: pool.user,
+                fill: pool.fill,
+                tx: pool.tx,
+                max_fill_target: io.config().fill_target,
+                closing_ports: io.closing_ports() as u32,
+                closed_ports: io.closed_ports(),
+                ports,
+            }
+        }) {
+            let part = part.map_err(|e| format!("engine worker: {e}"))?;
+            total = Some(match total {
+                None => part,
+                Some(mut t) => {
+                    t.total += part.total;
+                    t.free += part.free;
+                    t.user += part.user;
+                    t.fill += part.fill;
+                    t.tx += part.tx;
+                    t.closing_ports += part.closing_ports;
+                    t.closed_ports += part.closed_ports;
+                    t.ports.extend(part.ports);
+                    t
                 }
-            })
-            .map_err(|e| format!("engine worker: {e}"))
+            });
+        }
+        let mut t = total.ok_or("no engine worker")?;
+        t.ports.sort_by_key(|p| p.port);
+        Ok(t)
     }
 }
 
@@ -442,6 +501,7 @@ impl Handler for AgentView {
                     &self.shared,
                     &self.info,
                     &self.controls,
+                    &self.captures,
                     iface.as_deref(),
                     node.as_deref(),
                     crate::observe::CaptureLimits::new(*count, *max_bytes)?,
@@ -449,7 +509,10 @@ impl Handler for AgentView {
                 )?;
                 Ok(Value::Null)
             }
-            Request::CaptureTake => json(crate::observe::capture_take(&self.controls)?),
+            Request::CaptureTake => json(crate::observe::capture_take(
+                &self.controls,
+                &self.captures,
+            )?),
             Request::ShowTunnels => {
                 // A poisoned lock still holds a complete overlay.
                 let overlay = match self.overlay.read() {

@@ -74,6 +74,8 @@ pub fn show_trace(info: &GraphInfo, controls: &[Arc<WorkerControl>]) -> Vec<Trac
         let Ok(records) = c.traces.lock() else {
             continue;
         };
+        // Each worker numbers its packets: group within this worker's records only.
+        let first = out.len();
         for r in records.iter() {
             let node = info
                 .nodes
@@ -88,7 +90,7 @@ pub fn show_trace(info: &GraphInfo, controls: &[Arc<WorkerControl>]) -> Vec<Trac
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let step = TraceStep { node, text, fields };
-            match out.iter_mut().rev().find(|p| p.id == r.id) {
+            match out[first..].iter_mut().rev().find(|p| p.id == r.id) {
                 Some(p) => p.steps.push(step),
                 None => out.push(TracePacket {
                     id: r.id,
@@ -149,11 +151,21 @@ impl CaptureLimits {
     }
 }
 
-/// Start a capture (on the first worker; the foundation runs one).
+/// How much of the capture in progress was handed out: every worker captures what it sees,
+/// each armed with the whole count; the takes stop at the count over all of them.
+#[derive(Debug, Default)]
+pub struct CaptureBook {
+    count: u32,
+    delivered: u32,
+}
+
+/// Start a capture on every worker (each sees the packets of the flows it owns).
+#[allow(clippy::too_many_arguments)]
 pub fn capture_start(
     shared: &Shared,
     info: &GraphInfo,
     controls: &[Arc<WorkerControl>],
+    book: &std::sync::Mutex<CaptureBook>,
     iface: Option<&str>,
     node: Option<&str>,
     limits: CaptureLimits,
@@ -168,31 +180,76 @@ pub fn capture_start(
             _ => return Err("capture needs exactly one of --iface or --node".into()),
         };
     let filter = PacketFilter::parse(filter.unwrap_or(""))?;
-    let c = controls.first().ok_or("no engine worker")?;
-    let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
-    cap.packets.clear();
-    cap.spec = Some(CaptureSpec {
-        point,
-        filter,
-        remaining: limits.count,
-        remaining_bytes: limits.bytes,
-    });
-    c.capture_active.store(true, Ordering::Relaxed);
+    if controls.is_empty() {
+        return Err("no engine worker".into());
+    }
+    {
+        let mut b = book.lock().map_err(|_| "capture lock poisoned")?;
+        *b = CaptureBook {
+            count: limits.count,
+            delivered: 0,
+        };
+    }
+    for c in controls {
+        let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
+        cap.packets.clear();
+        cap.spec = Some(CaptureSpec {
+            point: point.clone(),
+            filter: filter.clone(),
+            remaining: limits.count,
+            remaining_bytes: limits.bytes,
+        });
+        c.capture_active.store(true, Ordering::Relaxed);
+    }
     Ok(())
 }
 
-/// Take what the capture has so far, at most [`TAKE_BYTES`] of frames (at least one
-/// packet); `done` once the capture ended and everything was taken.
-pub fn capture_take(controls: &[Arc<WorkerControl>]) -> Result<CaptureReport, String> {
-    let c = controls.first().ok_or("no engine worker")?;
-    let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
-    let (mut n, mut bytes) = (0, 0);
-    while n < cap.packets.len() && (n == 0 || bytes + cap.packets[n].data.len() <= TAKE_BYTES) {
-        bytes += cap.packets[n].data.len();
-        n += 1;
+/// Take what the capture has so far, every worker's, in time order, at most [`TAKE_BYTES`]
+/// of frames (at least one packet) and never past the capture's count; `done` once the
+/// capture ended (the count reached, or every worker done) and everything was taken.
+pub fn capture_take(
+    controls: &[Arc<WorkerControl>],
+    book: &std::sync::Mutex<CaptureBook>,
+) -> Result<CaptureReport, String> {
+    if controls.is_empty() {
+        return Err("no engine worker".into());
     }
-    let taken: Vec<_> = cap.packets.drain(..n).collect();
-    let done = cap.done() && cap.packets.is_empty();
+    let mut book = book.lock().map_err(|_| "capture lock poisoned")?;
+    let left = book.count.saturating_sub(book.delivered) as usize;
+    let mut taken = Vec::new();
+    let mut bytes = 0;
+    let mut pending = false;
+    let mut all_done = true;
+    // One worker's capture locked at a time.
+    for c in controls {
+        let mut cap = c.capture.lock().map_err(|_| "capture lock poisoned")?;
+        let mut n = 0;
+        while n < cap.packets.len()
+            && (taken.is_empty() && n == 0 || bytes + cap.packets[n].data.len() <= TAKE_BYTES)
+        {
+            bytes += cap.packets[n].data.len();
+            n += 1;
+        }
+        taken.extend(cap.packets.drain(..n));
+        pending |= !cap.packets.is_empty();
+        all_done &= cap.done();
+    }
+    // In time order; past the count only when the count is reached (the rest is dropped
+    // with the capture).
+    taken.sort_by_key(|p| p.ts_ns);
+    taken.truncate(left);
+    book.delivered = book.delivered.saturating_add(taken.len() as u32);
+    let reached = book.delivered >= book.count;
+    let done = reached || (all_done && !pending);
+    if done {
+        for c in controls {
+            if let Ok(mut cap) = c.capture.lock() {
+                cap.spec = None;
+                cap.packets.clear();
+            }
+            c.capture_active.store(false, Ordering::Relaxed);
+        }
+    }
     let packets = taken
         .into_iter()
         .map(|p| CapturedPacket {
@@ -200,10 +257,6 @@ pub fn capture_take(controls: &[Arc<WorkerControl>]) -> Result<CaptureReport, St
             hex: p.data.iter().map(|b| format!("{b:02x}")).collect(),
         })
         .collect();
-    if done {
-        cap.spec = None;
-        c.capture_active.store(false, Ordering::Relaxed);
-    }
     Ok(CaptureReport { done, packets })
 }
 
@@ -282,10 +335,14 @@ mod tests {
             }
         }
         let controls = [c];
+        let book = std::sync::Mutex::new(CaptureBook {
+            count: 600,
+            delivered: 0,
+        });
         let mut total = 0;
         let mut takes = 0;
         loop {
-            let r = capture_take(&controls).unwrap();
+            let r = capture_take(&controls, &book).unwrap();
             takes += 1;
             let bytes: usize = r.packets.iter().map(|p| p.hex.len() / 2).sum();
             assert!(bytes <= TAKE_BYTES);
@@ -297,5 +354,70 @@ mod tests {
         }
         assert_eq!(total, 600);
         assert_eq!(takes, 3);
+    }
+
+    /// Two workers capture: the takes merge them in time order and stop at the count over
+    /// both; then both are disarmed.
+    #[test]
+    fn capture_over_workers_stops_at_the_count() {
+        let controls: Vec<Arc<WorkerControl>> =
+            (0..2).map(|_| Arc::new(WorkerControl::default())).collect();
+        let book = std::sync::Mutex::new(CaptureBook::default());
+        let shared = Shared::new(ferroplane_engine::Snapshot::default());
+        let info = ferroplane_engine::nodes::standard_graph::<ferroplane_io::MemFrames>()
+            .unwrap()
+            .info()
+            .clone();
+        capture_start(
+            &shared,
+            &info,
+            &controls,
+            &book,
+            None,
+            Some("ip4-lookup"),
+            CaptureLimits::new(5, None).unwrap(),
+            None,
+        )
+        .unwrap();
+        for (w, c) in controls.iter().enumerate() {
+            assert!(c.capture_active.load(Ordering::Relaxed));
+            let mut cap = c.capture.lock().unwrap();
+            for i in 0..4u64 {
+                cap.packets.push(Frame {
+                    ts_ns: i * 2 + w as u64,
+                    data: vec![w as u8; 60],
+                });
+            }
+        }
+        let r = capture_take(&controls, &book).unwrap();
+        assert!(r.done);
+        let ts: Vec<u64> = r.packets.iter().map(|p| p.ts_ns).collect();
+        assert_eq!(ts, vec![0, 1, 2, 3, 4]);
+        for c in &controls {
+            assert!(!c.capture_active.load(Ordering::Relaxed));
+            assert!(c.capture.lock().unwrap().spec.is_none());
+        }
+    }
+
+    /// Trace records of two workers with the same packet ids stay two packets.
+    #[test]
+    fn traces_of_workers_do_not_merge() {
+        let info = ferroplane_engine::nodes::standard_graph::<ferroplane_io::MemFrames>()
+            .unwrap()
+            .info()
+            .clone();
+        let controls: Vec<Arc<WorkerControl>> =
+            (0..2).map(|_| Arc::new(WorkerControl::default())).collect();
+        for c in &controls {
+            c.traces
+                .lock()
+                .unwrap()
+                .push(ferroplane_engine::TraceRecord {
+                    id: 1,
+                    node: 0,
+                    data: ferroplane_engine::TraceData::Rx { sw_if: 0, len: 60 },
+                });
+        }
+        assert_eq!(show_trace(&info, &controls).len(), 2);
     }
 }

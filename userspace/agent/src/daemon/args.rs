@@ -57,6 +57,13 @@ pub struct Args {
     /// it (with 0, a 1,000-packet burst loses what exceeds the idle fill).
     #[arg(long, default_value_t = 1)]
     pub worker_priority: u8,
+    /// Engine worker threads (1-64). Each has its own AF_XDP frame pool (`--frames` each);
+    /// the uplink's RX queues (queue q to worker q mod N) and the pods' ports (each to the
+    /// worker owning the fewest) are spread over them, and a packet whose connection another
+    /// worker owns is handed to it (see DESIGN.md, "Several workers"). Default: one per CPU
+    /// the agent may run on, at most one per uplink RX queue, at most 8.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Option<u16>,
     /// Serve the CNI plugin (`ferroplane-cni`) on this unix socket (mode 0600).
     #[arg(long)]
     pub cni_socket: Option<PathBuf>,

@@ -84,22 +84,23 @@ pub async fn start(args: &Args, agent: &mut Agent, node: &NodeSource) -> Result<
     };
     let overlay_view = Arc::new(RwLock::new(agent.state.overlay.clone()));
     let watchdog = ferroplane_agent::watchdog::Watchdog::new(
-        vec![agent.engine.control.clone()],
+        agent.engine.controls(),
         ferroplane_agent::watchdog::STALL_AFTER,
     );
     let view = AgentView {
         shared: agent.engine.shared.clone(),
-        workers: vec![agent.engine.stats.clone()],
-        controls: vec![agent.engine.control.clone()],
+        workers: agent.engine.all_stats(),
+        controls: agent.engine.controls(),
         info: agent.engine.info.clone(),
         bpf: agent.bpf.clone(),
         overlay: overlay_view.clone(),
         bgp: bgp.as_ref().map(|b| b.speaker.clone()),
-        sessions: agent.engine.sessions.iter().cloned().collect(),
+        sessions: agent.engine.all_sessions(),
         services: agent.state.services.clone(),
         worker: agent.engine.port_opener(),
         watchdog: Some(watchdog.clone()),
         gone: agent.gone.clone(),
+        captures: Default::default(),
     };
     let view = Arc::new(view);
     let server = ApiServer::bind(&args.api_socket, view.clone())

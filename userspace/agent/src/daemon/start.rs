@@ -92,7 +92,7 @@ pub async fn agent(args: &Args, spec: &NodeSpec) -> Result<Agent> {
     };
     let bpf = load_programs(args)?;
     let (tun, punt_ifindex) = punt_tun(&plumber).await?;
-    let (engine, fast) = start_engine(args, tun, punt_ifindex, &bpf)?;
+    let (engine, fast) = start_engine(args, tun, punt_ifindex, &bpf, rx_queues(&up.name))?;
 
     let mut agent = Agent {
         plumber,
@@ -236,13 +236,18 @@ async fn punt_tun(plumber: &Plumber) -> Result<(TunDevice, u32)> {
     Ok((tun, punt.ifindex))
 }
 
-/// Starts the engine (its worker, the AF_XDP UMEM) and the flow-cache writer.
+/// Starts the engine (its workers, each with its AF_XDP UMEM) and the flow-cache writer.
 fn start_engine(
     args: &Args,
     tun: TunDevice,
     punt_ifindex: u32,
     bpf: &Arc<Mutex<Dataplane>>,
+    uplink_queues: u32,
 ) -> Result<(Engine, FastPath)> {
+    let workers = args.workers.map_or_else(
+        || ferroplane_agent::engine::default_workers(uplink_queues),
+        usize::from,
+    );
     let mut engine = Engine::start(
         XskConfig {
             num_frames: args.frames,
@@ -252,6 +257,7 @@ fn start_engine(
         },
         Some(tun),
         args.worker_priority,
+        workers,
     )
     .context("starting the engine")?;
     engine.punt_ifindex = Some(punt_ifindex);
