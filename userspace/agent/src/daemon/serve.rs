@@ -67,7 +67,7 @@ pub async fn start(args: &Args, agent: &mut Agent, node: &NodeSource) -> Result<
         agent.plumber.handle().clone(),
         punt_ifindex,
         PUNT_IF,
-        spec.node.address.addr,
+        spec.node.address.addr(),
         agent.pod_mtu(),
         agent.state.services.clone(),
     )

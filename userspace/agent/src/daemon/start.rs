@@ -169,7 +169,7 @@ async fn uplink(plumber: &Plumber, spec: &NodeSpec) -> Result<LinkInfo> {
     if !up
         .ipv4
         .iter()
-        .any(|(a, l)| *a == spec.node.address.addr && *l == spec.node.address.prefix_len)
+        .any(|(a, l)| *a == spec.node.address.addr() && *l == spec.node.address.prefix_len())
     {
         bail!(
             "node.address: {} is not configured on uplink {} (it has {:?})",
@@ -275,8 +275,8 @@ fn start_engine(
 fn steer(agent: &Agent, spec: &NodeSpec, overlay: &Overlay, up: &LinkInfo) -> Result<()> {
     let mut bpf = agent.bpf()?;
     bpf.add_steer4(
-        spec.node.pod_cidr.addr,
-        spec.node.pod_cidr.prefix_len,
+        spec.node.pod_cidr.addr(),
+        spec.node.pod_cidr.prefix_len(),
         FpSteerKind::PodCidr,
     )
     .context("steer4: pod CIDR")?;
