@@ -155,7 +155,9 @@ pub(crate) const PTR: u32 = 1 << 31;
 /// ([`FibBuilder::build_from`]).
 #[derive(Clone, Debug, Default)]
 pub struct FibBuilder {
-    pub(crate) routes: BTreeMap<Ipv4Prefix, RouteEntry>,
+    /// Shared with the FIBs built ([`Fib`]'s entries) and with whoever keeps the routes it
+    /// gave ([`FibBuilder::route_shared`]): one copy of a route, however many hold it.
+    pub(crate) routes: BTreeMap<Ipv4Prefix, Arc<RouteEntry>>,
     pub(crate) ifaces: HashMap<u16, (Mac, u16)>,
     pub(crate) neighbours: HashMap<(u16, Ipv4Addr), Mac>,
     /// Prefixes whose configured route changed since the last build.
@@ -164,7 +166,7 @@ pub struct FibBuilder {
     /// neighbour routes to derive again).
     pub(crate) links_dirty: bool,
     /// The neighbour routes of the last build.
-    pub(crate) derived: BTreeMap<Ipv4Prefix, RouteEntry>,
+    pub(crate) derived: BTreeMap<Ipv4Prefix, Arc<RouteEntry>>,
     /// Id of the last FIB this builder built (0: none).
     pub(crate) last_id: u64,
 }
@@ -228,6 +230,12 @@ impl FibBuilder {
 
     /// Add or replace a route.
     pub fn route(&mut self, entry: RouteEntry) -> &mut Self {
+        self.route_shared(Arc::new(entry))
+    }
+
+    /// Add or replace a route kept by the caller too: the builder and the FIBs it builds
+    /// hold the same `Arc` (a full table is not copied into each of them).
+    pub fn route_shared(&mut self, entry: Arc<RouteEntry>) -> &mut Self {
         let prefix = entry.prefix;
         if self.routes.get(&prefix) != Some(&entry) {
             self.dirty.insert(prefix);
@@ -242,17 +250,17 @@ impl FibBuilder {
         if old.is_some() {
             self.dirty.insert(*prefix);
         }
-        old
+        old.map(Arc::unwrap_or_clone)
     }
 
     /// The configured route for `prefix`.
     pub fn get(&self, prefix: &Ipv4Prefix) -> Option<&RouteEntry> {
-        self.routes.get(prefix)
+        self.routes.get(prefix).map(|e| &**e)
     }
 
     /// The configured routes, in prefix order.
     pub fn configured(&self) -> impl Iterator<Item = &RouteEntry> {
-        self.routes.values()
+        self.routes.values().map(|e| &**e)
     }
 
     /// Number of configured routes.
@@ -271,11 +279,10 @@ impl FibBuilder {
     }
 
     /// Neighbour /32s inside connected subnets, unless a route says otherwise.
-    pub(crate) fn derive_neighbour_routes(&self) -> BTreeMap<Ipv4Prefix, RouteEntry> {
+    pub(crate) fn derive_neighbour_routes(&self) -> BTreeMap<Ipv4Prefix, Arc<RouteEntry>> {
         // Connected routes are few: collect them once (not once per neighbour).
         let connected: Vec<&RouteEntry> = self
-            .routes
-            .values()
+            .configured()
             .filter(|r| r.source == RouteSource::Connected)
             .collect();
         let mut derived = BTreeMap::new();
@@ -288,14 +295,14 @@ impl FibBuilder {
             if on_link && !self.routes.contains_key(&host) {
                 derived.insert(
                     host,
-                    RouteEntry {
+                    Arc::new(RouteEntry {
                         prefix: host,
                         source: RouteSource::Neighbour,
                         action: RouteAction::Forward(vec![Path {
                             via: Some(ip),
                             sw_if,
                         }]),
-                    },
+                    }),
                 );
             }
         }
@@ -343,11 +350,11 @@ impl FibBuilder {
         }
     }
 
-    fn build_full(&self, derived: &BTreeMap<Ipv4Prefix, RouteEntry>) -> Result<Fib, FibError> {
+    fn build_full(&self, derived: &BTreeMap<Ipv4Prefix, Arc<RouteEntry>>) -> Result<Fib, FibError> {
         let mut fib = Fib::empty();
         // Merged with the configured routes by reference: with a full table the routes are
         // the bulk of the builder, and a copy of them would double the peak memory.
-        let mut all: Vec<&RouteEntry> = self.routes.values().chain(derived.values()).collect();
+        let mut all: Vec<&Arc<RouteEntry>> = self.routes.values().chain(derived.values()).collect();
         all.sort_by_key(|e| e.prefix);
         fib.lbs.reserve(all.len());
         fib.entries.reserve(all.len());
@@ -588,17 +595,18 @@ impl Fib {
         self.garbage += lb.len as usize;
     }
 
-    /// A load balance for `entry` (its buckets appended); returns its index.
+    /// A load balance for `entry` (its buckets appended, the entry shared); returns its
+    /// index.
     pub(crate) fn add_lb(
         &mut self,
         builder: &FibBuilder,
-        entry: &RouteEntry,
+        entry: &Arc<RouteEntry>,
     ) -> Result<u32, FibError> {
         let range = self.add_buckets(builder, entry)?;
         let lb = match self.free_lbs.pop() {
             Some(lb) => {
                 self.lbs[lb as usize] = range;
-                self.entries[lb as usize] = Some(Arc::new(entry.clone()));
+                self.entries[lb as usize] = Some(entry.clone());
                 lb
             }
             None => {
@@ -607,7 +615,7 @@ impl Fib {
                     return Err(FibError::TooLarge(lb as usize));
                 }
                 self.lbs.push(range);
-                self.entries.push(Some(Arc::new(entry.clone())));
+                self.entries.push(Some(entry.clone()));
                 lb
             }
         };

@@ -51,16 +51,16 @@ impl FibBuilder {
 
     fn effective(
         &self,
-        derived: &std::collections::BTreeMap<Ipv4Prefix, RouteEntry>,
+        derived: &std::collections::BTreeMap<Ipv4Prefix, Arc<RouteEntry>>,
         p: &Ipv4Prefix,
-    ) -> Option<RouteEntry> {
+    ) -> Option<Arc<RouteEntry>> {
         self.routes.get(p).or_else(|| derived.get(p)).cloned()
     }
 
     fn apply(
         &self,
         prev: &Fib,
-        derived: &std::collections::BTreeMap<Ipv4Prefix, RouteEntry>,
+        derived: &std::collections::BTreeMap<Ipv4Prefix, Arc<RouteEntry>>,
     ) -> Result<Fib, FibError> {
         let mut fib = prev.clone();
         fib.id = next_fib_id();
@@ -83,14 +83,14 @@ impl FibBuilder {
             match (want, have) {
                 (None, None) => {}
                 (Some(e), Some(lb)) => {
-                    if fib.route_of(lb) == Some(&e) {
+                    if fib.route_of(lb) == Some(&*e) {
                         continue;
                     }
                     let old = fib.lbs[lb as usize];
                     let range = fib.add_buckets(self, &e)?;
                     fib.release_buckets(old);
                     fib.lbs[lb as usize] = range;
-                    fib.entries[lb as usize] = Some(Arc::new(e));
+                    fib.entries[lb as usize] = Some(e);
                 }
                 (Some(e), None) => {
                     let lb = fib.add_lb(self, &e)?;
