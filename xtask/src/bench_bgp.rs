@@ -12,6 +12,9 @@
 //! Topology: the single-node topology (router ns 192.168.100.1 runs gobgpd, AS 65002;
 //! node ns 192.168.100.2 runs the agent or BIRD, AS 64512). The table is injected with
 //! `gobgp mrt inject global` from an MRT TABLE_DUMP_V2 file (RFC 6396) this module writes.
+//!
+//! With `FERROPLANE_BIN_DIR` set, the binaries there are measured as they are (no build):
+//! a copy of an earlier build gives the before/after figures of a change in one tree.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -53,7 +56,15 @@ pub fn run(prefixes: usize) -> Result<()> {
     require_root("bench bgp")?;
     let mut p = Progress::new(5);
     p.step("system packages", crate::deps::ensure)?;
-    p.step("building release binaries", build_binaries)?;
+    if let Some(dir) = std::env::var_os("FERROPLANE_BIN_DIR") {
+        // Binaries given (e.g. a copy of a build to compare against): not rebuilt.
+        p.step("release binaries given by FERROPLANE_BIN_DIR", || {
+            println!("using {}", std::path::Path::new(&dir).display());
+            Ok(())
+        })?;
+    } else {
+        p.step("building release binaries", build_binaries)?;
+    }
     let dir = TempDir::new("bench-bgp")?;
     let mrt = dir.path().join("table.mrt");
     p.step(

@@ -110,7 +110,7 @@ fn state() -> NodeState {
             (OTHER_HOP, [2, 9, 9, 9, 9, 3]),
         ]),
         overlay: Default::default(),
-        bgp_routes: (0..ROUTES).map(|i| (learnt(i), vec![GATEWAY])).collect(),
+        bgp_routes: (0..ROUTES).map(|i| (learnt(i), [GATEWAY].into())).collect(),
         services: Default::default(),
         k8s_pods: Vec::new(),
         k8s_host_ports: Vec::new(),
@@ -225,7 +225,7 @@ fn main() {
     time("route change", false, &mut |s, rep| {
         let p = learnt(rep * 611 % ROUTES);
         let hop = if rep % 2 == 0 { OTHER_HOP } else { GATEWAY };
-        s.bgp_routes.insert(p, vec![hop]);
+        s.bgp_routes.insert(p, [hop].into());
         (
             Changes::routes([p]),
             vec![p.addr(), Ipv4Addr::new(100, 0, 0, 1)],

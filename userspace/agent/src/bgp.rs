@@ -61,8 +61,9 @@ use tracing::{info, warn};
 
 use ferroplane_bgp::intern::Interner;
 use ferroplane_bgp::prefix_map::PrefixMap;
-use ferroplane_bgp::{Afi, PeerConfig, Prefix, Speaker, SpeakerConfig};
+use ferroplane_bgp::{Afi, Nlri, PeerConfig, Speaker, SpeakerConfig};
 use ferroplane_tables::Ipv4Prefix;
+use ipnet::IpNet;
 
 pub use crate::spec::bgp::{AdvertiseSpec, BgpSpec, GracefulRestartSpec};
 use crate::spec::NodeSpec;
@@ -94,7 +95,7 @@ impl BgpSpec {
         }
         for p in v.iter_mut().filter(|p| p.address.is_ipv4()) {
             p.local_address
-                .get_or_insert(IpAddr::V4(spec.node.address.addr));
+                .get_or_insert(IpAddr::V4(spec.node.address.addr()));
         }
         v
     }
@@ -103,7 +104,7 @@ impl BgpSpec {
     pub fn speaker_config(&self, spec: &NodeSpec, restarting: bool) -> SpeakerConfig {
         let mut c = SpeakerConfig::new(
             self.local_as,
-            self.router_id.unwrap_or(spec.node.address.addr),
+            self.router_id.unwrap_or(spec.node.address.addr()),
         );
         c.listen = Some(std::net::SocketAddr::new(
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -123,16 +124,24 @@ impl BgpSpec {
     }
 
     /// Prefixes this node originates.
-    pub fn originated(&self, spec: &NodeSpec) -> BTreeSet<Prefix> {
+    pub fn originated(&self, spec: &NodeSpec) -> BTreeSet<IpNet> {
         let mut s = BTreeSet::new();
-        let pfx = |a: Ipv4Addr, l: u8| Prefix::v4(a, l).ok();
+        let pfx = |a: Ipv4Addr, l: u8| ferroplane_bgp::prefix::v4(a, l);
         if self.advertise.pod_cidr {
-            s.extend(pfx(spec.node.pod_cidr.addr, spec.node.pod_cidr.prefix_len));
+            s.extend(pfx(
+                spec.node.pod_cidr.addr(),
+                spec.node.pod_cidr.prefix_len(),
+            ));
         }
         if let Some(r) = self.advertise.service_cluster_ip_range {
-            s.extend(pfx(r.addr, r.prefix_len));
+            s.extend(pfx(r.addr(), r.prefix_len()));
         }
-        s.extend(self.advertise.ipv6_prefixes.iter().copied());
+        s.extend(
+            self.advertise
+                .ipv6_prefixes
+                .iter()
+                .map(|p| IpNet::V6(p.trunc())),
+        );
         for svc in &spec.services {
             let local_only =
                 svc.spec.external_traffic_policy == Some(crate::services::TrafficPolicy::Local);
@@ -182,6 +191,8 @@ fn has_local_ready_endpoint(spec: &NodeSpec, namespace: &str, name: &str) -> boo
 pub struct BgpRuntime {
     /// The speaker (shared with the API handler).
     pub speaker: Arc<Speaker>,
+    /// The distinct next-hop sets of the routes handed out ([`NextHops`]).
+    hop_sets: Interner<[Ipv4Addr]>,
     kernel: Option<tokio::sync::mpsc::UnboundedSender<KernelCmd>>,
     kernel_task: Option<tokio::task::JoinHandle<()>>,
     stale_kernel: bool,
@@ -189,6 +200,11 @@ pub struct BgpRuntime {
     /// Route changes since the heap was last trimmed ([`trim_heap`]).
     untrimmed: usize,
 }
+
+/// The ECMP next hops of a learnt route, one `Arc` per distinct set shared by every route
+/// with that set (a full table has a handful of sets): the node state holds a route as
+/// its prefix and this pointer, no allocation of its own.
+pub type NextHops = Arc<[Ipv4Addr]>;
 
 /// Route changes after which the end of a burst gives freed heap back to the system.
 const TRIM_AFTER: usize = 10_000;
@@ -204,7 +220,7 @@ fn trim_heap() {
 
 /// Work for the kernel route task (netlink round trips never delay the engine FIB).
 enum KernelCmd {
-    Apply(Vec<(Prefix, Vec<IpAddr>)>),
+    Apply(Vec<(IpNet, Vec<IpAddr>)>),
     /// Remove our kernel routes for every prefix not in the set.
     RemoveUnwanted(PrefixMap<()>),
 }
@@ -235,18 +251,19 @@ impl BgpRuntime {
         let mut kernel = None;
         let mut restarting = false;
         if bgp.kernel_routes {
-            let k = KernelRoutes::load(handle).await?;
-            restarting = !k.installed.is_empty();
+            let k = KernelRoutes { handle };
+            let left = k.installed().await?.len();
+            restarting = left > 0;
             if restarting {
                 info!(
-                    routes = k.installed.len(),
+                    routes = left,
                     "kernel routes from a previous run: graceful restart"
                 );
             }
             kernel = Some(k);
         }
         let cfg = bgp.speaker_config(spec, restarting);
-        let originate: Vec<Prefix> = bgp.originated(spec).into_iter().collect();
+        let originate: Vec<IpNet> = bgp.originated(spec).into_iter().collect();
         let speaker = Speaker::start(cfg, originate).await?;
         let (tx, task) = match kernel {
             Some(mut k) => {
@@ -274,6 +291,7 @@ impl BgpRuntime {
         };
         Ok(BgpRuntime {
             speaker: Arc::new(speaker),
+            hop_sets: Interner::new(),
             kernel: tx,
             kernel_task: task,
             stale_kernel: restarting,
@@ -284,7 +302,7 @@ impl BgpRuntime {
 
     /// Forwarding changes since the last call: IPv4 routes for the engine FIB
     /// (empty next hops: remove). Kernel routes are brought in line on the way.
-    pub async fn poll(&mut self) -> Vec<(Ipv4Prefix, Vec<Ipv4Addr>)> {
+    pub async fn poll(&mut self) -> Vec<(Ipv4Prefix, NextHops)> {
         let changes = self.speaker.take_fib_changes();
         if changes.is_empty() && self.untrimmed >= TRIM_AFTER {
             // The first quiet poll after a burst (the housekeeping timer polls too).
@@ -292,19 +310,19 @@ impl BgpRuntime {
             trim_heap();
         }
         self.untrimmed += changes.len();
+        let mut hops = Vec::new();
+        let hop_sets = &mut self.hop_sets;
         let v4 = changes
             .iter()
             .filter_map(|(p, nhs)| {
                 let IpAddr::V4(a) = p.addr() else { return None };
-                let prefix = Ipv4Prefix::new(a, p.len()).ok()?;
-                let v4 = nhs
-                    .iter()
-                    .filter_map(|n| match n {
-                        IpAddr::V4(v) => Some(*v),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                Some((prefix, v4))
+                let prefix = Ipv4Prefix::new(a, p.prefix_len()).ok()?;
+                hops.clear();
+                hops.extend(nhs.iter().filter_map(|n| match n {
+                    IpAddr::V4(v) => Some(*v),
+                    IpAddr::V6(_) => None,
+                }));
+                Some((prefix, hop_sets.intern_ref(&hops[..])))
             })
             .collect();
         if let Some(k) = &self.kernel {
@@ -344,8 +362,8 @@ impl BgpRuntime {
 
 /// Apply FIB changes to the node's BGP route table; returns the next hops now in use.
 pub fn apply_changes(
-    routes: &mut BTreeMap<Ipv4Prefix, Vec<Ipv4Addr>>,
-    changes: Vec<(Ipv4Prefix, Vec<Ipv4Addr>)>,
+    routes: &mut BTreeMap<Ipv4Prefix, NextHops>,
+    changes: Vec<(Ipv4Prefix, NextHops)>,
 ) -> BTreeSet<Ipv4Addr> {
     let mut hops = BTreeSet::new();
     for (p, nhs) in changes {
@@ -432,32 +450,30 @@ pub fn routes_report(speaker: Option<&Speaker>) -> Vec<ferroplane_api::BgpRoute>
         .collect()
 }
 
-/// Our routes in the kernel's main table. Compact, as it holds a whole table: an IPv4
-/// prefix key is 8 bytes ([`PrefixMap`]) and each next-hop set is one shared `Arc`
-/// (a table has a handful of distinct sets).
+/// Our routes in the kernel's main table. Nothing is kept per route (a full table would
+/// be one more copy of it): the speaker reports only changes, a route is replaced in
+/// place, a removal of a route that is not there is harmless, and the two whole-table
+/// questions (routes left by a previous run, routes no peer announces any more) are
+/// answered by reading the kernel's routes of our protocol.
 struct KernelRoutes {
     handle: Handle,
-    installed: PrefixMap<Arc<Vec<IpAddr>>>,
-    hop_sets: Interner<Vec<IpAddr>>,
 }
 
-fn gateway_of(attrs: &[RouteAttribute]) -> Option<IpAddr> {
-    attrs.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    })
+/// True for "no such route" (deleting a route that is not installed).
+fn no_such_route(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.map(|c| c.get().abs()) == Some(libc::ESRCH))
 }
 
 impl KernelRoutes {
-    async fn load(handle: Handle) -> anyhow::Result<KernelRoutes> {
-        let mut installed = PrefixMap::new();
-        let mut hop_sets = Interner::new();
+    /// The prefixes of our routes in the kernel now (both families).
+    async fn installed(&self) -> anyhow::Result<Vec<IpNet>> {
+        let mut v = Vec::new();
         for msg in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
         ] {
-            let mut s = handle.route().get(msg).execute();
+            let mut s = self.handle.route().get(msg).execute();
             while let Some(r) = s.try_next().await? {
                 if r.header.protocol != RouteProtocol::Other(RTPROT_FERROPLANE) {
                     continue;
@@ -467,32 +483,19 @@ impl KernelRoutes {
                     RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
                     _ => None,
                 });
-                let Some(p) =
-                    dst.and_then(|d| Prefix::new(d, r.header.destination_prefix_length).ok())
-                else {
-                    continue;
-                };
-                let mut nhs: Vec<IpAddr> = gateway_of(&r.attributes).into_iter().collect();
-                for a in &r.attributes {
-                    if let RouteAttribute::MultiPath(hops) = a {
-                        nhs.extend(hops.iter().filter_map(|h| gateway_of(&h.attributes)));
-                    }
-                }
-                installed.insert(p, hop_sets.intern(nhs));
+                v.extend(dst.and_then(|d| {
+                    ferroplane_bgp::prefix::prefix(d, r.header.destination_prefix_length)
+                }));
             }
         }
-        Ok(KernelRoutes {
-            handle,
-            installed,
-            hop_sets,
-        })
+        Ok(v)
     }
 
-    fn message(p: &Prefix, nhs: &[IpAddr]) -> RouteMessage {
+    fn message(p: &IpNet, nhs: &[IpAddr]) -> RouteMessage {
         let mut m = match p.addr() {
             IpAddr::V4(a) => {
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(a, p.len())
+                    .destination_prefix(a, p.prefix_len())
                     .protocol(RouteProtocol::Other(RTPROT_FERROPLANE));
                 if let [IpAddr::V4(g)] = nhs {
                     b = b.gateway(*g);
@@ -501,7 +504,7 @@ impl KernelRoutes {
             }
             IpAddr::V6(a) => {
                 let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                    .destination_prefix(a, p.len())
+                    .destination_prefix(a, p.prefix_len())
                     .protocol(RouteProtocol::Other(RTPROT_FERROPLANE));
                 if let [IpAddr::V6(g)] = nhs {
                     b = b.gateway(*g);
@@ -526,7 +529,7 @@ impl KernelRoutes {
         m
     }
 
-    async fn apply(&mut self, changes: &[(Prefix, Vec<IpAddr>)]) {
+    async fn apply(&mut self, changes: &[(IpNet, Vec<IpAddr>)]) {
         for (p, nhs) in changes {
             let nhs: Vec<IpAddr> = nhs
                 .iter()
@@ -534,32 +537,33 @@ impl KernelRoutes {
                 .filter(|n| n.is_ipv4() == p.addr().is_ipv4())
                 .collect();
             if nhs.is_empty() {
-                if let Some(old) = self.installed.remove(p) {
-                    let m = Self::message(p, &old);
-                    if let Err(e) = self.handle.route().del(m).execute().await {
-                        warn!(prefix = %p, "removing kernel route: {e}");
+                // Our protocol in the message: never another daemon's route.
+                let m = Self::message(p, &[]);
+                match self.handle.route().del(m).execute().await {
+                    Err(e) if !no_such_route(&e) => {
+                        warn!(prefix = %p, "removing kernel route: {e}")
                     }
+                    _ => {}
                 }
-                continue;
-            }
-            if self.installed.get(p).is_some_and(|old| **old == nhs) {
                 continue;
             }
             let m = Self::message(p, &nhs);
-            match self.handle.route().add(m).replace().execute().await {
-                Ok(()) => {
-                    let set = self.hop_sets.intern(nhs);
-                    self.installed.insert(*p, set);
-                }
-                Err(e) => warn!(prefix = %p, "installing kernel route: {e}"),
+            if let Err(e) = self.handle.route().add(m).replace().execute().await {
+                warn!(prefix = %p, "installing kernel route: {e}");
             }
         }
     }
 
     async fn remove_unwanted(&mut self, want: &PrefixMap<()>) {
-        let gone: Vec<(Prefix, Vec<IpAddr>)> = self
-            .installed
-            .keys()
+        let installed = match self.installed().await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("reading our kernel routes: {e:#}");
+                return;
+            }
+        };
+        let gone: Vec<(IpNet, Vec<IpAddr>)> = installed
+            .into_iter()
             .filter(|p| !want.contains_key(p))
             .map(|p| (p, Vec::new()))
             .collect();
@@ -712,3 +716,7 @@ bgp:
         assert!(e.contains("bgp.peers[0]"), "{e}");
     }
 }
+
+#[cfg(test)]
+#[path = "bgp_memory_tests.rs"]
+mod memory_tests;

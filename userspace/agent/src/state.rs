@@ -73,7 +73,7 @@ pub struct NodeState {
     pub overlay: Arc<crate::overlay::Overlay>,
     /// Routes learnt over BGP with their ECMP next hops on the uplink (the overlay's
     /// tunnel routes win for the same prefix).
-    pub bgp_routes: BTreeMap<Ipv4Prefix, Vec<Ipv4Addr>>,
+    pub bgp_routes: BTreeMap<Ipv4Prefix, crate::bgp::NextHops>,
     /// Service tables (rebuilt when the spec's services change) and their XDP steering.
     pub services: crate::services::ServiceCacheHandle,
     /// The pods the Kubernetes watchers see (empty in standalone mode): NetworkPolicy peers,
@@ -102,7 +102,7 @@ impl NodeState {
         let mut v: Vec<Ipv4Addr> = self.spec.node.gateway.into_iter().collect();
         v.extend(self.spec.routes.iter().map(|r| r.via));
         v.extend(self.overlay.uplink_next_hops());
-        v.extend(self.bgp_routes.values().flatten());
+        v.extend(self.bgp_routes.values().flat_map(|h| h.iter()));
         v.sort();
         v.dedup();
         v
@@ -317,11 +317,11 @@ pods:
             Arc::new(crate::overlay::Overlay::from_spec(&s.spec, s.spec.cluster.as_ref()).unwrap());
         let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
         s.bgp_routes
-            .insert("10.244.2.0/24".parse().unwrap(), vec![ip("192.168.100.3")]);
+            .insert("10.244.2.0/24".parse().unwrap(), [ip("192.168.100.3")].into());
         s.bgp_routes
-            .insert("10.244.3.0/24".parse().unwrap(), vec![ip("192.168.100.4")]);
+            .insert("10.244.3.0/24".parse().unwrap(), [ip("192.168.100.4")].into());
         s.bgp_routes
-            .insert("10.99.0.0/24".parse().unwrap(), vec![ip("192.168.100.1")]);
+            .insert("10.99.0.0/24".parse().unwrap(), [ip("192.168.100.1")].into());
         let snap = s.snapshot().unwrap();
         let fib = &snap.fib;
         let adj = |a: &str| *fib.adj(fib.resolve(ip(a), || 0));

@@ -12,13 +12,13 @@ use std::sync::Arc;
 /// garbage: [`Interner::intern`] sweeps them out once the pool has doubled since the
 /// last sweep, so the pool stays within twice the live set (amortised O(1)).
 #[derive(Debug)]
-pub struct Interner<T: Hash + Eq> {
+pub struct Interner<T: Hash + Eq + ?Sized> {
     set: HashSet<Arc<T>>,
     /// Sweep when the pool grows past this many entries.
     sweep_at: usize,
 }
 
-impl<T: Hash + Eq> Default for Interner<T> {
+impl<T: Hash + Eq + ?Sized> Default for Interner<T> {
     fn default() -> Self {
         Interner {
             set: HashSet::new(),
@@ -28,6 +28,16 @@ impl<T: Hash + Eq> Default for Interner<T> {
 }
 
 impl<T: Hash + Eq> Interner<T> {
+    /// The shared `Arc` equal to `v` (stored on first sight).
+    pub fn intern(&mut self, v: T) -> Arc<T> {
+        if let Some(a) = self.set.get(&v) {
+            return a.clone();
+        }
+        self.insert(Arc::new(v))
+    }
+}
+
+impl<T: Hash + Eq + ?Sized> Interner<T> {
     const MIN_SWEEP: usize = 64;
 
     /// An empty pool.
@@ -35,15 +45,22 @@ impl<T: Hash + Eq> Interner<T> {
         Self::default()
     }
 
-    /// The shared `Arc` equal to `v` (stored on first sight).
-    pub fn intern(&mut self, v: T) -> Arc<T> {
-        if let Some(a) = self.set.get(&v) {
+    /// The shared `Arc` equal to `*v`, copied into the pool on first sight (for unsized
+    /// values: `Interner<[Ipv4Addr]>` hands out `Arc<[Ipv4Addr]>`).
+    pub fn intern_ref(&mut self, v: &T) -> Arc<T>
+    where
+        for<'a> Arc<T>: From<&'a T>,
+    {
+        if let Some(a) = self.set.get(v) {
             return a.clone();
         }
+        self.insert(Arc::from(v))
+    }
+
+    fn insert(&mut self, a: Arc<T>) -> Arc<T> {
         if self.set.len() >= self.sweep_at {
             self.sweep();
         }
-        let a = Arc::new(v);
         self.set.insert(a.clone());
         a
     }
@@ -96,5 +113,11 @@ mod tests {
             drop(ints.intern(i));
         }
         assert!(ints.len() <= Interner::<i32>::MIN_SWEEP, "{}", ints.len());
+        // Unsized values: slices shared as `Arc<[T]>`.
+        let mut sets: Interner<[u32]> = Interner::new();
+        let x = sets.intern_ref(&[1, 2][..]);
+        let y = sets.intern_ref(&vec![1, 2]);
+        assert!(Arc::ptr_eq(&x, &y));
+        assert!(!Arc::ptr_eq(&x, &sets.intern_ref(&[2, 1][..])));
     }
 }

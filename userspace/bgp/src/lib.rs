@@ -28,5 +28,5 @@ pub mod speaker;
 pub mod update;
 
 pub use msg::{Ctx, Message};
-pub use prefix::{Afi, Prefix};
+pub use prefix::{Afi, Nlri};
 pub use speaker::{PeerConfig, PeerStatus, RouteStatus, Speaker, SpeakerConfig};

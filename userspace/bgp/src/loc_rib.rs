@@ -9,7 +9,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::prefix::Prefix;
+use ipnet::IpNet;
+
 use crate::prefix_map::PrefixMap;
 use crate::rib::{select, Path, PathInfo, Selection, Source};
 
@@ -204,7 +205,7 @@ impl LocRib {
 
     /// Add or replace `path` (keyed by its source). Returns true when the best path or
     /// the ECMP set changed.
-    pub fn insert(&mut self, prefix: Prefix, path: Path) -> bool {
+    pub fn insert(&mut self, prefix: IpNet, path: Path) -> bool {
         let (la, mp) = (self.local_as, self.multipath);
         let d = self.table.get_or_insert_with(prefix, Dest::default);
         let before = d.fingerprint(mp);
@@ -213,7 +214,7 @@ impl LocRib {
     }
 
     /// Remove the path from `source`. Returns true when the selection changed.
-    pub fn remove(&mut self, prefix: &Prefix, source: Source) -> bool {
+    pub fn remove(&mut self, prefix: &IpNet, source: Source) -> bool {
         let (la, mp) = (self.local_as, self.multipath);
         let Some(d) = self.table.get_mut(prefix) else {
             return false;
@@ -228,22 +229,22 @@ impl LocRib {
     }
 
     /// The destination of a prefix.
-    pub fn get(&self, prefix: &Prefix) -> Option<&Dest> {
+    pub fn get(&self, prefix: &IpNet) -> Option<&Dest> {
         self.table.get(prefix)
     }
 
     /// The destination of a prefix, to flag its paths ([`Dest::paths_mut`]).
-    pub fn get_mut(&mut self, prefix: &Prefix) -> Option<&mut Dest> {
+    pub fn get_mut(&mut self, prefix: &IpNet) -> Option<&mut Dest> {
         self.table.get_mut(prefix)
     }
 
     /// Every destination, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (Prefix, &Dest)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, &Dest)> + '_ {
         self.table.iter()
     }
 
     /// Every prefix, in no particular order.
-    pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.table.keys()
     }
 

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use crate::loc_rib::{Dest, LocRib};
-use crate::prefix::Prefix;
+use ipnet::IpNet;
+
 use crate::prefix_map::PrefixMap;
 use crate::update::PathAttributes;
 
@@ -255,7 +256,7 @@ pub struct InRoute {
 pub type AdjRibIn = PrefixMap<InRoute>;
 
 /// What this speaker last advertised to a peer.
-pub type AdjRibOut = HashMap<Prefix, (Arc<PathAttributes>, IpAddr)>;
+pub type AdjRibOut = HashMap<IpNet, (Arc<PathAttributes>, IpAddr)>;
 
 /// Which Loc-RIB routes a peer gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -455,7 +456,7 @@ mod tests {
     #[test]
     fn equal_paths_make_an_ecmp_set_and_changes_are_reported() {
         let mut rib = LocRib::new(65000, true);
-        let p: Prefix = "10.244.9.0/24".parse().unwrap();
+        let p: IpNet = "10.244.9.0/24".parse().unwrap();
         assert!(rib.insert(p, path(Source::Peer(0), 100, &[65001], "10.0.0.1", true, 1)));
         assert!(rib.insert(p, path(Source::Peer(1), 100, &[65002], "10.0.0.2", true, 2)));
         assert!(

@@ -25,7 +25,9 @@ use crate::error::{cease, code};
 use crate::fsm::{Action, DownReason, Event, Fsm, FsmConfig, State, Timer};
 use crate::intern::Interner;
 use crate::msg::{frame_len, Capability, Ctx, GracefulRestart, Message, Notification, Open};
-use crate::prefix::{Afi, Prefix};
+use ipnet::IpNet;
+
+use crate::prefix::{Afi, Nlri};
 use crate::rib::{
     export, AdjRibIn, AdjRibOut, ExportPolicy, ExportTarget, InRoute, LocRib, Path, PathInfo,
     PeerId, Source, SourceInfo,
@@ -228,8 +230,8 @@ pub struct PathStatus {
 /// A prefix in the Loc-RIB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteStatus {
-    /// Prefix.
-    pub prefix: Prefix,
+    /// IpNet.
+    pub prefix: IpNet,
     /// Paths, best first.
     pub paths: Vec<PathStatus>,
 }
@@ -253,7 +255,7 @@ struct PeerRt {
     last_router_id: Option<Ipv4Addr>,
     adj_in: AdjRibIn,
     adj_out: AdjRibOut,
-    dirty: HashSet<Prefix>,
+    dirty: HashSet<IpNet>,
     need_eor: bool,
     notify: Arc<Notify>,
     stale_until: Option<Instant>,
@@ -272,8 +274,8 @@ struct Core {
     /// Advertised attribute sets (Adj-RIB-Outs), one per distinct set.
     out_attrs: Interner<PathAttributes>,
     peers: Vec<PeerRt>,
-    originated: BTreeSet<Prefix>,
-    fib_dirty: BTreeSet<Prefix>,
+    originated: BTreeSet<IpNet>,
+    fib_dirty: BTreeSet<IpNet>,
     started: Instant,
 }
 
@@ -304,7 +306,7 @@ fn local_path(router_id: Ipv4Addr) -> Path {
 }
 
 impl Core {
-    fn changed(&mut self, p: Prefix, wake: &mut Vec<Arc<Notify>>) {
+    fn changed(&mut self, p: IpNet, wake: &mut Vec<Arc<Notify>>) {
         self.fib_dirty.insert(p);
         for peer in &mut self.peers {
             if peer.state == State::Established {
@@ -316,7 +318,7 @@ impl Core {
         }
     }
 
-    fn withdraw_from(&mut self, id: PeerId, p: &Prefix, wake: &mut Vec<Arc<Notify>>) {
+    fn withdraw_from(&mut self, id: PeerId, p: &IpNet, wake: &mut Vec<Arc<Notify>>) {
         self.peers[id].adj_in.remove(p);
         if self.rib.remove(p, Source::Peer(id)) {
             self.changed(*p, wake);
@@ -324,7 +326,7 @@ impl Core {
     }
 
     fn flush_stale(&mut self, id: PeerId, afi: Option<Afi>, wake: &mut Vec<Arc<Notify>>) -> usize {
-        let stale: Vec<Prefix> = self.peers[id]
+        let stale: Vec<IpNet> = self.peers[id]
             .adj_in
             .iter()
             .filter(|(p, r)| r.stale && afi.is_none_or(|a| p.afi() == a))
@@ -480,7 +482,7 @@ impl Core {
             }
             rt.stale_until =
                 Some(Instant::now() + Duration::from_secs(u64::from(g.restart_time.max(1))));
-            let stale: Vec<Prefix> = rt
+            let stale: Vec<IpNet> = rt
                 .adj_in
                 .iter()
                 .filter(|(_, r)| r.stale)
@@ -497,7 +499,7 @@ impl Core {
             }
             info!(peer = %self.peers[id].cfg.address, routes = n, restart_time = g.restart_time, "graceful restart: routes kept as stale");
             // Routes from families not covered go now.
-            let other: Vec<Prefix> = self.peers[id]
+            let other: Vec<IpNet> = self.peers[id]
                 .adj_in
                 .iter()
                 .filter(|(_, r)| !r.stale)
@@ -507,7 +509,7 @@ impl Core {
                 self.withdraw_from(id, &p, &mut wake);
             }
         } else {
-            let all: Vec<Prefix> = rt.adj_in.keys().collect();
+            let all: Vec<IpNet> = rt.adj_in.keys().collect();
             for p in all {
                 self.withdraw_from(id, &p, &mut wake);
             }
@@ -531,11 +533,11 @@ impl Core {
         let ctx = s.ctx;
         let families = s.families.clone();
         // Taken, not drained: a set that held a whole table gives its memory back.
-        let dirty: Vec<Prefix> = std::mem::take(&mut self.peers[id].dirty)
+        let dirty: Vec<IpNet> = std::mem::take(&mut self.peers[id].dirty)
             .into_iter()
             .collect();
-        let mut announce: HashMap<(PathAttributes, IpAddr), Vec<Prefix>> = HashMap::new();
-        let mut withdraw: BTreeMap<Afi, Vec<Prefix>> = BTreeMap::new();
+        let mut announce: HashMap<(PathAttributes, IpAddr), Vec<IpNet>> = HashMap::new();
+        let mut withdraw: BTreeMap<Afi, Vec<IpNet>> = BTreeMap::new();
         for p in dirty {
             let want = if !families.contains(&p.afi()) {
                 None
@@ -602,10 +604,7 @@ fn wake_all(w: Vec<Arc<Notify>>) {
 
 impl Speaker {
     /// Start the listener and one task per peer. Must run inside a tokio runtime.
-    pub async fn start(
-        cfg: SpeakerConfig,
-        originate: Vec<Prefix>,
-    ) -> Result<Speaker, SpeakerError> {
+    pub async fn start(cfg: SpeakerConfig, originate: Vec<IpNet>) -> Result<Speaker, SpeakerError> {
         if cfg.connect_retry == 0 {
             return Err(SpeakerError::Config(
                 "connect retry time must be at least 1 s (0 would reconnect in a tight loop)"
@@ -634,6 +633,7 @@ impl Speaker {
                     .map_err(|e| SpeakerError::Config(format!("peer {}: {e}", p.address)))?;
             }
         }
+        let originate: Vec<IpNet> = originate.iter().map(IpNet::trunc).collect();
         let mut rib = LocRib::new(cfg.local_as, cfg.multipath);
         for p in &originate {
             rib.insert(*p, local_path(cfg.router_id));
@@ -743,8 +743,10 @@ impl Speaker {
         }
     }
 
-    /// Originate a prefix (advertised to peers with ourselves as next hop).
-    pub fn originate(&self, p: Prefix) {
+    /// Originate a prefix (advertised to peers with ourselves as next hop; host bits
+    /// cleared).
+    pub fn originate(&self, p: IpNet) {
+        let p = p.trunc();
         let mut wake = Vec::new();
         let mut c = lock(&self.inner);
         let rid = c.cfg.router_id;
@@ -758,7 +760,8 @@ impl Speaker {
     }
 
     /// Stop originating a prefix.
-    pub fn withdraw_originated(&self, p: Prefix) {
+    pub fn withdraw_originated(&self, p: IpNet) {
+        let p = p.trunc();
         let mut wake = Vec::new();
         let mut c = lock(&self.inner);
         c.originated.remove(&p);
@@ -771,7 +774,7 @@ impl Speaker {
     }
 
     /// Make the originated set exactly `set`.
-    pub fn set_originated(&self, set: &BTreeSet<Prefix>) {
+    pub fn set_originated(&self, set: &BTreeSet<IpNet>) {
         let cur = lock(&self.inner).originated.clone();
         for p in cur.difference(set) {
             self.withdraw_originated(*p);
@@ -782,7 +785,7 @@ impl Speaker {
     }
 
     /// Prefixes originated.
-    pub fn originated(&self) -> BTreeSet<Prefix> {
+    pub fn originated(&self) -> BTreeSet<IpNet> {
         lock(&self.inner).originated.clone()
     }
 
@@ -794,7 +797,7 @@ impl Speaker {
 
     /// Learnt prefixes whose forwarding changed since the last call, with their ECMP next
     /// hops (empty: remove). Prefixes whose best path is local are reported empty.
-    pub fn take_fib_changes(&self) -> Vec<(Prefix, Vec<IpAddr>)> {
+    pub fn take_fib_changes(&self) -> Vec<(IpNet, Vec<IpAddr>)> {
         let mut c = lock(&self.inner);
         let dirty = std::mem::take(&mut c.fib_dirty);
         let mp = c.rib.multipath;
@@ -813,7 +816,7 @@ impl Speaker {
     }
 
     /// Every learnt prefix with its ECMP next hops.
-    pub fn fib_routes(&self) -> Vec<(Prefix, Vec<IpAddr>)> {
+    pub fn fib_routes(&self) -> Vec<(IpNet, Vec<IpAddr>)> {
         let c = lock(&self.inner);
         let mp = c.rib.multipath;
         c.rib
@@ -883,7 +886,7 @@ impl Speaker {
     /// Loc-RIB entries (all, one exact prefix, or the longest match for an address).
     pub fn routes(&self, filter: Option<&str>) -> Vec<RouteStatus> {
         let c = lock(&self.inner);
-        let render = |p: &Prefix| -> Option<RouteStatus> {
+        let render = |p: &IpNet| -> Option<RouteStatus> {
             let d = c.rib.get(p)?;
             let sel = d.selection(c.rib.local_as);
             let mut paths: Vec<(bool, PathStatus)> = d
@@ -931,18 +934,18 @@ impl Speaker {
         };
         match filter {
             None => {
-                let mut all: Vec<Prefix> = c.rib.prefixes().collect();
+                let mut all: Vec<IpNet> = c.rib.prefixes().collect();
                 all.sort_unstable();
                 all.iter().filter_map(render).collect()
             }
             Some(f) => {
-                if let Ok(p) = f.parse::<Prefix>() {
-                    render(&p).into_iter().collect()
+                if let Ok(p) = f.parse::<IpNet>() {
+                    render(&p.trunc()).into_iter().collect()
                 } else if let Ok(ip) = f.parse::<IpAddr>() {
                     c.rib
                         .prefixes()
-                        .filter(|p| p.contains(ip))
-                        .max_by_key(|p| p.len())
+                        .filter(|p| p.contains(&ip))
+                        .max_by_key(|p| p.prefix_len())
                         .and_then(|p| render(&p))
                         .into_iter()
                         .collect()

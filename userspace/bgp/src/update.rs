@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::error::{AttrError, AttrErrorKind, DecodeError, ErrorAction};
 use crate::msg::{finish_header, start_header, Ctx, AS_TRANS, HEADER_LEN, MAX_LEN};
-use crate::prefix::{Afi, Prefix, SAFI_UNICAST};
+use ipnet::IpNet;
+
+use crate::prefix::{Afi, Nlri, SAFI_UNICAST};
 
 /// Attribute flag bits.
 pub mod flag {
@@ -348,7 +350,7 @@ pub struct MpReach {
     /// IPv6 link-local next hop, when 32 octets were sent.
     pub link_local: Option<Ipv6Addr>,
     /// Announced prefixes.
-    pub nlri: Vec<Prefix>,
+    pub nlri: Vec<IpNet>,
 }
 
 /// MP_UNREACH_NLRI (RFC 4760 §4):
@@ -367,7 +369,7 @@ pub struct MpUnreach {
     /// Family (unicast SAFI).
     pub afi: Afi,
     /// Withdrawn prefixes.
-    pub withdrawn: Vec<Prefix>,
+    pub withdrawn: Vec<IpNet>,
 }
 
 // UPDATE (RFC 4271 §4.3):
@@ -390,11 +392,11 @@ pub struct MpUnreach {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Update {
     /// IPv4 withdrawn routes field.
-    pub withdrawn: Vec<Prefix>,
+    pub withdrawn: Vec<IpNet>,
     /// Path attributes (`None` when the message has none: a pure withdrawal).
     pub attrs: Option<PathAttributes>,
     /// IPv4 NLRI field.
-    pub nlri: Vec<Prefix>,
+    pub nlri: Vec<IpNet>,
     /// MP_REACH_NLRI.
     pub mp_reach: Option<MpReach>,
     /// MP_UNREACH_NLRI.
@@ -735,7 +737,7 @@ fn decode_mp_reach(v: &[u8]) -> Result<Option<MpReach>, DecodeError> {
         }
         _ => return Err(bad),
     };
-    let nlri = Prefix::decode_all(rest, afi).ok_or(bad)?;
+    let nlri = crate::prefix::decode_all(rest, afi).ok_or(bad)?;
     Ok(Some(MpReach {
         afi,
         next_hop,
@@ -754,7 +756,7 @@ fn decode_mp_unreach(v: &[u8]) -> Result<Option<MpUnreach>, DecodeError> {
     else {
         return Ok(None);
     };
-    let withdrawn = Prefix::decode_all(&v[3..], afi).ok_or(bad)?;
+    let withdrawn = crate::prefix::decode_all(&v[3..], afi).ok_or(bad)?;
     Ok(Some(MpUnreach { afi, withdrawn }))
 }
 
@@ -776,8 +778,10 @@ impl Update {
             .get(4 + wlen..4 + wlen + alen)
             .ok_or(DecodeError::MalformedAttributeList)?;
         let n = &b[4 + wlen + alen..];
-        let withdrawn = Prefix::decode_all(w, Afi::Ipv4).ok_or(DecodeError::InvalidNetworkField)?;
-        let nlri = Prefix::decode_all(n, Afi::Ipv4).ok_or(DecodeError::InvalidNetworkField)?;
+        let withdrawn =
+            crate::prefix::decode_all(w, Afi::Ipv4).ok_or(DecodeError::InvalidNetworkField)?;
+        let nlri =
+            crate::prefix::decode_all(n, Afi::Ipv4).ok_or(DecodeError::InvalidNetworkField)?;
         let mut d = AttrDecoder {
             ctx,
             attrs: PathAttributes::default(),
@@ -881,7 +885,7 @@ impl Update {
 
     /// Prefixes this UPDATE withdraws (IPv4 field and MP_UNREACH; with RFC 7606
     /// treat-as-withdraw, the announced ones too).
-    pub fn withdrawals(&self) -> Vec<Prefix> {
+    pub fn withdrawals(&self) -> Vec<IpNet> {
         let mut v = self.withdrawn.clone();
         if let Some(m) = &self.mp_unreach {
             v.extend_from_slice(&m.withdrawn);
@@ -896,7 +900,7 @@ impl Update {
     }
 
     /// Prefixes announced with their next hop (empty under treat-as-withdraw).
-    pub fn announcements(&self) -> Vec<(Prefix, IpAddr)> {
+    pub fn announcements(&self) -> Vec<(IpNet, IpAddr)> {
         let mut v = Vec::new();
         if self.treat_as_withdraw.is_some() {
             return v;
@@ -911,7 +915,7 @@ impl Update {
     }
 }
 
-fn encode_mp_reach(out: &mut Vec<u8>, afi: Afi, nh: IpAddr, ll: Option<Ipv6Addr>, nlri: &[Prefix]) {
+fn encode_mp_reach(out: &mut Vec<u8>, afi: Afi, nh: IpAddr, ll: Option<Ipv6Addr>, nlri: &[IpNet]) {
     let mut v = Vec::new();
     v.extend_from_slice(&afi.code().to_be_bytes());
     v.push(SAFI_UNICAST);
@@ -937,7 +941,7 @@ fn encode_mp_reach(out: &mut Vec<u8>, afi: Afi, nh: IpAddr, ll: Option<Ipv6Addr>
     put_attr(out, flag::OPTIONAL, attr::MP_REACH, &v);
 }
 
-fn encode_mp_unreach(out: &mut Vec<u8>, afi: Afi, withdrawn: &[Prefix]) {
+fn encode_mp_unreach(out: &mut Vec<u8>, afi: Afi, withdrawn: &[IpNet]) {
     let mut v = Vec::new();
     v.extend_from_slice(&afi.code().to_be_bytes());
     v.push(SAFI_UNICAST);
@@ -953,7 +957,7 @@ fn encode_mp_unreach(out: &mut Vec<u8>, afi: Afi, withdrawn: &[Prefix]) {
 pub fn pack_announce(
     attrs: &PathAttributes,
     next_hop: IpAddr,
-    prefixes: &[Prefix],
+    prefixes: &[IpNet],
     ctx: &Ctx,
 ) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
@@ -1001,7 +1005,7 @@ pub fn pack_announce(
 }
 
 /// Pack withdrawals of one family into as few UPDATEs as fit.
-pub fn pack_withdraw(afi: Afi, prefixes: &[Prefix]) -> Vec<Vec<u8>> {
+pub fn pack_withdraw(afi: Afi, prefixes: &[IpNet]) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
     let mut rest = prefixes;
     while !rest.is_empty() {

@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ferroplane_bgp::error::{AttrErrorKind, DecodeError, ErrorAction};
 use ferroplane_bgp::msg::{Capability, Ctx, Message};
-use ferroplane_bgp::prefix::{Afi, Prefix};
+use ferroplane_bgp::prefix::{Afi, Nlri};
 use ferroplane_bgp::update::{
     pack_announce, pack_withdraw, AsPath, AsSegment, Origin, PathAttributes, SegmentKind, Update,
 };
+use ipnet::IpNet;
 
 const BIRD_AS: u32 = 4_200_000_001;
 const GOBGP_AS: u32 = 65002;
@@ -34,7 +35,7 @@ fn update(name: &str, peer_as: u32) -> Update {
     }
 }
 
-fn p(s: &str) -> Prefix {
+fn p(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
@@ -394,8 +395,8 @@ fn two_octet_sessions_merge_as4_path() {
 
 #[test]
 fn packing_respects_4096_and_loses_nothing() {
-    let prefixes: Vec<Prefix> = (0..10_000u32)
-        .map(|i| Prefix::v4(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap())
+    let prefixes: Vec<IpNet> = (0..10_000u32)
+        .map(|i| ferroplane_bgp::prefix::v4(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap())
         .collect();
     let attrs = PathAttributes {
         as_path: AsPath(vec![AsSegment {
@@ -416,7 +417,7 @@ fn packing_respects_4096_and_loses_nothing() {
     }
     assert_eq!(got, prefixes);
     assert!(msgs.len() < 15, "{} messages", msgs.len());
-    let v6: Vec<Prefix> = (0..3000u32)
+    let v6: Vec<IpNet> = (0..3000u32)
         .map(|i| format!("2001:db8:{i:x}::/48").parse().unwrap())
         .collect();
     let msgs = pack_announce(&attrs, "2001:db8::1".parse().unwrap(), &v6, &c);

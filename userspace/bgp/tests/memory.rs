@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use ferroplane_bgp::msg::{Capability, Open};
 use ferroplane_bgp::update::{AsPath, AsSegment, PathAttributes, SegmentKind, Update};
-use ferroplane_bgp::{Ctx, Message, PeerConfig, Prefix, Speaker, SpeakerConfig};
+use ferroplane_bgp::{Ctx, Message, PeerConfig, Speaker, SpeakerConfig};
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -57,8 +58,8 @@ const LOCAL_AS: u32 = 64512;
 /// 462 before attribute sets were interned and one-path destinations kept inline.
 const BUDGET_PER_ROUTE: isize = 120;
 
-fn prefix(i: u32) -> Prefix {
-    Prefix::v4(Ipv4Addr::from((100u32 << 24) + (i << 8)), 24).unwrap()
+fn prefix(i: u32) -> IpNet {
+    ferroplane_bgp::prefix::v4(Ipv4Addr::from((100u32 << 24) + (i << 8)), 24).unwrap()
 }
 
 async fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

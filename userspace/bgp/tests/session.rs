@@ -5,14 +5,14 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ferroplane_bgp::prefix::Prefix;
 use ferroplane_bgp::{PeerConfig, Speaker, SpeakerConfig};
+use ipnet::IpNet;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn p(s: &str) -> Prefix {
+fn p(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 

@@ -154,7 +154,7 @@ fn apply(s: &mut NodeState, step: &Step) -> Changes {
             if ecmp {
                 hops.push(ip("192.168.100.3"));
             }
-            s.bgp_routes.insert(p, hops);
+            s.bgp_routes.insert(p, hops.into());
             Changes::routes([p])
         }
         Step::Forget(i) => {
@@ -242,7 +242,7 @@ fn untouched_tables_are_shared() {
     assert!(Arc::ptr_eq(&a.tunnels, &b.tunnels));
     assert!(!Arc::ptr_eq(&a.ifaces, &b.ifaces));
     s.bgp_routes
-        .insert("10.70.0.0/16".parse().unwrap(), vec![ip("192.168.100.1")]);
+        .insert("10.70.0.0/16".parse().unwrap(), [ip("192.168.100.1")].into());
     let c = rec
         .snapshot(&s, &Changes::routes(["10.70.0.0/16".parse().unwrap()]))
         .unwrap();

@@ -5,10 +5,11 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ferroplane_bgp::{Afi, PeerConfig, Prefix};
+use ferroplane_bgp::PeerConfig;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
+use crate::spec::{ConfigError, NodeSpec};
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -62,17 +63,22 @@ pub struct AdvertiseSpec {
     #[serde(default = "yes", rename = "podCIDR")]
     pub pod_cidr: bool,
     /// The service ClusterIP range.
-    #[serde(default, rename = "serviceClusterIPRange")]
-    pub service_cluster_ip_range: Option<Ipv4Cidr>,
+    #[serde(
+        default,
+        rename = "serviceClusterIPRange",
+        deserialize_with = "crate::spec::de::opt_ipv4_net"
+    )]
+    pub service_cluster_ip_range: Option<Ipv4Net>,
     /// Services' externalIPs.
     #[serde(default, rename = "externalIPs")]
     pub external_ips: bool,
     /// LoadBalancer ingress IPs.
     #[serde(default, rename = "loadBalancerIPs")]
     pub load_balancer_ips: bool,
-    /// IPv6 prefixes to originate (kernel-routed on this node: the engine is IPv4-only).
+    /// IPv6 prefixes to originate (kernel-routed on this node: the engine is IPv4-only;
+    /// host bits are cleared when originated).
     #[serde(default, rename = "ipv6Prefixes")]
-    pub ipv6_prefixes: Vec<Prefix>,
+    pub ipv6_prefixes: Vec<Ipv6Net>,
 }
 
 impl Default for AdvertiseSpec {
@@ -156,14 +162,6 @@ impl BgpSpec {
                 return Err(invalid("bgp.routerID", format!("{r} is not usable")));
             }
         }
-        for (i, p) in self.advertise.ipv6_prefixes.iter().enumerate() {
-            if p.afi() != Afi::Ipv6 {
-                return Err(invalid(
-                    &format!("bgp.advertise.ipv6Prefixes[{i}]"),
-                    format!("{p} is not an IPv6 prefix"),
-                ));
-            }
-        }
         if let Some(a) = self.next_hop_v6 {
             if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
                 return Err(invalid("bgp.nextHopV6", format!("{a} is not usable")));
@@ -185,7 +183,7 @@ impl BgpSpec {
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             let f = |x: &str| format!("bgp.peers[{i}].{x}");
-            if p.address == IpAddr::V4(spec.node.address.addr) {
+            if p.address == IpAddr::V4(spec.node.address.addr()) {
                 return Err(invalid(&f("address"), "is this node's address"));
             }
             if !seen.insert(p.address) {
