@@ -24,6 +24,8 @@ const UNIT_LIMIT: Duration = Duration::from_secs(20 * 60);
 const SUITE_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// Time limit of the DPDK step's tests (today ≈ 1 s of tests after the build).
 const DPDK_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// Time limit of the agent's unit tests with the feature (its test target is built in it).
+const AGENT_DPDK_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// Time limit of the fuzz step.
 const FUZZ_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// Overrides [`SUITE_LIMIT`], in seconds.
@@ -116,7 +118,7 @@ impl Report {
 /// `cargo xtask test`: deps, fmt, clippy, release build, unit tests (default members), fuzz
 /// targets, the DPDK backend (feature `dpdk`), root e2e suites.
 pub fn run() -> Result<()> {
-    let mut p = Progress::new(10);
+    let mut p = Progress::new(11);
     let mut report = Report::default();
     if ferroplane_testkit::in_ci() {
         println!("CI=true: a test that cannot run here fails");
@@ -218,10 +220,11 @@ pub fn run() -> Result<()> {
     report.record("fuzz", fuzz);
 
     // The io crate's DPDK backend (feature `dpdk`, off in the default build): its packages,
-    // clippy with the feature, its unit tests and the vdev suite (root, namespaces;
-    // net_af_packet and net_af_xdp on veths, no hugepages). Adds about a minute: the io
-    // crate and its test targets built once more with the feature.
-    let dpdk = p
+    // clippy with the feature, its unit tests and the vdev suites (root, namespaces;
+    // net_af_packet and net_af_xdp on veths, net_tap for the exception path, no hugepages);
+    // then the agent's DPDK uplink code with the feature. Adds a few minutes: the io crate,
+    // its test targets and the agent built once more with the feature.
+    let (dpdk, agent_dpdk) = p
         .step("DPDK backend (ferroplane-io --features dpdk)", || {
             crate::deps::ensure_dpdk()?;
             if let Err(e) = run_cmd(cargo().args([
@@ -239,7 +242,7 @@ pub fn run() -> Result<()> {
                 eprintln!("{e:#}");
                 report.failed_steps.push("clippy (dpdk)".into());
             }
-            run_tests(
+            let io = run_tests(
                 "dpdk",
                 cargo().args([
                     "test",
@@ -252,57 +255,60 @@ pub fn run() -> Result<()> {
                     "--lib",
                     "--test",
                     "dpdk",
+                    "--test",
+                    "dpdk_exception",
                 ]),
                 DPDK_LIMIT,
-            )
+            )?;
+            // The agent's DPDK uplink (its `dpdk` module, the engine's HybridIo backend, the
+            // daemon's start/stop hooks): clippy and unit tests with the feature. The agent
+            // built with the feature is a second variant in the same target dir (cargo
+            // keys artifacts by feature set), so the default binaries are not rebuilt.
+            if let Err(e) = run_cmd(cargo().args([
+                "clippy",
+                "--release",
+                "-p",
+                "ferroplane-agent",
+                "--features",
+                "dpdk",
+                "--lib",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ])) {
+                eprintln!("{e:#}");
+                report.failed_steps.push("clippy (agent dpdk)".into());
+            }
+            let agent = run_tests(
+                "agent dpdk",
+                cargo().args([
+                    "test",
+                    "--release",
+                    "--no-fail-fast",
+                    "-p",
+                    "ferroplane-agent",
+                    "--features",
+                    "dpdk",
+                    "--lib",
+                    "--",
+                    "dpdk",
+                    "spec::uplink",
+                ]),
+                AGENT_DPDK_LIMIT,
+            )?;
+            Ok((io, agent))
         })
         .unwrap_or_else(|e| abort(e, &report));
     report.record("dpdk", dpdk);
+    report.record("agent dpdk", agent_dpdk);
 
     let limit = std::env::var(SUITE_LIMIT_ENV)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .map_or(SUITE_LIMIT, Duration::from_secs);
     let e2e = p.step("e2e suites (root, network namespaces)", || {
-        if !is_root() {
-            println!("WARNING: not root: every e2e test will skip itself (fail with CI=true)");
-        }
-        let mut runs = Vec::new();
-        // The harness's own unit and doc tests, then one command per suite, so a suite's
-        // time limit and failures are its own.
-        for (label, target) in [("e2e lib", "--lib"), ("e2e doc", "--doc")] {
-            let run = run_tests(
-                label,
-                cargo().args([
-                    "test",
-                    "--release",
-                    "--no-fail-fast",
-                    "-p",
-                    "ferroplane-e2e",
-                    target,
-                ]),
-                limit,
-            )?;
-            runs.push((label.to_string(), run));
-        }
-        for suite in e2e_suites()? {
-            let label = format!("e2e suite {suite}");
-            let run = run_tests(
-                &label,
-                cargo()
-                    .args([
-                        "test",
-                        "--release",
-                        "--no-fail-fast",
-                        "-p",
-                        "ferroplane-e2e",
-                    ])
-                    .args(["--test", &suite, "--", "--test-threads", E2E_THREADS]),
-                limit,
-            )?;
-            runs.push((label, run));
-        }
-        Ok(runs)
+        e2e_pass(None, limit)
     });
     match e2e {
         Ok(runs) => {
@@ -312,8 +318,82 @@ pub fn run() -> Result<()> {
         }
         Err(e) => abort(e, &report),
     }
+    // Every suite again with two engine workers in every agent (issue 17: "with 2 workers,
+    // every existing e2e suite passes"): in CI, or when asked for locally. About as long as
+    // the first pass (≈ 7 min today).
+    if ferroplane_testkit::in_ci() || std::env::var_os(WORKERS_PASS_ENV).is_some() {
+        let e2e = p.step(
+            "e2e suites again with 2 engine workers (FERRO_WORKERS=2)",
+            || e2e_pass(Some(WORKERS_PASS), limit),
+        );
+        match e2e {
+            Ok(runs) => {
+                for (label, run) in runs {
+                    report.record(&label, run);
+                }
+            }
+            Err(e) => abort(e, &report),
+        }
+    } else {
+        let _ = p.step("e2e suites with 2 engine workers", || {
+            println!("not run: CI only (or set {WORKERS_PASS_ENV}=1)");
+            Ok(())
+        });
+    }
 
     report.finish(&p)
+}
+
+/// The environment of the second e2e pass: every agent the suites start gets `--workers 2`.
+const WORKERS_PASS: (&str, &str) = ("FERRO_WORKERS", "2");
+/// Set to run the second e2e pass outside CI.
+const WORKERS_PASS_ENV: &str = "FERROPLANE_E2E_WORKERS";
+
+/// One pass over the e2e suites (the harness's own unit and doc tests first, then one
+/// command per suite, so a suite's time limit and failures are its own), with `env` set
+/// for every command; labels carry the variable.
+fn e2e_pass(env: Option<(&str, &str)>, limit: Duration) -> Result<Vec<(String, TestRun)>> {
+    if !is_root() {
+        println!("WARNING: not root: every e2e test will skip itself (fail with CI=true)");
+    }
+    let tag = env.map_or(String::new(), |(k, v)| format!(" ({k}={v})"));
+    let with_env = |c: &mut std::process::Command| {
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+    };
+    let mut runs = Vec::new();
+    for (label, target) in [("e2e lib", "--lib"), ("e2e doc", "--doc")] {
+        let label = format!("{label}{tag}");
+        let mut c = cargo();
+        c.args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "ferroplane-e2e",
+            target,
+        ]);
+        with_env(&mut c);
+        let run = run_tests(&label, &mut c, limit)?;
+        runs.push((label, run));
+    }
+    for suite in e2e_suites()? {
+        let label = format!("e2e suite {suite}{tag}");
+        let mut c = cargo();
+        c.args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "ferroplane-e2e",
+        ])
+        .args(["--test", &suite, "--", "--test-threads", E2E_THREADS]);
+        with_env(&mut c);
+        let run = run_tests(&label, &mut c, limit)?;
+        runs.push((label, run));
+    }
+    Ok(runs)
 }
 
 /// The e2e suites: `tests/tests/NAME.rs` and `tests/tests/NAME/main.rs`, sorted.

@@ -112,8 +112,8 @@ impl FastPath {
         let mut writer = Writer {
             bpf,
             shared: engine.shared.clone(),
-            control: engine.control.clone(),
-            sessions: engine.sessions.clone(),
+            controls: engine.controls(),
+            sessions: engine.all_sessions(),
             on,
             config: None,
             version: None,
@@ -183,8 +183,10 @@ impl Drop for FastPath {
 struct Writer {
     bpf: Arc<Mutex<Dataplane>>,
     shared: Arc<Shared>,
-    control: Arc<WorkerControl>,
-    sessions: Option<Arc<Mutex<Conntrack>>>,
+    /// Every engine worker's knobs (a trace or capture on any bypasses the cache).
+    controls: Vec<Arc<WorkerControl>>,
+    /// Every engine worker's session table.
+    sessions: Vec<Arc<Mutex<Conntrack>>>,
     on: bool,
     /// The `config` flags last written.
     config: Option<u32>,
@@ -382,8 +384,10 @@ impl Writer {
                 return;
             }
             // A trace or a packet capture sees every packet: the cache is bypassed meanwhile.
-            let tracing = self.control.trace_remaining.load(Ordering::Relaxed) > 0
-                || self.control.capture_active.load(Ordering::Relaxed);
+            let tracing = self.controls.iter().any(|c| {
+                c.trace_remaining.load(Ordering::Relaxed) > 0
+                    || c.capture_active.load(Ordering::Relaxed)
+            });
             self.set_config(tracing);
             if self.last_sync.elapsed() >= SYNC {
                 self.sync();
@@ -521,31 +525,44 @@ impl Writer {
                 return;
             }
         };
-        let mut ct = self.sessions.as_ref().and_then(|s| s.lock().ok());
-        let mut live = HashSet::with_capacity(entries.len());
-        for (k, v) in entries {
-            let idle = now_ns.saturating_sub(v.seen_ns) > IDLE_NS;
-            let mut gone = idle;
-            if let Some(ct) = ct.as_deref_mut() {
-                let fk = flow_key(&k);
-                let now_ms = ct.now_ms();
+        // Each worker's session table in turn (one locked at a time, so no sync stalls every
+        // worker at once): XDP's activity credited to the flow's session, wherever it lives,
+        // and which of this engine's translated entries still have a session.
+        let mut with_session = HashSet::new();
+        let mut checked = !self.sessions.is_empty();
+        for table in &self.sessions {
+            let Ok(mut ct) = table.lock() else {
+                checked = false;
+                continue;
+            };
+            let now_ms = ct.now_ms();
+            for (k, v) in &entries {
+                let idle = now_ns.saturating_sub(v.seen_ns) > IDLE_NS;
+                let fk = flow_key(k);
                 if !idle && v.seen_ns > since {
                     let age_ms = now_ns.saturating_sub(v.seen_ns) / 1_000_000;
-                    let counted = self.counted.get(&k).copied().unwrap_or(0);
+                    let counted = self.counted.get(k).copied().unwrap_or(0);
                     let delta = v.packets.saturating_sub(counted);
                     if ct.refresh(&fk, now_ms.saturating_sub(age_ms), delta, now_ms) {
-                        self.counted.insert(k, v.packets);
+                        self.counted.insert(*k, v.packets);
                         self.stats.refreshed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // A translated flow of this engine whose session expired or closed.
-                if v.flags & FpFlow4::NAT != 0
-                    && self.ours.contains(&k)
-                    && !ct.contains(&fk, now_ms)
+                if v.flags & FpFlow4::NAT != 0 && self.ours.contains(k) && ct.contains(&fk, now_ms)
                 {
-                    gone = true;
+                    with_session.insert(*k);
                 }
             }
+        }
+        let mut live = HashSet::with_capacity(entries.len());
+        for (k, v) in entries {
+            let idle = now_ns.saturating_sub(v.seen_ns) > IDLE_NS;
+            // A translated flow of this engine whose session expired or closed.
+            let gone = idle
+                || (checked
+                    && v.flags & FpFlow4::NAT != 0
+                    && self.ours.contains(&k)
+                    && !with_session.contains(&k));
             if gone {
                 self.counted.remove(&k);
                 self.ours.remove(&k);

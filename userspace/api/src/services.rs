@@ -76,7 +76,8 @@ pub struct SessionFilter {
 pub struct SessionsReport {
     /// Sessions in the tables (all workers).
     pub total: usize,
-    /// Limit per worker.
+    /// Sessions the tables can hold, summed over the workers (each holds up to
+    /// `conntrackMax`).
     pub limit: usize,
     /// Sessions created since start.
     pub created: u64,

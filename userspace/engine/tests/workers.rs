@@ -518,3 +518,44 @@ fn fragmented_replies_follow_their_first_fragment() {
         .all(|(i, &x)| x == (i as u8).wrapping_mul(7)));
     g.assert_no_leak();
 }
+
+/// Masquerade on both workers at once: pods owned by different workers open flows with the
+/// same source port to the same outside address and port. Each worker allocates SNAT ports
+/// from its own slice of the range, so the translated tuples differ (the same tuple twice
+/// would be one connection on the wire, and its replies would reach only one worker).
+#[test]
+fn workers_never_hand_out_the_same_snat_tuple() {
+    let mut nat = nat_default();
+    nat.masquerade = true;
+    let range = nat.snat_ports;
+    let mut g = group(8, vec![], nat);
+    let ext: Ipv4Addr = "8.8.4.4".parse().unwrap();
+    let mut ports = std::collections::BTreeMap::new();
+    for c in 1..=8u16 {
+        let syn = tcp_frame(host_mac(c), pod_mac(c), pod_ip(c), ext, 40000, 443, SYN, 0);
+        g.send(c, &syn);
+        let (s, d, sp, dp) = tuple(&g.one(0));
+        assert_eq!((s, d, dp), (NODE_IP, ext, 443));
+        assert!((range.0..=range.1).contains(&sp), "SNAT port {sp} in range");
+        let owner = addr_owner(pod_ip(c), ext, WORKERS);
+        assert!(
+            ports.insert(sp, owner).is_none(),
+            "SNAT port {sp} handed out twice: {ports:?}"
+        );
+    }
+    let owners: std::collections::HashSet<usize> = ports.values().copied().collect();
+    assert_eq!(owners.len(), WORKERS, "flows on both workers: {ports:?}");
+    // Each worker's ports lie in its own slice: worker 0's below worker 1's.
+    let max0 = ports
+        .iter()
+        .filter(|(_, w)| **w == 0)
+        .map(|(p, _)| *p)
+        .max();
+    let min1 = ports
+        .iter()
+        .filter(|(_, w)| **w == 1)
+        .map(|(p, _)| *p)
+        .min();
+    assert!(max0 < min1, "slices: {ports:?}");
+    g.assert_no_leak();
+}

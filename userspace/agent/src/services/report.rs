@@ -119,7 +119,7 @@ pub fn sessions_report(
         let now = {
             let ct = lock_sessions(t);
             r.total += ct.len();
-            r.limit = ct.limit();
+            r.limit += ct.limit();
             r.created += ct.stats.created;
             r.full += ct.stats.full;
             r.early_drops += ct.stats.early_drops;

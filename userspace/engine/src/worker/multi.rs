@@ -50,6 +50,13 @@ where
             .graph
             .shared_state("ip4-nat")
             .and_then(|s| s.downcast::<Mutex<ferroplane_tables::Conntrack>>().ok());
+        if let Some(s) = &sessions {
+            let mut ct = match s.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            ct.set_share(link.index(), link.workers());
+        }
         self.multi = Some(Multi {
             link,
             sessions,

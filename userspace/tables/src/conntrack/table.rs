@@ -155,6 +155,8 @@ pub struct Conntrack {
     pub timeouts: Timeouts,
     /// Statistics.
     pub stats: CtStats,
+    /// This table's part among the tables of several engine workers: (index, of).
+    share: (usize, usize),
 }
 
 impl Conntrack {
@@ -174,7 +176,41 @@ impl Conntrack {
             epoch: std::time::Instant::now(),
             timeouts,
             stats: CtStats::default(),
+            share: (0, 1),
         }
+    }
+
+    /// Makes this the table of worker `index` of `of` (several engine workers, each with its
+    /// own table): it holds its share of the node's session limit ([`Conntrack::share_of_limit`])
+    /// and allocates SNAT ports from its own slice of a range ([`Conntrack::share_of_range`]),
+    /// so that two workers never give two flows the same translated tuple.
+    pub fn set_share(&mut self, index: usize, of: usize) {
+        let of = of.max(1);
+        self.share = (index.min(of - 1), of);
+    }
+
+    /// (index, of) set by [`Conntrack::set_share`]; (0, 1) alone.
+    pub fn share(&self) -> (usize, usize) {
+        self.share
+    }
+
+    /// This table's part of a node-wide session limit: `limit / of`, rounded up.
+    pub fn share_of_limit(&self, limit: usize) -> usize {
+        limit.div_ceil(self.share.1)
+    }
+
+    /// This table's slice of the port range `range` (inclusive): the range cut in `of`
+    /// consecutive parts; the whole range when it has fewer ports than parts.
+    pub fn share_of_range(&self, range: (u16, u16)) -> (u16, u16) {
+        let (lo, hi) = (range.0.min(range.1), range.0.max(range.1));
+        let (i, of) = (self.share.0 as u32, self.share.1 as u32);
+        let size = u32::from(hi - lo) + 1;
+        if of <= 1 || size < of {
+            return (lo, hi);
+        }
+        let start = u32::from(lo) + size * i / of;
+        let end = u32::from(lo) + size * (i + 1) / of - 1;
+        (start as u16, end as u16)
     }
 
     /// The table's clock: milliseconds since it was created (the `now` of its callers).

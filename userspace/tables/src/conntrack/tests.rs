@@ -536,3 +536,26 @@ fn fast_path_refresh_keeps_an_established_session_alive() {
     assert!(!ct.refresh(&h.orig, 5_000, 1, 6_000));
     assert_eq!(ct.get(half).unwrap().last_seen, h.last_seen);
 }
+
+/// Tables of several workers: disjoint slices of a port range covering it, their share of a
+/// node-wide limit; one worker (the default) keeps everything.
+#[test]
+fn worker_shares_of_ports_and_limit() {
+    let mut ct = Conntrack::new(1000, Timeouts::default());
+    assert_eq!(ct.share(), (0, 1));
+    assert_eq!(ct.share_of_range((61000, 65535)), (61000, 65535));
+    assert_eq!(ct.share_of_limit(1000), 1000);
+    let mut next = 61000u32;
+    for i in 0..3 {
+        ct.set_share(i, 3);
+        let (lo, hi) = ct.share_of_range((61000, 65535));
+        assert_eq!(u32::from(lo), next, "slices follow each other");
+        assert!(lo <= hi);
+        next = u32::from(hi) + 1;
+        assert_eq!(ct.share_of_limit(1000), 334);
+    }
+    assert_eq!(next, 65536, "the slices cover the range");
+    // A range smaller than the number of workers is not cut.
+    ct.set_share(1, 3);
+    assert_eq!(ct.share_of_range((10, 11)), (10, 11));
+}

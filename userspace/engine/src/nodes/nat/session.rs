@@ -211,8 +211,10 @@ impl<M: FrameMemory> Node<M> for Ip4Nat {
             return;
         }
         let now = ct.now_ms();
-        if ct.limit() != nat.conntrack_max {
-            ct.set_limit(nat.conntrack_max);
+        // Several workers: each table holds its share of the node's limit.
+        let limit = ct.share_of_limit(nat.conntrack_max);
+        if ct.limit() != limit {
+            ct.set_limit(limit);
         }
         if ct.timeouts != nat.timeouts {
             ct.timeouts = nat.timeouts;

@@ -20,7 +20,9 @@ pub(super) fn alloc_port(
     preferred: u16,
     range: (u16, u16),
 ) -> Option<u16> {
-    let (lo, hi) = (range.0.min(range.1), range.0.max(range.1));
+    // Several workers: this table's slice of the range, so no other worker's table can
+    // hand out the same translated tuple.
+    let (lo, hi) = ct.share_of_range(range);
     let size = (hi - lo) as u32 + 1;
     let start = if (lo..=hi).contains(&preferred) {
         (preferred - lo) as u32
