@@ -35,6 +35,8 @@ pub struct Agent {
     pub fast: ferroplane_agent::fastpath::FastPath,
     /// Turns the state into the engine's tables, recomputing what changed.
     pub rec: Reconciler,
+    /// The DPDK uplink (`node.uplinkDriver: dpdk`), closed after the engine at stop.
+    pub dpdk: Option<super::dpdk::DpdkRun>,
 }
 
 impl Agent {

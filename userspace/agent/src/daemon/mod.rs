@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod args;
+pub mod dpdk;
 pub mod event_loop;
 pub mod events;
 pub mod faults;

@@ -84,7 +84,14 @@ pub async fn agent(args: &Args, spec: &NodeSpec) -> Result<Agent> {
             .context("setting up the overlay (cluster:)")?,
     );
     let plumber = Plumber::new().context("opening netlink")?;
-    let up = uplink(&plumber, spec).await?;
+    // A DPDK uplink: the node's addresses move to the exception TAP, the agent's uplink for
+    // neighbours from now on (daemon::dpdk).
+    let (up, mut dpdk_run) = if super::dpdk::wanted(spec) {
+        let (tap, run) = super::dpdk::open(&plumber, spec).await?;
+        (tap, Some(run))
+    } else {
+        (uplink(&plumber, spec).await?, None)
+    };
     let attach = match spec.node.xdp_mode {
         XdpMode::Auto => AttachMode::Auto,
         XdpMode::Native => AttachMode::Native,
@@ -92,7 +99,14 @@ pub async fn agent(args: &Args, spec: &NodeSpec) -> Result<Agent> {
     };
     let bpf = load_programs(args)?;
     let (tun, punt_ifindex) = punt_tun(&plumber).await?;
-    let (engine, fast) = start_engine(args, tun, punt_ifindex, &bpf, rx_queues(&up.name))?;
+    let (engine, fast) = start_engine(
+        args,
+        tun,
+        punt_ifindex,
+        &bpf,
+        rx_queues(&up.name),
+        dpdk_run.is_some(),
+    )?;
 
     let mut agent = Agent {
         plumber,
@@ -122,6 +136,7 @@ pub async fn agent(args: &Args, spec: &NodeSpec) -> Result<Agent> {
         gone: Default::default(),
         fast,
         rec: Reconciler::new(),
+        dpdk: None,
     };
     // hostPorts may not take the agent's own listeners (hostports::Reserved).
     if let Ok(mut c) = agent.state.services.lock() {
@@ -147,7 +162,11 @@ pub async fn agent(args: &Args, spec: &NodeSpec) -> Result<Agent> {
     agent.publish(Changes::all())?;
 
     steer(&agent, spec, &overlay, &up)?;
-    plug_uplink(&mut agent, &up).await?;
+    match dpdk_run.as_mut() {
+        Some(run) => super::dpdk::plug(&mut agent, run).await?,
+        None => plug_uplink(&mut agent, &up).await?,
+    }
+    agent.dpdk = dpdk_run;
     for pod in &spec.pods {
         if !pod.netns_path().exists() {
             agent.missing_pod(pod);
@@ -236,13 +255,15 @@ async fn punt_tun(plumber: &Plumber) -> Result<(TunDevice, u32)> {
     Ok((tun, punt.ifindex))
 }
 
-/// Starts the engine (its workers, each with its AF_XDP UMEM) and the flow-cache writer.
+/// Starts the engine (its workers, each with its AF_XDP UMEM) and the flow-cache writer
+/// (the fast path off with a DPDK uplink, `dpdk`).
 fn start_engine(
     args: &Args,
     tun: TunDevice,
     punt_ifindex: u32,
     bpf: &Arc<Mutex<Dataplane>>,
     uplink_queues: u32,
+    dpdk: bool,
 ) -> Result<(Engine, FastPath)> {
     let workers = args.workers.map_or_else(
         || ferroplane_agent::engine::default_workers(uplink_queues),
@@ -264,7 +285,8 @@ fn start_engine(
     let fast = FastPath::start(
         bpf.clone(),
         &mut engine,
-        args.fast_path == "on",
+        // Not with a DPDK uplink: XDP would forward cached flows to the kernel's TAP.
+        args.fast_path == "on" && !dpdk,
         !args.no_pin,
     );
     Ok((engine, fast))

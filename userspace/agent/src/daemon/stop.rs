@@ -20,6 +20,10 @@ pub async fn stop(mut agent: Agent, mut serving: Serving, keep: bool) -> Result<
     }
     agent.fast.stop();
     agent.engine.stop();
+    // The engine's backend is gone: the DPDK ports close, the addresses go back.
+    if let Some(run) = agent.dpdk.take() {
+        super::dpdk::stop(&agent.plumber, run).await;
+    }
     serving.host_services.stop(!keep).await;
     if keep {
         let flows = agent.bpf()?.flow4().map(|f| f.len()).unwrap_or(0);

@@ -7,6 +7,7 @@
 //! own ([`ferroplane_engine::handoff`]: a shared flow directory and a symmetric address
 //! hash). Tables reach every worker through the one published snapshot.
 
+pub mod backend;
 pub mod ports;
 pub mod workers;
 
@@ -26,6 +27,7 @@ use ferroplane_engine::{Shared, Snapshot, WorkerControl};
 use ferroplane_io::{PortId, TunDevice, XskConfig, XskIo};
 use ferroplane_tables::Conntrack;
 
+pub use backend::{EngineIo, EngineXsk};
 pub use ports::{PortOpener, UPLINK_QUEUE_WEIGHT};
 pub use workers::{default_workers, DEFAULT_WORKERS_CAP};
 
@@ -145,7 +147,7 @@ impl Engine {
                 }
             };
             let control = Arc::new(WorkerControl::default());
-            let (cmd_tx, cmd_rx) = mpsc::channel::<Command<XskIo>>();
+            let (cmd_tx, cmd_rx) = mpsc::channel::<Command<EngineIo>>();
             let setup = workers::WorkerSetup {
                 index,
                 cfg: XskConfig {

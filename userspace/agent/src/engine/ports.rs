@@ -20,6 +20,7 @@ use ferroplane_engine::handoff::PortOwners;
 use ferroplane_engine::worker::Command;
 use ferroplane_io::{IoError, OpenPort, PortId, XskIo, XskOpener};
 
+use super::backend::{EngineIo, EngineXsk};
 use super::EngineError;
 
 /// How long a caller waits for a worker to run a command.
@@ -34,7 +35,7 @@ pub const UPLINK_QUEUE_WEIGHT: u32 = 4;
 /// What reaches one worker from other threads.
 pub(super) struct WorkerLine {
     /// Commands run between its vectors.
-    pub commands: Sender<Command<XskIo>>,
+    pub commands: Sender<Command<EngineIo>>,
     /// Ends its wait.
     pub waker: ferroplane_io::Waker,
     /// Opens sockets on its UMEM on the caller's thread.
@@ -192,12 +193,52 @@ impl PortOpener {
         worker: usize,
         f: impl FnOnce(&mut XskIo) + Send + 'static,
     ) -> Result<(), EngineError> {
+        self.send_backend(worker, move |io: &mut EngineIo| f(io.xsk()))
+    }
+
+    /// Queues `f` for worker `worker` with its whole backend and wakes it, without waiting.
+    fn send_backend(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut EngineIo) + Send + 'static,
+    ) -> Result<(), EngineError> {
         let line = self.inner.workers.get(worker).ok_or(EngineError::Gone)?;
         line.commands
             .send(Box::new(f))
             .map_err(|_| EngineError::Gone)?;
         line.waker.wake();
         Ok(())
+    }
+
+    /// Runs `f` on worker `worker` with its whole backend ([`EngineIo`]: e.g. to attach a
+    /// DPDK uplink) and waits for the result.
+    pub fn exec_backend<T: Send + 'static>(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut EngineIo) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = mpsc::channel();
+        self.send_backend(worker, move |io| {
+            let _ = tx.send(f(io));
+        })?;
+        rx.recv_timeout(ANSWER)
+            .map_err(|_| EngineError::Timeout(ANSWER))
+    }
+
+    /// Reserves the first run of `n` port ids free everywhere for worker `worker` (ports of
+    /// its backend that are not AF_XDP sockets, e.g. a DPDK uplink's): no socket gets them.
+    pub fn reserve_ports(&self, n: usize, worker: usize) -> Result<PortId, EngineError> {
+        let mut table = self.inner.table();
+        let first = table
+            .first_free_run(n, |_| true)
+            .ok_or_else(|| IoError::Config(format!("no {n} free port ids")))?;
+        for i in 0..n {
+            let id = PortId::try_from(usize::from(first) + i)
+                .map_err(|_| IoError::Config(format!("port id {first} + {i} out of range")))?;
+            table.set(id, Some(worker));
+            self.inner.owners.set(id, Some(worker));
+        }
+        Ok(first)
     }
 
     /// The worker owning the fewest ports (the lowest index among equals).

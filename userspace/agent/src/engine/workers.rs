@@ -53,7 +53,7 @@ pub(super) struct WorkerSetup {
     pub anchor: Option<TunDevice>,
     pub shared: Arc<Shared>,
     pub control: Arc<WorkerControl>,
-    pub commands: Receiver<Command<XskIo>>,
+    pub commands: Receiver<Command<super::EngineIo>>,
     pub misses: Sender<(u16, Ipv4Addr)>,
     pub flows: SyncSender<FlowExport>,
     /// Where punted packets go (every worker writes to the punt TUN).
@@ -141,7 +141,7 @@ fn run_worker(
     let waker = io.waker();
     let xsk = io.opener();
     let stop = control.clone();
-    let mut worker = match Worker::new(io, shared, control) {
+    let mut worker = match Worker::new(super::backend::into_engine_io(io), shared, control) {
         Ok(w) => w,
         Err(e) => {
             let _ = ready.send(Err(EngineError::Graph(e.to_string())));

@@ -150,14 +150,7 @@ fn supported() -> Result<(), ConfigError> {
              `--features dpdk`, which needs libdpdk-dev: `cargo xtask deps --dpdk`)",
         ));
     }
-    // The I/O backend exists (ferroplane_io::dpdk, feature `dpdk`), but the engine the
-    // agent runs is built on the AF_XDP backend's shared UMEM; until the uplink can be a
-    // DPDK port next to the pods' AF_XDP ports, refuse rather than ignore the setting.
-    Err(ConfigError::invalid(
-        "node.uplinkDriver",
-        "dpdk: the DPDK uplink is not wired into the agent's engine yet (the I/O backend \
-         exists; see issue 19); use af_xdp",
-    ))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -187,12 +180,21 @@ mod tests {
         let e =
             super::super::NodeSpec::from_yaml(&format!("{NODE}  uplinkDriver: vpp\n")).unwrap_err();
         assert_eq!(e.field(), "node.uplinkDriver", "{e}");
-        let e = super::super::NodeSpec::from_yaml(&format!(
+        let r = super::super::NodeSpec::from_yaml(&format!(
             "{NODE}  uplinkDriver: dpdk\n  dpdk:\n    device: net_af_packet0,iface=up0\n    \
              noHuge: true\n    memoryMb: 128\n"
-        ))
-        .unwrap_err();
-        assert_eq!(e.field(), "node.uplinkDriver", "{e}");
+        ));
+        match r {
+            Ok(spec) => {
+                assert!(cfg!(feature = "dpdk"));
+                let d = spec.node.dpdk.unwrap();
+                assert!(d.no_huge && d.memory_mb == 128 && d.mbufs == default_mbufs());
+            }
+            Err(e) => {
+                assert!(!cfg!(feature = "dpdk"), "{e}");
+                assert_eq!(e.field(), "node.uplinkDriver", "{e}");
+            }
+        }
         let e = super::super::NodeSpec::from_yaml(&format!(
             "{NODE}  uplinkDriver: dpdk\n  dpdk:\n    device: x\n    hugepages: 1\n"
         ))
@@ -233,14 +235,14 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_dpdk_uplink_is_refused_with_the_reason() {
-        let e = validate(UplinkDriver::Dpdk, Some(&dpdk("net_af_packet0,iface=up0"))).unwrap_err();
-        assert_eq!(e.field(), "node.uplinkDriver");
-        let msg = e.to_string();
+    fn a_valid_dpdk_uplink_needs_an_agent_built_with_dpdk() {
+        let r = validate(UplinkDriver::Dpdk, Some(&dpdk("net_af_packet0,iface=up0")));
         if cfg!(feature = "dpdk") {
-            assert!(msg.contains("not wired"), "{msg}");
+            assert!(r.is_ok(), "{r:?}");
         } else {
-            assert!(msg.contains("built without DPDK support"), "{msg}");
+            let e = r.unwrap_err();
+            assert_eq!(e.field(), "node.uplinkDriver");
+            assert!(e.to_string().contains("built without DPDK support"), "{e}");
         }
     }
 }
