@@ -48,17 +48,22 @@ fn spec(services: usize, endpoint_octet: u8) -> NodeSpec {
     for i in 0..services {
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32);
         let mut s = svc.clone();
-        s.metadata.name = format!("svc-{i}");
-        s.spec.cluster_ip = Some(vip.to_string());
-        s.spec.cluster_ips = vec![vip.to_string()];
+        s.0.metadata.name = Some(format!("svc-{i}"));
+        if let Some(body) = s.0.spec.as_mut() {
+            body.cluster_ip = Some(vip.to_string());
+            body.cluster_ips = Some(vec![vip.to_string()]);
+        }
         spec.services.push(s);
         let mut e = slice.clone();
-        e.metadata.name = format!("svc-{i}-a");
-        e.metadata
+        e.0.metadata.name = Some(format!("svc-{i}-a"));
+        e.0.metadata
             .labels
+            .get_or_insert_with(Default::default)
             .insert("kubernetes.io/service-name".into(), format!("svc-{i}"));
         if i == 0 {
-            e.endpoints[0].addresses = vec![Ipv4Addr::new(10, 244, 1, endpoint_octet)];
+            if let Some(first) = e.0.endpoints.as_mut().and_then(|v| v.first_mut()) {
+                first.addresses = vec![Ipv4Addr::new(10, 244, 1, endpoint_octet).to_string()];
+            }
         }
         spec.endpoint_slices.push(e);
     }

@@ -142,25 +142,20 @@ impl BgpSpec {
                 .iter()
                 .map(|p| IpNet::V6(p.trunc())),
         );
-        for svc in &spec.services {
+        // Services that do not compile are refused by validation (or left out by the
+        // Kubernetes source) before they get here.
+        for svc in spec.services.iter().filter_map(|s| s.compile().ok()) {
             let local_only =
-                svc.spec.external_traffic_policy == Some(crate::services::TrafficPolicy::Local);
-            if local_only
-                && !has_local_ready_endpoint(spec, &svc.metadata.namespace, &svc.metadata.name)
-            {
+                svc.external_traffic_policy == Some(crate::services::TrafficPolicy::Local);
+            if local_only && !has_local_ready_endpoint(spec, &svc.namespace, &svc.name) {
                 continue;
             }
             if self.advertise.external_ips {
-                s.extend(svc.spec.external_ips.iter().filter_map(|a| pfx(*a, 32)));
+                s.extend(svc.external_ips.iter().filter_map(|a| pfx(*a, 32)));
             }
             if self.advertise.load_balancer_ips {
-                let ingress = svc
-                    .status
-                    .iter()
-                    .filter_map(|st| st.load_balancer.as_ref())
-                    .flat_map(|lb| lb.ingress.iter())
-                    .filter_map(|i| i.ip);
-                s.extend(ingress.filter_map(|a| pfx(a, 32)));
+                let ingress = svc.ingress_ips.iter().flatten();
+                s.extend(ingress.filter_map(|a| pfx(*a, 32)));
             }
         }
         s
@@ -171,20 +166,10 @@ impl BgpSpec {
 fn has_local_ready_endpoint(spec: &NodeSpec, namespace: &str, name: &str) -> bool {
     spec.endpoint_slices
         .iter()
-        .filter(|es| {
-            es.metadata.namespace == namespace
-                && es
-                    .metadata
-                    .labels
-                    .get("kubernetes.io/service-name")
-                    .map(String::as_str)
-                    == Some(name)
-        })
-        .flat_map(|es| es.endpoints.iter())
-        .any(|e| {
-            e.node_name.as_deref() == Some(spec.node.name.as_str())
-                && e.conditions.ready != Some(false)
-        })
+        .filter(|es| es.namespace() == namespace && es.service_name() == Some(name))
+        .filter_map(|es| es.compile().ok())
+        .flat_map(|es| es.endpoints)
+        .any(|e| e.node_name.as_deref() == Some(spec.node.name.as_str()) && e.ready)
 }
 
 /// The BGP side of a running agent.

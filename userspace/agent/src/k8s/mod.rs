@@ -8,18 +8,18 @@
 //! of the agent runs exactly as in standalone mode; pods come from the CNI plugin.
 
 pub mod config;
-pub mod convert;
 pub mod model;
 pub mod policy;
 pub mod source;
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
 use crate::netlink::{LinkInfo, Plumber};
 use crate::spec::cluster::{ClusterSpec, Mode};
-use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
+use crate::spec::{ConfigError, NodeSpec};
 pub use config::AgentConfig;
 pub use model::{DesiredState, Objects};
 pub use source::{K8sError, K8sSource};
@@ -76,7 +76,7 @@ pub async fn node_spec(
     plumber: &Plumber,
     cfg: &AgentConfig,
     node: &Node,
-    pod_cidr: Ipv4Cidr,
+    pod_cidr: Ipv4Net,
     remote: Vec<crate::spec::cluster::RemoteNodeSpec>,
 ) -> Result<NodeSpec, BootstrapError> {
     let name = node.metadata.name.clone().unwrap_or_default();
@@ -112,7 +112,7 @@ pub async fn node_spec(
     // IPs (see `services::Protected`): the pod pool (as clusterCIDRs, which otherwise only
     // matter for masquerading, off in Kubernetes mode) and the ClusterIP ranges.
     if let Some(pool) = cfg.cluster_pool_cidr {
-        spec.service_proxy.cluster_cidrs = vec![pool.network(), pod_cidr.network()];
+        spec.service_proxy.cluster_cidrs = vec![pool.trunc(), pod_cidr.trunc()];
     }
     spec.service_proxy.service_cidrs = cfg.service_cidrs.clone();
     // Always a cluster section, even for the first node: nodes that join later are added
@@ -201,7 +201,7 @@ pub fn own_annotations(
     wireguard_public_key: Option<String>,
 ) -> std::collections::BTreeMap<String, String> {
     use model::annotation;
-    let addr = spec.node.address.addr;
+    let addr = spec.node.address.addr();
     let vtep = spec
         .cluster
         .as_ref()

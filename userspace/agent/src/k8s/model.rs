@@ -1,21 +1,25 @@
 //! Kubernetes objects turned into the agent's desired-state model: the same types the
-//! standalone YAML spec produces ([`RemoteNodeSpec`] for `cluster.nodes`,
-//! the `services:`/`endpointSlices:` entries the service table is built from) plus the
-//! pod/namespace/policy view
+//! standalone YAML spec produces ([`RemoteNodeSpec`] for `cluster.nodes`; Services,
+//! EndpointSlices and NetworkPolicies as the same `k8s-openapi` objects the spec holds,
+//! defaulted, and checked by the same compile step) plus the pod/namespace/policy view
 //! ([`PolicyModel`]) that policy enforcement consumes.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ferroplane_tables::service::{PROTO_TCP, PROTO_UDP};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::policy::{PodView, PolicyModel};
 use crate::spec::cluster::{MacAddr, RemoteNodeSpec};
-use crate::spec::services::{EndpointSliceSpec, ServiceSpec, SERVICE_NAME_LABEL};
-use crate::spec::{Ipv4Cidr, NodeSpec};
+use crate::spec::services::{
+    compile_service, compile_slice, EndpointSliceObject, FieldError, ServiceObject,
+};
+use crate::spec::{parse_ipv4_net, NodeSpec};
 
 /// Node annotation suffixes the agent publishes and reads (prefixed `<prefix>/`).
 pub mod annotation {
@@ -52,13 +56,13 @@ pub struct Objects {
 #[derive(Debug, Clone, Default)]
 pub struct DesiredState {
     /// This node's pod CIDR from its Node object (or its pool annotation), if any.
-    pub pod_cidr: Option<Ipv4Cidr>,
+    pub pod_cidr: Option<Ipv4Net>,
     /// The other nodes (`cluster.nodes`).
     pub remote_nodes: Vec<RemoteNodeSpec>,
     /// Services (the node spec's `services:`).
-    pub services: Vec<ServiceSpec>,
+    pub services: Vec<ServiceObject>,
     /// Their endpoints (the node spec's `endpointSlices:`).
-    pub endpoint_slices: Vec<EndpointSliceSpec>,
+    pub endpoint_slices: Vec<EndpointSliceObject>,
     /// Pods, namespaces and policies.
     pub policy: PolicyModel,
     /// Namespaces with their labels (the node spec's `namespaces:`).
@@ -92,16 +96,17 @@ pub fn node_internal_ip(node: &Node) -> Option<Ipv4Addr> {
 
 /// The IPv4 pod CIDR of a Node: `spec.podCIDRs`/`spec.podCIDR`, else the agent's
 /// `<prefix>/pod-cidr` annotation.
-pub fn node_pod_cidr(node: &Node, prefix: &str) -> Option<Ipv4Cidr> {
+pub fn node_pod_cidr(node: &Node, prefix: &str) -> Option<Ipv4Net> {
     let spec = node.spec.as_ref();
     let from_spec = spec
         .and_then(|s| s.pod_cidrs.clone())
         .unwrap_or_default()
         .into_iter()
         .chain(spec.and_then(|s| s.pod_cidr.clone()))
-        .find_map(|c| c.parse::<Ipv4Cidr>().ok());
-    from_spec
-        .or_else(|| annotation_of(node, prefix, annotation::POD_CIDR).and_then(|c| c.parse().ok()))
+        .find_map(|c| parse_ipv4_net(&c).ok());
+    from_spec.or_else(|| {
+        annotation_of(node, prefix, annotation::POD_CIDR).and_then(|c| parse_ipv4_net(c).ok())
+    })
 }
 
 fn annotation_of<'a>(node: &'a Node, prefix: &str, key: &str) -> Option<&'a String> {
@@ -111,11 +116,11 @@ fn annotation_of<'a>(node: &'a Node, prefix: &str, key: &str) -> Option<&'a Stri
         .get(&format!("{prefix}/{key}"))
 }
 
-fn name_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn name_of(m: &ObjectMeta) -> String {
     m.name.clone().unwrap_or_default()
 }
 
-fn ns_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn ns_of(m: &ObjectMeta) -> String {
     m.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
@@ -141,16 +146,13 @@ impl DesiredState {
                 // A slice may outlive its Service (or come first): only slices of known
                 // services are part of the desired state.
                 let svcs = services(objects);
-                let known: std::collections::BTreeSet<(String, String)> = svcs
-                    .iter()
-                    .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
-                    .collect();
+                let known: std::collections::BTreeSet<(&str, &str)> =
+                    svcs.iter().map(|s| (s.namespace(), s.name())).collect();
                 endpoint_slices(objects)
                     .into_iter()
                     .filter(|e| {
-                        e.metadata.labels.get(SERVICE_NAME_LABEL).is_some_and(|n| {
-                            known.contains(&(e.metadata.namespace.clone(), n.clone()))
-                        })
+                        e.service_name()
+                            .is_some_and(|n| known.contains(&(e.namespace(), n)))
                     })
                     .collect()
             },
@@ -263,56 +265,69 @@ fn proto_of(p: Option<&str>) -> Option<u8> {
 }
 
 /// Logs an object the spec cannot take (it is left out of the desired state).
-fn left_out<T>(
-    what: &str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    r: Result<T, super::convert::ConvertError>,
-) -> Option<T> {
+fn left_out<T>(what: &str, meta: &ObjectMeta, r: Result<T, FieldError>) -> Option<T> {
     r.map_err(|e| tracing::warn!("{what} {}/{} left out: {e}", ns_of(meta), name_of(meta)))
         .ok()
 }
 
-/// Services in the node spec's shape, with the API defaults applied
-/// ([`crate::spec::services::set_service_defaults`]; ExternalName services are left out).
-pub fn services(objects: &Objects) -> Vec<ServiceSpec> {
-    let mut v: Vec<ServiceSpec> = objects
+/// The metadata the dataplane reads (name, namespace, labels), so that what else changes
+/// on an object (resourceVersion, managed fields, annotations) is no change of the
+/// desired state.
+fn trimmed(m: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: Some(ns_of(m)),
+        labels: m.labels.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Services as the spec's `services:` holds them: ExternalName services left out,
+/// metadata and status trimmed to what the dataplane reads, the API defaults applied
+/// ([`crate::spec::services::set_service_defaults`]); a Service that does not compile
+/// ([`compile_service`]) is left out with a warning naming the field.
+pub fn services(objects: &Objects) -> Vec<ServiceObject> {
+    let mut v: Vec<ServiceObject> = objects
         .services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName"))
-        .filter_map(|s| left_out("Service", &s.metadata, super::convert::service(s)))
-        .map(|mut s| {
+        .filter_map(|s| {
+            let mut s = Service {
+                metadata: trimmed(&s.metadata),
+                spec: s.spec.clone(),
+                status: s.status.as_ref().map(|st| ServiceStatus {
+                    load_balancer: st.load_balancer.clone(),
+                    conditions: None,
+                }),
+            };
             crate::spec::services::set_service_defaults(&mut s);
-            s
+            left_out("Service", &s.metadata, compile_service(&s))?;
+            Some(ServiceObject(s))
         })
         .collect();
-    v.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
+    v.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
     v
 }
 
-/// IPv4 EndpointSlices in the node spec's shape, with the API defaults applied
-/// ([`crate::spec::services::set_endpoint_slice_defaults`]).
-pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceSpec> {
-    let mut v: Vec<EndpointSliceSpec> = objects
+/// IPv4 EndpointSlices as the spec's `endpointSlices:` holds them: metadata trimmed, the
+/// API defaults applied ([`crate::spec::services::set_endpoint_slice_defaults`]); a slice
+/// that does not compile ([`compile_slice`]) is left out with a warning naming the field.
+pub fn endpoint_slices(objects: &Objects) -> Vec<EndpointSliceObject> {
+    let mut v: Vec<EndpointSliceObject> = objects
         .endpoint_slices
         .iter()
         .filter(|s| s.address_type == "IPv4")
         .filter_map(|s| {
-            left_out(
-                "EndpointSlice",
-                &s.metadata,
-                super::convert::endpoint_slice(s),
-            )
-        })
-        .map(|mut s| {
+            let mut s = EndpointSlice {
+                metadata: trimmed(&s.metadata),
+                ..s.clone()
+            };
             crate::spec::services::set_endpoint_slice_defaults(&mut s);
-            s
+            left_out("EndpointSlice", &s.metadata, compile_slice(&s))?;
+            Some(EndpointSliceObject(s))
         })
         .collect();
-    v.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
+    v.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
     v
 }
 

@@ -167,8 +167,8 @@ fn apply(s: &mut NodeState, step: &Step) -> Changes {
             Changes::routes([p])
         }
         Step::Endpoint(i) => {
-            s.spec.endpoint_slices[0].endpoints[0].addresses =
-                vec![Ipv4Addr::new(10, 244, 1, 10 + i % 8)];
+            s.spec.endpoint_slices[0].0.endpoints.as_mut().unwrap()[0].addresses =
+                vec![Ipv4Addr::new(10, 244, 1, 10 + i % 8).to_string()];
             Changes::services()
         }
         Step::Cluster(with_n3) => {

@@ -25,8 +25,8 @@ use crate::spec::NodeSpec;
 #[derive(Debug, Clone, Default)]
 struct Built {
     /// Copies of the spec's services and endpoint slices.
-    services: Vec<ServiceSpec>,
-    slices: Vec<EndpointSliceSpec>,
+    services: Vec<ServiceObject>,
+    slices: Vec<EndpointSliceObject>,
     /// The settings: a change builds everything again.
     proxy: ServiceProxyConfig,
     node_addr: Option<Ipv4Addr>,
@@ -49,7 +49,7 @@ impl Built {
             services: spec.services.clone(),
             slices: spec.endpoint_slices.clone(),
             proxy: spec.service_proxy.clone(),
-            node_addr: Some(spec.node.address.addr),
+            node_addr: Some(spec.node.address.addr()),
             node_name: spec.node.name.clone(),
             ..Built::default()
         }
@@ -57,7 +57,7 @@ impl Built {
 
     fn same_settings(&self, spec: &NodeSpec) -> bool {
         self.proxy == spec.service_proxy
-            && self.node_addr == Some(spec.node.address.addr)
+            && self.node_addr == Some(spec.node.address.addr())
             && self.node_name == spec.node.name
     }
 
@@ -273,9 +273,9 @@ trait Input: Clone + PartialEq {
     fn service(&self) -> Option<String>;
 }
 
-impl Input for ServiceSpec {
+impl Input for ServiceObject {
     fn id(&self) -> (&str, &str) {
-        (&self.metadata.namespace, &self.metadata.name)
+        (self.namespace(), self.name())
     }
 
     fn service(&self) -> Option<String> {
@@ -283,14 +283,13 @@ impl Input for ServiceSpec {
     }
 }
 
-impl Input for EndpointSliceSpec {
+impl Input for EndpointSliceObject {
     fn id(&self) -> (&str, &str) {
-        (&self.metadata.namespace, &self.metadata.name)
+        (self.namespace(), self.name())
     }
 
     fn service(&self) -> Option<String> {
-        let svc = self.metadata.labels.get(SERVICE_NAME_LABEL)?;
-        Some(format!("{}/{svc}", self.metadata.namespace))
+        Some(format!("{}/{}", self.namespace(), self.service_name()?))
     }
 }
 

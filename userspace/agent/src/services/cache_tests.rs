@@ -360,7 +360,7 @@ fn a_failed_build_keeps_the_table_until_the_inputs_change() {
     // Two services on one cluster IP (what validation refuses): not built.
     let mut bad = good.clone();
     let mut twin = bad.services[0].clone();
-    twin.metadata.name = "twin".into();
+    twin.0.metadata.name = Some("twin".into());
     bad.services.push(twin);
     let (b, _) = tables(&cache, &bad);
     assert!(Arc::ptr_eq(&a, &b), "the table in force stays");

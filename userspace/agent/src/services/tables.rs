@@ -9,8 +9,7 @@ use ferroplane_tables::{
 };
 
 use super::*;
-use crate::spec::services::proto_of;
-use crate::spec::{Ipv4Cidr, NodeSpec};
+use crate::spec::NodeSpec;
 
 /// The service port definitions of a spec, in the spec's order.
 pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
@@ -22,35 +21,36 @@ pub fn service_defs(spec: &NodeSpec) -> Vec<ServicePortDef> {
 
 /// The service port definitions of the spec's services by service (`namespace/name`), in
 /// the spec's order; with `only`, of those services only (`(namespace, name)`), in one
-/// pass over the spec without building the others.
+/// pass over the spec without compiling the others. Objects that do not compile are left
+/// out (validation refuses them; the Kubernetes source does not pass them on).
 pub fn defs_by_service(
     spec: &NodeSpec,
     only: Option<&BTreeSet<(&str, &str)>>,
 ) -> Vec<(String, Vec<ServicePortDef>)> {
     let wanted = |ns: &str, name: &str| only.is_none_or(|o| o.contains(&(ns, name)));
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSliceSpec>> = HashMap::new();
+    let mut slices: HashMap<(&str, &str), Vec<CompiledSlice>> = HashMap::new();
     for es in &spec.endpoint_slices {
-        if es.address_type != "IPv4" {
+        if !es.is_ipv4() {
             continue;
         }
-        if let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL) {
-            if wanted(&es.metadata.namespace, svc) {
-                slices
-                    .entry((es.metadata.namespace.as_str(), svc.as_str()))
-                    .or_default()
-                    .push(es);
+        if let Some(svc) = es.service_name() {
+            if wanted(es.namespace(), svc) {
+                if let Ok(c) = es.compile() {
+                    slices.entry((es.namespace(), svc)).or_default().push(c);
+                }
             }
         }
     }
     spec.services
         .iter()
-        .filter(|s| wanted(&s.metadata.namespace, &s.metadata.name))
-        .map(|s| {
+        .filter(|s| wanted(s.namespace(), s.name()))
+        .filter_map(|s| {
+            let c = s.compile().ok()?;
             let of = slices
-                .get(&(s.metadata.namespace.as_str(), s.metadata.name.as_str()))
+                .get(&(s.namespace(), s.name()))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            (s.key(), port_defs(s, of, &spec.node.name))
+            Some((c.key(), port_defs(&c, of, &spec.node.name)))
         })
         .collect()
 }
@@ -58,65 +58,44 @@ pub fn defs_by_service(
 /// The port definitions of service `s` with its endpoint slices `slices`, on node
 /// `node_name`.
 pub fn port_defs(
-    s: &ServiceSpec,
-    slices: &[&EndpointSliceSpec],
+    s: &CompiledService,
+    slices: &[CompiledSlice],
     node_name: &str,
 ) -> Vec<ServicePortDef> {
     let mut defs = Vec::new();
-    if s.spec.type_ == ServiceType::ExternalName {
+    if s.type_ == ServiceType::ExternalName {
         return defs;
     }
-    let cluster_ips = s.cluster_ipv4s();
     let key = s.key();
-    let affinity_secs = (s.spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        s.spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .unwrap_or(10800)
-    });
-    for p in &s.spec.ports {
-        let Ok(proto) = proto_of(&p.protocol) else {
-            continue;
-        };
-        let name = p.name.clone().unwrap_or_default();
+    for p in &s.ports {
         let mut backends: Vec<Backend> = Vec::new();
         for es in slices {
             // The slice port for this service port: same name and protocol (kube-proxy).
-            let sp = es.ports.iter().find(|ep| {
-                ep.name.as_deref().unwrap_or_default() == name
-                    && proto_of(&ep.protocol).ok() == Some(proto)
-            });
+            let sp = es
+                .ports
+                .iter()
+                .find(|ep| ep.name == p.name && ep.proto == p.proto);
             let port = match (sp.and_then(|x| x.port), &p.target_port) {
                 (Some(n), _) => n,
-                (None, Some(TargetPort::Number(n))) if es.ports.is_empty() => *n,
-                (None, None) if es.ports.is_empty() => p.port,
+                (None, TargetPort::Number(n)) if es.ports.is_empty() => *n,
                 _ => continue,
             };
             for e in &es.endpoints {
                 let Some(&addr) = e.addresses.first() else {
                     continue;
                 };
-                let c = &e.conditions;
                 let node = e.node_name.clone().unwrap_or_default();
                 backends.push(Backend {
                     addr,
                     port,
                     local: node == node_name,
-                    state: EndpointState::from_conditions(c.ready, c.serving, c.terminating),
+                    state: EndpointState::from_conditions(
+                        Some(e.ready),
+                        Some(e.serving),
+                        Some(e.terminating),
+                    ),
                     weight: 1,
-                    target: e
-                        .target_ref
-                        .as_ref()
-                        .map(|t| {
-                            format!(
-                                "{}/{}",
-                                t.namespace.as_deref().unwrap_or(&es.metadata.namespace),
-                                t.name.as_deref().unwrap_or("")
-                            )
-                        })
-                        .unwrap_or_default(),
+                    target: e.target.clone().unwrap_or_default(),
                     node,
                 });
             }
@@ -125,21 +104,21 @@ pub fn port_defs(
         backends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
         defs.push(ServicePortDef {
             service: key.clone(),
-            port_name: name,
-            proto,
+            port_name: p.name.clone(),
+            proto: p.proto,
             port: p.port,
             node_port: if s.has_node_ports() {
                 p.node_port
             } else {
                 None
             },
-            cluster_ips: cluster_ips.clone(),
-            external_ips: s.spec.external_ips.clone(),
+            cluster_ips: s.cluster_ips.clone(),
+            external_ips: s.external_ips.clone(),
             lb_ips: s.lb_ips(),
             backends,
-            internal_local: s.spec.internal_traffic_policy == Some(TrafficPolicy::Local),
+            internal_local: s.internal_local(),
             external_local: s.external_local(),
-            affinity_secs,
+            affinity_secs: s.affinity_secs,
             health_check_node_port: s.health_check_node_port(),
         });
     }
@@ -149,14 +128,13 @@ pub fn port_defs(
 /// The NAT settings of a spec.
 pub fn nat_config(spec: &NodeSpec) -> NatConfig {
     let px = &spec.service_proxy;
-    let prefix = |c: &Ipv4Cidr| Ipv4Prefix::new(c.network().addr, c.prefix_len).ok();
-    let mut cluster: Vec<Ipv4Prefix> = px.cluster_cidrs.iter().filter_map(prefix).collect();
+    let mut cluster: Vec<Ipv4Prefix> = px.cluster_cidrs.iter().map(|&c| c.into()).collect();
     if cluster.is_empty() {
-        cluster.extend(prefix(&spec.node.pod_cidr));
+        cluster.push(spec.node.pod_cidr.into());
     }
     NatConfig {
         masquerade: px.masquerade,
-        masquerade_addr: Some(px.masquerade_address.unwrap_or(spec.node.address.addr)),
+        masquerade_addr: Some(px.masquerade_address.unwrap_or(spec.node.address.addr())),
         cluster_cidrs: cluster,
         snat_ports: px
             .snat_range()
@@ -195,7 +173,7 @@ impl ServiceState {
             .maglev_table_size
             .unwrap_or(DEFAULT_TABLE_SIZE);
         let table =
-            ServiceTable::build(defs, vec![spec.node.address.addr], max, Some(&self.table))?;
+            ServiceTable::build(defs, vec![spec.node.address.addr()], max, Some(&self.table))?;
         self.table = Arc::new(table);
         self.nat = Arc::new(nat_config(spec));
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use ferroplane_tables::service::PROTO_TCP;
 use ferroplane_tables::EndpointState;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::report::SESSION_BATCH;
 use super::*;
@@ -165,12 +166,13 @@ fn health_check_ports_that_clash_are_refused() {
     // Another service's health-check port, and the BGP listener.
     let mut s = NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", 32000)).unwrap();
     let mut twin = s.services[1].clone();
-    twin.metadata.name = "twin".into();
-    twin.spec.cluster_ip = Some("10.96.0.11".into());
-    twin.spec.cluster_ips.clear();
-    twin.spec.external_ips.clear();
-    twin.status = None;
-    twin.spec.ports[0].node_port = Some(30081);
+    twin.0.metadata.name = Some("twin".into());
+    let ts = twin.0.spec.as_mut().unwrap();
+    ts.cluster_ip = Some("10.96.0.11".into());
+    ts.cluster_ips = None;
+    ts.external_ips = None;
+    ts.ports.as_mut().unwrap()[0].node_port = Some(30081);
+    twin.0.status = None;
     s.services.push(twin);
     let r = refusals(&s, &Protected::of_spec(&s));
     assert_eq!(r.len(), 1, "{r:?}");
@@ -182,7 +184,12 @@ fn health_check_ports_that_clash_are_refused() {
     p.listener_ports
         .insert(1790, "the agent's BGP listener (bgp.listenPort)".into());
     s.services.pop();
-    s.services[1].spec.health_check_node_port = Some(1790);
+    s.services[1]
+        .0
+        .spec
+        .as_mut()
+        .unwrap()
+        .health_check_node_port = Some(1790);
     let r = refusals(&s, &p);
     assert!(r[0].message.contains("BGP listener"), "{r:?}");
 }
@@ -190,30 +197,19 @@ fn health_check_ports_that_clash_are_refused() {
 #[test]
 fn kubernetes_mode_drops_only_the_refused_entries() {
     let mut s = NodeSpec::from_yaml(&capture_spec("198.51.100.7", "203.0.113.10", 32000)).unwrap();
-    let web = &mut s.services[1];
+    let web = &mut s.services[1].0;
     // A pod the spec does not list (another node's, from the API) and a node address.
-    web.spec.external_ips = vec![
-        "10.250.0.4".parse().unwrap(),
-        "198.51.100.7".parse().unwrap(),
-        "192.168.100.3".parse().unwrap(),
-    ];
-    web.spec.health_check_node_port = Some(80);
-    web.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: vec![
-                LoadBalancerIngress {
-                    ip: Some("10.96.0.9".parse().unwrap()),
-                    hostname: None,
-                    ip_mode: None,
-                },
-                LoadBalancerIngress {
-                    ip: Some("203.0.113.10".parse().unwrap()),
-                    hostname: None,
-                    ip_mode: None,
-                },
-            ],
-        }),
-    });
+    let ws = web.spec.as_mut().unwrap();
+    ws.external_ips = Some(vec![
+        "10.250.0.4".into(),
+        "198.51.100.7".into(),
+        "192.168.100.3".into(),
+    ]);
+    ws.health_check_node_port = Some(80);
+    web.status = serde_json::from_value(serde_json::json!({
+        "loadBalancer": {"ingress": [{"ip": "10.96.0.9"}, {"ip": "203.0.113.10"}]}
+    }))
+    .unwrap();
     let p = Protected::of_spec(&s)
         .with_pods([("10.250.0.4".parse().unwrap(), "team-a/db-0".to_string())]);
     let r = refusals(&s, &p);
@@ -229,15 +225,15 @@ fn kubernetes_mode_drops_only_the_refused_entries() {
     );
     assert!(r[0].message.contains("pod team-a/db-0"), "{}", r[0].message);
     assert_eq!(drop_refused(&mut s.services, &r), 4);
-    let web = &s.services[1];
+    let web = s.services[1].compile().unwrap();
     assert_eq!(
-        web.spec.external_ips,
+        web.external_ips,
         ["198.51.100.7".parse::<Ipv4Addr>().unwrap()]
     );
     assert_eq!(web.lb_ips(), ["203.0.113.10".parse::<Ipv4Addr>().unwrap()]);
-    assert_eq!(web.spec.health_check_node_port, None);
+    assert_eq!(web.health_check_node_port, None);
     // The rest of the service is untouched, and the result validates.
-    assert_eq!(web.spec.ports[0].node_port, Some(30080));
+    assert_eq!(web.ports[0].node_port, Some(30080));
     s.validate().unwrap();
     let counts: BTreeMap<_, _> = ignored_entries().into_iter().collect();
     assert_eq!(counts["externalIPs"], 2);
@@ -320,75 +316,88 @@ endpointSlices:
 #[test]
 fn api_server_defaults() {
     let s = spec(BARE).unwrap();
-    let bare = &s.services[0].spec;
+    let bare = s.services[0].0.spec.as_ref().unwrap();
+    assert_eq!(
+        s.services[0].0.metadata.namespace.as_deref(),
+        Some("default")
+    );
+    assert_eq!(bare.type_.as_deref(), Some("NodePort"));
     assert_eq!(bare.session_affinity.as_deref(), Some("ClientIP"));
     assert_eq!(
-        bare.session_affinity_config,
-        Some(SessionAffinityConfig {
-            client_ip: Some(ClientIpConfig {
-                timeout_seconds: Some(10800)
-            })
-        })
+        bare.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds),
+        Some(10800)
     );
-    let p = &bare.ports[0];
+    let p = &bare.ports.as_ref().unwrap()[0];
     assert_eq!(p.protocol.as_deref(), Some("TCP"));
-    assert_eq!(p.target_port, Some(TargetPort::Number(80)));
-    assert_eq!(bare.external_traffic_policy, Some(TrafficPolicy::Cluster));
-    assert_eq!(bare.internal_traffic_policy, Some(TrafficPolicy::Cluster));
-    assert_eq!(bare.cluster_ips, vec!["10.96.0.20".to_string()]);
-    assert_eq!(bare.ip_families, vec!["IPv4".to_string()]);
+    assert_eq!(p.target_port, Some(IntOrString::Int(80)));
+    assert_eq!(bare.external_traffic_policy.as_deref(), Some("Cluster"));
+    assert_eq!(bare.internal_traffic_policy.as_deref(), Some("Cluster"));
+    assert_eq!(bare.cluster_ips, Some(vec!["10.96.0.20".to_string()]));
+    assert_eq!(bare.ip_families, Some(vec!["IPv4".to_string()]));
     assert_eq!(bare.ip_family_policy.as_deref(), Some("SingleStack"));
     assert_eq!(bare.allocate_load_balancer_node_ports, None);
 
     // sessionAffinity None drops the config (even an out-of-range one: the API server
     // defaults before it validates); targetPort 0 is "unset"; clusterIP from clusterIPs.
-    let lb = &s.services[1];
-    assert_eq!(lb.spec.session_affinity.as_deref(), Some("None"));
-    assert_eq!(lb.spec.session_affinity_config, None);
-    assert_eq!(lb.spec.ports[0].target_port, Some(TargetPort::Number(443)));
-    assert_eq!(lb.spec.cluster_ip.as_deref(), Some("10.96.0.21"));
-    assert_eq!(lb.spec.allocate_load_balancer_node_ports, Some(true));
-    let ingress = &lb
+    let lb = &s.services[1].0;
+    let lbs = lb.spec.as_ref().unwrap();
+    assert_eq!(lbs.session_affinity.as_deref(), Some("None"));
+    assert_eq!(lbs.session_affinity_config, None);
+    assert_eq!(
+        lbs.ports.as_ref().unwrap()[0].target_port,
+        Some(IntOrString::Int(443))
+    );
+    assert_eq!(lbs.cluster_ip.as_deref(), Some("10.96.0.21"));
+    assert_eq!(lbs.allocate_load_balancer_node_ports, Some(true));
+    let ingress = lb
         .status
         .as_ref()
-        .unwrap()
-        .load_balancer
-        .as_ref()
-        .unwrap()
-        .ingress;
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .unwrap();
     assert_eq!(ingress[0].ip_mode.as_deref(), Some("VIP"));
 
     // ClusterIP: internal policy only; external policy only with externalIPs.
-    let internal = &s.services[2].spec;
-    assert_eq!(internal.type_, ServiceType::ClusterIP);
+    let internal = s.services[2].0.spec.as_ref().unwrap();
+    assert_eq!(internal.type_.as_deref(), Some("ClusterIP"));
     assert_eq!(internal.external_traffic_policy, None);
-    assert_eq!(
-        internal.internal_traffic_policy,
-        Some(TrafficPolicy::Cluster)
-    );
-    assert_eq!(
-        internal.ports[0].target_port,
-        Some(TargetPort::Name("dns".into()))
-    );
-    assert_eq!(internal.ports[0].protocol.as_deref(), Some("UDP"));
-    let ext = &s.services[3].spec;
-    assert_eq!(ext.external_traffic_policy, Some(TrafficPolicy::Cluster));
+    assert_eq!(internal.internal_traffic_policy.as_deref(), Some("Cluster"));
+    let ip = &internal.ports.as_ref().unwrap()[0];
+    assert_eq!(ip.target_port, Some(IntOrString::String("dns".into())));
+    assert_eq!(ip.protocol.as_deref(), Some("UDP"));
+    let ext = s.services[3].0.spec.as_ref().unwrap();
+    assert_eq!(ext.external_traffic_policy.as_deref(), Some("Cluster"));
 
-    let es = &s.endpoint_slices[0];
-    assert_eq!(es.ports[0].name.as_deref(), Some(""));
-    assert_eq!(es.ports[0].protocol.as_deref(), Some("TCP"));
-    let c = &es.endpoints[0].conditions;
-    assert_eq!(
-        (c.ready, c.serving, c.terminating),
-        (Some(true), Some(true), Some(false))
-    );
+    // The compiled forms read the same.
+    let c = compile_services(&s).unwrap();
+    assert_eq!(c[0].type_, ServiceType::NodePort);
+    assert_eq!(c[0].affinity_secs, Some(10800));
+    assert_eq!(c[0].ports[0].target_port, TargetPort::Number(80));
+    assert_eq!(c[0].external_traffic_policy, Some(TrafficPolicy::Cluster));
+    assert_eq!(c[1].affinity_secs, None);
+    assert_eq!(c[1].ports[0].target_port, TargetPort::Number(443));
+    assert_eq!(c[1].cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 21)]);
+    assert_eq!(c[2].ports[0].target_port, TargetPort::Name("dns".into()));
+
+    let es = &s.endpoint_slices[0].0;
+    assert_eq!(es.address_type, "IPv4");
+    let port = &es.ports.as_ref().unwrap()[0];
+    assert_eq!(port.name.as_deref(), Some(""));
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    let conditions = |i: usize| {
+        let c = es.endpoints.as_ref().unwrap()[i]
+            .conditions
+            .clone()
+            .unwrap();
+        (c.ready, c.serving, c.terminating)
+    };
+    assert_eq!(conditions(0), (Some(true), Some(true), Some(false)));
     // serving unset reads as true (API reference), so a terminating endpoint that did
     // not say otherwise is serving-terminating, not dropped.
-    let c = &es.endpoints[1].conditions;
-    assert_eq!(
-        (c.ready, c.serving, c.terminating),
-        (Some(false), Some(true), Some(true))
-    );
+    assert_eq!(conditions(1), (Some(false), Some(true), Some(true)));
     let defs = service_defs(&s);
     let bare_def = defs.iter().find(|d| d.service == "default/bare").unwrap();
     assert_eq!(bare_def.affinity_secs, Some(10800));
@@ -406,19 +415,21 @@ fn api_server_defaults() {
 
 /// The Kubernetes path defaults with the same functions: a Service and EndpointSlice
 /// as the watchers receive them (no API-server defaults, e.g. from a minimal API
-/// server) become exactly what the same objects in the YAML spec become.
+/// server; metadata the dataplane does not read) become exactly what the same objects in
+/// the YAML spec become.
 #[test]
 fn watcher_and_spec_paths_agree() {
     let s = spec(BARE).unwrap();
     let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "bare", "namespace": "default"},
+        "metadata": {"name": "bare", "namespace": "default", "resourceVersion": "7",
+                     "uid": "u1", "annotations": {"a": "b"}},
         "spec": {"type": "NodePort", "clusterIP": "10.96.0.20",
                  "ports": [{"port": 80, "nodePort": 30081}], "sessionAffinity": "ClientIP"}
     }))
     .unwrap();
     let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "bare-1", "namespace": "default",
+            "metadata": {"name": "bare-1", "namespace": "default", "resourceVersion": "9",
                          "labels": {"kubernetes.io/service-name": "bare"}},
             "addressType": "IPv4",
             "ports": [{"port": 8080}],
@@ -427,18 +438,19 @@ fn watcher_and_spec_paths_agree() {
                            "conditions": {"ready": false, "terminating": true}}]
         }))
         .unwrap();
+    let mut bad = svc.clone();
+    bad.metadata.name = Some("bad".into());
+    bad.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 70000;
     let objects = crate::k8s::model::Objects {
-        services: vec![svc],
+        services: vec![svc, bad],
         endpoint_slices: vec![slice],
         ..Default::default()
     };
-    // apiVersion and kind are informational (the k8s-openapi types always carry them).
-    let mut from_k8s = crate::k8s::model::services(&objects);
+    // The Service that does not compile is left out; the other is the YAML spec's.
+    let from_k8s = crate::k8s::model::services(&objects);
     assert_eq!(from_k8s.len(), 1);
-    (from_k8s[0].api_version, from_k8s[0].kind) = (None, None);
     assert_eq!(from_k8s[0], s.services[0]);
-    let mut slices = crate::k8s::model::endpoint_slices(&objects);
-    (slices[0].api_version, slices[0].kind) = (None, None);
+    let slices = crate::k8s::model::endpoint_slices(&objects);
     assert_eq!(slices[0], s.endpoint_slices[0]);
 }
 
@@ -534,6 +546,36 @@ fn errors_name_the_field() {
             (
                 "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}], bogus: 1}\n",
                 "services[0].spec.bogus",
+                "unknown field",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}, {name: b, port: 70000}]}\n",
+                "services[0].spec.ports[1].port",
+                "1..=65535",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: http}]}\n",
+                "services[0].spec.ports[0].port",
+                "invalid i32",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {externalIPs: [2001:db8::1], ports: [{port: 80}]}\n",
+                "services[0].spec.externalIPs[0]",
+                "not an IPv4 address",
+            ),
+            (
+                "services:\n  - apiVersion: v2\n    metadata: {name: a}\n    spec: {ports: [{port: 80}]}\n",
+                "services[0]",
+                "expected v1",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}]}\nendpointSlices:\n  - metadata: {name: a, labels: {kubernetes.io/service-name: a}}\n    endpoints: [{addresses: [10.244.1.300]}]\n",
+                "endpointSlices[0].endpoints[0].addresses[0]",
+                "not an IPv4 address",
+            ),
+            (
+                "services:\n  - metadata: {name: a}\n    spec: {ports: [{port: 80}]}\nendpointSlices:\n  - metadata: {name: a, labels: {kubernetes.io/service-name: a}}\n    endpoints: [{addresses: [10.244.1.3], zone: z, bogus: 1}]\n",
+                "endpointSlices[0].endpoints[0].bogus",
                 "unknown field",
             ),
         ];

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use super::*;
@@ -47,12 +48,13 @@ pub struct NodeSpec {
     /// The other nodes of the cluster and how their pods are reached (overlay).
     #[serde(default)]
     pub cluster: Option<super::cluster::ClusterSpec>,
-    /// Services (Kubernetes `Service` shape; see [`super::services`]).
+    /// Services (core/v1 `Service` objects, as `k8s-openapi` types; see
+    /// [`super::services`]).
     #[serde(default)]
-    pub services: Vec<super::services::ServiceSpec>,
-    /// Their endpoints (Kubernetes `EndpointSlice` shape).
+    pub services: Vec<super::services::ServiceObject>,
+    /// Their endpoints (discovery/v1 `EndpointSlice` objects).
     #[serde(default, rename = "endpointSlices")]
-    pub endpoint_slices: Vec<super::services::EndpointSliceSpec>,
+    pub endpoint_slices: Vec<super::services::EndpointSliceObject>,
     /// Service proxy settings: masquerade, SNAT ports, session table.
     #[serde(default, rename = "serviceProxy")]
     pub service_proxy: super::services::ServiceProxyConfig,
@@ -76,13 +78,14 @@ pub struct NodeConfig {
     /// Existing uplink interface in the agent's netns.
     pub uplink: String,
     /// The node's IPv4 address and prefix on the uplink (host bits set).
-    pub address: Ipv4Cidr,
+    #[serde(deserialize_with = "crate::spec::de::ipv4_net")]
+    pub address: Ipv4Net,
     /// Default route next hop on the uplink, if any.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
     /// The pod network of this node (no host bits).
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Cidr,
+    #[serde(rename = "podCIDR", deserialize_with = "crate::spec::de::ipv4_net")]
+    pub pod_cidr: Ipv4Net,
     /// Pod interface MTU; `None` means the uplink's MTU (see [`NodeConfig::pod_mtu_or`]).
     #[serde(default, rename = "podMTU")]
     pub pod_mtu: Option<u32>,
@@ -170,7 +173,8 @@ impl PodSpec {
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Destination prefix (no host bits).
-    pub prefix: Ipv4Cidr,
+    #[serde(deserialize_with = "crate::spec::de::ipv4_net")]
+    pub prefix: Ipv4Net,
     /// Next hop, on the uplink subnet.
     pub via: Ipv4Addr,
 }
@@ -214,26 +218,26 @@ impl NodeSpec {
         super::uplink::validate(node.uplink_driver, node.dpdk.as_ref())?;
 
         let addr = node.address;
-        if addr.prefix_len == 0 {
+        if addr.prefix_len() == 0 {
             return Err(ConfigError::invalid(
                 "node.address",
                 format!("{addr}: prefix length must be 1..32"),
             ));
         }
-        check_unicast("node.address", addr.addr)?;
-        if !addr.is_host_of(addr.addr) {
+        check_unicast("node.address", addr.addr())?;
+        if !addr.is_host_of(addr.addr()) {
             return Err(ConfigError::invalid(
                 "node.address",
                 format!(
                     "{addr} is the network or broadcast address of {}",
-                    addr.network()
+                    addr.trunc()
                 ),
             ));
         }
-        let uplink_net = addr.network();
+        let uplink_net = addr.trunc();
 
         if let Some(gw) = node.gateway {
-            if gw == addr.addr {
+            if gw == addr.addr() {
                 return Err(ConfigError::invalid(
                     "node.gateway",
                     format!("{gw} is the node's own address"),
@@ -248,7 +252,7 @@ impl NodeSpec {
         }
 
         let pod_cidr = node.pod_cidr;
-        if pod_cidr.prefix_len == 0 || pod_cidr.prefix_len > 31 {
+        if pod_cidr.prefix_len() == 0 || pod_cidr.prefix_len() > 31 {
             return Err(ConfigError::invalid(
                 "node.podCIDR",
                 format!("{pod_cidr}: prefix length must be 1..31"),
@@ -259,11 +263,11 @@ impl NodeSpec {
                 "node.podCIDR",
                 format!(
                     "{pod_cidr} has host bits set (the network is {})",
-                    pod_cidr.network()
+                    pod_cidr.trunc()
                 ),
             ));
         }
-        check_unicast("node.podCIDR", pod_cidr.addr)?;
+        check_unicast("node.podCIDR", pod_cidr.addr())?;
         if pod_cidr.overlaps(&uplink_net) {
             return Err(ConfigError::invalid(
                 "node.podCIDR",
@@ -292,7 +296,7 @@ impl NodeSpec {
             if pod.interface == "lo" {
                 return Err(ConfigError::invalid(f("interface"), "must not be lo"));
             }
-            if !pod_cidr.contains(pod.ip) {
+            if !pod_cidr.contains(&pod.ip) {
                 return Err(ConfigError::invalid(
                     f("ip"),
                     format!("{} is outside node.podCIDR {pod_cidr}", pod.ip),
@@ -336,7 +340,7 @@ impl NodeSpec {
             }
         }
 
-        let mut prefixes: HashMap<Ipv4Cidr, usize> = HashMap::new();
+        let mut prefixes: HashMap<Ipv4Net, usize> = HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
             let prefix = route.prefix;
             if !prefix.is_network() {
@@ -344,11 +348,11 @@ impl NodeSpec {
                     format!("routes[{i}].prefix"),
                     format!(
                         "{prefix} has host bits set (the network is {})",
-                        prefix.network()
+                        prefix.trunc()
                     ),
                 ));
             }
-            if pod_cidr.contains_net(&prefix) {
+            if pod_cidr.contains(&prefix) {
                 return Err(ConfigError::invalid(
                     format!("routes[{i}].prefix"),
                     format!("{prefix} is inside node.podCIDR {pod_cidr}"),
@@ -360,7 +364,7 @@ impl NodeSpec {
                     format!("{prefix} is already routed by routes[{j}]"),
                 ));
             }
-            if route.via == addr.addr || !uplink_net.is_host_of(route.via) {
+            if route.via == addr.addr() || !uplink_net.is_host_of(route.via) {
                 return Err(ConfigError::invalid(
                     format!("routes[{i}].via"),
                     format!(

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
+use ipnet::Ipv4Net;
+
 use super::invalid;
 use super::*;
-use crate::spec::{ConfigError, Ipv4Cidr, NodeSpec};
+use crate::spec::{ConfigError, NodeSpec};
 
 /// Ports of the agent's own listeners a `healthCheckNodePort` must not take (the
 /// documented defaults of `--health-addr` and `--metrics-addr`; BGP and WireGuard ports
@@ -32,9 +34,9 @@ pub struct Protected {
     /// Pod addresses.
     pub pods: BTreeMap<Ipv4Addr, String>,
     /// Pod ranges: this node's and the other nodes' pod CIDRs, `serviceProxy.clusterCIDRs`.
-    pub pod_cidrs: Vec<(Ipv4Cidr, String)>,
+    pub pod_cidrs: Vec<(Ipv4Net, String)>,
     /// Service ranges: `serviceProxy.serviceCIDRs`.
-    pub service_cidrs: Vec<(Ipv4Cidr, String)>,
+    pub service_cidrs: Vec<(Ipv4Net, String)>,
     /// Services' cluster IPs.
     pub cluster_ips: BTreeMap<Ipv4Addr, String>,
     /// This node's and the other nodes' addresses, the node's gateway, the masquerade
@@ -71,6 +73,13 @@ impl Protected {
     /// What the spec itself knows: its pods, node, other nodes, service ranges, cluster
     /// IPs and listeners.
     pub fn of_spec(spec: &NodeSpec) -> Protected {
+        let services = compiled(spec);
+        Protected::of_compiled(spec, &by_ref(&services))
+    }
+
+    /// [`Protected::of_spec`] with the spec's services already compiled (`(index,
+    /// service)`).
+    fn of_compiled(spec: &NodeSpec, services: &[(usize, &CompiledService)]) -> Protected {
         let node = &spec.node;
         let mut p = Protected::ports_of_spec(spec);
         for pod in &spec.pods {
@@ -82,11 +91,11 @@ impl Protected {
             format!("inside pod CIDR {} of node {}", node.pod_cidr, node.name),
         ));
         p.nodes.insert(
-            node.address.addr,
+            node.address.addr(),
             format!("the address of node {}", node.name),
         );
-        let uplink = node.address.network();
-        if uplink.prefix_len < 31 {
+        let uplink = node.address.trunc();
+        if uplink.prefix_len() < 31 {
             p.nodes.insert(
                 uplink.broadcast(),
                 format!("the broadcast address of the node's subnet {uplink}"),
@@ -115,24 +124,24 @@ impl Protected {
         }
         for (i, c) in spec.service_proxy.cluster_cidrs.iter().enumerate() {
             p.pod_cidrs.push((
-                c.network(),
+                c.trunc(),
                 format!(
                     "inside the cluster's own range {} (serviceProxy.clusterCIDRs[{i}])",
-                    c.network()
+                    c.trunc()
                 ),
             ));
         }
         for (i, c) in spec.service_proxy.service_cidrs.iter().enumerate() {
             p.service_cidrs.push((
-                c.network(),
+                c.trunc(),
                 format!(
                     "inside the service range {} (serviceProxy.serviceCIDRs[{i}])",
-                    c.network()
+                    c.trunc()
                 ),
             ));
         }
-        for s in &spec.services {
-            for ip in s.cluster_ipv4s() {
+        for (_, s) in services {
+            for &ip in &s.cluster_ips {
                 p.cluster_ips
                     .entry(ip)
                     .or_insert_with(|| format!("the cluster IP of service {}", s.key()));
@@ -188,9 +197,9 @@ impl Protected {
         if let Some(why) = special_address(ip) {
             return Some(format!("{ip} is {why}"));
         }
-        let range = |v: &[(Ipv4Cidr, String)]| {
+        let range = |v: &[(Ipv4Net, String)]| {
             v.iter()
-                .find(|(c, _)| c.contains(ip))
+                .find(|(c, _)| c.contains(&ip))
                 .map(|(_, why)| why.clone())
         };
         if let Some(who) = self.pods.get(&ip) {
@@ -256,13 +265,32 @@ pub struct Refusal {
 /// another service's health-check port, one of the agent's own listener ports, or inside
 /// the SNAT port range.
 pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
+    refusals_of(&by_ref(&compiled(spec)), protected)
+}
+
+fn by_ref(services: &[(usize, CompiledService)]) -> Vec<(usize, &CompiledService)> {
+    services.iter().map(|(i, s)| (*i, s)).collect()
+}
+
+/// The spec's services that compile, with their index (the others are refused by
+/// validation, or left out by the Kubernetes source before they get here).
+fn compiled(spec: &NodeSpec) -> Vec<(usize, CompiledService)> {
+    spec.services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.compile().ok()?)))
+        .collect()
+}
+
+/// [`refusals`] of compiled services (`(index in services, service)`).
+fn refusals_of(services: &[(usize, &CompiledService)], protected: &Protected) -> Vec<Refusal> {
     let mut out = Vec::new();
     let mut node_ports: BTreeMap<u16, String> = BTreeMap::new();
-    for (i, s) in spec.services.iter().enumerate() {
+    for (i, s) in services {
         if !s.has_node_ports() {
             continue;
         }
-        for (j, p) in s.spec.ports.iter().enumerate() {
+        for (j, p) in s.ports.iter().enumerate() {
             if let Some(np) = p.node_port {
                 node_ports.entry(np).or_insert_with(|| {
                     format!(
@@ -274,7 +302,7 @@ pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
         }
     }
     let mut hc_ports: BTreeMap<u16, String> = BTreeMap::new();
-    for (i, s) in spec.services.iter().enumerate() {
+    for &(i, s) in services {
         let mut refuse = |entry, field: String, message: String| {
             out.push(Refusal {
                 service: i,
@@ -284,7 +312,7 @@ pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
                 message,
             })
         };
-        for (k, ip) in s.spec.external_ips.iter().enumerate() {
+        for (k, ip) in s.external_ips.iter().enumerate() {
             if let Some(why) = protected.address_conflict(*ip) {
                 refuse(
                     RefusedEntry::ExternalIp(k),
@@ -293,13 +321,8 @@ pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
                 );
             }
         }
-        let ingress = s
-            .status
-            .iter()
-            .flat_map(|st| st.load_balancer.iter())
-            .flat_map(|l| l.ingress.iter());
-        for (k, ing) in ingress.enumerate() {
-            if let Some(why) = ing.ip.and_then(|ip| protected.address_conflict(ip)) {
+        for (k, ip) in s.ingress_ips.iter().enumerate() {
+            if let Some(why) = ip.and_then(|ip| protected.address_conflict(ip)) {
                 refuse(
                     RefusedEntry::LoadBalancerIngress(k),
                     format!("services[{i}].status.loadBalancer.ingress[{k}].ip"),
@@ -307,7 +330,7 @@ pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
                 );
             }
         }
-        if let Some(hc) = s.spec.health_check_node_port.filter(|hc| *hc != 0) {
+        if let Some(hc) = s.health_check_node_port.filter(|hc| *hc != 0) {
             let (lo, hi) = protected.snat_ports;
             let why = if hc < 1024 {
                 Some(format!("{hc} is a well-known port (below 1024)"))
@@ -342,7 +365,18 @@ pub fn refusals(spec: &NodeSpec, protected: &Protected) -> Vec<Refusal> {
 /// Standalone validation: the first [`refusals`] entry of the spec (with only what the
 /// spec itself knows, [`Protected::of_spec`]) is an error naming its field.
 pub fn validate_captures(spec: &NodeSpec) -> Result<(), ConfigError> {
-    match refusals(spec, &Protected::of_spec(spec)).into_iter().next() {
+    validate_captures_of(spec, &super::compile_services(spec)?)
+}
+
+/// [`validate_captures`] with the spec's services already compiled (all of them, in
+/// order).
+pub(super) fn validate_captures_of(
+    spec: &NodeSpec,
+    services: &[CompiledService],
+) -> Result<(), ConfigError> {
+    let services: Vec<(usize, &CompiledService)> = services.iter().enumerate().collect();
+    let protected = Protected::of_compiled(spec, &services);
+    match refusals_of(&services, &protected).into_iter().next() {
         Some(r) => Err(invalid(r.field, r.message)),
         None => Ok(()),
     }
@@ -352,7 +386,7 @@ pub fn validate_captures(spec: &NodeSpec) -> Result<(), ConfigError> {
 /// load-balancer IP is dropped, a health-check port unset; the rest of each service
 /// stays), logs a warning for each entry not refused on the previous call, and records
 /// them for [`ignored_entries`]. Returns how many were left out.
-pub fn drop_refused(services: &mut [ServiceSpec], refused: &[Refusal]) -> usize {
+pub fn drop_refused(services: &mut [ServiceObject], refused: &[Refusal]) -> usize {
     // Highest index first, so earlier indices stay valid while removing.
     let mut sorted: Vec<&Refusal> = refused.iter().collect();
     sorted.sort_by_key(|r| {
@@ -365,20 +399,32 @@ pub fn drop_refused(services: &mut [ServiceSpec], refused: &[Refusal]) -> usize 
         let Some(s) = services.get_mut(r.service) else {
             continue;
         };
+        let s = &mut s.0;
         match r.entry {
             RefusedEntry::ExternalIp(k) => {
-                if k < s.spec.external_ips.len() {
-                    s.spec.external_ips.remove(k);
-                }
-            }
-            RefusedEntry::LoadBalancerIngress(k) => {
-                if let Some(lb) = s.status.as_mut().and_then(|st| st.load_balancer.as_mut()) {
-                    if k < lb.ingress.len() {
-                        lb.ingress.remove(k);
+                if let Some(ips) = s.spec.as_mut().and_then(|sp| sp.external_ips.as_mut()) {
+                    if k < ips.len() {
+                        ips.remove(k);
                     }
                 }
             }
-            RefusedEntry::HealthCheckNodePort => s.spec.health_check_node_port = None,
+            RefusedEntry::LoadBalancerIngress(k) => {
+                let ingress = s
+                    .status
+                    .as_mut()
+                    .and_then(|st| st.load_balancer.as_mut())
+                    .and_then(|lb| lb.ingress.as_mut());
+                if let Some(ingress) = ingress {
+                    if k < ingress.len() {
+                        ingress.remove(k);
+                    }
+                }
+            }
+            RefusedEntry::HealthCheckNodePort => {
+                if let Some(sp) = s.spec.as_mut() {
+                    sp.health_check_node_port = None;
+                }
+            }
         }
     }
     let now: BTreeMap<String, (&'static str, String)> = refused
