@@ -116,7 +116,8 @@ mod tests {
         // Unsized values: slices shared as `Arc<[T]>`.
         let mut sets: Interner<[u32]> = Interner::new();
         let x = sets.intern_ref(&[1, 2][..]);
-        let y = sets.intern_ref(&vec![1, 2]);
+        let owned: Vec<u32> = (1..3).collect();
+        let y = sets.intern_ref(&owned[..]);
         assert!(Arc::ptr_eq(&x, &y));
         assert!(!Arc::ptr_eq(&x, &sets.intern_ref(&[2, 1][..])));
     }
