@@ -316,12 +316,18 @@ pods:
         s.overlay =
             Arc::new(crate::overlay::Overlay::from_spec(&s.spec, s.spec.cluster.as_ref()).unwrap());
         let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
-        s.bgp_routes
-            .insert("10.244.2.0/24".parse().unwrap(), [ip("192.168.100.3")].into());
-        s.bgp_routes
-            .insert("10.244.3.0/24".parse().unwrap(), [ip("192.168.100.4")].into());
-        s.bgp_routes
-            .insert("10.99.0.0/24".parse().unwrap(), [ip("192.168.100.1")].into());
+        s.bgp_routes.insert(
+            "10.244.2.0/24".parse().unwrap(),
+            [ip("192.168.100.3")].into(),
+        );
+        s.bgp_routes.insert(
+            "10.244.3.0/24".parse().unwrap(),
+            [ip("192.168.100.4")].into(),
+        );
+        s.bgp_routes.insert(
+            "10.99.0.0/24".parse().unwrap(),
+            [ip("192.168.100.1")].into(),
+        );
         let snap = s.snapshot().unwrap();
         let fib = &snap.fib;
         let adj = |a: &str| *fib.adj(fib.resolve(ip(a), || 0));

@@ -241,8 +241,10 @@ fn untouched_tables_are_shared() {
     );
     assert!(Arc::ptr_eq(&a.tunnels, &b.tunnels));
     assert!(!Arc::ptr_eq(&a.ifaces, &b.ifaces));
-    s.bgp_routes
-        .insert("10.70.0.0/16".parse().unwrap(), [ip("192.168.100.1")].into());
+    s.bgp_routes.insert(
+        "10.70.0.0/16".parse().unwrap(),
+        [ip("192.168.100.1")].into(),
+    );
     let c = rec
         .snapshot(&s, &Changes::routes(["10.70.0.0/16".parse().unwrap()]))
         .unwrap();
