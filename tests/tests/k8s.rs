@@ -127,7 +127,7 @@ fn table(d: &DesiredState) -> ServiceTable {
         .expect("spec with the watched services is valid");
     ServiceTable::build(
         ferroplane_agent::services::service_defs(&spec),
-        vec![spec.node.address.addr],
+        vec![spec.node.address.addr()],
         ferroplane_tables::DEFAULT_TABLE_SIZE,
         None,
     )
@@ -227,7 +227,7 @@ async fn watchers_follow_the_api() {
         d.services.len() == 1
             && d.endpoint_slices
                 .first()
-                .is_some_and(|s| s.endpoints.len() == 3)
+                .is_some_and(|s| s.0.endpoints.as_ref().map_or(0, Vec::len) == 3)
     })
     .await;
     let t = table(&d);
@@ -275,7 +275,7 @@ async fn watchers_follow_the_api() {
         d.remote_nodes.is_empty()
             && d.endpoint_slices
                 .first()
-                .is_some_and(|s| s.endpoints.len() == 2)
+                .is_some_and(|s| s.0.endpoints.as_ref().map_or(0, Vec::len) == 2)
     })
     .await;
     assert_eq!(
